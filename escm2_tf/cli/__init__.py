@@ -1,0 +1,1 @@
+"""Command-line entry points. Only modules in this package define absl flags."""
