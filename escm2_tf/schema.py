@@ -13,9 +13,10 @@ weight for the user-behaviour fields (the ``*_14`` ones).
 
 import dataclasses
 import enum
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
-import tensorflow as tf
+if TYPE_CHECKING:
+  import tensorflow as tf
 
 
 class Source(enum.Enum):
@@ -115,8 +116,7 @@ WEIGHT_NAMES: tuple[str, ...] = tuple(weight_name(f) for f in WEIGHTED_FIELDS)
 
 
 def feature_spec(with_labels: bool = True, with_weights: bool = True,
-                 with_sample_id: bool = False) -> dict[str, tf.io.RaggedFeature
-                                                       | tf.io.FixedLenFeature]:
+                 with_sample_id: bool = False) -> dict[str, "tf.io.RaggedFeature | tf.io.FixedLenFeature"]:
   """The tf.io.parse_example spec for the converter's tf.Example records.
 
   Every field is a ragged int64 list of raw Ali-CCP feature ids (a field may be
@@ -131,6 +131,9 @@ def feature_spec(with_labels: bool = True, with_weights: bool = True,
   Returns:
     A dict from feature name to parsing spec.
   """
+  # Imported here so that the text-only tools (simulator, parsers) start
+  # without loading TensorFlow.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   spec = {name: tf.io.RaggedFeature(tf.int64, row_splits_dtype=tf.int64)
           for name in FIELD_NAMES}
   if with_weights:
@@ -144,6 +147,6 @@ def feature_spec(with_labels: bool = True, with_weights: bool = True,
   return spec
 
 
-def serving_feature_spec() -> dict[str, tf.io.RaggedFeature]:
+def serving_feature_spec() -> dict[str, "tf.io.RaggedFeature"]:
   """The spec of serialized requests: the fields and weights, no labels."""
   return feature_spec(with_labels=False, with_weights=True)

@@ -1,0 +1,234 @@
+"""A ground-truth Ali-CCP simulator: logs plus the true rates behind them.
+
+``simulate`` writes impressions in the raw Tianchi format (or PaddleRec's text
+format) together with ``ground_truth_{split}.csv``: for every impression the
+true click probability, the true post-click conversion probability (defined
+whether or not the impression was clicked) and a conversion drawn from it. With
+these, a CVR model's bias over the entire impression space, which ESCM2 claims
+to reduce, can be measured exactly.
+
+Train and test share one world (users, items, true rates) derived from the
+seed; the world does not depend on ``num_train`` or ``num_test``. Its
+intercepts are calibrated on a fixed sample of impressions so that the mean
+click probability is ``ctr`` and the mean conversion probability among clicks
+is ``cvr``.
+"""
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+
+from escm2_tf import simulator_io
+from escm2_tf import simulator_traffic
+from escm2_tf import simulator_world
+
+FORMATS = ("aliccp", "paddlerec")
+SPLITS = ("train", "test")
+_CALIBRATION_IMPRESSIONS = 200_000
+
+
+class ConfigError(ValueError):
+  """An impossible setting.
+
+  Attributes:
+    setting: The ``SimulatorConfig`` field (or ``"output_dir"``) at fault;
+      the CLI's flags carry the same names.
+  """
+
+  def __init__(self, setting: str, message: str):
+    super().__init__(message)
+    self.setting = setting
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulatorConfig:
+  """What to simulate. Invalid values raise ``ConfigError`` on construction.
+
+  Attributes:
+    num_train: Training impressions.
+    num_test: Test impressions.
+    seed: Seeds the world and both splits; equal seeds give equal files.
+    num_users: Users in the world.
+    num_items: Items in the catalogue.
+    num_categories: Item categories (fields 206, 109_14, 508).
+    num_shops: Shops (207, 110_14, 509); at least ``num_categories``.
+    num_brands: Brands (216, 127_14, 702); at least ``num_categories``.
+    num_intentions: Intentions (210, 150_14, 853); at least
+      ``num_categories``.
+    num_positions: Distinct values of the position field 301; later ranks
+      share the last one.
+    ctr: Target mean click probability.
+    cvr: Target mean conversion probability over clicked impressions.
+    impressions_per_request: Mean impressions per request (common row).
+    behaviour_length: Approximate mean behaviour entries (``*_14`` fields) per
+      user, i.e. the length of a common row.
+    unclicked_conversion_rate: Fraction of unclicked impressions logged with
+      conversion=1 anyway, as some rows of the real release are.
+    format: ``"aliccp"`` (Tianchi) or ``"paddlerec"``.
+  """
+  num_train: int = 200_000
+  num_test: int = 50_000
+  seed: int = 42
+  num_users: int = 10_000
+  num_items: int = 20_000
+  num_categories: int = 300
+  num_shops: int = 3_000
+  num_brands: int = 2_000
+  num_intentions: int = 3_000
+  num_positions: int = 10
+  ctr: float = 0.04
+  cvr: float = 0.04
+  impressions_per_request: int = 25
+  behaviour_length: int = 510
+  unclicked_conversion_rate: float = 0.0005
+  format: str = "aliccp"
+
+  def __post_init__(self):
+    for name in ("num_train", "num_test", "num_users", "num_items",
+                 "num_categories", "num_shops", "num_brands", "num_intentions",
+                 "num_positions", "impressions_per_request",
+                 "behaviour_length"):
+      _check_int(self, name, minimum=1)
+    _check_int(self, "seed", minimum=0)
+    for name in ("num_shops", "num_brands", "num_intentions", "num_items"):
+      if getattr(self, name) < self.num_categories:
+        raise ConfigError(name, f"{name} must be at least num_categories "
+                          f"({self.num_categories}), got {getattr(self, name)}")
+    for name in ("ctr", "cvr"):
+      _check_rate(self, name, 0.0, 1.0, closed=False)
+    _check_rate(self, "unclicked_conversion_rate", 0.0, 1.0, closed=True)
+    if self.format not in FORMATS:
+      raise ConfigError("format", f"format must be one of {', '.join(FORMATS)},"
+                        f" got {self.format!r}")
+
+
+def _check_int(config: SimulatorConfig, name: str, minimum: int) -> None:
+  value = getattr(config, name)
+  if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+      or value < minimum):
+    raise ConfigError(name, f"{name} must be an integer >= {minimum}, "
+                      f"got {value!r}")
+
+
+def _check_rate(config: SimulatorConfig, name: str, low: float, high: float,
+                closed: bool) -> None:
+  value = getattr(config, name)
+  inside = (isinstance(value, (int, float, np.floating))
+            and not isinstance(value, bool)
+            and (low <= value < high if closed else low < value < high))
+  if not inside:
+    bounds = f"[{low}, {high})" if closed else f"({low}, {high})"
+    raise ConfigError(name, f"{name} must lie in {bounds}, got {value!r}")
+
+
+def _prepare_output_dir(output_dir: str) -> None:
+  """Creates ``output_dir`` and checks that files can be created in it."""
+  probe = os.path.join(output_dir, f".escm2-synth-probe-{os.getpid()}")
+  try:
+    os.makedirs(output_dir, exist_ok=True)
+    with open(probe, "x", encoding="utf-8"):
+      pass
+    os.remove(probe)
+  except OSError as err:
+    raise ConfigError("output_dir", f"output_dir {output_dir!r} is not a "
+                      f"writable directory: {err.strerror or err}") from None
+
+
+def _outcomes(truth: dict[str, np.ndarray], rate: float,
+              rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """Draws clicks, conversions and the counterfactual conversions.
+
+  An observed conversion needs a click, except for the ``rate`` of unclicked
+  impressions logged as converted anyway.
+  """
+  num = len(truth["p_click"])
+  click = rng.random(num) < truth["p_click"]
+  counterfactual = rng.random(num) < truth["p_conversion"]
+  stray = ~click & (rng.random(num) < rate)
+  return {"click": click.astype(np.int64),
+          "conversion": ((click & counterfactual) | stray).astype(np.int64),
+          "conversion_counterfactual": counterfactual.astype(np.int64)}
+
+
+def _rng(seed: int, stream: str) -> np.random.Generator:
+  """Independent generators for the world, its calibration and each split."""
+  streams = ("world", "calibration") + SPLITS
+  return np.random.default_rng(
+      np.random.SeedSequence(seed).spawn(len(streams))[streams.index(stream)])
+
+
+def build_world(config: SimulatorConfig) -> simulator_world.World:
+  """The calibrated world of ``config``; the same for every split size."""
+  world = simulator_world.build_world(config, _rng(config.seed, "world"))
+  sample = simulator_traffic.sample_impressions(
+      world, _CALIBRATION_IMPRESSIONS, config.impressions_per_request,
+      _rng(config.seed, "calibration"))
+  return simulator_traffic.calibrate(world, sample, config.ctr, config.cvr)
+
+
+def sample_split(config: SimulatorConfig, world: simulator_world.World,
+                 split: str) -> tuple[simulator_traffic.Impressions,
+                                      dict[str, np.ndarray]]:
+  """One split's impressions and their truth and labels, in file order."""
+  num = config.num_train if split == "train" else config.num_test
+  rng = _rng(config.seed, split)
+  imp = simulator_traffic.sample_impressions(
+      world, num, config.impressions_per_request, rng)
+  truth = simulator_traffic.probabilities(world, imp)
+  truth.update(_outcomes(truth, config.unclicked_conversion_rate, rng))
+  return imp, truth
+
+
+def _summary(truth: dict[str, np.ndarray]) -> dict[str, Any]:
+  click = truth["click"].astype(bool)
+  return {
+      "rows": int(len(click)),
+      "clicks": int(click.sum()),
+      "conversions": int(truth["conversion"].sum()),
+      "unclicked_conversions": int(truth["conversion"][~click].sum()),
+      "true_ctr": float(truth["p_click"].mean()),
+      "true_cvr_all": float(truth["p_conversion"].mean()),
+      "true_cvr_clicked": float(truth["p_conversion"][click].mean())
+                          if click.any() else float("nan"),
+  }
+
+
+def simulate(config: SimulatorConfig, output_dir: str) -> dict[str, Any]:
+  """Writes both splits and their ground truth into ``output_dir``.
+
+  Returns:
+    ``{"config": {...}, "train": {...}, "test": {...}, "files": [paths]}``
+    where each split holds ``rows``, ``clicks``, ``conversions`` (observed, including
+    ``unclicked_conversions``) and the true mean rates.
+
+  Raises:
+    ConfigError: if ``output_dir`` cannot be written. Nothing is left under
+      a final file name unless the whole simulation succeeded.
+  """
+  _prepare_output_dir(output_dir)
+  world = build_world(config)
+  featurizer = simulator_io.Featurizer(world)
+  names = {split: simulator_io.file_names(config.format, split)
+           for split in SPLITS}
+  summary: dict[str, Any] = {"config": dataclasses.asdict(config)}
+  user_text: dict[int, str] = {}
+  vocabulary: dict[int, int] = {}
+  all_names = [name for split in SPLITS for name in names[split].values()]
+  with simulator_io.atomic_files(output_dir, all_names) as out:
+    for split in SPLITS:
+      imp, truth = sample_split(config, world, split)
+      files = {role: out[name] for role, name in names[split].items()}
+      if config.format == "paddlerec":
+        simulator_io.write_paddlerec(featurizer, imp, truth, files["paddlerec"],
+                                     vocabulary, user_text)
+      else:
+        indexes = simulator_io.request_indexes(config.seed, split,
+                                               len(imp.request_size))
+        simulator_io.write_aliccp(featurizer, imp, truth, indexes,
+                                  files["skeleton"], files["common"], user_text)
+      simulator_io.write_ground_truth(files["ground_truth"], truth)
+      summary[split] = _summary(truth)
+  summary["files"] = sorted(os.path.join(output_dir, n) for n in all_names)
+  return summary

@@ -1,0 +1,343 @@
+"""Tests of escm2_tf.losses against independent numpy transcriptions.
+
+The reference functions below are written from the formulas in NOTES.md (the
+paper's R_IPS, R_err, R_imp and PaddleRec's code as described there); they do
+not call the TensorFlow implementation.
+"""
+
+import escm2_tf  # pylint: disable=unused-import  # Legacy Keras before TF.
+
+import dataclasses
+import functools
+import math
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import numpy as np
+import tensorflow as tf
+
+from escm2_tf import losses
+
+# A fixed batch: clicks with pCTR below the default clip (0.002, 0.0) and
+# above it, a pCVR of 0 on a conversion (epsilon clip), imputations above 1.
+CLICK = np.array([1, 0, 1, 1, 0, 1, 0, 1, 0, 0, 1, 0], np.float32)
+CONVERSION = np.array([1, 0, 0, 1, 0, 0, 1, 0, 0, 0, 1, 0], np.float32)
+CTR = np.array([0.002, 0.04, 0.03, 0.6, 0.01, 0.2, 0.05, 0.02, 0.3, 0.0, 0.0,
+                0.07], np.float32)
+CVR = np.array([0.0, 0.1, 0.05, 0.7, 0.02, 0.3, 0.5, 0.01, 0.2, 0.4, 0.25,
+                0.9], np.float32)
+IMPUTATION = np.array([0.5, 0.1, 2.5, 0.2, 0.0, 1.2, 0.3, 0.05, 0.7, 0.0, 1.5,
+                       3.0], np.float32)
+
+
+def np_bce(y, p, eps):
+  p = np.clip(p.astype(np.float64), eps, 1.0 - eps)
+  return -(y * np.log(p) + (1.0 - y) * np.log(1.0 - p))
+
+
+def np_paddle_log_loss(y, p):
+  p = p.astype(np.float64)
+  return -(y * np.log(p + 1e-4) + (1.0 - y) * np.log(1.0 - p + 1e-4))
+
+
+def reference_losses(config, click, conversion, ctr, cvr, imputation):
+  """NOTES.md's formulas in numpy, float64."""
+  click, conversion, imputation = (x.astype(np.float64)
+                                   for x in (click, conversion, imputation))
+  ctcvr = ctr.astype(np.float64) * cvr.astype(np.float64)
+  if config.compat == "paper":
+    log_loss = functools.partial(np_bce, eps=config.epsilon)
+    ctcvr_label = click * conversion
+  else:
+    log_loss = np_paddle_log_loss
+    ctcvr_label = conversion
+  delta = log_loss(conversion, cvr)
+  out = {"ctr_loss": log_loss(click, ctr).mean(),
+         "ctcvr_loss": log_loss(ctcvr_label, ctcvr).mean()}
+  imputation_weight = 0.0
+  if config.loss in ("naive", "esmm"):
+    clicks = click.sum()
+    out["cvr_loss"] = (click * delta).sum() / clicks if clicks else 0.0
+  elif config.compat == "paper":
+    w = 1.0 / np.maximum(ctr.astype(np.float64), config.propensity_clip)
+    if config.max_ips_weight is not None:
+      w = np.minimum(w, config.max_ips_weight)
+    if config.loss == "ipw":
+      out["cvr_loss"] = np.mean(click * delta * w)
+    else:
+      e = delta - imputation
+      out["cvr_loss"] = np.mean(imputation + click * e * w)
+      out["imputation_loss"] = np.mean(click * e**2 * w)
+      imputation_weight = config.lambda_imp
+  elif config.loss == "ipw":
+    w = np.minimum(1.0 / np.maximum(ctr * click.sum(), 1e-6), 15) * click.size
+    out["cvr_loss"] = np.mean(w * click * delta)
+  else:
+    w = np.minimum(click / np.maximum(ctr.astype(np.float64), 1e-6), 15)
+    e = delta - imputation
+    out["cvr_loss"] = np.mean(imputation + w * e + w * e**2)
+    out["imputation_loss"] = np.mean(w * e**2)
+  cvr_weight = 0.0 if config.loss == "esmm" else config.lambda_c
+  out["loss"] = (out["ctr_loss"] + cvr_weight * out["cvr_loss"] +
+                 config.lambda_g * out["ctcvr_loss"] +
+                 imputation_weight * out.get("imputation_loss", 0.0))
+  return out
+
+
+def tf_inputs(click=CLICK, conversion=CONVERSION, ctr=CTR, cvr=CVR,
+              imputation=IMPUTATION):
+  labels = {"click": tf.constant(click), "conversion": tf.constant(conversion)}
+  outputs = {"ctr": tf.constant(ctr), "cvr": tf.constant(cvr),
+             "ctcvr": tf.constant(ctr * cvr),
+             "imputation": tf.constant(imputation)}
+  return labels, outputs
+
+
+def _all_modes():
+  return [dict(testcase_name=f"{loss}_{compat}", loss=loss, compat=compat)
+          for loss in losses.LOSSES for compat in losses.COMPAT_MODES]
+
+
+class LossValueTest(tf.test.TestCase, parameterized.TestCase):
+
+  def assert_matches_reference(self, config, **arrays):
+    labels, outputs = tf_inputs(**arrays)
+    got = losses.compute_losses(config, labels, outputs)
+    ref = reference_losses(config, labels["click"].numpy(),
+                           labels["conversion"].numpy(), outputs["ctr"].numpy(),
+                           outputs["cvr"].numpy(),
+                           outputs["imputation"].numpy())
+    self.assertCountEqual(got.keys(), ref.keys())
+    for key, value in ref.items():
+      self.assertEqual(got[key].dtype, tf.float32, key)
+      self.assertEqual(got[key].shape.rank, 0, key)
+      self.assertAllClose(got[key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+  @parameterized.named_parameters(*_all_modes())
+  def test_defaults_match_reference(self, loss, compat):
+    self.assert_matches_reference(losses.LossConfig(loss=loss, compat=compat))
+
+  @parameterized.named_parameters(
+      ("ipw_cap", "ipw", dict(max_ips_weight=30.0)),
+      ("dr_cap", "dr", dict(max_ips_weight=30.0)),
+      ("ipw_clip", "ipw", dict(propensity_clip=0.05)),
+      ("dr_clip_cap_weights", "dr",
+       dict(propensity_clip=0.001, max_ips_weight=100.0, lambda_c=0.7,
+            lambda_g=2.0, lambda_imp=0.3)),
+      ("ipw_no_stop", "ipw", dict(stop_ips_gradient=False, lambda_c=1.0)),
+      ("naive_weights", "naive", dict(lambda_c=0.5, lambda_g=0.0)),
+      ("esmm_epsilon", "esmm", dict(epsilon=1e-3, lambda_c=3.0)),
+  )
+  def test_options_match_reference(self, loss, options):
+    self.assert_matches_reference(losses.LossConfig(loss=loss, **options))
+
+  @parameterized.parameters("ipw", "dr")
+  def test_fixed_batch_exercises_clip_and_cap(self, loss):
+    labels, outputs = tf_inputs()
+    def cvr_loss(**options):
+      config = losses.LossConfig(loss=loss, **options)
+      return float(losses.compute_losses(config, labels, outputs)["cvr_loss"])
+    self.assertNotAlmostEqual(cvr_loss(), cvr_loss(propensity_clip=1e-3),
+                              places=3)
+    self.assertNotAlmostEqual(cvr_loss(), cvr_loss(max_ips_weight=30.0),
+                              places=3)
+
+  def test_ipw_by_hand(self):
+    # delta_1 = ln 2 on the one click, weight 1 / 0.5, |D| = 2.
+    config = losses.LossConfig(loss="ipw", lambda_c=0.5, lambda_g=1.0)
+    got = losses.compute_losses(
+        config, {"click": tf.constant([1.0, 0.0]),
+                 "conversion": tf.constant([1.0, 0.0])},
+        {"ctr": tf.constant([0.5, 0.25]), "cvr": tf.constant([0.5, 0.1]),
+         "ctcvr": tf.constant([0.25, 0.025])})
+    ctr_loss = (math.log(2) + math.log(4 / 3)) / 2
+    ctcvr_loss = (math.log(4) - math.log(0.975)) / 2
+    self.assertAllClose(got["cvr_loss"], math.log(2))
+    self.assertAllClose(got["ctr_loss"], ctr_loss)
+    self.assertAllClose(got["ctcvr_loss"], ctcvr_loss)
+    self.assertAllClose(got["loss"], ctr_loss + 0.5 * math.log(2) + ctcvr_loss)
+
+  def test_paddlerec_ipw_by_hand(self):
+    # One click of two: weight min(1 / (0.5 * 1), 15) * 2 = 4.
+    config = losses.LossConfig(loss="ipw", compat="paddlerec")
+    got = losses.compute_losses(
+        config, {"click": tf.constant([1.0, 0.0]),
+                 "conversion": tf.constant([1.0, 0.0])},
+        {"ctr": tf.constant([0.5, 0.25]), "cvr": tf.constant([0.5, 0.1]),
+         "ctcvr": tf.constant([0.25, 0.025])})
+    self.assertAllClose(got["cvr_loss"], 4 * -math.log(0.5 + 1e-4) / 2)
+
+  @parameterized.named_parameters(*_all_modes())
+  def test_batch_without_clicks_is_finite(self, loss, compat):
+    config = losses.LossConfig(loss=loss, compat=compat)
+    no_click = np.zeros_like(CLICK)
+    labels, outputs = tf_inputs(click=no_click, conversion=no_click)
+    variables = [tf.Variable(outputs[key]) for key in ("ctr", "cvr")]
+    with tf.GradientTape() as tape:
+      outputs.update(ctr=variables[0], cvr=variables[1],
+                     ctcvr=variables[0] * variables[1])
+      got = losses.compute_losses(config, labels, outputs)
+    for key, value in got.items():
+      self.assertTrue(np.isfinite(value.numpy()), key)
+    for grad in tape.gradient(got["loss"], variables):
+      self.assertAllEqual(np.isfinite(grad), np.ones_like(CTR, bool))
+    if loss in ("naive", "esmm"):
+      self.assertEqual(float(got["cvr_loss"]), 0.0)
+    self.assert_matches_reference(config, click=no_click, conversion=no_click)
+
+  @parameterized.named_parameters(*_all_modes())
+  def test_xla_matches_eager(self, loss, compat):
+    config = losses.LossConfig(loss=loss, compat=compat)
+    labels, outputs = tf_inputs()
+    compiled = tf.function(functools.partial(losses.compute_losses, config),
+                           jit_compile=True)
+    eager = losses.compute_losses(config, labels, outputs)
+    for key, value in compiled(labels, outputs).items():
+      self.assertAllClose(value, eager[key], rtol=1e-5, msg=key)
+
+
+class LossInputTest(tf.test.TestCase, parameterized.TestCase):
+
+  def test_rank_two_labels_rejected(self):
+    labels, outputs = tf_inputs()
+    labels["click"] = labels["click"][:, None]
+    with self.assertRaisesRegex(ValueError, r"labels\['click'\].*shape \[B\]"):
+      losses.compute_losses(losses.LossConfig(), labels, outputs)
+
+  def test_dr_without_imputation_rejected(self):
+    labels, outputs = tf_inputs()
+    del outputs["imputation"]
+    with self.assertRaisesRegex(ValueError, "outputs lack 'imputation'"):
+      losses.compute_losses(losses.LossConfig(loss="dr"), labels, outputs)
+
+  @parameterized.named_parameters(
+      ("loss", dict(loss="dcmt"), "loss"),
+      ("compat", dict(compat="keras"), "compat"),
+      ("negative_lambda_c", dict(lambda_c=-0.1), "lambda_c"),
+      ("nan_lambda_g", dict(lambda_g=float("nan")), "lambda_g"),
+      ("string_lambda_imp", dict(lambda_imp="1"), "lambda_imp"),
+      ("zero_clip", dict(propensity_clip=0.0), "propensity_clip"),
+      ("clip_above_one", dict(propensity_clip=1.5), "propensity_clip"),
+      ("cap_below_one", dict(max_ips_weight=0.5), "max_ips_weight"),
+      ("stop_not_bool", dict(stop_ips_gradient=1), "stop_ips_gradient"),
+      ("tiny_epsilon", dict(epsilon=1e-9), "epsilon"),
+      ("paddlerec_clip", dict(compat="paddlerec", propensity_clip=0.05),
+       "propensity_clip"),
+      ("paddlerec_cap", dict(compat="paddlerec", max_ips_weight=15.0),
+       "max_ips_weight"),
+      ("paddlerec_epsilon", dict(compat="paddlerec", epsilon=1e-4),
+       "epsilon"),
+      ("paddlerec_lambda_imp", dict(compat="paddlerec", lambda_imp=0.5),
+       "lambda_imp"),
+  )
+  def test_invalid_config(self, options, field):
+    with self.assertRaisesRegex(ValueError, rf"LossConfig\.{field}\b"):
+      losses.LossConfig(**options)
+
+
+def logit(p):
+  return np.log(p / (1.0 - p)).astype(np.float32)
+
+
+class GradientTest(tf.test.TestCase, parameterized.TestCase):
+  """Variables stand in for the towers' logits and the imputation output."""
+
+  # Moderate pCTRs, so that neither the propensity clip nor epsilon cuts the
+  # gradient; one (0.004) still below the default propensity clip.
+  ctr = np.array([0.3, 0.05, 0.6, 0.02, 0.1, 0.004, 0.5, 0.15], np.float32)
+  cvr = np.array([0.2, 0.4, 0.1, 0.6, 0.3, 0.5, 0.05, 0.8], np.float32)
+  click = np.array([1, 0, 1, 1, 0, 1, 0, 1], np.float32)
+  conversion = np.array([1, 0, 0, 1, 0, 0, 0, 1], np.float32)
+  imputation = np.array([0.5, 0.2, 1.5, 0.1, 0.3, 0.8, 0.0, 2.0], np.float32)
+
+  def gradients(self, config, key="loss"):
+    """d got[key] / d (ctr logits, cvr logits, imputation)."""
+    variables = [tf.Variable(logit(self.ctr)), tf.Variable(logit(self.cvr)),
+                 tf.Variable(self.imputation)]
+    labels = {"click": tf.constant(self.click),
+              "conversion": tf.constant(self.conversion)}
+    with tf.GradientTape() as tape:
+      ctr, cvr = tf.sigmoid(variables[0]), tf.sigmoid(variables[1])
+      got = losses.compute_losses(config, labels, {
+          "ctr": ctr, "cvr": cvr, "ctcvr": ctr * cvr,
+          "imputation": variables[2]})
+    grads = tape.gradient(got[key], variables,
+                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return [g.numpy() for g in grads]
+
+  def ctcvr_grads(self, lambda_g):
+    """lambda_g * d mean BCE(o r, s(a) s(b)) / d (a, b), by hand."""
+    q = self.ctr.astype(np.float64) * self.cvr
+    y = self.click * self.conversion
+    dq = (q - y) / (q * (1 - q)) / self.ctr.size * lambda_g
+    return (dq * self.cvr * self.ctr * (1 - self.ctr),
+            dq * self.ctr * self.cvr * (1 - self.cvr))
+
+  @parameterized.parameters("ipw", "dr")
+  def test_ips_weight_passes_no_gradient_to_ctr(self, loss):
+    config = losses.LossConfig(loss=loss, lambda_c=1.0, lambda_g=0.7)
+    ctr_grad = self.gradients(config)[0]
+    # d mean BCE(o, s(a)) / da = (s(a) - o) / B.
+    expected = ((self.ctr - self.click) / self.ctr.size +
+                self.ctcvr_grads(0.7)[0])
+    self.assertAllClose(ctr_grad, expected, rtol=1e-4, atol=1e-7)
+    free = dataclasses.replace(config, stop_ips_gradient=False)
+    self.assertNotAllClose(self.gradients(free)[0], expected, atol=1e-4)
+
+  def test_dr_decoupling(self):
+    config = losses.LossConfig(loss="dr", lambda_c=0.6, lambda_g=0.7,
+                               lambda_imp=0.4)
+    _, cvr_grad, imputation_grad = self.gradients(config)
+    w = 1.0 / np.maximum(self.ctr.astype(np.float64), config.propensity_clip)
+    delta = np_bce(self.conversion, self.cvr, config.epsilon)
+    size = self.ctr.size
+    # lambda_imp * d R_imp / d imp with delta held constant.
+    expected_imputation = (
+        config.lambda_imp * -2 * self.click * w * (delta - self.imputation) /
+        size)
+    self.assertAllClose(imputation_grad, expected_imputation, rtol=1e-4,
+                        atol=1e-7)
+    # lambda_c * d R_err / d b with imp held constant (d delta / db = s(b) - r),
+    # plus the CTCVR part.
+    expected_cvr = (config.lambda_c * self.click * w *
+                    (self.cvr - self.conversion) / size +
+                    self.ctcvr_grads(config.lambda_g)[1])
+    self.assertAllClose(cvr_grad, expected_cvr, rtol=1e-4, atol=1e-7)
+
+  def test_esmm_moves_cvr_through_ctcvr_only(self):
+    config = losses.LossConfig(loss="esmm", lambda_c=5.0, lambda_g=0.7)
+    self.assertAllClose(self.gradients(config)[1], self.ctcvr_grads(0.7)[1],
+                        rtol=1e-4, atol=1e-7)
+    # The reported cvr_loss is a monitor only.
+    self.assertAllEqual(self.gradients(config, "cvr_loss")[1],
+                        np.zeros_like(self.cvr))
+
+  def test_paddlerec_dr_trains_imputation_with_both_terms(self):
+    config = losses.LossConfig(loss="dr", compat="paddlerec", lambda_c=0.5)
+    imputation_grad = self.gradients(config)[2]
+    w = np.minimum(self.click / np.maximum(self.ctr.astype(np.float64), 1e-6),
+                   15)
+    e = np_paddle_log_loss(self.conversion, self.cvr) - self.imputation
+    size = self.ctr.size
+    # d/d imp of mean(imp + w e + w e^2), e = delta - imp.
+    self.assertAllClose(imputation_grad, 0.5 * (1 - w - 2 * w * e) / size,
+                        rtol=1e-4, atol=1e-7)
+    self.assertNotAllClose(imputation_grad, 0.5 * (-2 * w * e) / size,
+                           atol=1e-4)
+
+  def test_paddlerec_dr_trains_cvr_with_both_terms(self):
+    config = losses.LossConfig(loss="dr", compat="paddlerec", lambda_c=0.5,
+                               lambda_g=0.0)
+    cvr_grad = self.gradients(config)[1]
+    w = np.minimum(self.click / np.maximum(self.ctr.astype(np.float64), 1e-6),
+                   15)
+    p, r = self.cvr.astype(np.float64), self.conversion
+    e = np_paddle_log_loss(r, self.cvr) - self.imputation
+    # d delta / db for paddle's log loss, through p = s(b).
+    d_delta = (-r / (p + 1e-4) + (1 - r) / (1 - p + 1e-4)) * p * (1 - p)
+    expected = 0.5 * w * (1 + 2 * e) * d_delta / p.size
+    self.assertAllClose(cvr_grad, expected, rtol=1e-4, atol=1e-7)
+
+
+if __name__ == "__main__":
+  absltest.main()

@@ -1,0 +1,234 @@
+"""Tests of escm2_tf.metrics against brute-force and numpy expectations."""
+
+import escm2_tf  # pylint: disable=unused-import  # Legacy Keras before TF.
+
+import json
+import math
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import numpy as np
+import tensorflow as tf
+
+from escm2_tf import metrics
+
+
+def pairwise_auc(labels, scores):
+  """O(n^2) AUC: the share of (positive, negative) pairs ranked right."""
+  labels, scores = np.asarray(labels), np.asarray(scores)
+  pos, neg = scores[labels == 1], scores[labels == 0]
+  if pos.size == 0 or neg.size == 0:
+    return math.nan
+  wins = 0.0
+  for p in pos:
+    for n in neg:
+      wins += 1.0 if p > n else 0.5 if p == n else 0.0
+  return wins / (pos.size * neg.size)
+
+
+def np_log_loss(y, p, eps=1e-7):
+  p = np.clip(np.asarray(p, np.float64), eps, 1 - eps)
+  return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def random_log(rng, n, low, high):
+  return np.exp(rng.uniform(math.log(low), math.log(high), n))
+
+
+class ExactAucTest(parameterized.TestCase):
+
+  @parameterized.parameters((0, 50, 3), (1, 200, 10), (2, 301, 1000),
+                            (3, 120, 2))
+  def test_matches_pairwise_count_with_ties(self, seed, n, levels):
+    rng = np.random.default_rng(seed)
+    # Few distinct score levels force many ties across the classes.
+    scores = rng.integers(0, levels, n) / levels
+    labels = (rng.random(n) < 0.2 + 0.5 * scores).astype(np.int64)
+    self.assertAlmostEqual(metrics.exact_auc(labels, scores),
+                           pairwise_auc(labels, scores), places=12)
+
+  def test_known_values(self):
+    self.assertEqual(metrics.exact_auc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]), 1)
+    self.assertEqual(metrics.exact_auc([1, 1, 0, 0], [0.1, 0.2, 0.3, 0.4]), 0)
+    self.assertEqual(metrics.exact_auc([1, 0, 1, 0], [0.5] * 4), 0.5)
+    # Pairs: 0.8 > 0.3, 0.8 > 0.5, 0.5 > 0.3, 0.5 = 0.5 -> 3.5 / 4.
+    self.assertAlmostEqual(
+        metrics.exact_auc([1, 0, 1, 0], [0.8, 0.3, 0.5, 0.5]), 0.875)
+
+  @parameterized.parameters(([1, 1, 1],), ([0, 0],), ([],))
+  def test_one_class_is_nan(self, labels):
+    self.assertTrue(math.isnan(metrics.exact_auc(labels, [0.3] * len(labels))))
+
+  @parameterized.named_parameters(
+      ("non_binary", [0, 2, 1], [0.1, 0.2, 0.3], "labels must be 0/1"),
+      ("nan_score", [0, 1, 1], [0.1, math.nan, 0.3], "scores has 1 non-finite"),
+      ("size", [0, 1], [0.1, 0.2, 0.3], "labels has 2 values"),
+  )
+  def test_bad_input(self, labels, scores, message):
+    with self.assertRaisesRegex(ValueError, message):
+      metrics.exact_auc(labels, scores)
+
+
+class LogLossCalibrationTest(parameterized.TestCase):
+
+  def test_log_loss_matches_numpy_with_clipping(self):
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 2, 100)
+    predictions = np.concatenate([[0.0, 1.0, 0.0, 1.0], rng.random(96)])
+    labels[:4] = [0, 1, 1, 0]
+    got = metrics.log_loss(labels, predictions)
+    self.assertAlmostEqual(got, np_log_loss(labels, predictions), places=10)
+    self.assertTrue(math.isfinite(got))
+    self.assertTrue(math.isnan(metrics.log_loss([], [])))
+
+  def test_calibration(self):
+    self.assertAlmostEqual(metrics.calibration([0, 1, 0, 0], [0.5, 0.1, 0.2,
+                                                              0.0]),
+                           0.2 / 0.25)
+    self.assertTrue(math.isnan(metrics.calibration([0, 0], [0.1, 0.2])))
+
+
+class EvaluatePredictionsTest(parameterized.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    rng = np.random.default_rng(7)
+    n = 400
+    self.truth = {"p_click": rng.uniform(0.05, 0.5, n),
+                  "p_conversion": rng.uniform(0.05, 0.6, n)}
+    self.click = (rng.random(n) < self.truth["p_click"]).astype(np.int64)
+    self.truth["conversion_counterfactual"] = (
+        rng.random(n) < self.truth["p_conversion"]).astype(np.int64)
+    self.conversion = self.click * self.truth["conversion_counterfactual"]
+    self.ctr = np.clip(self.truth["p_click"] + rng.normal(0, 0.1, n), 0.01,
+                       0.99).astype(np.float32)
+    self.cvr = np.clip(self.truth["p_conversion"] + rng.normal(0, 0.2, n),
+                       0.01, 0.99).astype(np.float32)
+    self.ctcvr = self.ctr * self.cvr
+
+  def evaluate(self, **kwargs):
+    return metrics.evaluate_predictions(self.click, self.conversion, self.ctr,
+                                        self.cvr, self.ctcvr, **kwargs)
+
+  def test_values_match_independent_computation(self):
+    got = self.evaluate(ground_truth=self.truth)
+    c = self.click == 1
+    y_ctcvr = self.click * self.conversion
+    expected = {
+        "auc_ctr": pairwise_auc(self.click, self.ctr),
+        "auc_cvr": pairwise_auc(self.conversion[c], self.cvr[c]),
+        "auc_cvr_all": pairwise_auc(self.conversion, self.cvr),
+        "auc_ctcvr": pairwise_auc(y_ctcvr, self.ctcvr),
+        "logloss_ctr": np_log_loss(self.click, self.ctr),
+        "logloss_cvr": np_log_loss(self.conversion[c], self.cvr[c]),
+        "logloss_ctcvr": np_log_loss(y_ctcvr, self.ctcvr),
+        "calibration_ctr": self.ctr.mean() / self.click.mean(),
+        "calibration_cvr": self.cvr[c].mean() / self.conversion[c].mean(),
+        "calibration_ctcvr": self.ctcvr.mean() / y_ctcvr.mean(),
+        "count": 400, "clicks": self.click.sum(),
+        "conversions": self.conversion.sum(),
+        "cvr_bias": self.cvr.mean() - self.truth["p_conversion"].mean(),
+        "cvr_bias_clicked": (self.cvr[c].mean() -
+                             self.truth["p_conversion"][c].mean()),
+        "auc_cvr_truth": pairwise_auc(self.truth["conversion_counterfactual"],
+                                      self.cvr),
+        "true_cvr_mean": self.truth["p_conversion"].mean(),
+    }
+    self.assertCountEqual(got.keys(), expected.keys())
+    for key, value in expected.items():
+      self.assertIs(type(got[key]), float, key)
+      self.assertAlmostEqual(got[key], float(value), places=5, msg=key)
+    # The clicked-only CVR AUC is a different number from PaddleRec's.
+    self.assertNotAlmostEqual(got["auc_cvr"], got["auc_cvr_all"], places=3)
+    json.loads(json.dumps(got))
+
+  def test_without_ground_truth_or_clicks(self):
+    self.click = np.zeros_like(self.click)
+    self.conversion = np.zeros_like(self.conversion)
+    got = self.evaluate()
+    self.assertNotIn("cvr_bias", got)
+    for key in ("auc_ctr", "auc_cvr", "auc_cvr_all", "logloss_cvr",
+                "calibration_ctr", "calibration_cvr"):
+      self.assertTrue(math.isnan(got[key]), key)
+    self.assertEqual(got["clicks"], 0.0)
+    self.assertTrue(math.isfinite(got["logloss_ctr"]))
+
+  def test_length_mismatch_names_arrays(self):
+    self.cvr = self.cvr[:-1]
+    with self.assertRaisesRegex(ValueError, "ctr=400, cvr=399"):
+      self.evaluate()
+
+  def test_missing_ground_truth_key(self):
+    del self.truth["conversion_counterfactual"]
+    with self.assertRaisesRegex(ValueError, "conversion_counterfactual"):
+      self.evaluate(ground_truth=self.truth)
+
+
+class TrainMetricsTest(tf.test.TestCase, parameterized.TestCase):
+
+  def make_batches(self, seed, num_batches=4, batch_size=1000):
+    """Batches of log-uniform small probabilities, as in Ali-CCP."""
+    rng = np.random.default_rng(seed)
+    batches = []
+    for _ in range(num_batches):
+      ctr = random_log(rng, batch_size, 1e-3, 0.5)
+      cvr = random_log(rng, batch_size, 1e-4, 0.3)
+      click = (rng.random(batch_size) < ctr).astype(np.float32)
+      conversion = click * (rng.random(batch_size) < 2 * cvr)
+      batches.append(({"click": click, "conversion": conversion},
+                      {"ctr": ctr.astype(np.float32),
+                       "cvr": cvr.astype(np.float32),
+                       "ctcvr": (ctr * cvr).astype(np.float32)}))
+    return batches
+
+  def exact(self, batches, task):
+    labels = {k: np.concatenate([b[0][k] for b in batches])
+              for k in ("click", "conversion")}
+    scores = np.concatenate([b[1][task] for b in batches])
+    if task == "ctr":
+      return metrics.exact_auc(labels["click"], scores)
+    if task == "cvr":
+      clicked = labels["click"] == 1
+      return metrics.exact_auc(labels["conversion"][clicked], scores[clicked])
+    return metrics.exact_auc(labels["click"] * labels["conversion"], scores)
+
+  @parameterized.parameters(0, 1)
+  def test_streaming_auc_approximates_exact(self, seed):
+    batches = self.make_batches(seed)
+    train_metrics = metrics.make_train_metrics()
+    self.assertEqual([m.name for m in train_metrics],
+                     ["auc_ctr", "auc_cvr", "auc_ctcvr"])
+    for labels, outputs in batches:
+      for metric in train_metrics:
+        metric.update_state(labels, outputs)
+    for metric in train_metrics:
+      exact = self.exact(batches, metric.task)
+      self.assertGreater(abs(exact - 0.5), 0.1, metric.name)
+      self.assertAllClose(metric.result(), exact, atol=0.002, msg=metric.name)
+    for metric in train_metrics:
+      metric.reset_state()
+      self.assertEqual(float(metric.result()), 0.0)
+
+  def test_updates_under_xla(self):
+    batches = self.make_batches(2, num_batches=1)
+    metric = metrics.TaskAUC("ctcvr")
+
+    @tf.function(jit_compile=True)
+    def update(labels, outputs):
+      metric.update_state(labels, outputs)
+
+    update(*batches[0])
+    self.assertAllClose(metric.result(), self.exact(batches, "ctcvr"),
+                        atol=0.002)
+
+  def test_config_round_trip_and_bad_task(self):
+    metric = metrics.TaskAUC("cvr", num_thresholds=50)
+    clone = metrics.TaskAUC.from_config(metric.get_config())
+    self.assertEqual((clone.task, clone.name, clone.num_thresholds),
+                     ("cvr", "auc_cvr", 50))
+    with self.assertRaisesRegex(ValueError, "task must be ctr, cvr or ctcvr"):
+      metrics.TaskAUC("imputation")
+
+
+if __name__ == "__main__":
+  absltest.main()
