@@ -1,0 +1,131 @@
+"""The tf.data input: GZIP TFRecords of tf.Example -> (features, labels).
+
+Records are batched before parsing, so ``tf.io.parse_example`` runs once per
+batch (vectorised) instead of once per record. Features are ragged int64 ids
+per schema field, plus the float32 weights of the weighted fields; labels are
+float32, as ``escm2_tf.losses.compute_losses`` expects them.
+"""
+
+import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
+
+from typing import Sequence
+
+import tensorflow as tf
+
+from escm2_tf import schema
+
+# Records held in the shuffle buffer: a few batches of Ali-CCP-sized examples,
+# enough to break up the skeleton's per-user ordering within a file.
+DEFAULT_SHUFFLE_BUFFER = 16_384
+_GZIP = "GZIP"
+
+Features = dict[str, tf.RaggedTensor | tf.Tensor]
+Labels = dict[str, tf.Tensor]
+
+
+def list_files(file_pattern: str | Sequence[str]) -> list[str]:
+  """The sorted files matching a glob (or any of several globs).
+
+  Raises:
+    FileNotFoundError: Nothing matches, naming the pattern.
+  """
+  patterns = [file_pattern] if isinstance(file_pattern, str) else list(
+      file_pattern)
+  files = []
+  for pattern in patterns:
+    matches = tf.io.gfile.glob(pattern)
+    if not matches:
+      raise FileNotFoundError(f"No input files match {pattern!r}.")
+    files.extend(matches)
+  return sorted(set(files))
+
+
+def _shard_files(files: list[str], input_context: tf.distribute.InputContext
+                 | None) -> tuple[list[str], bool]:
+  """This pipeline's files, and whether records still need sharding."""
+  if input_context is None or input_context.num_input_pipelines == 1:
+    return files, False
+  num, index = (input_context.num_input_pipelines,
+                input_context.input_pipeline_id)
+  if len(files) >= num:
+    return files[index::num], False
+  # Too few files to give each pipeline its own: every pipeline reads all of
+  # them in the same order and keeps every num-th record.
+  return files, True
+
+
+def parse_batch(serialized: tf.Tensor, with_sample_id: bool = False
+                ) -> tuple[Features, Labels]:
+  """Parses a batch of serialized tf.Examples into ``(features, labels)``."""
+  parsed = tf.io.parse_example(
+      serialized, schema.feature_spec(with_sample_id=with_sample_id))
+  labels = {name: tf.cast(parsed.pop(name), tf.float32)
+            for name in schema.LABELS}
+  return parsed, labels
+
+
+def make_dataset(file_pattern: str | Sequence[str], batch_size: int, *,
+                 training: bool, num_epochs: int | None = 1,
+                 seed: int | None = None,
+                 input_context: tf.distribute.InputContext | None = None,
+                 with_sample_id: bool = False,
+                 shuffle_buffer_size: int = DEFAULT_SHUFFLE_BUFFER,
+                 drop_remainder: bool = False) -> tf.data.Dataset:
+  """A dataset of ``(features, labels)`` batches over GZIP TFRecord files.
+
+  Args:
+    file_pattern: A glob (or list of globs) of ``*.tfrecord.gz`` files.
+    batch_size: The global batch size; with ``input_context`` each pipeline
+      yields its per-replica share.
+    training: Shuffle files and records (seeded by ``seed``). Evaluation
+      (``False``) reads in one deterministic order.
+    num_epochs: Passes over the data; ``None`` repeats forever.
+    seed: Seeds the shuffles and makes the interleave deterministic, so equal
+      seeds give equal batches. ``None`` trades that for parallel speed.
+    input_context: From ``distribute_datasets_from_function``; shards files
+      (or, with fewer files than pipelines, records) so the pipelines read
+      disjoint parts that together cover the data.
+    with_sample_id: Also return ``features["sample_id"]`` (tf.string [B]).
+    shuffle_buffer_size: Records in the shuffle buffer when training.
+    drop_remainder: Drop the last, smaller batch of every pass.
+
+  Returns:
+    A ``tf.data.Dataset`` of ``(features, labels)``: features maps every
+    schema field to an int64 ``tf.RaggedTensor`` [B, None] and every weight
+    feature to a float32 one; labels maps ``click`` and ``conversion`` to
+    float32 [B].
+
+  Raises:
+    FileNotFoundError: The pattern matches nothing.
+    ValueError: A non-positive batch size or epoch count.
+  """
+  if batch_size <= 0:
+    raise ValueError(f"batch_size must be positive, got {batch_size}.")
+  if num_epochs is not None and num_epochs <= 0:
+    raise ValueError(f"num_epochs must be positive or None, got {num_epochs}.")
+  files, shard_records = _shard_files(list_files(file_pattern), input_context)
+  if input_context is not None:
+    batch_size = input_context.get_per_replica_batch_size(batch_size)
+  # Record sharding needs every pipeline to see the records in one order.
+  deterministic = not training or seed is not None or shard_records
+
+  dataset = tf.data.Dataset.from_tensor_slices(files)
+  if training and not shard_records:
+    dataset = dataset.shuffle(len(files), seed=seed,
+                              reshuffle_each_iteration=True)
+  dataset = dataset.interleave(
+      lambda path: tf.data.TFRecordDataset(path, compression_type=_GZIP),
+      cycle_length=min(len(files), 8), block_length=1,
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+  if shard_records:
+    dataset = dataset.shard(input_context.num_input_pipelines,
+                            input_context.input_pipeline_id)
+  if training:
+    dataset = dataset.shuffle(shuffle_buffer_size, seed=seed,
+                              reshuffle_each_iteration=True)
+  dataset = dataset.repeat(num_epochs)
+  dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+  dataset = dataset.map(
+      lambda serialized: parse_batch(serialized, with_sample_id),
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+  return dataset.prefetch(tf.data.AUTOTUNE)

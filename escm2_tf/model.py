@@ -1,0 +1,282 @@
+"""The ESCM2 Keras model: a functional network inside a training wrapper.
+
+``build_model`` returns an ``ESCM2Model`` whose ``call`` takes a dict of raw-id
+ragged tensors (the vocabulary lookup is in the graph, so training and serving
+cannot skew) and returns ``{"ctr", "cvr", "ctcvr"}`` (+ ``"imputation"`` for
+the DR loss), float32 [B]. Its ``train_step``/``test_step`` apply
+``escm2_tf.losses.compute_losses`` with the model's ``LossConfig``, so a plain
+``model.compile(optimizer=...)`` and ``model.fit(dataset)`` train it.
+"""
+
+import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
+
+import dataclasses
+from typing import Any, Mapping
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+import tf_keras as keras
+
+from escm2_tf import config as config_lib
+from escm2_tf import layers
+from escm2_tf import losses
+from escm2_tf import metrics as metrics_lib
+from escm2_tf import schema
+
+Features = Mapping[str, tf.RaggedTensor | tf.Tensor]
+Outputs = dict[str, tf.Tensor]
+REGULARIZATION_LOSS = "regularization_loss"
+
+
+def task_names(loss_config: losses.LossConfig) -> tuple[str, ...]:
+  """The towers the loss needs: CTR, CVR and, for DR, the imputation."""
+  if loss_config.loss == "dr":
+    return ("ctr", "cvr", losses.IMPUTATION)
+  return ("ctr", "cvr")
+
+
+def _embedding_initializer(config: config_lib.ModelConfig
+                           ) -> keras.initializers.Initializer:
+  scale, seed = config.embedding_init_scale, config.seed
+  if config.embedding_initializer == "uniform":
+    return keras.initializers.RandomUniform(-scale, scale, seed=seed)
+  if config.embedding_initializer == "normal":
+    return keras.initializers.RandomNormal(stddev=scale, seed=seed)
+  return keras.initializers.TruncatedNormal(stddev=scale, seed=seed)
+
+
+def _seed(config: config_lib.ModelConfig, offset: int) -> int | None:
+  return None if config.seed is None else config.seed + offset
+
+
+def _mlp(config: config_lib.ModelConfig, inputs: tf.Tensor,
+         seed_offset: int) -> tf.Tensor:
+  hidden = inputs
+  for index, units in enumerate(config.bottom_units):
+    hidden = keras.layers.Dense(
+        units, activation=config.activation, name=f"bottom_{index}",
+        kernel_initializer=keras.initializers.GlorotUniform(
+            _seed(config, seed_offset + 2 * index)))(hidden)
+    if config.dropout:
+      hidden = keras.layers.Dropout(
+          config.dropout, seed=_seed(config, seed_offset + 2 * index + 1),
+          name=f"bottom_dropout_{index}")(hidden)
+  return hidden
+
+
+def _backbone(config: config_lib.ModelConfig, num_tasks: int,
+              inputs: tf.Tensor) -> tf.Tensor:
+  """[B, I] -> [B, num_tasks, H] (mmoe) or [B, H] (shared by all towers)."""
+  if config.backbone == "mmoe":
+    return layers.MMoE(config.num_experts, config.expert_units, num_tasks,
+                       activation=config.activation, dropout=config.dropout,
+                       seed=_seed(config, 100), name="mmoe")(inputs)
+  if config.backbone == "shared_bottom":
+    return _mlp(config, inputs, seed_offset=100)
+  crossed = inputs
+  for index in range(config.num_cross_layers):
+    crossed = tfrs.layers.dcn.Cross(
+        projection_dim=config.cross_projection_dim, name=f"cross_{index}",
+        kernel_initializer=keras.initializers.TruncatedNormal(
+            stddev=0.05, seed=_seed(config, 100 + index)))(inputs, crossed)
+  return _mlp(config, crossed, seed_offset=200)
+
+
+class Heads(keras.layers.Layer):
+  """Task logits [B, T] -> the named outputs.
+
+  ``ctr`` and ``cvr`` are sigmoids and ``ctcvr = ctr * cvr``. With a third
+  task the imputed CVR cross-entropy is a softplus: it must be non-negative
+  but, unlike a probability, may exceed 1.
+  """
+
+  def __init__(self, with_imputation: bool, **kwargs):
+    super().__init__(**kwargs)
+    self.with_imputation = with_imputation
+
+  def call(self, logits: tf.Tensor) -> dict[str, tf.Tensor]:
+    # Unstacking differentiates to a stack, cheaper than strided slices.
+    tasks = tf.unstack(logits, axis=1)
+    ctr, cvr = tf.sigmoid(tasks[0]), tf.sigmoid(tasks[1])
+    outputs = {"ctr": ctr, "cvr": cvr, "ctcvr": ctr * cvr}
+    if self.with_imputation:
+      outputs["imputation"] = tf.nn.softplus(tasks[2])
+    return outputs
+
+
+def model_inputs(config: config_lib.ModelConfig) -> dict[str, tf.Tensor]:
+  """One ragged ``keras.Input`` per field, plus weights when they are used."""
+  inputs = {field: keras.Input(shape=(None,), dtype=tf.int64, ragged=True,
+                               name=field)
+            for field in schema.FIELD_NAMES}
+  if config.use_weights:
+    inputs.update({name: keras.Input(shape=(None,), dtype=tf.float32,
+                                     ragged=True, name=name)
+                   for name in schema.WEIGHT_NAMES})
+  return inputs
+
+
+def build_network(model_config: config_lib.ModelConfig,
+                  loss_config: losses.LossConfig,
+                  vocabularies: Mapping[str, np.ndarray]) -> keras.Model:
+  """The functional graph: raw ids -> lookup, pooling, backbone, towers."""
+  missing = [f for f in schema.FIELD_NAMES if f not in vocabularies]
+  if missing:
+    raise ValueError(f"No vocabulary for field(s) {', '.join(missing)}.")
+  num_tasks = len(task_names(loss_config))
+  inputs = model_inputs(model_config)
+  embedded = layers.FusedEmbedding(
+      {f: vocabularies[f] for f in schema.FIELD_NAMES},
+      model_config.embedding_dim, oov_buckets=model_config.oov_buckets,
+      pooling=model_config.pooling, use_weights=model_config.use_weights,
+      initializer=_embedding_initializer(model_config),
+      l2=model_config.embedding_l2, name="embedding")(inputs)
+  if model_config.embedding_dropout:
+    embedded = keras.layers.Dropout(
+        model_config.embedding_dropout, seed=_seed(model_config, 1),
+        name="embedding_dropout")(embedded)
+  hidden = _backbone(model_config, num_tasks, embedded)
+  logits = layers.TaskTowers(
+      num_tasks, model_config.tower_units, activation=model_config.activation,
+      dropout=model_config.dropout, seed=_seed(model_config, 300),
+      name="towers")(hidden)
+  outputs = Heads(num_tasks == 3, name="heads")(logits)
+  return keras.Model(inputs=inputs, outputs=outputs, name="escm2_network")
+
+
+class ESCM2Model(keras.Model):
+  """The network plus ESCM2's training and evaluation steps.
+
+  Attributes:
+    network: The functional graph that ``call`` runs.
+    model_config: The ``ModelConfig`` it was built from.
+    loss_config: The ``LossConfig`` its steps minimise and report.
+  """
+
+  def __init__(self, network: keras.Model,
+               model_config: config_lib.ModelConfig,
+               loss_config: losses.LossConfig, **kwargs):
+    super().__init__(**kwargs)
+    self.network = network
+    self.model_config = model_config
+    self.loss_config = loss_config
+    loss_names = ["loss", "ctr_loss", "cvr_loss", "ctcvr_loss"]
+    if loss_config.loss == "dr":
+      loss_names.append("imputation_loss")
+    if model_config.embedding_l2:
+      loss_names.append(REGULARIZATION_LOSS)
+    self.loss_trackers = [keras.metrics.Mean(name) for name in loss_names]
+    self.task_metrics = list(metrics_lib.make_train_metrics())
+    # The save spec would otherwise be the first batch's structure, extra
+    # features (sample_id, unused weights) included.
+    self._set_save_spec({name: tensor.type_spec for name, tensor in
+                         zip(network.input_names, network.inputs)})
+
+  @property
+  def metrics(self) -> list[keras.metrics.Metric]:
+    # Listing them is what makes fit/evaluate reset them every epoch.
+    return self.loss_trackers + self.task_metrics
+
+  def call(self, features: Features, training: bool | None = None) -> Outputs:
+    missing = [n for n in self.network.input_names if n not in features]
+    if missing:
+      raise ValueError(f"The model's input lacks feature(s) "
+                       f"{', '.join(missing)}.")
+    return self.network({name: features[name]
+                         for name in self.network.input_names},
+                        training=training)
+
+  def compute_all_losses(self, labels: Mapping[str, tf.Tensor],
+                         outputs: Outputs) -> dict[str, tf.Tensor]:
+    """``compute_losses`` plus the layers' regularisation in ``loss``."""
+    values = losses.compute_losses(self.loss_config, labels, outputs)
+    if self.model_config.embedding_l2:
+      values[REGULARIZATION_LOSS] = tf.add_n(self.losses)
+      values["loss"] += values[REGULARIZATION_LOSS]
+    return values
+
+  def _unpack(self, data: Any) -> tuple[Features, Mapping[str, tf.Tensor]]:
+    features, labels, sample_weight = keras.utils.unpack_x_y_sample_weight(
+        data)
+    if sample_weight is not None:
+      raise ValueError("ESCM2Model takes (features, labels) batches; the "
+                       "losses weigh impressions themselves, so sample "
+                       "weights are not supported.")
+    return features, labels
+
+  def _record(self, labels: Mapping[str, tf.Tensor], outputs: Outputs,
+              values: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    for tracker in self.loss_trackers:
+      tracker.update_state(values[tracker.name])
+    for metric in self.task_metrics:
+      metric.update_state(labels, outputs)
+    return {metric.name: metric.result() for metric in self.metrics}
+
+  def train_step(self, data: Any) -> dict[str, tf.Tensor]:
+    features, labels = self._unpack(data)
+    with tf.GradientTape() as tape:
+      outputs = self(features, training=True)
+      values = self.compute_all_losses(labels, outputs)
+    self.optimizer.minimize(values["loss"], self.trainable_variables,
+                            tape=tape)
+    return self._record(labels, outputs, values)
+
+  def test_step(self, data: Any) -> dict[str, tf.Tensor]:
+    features, labels = self._unpack(data)
+    outputs = self(features, training=False)
+    return self._record(labels, outputs,
+                        self.compute_all_losses(labels, outputs))
+
+  def predict_step(self, data: Any) -> Outputs:
+    features, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+    return self(features, training=False)
+
+  def get_config(self) -> dict[str, Any]:
+    return {"model_config": self.model_config.to_dict(),
+            "loss_config": dataclasses.asdict(self.loss_config)}
+
+  @classmethod
+  def from_config(cls, config: Mapping[str, Any], custom_objects=None):
+    raise NotImplementedError(
+        "An ESCM2Model cannot be rebuilt from its config alone: it needs the "
+        "vocabularies. Call build_model(ModelConfig.from_dict(...), ..., "
+        "vocab.load_vocabularies(...)) and restore the weights.")
+
+  def compile(self, optimizer="rmsprop", loss=None, metrics=None,
+              jit_compile: bool | None = None, **kwargs):
+    """``keras.Model.compile`` with the losses and metrics built in.
+
+    The loss comes from ``loss_config`` and the metrics from
+    ``metrics.make_train_metrics``; passing others would be silently ignored
+    by the custom steps, so it is an error. XLA is refused: the vocabulary
+    lookup (a hash table) has no XLA kernel.
+    """
+    if loss is not None or metrics is not None:
+      raise ValueError(
+          "ESCM2Model.compile takes no loss or metrics: the loss comes from "
+          "the model's LossConfig and the metrics are built in.")
+    if jit_compile:
+      raise ValueError(
+          "ESCM2Model cannot compile with jit_compile=True: its vocabulary "
+          "lookup (a hash table) has no XLA kernel. Leave jit_compile unset.")
+    super().compile(optimizer=optimizer, jit_compile=False, **kwargs)
+
+
+def build_model(model_config: config_lib.ModelConfig,
+                loss_config: losses.LossConfig,
+                vocabularies: Mapping[str, np.ndarray]) -> ESCM2Model:
+  """The ESCM2 model for these configs and per-field vocabularies.
+
+  Args:
+    model_config: The network.
+    loss_config: The estimator its ``train_step`` minimises; ``dr`` adds the
+      imputation tower.
+    vocabularies: Field name -> raw ids (``vocab.load_vocabularies``), for
+      every field of ``schema.FIELD_NAMES``.
+
+  Returns:
+    An ``ESCM2Model``, ready for ``compile(optimizer=...)`` and ``fit``.
+  """
+  network = build_network(model_config, loss_config, vocabularies)
+  return ESCM2Model(network, model_config, loss_config, name="escm2")

@@ -1,0 +1,188 @@
+"""Tests of escm2_tf.data.make_dataset over small GZIP TFRecord files."""
+
+import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
+
+import os
+import shutil
+import tempfile
+
+from absl.testing import parameterized
+import numpy as np
+import tensorflow as tf
+
+from escm2_tf import data
+from escm2_tf import schema
+
+_NUM_EXAMPLES = 60
+
+
+def _example(index: int) -> tuple[tf.train.Example, dict]:
+  """Example ``index``: every third one lacks the multi-valued fields."""
+  rng = np.random.default_rng(index)
+  row = {schema.SAMPLE_ID: f"s{index}", schema.CLICK: index % 2,
+         schema.CONVERSION: int(index % 4 == 1)}
+  for position, field in enumerate(schema.FIELD_NAMES):
+    if field in schema.MULTI_VALUED_FIELDS:
+      count = 0 if index % 3 == 0 else 1 + index % 4
+    else:
+      count = 1
+    row[field] = [1000 * position + index + k for k in range(count)]
+    if field in schema.WEIGHTED_FIELDS and count:
+      row[schema.weight_name(field)] = rng.random(count).round(3).tolist()
+  feature = {schema.SAMPLE_ID: tf.train.Feature(
+      bytes_list=tf.train.BytesList(value=[row[schema.SAMPLE_ID].encode()]))}
+  for name in schema.LABELS:
+    feature[name] = tf.train.Feature(
+        int64_list=tf.train.Int64List(value=[row[name]]))
+  for name in schema.FIELD_NAMES:
+    if row[name]:
+      feature[name] = tf.train.Feature(
+          int64_list=tf.train.Int64List(value=row[name]))
+  for name in schema.WEIGHT_NAMES:
+    if name in row:
+      feature[name] = tf.train.Feature(
+          float_list=tf.train.FloatList(value=row[name]))
+  return tf.train.Example(features=tf.train.Features(feature=feature)), row
+
+
+def _write(directory: str, num_files: int) -> dict[str, dict]:
+  """Writes the examples round-robin into files; returns rows by sample id."""
+  rows = {}
+  writers = [tf.io.TFRecordWriter(
+      os.path.join(directory, f"part-{i:05d}.tfrecord.gz"), options="GZIP")
+             for i in range(num_files)]
+  for index in range(_NUM_EXAMPLES):
+    example, row = _example(index)
+    writers[index % num_files].write(example.SerializeToString())
+    rows[row[schema.SAMPLE_ID]] = row
+  for writer in writers:
+    writer.close()
+  return rows
+
+
+def _sample_ids(dataset: tf.data.Dataset) -> list[str]:
+  return [s.decode() for features, _ in dataset
+          for s in features[schema.SAMPLE_ID].numpy()]
+
+
+class MakeDatasetTest(tf.test.TestCase, parameterized.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.dir = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, self.dir)
+    self.pattern = os.path.join(self.dir, "*.tfrecord.gz")
+
+  def test_features_and_labels_match_the_records(self):
+    rows = _write(self.dir, num_files=3)
+    dataset = data.make_dataset(self.pattern, 16, training=False,
+                                with_sample_id=True)
+    seen = 0
+    for features, labels in dataset:
+      self.assertEqual(set(labels), set(schema.LABELS))
+      for name in schema.LABELS:
+        self.assertEqual(labels[name].dtype, tf.float32)
+      for name in schema.FIELD_NAMES:
+        self.assertIsInstance(features[name], tf.RaggedTensor)
+        self.assertEqual(features[name].dtype, tf.int64)
+      for name in schema.WEIGHT_NAMES:
+        self.assertEqual(features[name].dtype, tf.float32)
+      for i, sample_id in enumerate(features[schema.SAMPLE_ID].numpy()):
+        row = rows[sample_id.decode()]
+        seen += 1
+        self.assertEqual(labels[schema.CLICK][i], row[schema.CLICK])
+        self.assertEqual(labels[schema.CONVERSION][i], row[schema.CONVERSION])
+        for name in schema.FIELD_NAMES:
+          self.assertAllEqual(features[name][i], row[name])
+        for name in schema.WEIGHT_NAMES:
+          self.assertAllClose(features[name][i], row.get(name, []))
+    self.assertEqual(seen, _NUM_EXAMPLES)
+
+  def test_absent_fields_are_empty_rows(self):
+    _write(self.dir, num_files=1)
+    features, _ = next(iter(data.make_dataset(self.pattern, 3,
+                                              training=False)))
+    # Record 0 has no multi-valued ids, records 1 and 2 have some.
+    self.assertAllEqual(features["109_14"].row_lengths(), [0, 2, 3])
+    self.assertAllEqual(features["109_14_w"].row_lengths(), [0, 2, 3])
+    self.assertNotIn(schema.SAMPLE_ID, features)
+
+  def test_evaluation_order_is_deterministic_and_complete(self):
+    _write(self.dir, num_files=4)
+    first = _sample_ids(data.make_dataset(self.pattern, 7, training=False,
+                                          with_sample_id=True))
+    second = _sample_ids(data.make_dataset(self.pattern, 7, training=False,
+                                           with_sample_id=True))
+    self.assertEqual(first, second)
+    self.assertCountEqual(first, [f"s{i}" for i in range(_NUM_EXAMPLES)])
+
+  def test_training_shuffles_by_seed_over_epochs(self):
+    _write(self.dir, num_files=2)
+
+    def ids(seed):
+      return _sample_ids(data.make_dataset(
+          self.pattern, 8, training=True, num_epochs=2, seed=seed,
+          with_sample_id=True))
+
+    first = ids(seed=3)
+    self.assertEqual(first, ids(seed=3))
+    self.assertNotEqual(first, ids(seed=4))
+    self.assertLen(first, 2 * _NUM_EXAMPLES)
+    epoch_one, epoch_two = first[:_NUM_EXAMPLES], first[_NUM_EXAMPLES:]
+    self.assertCountEqual(epoch_one, epoch_two)
+    self.assertNotEqual(epoch_one, epoch_two)
+    self.assertNotEqual(epoch_one, _sample_ids(data.make_dataset(
+        self.pattern, 8, training=False, with_sample_id=True)))
+
+  @parameterized.named_parameters(("by_file", 4, 2), ("by_record", 1, 3))
+  def test_input_context_shards_are_disjoint_and_cover(self, num_files,
+                                                       num_pipelines):
+    _write(self.dir, num_files=num_files)
+    shards = []
+    for pipeline in range(num_pipelines):
+      context = tf.distribute.InputContext(
+          num_input_pipelines=num_pipelines, input_pipeline_id=pipeline,
+          num_replicas_in_sync=num_pipelines)
+      dataset = data.make_dataset(self.pattern, 6 * num_pipelines,
+                                  training=True, seed=None,
+                                  input_context=context, with_sample_id=True)
+      batch_sizes = [int(labels[schema.CLICK].shape[0])
+                     for _, labels in dataset]
+      self.assertEqual(max(batch_sizes), 6)
+      shards.append(_sample_ids(dataset))
+    all_ids = [i for shard in shards for i in shard]
+    self.assertLen(all_ids, _NUM_EXAMPLES)
+    self.assertCountEqual(all_ids, [f"s{i}" for i in range(_NUM_EXAMPLES)])
+
+  def test_drop_remainder_gives_full_batches(self):
+    _write(self.dir, num_files=1)
+    dataset = data.make_dataset(self.pattern, 25, training=False,
+                                drop_remainder=True)
+    self.assertEqual([int(labels[schema.CLICK].shape[0])
+                      for _, labels in dataset], [25, 25])
+
+  def test_no_matching_files_names_the_pattern(self):
+    with self.assertRaisesRegex(FileNotFoundError, "nothing-here"):
+      data.make_dataset(os.path.join(self.dir, "nothing-here*"), 4,
+                        training=True)
+
+  @parameterized.parameters((0, 1), (4, 0))
+  def test_invalid_sizes(self, batch_size, num_epochs):
+    _write(self.dir, num_files=1)
+    with self.assertRaises(ValueError):
+      data.make_dataset(self.pattern, batch_size, training=True,
+                        num_epochs=num_epochs)
+
+  def test_record_without_label_fails_naming_it(self):
+    example, _ = _example(0)
+    del example.features.feature[schema.CONVERSION]
+    path = os.path.join(self.dir, "bad.tfrecord.gz")
+    with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+      writer.write(example.SerializeToString())
+    with self.assertRaisesRegex(tf.errors.InvalidArgumentError,
+                                schema.CONVERSION):
+      list(data.make_dataset(path, 4, training=False))
+
+
+if __name__ == "__main__":
+  tf.test.main()

@@ -1,0 +1,204 @@
+"""Tests of escm2_tf.layers against numpy references."""
+
+import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
+
+from absl.testing import parameterized
+import numpy as np
+import tensorflow as tf
+
+from escm2_tf import layers
+from escm2_tf import schema
+from escm2_tf import vocab
+
+# Two weighted behaviour fields and a plain one, with their vocabularies.
+_VOCABULARIES = {"109_14": np.array([11, 12, 13], np.int64),
+                 "205": np.array([21, 22], np.int64),
+                 "150_14": np.array([], np.int64)}
+_WEIGHTED = ("109_14", "150_14")
+
+
+def _ragged(rows, dtype):
+  return tf.ragged.constant(rows, dtype=dtype, row_splits_dtype=tf.int64)
+
+
+def _inputs():
+  ids = {"109_14": [[11, 13, 99], [], [12], [-5, 1 << 60]],
+         "205": [[22], [21], [7], []],
+         "150_14": [[4, 5], [], [6], []]}
+  weights = {"109_14_w": [[0.5, 2.0, 1.0], [], [], [1.0, 3.0]],
+             "150_14_w": [[1.5, 0.5], [], [2.0], []]}
+  inputs = {name: _ragged(rows, tf.int64) for name, rows in ids.items()}
+  inputs.update({name: _ragged(rows, tf.float32)
+                 for name, rows in weights.items()})
+  return ids, weights, inputs
+
+
+class PoolSegmentsTest(tf.test.TestCase, parameterized.TestCase):
+
+  @parameterized.product(mode=("sum", "mean"), weighted=(False, True))
+  def test_matches_numpy(self, mode, weighted):
+    rng = np.random.default_rng(0)
+    num_segments = 9
+    # Segments 0, 4 and the tail 7, 8 are empty.
+    segment_ids = np.sort(rng.choice([1, 2, 3, 5, 6], size=20))
+    embeddings = rng.normal(size=(20, 3)).astype(np.float32)
+    weights = rng.random(20).astype(np.float32) if weighted else None
+    expected = np.zeros((num_segments, 3), np.float32)
+    for s in range(num_segments):
+      rows = segment_ids == s
+      w = weights[rows] if weighted else np.ones(rows.sum(), np.float32)
+      if rows.any():
+        expected[s] = (w[:, None] * embeddings[rows]).sum(0)
+        if mode == "mean":
+          expected[s] /= w.sum()
+    pooled = layers.pool_segments(
+        tf.constant(embeddings), tf.constant(segment_ids), num_segments, mode,
+        None if weights is None else tf.constant(weights))
+    self.assertAllClose(pooled, expected, atol=1e-6)
+
+
+class FusedEmbeddingTest(tf.test.TestCase, parameterized.TestCase):
+
+  def _layer(self, **kwargs):
+    return layers.FusedEmbedding(_VOCABULARIES, 4, initializer="glorot_uniform",
+                                 **kwargs)
+
+  def test_rows_follow_field_blocks_and_oov_buckets(self):
+    layer = self._layer(oov_buckets=3)
+    # Blocks: 109_14 rows 0-2 (+ OOV 3-5), 205 rows 6-7 (+ OOV 8-10),
+    # 150_14 OOV rows 11-13.
+    self.assertEqual(layer.num_rows, 14)
+    field = tf.constant([0, 0, 0, 0, 1, 1, 2, 1], tf.int64)
+    ids = tf.constant([12, 99, -5, (1 << 60) + 1, 22, 11, 4, 13], tf.int64)
+    self.assertAllEqual(
+        layer.rows(field, ids),
+        [1, 3 + 99 % 3, 3 + (-5 % 3), 3 + ((1 << 60) + 1) % 3, 7,
+         8 + 11 % 3, 11 + 4 % 3, 8 + 13 % 3])
+
+  @parameterized.product(pooling=("sum", "mean"), use_weights=(False, True))
+  def test_output_matches_numpy(self, pooling, use_weights):
+    layer = self._layer(pooling=pooling, use_weights=use_weights)
+    ids, weights, inputs = _inputs()
+    table = layer.embeddings.numpy()
+    offsets = {"109_14": 0, "205": 4, "150_14": 7}
+    expected = np.zeros((4, 3, 4), np.float32)
+    for f, field in enumerate(layer.fields):
+      vocabulary = list(_VOCABULARIES[field])
+      for b, row in enumerate(ids[field]):
+        rows = [offsets[field] + (vocabulary.index(i) if i in vocabulary
+                                  else len(vocabulary)) for i in row]
+        w = np.ones(len(row), np.float32)
+        given = weights.get(schema.weight_name(field)) if (
+            use_weights and field in _WEIGHTED) else None
+        if given is not None and given[b]:
+          w = np.array(given[b], np.float32)
+        if rows:
+          expected[b, f] = (w[:, None] * table[rows]).sum(0)
+          if pooling == "mean":
+            expected[b, f] /= w.sum()
+    self.assertAllClose(layer(inputs), expected.reshape(4, 12), atol=1e-6)
+
+  def test_unknown_ids_do_not_crash_and_share_the_oov_row(self):
+    layer = self._layer()
+    _, _, inputs = _inputs()
+    inputs["205"] = _ragged([[123456], [987654], [22], []], tf.int64)
+    outputs = layer(inputs).numpy()
+    self.assertAllEqual(outputs[0, 4:8], outputs[1, 4:8])
+    self.assertAllEqual(outputs[0, 4:8], layer.embeddings.numpy()[6])
+
+  def test_misaligned_weights_fail_naming_the_feature(self):
+    layer = self._layer(use_weights=True)
+    _, _, inputs = _inputs()
+    inputs["109_14_w"] = _ragged([[1.0], [], [], []], tf.float32)
+    with self.assertRaisesRegex(tf.errors.InvalidArgumentError, "109_14_w"):
+      layer(inputs)
+
+  def test_l2_penalises_the_rows_in_use(self):
+    layer = self._layer(l2=0.5)
+    _, _, inputs = _inputs()
+    layer(inputs)
+    table = layer.embeddings.numpy()
+    # Rows looked up: 109_14 -> 0, 2, OOV 3, 1, OOV 3, OOV 3;
+    # 205 -> 5, 4, OOV 6; 150_14 -> OOV 7 three times.
+    rows = [0, 2, 3, 1, 3, 3, 5, 4, 6, 7, 7, 7]
+    self.assertAllClose(layer.losses[0],
+                        0.5 * np.square(table[rows]).sum() / 4)
+
+  def test_empty_vocabularies_send_every_id_to_oov(self):
+    layer = layers.FusedEmbedding({"205": np.array([], np.int64),
+                                   "206": np.array([], np.int64)}, 2)
+    outputs = layer({"205": _ragged([[1], [2, 3]], tf.int64),
+                     "206": _ragged([[], [-1]], tf.int64)})
+    table = layer.embeddings.numpy()
+    self.assertAllClose(outputs, [np.r_[table[0], 0, 0],
+                                  np.r_[2 * table[0], table[1]]])
+
+  def test_rejects_ids_outside_the_key_space(self):
+    with self.assertRaisesRegex(ValueError, "205"):
+      layers.FusedEmbedding({"205": np.array([vocab.MAX_ID + 1])}, 2)
+
+
+class MMoETest(tf.test.TestCase, parameterized.TestCase):
+
+  @parameterized.parameters(((16,),), ((8, 4),))
+  def test_shapes_and_gates(self, expert_units):
+    layer = layers.MMoE(num_experts=5, expert_units=expert_units, num_tasks=3,
+                        seed=1)
+    inputs = tf.random.stateless_normal([7, 10], seed=[1, 2])
+    outputs = layer(inputs)
+    self.assertEqual(outputs.shape, (7, 3, expert_units[-1]))
+    gates = layer.gates(inputs).numpy()
+    self.assertEqual(gates.shape, (7, 3, 5))
+    self.assertAllClose(gates.sum(-1), np.ones((7, 3)))
+    logits = np.einsum("bi,ite->bte", inputs.numpy(),
+                       layer.gate_kernel.numpy()) + layer.gate_bias.numpy()
+    softmax = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    self.assertAllClose(gates, softmax, atol=1e-6)
+
+  def test_matches_a_loop_over_experts(self):
+    layer = layers.MMoE(num_experts=3, expert_units=(4,), num_tasks=2, seed=3)
+    inputs = tf.random.stateless_normal([5, 6], seed=[3, 4])
+    layer(inputs)
+    layer.biases[0].assign(tf.random.stateless_normal([3, 4], seed=[5, 6]))
+    x = inputs.numpy()
+    experts = np.stack([np.maximum(x @ layer.kernels[0].numpy()[:, e] +
+                                   layer.biases[0].numpy()[e], 0)
+                        for e in range(3)], axis=1)
+    gates = layer.gates(inputs).numpy()
+    expected = np.einsum("bte,beu->btu", gates, experts)
+    self.assertAllClose(layer(inputs), expected, atol=1e-5)
+
+  def test_equal_seeds_give_equal_weights(self):
+    first = layers.MMoE(4, (3,), 2, seed=9)
+    second = layers.MMoE(4, (3,), 2, seed=9)
+    inputs = tf.ones([2, 5])
+    self.assertAllEqual(first(inputs), second(inputs))
+    third = layers.MMoE(4, (3,), 2, seed=10)
+    self.assertNotAllClose(first(inputs), third(inputs))
+
+
+class TaskTowersTest(tf.test.TestCase):
+
+  def test_each_task_reads_only_its_row(self):
+    towers = layers.TaskTowers(num_tasks=3, units=(4,), seed=0)
+    inputs = tf.random.stateless_normal([2, 3, 5], seed=[0, 1])
+    logits = towers(inputs)
+    self.assertEqual(logits.shape, (2, 3))
+    changed = tf.tensor_scatter_nd_add(inputs, [[0, 1]], tf.ones([1, 5]))
+    delta = (towers(changed) - logits).numpy()
+    self.assertAllEqual(delta[:, [0, 2]], np.zeros((2, 2)))
+    self.assertAllEqual(delta[1], np.zeros(3))
+
+  def test_shared_input_and_no_hidden_layers(self):
+    towers = layers.TaskTowers(num_tasks=2, units=(), seed=0)
+    inputs = tf.random.stateless_normal([4, 6], seed=[2, 3])
+    logits = towers(inputs)
+    towers.biases[0].assign([[0.5], [-1.0]])
+    expected = np.einsum("bi,ti->bt", inputs.numpy(),
+                         towers.kernels[0].numpy()[..., 0]) + [0.5, -1.0]
+    self.assertEqual(logits.shape, (4, 2))
+    self.assertAllClose(towers(inputs), expected, atol=1e-6)
+
+
+if __name__ == "__main__":
+  tf.test.main()
