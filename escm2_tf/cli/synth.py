@@ -21,16 +21,16 @@ from escm2_tf import simulator
 _USAGE_ERROR = 2
 _DEFAULT = simulator.SimulatorConfig()
 
+# Flags that other CLIs define too (--output_dir, --seed) allow override, so
+# that the CLIs can load into one process (the test suite) and share one flag.
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None,
-    "Directory for the generated files (created if needed).")
+    "Directory for the generated files (created if needed).",
+    allow_override=True)
 _NUM_TRAIN = flags.DEFINE_integer("num_train", _DEFAULT.num_train,
                                   "Training impressions.")
 _NUM_TEST = flags.DEFINE_integer("num_test", _DEFAULT.num_test,
                                  "Test impressions.")
-# escm2-train defines --seed too, with the same default. Where both CLIs load
-# into one process (the test suite), allow_override makes them share one flag
-# instead of failing with DuplicateFlagError.
 _SEED = flags.DEFINE_integer("seed", _DEFAULT.seed,
                              "Seed of the world and both splits.",
                              allow_override=True)

@@ -1,0 +1,286 @@
+"""Exact evaluation: score every example, then compute the metrics at once.
+
+Both scorers return the same named columns (``sample_id``, the labels and the
+three predictions, as numpy arrays), so a Keras model after training and its
+exported SavedModel are measured by the same code:
+
+* ``predict_keras_model`` reads the data through ``data.make_dataset``.
+* ``predict_saved_model`` sends the serialized tf.Examples, as they are in the
+  TFRecords, to the ``serving_default`` signature, as a client would.
+
+The simulator's ground truth (``ground_truth_*.csv``) is joined by
+``sample_id``; every scored example must have exactly one ground-truth row.
+"""
+
+import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
+
+import csv
+import json
+import math
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from escm2_tf import data
+from escm2_tf import metrics as metrics_lib
+from escm2_tf import schema
+from escm2_tf import serving
+
+PREDICTION_NAMES = serving.OUTPUT_NAMES
+GROUND_TRUTH_COLUMNS = ("p_click", "p_conversion", "conversion_counterfactual")
+GROUND_TRUTH_HEADER = (schema.SAMPLE_ID,) + GROUND_TRUTH_COLUMNS
+
+Columns = dict[str, np.ndarray]
+
+
+class GroundTruthError(ValueError):
+  """A ground-truth file that is malformed or does not match the data."""
+
+
+def _concatenate(batches: Iterable[Mapping[str, np.ndarray]]) -> Columns:
+  parts: dict[str, list[np.ndarray]] = {}
+  for batch in batches:
+    for name, values in batch.items():
+      parts.setdefault(name, []).append(values)
+  if not parts:
+    raise ValueError("the data holds no examples")
+  return {name: np.concatenate(values) for name, values in parts.items()}
+
+
+def _strings(values: tf.Tensor) -> np.ndarray:
+  return np.char.decode(values.numpy().astype(np.bytes_), "utf-8")
+
+
+def _batch_columns(sample_id: tf.Tensor, labels: Mapping[str, tf.Tensor],
+                   outputs: Mapping[str, tf.Tensor]) -> dict[str, np.ndarray]:
+  columns = {schema.SAMPLE_ID: _strings(sample_id)}
+  for name in schema.LABELS:
+    columns[name] = labels[name].numpy().astype(np.float32)
+  for name in PREDICTION_NAMES:
+    columns[name] = outputs[name].numpy().astype(np.float32)
+  return columns
+
+
+def predict_keras_model(model: keras.Model, file_pattern: str,
+                        batch_size: int) -> Columns:
+  """Scores every example of the TFRecords matching ``file_pattern``."""
+  dataset = data.make_dataset(file_pattern, batch_size, training=False,
+                              with_sample_id=True)
+  features_spec = dict(dataset.element_spec[0])
+  del features_spec[schema.SAMPLE_ID]
+  # One trace for every batch size, the last, smaller batch included.
+  predict = tf.function(lambda features: model(features, training=False),
+                        input_signature=[features_spec])
+
+  def batches():
+    for features, labels in dataset:
+      sample_id = features.pop(schema.SAMPLE_ID)
+      yield _batch_columns(sample_id, labels, predict(features))
+
+  return _concatenate(batches())
+
+
+def _labels_spec() -> dict[str, tf.io.FixedLenFeature]:
+  spec = schema.feature_spec(with_weights=False, with_sample_id=True)
+  return {name: spec[name] for name in schema.LABELS + (schema.SAMPLE_ID,)}
+
+
+def _parse_labels(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+  parsed = tf.io.parse_example(serialized, _labels_spec())
+  parsed[serving.EXAMPLES_INPUT] = serialized
+  return parsed
+
+
+def predict_saved_model(signature: Callable[..., Mapping[str, tf.Tensor]],
+                        file_pattern: str, batch_size: int) -> Columns:
+  """Scores the TFRecords through a ``serving_default``-style signature.
+
+  Args:
+    signature: Takes ``examples`` (serialized tf.Examples, string [B]) and
+      returns ``ctr``, ``cvr`` and ``ctcvr``.
+    file_pattern: Glob of GZIP TFRecords of the converter's tf.Examples.
+    batch_size: Examples per call.
+
+  Returns:
+    The columns ``sample_id``, ``click``, ``conversion``, ``ctr``, ``cvr`` and
+    ``ctcvr``, in file order.
+  """
+  dataset = tf.data.TFRecordDataset(data.list_files(file_pattern),
+                                    compression_type="GZIP")
+  dataset = dataset.batch(batch_size).map(_parse_labels).prefetch(
+      tf.data.AUTOTUNE)
+
+  def batches():
+    for batch in dataset:
+      outputs = signature(
+          **{serving.EXAMPLES_INPUT: batch[serving.EXAMPLES_INPUT]})
+      labels = {name: tf.cast(batch[name], tf.float32)
+                for name in schema.LABELS}
+      yield _batch_columns(batch[schema.SAMPLE_ID], labels, outputs)
+
+  return _concatenate(batches())
+
+
+def check_readable(file_pattern: str) -> None:
+  """Reads the first record of the files, as a cheap check before work.
+
+  Raises:
+    FileNotFoundError: Nothing matches the pattern.
+    ValueError: The files hold no record, or the first cannot be read (the
+      message says why).
+  """
+  dataset = tf.data.TFRecordDataset(data.list_files(file_pattern),
+                                    compression_type="GZIP").take(1)
+  try:
+    records = list(dataset)
+  except tf.errors.OpError as e:
+    raise ValueError(f"cannot read {file_pattern!r} as GZIP TFRecords: "
+                     f"{e.message.splitlines()[0]}") from None
+  if not records:
+    raise ValueError(f"the files matching {file_pattern!r} hold no records")
+
+
+def read_sample_ids(file_pattern: str, batch_size: int = 4096) -> np.ndarray:
+  """The ``sample_id`` of every example, in file order."""
+  spec = {schema.SAMPLE_ID: _labels_spec()[schema.SAMPLE_ID]}
+  dataset = tf.data.TFRecordDataset(data.list_files(file_pattern),
+                                    compression_type="GZIP").batch(batch_size)
+  dataset = dataset.map(lambda serialized: tf.io.parse_example(serialized,
+                                                               spec))
+  return _concatenate(
+      {schema.SAMPLE_ID: _strings(batch[schema.SAMPLE_ID])}
+      for batch in dataset)[schema.SAMPLE_ID]
+
+
+def read_ground_truth(path: str) -> Columns:
+  """Reads a ``sample_id,p_click,p_conversion,conversion_counterfactual`` CSV.
+
+  Raises:
+    GroundTruthError: Missing file, wrong header or a bad line (the message
+      names the file and line).
+  """
+  if not tf.io.gfile.exists(path):
+    raise GroundTruthError(f"{path}: ground-truth file not found")
+  columns: dict[str, list[Any]] = {name: [] for name in GROUND_TRUTH_HEADER}
+  with tf.io.gfile.GFile(path, "r") as f:
+    reader = csv.reader(f)
+    header = tuple(next(reader, ()))
+    if header != GROUND_TRUTH_HEADER:
+      raise GroundTruthError(f"{path}:1: header is {','.join(header)!r}, "
+                             f"expected {','.join(GROUND_TRUTH_HEADER)!r}")
+    for line_number, row in enumerate(reader, start=2):
+      if len(row) != len(GROUND_TRUTH_HEADER):
+        raise GroundTruthError(f"{path}:{line_number}: {len(row)} columns, "
+                               f"expected {len(GROUND_TRUTH_HEADER)}")
+      try:
+        values = [float(value) for value in row[1:]]
+      except ValueError:
+        raise GroundTruthError(
+            f"{path}:{line_number}: non-numeric value in {row!r}") from None
+      for name, value in zip(GROUND_TRUTH_HEADER, [row[0]] + values):
+        columns[name].append(value)
+  return {name: np.asarray(values, dtype=str if name == schema.SAMPLE_ID
+                           else np.float64)
+          for name, values in columns.items()}
+
+
+def align_ground_truth(ground_truth: Columns, sample_ids: np.ndarray,
+                       path: str) -> Columns:
+  """Reorders the ground truth to follow ``sample_ids``.
+
+  Ground-truth rows of examples absent from the data (e.g. rows the converter
+  rejected) are left out; a scored example without a row, or a sample_id that
+  appears twice, is an error.
+
+  Raises:
+    GroundTruthError: The ids do not match (the message names the file).
+  """
+  truth_ids = ground_truth[schema.SAMPLE_ID]
+  order = np.argsort(truth_ids, kind="stable")
+  sorted_ids = truth_ids[order]
+  if len(sorted_ids) > 1 and np.any(sorted_ids[1:] == sorted_ids[:-1]):
+    raise GroundTruthError(f"{path}: sample_id values repeat")
+  if len(np.unique(sample_ids)) != len(sample_ids):
+    raise GroundTruthError(f"{path}: the data repeats sample_id values, so "
+                           "it cannot be joined with the ground truth")
+  position = np.searchsorted(sorted_ids, sample_ids)
+  position = np.minimum(position, max(len(sorted_ids) - 1, 0))
+  found = (sorted_ids[position] == sample_ids if len(sorted_ids)
+           else np.zeros(len(sample_ids), bool))
+  if not np.all(found):
+    missing = sample_ids[~found]
+    raise GroundTruthError(
+        f"{path}: {len(missing)} of {len(sample_ids)} scored examples have no "
+        f"ground-truth row (first sample_id {str(missing[0])!r}); is it the "
+        "ground truth of this data?")
+  rows = order[position]
+  return {name: ground_truth[name][rows] for name in GROUND_TRUTH_COLUMNS}
+
+
+def compute_metrics(predictions: Columns, ground_truth: Columns | None = None,
+                    ground_truth_source: str = "ground truth"
+                    ) -> dict[str, int | float]:
+  """The exact metrics of ``metrics.evaluate_predictions`` on the columns.
+
+  Args:
+    predictions: From ``predict_keras_model`` or ``predict_saved_model``.
+    ground_truth: From ``read_ground_truth``; joined by ``sample_id``.
+    ground_truth_source: Names the ground truth in errors (its path).
+
+  Raises:
+    GroundTruthError: The ground truth does not cover the predictions.
+  """
+  if ground_truth is not None:
+    ground_truth = align_ground_truth(ground_truth,
+                                      predictions[schema.SAMPLE_ID],
+                                      ground_truth_source)
+  result = metrics_lib.evaluate_predictions(
+      predictions[schema.CLICK], predictions[schema.CONVERSION],
+      predictions["ctr"], predictions["cvr"], predictions["ctcvr"],
+      ground_truth=ground_truth)
+  return {name: _python_number(value) for name, value in result.items()}
+
+
+def _python_number(value: Any) -> int | float:
+  if isinstance(value, (int, np.integer)):
+    return int(value)
+  return float(value)
+
+
+def json_metrics(metrics: Mapping[str, int | float]
+                 ) -> dict[str, int | float | None]:
+  """The metrics with NaN (e.g. an AUC without both classes) as None."""
+  # JSON has no NaN.
+  return {name: None if isinstance(value, float) and math.isnan(value)
+          else value for name, value in metrics.items()}
+
+
+def write_json(path: str, content: Mapping[str, Any]) -> None:
+  """Writes strict JSON atomically: a temporary file, then a rename."""
+  temporary = f"{path}.tmp"
+  with tf.io.gfile.GFile(temporary, "w") as f:
+    f.write(json.dumps(content, indent=2, sort_keys=True, allow_nan=False))
+    f.write("\n")
+  tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
+def write_metrics(path: str, metrics: Mapping[str, int | float]) -> None:
+  """Writes the metrics as a JSON object, NaN as null."""
+  write_json(path, json_metrics(metrics))
+
+
+def format_table(metrics: Mapping[str, int | float | None]) -> str:
+  """A two-column text table of the metrics, in their given order."""
+  width = max(len(name) for name in metrics)
+  lines = []
+  for name, value in metrics.items():
+    if value is None or math.isnan(value):
+      text = "nan"
+    elif float(value).is_integer() and abs(value) > 1:
+      text = str(int(value))  # The counts.
+    else:
+      text = f"{value:.6f}"
+    lines.append(f"{name:<{width}}  {text}")
+  return "\n".join(lines)

@@ -1,0 +1,284 @@
+"""Exports an ESCM2 model as a versioned SavedModel for TF Serving.
+
+TF Serving watches a base directory and loads its highest integer-named
+subdirectory. ``export_saved_model`` writes the version into a hidden
+temporary directory beside the versions (a name the poller never parses as a
+version) and renames it into place, so the poller sees either no version or
+a complete one.
+
+Versions default to the next integer after the highest existing one (1 for an
+empty directory): small, ordered, and what TF Serving's ``--model_base_path``
+expects. Concurrent exports that pick the same number do not overwrite each
+other: the second rename fails.
+
+Beside the model, ``assets.extra/`` holds ``tf_serving_warmup_requests``
+(replayed by TF Serving before it serves), ``schema.json`` (fields and
+signature inputs) and one JSON file per ``extra_assets`` entry (the trainer
+passes its config and evaluation metrics).
+"""
+
+import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
+
+import ctypes
+import dataclasses
+import errno
+import json
+import os
+import shutil
+import tempfile
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+from tensorflow_serving.apis import prediction_log_pb2
+
+from escm2_tf import schema
+from escm2_tf import serving
+
+ASSETS_EXTRA = "assets.extra"
+SCHEMA_ASSET = "schema"
+WARMUP_FILE = "tf_serving_warmup_requests"
+WARMUP_BATCH_SIZES = (1, 64)
+_TEMP_PREFIX = ".tmp-export-"
+_RENAME_EXCHANGE = 2  # linux/fs.h; swaps two paths in one atomic step.
+_AT_FDCWD = -100
+
+
+def is_version_name(name: str) -> bool:
+  """Whether TF Serving's file system poller reads ``name`` as a version."""
+  return name.isascii() and name.isdigit()
+
+
+def next_version(export_dir: str) -> int:
+  """One above the highest integer version in ``export_dir``, or 1."""
+  if not os.path.isdir(export_dir):
+    return 1
+  versions = [int(name) for name in os.listdir(export_dir)
+              if is_version_name(name)]
+  return max(versions, default=0) + 1
+
+
+def resolve_saved_model(path: str) -> str:
+  """A SavedModel directory itself, or the newest version under a base dir.
+
+  Raises:
+    FileNotFoundError: if ``path`` holds neither.
+  """
+  if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
+    return path
+  if tf.io.gfile.isdir(path):
+    versions = sorted((int(name.rstrip("/")), name.rstrip("/"))
+                      for name in tf.io.gfile.listdir(path)
+                      if is_version_name(name.rstrip("/")))
+    for _, name in reversed(versions):
+      candidate = os.path.join(path, name)
+      if tf.io.gfile.exists(os.path.join(candidate, "saved_model.pb")):
+        return candidate
+  raise FileNotFoundError(
+      f"{path} is neither a SavedModel directory nor a base directory with "
+      "integer version subdirectories holding saved_model.pb")
+
+
+def schema_asset() -> dict[str, Any]:
+  """The fields and signature inputs, as written to ``schema.json``."""
+  fields = []
+  for field in schema.FIELDS:
+    entry = dataclasses.asdict(field)
+    entry["source"] = field.source.value
+    entry["weight_name"] = (schema.weight_name(field.name)
+                            if field.weighted else None)
+    fields.append(entry)
+  return {
+      "fields": fields,
+      "pad_id": schema.PAD_ID,
+      "signatures": {
+          name: {"inputs": inputs, "outputs": list(serving.OUTPUT_NAMES)}
+          for name, inputs in serving.signature_inputs().items()},
+  }
+
+
+def synthetic_rows(count: int, seed: int = 0) -> list[serving.Row]:
+  """Impressions with random raw ids, some fields absent, for warmup."""
+  rng = np.random.default_rng(seed)
+  rows = []
+  for _ in range(count):
+    row = {}
+    for field in schema.FIELDS:
+      size = int(rng.integers(0, 5)) if field.multi_valued else int(
+          rng.random() < 0.9)
+      # Ali-CCP ids are large integers; most of these fall into OOV.
+      row[field.name] = rng.integers(1, 10**7, size=size).tolist()
+      if field.weighted:
+        row[schema.weight_name(field.name)] = np.round(
+            rng.uniform(0.5, 5.0, size=size), 2).tolist()
+    rows.append(row)
+  return rows
+
+
+def write_warmup_requests(
+    path: str, batch_sizes: Sequence[int] = WARMUP_BATCH_SIZES) -> int:
+  """Writes TF Serving's warmup file: requests for every signature.
+
+  Each signature is its own graph function, so each one gets its requests.
+
+  Returns:
+    The number of ``PredictionLog`` records written.
+  """
+  count = 0
+  with tf.io.TFRecordWriter(path) as writer:
+    for batch_size in batch_sizes:
+      rows = synthetic_rows(batch_size, seed=batch_size)
+      for signature in serving.SIGNATURE_NAMES:
+        request = serving.predict_request(
+            signature, serving.signature_request(signature, rows))
+        log = prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=request))
+        writer.write(log.SerializeToString())
+        count += 1
+  return count
+
+
+def _table_row(*cells: str) -> str:
+  return "| " + " | ".join(cells) + " |"
+
+
+def input_table() -> str:
+  """A Markdown table of the signature inputs and the Ali-CCP fields behind.
+
+  ``docs/serving.md`` embeds it; a test keeps the two equal.
+  """
+  files = {schema.Source.COMMON: "common_features",
+           schema.Source.SAMPLE: "sample_skeleton"}
+  lines = [_table_row("input (feature or dense input name)", "dtype",
+                      "Ali-CCP field", "raw file", "group",
+                      "ids per impression", "meaning"),
+           _table_row(*["---"] * 7).replace(" ", "")]
+  for field in schema.FIELDS:
+    lines.append(_table_row(
+        f"`{field.name}`", "int64", field.name, files[field.source],
+        field.group, "several" if field.multi_valued else "one",
+        field.description))
+  for field in schema.FIELDS:
+    if field.weighted:
+      lines.append(_table_row(
+          f"`{schema.weight_name(field.name)}`", "float32",
+          f"{field.name} (values)", files[field.source], field.group,
+          f"one per id of `{field.name}`",
+          f"weights of `{field.name}` (pooling weights when the model uses "
+          "them); 1.0 when absent"))
+  return "\n".join(lines) + "\n"
+
+
+def _json_ready(value: Any) -> Any:
+  if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    return dataclasses.asdict(value)
+  return value
+
+
+def _write_assets_extra(saved_model_dir: str,
+                        extra_assets: Mapping[str, Any]) -> None:
+  directory = os.path.join(saved_model_dir, ASSETS_EXTRA)
+  os.makedirs(directory, exist_ok=True)
+  write_warmup_requests(os.path.join(directory, WARMUP_FILE))
+  assets = {SCHEMA_ASSET: schema_asset(), **extra_assets}
+  for name, value in assets.items():
+    with open(os.path.join(directory, f"{name}.json"), "w",
+              encoding="utf-8") as f:
+      json.dump(_json_ready(value), f, indent=2, sort_keys=True)
+      f.write("\n")
+
+
+def _check_asset_names(extra_assets: Mapping[str, Any]) -> None:
+  for name in extra_assets:
+    if (not name or name == SCHEMA_ASSET or os.sep in name
+        or name.startswith(".")):
+      raise ValueError(
+          f"extra_assets name {name!r} is not allowed: it must be a plain "
+          f"file stem other than {SCHEMA_ASSET!r}.")
+
+
+def _exchange(first: str, second: str) -> bool:
+  """Atomically swaps two paths if the OS offers it (Linux renameat2)."""
+  try:
+    renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+  except (AttributeError, OSError):
+    return False
+  result = renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD,
+                     os.fsencode(second), _RENAME_EXCHANGE)
+  if result == 0:
+    return True
+  code = ctypes.get_errno()
+  if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+    return False  # The file system cannot swap; fall back to two renames.
+  raise OSError(code, os.strerror(code), second)
+
+
+def _replace(staged: str, target: str) -> None:
+  """Puts ``staged`` at ``target``, replacing an existing version."""
+  if _exchange(staged, target):
+    shutil.rmtree(staged)  # Now holds the old version.
+    return
+  retired = tempfile.mkdtemp(prefix=_TEMP_PREFIX,
+                             dir=os.path.dirname(target))
+  old = os.path.join(retired, "old")
+  os.rename(target, old)
+  try:
+    os.rename(staged, target)
+  except OSError:
+    os.rename(old, target)  # Put the old version back.
+    shutil.rmtree(retired)
+    raise
+  shutil.rmtree(retired)
+
+
+def export_saved_model(model: keras.Model, export_dir: str, *,
+                       version: int | None = None, overwrite: bool = False,
+                       extra_assets: Mapping[str, Any] | None = None) -> str:
+  """Writes ``model`` to ``export_dir/<version>/`` with serving signatures.
+
+  Args:
+    model: An ESCM2 model: called on the ragged raw-id features of
+      ``schema.serving_feature_spec()``, it returns at least ``ctr``, ``cvr``
+      and ``ctcvr``.
+    export_dir: The TF Serving base directory (a local path: the final step
+      is an ``os.rename``). Created if missing.
+    version: A positive integer; ``None`` for ``next_version(export_dir)``.
+    overwrite: Replace an existing version instead of refusing.
+    extra_assets: Name to JSON-ready value (dicts, or dataclasses), each
+      written to ``assets.extra/<name>.json``.
+
+  Returns:
+    The path of the new version directory.
+
+  Raises:
+    FileExistsError: if the version exists and ``overwrite`` is False.
+    ValueError: on a bad version or asset name.
+  """
+  extra_assets = dict(extra_assets or {})
+  _check_asset_names(extra_assets)
+  if version is None:
+    version = next_version(export_dir)
+  if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+    raise ValueError(f"version must be a positive integer, got {version!r}")
+  target = os.path.join(export_dir, str(version))
+  if os.path.exists(target) and not overwrite:
+    raise FileExistsError(
+        errno.EEXIST, f"version {version} exists; pass overwrite=True to "
+        "replace it", target)
+  os.makedirs(export_dir, exist_ok=True)
+  staged = tempfile.mkdtemp(prefix=_TEMP_PREFIX, dir=export_dir)
+  try:
+    # mkdtemp makes the directory private; the server may run as another user.
+    os.chmod(staged, 0o755)
+    module = serving.ServingModule(model)
+    tf.saved_model.save(module, staged, signatures=module.signatures())
+    _write_assets_extra(staged, extra_assets)
+    if os.path.exists(target):
+      _replace(staged, target)
+    else:
+      os.rename(staged, target)
+  except BaseException:
+    shutil.rmtree(staged, ignore_errors=True)
+    raise
+  return target

@@ -1,0 +1,146 @@
+"""Tests of escm2-evaluate on an export of escm2_tf.training.train."""
+
+import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
+
+import contextlib
+import csv
+import io
+import json
+import os
+import tempfile
+
+from absl import flags
+from absl.testing import flagsaver
+from absl.testing import parameterized
+import tensorflow as tf
+
+import datasets
+from escm2_tf import config as config_lib
+from escm2_tf import losses
+from escm2_tf import training
+from escm2_tf.cli import evaluate as evaluate_cli
+
+FLAGS = flags.FLAGS
+GROUND_TRUTH_KEYS = {"cvr_bias", "cvr_bias_clicked", "auc_cvr_truth",
+                     "true_cvr_mean"}
+
+
+def setUpModule():
+  # Under pytest nobody parses the flags; flagsaver sets the ones a test uses.
+  if not FLAGS.is_parsed():
+    FLAGS.mark_as_parsed()
+
+
+def new_dir() -> str:
+  return tempfile.mkdtemp(dir=tf.compat.v1.test.get_temp_dir())
+
+
+def run_main(**flag_values) -> tuple[int, str, str]:
+  stdout, stderr = io.StringIO(), io.StringIO()
+  with flagsaver.flagsaver(**flag_values), contextlib.redirect_stdout(
+      stdout), contextlib.redirect_stderr(stderr):
+    status = evaluate_cli.main(["escm2-evaluate"])
+  return status, stdout.getvalue(), stderr.getvalue()
+
+
+class EvaluateTest(tf.test.TestCase, parameterized.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.data = datasets.make_synthetic_data(new_dir())
+    config = training.TrainConfig(
+        train_data=cls.data["train"], eval_data=cls.data["test"],
+        vocab_dir=cls.data["vocab_dir"], model_dir=new_dir(),
+        export_dir=os.path.join(new_dir(), "export"),
+        ground_truth=cls.data["ground_truth_test"], epochs=1, batch_size=256,
+        deterministic=False)
+    model = config_lib.ModelConfig(embedding_dim=4, num_experts=2,
+                                   expert_units=(8,), tower_units=(4,), seed=2)
+    cls.trained = training.train(config, model, losses.LossConfig(loss="ipw"),
+                                 verbose=0)["metrics"]
+    cls.export_dir = config.export_dir
+
+  def evaluate(self, **overrides):
+    output = os.path.join(new_dir(), "metrics.json")
+    values = dict(data=self.data["test"], saved_model=self.export_dir,
+                  output=output, ground_truth=self.data["ground_truth_test"],
+                  batch_size=300)
+    values.update(overrides)
+    status, stdout, stderr = run_main(**values)
+    return status, stdout, stderr, values["output"]
+
+  def test_matches_the_trainers_metrics(self):
+    status, stdout, stderr, output = self.evaluate()
+    self.assertEqual(status, 0, stderr)
+    with open(output) as f:
+      metrics = json.load(f)
+    self.assertSetEqual(set(metrics), set(self.trained))
+    self.assertContainsSubset(GROUND_TRUTH_KEYS, metrics)
+    for name, value in self.trained.items():
+      self.assertAlmostEqual(metrics[name], value, delta=1e-6, msg=name)
+    for name in metrics:
+      self.assertRegex(stdout, rf"(?m)^{name}\s+\S+$")
+
+  def test_without_ground_truth(self):
+    status, _, stderr, output = self.evaluate(ground_truth="")
+    self.assertEqual(status, 0, stderr)
+    with open(output) as f:
+      metrics = json.load(f)
+    self.assertEmpty(GROUND_TRUTH_KEYS & set(metrics))
+    self.assertAlmostEqual(metrics["auc_ctr"], self.trained["auc_ctr"],
+                           delta=1e-6)
+
+  def test_accepts_a_version_directory(self):
+    status, _, stderr, _ = self.evaluate(
+        saved_model=os.path.join(self.export_dir, "1"), ground_truth="")
+    self.assertEqual(status, 0, stderr)
+
+  def ground_truth_without_one_row(self) -> str:
+    path = os.path.join(new_dir(), "ground_truth.csv")
+    with open(self.data["ground_truth_test"]) as source, open(path, "w") as f:
+      rows = list(csv.reader(source))
+      csv.writer(f).writerows(rows[:1] + rows[2:])
+    return path
+
+  def bad_header(self) -> str:
+    path = os.path.join(new_dir(), "ground_truth.csv")
+    with open(path, "w") as f:
+      f.write("id,p\n1,0.5\n")
+    return path
+
+  @parameterized.named_parameters(
+      ("no_data", "data", {"data": "/nonexistent/*.tfrecord.gz"}),
+      ("missing_data", "data", {"data": ""}),
+      ("not_a_saved_model", "saved_model", {"saved_model": "/nonexistent"}),
+      ("no_output_dir", "output", {"output": "/nonexistent/metrics.json"}),
+      ("missing_ground_truth", "ground_truth",
+       {"ground_truth": "/nonexistent.csv"}),
+  )
+  def test_rejected(self, flag, overrides):
+    self.assert_rejected(flag, **overrides)
+
+  def test_data_without_records(self):
+    path = os.path.join(new_dir(), "empty.tfrecord.gz")
+    with tf.io.TFRecordWriter(path, "GZIP"):
+      pass
+    self.assert_rejected("data", data=path)
+
+  def test_ground_truth_of_other_data(self):
+    self.assert_rejected("ground_truth",
+                         ground_truth=self.ground_truth_without_one_row())
+
+  def test_malformed_ground_truth(self):
+    self.assert_rejected("ground_truth", ground_truth=self.bad_header())
+
+  def assert_rejected(self, flag, **overrides):
+    status, stdout, stderr, output = self.evaluate(**overrides)
+    self.assertEqual(status, 2, stdout + stderr)
+    lines = stderr.strip().splitlines()
+    self.assertLen(lines, 1, stderr)
+    self.assertStartsWith(lines[0], f"escm2-evaluate: error: --{flag}:")
+    self.assertFalse(os.path.exists(output))
+
+
+if __name__ == "__main__":
+  tf.test.main()

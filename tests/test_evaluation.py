@@ -1,0 +1,197 @@
+"""Tests of escm2_tf.evaluation: ground truth, metrics files, both scorers."""
+
+import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
+
+import json
+import math
+import os
+import tempfile
+
+from absl.testing import parameterized
+import numpy as np
+import tensorflow as tf
+
+import datasets
+from escm2_tf import config as config_lib
+from escm2_tf import evaluation
+from escm2_tf import export
+from escm2_tf import losses
+from escm2_tf import metrics
+from escm2_tf import model as model_lib
+from escm2_tf import schema
+from escm2_tf import vocab
+
+HEADER = "sample_id,p_click,p_conversion,conversion_counterfactual\n"
+
+
+def write_file(content: str) -> str:
+  path = os.path.join(tempfile.mkdtemp(dir=tf.compat.v1.test.get_temp_dir()),
+                      "ground_truth.csv")
+  with open(path, "w") as f:
+    f.write(content)
+  return path
+
+
+def truth(ids, p_conversion=None) -> dict[str, np.ndarray]:
+  count = len(ids)
+  p_conversion = (np.linspace(0.1, 0.9, count) if p_conversion is None
+                  else np.asarray(p_conversion, dtype=np.float64))
+  return {schema.SAMPLE_ID: np.asarray(ids, dtype=str),
+          "p_click": np.full(count, 0.5), "p_conversion": p_conversion,
+          "conversion_counterfactual": (p_conversion > 0.5).astype(float)}
+
+
+class GroundTruthTest(tf.test.TestCase, parameterized.TestCase):
+
+  def test_reads_columns(self):
+    path = write_file(HEADER + "7,0.25,0.5,1\nb,0.125,0.75,0\n")
+    columns = evaluation.read_ground_truth(path)
+    self.assertEqual(list(columns[schema.SAMPLE_ID]), ["7", "b"])
+    self.assertAllEqual(columns["p_click"], [0.25, 0.125])
+    self.assertAllEqual(columns["p_conversion"], [0.5, 0.75])
+    self.assertAllEqual(columns["conversion_counterfactual"], [1.0, 0.0])
+
+  @parameterized.named_parameters(
+      ("wrong_header", "id,p_click,p_conversion,x\n1,0.1,0.2,0\n", ":1:"),
+      ("non_numeric", HEADER + "1,0.1,0.2,0\n2,0.1,high,0\n", ":3:"),
+      ("short_row", HEADER + "1,0.1,0.2\n", ":2:"),
+      ("empty_file", "", ":1:"))
+  def test_malformed_file_names_file_and_line(self, content, where):
+    path = write_file(content)
+    with self.assertRaisesRegex(evaluation.GroundTruthError,
+                                f"^{path}{where}"):
+      evaluation.read_ground_truth(path)
+
+  def test_missing_file(self):
+    with self.assertRaisesRegex(evaluation.GroundTruthError, "not found"):
+      evaluation.read_ground_truth("/nonexistent/ground_truth.csv")
+
+  def test_align_follows_the_data_and_ignores_extra_rows(self):
+    table = truth(["a", "b", "c", "d"], [0.1, 0.2, 0.3, 0.4])
+    aligned = evaluation.align_ground_truth(table, np.array(["c", "a", "d"]),
+                                            "gt.csv")
+    self.assertAllEqual(aligned["p_conversion"], [0.3, 0.1, 0.4])
+    self.assertNotIn(schema.SAMPLE_ID, aligned)
+
+  def test_align_rejects_missing_ids(self):
+    with self.assertRaisesRegex(evaluation.GroundTruthError,
+                                r"gt\.csv: 2 of 3 .* 'x'"):
+      evaluation.align_ground_truth(truth(["a", "b"]),
+                                    np.array(["x", "a", "y"]), "gt.csv")
+
+  def test_align_rejects_repeated_ids(self):
+    with self.assertRaisesRegex(evaluation.GroundTruthError, "repeat"):
+      evaluation.align_ground_truth(truth(["a", "a", "b"]), np.array(["a"]),
+                                    "gt.csv")
+    with self.assertRaisesRegex(evaluation.GroundTruthError, "repeat"):
+      evaluation.align_ground_truth(truth(["a", "b"]), np.array(["a", "a"]),
+                                    "gt.csv")
+
+
+class MetricsTest(tf.test.TestCase):
+
+  def predictions(self):
+    rng = np.random.default_rng(0)
+    count = 200
+    click = (rng.random(count) < 0.4).astype(np.float32)
+    ctr, cvr = rng.random(count), rng.random(count)
+    return {schema.SAMPLE_ID: np.array([f"s{i}" for i in range(count)]),
+            schema.CLICK: click,
+            schema.CONVERSION: click * (rng.random(count) < 0.5),
+            "ctr": ctr, "cvr": cvr, "ctcvr": ctr * cvr}
+
+  def test_joins_ground_truth_by_sample_id(self):
+    predictions = self.predictions()
+    ids = predictions[schema.SAMPLE_ID]
+    order = np.random.default_rng(1).permutation(len(ids))
+    table = truth(ids[order])  # Rows in another order than the data.
+    computed = evaluation.compute_metrics(predictions, table)
+    by_id = dict(zip(table[schema.SAMPLE_ID], range(len(ids))))
+    rows = [by_id[i] for i in ids]
+    expected = metrics.evaluate_predictions(
+        predictions[schema.CLICK], predictions[schema.CONVERSION],
+        predictions["ctr"], predictions["cvr"], predictions["ctcvr"],
+        ground_truth={name: table[name][rows]
+                      for name in evaluation.GROUND_TRUTH_COLUMNS})
+    self.assertEqual(computed, expected)
+    self.assertIn("cvr_bias", computed)
+
+  def test_write_metrics_is_strict_json(self):
+    path = write_file("")
+    evaluation.write_metrics(path, {"auc_cvr": math.nan, "count": 3.0,
+                                    "auc_ctr": 0.75})
+    with open(path) as f:
+      text = f.read()
+    self.assertNotIn("NaN", text)
+    self.assertEqual(json.loads(text), {"auc_cvr": None, "count": 3.0,
+                                        "auc_ctr": 0.75})
+    self.assertFalse(os.path.exists(path + ".tmp"))
+
+  def test_format_table(self):
+    table = evaluation.format_table({"auc_ctr": 0.7512345678, "count": 1500.0,
+                                     "auc_cvr": None})
+    self.assertEqual(table.splitlines(), [
+        "auc_ctr  0.751235", "count    1500", "auc_cvr  nan"])
+
+
+class ScoringTest(tf.test.TestCase):
+  """The Keras model and its SavedModel score the same data the same way."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.data = datasets.make_synthetic_data(
+        tempfile.mkdtemp(dir=tf.compat.v1.test.get_temp_dir()))
+    model_config = config_lib.ModelConfig(
+        embedding_dim=4, num_experts=2, expert_units=(8,), tower_units=(4,),
+        use_weights=True, seed=11)
+    cls.model = model_lib.build_model(
+        model_config, losses.LossConfig(loss="ipw"),
+        vocab.load_vocabularies(cls.data["vocab_dir"]))
+    export_path = export.export_saved_model(
+        cls.model, tempfile.mkdtemp(dir=tf.compat.v1.test.get_temp_dir()))
+    cls.loaded = tf.saved_model.load(export_path)
+
+  def sorted_by_id(self, columns):
+    order = np.argsort(columns[schema.SAMPLE_ID], kind="stable")
+    return {name: values[order] for name, values in columns.items()}
+
+  def test_keras_and_saved_model_agree(self):
+    # 300 does not divide the test split: a smaller last batch is scored too.
+    keras_columns = evaluation.predict_keras_model(self.model,
+                                                   self.data["test"], 300)
+    saved_columns = evaluation.predict_saved_model(
+        self.loaded.signatures["serving_default"], self.data["test"], 300)
+    # The two read the files in different orders; rows pair by sample_id.
+    keras_columns = self.sorted_by_id(keras_columns)
+    saved_columns = self.sorted_by_id(saved_columns)
+    self.assertAllEqual(keras_columns[schema.SAMPLE_ID],
+                        saved_columns[schema.SAMPLE_ID])
+    ids = evaluation.read_sample_ids(self.data["test"])
+    self.assertAllEqual(keras_columns[schema.SAMPLE_ID], np.sort(ids))
+    self.assertLen(np.unique(ids), len(ids))
+    for name in schema.LABELS:
+      self.assertAllEqual(keras_columns[name], saved_columns[name])
+    for name in evaluation.PREDICTION_NAMES:
+      self.assertAllClose(keras_columns[name], saved_columns[name],
+                          atol=1e-6, rtol=0)
+      self.assertAllInRange(keras_columns[name], 0.0, 1.0)
+
+  def test_keras_predictions_are_the_models(self):
+    columns = evaluation.predict_keras_model(self.model, self.data["test"], 64)
+    spec = schema.feature_spec(with_labels=False, with_sample_id=True)
+    dataset = tf.data.TFRecordDataset(tf.io.gfile.glob(self.data["test"]),
+                                      compression_type="GZIP").take(5)
+    features = tf.io.parse_example(next(iter(dataset.batch(5))), spec)
+    expected = self.model(features, training=False)
+    row_of = {sample_id: row for row, sample_id in
+              enumerate(columns[schema.SAMPLE_ID])}
+    rows = [row_of[sample_id.decode()]
+            for sample_id in features[schema.SAMPLE_ID].numpy()]
+    for name in evaluation.PREDICTION_NAMES:
+      self.assertAllClose(columns[name][rows], expected[name], atol=1e-6,
+                          rtol=0)
+
+
+if __name__ == "__main__":
+  tf.test.main()

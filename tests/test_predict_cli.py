@@ -1,0 +1,291 @@
+"""Tests of escm2-predict: batch scoring of TFRecords and raw text formats."""
+
+import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
+
+import contextlib
+import importlib
+import csv
+import gzip
+import io
+import os
+import tempfile
+
+from absl import flags
+from absl.testing import flagsaver
+from absl.testing import parameterized
+import numpy as np
+import tensorflow as tf
+
+from escm2_tf import aliccp
+from escm2_tf import config as config_lib
+from escm2_tf import export
+from escm2_tf import losses
+from escm2_tf import model as model_lib
+from escm2_tf import schema
+from escm2_tf import serving
+from escm2_tf.cli import predict
+
+_TOLERANCE = 1e-6
+
+
+def setUpModule():
+  # Other CLIs define some of the same flag names; whichever module was
+  # imported last owns them. Defining this CLI's flags again makes its own
+  # definitions (enum values, defaults) the ones in force.
+  importlib.reload(predict)
+  # pytest does not parse absl flags; flagsaver sets the ones each test uses.
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def _build_model():
+  vocabularies = {field: np.arange(1, 41, dtype=np.int64)
+                  for field in schema.FIELD_NAMES}
+  model_config = config_lib.ModelConfig(
+      embedding_dim=4, num_experts=2, expert_units=(8,), tower_units=(4,),
+      use_weights=True, seed=5)
+  return model_lib.build_model(model_config, losses.LossConfig(loss="dr"),
+                               vocabularies)
+
+
+def _rows(count: int) -> list[dict[str, list]]:
+  rng = np.random.default_rng(11)
+  rows = []
+  for _ in range(count):
+    row = {}
+    for field in schema.FIELDS:
+      size = int(rng.integers(0, 4 if field.multi_valued else 2))
+      row[field.name] = rng.integers(1, 60, size=size).tolist()  # Some OOV.
+      if field.weighted:
+        row[schema.weight_name(field.name)] = rng.choice(
+            [0.5, 1.0, 2.0, 3.0], size=size).tolist()
+    rows.append(row)
+  return rows
+
+
+def _without_weights(rows):
+  return [{k: v for k, v in row.items() if k in schema.FIELD_NAMES}
+          for row in rows]
+
+
+def _heaviest_only(rows):
+  """Each field's heaviest id (the first among equals), as the converter's
+  truncation to one value keeps it."""
+  kept = []
+  for row in rows:
+    row = dict(row)
+    for field in schema.FIELD_NAMES:
+      weight = schema.weight_name(field) if (
+          field in schema.WEIGHTED_FIELDS) else None
+      values = row.get(weight) or [1.0] * len(row[field])
+      if len(values) > 1:
+        best = int(np.argmax(values))
+        row[field] = [row[field][best]]
+        if weight:
+          row[weight] = [values[best]]
+    kept.append(row)
+  return kept
+
+
+def _expected(model, rows) -> np.ndarray:
+  features = {name: tf.ragged.constant(
+      [row.get(name, []) for row in rows],
+      dtype=tf.float32 if name in schema.WEIGHT_NAMES else tf.int64,
+      ragged_rank=1) for name in schema.FIELD_NAMES + schema.WEIGHT_NAMES}
+  outputs = model(features, training=False)
+  return np.stack([outputs[name].numpy() for name in serving.OUTPUT_NAMES],
+                  axis=1)
+
+
+def _write_tfrecord(path: str, rows, sample_ids) -> None:
+  options = tf.io.TFRecordOptions(
+      compression_type="GZIP" if path.endswith(".gz") else "")
+  with tf.io.TFRecordWriter(path, options) as writer:
+    for row, sample_id in zip(rows, sample_ids):
+      example = serving.make_example(row)
+      example.features.feature[schema.SAMPLE_ID].bytes_list.value.append(
+          sample_id.encode())
+      example.features.feature[schema.CLICK].int64_list.value.append(1)
+      writer.write(example.SerializeToString())
+
+
+def _paddlerec_lines(rows, sample_ids) -> list[str]:
+  return [aliccp.format_paddlerec_line(
+      sample_id, 1, 0, [(f, i) for f in schema.FIELD_NAMES for i in row[f]])
+          for row, sample_id in zip(rows, sample_ids)]
+
+
+def _items(row, fields):
+  return [(f, i, w) for f in fields for i, w in zip(
+      row[f], row.get(schema.weight_name(f), [1.0] * len(row[f]))
+      if f in schema.WEIGHTED_FIELDS else [1.0] * len(row[f]))]
+
+
+def _aliccp_lines(rows, sample_ids) -> tuple[list[str], list[str]]:
+  skeleton, common = [], []
+  for row, sample_id in zip(rows, sample_ids):
+    index = f"u{sample_id}"
+    common.append(aliccp.format_common_line(
+        index, _items(row, schema.COMMON_FIELDS)))
+    skeleton.append(aliccp.format_skeleton_line(
+        sample_id, 0, 0, index, _items(row, schema.SAMPLE_FIELDS)))
+  return skeleton, common
+
+
+def _write_lines(path: str, lines) -> str:
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("".join(line + "\n" for line in lines))
+  return path
+
+
+def _read_csv(path: str) -> tuple[list[str], list[str], np.ndarray]:
+  with open(path, newline="", encoding="utf-8") as f:
+    header, *records = list(csv.reader(f))
+  return (header, [r[0] for r in records],
+          np.array([[float(v) for v in r[1:]] for r in records]))
+
+
+class PredictCliTest(tf.test.TestCase, parameterized.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.root = tempfile.mkdtemp(dir=tf.compat.v1.test.get_temp_dir())
+    cls.model = _build_model()
+    cls.export_dir = os.path.join(cls.root, "export")
+    export.export_saved_model(cls.model, cls.export_dir)
+    cls.rows = _rows(11)
+    cls.ids = [str(1000 + i) for i in range(len(cls.rows))]
+
+  def _run(self, **flag_values) -> tuple[int, str]:
+    values = {"saved_model": self.export_dir, "input_format": "tfrecord",
+              "common_features": "", "batch_size": 4,
+              "max_values_per_field": 50, **flag_values}
+    stderr = io.StringIO()
+    with flagsaver.flagsaver(**values), contextlib.redirect_stderr(stderr), \
+        contextlib.redirect_stdout(io.StringIO()):
+      code = predict.main(["escm2-predict"])
+    return code, stderr.getvalue()
+
+  def _check_scores(self, output: str, ids, expected) -> None:
+    header, sample_ids, scores = _read_csv(output)
+    self.assertEqual(header, ["sample_id", "ctr", "cvr", "ctcvr"])
+    self.assertEqual(sample_ids, ids)
+    self.assertAllClose(scores, expected, atol=_TOLERANCE, rtol=0)
+    self.assertAllInRange(scores, 0.0, 1.0)
+    self.assertFalse(os.path.exists(output + ".tmp"))
+
+  @parameterized.parameters(".tfrecord.gz", ".tfrecord")
+  def test_tfrecords_in_file_order(self, suffix):
+    directory = tempfile.mkdtemp(dir=self.get_temp_dir())
+    # Two files, batches of 4 that do not divide either file.
+    _write_tfrecord(os.path.join(directory, f"part-1{suffix}"),
+                    self.rows[6:], self.ids[6:])
+    _write_tfrecord(os.path.join(directory, f"part-0{suffix}"),
+                    self.rows[:6], self.ids[:6])
+    output = os.path.join(directory, "scores.csv")
+    code, stderr = self._run(data=os.path.join(directory, "part-*"),
+                             output=output)
+    self.assertEqual(code, 0, stderr)
+    self._check_scores(output, self.ids, _expected(self.model, self.rows))
+
+  def test_paddlerec_text(self):
+    directory = tempfile.mkdtemp(dir=self.get_temp_dir())
+    data = _write_lines(os.path.join(directory, "test.txt"),
+                        _paddlerec_lines(self.rows, self.ids))
+    output = os.path.join(directory, "scores.csv")
+    code, stderr = self._run(data=data, output=output,
+                             input_format="paddlerec")
+    self.assertEqual(code, 0, stderr)
+    # PaddleRec's format has no values: every weight is 1.0.
+    self._check_scores(output, self.ids,
+                       _expected(self.model, _without_weights(self.rows)))
+
+  @parameterized.parameters(0, 1)
+  def test_aliccp_with_common_features(self, max_values):
+    directory = tempfile.mkdtemp(dir=self.get_temp_dir())
+    skeleton, common = _aliccp_lines(self.rows, self.ids)
+    data = _write_lines(os.path.join(directory, "skeleton.csv"), skeleton)
+    common_path = _write_lines(os.path.join(directory, "common.csv"),
+                               common[::-1])
+    output = os.path.join(directory, "scores.csv")
+    code, stderr = self._run(data=data, output=output, input_format="aliccp",
+                             common_features=common_path,
+                             max_values_per_field=max_values)
+    self.assertEqual(code, 0, stderr)
+    rows = _heaviest_only(self.rows) if max_values == 1 else self.rows
+    self._check_scores(output, self.ids, _expected(self.model, rows))
+
+  def test_field_on_the_wrong_side_of_the_join(self):
+    skeleton, common = _aliccp_lines(self.rows[:2], self.ids[:2])
+    skeleton[1] = aliccp.format_skeleton_line(
+        self.ids[1], 0, 0, f"u{self.ids[1]}", [("101", 7, 1.0)])
+    data = _write_lines(os.path.join(self.get_temp_dir(), "s.csv"), skeleton)
+    common_path = _write_lines(os.path.join(self.get_temp_dir(), "c.csv"),
+                               common)
+    self._failing_run(f"{data}:2: field(s) 101 belong to the other file",
+                      data=data, input_format="aliccp",
+                      common_features=common_path)
+
+  def _failing_run(self, expected_error: str, **flag_values) -> None:
+    output = os.path.join(tempfile.mkdtemp(dir=self.get_temp_dir()),
+                          "scores.csv")
+    _write_lines(output, ["previous results"])
+    code, stderr = self._run(output=output, **flag_values)
+    self.assertEqual(code, 2)
+    self.assertStartsWith(stderr,
+                          f"escm2-predict: error: {expected_error}")
+    self.assertEqual(stderr.count("\n"), 1, stderr)
+    with open(output, encoding="utf-8") as f:
+      self.assertEqual(f.read(), "previous results\n")
+    self.assertFalse(os.path.exists(output + ".tmp"))
+
+  def test_bad_paddlerec_line_names_file_and_line(self):
+    lines = _paddlerec_lines(self.rows[:3], self.ids[:3])
+    lines[2] = lines[2].replace(":", ";", 1)
+    data = _write_lines(os.path.join(self.get_temp_dir(), "bad.txt"), lines)
+    self._failing_run(f"{data}:3: broken_separator", data=data,
+                      input_format="paddlerec")
+
+  def test_unknown_common_feature_index(self):
+    skeleton, common = _aliccp_lines(self.rows[:4], self.ids[:4])
+    data = _write_lines(os.path.join(self.get_temp_dir(), "s.csv"), skeleton)
+    common_path = _write_lines(os.path.join(self.get_temp_dir(), "c.csv"),
+                               common[:3])
+    self._failing_run(f"{data}:4: common_feature_index u1003 is not in",
+                      data=data, input_format="aliccp",
+                      common_features=common_path)
+
+  def test_corrupt_tfrecord_names_the_file(self):
+    path = os.path.join(self.get_temp_dir(), "broken.tfrecord.gz")
+    with gzip.open(path, "wb") as f:
+      f.write(b"not a record at all")
+    self._failing_run(f"{path}: corrupt or not a GZIP TFRecord file after "
+                      "record 0: corrupted record", data=path)
+
+  def test_misaligned_weights_name_the_records(self):
+    path = os.path.join(self.get_temp_dir(), "misaligned.tfrecord")
+    rows = [dict(row) for row in self.rows[:2]]
+    rows[1]["109_14"] = [1, 2]
+    rows[1]["109_14_w"] = [1.0]
+    _write_tfrecord(path, rows, self.ids[:2])
+    self._failing_run(f"{path}, records 1 to 2: the model rejected it: "
+                      "assertion failed: [Every row of 109_14_w", data=path)
+
+  @parameterized.named_parameters(
+      ("no_data", {"data": ""}, "--data: is required"),
+      ("no_match", {"data": "/nonexistent/*.gz"}, "--data: no files match"),
+      ("common_without_aliccp", {"common_features": "x.csv"},
+       "--common_features: is required with, and only with"),
+      ("aliccp_without_common", {"input_format": "aliccp"},
+       "--common_features: is required with, and only with"),
+      ("no_saved_model", {"saved_model": "/nonexistent"}, "--saved_model: "),
+  )
+  def test_flag_errors(self, flag_values, expected_error):
+    data = os.path.join(self.get_temp_dir(), "ok.tfrecord")
+    _write_tfrecord(data, self.rows[:1], self.ids[:1])
+    self._failing_run(expected_error, **{"data": data, **flag_values})
+
+
+if __name__ == "__main__":
+  tf.test.main()
