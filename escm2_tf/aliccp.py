@@ -12,10 +12,17 @@ Two formats are supported:
 These functions never touch Beam or TensorFlow, so they are unit-tested alone
 and shared by the converter, the simulator and the batch scorer. Every problem
 raises ``BadRowError`` with a short machine-readable ``reason``.
+
+Parsed features map a schema field to ``(ids, values)``, two equally long lists
+in file order. Items of fields outside the schema are not kept but counted in
+the row's ``ignored_items``, so a caller can report them.
 """
 
 import dataclasses
-from typing import Iterable, Mapping, Sequence
+import itertools
+import math
+import re
+from typing import Iterable, Mapping
 
 from escm2_tf import schema
 
@@ -23,8 +30,21 @@ ITEM_SEP = "\x01"
 FIELD_SEP = "\x02"
 VALUE_SEP = "\x03"
 
-# Features of one row: field name -> ids and their values, in file order.
-Features = Mapping[str, Sequence[tuple[int, float]]]
+# Feature ids are int64 and id 0 is the padding id (schema.PAD_ID).
+MAX_ID = (1 << 63) - 1
+
+# Field name -> (ids, values) in file order.
+Features = Mapping[str, tuple[list[int], list[float]]]
+
+_SEPARATORS = ITEM_SEP + FIELD_SEP + VALUE_SEP
+_TEXT = f"[^{_SEPARATORS}]*"
+_ITEM = f"{_TEXT}{FIELD_SEP}{_TEXT}{VALUE_SEP}{_TEXT}"
+_FEATURE_LIST = re.compile(f"{_ITEM}(?:{ITEM_SEP}{_ITEM})*")
+# Deletes every ASCII character but the separators.
+_ONLY_SEPARATORS = dict.fromkeys(c for c in range(128)
+                                 if chr(c) not in _SEPARATORS)
+_ITEM_SEPARATORS = FIELD_SEP + VALUE_SEP + ITEM_SEP
+_TO_FIELD_SEP = str.maketrans(ITEM_SEP + VALUE_SEP, FIELD_SEP * 2)
 
 
 class BadRowError(ValueError):
@@ -47,12 +67,14 @@ class SkeletonRow:
   conversion: int
   common_feature_index: str
   features: Features
+  ignored_items: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
 class CommonRow:
   common_feature_index: str
   features: Features
+  ignored_items: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,13 +83,15 @@ class PaddleRecRow:
   click: int
   conversion: int
   features: Features
+  ignored_items: int = 0
 
 
 def _parse_int(text: str, what: str, reason: str = "non_numeric") -> int:
   try:
     return int(text)
   except ValueError:
-    raise BadRowError(reason, f"{what} {text[:40]!r} is not an integer") from None
+    raise BadRowError(reason,
+                      f"{what} {text[:40]!r} is not an integer") from None
 
 
 def _parse_label(text: str, what: str) -> int:
@@ -77,45 +101,111 @@ def _parse_label(text: str, what: str) -> int:
   return label
 
 
-def parse_feature_list(text: str, feature_num: int) -> dict[str, list[tuple[int, float]]]:
-  """Parses a Tianchi feature list, keeping only the schema's fields.
+def _check_ids(ids: list[int]) -> None:
+  if ids and (min(ids) < 1 or max(ids) > MAX_ID):
+    bad = next(i for i in ids if not 1 <= i <= MAX_ID)
+    raise BadRowError("bad_id", f"feature id {bad} is outside [1, 2^63)")
+
+
+def _group(fields: list[str], ids: list[int],
+           values: list[float]) -> tuple[dict[str, tuple[list[int],
+                                                         list[float]]], int]:
+  """Groups parallel item lists by field, dropping fields outside the schema.
+
+  Rows list a field's items together, so runs are sliced rather than items
+  appended one by one.
+  """
+  features: dict[str, tuple[list[int], list[float]]] = {}
+  start = 0
+  for field, run in itertools.groupby(fields):
+    end = start + len(list(run))
+    entry = features.get(field)
+    if entry is None:
+      features[field] = (ids[start:end], values[start:end])
+    else:
+      entry[0].extend(ids[start:end])
+      entry[1].extend(values[start:end])
+    start = end
+  ignored = 0
+  for field in [f for f in features if f not in schema.FIELDS_BY_NAME]:
+    ignored += len(features.pop(field)[0])
+  return features, ignored
+
+
+def _well_formed(text: str, num_items: int) -> bool:
+  """Whether every item reads ``field\x02id\x03value``."""
+  # Comparing the separators alone is several times cheaper than the regular
+  # expression, which only decides for text with non-ASCII characters.
+  separators = text.translate(_ONLY_SEPARATORS)
+  if separators == (_ITEM_SEPARATORS * num_items)[:-1]:
+    return True
+  return not separators.isascii() and bool(_FEATURE_LIST.fullmatch(text))
+
+
+def parse_feature_list(text: str, feature_num: int) -> tuple[Features, int]:
+  """Parses a Tianchi feature list.
+
+  The list is checked, split and converted with ``str`` and ``map`` calls: a
+  user's common row carries hundreds of items, and a per-item Python loop
+  would dominate the converter.
 
   Args:
     text: Items ``field\\x02id\\x03value`` joined by ``\\x01``.
     feature_num: The item count the row declares.
 
   Returns:
-    Field name to ``(feature_id, value)`` pairs, for fields of the schema.
+    ``(features, ignored_items)``: the schema's fields and the number of
+    items of other fields.
 
   Raises:
-    BadRowError: on a broken item or a count that disagrees with the list.
+    BadRowError: on a broken item, a count that disagrees with the list, a
+      non-numeric or out-of-range id, or a non-finite value.
   """
-  items = text.split(ITEM_SEP) if text else []
-  if len(items) != feature_num:
+  num_items = text.count(ITEM_SEP) + 1 if text else 0
+  if num_items != feature_num:
     raise BadRowError("feature_num_mismatch",
                       f"feature_num is {feature_num} but the list has "
-                      f"{len(items)} items")
-  features: dict[str, list[tuple[int, float]]] = {}
-  for item in items:
-    field, sep1, rest = item.partition(FIELD_SEP)
-    feature_id, sep2, value = rest.partition(VALUE_SEP)
-    if not (sep1 and sep2 and field):
-      raise BadRowError("broken_separator", f"item {item[:40]!r}")
-    try:
-      pair = (int(feature_id), float(value))
-    except ValueError:
-      raise BadRowError("non_numeric", f"item {item[:40]!r}") from None
-    if field in schema.FIELDS_BY_NAME:
-      features.setdefault(field, []).append(pair)
-  return features
+                      f"{num_items} items")
+  if text and not _well_formed(text, num_items):
+    raise BadRowError("broken_separator",
+                      f"separators of the feature list {text[:60]!r}")
+  parts = text.translate(_TO_FIELD_SEP).split(FIELD_SEP) if text else []
+  fields = parts[0::3]
+  if "" in fields:
+    raise BadRowError("broken_separator", "an item has an empty field id")
+  try:
+    ids = list(map(int, parts[1::3]))
+    values = list(map(float, parts[2::3]))
+  except ValueError as e:
+    raise BadRowError("non_numeric", f"feature list item: {e}") from None
+  _check_ids(ids)
+  if not all(map(math.isfinite, values)):
+    raise BadRowError("bad_value", "a feature value is not finite")
+  return _group(fields, ids, values)
 
 
 def _split(line: str, columns: int, what: str) -> list[str]:
   parts = line.rstrip("\r\n").split(",", columns - 1)
   if len(parts) != columns:
     raise BadRowError("column_count",
-                      f"{what} line has {len(parts)} columns, expected {columns}")
+                      f"{what} line has {len(parts)} columns, expected "
+                      f"{columns}")
   return parts
+
+
+def skeleton_index(line: str) -> str:
+  """The ``common_feature_index`` of a skeleton line, checked only for shape.
+
+  The converter groups skeleton lines by this key before parsing them.
+  """
+  parts = line.split(",", 4)
+  if len(parts) != 5:
+    raise BadRowError("column_count",
+                      f"sample_skeleton line has {len(parts)} columns, "
+                      "expected 6")
+  if not parts[3]:
+    raise BadRowError("empty_column", "empty common_feature_index")
+  return parts[3]
 
 
 def parse_skeleton_line(line: str) -> SkeletonRow:
@@ -123,54 +213,66 @@ def parse_skeleton_line(line: str) -> SkeletonRow:
   sample_id, click, conversion, index, num, feature_list = _split(
       line, 6, "sample_skeleton")
   if not index:
-    raise BadRowError("column_count", "empty common_feature_index")
+    raise BadRowError("empty_column", "empty common_feature_index")
+  if not sample_id:
+    raise BadRowError("empty_column", "empty sample_id")
+  features, ignored = parse_feature_list(feature_list,
+                                         _parse_int(num, "feature_num"))
   return SkeletonRow(
       sample_id=sample_id,
       click=_parse_label(click, "click"),
       conversion=_parse_label(conversion, "conversion"),
       common_feature_index=index,
-      features=parse_feature_list(feature_list,
-                                  _parse_int(num, "feature_num")))
+      features=features,
+      ignored_items=ignored)
 
 
 def parse_common_line(line: str) -> CommonRow:
   """Parses one ``common_features_*.csv`` line."""
   index, num, feature_list = _split(line, 3, "common_features")
   if not index:
-    raise BadRowError("column_count", "empty common_feature_index")
-  return CommonRow(index, parse_feature_list(feature_list,
-                                             _parse_int(num, "feature_num")))
+    raise BadRowError("empty_column", "empty common_feature_index")
+  features, ignored = parse_feature_list(feature_list,
+                                         _parse_int(num, "feature_num"))
+  return CommonRow(index, features, ignored)
 
 
 def parse_paddlerec_line(line: str) -> PaddleRecRow:
   """Parses one PaddleRec line ``sample_id,click,buy,field:gid,...``.
 
   Every ``field:gid`` token is kept, including the first one, which
-  PaddleRec's own reader drops. Tokens of fields outside the schema are
-  ignored. Values are 1.0: the format carries none.
+  PaddleRec's own reader drops. Values are 1.0: the format carries none.
   """
   tokens = line.rstrip("\r\n").split(",")
   if len(tokens) < 4:
     raise BadRowError("column_count",
                       f"paddlerec line has {len(tokens)} columns, expected "
                       "at least 4")
-  features: dict[str, list[tuple[int, float]]] = {}
-  for token in tokens[3:]:
-    field, sep, gid = token.partition(":")
-    if not (sep and field):
-      raise BadRowError("broken_separator", f"token {token[:40]!r}")
-    feature_id = _parse_int(gid, f"id of field {field}")
-    if field in schema.FIELDS_BY_NAME:
-      features.setdefault(field, []).append((feature_id, 1.0))
-  return PaddleRecRow(tokens[0], _parse_label(tokens[1], "click"),
-                      _parse_label(tokens[2], "buy"), features)
+  if not tokens[0]:
+    raise BadRowError("empty_column", "empty sample_id")
+  click = _parse_label(tokens[1], "click")
+  conversion = _parse_label(tokens[2], "buy")
+  pairs = [token.split(":") for token in tokens[3:]]
+  if any(len(pair) != 2 or not pair[0] for pair in pairs):
+    bad = next(t for t, p in zip(tokens[3:], pairs)
+               if len(p) != 2 or not p[0])
+    raise BadRowError("broken_separator", f"token {bad[:40]!r}")
+  fields, gids = zip(*pairs)
+  try:
+    ids = list(map(int, gids))
+  except ValueError as e:
+    raise BadRowError("non_numeric", f"paddlerec token: {e}") from None
+  _check_ids(ids)
+  features, ignored = _group(list(fields), ids, [1.0] * len(ids))
+  return PaddleRecRow(tokens[0], click, conversion, features, ignored)
 
 
 def _format_value(value: float) -> str:
   return "1" if value == 1.0 else repr(float(value))
 
 
-def format_feature_list(items: Iterable[tuple[str, int, float]]) -> tuple[int, str]:
+def format_feature_list(
+    items: Iterable[tuple[str, int, float]]) -> tuple[int, str]:
   """Formats ``(field, feature_id, value)`` triples as a Tianchi feature list.
 
   Returns:

@@ -1,0 +1,243 @@
+"""Throughput and memory of escm2-convert on simulated Ali-CCP files.
+
+Simulates ``--num_impressions`` training impressions with ``escm2-synth``'s
+simulator (cached under ``--work_dir``), runs the ``escm2-convert`` console
+script on them as a child process, samples the resident memory of its whole
+process tree (Beam's multi_processing mode starts workers), and prints
+impressions per second, CPU time, peak RSS and output bytes per impression.
+It then projects the full release (85M impressions, 730K common rows):
+
+  CPU = a * impressions + c * common_rows
+
+where c, the CPU cost of one common row (parse, truncate, encode, count), is
+timed in this process and a is what the run spent beyond that per
+impression. The wall time divides that CPU by the run's measured CPU/wall
+ratio (which other processes on a shared machine lower) and, as a bound, by
+the number of workers.
+The side-input memory projection adds, per common row, its encoded bytes
+plus dict overhead, once in the runner and once per worker; with
+``--join=cogroup`` the local runner's in-memory shuffle makes the peak grow
+with the impressions, so it is scaled linearly.
+
+  .venv/bin/python benchmarks/convert_bench.py --num_impressions=1000000 \\
+      -- --direct_running_mode=multi_processing --direct_num_workers=2
+
+Arguments after ``--`` go to escm2-convert unchanged.
+"""
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import zlib
+
+from absl import app
+from absl import flags
+
+from escm2_tf import examples
+from escm2_tf import simulator
+from pipelines import config as config_lib
+from pipelines import rows
+from pipelines import tally
+
+_NUM_IMPRESSIONS = flags.DEFINE_integer(
+    "num_impressions", 1_000_000, "Simulated training impressions.")
+_WORK_DIR = flags.DEFINE_string(
+    "work_dir", "/tmp/escm2_convert_bench", "Raw data cache and outputs.")
+_MAX_VALUES_PER_FIELD = flags.DEFINE_integer(
+    "max_values_per_field", config_lib.DEFAULT_MAX_VALUES_PER_FIELD,
+    "Passed to escm2-convert.")
+_JOIN = flags.DEFINE_enum("join", "side_input", config_lib.JOINS,
+                          "Passed to escm2-convert.")
+_SEED = flags.DEFINE_integer("seed", 0, "Simulator seed.")
+_KEEP_OUTPUT = flags.DEFINE_bool("keep_output", False,
+                                 "Keep the converted files.")
+
+FULL_IMPRESSIONS = 85_000_000
+FULL_COMMON_ROWS = 730_000
+# A dict entry (key string, hash slot, bytes header) beyond the encoded bytes.
+_DICT_ENTRY_OVERHEAD = 200
+_SAMPLE_SECONDS = 0.2
+_CALIBRATION_ROWS = 2000
+
+
+def _simulate(num_impressions: int, seed: int) -> str:
+  raw_dir = os.path.join(_WORK_DIR.value, f"raw_{num_impressions}_{seed}")
+  if not os.path.exists(os.path.join(raw_dir, "sample_skeleton_train.csv")):
+    # Users and items grow with the data, as in a longer log.
+    scale = max(1, num_impressions // 100_000)
+    start = time.time()
+    simulator.simulate(simulator.SimulatorConfig(
+        num_train=num_impressions, num_test=1, seed=seed,
+        num_users=10_000 * scale, num_items=20_000 * scale), raw_dir)
+    print(f"simulated {num_impressions} impressions in "
+          f"{time.time() - start:.0f}s")
+  return raw_dir
+
+
+def _tree_rss(root: int) -> int:
+  """Resident bytes of ``root`` and all its descendants, from /proc."""
+  children: dict[int, list[int]] = {}
+  rss: dict[int, int] = {}
+  for entry in os.listdir("/proc"):
+    if not entry.isdigit():
+      continue
+    try:
+      with open(f"/proc/{entry}/stat") as f:
+        stat = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+      continue
+    children.setdefault(int(stat[1]), []).append(int(entry))
+    rss[int(entry)] = int(stat[21]) * os.sysconf("SC_PAGE_SIZE")
+  total, stack = 0, [root]
+  while stack:
+    pid = stack.pop()
+    total += rss.get(pid, 0)
+    stack += children.get(pid, [])
+  return total
+
+
+def _machine_busy_seconds() -> float:
+  """CPU seconds all processes of the machine have used since boot."""
+  with open("/proc/stat") as f:
+    jiffies = [int(v) for v in f.readline().split()[1:]]
+  idle = jiffies[3] + jiffies[4]  # idle, iowait
+  return (sum(jiffies[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _run_convert(args: list[str]) -> dict:
+  """Runs escm2-convert; returns wall and CPU seconds and peak tree RSS.
+
+  ``others_cpu_s`` is what other processes used meanwhile: on a shared
+  machine the run gets less than its cores.
+  """
+  script = os.path.join(os.path.dirname(sys.executable), "escm2-convert")
+  before = resource.getrusage(resource.RUSAGE_CHILDREN)
+  busy = _machine_busy_seconds()
+  start = time.time()
+  child = subprocess.Popen([script, *args], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+  peak = [0]
+  def sample():
+    while child.poll() is None:
+      peak[0] = max(peak[0], _tree_rss(child.pid))
+      time.sleep(_SAMPLE_SECONDS)
+  sampler = threading.Thread(target=sample, daemon=True)
+  sampler.start()
+  stdout, stderr = child.communicate()
+  wall = time.time() - start
+  sampler.join()
+  if child.returncode:
+    sys.exit(f"escm2-convert failed:\n{stderr[-3000:]}")
+  after = resource.getrusage(resource.RUSAGE_CHILDREN)
+  cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+  print(stdout.strip())
+  return {"wall_s": wall, "cpu_s": cpu, "peak_rss_bytes": peak[0],
+          "others_cpu_s": _machine_busy_seconds() - busy - cpu}
+
+
+def _calibrate_common(path: str, max_values: int) -> dict:
+  """CPU seconds and encoded bytes per common row, timed here."""
+  with open(path) as f:
+    lines = [next(f).rstrip("\n") for _ in range(_CALIBRATION_ROWS)]
+  counts = tally.Tally()
+  start = time.process_time()
+  encoded = [rows.encode_common(line, max_values)[1] for line in lines]
+  for entry in encoded:
+    counts.ids(examples.int64_lists(entry.entries), times=2)
+  cpu = (time.process_time() - start) / len(lines)
+  size = sum(len(e.entries) for e in encoded) / len(encoded)
+  return {"cpu_s": cpu, "bytes": size}
+
+
+def _output_bytes(output_dir: str) -> tuple[int, int]:
+  """Compressed and uncompressed bytes of the TFRecord shards."""
+  compressed = uncompressed = 0
+  for name in os.listdir(output_dir):
+    if not name.endswith(".tfrecord.gz"):
+      continue
+    path = os.path.join(output_dir, name)
+    compressed += os.path.getsize(path)
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    with open(path, "rb") as f:
+      while chunk := f.read(1 << 22):
+        uncompressed += len(inflate.decompress(chunk))
+  return compressed, uncompressed
+
+
+def _workers(beam_args: list[str]) -> int:
+  for arg in beam_args:
+    if arg.startswith("--direct_num_workers="):
+      return max(1, int(arg.split("=")[1]))
+  return 1
+
+
+def _project(run: dict, stats: dict, calibration: dict, workers: int) -> dict:
+  """The full release's CPU, wall time and peak memory (see the docstring)."""
+  impressions, commons = stats["rows_read"], stats["common_rows_read"]
+  per_impression = (run["cpu_s"] - calibration["cpu_s"] * commons) / impressions
+  cpu = (per_impression * FULL_IMPRESSIONS
+         + calibration["cpu_s"] * FULL_COMMON_ROWS)
+  if _JOIN.value == "side_input":
+    rss = run["peak_rss_bytes"] + (1 + workers) * max(
+        0, FULL_COMMON_ROWS - commons) * (calibration["bytes"]
+                                         + _DICT_ENTRY_OVERHEAD)
+  else:
+    # The local runner keeps a shuffle in memory: it grows with the data.
+    rss = run["peak_rss_bytes"] * FULL_IMPRESSIONS / impressions
+  return {
+      "impression_cpu_us": round(per_impression * 1e6, 1),
+      "full_release_cpu_min": round(cpu / 60, 1),
+      "full_release_wall_min": round(
+          cpu / (run["cpu_s"] / run["wall_s"]) / 60, 1),
+      "full_release_wall_min_one_core_per_worker": round(
+          cpu / workers / 60, 1),
+      "full_release_peak_rss_gb": round(rss / 1e9, 2),
+  }
+
+
+def main(argv):
+  raw_dir = _simulate(_NUM_IMPRESSIONS.value, _SEED.value)
+  common = os.path.join(raw_dir, "common_features_train.csv")
+  output_dir = os.path.join(_WORK_DIR.value, f"out_{os.getpid()}")
+  beam_args = argv[1:]
+  run = _run_convert([
+      "--input_format=aliccp",
+      f"--skeleton={os.path.join(raw_dir, 'sample_skeleton_train.csv')}",
+      f"--common_features={common}", f"--output_dir={output_dir}",
+      f"--max_values_per_field={_MAX_VALUES_PER_FIELD.value}",
+      f"--join={_JOIN.value}", *beam_args])
+  with open(os.path.join(output_dir, "stats.json")) as f:
+    stats = json.load(f)
+  compressed, uncompressed = _output_bytes(output_dir)
+  calibration = _calibrate_common(common, _MAX_VALUES_PER_FIELD.value)
+  written = stats["rows_written"]
+  report = {
+      "impressions": stats["rows_read"],
+      "common_rows": stats["common_rows_read"],
+      "max_values_per_field": _MAX_VALUES_PER_FIELD.value,
+      "join": _JOIN.value, "beam_args": beam_args,
+      "wall_s": round(run["wall_s"], 1), "cpu_s": round(run["cpu_s"], 1),
+      "other_processes_cpu_s": round(run["others_cpu_s"], 1),
+      "impressions_per_s": round(stats["rows_read"] / run["wall_s"]),
+      "impressions_per_cpu_s": round(stats["rows_read"] / run["cpu_s"]),
+      "peak_rss_gb": round(run["peak_rss_bytes"] / 1e9, 2),
+      "output_bytes_per_impression": round(compressed / written, 1),
+      "uncompressed_bytes_per_impression": round(uncompressed / written, 1),
+      "common_row_cpu_ms": round(calibration["cpu_s"] * 1e3, 3),
+      "common_row_encoded_bytes": round(calibration["bytes"]),
+      **_project(run, stats, calibration, _workers(beam_args)),
+      "full_release_output_gb": round(
+          compressed / written * FULL_IMPRESSIONS / 1e9, 1),
+  }
+  print(json.dumps(report, indent=2))
+  if not _KEEP_OUTPUT.value:
+    shutil.rmtree(output_dir)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,156 @@
+"""Builds and runs the Ali-CCP to TFRecord pipeline."""
+
+import dataclasses
+import json
+from typing import Any, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options import pipeline_options
+
+from pipelines import config as config_lib
+from pipelines import sinks
+from pipelines import tally as tally_lib
+from pipelines import transforms
+
+# Without --runner, Beam's DirectRunner first tries to download the Prism
+# runner; the in-process FnApiRunner (which honours --direct_num_workers and
+# --direct_running_mode) behaves the same offline and online.
+DEFAULT_RUNNER = "FnApiRunner"
+
+
+class TooManyBadRowsError(RuntimeError):
+  """More rows were rejected than ``max_bad_fraction`` allows.
+
+  Attributes:
+    stats: The run's statistics; every output was written.
+  """
+
+  def __init__(self, message: str, stats: dict[str, Any]):
+    super().__init__(message)
+    self.stats = stats
+
+
+def _check_glob(setting: str, pattern: Optional[str]) -> None:
+  if pattern is None:
+    return
+  if not FileSystems.match([pattern])[0].metadata_list:
+    raise config_lib.ConfigError(setting, f"no file matches {pattern!r}")
+
+
+def _check_output_dir(output_dir: str) -> None:
+  pattern = FileSystems.join(output_dir, "*")
+  if FileSystems.exists(output_dir) and FileSystems.match(
+      [pattern])[0].metadata_list:
+    raise config_lib.ConfigError("output_dir",
+                                 f"{output_dir!r} is not empty; choose a new "
+                                 "directory so no stale shard is mixed in")
+
+
+def _check_pipeline_args(pipeline_args: Sequence[str]) -> None:
+  """Rejects arguments no Beam option recognises, instead of ignoring them."""
+  # PipelineOptions only logs what it cannot parse; this builds the same
+  # parser from every registered options class to find those arguments.
+  # pylint: disable=protected-access
+  parser = pipeline_options._BeamArgumentParser(allow_abbrev=False)
+  for options_class in pipeline_options.PipelineOptions.__subclasses__():
+    options_class._add_argparse_args(parser)
+  # pylint: enable=protected-access
+  _, unknown = parser.parse_known_args(list(pipeline_args))
+  if unknown:
+    raise config_lib.ConfigError(
+        unknown[0].lstrip("-").split("=")[0],
+        "unknown flag (neither a converter flag nor a Beam pipeline option): "
+        f"{' '.join(unknown)}")
+
+
+def _pipeline_options(
+    pipeline_args: Sequence[str]) -> pipeline_options.PipelineOptions:
+  args = list(pipeline_args)
+  if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+    args.append(f"--runner={DEFAULT_RUNNER}")
+  return pipeline_options.PipelineOptions(args)
+
+
+def build_pipeline(pipeline: beam.Pipeline,
+                   config: config_lib.ConvertConfig) -> None:
+  """Adds the whole conversion of ``config`` to ``pipeline``."""
+  def read(pattern):
+    return beam.io.ReadFromTextWithFilename(pattern,
+                                            coder=beam.coders.BytesCoder())
+  if config.input_format == "aliccp":
+    inputs = {
+        "skeleton": pipeline | "ReadSkeleton" >> read(config.skeleton),
+        "common": pipeline | "ReadCommonFeatures" >> read(
+            config.common_features),
+    }
+    outputs = inputs | "ConvertAliCcp" >> transforms.ConvertAliCcp(
+        config.max_values_per_field, config.keep_unclicked_conversions,
+        config.join)
+  else:
+    lines = pipeline | "ReadPaddleRec" >> read(config.input)
+    outputs = lines | "ConvertPaddleRec" >> transforms.ConvertPaddleRec(
+        config.max_values_per_field, config.keep_unclicked_conversions)
+  out = config.output_dir
+  _ = outputs["examples"] | "WriteExamples" >> sinks.WriteExamples(
+      out, config.num_shards)
+  _ = outputs["rejected"] | "WriteRejected" >> sinks.WriteRejected(out)
+  _ = (outputs["vocab"] | "SumVocabularies" >> transforms.SumVocabularies()
+       | "WriteVocabularies" >> sinks.WriteVocabularies(out))
+  _ = (outputs["tallies"] | "SumTallies" >> transforms.SumTallies()
+       | "WriteStats" >> sinks.WriteStats(out, config.input_format,
+                                          dataclasses.asdict(config)))
+
+
+def convert(output_dir: str, *, input_format: str,
+            skeleton: Optional[str] = None,
+            common_features: Optional[str] = None,
+            input: Optional[str] = None,  # pylint: disable=redefined-builtin
+            max_values_per_field: int = config_lib.DEFAULT_MAX_VALUES_PER_FIELD,
+            keep_unclicked_conversions: bool = False,
+            max_bad_fraction: float = config_lib.DEFAULT_MAX_BAD_FRACTION,
+            num_shards: int = 0, join: str = "side_input",
+            pipeline_args: Sequence[str] = ()) -> dict[str, Any]:
+  """Converts Ali-CCP text files into TFRecords and returns the statistics.
+
+  Args:
+    output_dir: An empty or absent directory for the outputs.
+    input_format: ``"aliccp"`` or ``"paddlerec"``.
+    skeleton, common_features: Globs of the Tianchi files (aliccp).
+    input: Glob of PaddleRec text files (paddlerec).
+    max_values_per_field, keep_unclicked_conversions, max_bad_fraction,
+      num_shards, join: See ``config.ConvertConfig``.
+    pipeline_args: Beam pipeline options, e.g. ``["--runner=DataflowRunner"]``.
+
+  Returns:
+    The contents of ``output_dir/stats.json``.
+
+  Raises:
+    config.ConfigError: for an invalid setting, an input glob matching
+      nothing, a non-empty output directory or an unknown pipeline option.
+    TooManyBadRowsError: when the rejected fraction exceeds
+      ``max_bad_fraction``; all outputs have been written.
+  """
+  config = config_lib.ConvertConfig(
+      output_dir=output_dir, input_format=input_format, skeleton=skeleton,
+      common_features=common_features, input=input,
+      max_values_per_field=max_values_per_field,
+      keep_unclicked_conversions=keep_unclicked_conversions,
+      max_bad_fraction=max_bad_fraction, num_shards=num_shards, join=join)
+  for setting in ("skeleton", "common_features", "input"):
+    _check_glob(setting, getattr(config, setting))
+  _check_output_dir(output_dir)
+  _check_pipeline_args(pipeline_args)
+  with beam.Pipeline(options=_pipeline_options(pipeline_args)) as pipeline:
+    build_pipeline(pipeline, config)
+  stats = json.loads(sinks.read_text(
+      FileSystems.join(output_dir, sinks.STATS_FILE)))
+  if not tally_lib.reconciles(stats):
+    raise RuntimeError(f"Row counts do not reconcile in {output_dir}: {stats}")
+  if stats["rejected_fraction"] > max_bad_fraction:
+    raise TooManyBadRowsError(
+        f"{stats['rows_rejected']} of {stats['rows_read']} rows rejected "
+        f"({stats['rejected_fraction']:.4%}), more than --max_bad_fraction="
+        f"{max_bad_fraction}; reasons {stats['rejected_by_reason']}, rows in "
+        f"{FileSystems.join(output_dir, sinks.REJECTED_DIR)}", stats)
+  return stats

@@ -1,0 +1,139 @@
+"""Tests of the escm2-convert command line."""
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from absl import flags
+from absl.testing import absltest
+from absl.testing import flagsaver
+
+from pipelines import cli
+
+_DEMO = "/work/shared/reference/paddlerec_demo/train/small.txt"
+_SCRIPT = os.path.join(os.path.dirname(sys.executable), "escm2-convert")
+
+
+def setUpModule():
+  # pytest does not parse absl flags; the defaults are what main reads.
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+def _tempdir(test_case):
+  directory = tempfile.mkdtemp()
+  test_case.addCleanup(shutil.rmtree, directory, ignore_errors=True)
+  return directory
+
+
+def _write_paddlerec_with_bad_rows(directory):
+  with open(_DEMO) as f:
+    lines = f.read().splitlines()
+  lines += ["99,0,0", "100,7,0,205:1"]  # column_count, bad_label
+  path = os.path.join(directory, "mixed.txt")
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n")
+  return path
+
+
+class ParseFlagsTest(absltest.TestCase):
+
+  @flagsaver.flagsaver
+  def test_beam_options_pass_through(self):
+    rest = cli.parse_flags([
+        "escm2-convert", "--input_format=paddlerec", "--input=a.txt",
+        "--runner=FnApiRunner", "--output_dir=out",
+        "--direct_running_mode=multi_processing", "--direct_num_workers=2",
+        "--max_values_per_field=7"])
+    self.assertEqual(rest, ["escm2-convert", "--runner=FnApiRunner",
+                            "--direct_running_mode=multi_processing",
+                            "--direct_num_workers=2"])
+    self.assertEqual(flags.FLAGS.output_dir, "out")
+    self.assertEqual(flags.FLAGS.max_values_per_field, 7)
+
+  @flagsaver.flagsaver
+  def test_bad_flag_value_exits_with_one_line(self):
+    with self.assertRaises(SystemExit) as e:
+      cli.parse_flags(["escm2-convert", "--max_values_per_field=-1"])
+    self.assertRegex(str(e.exception.code),
+                     r"^escm2-convert: .*max_values_per_field")
+    self.assertNotIn("\n", str(e.exception.code))
+
+
+class MainTest(absltest.TestCase):
+
+  def test_converts_and_reports(self):
+    output_dir = os.path.join(_tempdir(self), "out")
+    stdout = io.StringIO()
+    with flagsaver.flagsaver(input_format="paddlerec", input=_DEMO,
+                             output_dir=output_dir, max_values_per_field=0):
+      with contextlib.redirect_stdout(stdout):
+        cli.main(["escm2-convert", "--direct_num_workers=1"])
+    self.assertIn(f"10 of 10 rows written to {output_dir}", stdout.getvalue())
+    with open(os.path.join(output_dir, "stats.json")) as f:
+      stats = json.load(f)
+    self.assertEqual(stats["settings"]["max_values_per_field"], 0)
+    self.assertEqual(stats["rows_written"], 10)
+
+  def test_missing_output_dir_names_the_flag(self):
+    with flagsaver.flagsaver(input_format="paddlerec", input=_DEMO,
+                             output_dir=None):
+      with self.assertRaises(SystemExit) as e:
+        cli.main(["escm2-convert"])
+    self.assertEqual(str(e.exception.code),
+                     "escm2-convert: --output_dir: is required")
+
+  def test_unknown_flag_names_the_flag(self):
+    output_dir = os.path.join(_tempdir(self), "out")
+    with flagsaver.flagsaver(input_format="paddlerec", input=_DEMO,
+                             output_dir=output_dir):
+      with self.assertRaises(SystemExit) as e:
+        cli.main(["escm2-convert", "--max_value_per_feild=3"])
+    self.assertIn("--max_value_per_feild: unknown flag",
+                  str(e.exception.code))
+    self.assertFalse(os.path.exists(output_dir))
+
+
+class ConsoleScriptTest(absltest.TestCase):
+
+  def _run(self, *args):
+    self.assertTrue(os.path.exists(_SCRIPT), _SCRIPT)
+    return subprocess.run([_SCRIPT, *args], capture_output=True, text=True,
+                          timeout=300, check=False)
+
+  def test_too_many_bad_rows_exits_non_zero_after_writing(self):
+    directory = _tempdir(self)
+    output_dir = os.path.join(directory, "out")
+    result = self._run(
+        "--input_format=paddlerec",
+        f"--input={_write_paddlerec_with_bad_rows(directory)}",
+        f"--output_dir={output_dir}", "--max_bad_fraction=0.1",
+        "--direct_running_mode=in_memory")
+    self.assertEqual(result.returncode, 1, result.stderr)
+    last_line = result.stderr.strip().splitlines()[-1]
+    self.assertRegex(last_line, r"^escm2-convert: 2 of 12 rows rejected "
+                     r"\(16\.6667%\), more than --max_bad_fraction=0\.1")
+    with open(os.path.join(output_dir, "stats.json")) as f:
+      stats = json.load(f)
+    self.assertEqual(stats["rejected_by_reason"],
+                     {"bad_label": 1, "column_count": 1})
+    self.assertEqual(stats["rows_written"], 10)
+
+  def test_succeeds_below_the_threshold(self):
+    directory = _tempdir(self)
+    output_dir = os.path.join(directory, "out")
+    result = self._run(
+        "--input_format=paddlerec",
+        f"--input={_write_paddlerec_with_bad_rows(directory)}",
+        f"--output_dir={output_dir}", "--max_bad_fraction=0.2")
+    self.assertEqual(result.returncode, 0, result.stderr)
+    self.assertIn("10 of 12 rows written", result.stdout)
+
+
+if __name__ == "__main__":
+  absltest.main()
