@@ -8,7 +8,8 @@ from absl.testing import parameterized
 from escm2_tf import aliccp
 from escm2_tf import schema
 
-_DEMO_DIR = "/work/shared/reference/paddlerec_demo"
+_DEMO_DIR = os.path.join(os.path.dirname(__file__), "testdata",
+                         "paddlerec_demo")
 _I, _F, _V = aliccp.ITEM_SEP, aliccp.FIELD_SEP, aliccp.VALUE_SEP
 
 

@@ -15,7 +15,8 @@ from absl.testing import flagsaver
 
 from pipelines import cli
 
-_DEMO = "/work/shared/reference/paddlerec_demo/train/small.txt"
+_DEMO = os.path.join(os.path.dirname(__file__), "testdata", "paddlerec_demo",
+                     "train", "small.txt")
 _SCRIPT = os.path.join(os.path.dirname(sys.executable), "escm2-convert")
 
 

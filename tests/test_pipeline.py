@@ -27,7 +27,8 @@ from pipelines import sinks
 from pipelines import transforms
 
 _K = 2  # max_values_per_field in these tests: small, so truncation happens.
-_DEMO = "/work/shared/reference/paddlerec_demo/train/small.txt"
+_DEMO = os.path.join(os.path.dirname(__file__), "testdata", "paddlerec_demo",
+                     "train", "small.txt")
 
 _COMMONS = {
     "u1": [("101", 1, 1.0), ("121", 2, 1.0), ("109_14", 10, 0.5),
