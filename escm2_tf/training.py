@@ -11,11 +11,18 @@ for ``escm2-export`` to rebuild the model), ``checkpoints/`` (Keras weights,
 ``epoch-NNN`` per epoch, then ``final``, which the checkpoint state names as
 the latest), ``backup/`` (``BackupAndRestore``; removed when a run completes),
 ``logs/`` (TensorBoard) and ``metrics.json``.
+
+With ``distribution_strategy`` set, the model is built and fit under that
+``tf.distribute`` strategy (``escm2_tf.distribute``). Only the chief writes
+into ``model_dir`` and ``export_dir``; under ``multi_worker_mirrored`` the
+other workers take part in every save into a temporary directory of their
+own, deleted afterwards, and Keras' callbacks do the same for theirs.
 """
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -27,11 +34,12 @@ import tf_keras as keras
 
 from escm2_tf import config as config_lib
 from escm2_tf import data
+from escm2_tf import distribute
 from escm2_tf import evaluation
 from escm2_tf import export
 from escm2_tf import losses
 from escm2_tf import model as model_lib
-from escm2_tf import schema
+from escm2_tf import validation
 from escm2_tf import vocab
 
 CONFIG_FILE = "config.json"
@@ -41,19 +49,7 @@ BACKUP_DIR = "backup"
 LOG_DIR = "logs"
 FINAL_CHECKPOINT = "final"
 
-
-class ConfigError(ValueError):
-  """A training input that is invalid, missing, or does not fit the others.
-
-  Attributes:
-    field: The ``TrainConfig`` field at fault (also the CLI flag's name).
-    detail: What is wrong with it.
-  """
-
-  def __init__(self, field: str, detail: str):
-    super().__init__(f"{field}: {detail}")
-    self.field = field
-    self.detail = detail
+ConfigError = validation.ConfigError
 
 
 class TrainingDivergedError(RuntimeError):
@@ -94,6 +90,14 @@ class TrainConfig:
       vocabulary belongs to the data; 0 skips the check.
     max_unknown_id_fraction: The largest share of a field's ids, in that
       sample, that may be missing from its vocabulary.
+    distribution_strategy: One of ``distribute.STRATEGIES``; the cluster
+      strategies read their cluster from ``TF_CONFIG``.
+    steps_per_epoch: Training steps per epoch (of ``batch_size`` examples
+      each); 0 for one pass over ``train_data``, counted up front when Keras
+      must know it (cluster strategies, grouped steps).
+    ps_min_shard_bytes: Under ``parameter_server``, a variable larger than
+      this is split into ``min(servers, ceil(bytes / ps_min_shard_bytes))``
+      shards, one per parameter server.
   """
   train_data: str
   eval_data: str
@@ -112,28 +116,12 @@ class TrainConfig:
   early_stopping_monitor: str = "val_loss"
   vocab_check_examples: int = 1000
   max_unknown_id_fraction: float = 0.5
+  distribution_strategy: str = distribute.DEFAULT
+  steps_per_epoch: int = 0
+  ps_min_shard_bytes: int = distribute.DEFAULT_MIN_SHARD_BYTES
 
   def __post_init__(self):
-    for name in ("train_data", "eval_data", "vocab_dir", "model_dir"):
-      if not getattr(self, name):
-        raise ConfigError(name, "is required")
-    for name, low in (("epochs", 1), ("batch_size", 1), ("seed", 0),
-                      ("min_count", 1), ("steps_per_execution", 1),
-                      ("early_stopping_patience", 0),
-                      ("vocab_check_examples", 0)):
-      value = getattr(self, name)
-      if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(name, f"must be an integer >= {low}, got {value!r}")
-    if not 0.0 < self.learning_rate < float("inf"):
-      raise ConfigError("learning_rate", "must be a positive finite number, "
-                        f"got {self.learning_rate!r}")
-    if not self.early_stopping_monitor.startswith("val_"):
-      raise ConfigError("early_stopping_monitor",
-                        "must name a validation quantity (val_...), got "
-                        f"{self.early_stopping_monitor!r}")
-    if not 0.0 <= self.max_unknown_id_fraction <= 1.0:
-      raise ConfigError("max_unknown_id_fraction", "must be in [0, 1], got "
-                        f"{self.max_unknown_id_fraction!r}")
+    validation.check_train_config(self)
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -170,113 +158,9 @@ def load_configs(model_dir: str) -> dict[str, Any]:
           "train": TrainConfig.from_dict(content["train"])}
 
 
-def _check_files(config: TrainConfig) -> None:
-  for name in ("train_data", "eval_data"):
-    try:
-      evaluation.check_readable(getattr(config, name))
-    except FileNotFoundError:
-      raise ConfigError(name, f"no files match {getattr(config, name)!r}"
-                        ) from None
-    except ValueError as e:
-      raise ConfigError(name, str(e)) from None
-  if config.ground_truth and not tf.io.gfile.exists(config.ground_truth):
-    raise ConfigError("ground_truth", f"{config.ground_truth} not found")
-  for name in ("model_dir", "export_dir"):
-    path = getattr(config, name)
-    if path and tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path):
-      raise ConfigError(name, f"{path} exists and is not a directory")
-
-
-def _load_full_vocabularies(vocab_dir: str) -> dict[str, np.ndarray]:
-  """Every id of every field's vocabulary (min_count 1)."""
-  if not tf.io.gfile.isdir(vocab_dir):
-    raise ConfigError("vocab_dir", f"directory {vocab_dir} not found")
-  missing = [field for field in schema.FIELD_NAMES if not tf.io.gfile.exists(
-      vocab.vocabulary_path(vocab_dir, field))]
-  if missing:
-    raise ConfigError("vocab_dir", f"{vocab_dir} has no vocabulary file for "
-                      f"field(s) {', '.join(missing)}")
-  try:
-    return vocab.load_vocabularies(vocab_dir, 1)
-  except vocab.VocabularyError as e:
-    raise ConfigError("vocab_dir", str(e)) from None
-
-
-def _sample_ids(file_pattern: str, num_examples: int) -> dict[str, np.ndarray]:
-  """Each field's ids over the first examples of the data."""
-  spec = schema.feature_spec(with_labels=False, with_weights=False)
-  dataset = tf.data.TFRecordDataset(data.list_files(file_pattern),
-                                    compression_type="GZIP")
-  try:
-    serialized = next(iter(dataset.take(num_examples).batch(num_examples)))
-    parsed = tf.io.parse_example(serialized, spec)
-  except (tf.errors.OpError, StopIteration) as e:
-    raise ConfigError("train_data", "cannot read tf.Examples from "
-                      f"{file_pattern!r}: {str(e).splitlines()[0]}") from None
-  return {field: parsed[field].flat_values.numpy()
-          for field in schema.FIELD_NAMES}
-
-
-def check_vocabulary(config: TrainConfig,
-                     vocabularies: Mapping[str, np.ndarray]) -> None:
-  """Fails when many ids of the training data are not in the vocabulary.
-
-  A vocabulary built from the training data holds every id of it, so even a
-  few unknown ids are suspicious; most of a field's ids unknown means the
-  vocabulary came from other data (or another id space, e.g. PaddleRec's).
-  """
-  if not config.vocab_check_examples:
-    return
-  worst_field, worst = "", 0.0
-  for field, ids in _sample_ids(config.train_data,
-                                config.vocab_check_examples).items():
-    if ids.size:
-      unknown = 1.0 - np.isin(ids, vocabularies[field]).mean()
-      if unknown > worst:
-        worst_field, worst = field, unknown
-  if worst > config.max_unknown_id_fraction:
-    raise ConfigError(
-        "vocab_dir", f"{worst:.0%} of the ids of field {worst_field} in the "
-        f"first {config.vocab_check_examples} examples of train_data are "
-        f"not in {config.vocab_dir} (at most "
-        f"{config.max_unknown_id_fraction:.0%} allowed): the vocabulary does "
-        "not belong to this data")
-
-
-def _check_ground_truth(config: TrainConfig) -> None:
-  try:
-    evaluation.align_ground_truth(
-        evaluation.read_ground_truth(config.ground_truth),
-        evaluation.read_sample_ids(config.eval_data), config.ground_truth)
-  except evaluation.GroundTruthError as e:
-    raise ConfigError("ground_truth", str(e)) from None
-
-
-def _check_resume(config: TrainConfig, configs: Mapping[str, Any]) -> None:
-  """A backup can only be resumed by the same model and loss."""
-  backup = os.path.join(config.model_dir, BACKUP_DIR)
-  stored_path = os.path.join(config.model_dir, CONFIG_FILE)
-  # BackupAndRestore leaves its directory, emptied, after a finished run.
-  if not (tf.io.gfile.exists(stored_path) and tf.io.gfile.isdir(backup)
-          and tf.io.gfile.listdir(backup)):
-    return
-  with tf.io.gfile.GFile(stored_path) as f:
-    stored = json.load(f)
-  for part in ("model", "loss"):
-    if stored.get(part) != configs[part]:
-      raise ConfigError(
-          "model_dir", f"{config.model_dir} holds the backup of an unfinished "
-          f"run with another {part} configuration; resume it with the same "
-          f"flags, or use a new --model_dir")
-
-
 def check_inputs(config: TrainConfig, configs: Mapping[str, Any]
                  ) -> dict[str, np.ndarray]:
-  """Checks everything a run needs, cheaply, before it starts.
-
-  Args:
-    config: The run.
-    configs: ``configs_dict(...)`` of the run.
+  """``validation.check_inputs`` against ``model_dir``'s layout.
 
   Returns:
     The full vocabularies (min_count 1), read for the check.
@@ -284,13 +168,10 @@ def check_inputs(config: TrainConfig, configs: Mapping[str, Any]
   Raises:
     ConfigError: The first problem found, naming the field.
   """
-  _check_files(config)
-  vocabularies = _load_full_vocabularies(config.vocab_dir)
-  check_vocabulary(config, vocabularies)
-  if config.ground_truth:
-    _check_ground_truth(config)
-  _check_resume(config, configs)
-  return vocabularies
+  return validation.check_inputs(
+      config, configs,
+      stored_config=os.path.join(config.model_dir, CONFIG_FILE),
+      backup_dir=os.path.join(config.model_dir, BACKUP_DIR))
 
 
 class _StopOnNaN(keras.callbacks.TerminateOnNaN):
@@ -318,10 +199,26 @@ class _StopOnNaN(keras.callbacks.TerminateOnNaN):
           f"(batch {self._bad_batch}); try a lower learning rate")
 
 
-def _callbacks(config: TrainConfig) -> list[keras.callbacks.Callback]:
+class _StopOnNaNLoss(keras.callbacks.Callback):
+  """The NaN stop for parameter servers, where ``fit`` allows no batch hooks.
+
+  An epoch's mean loss is NaN or infinite when any of its batches' was; this
+  raises before the callbacks that save, as ``_StopOnNaN`` does.
+  """
+
+  def on_epoch_end(self, epoch, logs=None):
+    loss = (logs or {}).get("loss")
+    if loss is not None and not math.isfinite(loss):
+      raise TrainingDivergedError(
+          f"the training loss became NaN or infinite in epoch {epoch + 1}; "
+          "try a lower learning rate")
+
+
+def _callbacks(config: TrainConfig, parameter_server: bool = False
+               ) -> list[keras.callbacks.Callback]:
   """The run's callbacks; those that save come after the NaN check."""
   callbacks = [
-      _StopOnNaN(),
+      _StopOnNaNLoss() if parameter_server else _StopOnNaN(),
       keras.callbacks.BackupAndRestore(
           os.path.join(config.model_dir, BACKUP_DIR)),
       keras.callbacks.ModelCheckpoint(
@@ -339,26 +236,34 @@ def _callbacks(config: TrainConfig) -> list[keras.callbacks.Callback]:
 
 def _build_model(config: TrainConfig, model_config: config_lib.ModelConfig,
                  loss_config: losses.LossConfig,
-                 full_vocabularies: dict[str, np.ndarray]) -> keras.Model:
-  vocabularies = (full_vocabularies if config.min_count == 1 else
-                  vocab.load_vocabularies(config.vocab_dir, config.min_count))
-  model = model_lib.build_model(model_config, loss_config, vocabularies)
-  model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                steps_per_execution=config.steps_per_execution)
-  # BackupAndRestore restores into existing variables only: build them by
-  # calling the model once.
-  features, _ = next(iter(data.make_dataset(config.eval_data, 1,
-                                            training=False)))
-  model(features, training=False)
+                 vocabularies: dict[str, np.ndarray],
+                 strategy: tf.distribute.Strategy) -> keras.Model:
+  with strategy.scope():
+    model = model_lib.build_model(model_config, loss_config, vocabularies)
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+                  steps_per_execution=config.steps_per_execution)
+    # BackupAndRestore restores into existing variables only: build them by
+    # calling the model once.
+    features, _ = next(iter(data.make_dataset(config.eval_data, 1,
+                                              training=False)))
+    model(features, training=False)
   return model
 
 
-def _check_monitor(config: TrainConfig, model: keras.Model) -> None:
-  names = [f"val_{metric.name}" for metric in model.metrics]
-  if config.early_stopping_monitor not in names:
-    raise ConfigError("early_stopping_monitor", f"this model reports "
-                      f"{', '.join(names)}, not "
-                      f"{config.early_stopping_monitor!r}")
+def _local_copy(model_config: config_lib.ModelConfig,
+                loss_config: losses.LossConfig,
+                vocabularies: dict[str, np.ndarray],
+                checkpoint: str) -> keras.Model:
+  """The trained parameter-server model, whole, on the coordinator.
+
+  Scoring reads every variable once instead of once per batch from the
+  servers, and the export holds plain variables, as TF Serving loads them in
+  one process anyway; the coordinator needs the memory of the whole model.
+  """
+  model = model_lib.build_model(model_config, loss_config, vocabularies)
+  # The checkpoint also holds the optimizer, which the copy does not need.
+  model.load_weights(checkpoint).expect_partial()
+  return model
 
 
 def _num_batches(file_pattern: str, batch_size: int) -> int:
@@ -369,26 +274,42 @@ def _num_batches(file_pattern: str, batch_size: int) -> int:
 
 
 def _fit(model: keras.Model, config: TrainConfig,
+         strategy: tf.distribute.Strategy,
          callbacks: Sequence[keras.callbacks.Callback],
          verbose: int) -> keras.callbacks.History:
-  """Runs ``fit``, one pass over the training data per epoch."""
+  """Runs ``fit``, by default one pass over the training data per epoch."""
+  cluster = distribute.needs_fixed_steps(strategy)
+  fixed_steps = bool(config.steps_per_epoch or config.steps_per_execution > 1
+                     or cluster)
   steps = {}
-  num_epochs = 1
-  if config.steps_per_execution > 1:
-    # Keras must know the steps to group them: count the records once and
-    # repeat the data, an epoch being ceil(records / batch_size) steps.
-    steps = {"steps_per_epoch": _num_batches(config.train_data,
-                                             config.batch_size),
+  if fixed_steps:
+    # Keras must know the steps to group them, and workers must agree on
+    # them: count the records once and repeat the data.
+    steps = {"steps_per_epoch": config.steps_per_epoch or _num_batches(
+        config.train_data, config.batch_size),
              "validation_steps": _num_batches(config.eval_data,
                                               config.batch_size)}
-    num_epochs = None
+  parameter_server = isinstance(strategy,
+                                tf.distribute.ParameterServerStrategy)
+  # Every parameter-server worker runs the same dataset function: one seed
+  # would give them all the same order, so each shuffles its own way.
+  inputs = functools.partial(
+      data.make_dataset, config.train_data, config.batch_size, training=True,
+      seed=None if parameter_server else config.seed,
+      num_epochs=None if fixed_steps else 1)
+  validation_inputs = functools.partial(
+      data.make_dataset, config.eval_data, config.batch_size, training=False,
+      num_epochs=None if cluster else 1)
+  if config.distribution_strategy == distribute.DEFAULT:
+    inputs, validation_inputs = inputs(), validation_inputs()
+  else:
+    inputs = distribute.distribute_dataset(strategy, inputs)
+    validation_inputs = distribute.distribute_dataset(strategy,
+                                                      validation_inputs)
   return model.fit(
-      data.make_dataset(config.train_data, config.batch_size, training=True,
-                        seed=config.seed, num_epochs=num_epochs),
-      validation_data=data.make_dataset(config.eval_data, config.batch_size,
-                                        training=False),
-      epochs=config.epochs, verbose=verbose,
-      callbacks=_callbacks(config) + list(callbacks), **steps)
+      inputs, validation_data=validation_inputs, epochs=config.epochs,
+      verbose=verbose, callbacks=_callbacks(config, parameter_server) +
+      list(callbacks), **steps)
 
 
 def _evaluate(model: keras.Model,
@@ -409,6 +330,40 @@ def _evaluate(model: keras.Model,
   return metrics
 
 
+def _score_and_export(model: keras.Model, config: TrainConfig,
+                      configs: Mapping[str, Any]) -> dict[str, Any]:
+  """The chief's ``metrics.json`` and export."""
+  metrics = _evaluate(model, config)
+  export_path = ""
+  if config.export_dir:
+    export_path = export.export_saved_model(
+        model, config.export_dir,
+        extra_assets={"config": configs, "metrics": metrics})
+  return {"metrics": metrics, "export_path": export_path}
+
+
+def _set_up(config: TrainConfig, configs: Mapping[str, Any]
+            ) -> tuple[distribute.Task, tf.distribute.Strategy,
+                       dict[str, np.ndarray]]:
+  """This task, its strategy, and the vocabularies, after every check."""
+  task = distribute.read_task()
+  distribute.check_task(config.distribution_strategy, task)
+  # Collective ops must be set up before TensorFlow runs anything.
+  strategy = distribute.make_strategy(
+      config.distribution_strategy, task,
+      min_shard_bytes=config.ps_min_shard_bytes)
+  full_vocabularies = check_inputs(config, configs)
+  validation.check_batch_size(config.batch_size,
+                              strategy.num_replicas_in_sync)
+  keras.utils.set_random_seed(config.seed)
+  if config.deterministic:
+    tf.config.experimental.enable_op_determinism()
+  if config.min_count == 1:
+    return task, strategy, full_vocabularies
+  return task, strategy, vocab.load_vocabularies(config.vocab_dir,
+                                                 config.min_count)
+
+
 def train(train_config: TrainConfig, model_config: config_lib.ModelConfig,
           loss_config: losses.LossConfig, *,
           callbacks: Sequence[keras.callbacks.Callback] = (),
@@ -416,43 +371,51 @@ def train(train_config: TrainConfig, model_config: config_lib.ModelConfig,
   """Checks the inputs, trains, evaluates, and exports.
 
   A run that finds a backup in ``model_dir/backup`` (left by a killed run)
-  resumes from the epoch after the last one that run completed.
+  resumes from the epoch after the last one that run completed. Under a
+  cluster strategy, every task of the cluster runs this (parameter-server
+  workers and servers run ``distribute.run_server`` instead).
 
   Args:
-    train_config: Data, output paths and the schedule.
+    train_config: Data, output paths, the schedule and the strategy.
     model_config: The network.
     loss_config: The objective (naive, ESMM, ESCM2-IPW or ESCM2-DR).
     callbacks: Extra Keras callbacks, run after the built-in ones.
     verbose: Keras' verbosity: 0 silent, 1 progress bar, 2 a line per epoch.
 
   Returns:
-    ``{"metrics": as written to metrics.json (undefined values None),
-    "epochs": the epochs this call ran, "history": Keras' per-epoch logs,
-    "export_path": the SavedModel's directory or ""}``.
+    ``{"metrics": as written to metrics.json (undefined values None; empty
+    on a worker that is not the chief), "epochs": the epochs this call ran,
+    "history": Keras' per-epoch logs, "export_path": the SavedModel's
+    directory or "", "task": this task ("local:0" without a cluster),
+    "chief": whether it wrote the outputs, "variable_shards":
+    ``distribute.variable_shards`` of the model}``.
 
   Raises:
     ConfigError: An input is missing or does not fit (names the field).
+    distribute.ClusterError: TF_CONFIG does not fit the strategy.
     TrainingDivergedError: The loss became NaN or infinite.
   """
   configs = configs_dict(train_config, model_config, loss_config)
-  full_vocabularies = check_inputs(train_config, configs)
-  keras.utils.set_random_seed(train_config.seed)
-  if train_config.deterministic:
-    tf.config.experimental.enable_op_determinism()
-  model = _build_model(train_config, model_config, loss_config,
-                       full_vocabularies)
-  _check_monitor(train_config, model)
-  tf.io.gfile.makedirs(train_config.model_dir)
-  evaluation.write_json(os.path.join(train_config.model_dir, CONFIG_FILE),
-                        configs)
-  history = _fit(model, train_config, callbacks, verbose)
-  model.save_weights(os.path.join(train_config.model_dir, CHECKPOINT_DIR,
-                                  FINAL_CHECKPOINT))
-  metrics = _evaluate(model, train_config)
-  export_path = ""
-  if train_config.export_dir:
-    export_path = export.export_saved_model(
-        model, train_config.export_dir,
-        extra_assets={"config": configs, "metrics": metrics})
-  return {"metrics": metrics, "epochs": len(history.epoch),
-          "history": history.history, "export_path": export_path}
+  task, strategy, vocabularies = _set_up(train_config, configs)
+  model = _build_model(train_config, model_config, loss_config, vocabularies,
+                       strategy)
+  validation.check_monitor(train_config, model)
+  if task.is_chief:
+    tf.io.gfile.makedirs(train_config.model_dir)
+    evaluation.write_json(os.path.join(train_config.model_dir, CONFIG_FILE),
+                          configs)
+  history = _fit(model, train_config, strategy, callbacks, verbose)
+  # Saving reads the metrics' sync-on-read variables, a collective: every
+  # worker saves.
+  with distribute.writer_dir(train_config.model_dir, task) as model_dir:
+    final = os.path.join(model_dir, CHECKPOINT_DIR, FINAL_CHECKPOINT)
+    model.save_weights(final)
+  result = {"metrics": {}, "epochs": len(history.epoch),
+            "history": history.history, "export_path": "", "task": str(task),
+            "chief": task.is_chief,
+            "variable_shards": distribute.variable_shards(model.variables)}
+  if task.is_chief:
+    if isinstance(strategy, tf.distribute.ParameterServerStrategy):
+      model = _local_copy(model_config, loss_config, vocabularies, final)
+    result.update(_score_and_export(model, train_config, configs))
+  return result

@@ -8,6 +8,10 @@ r"""escm2-train: trains ESMM or ESCM2 on converted Ali-CCP TFRecords.
 Every input is checked before training starts; a problem is reported as one
 line naming the flag, with exit status 2. A NaN loss stops the run with exit
 status 1. Rerunning a killed run with the same flags resumes it.
+
+On a cluster, every task runs the same command with its own TF_CONFIG and
+--distribution_strategy=multi_worker_mirrored or parameter_server (whose
+worker and ps tasks serve until they are stopped); see docs/scaling.md.
 """
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
@@ -21,6 +25,7 @@ from absl import app
 from absl import flags
 
 from escm2_tf import config as config_lib
+from escm2_tf import distribute
 from escm2_tf import evaluation
 from escm2_tf import losses
 from escm2_tf import training
@@ -82,6 +87,21 @@ _VOCAB_CHECK_EXAMPLES = flags.DEFINE_integer(
 _MAX_UNKNOWN_ID_FRACTION = flags.DEFINE_float(
     "max_unknown_id_fraction", _TRAIN["max_unknown_id_fraction"],
     "Most of a field's sampled ids that may be missing from its vocabulary.")
+_STEPS_PER_EPOCH = flags.DEFINE_integer(
+    "steps_per_epoch", _TRAIN["steps_per_epoch"],
+    "Training steps per epoch; 0 for one pass over --train_data.")
+
+# Distribution.
+_DISTRIBUTION_STRATEGY = flags.DEFINE_enum(
+    "distribution_strategy", _TRAIN["distribution_strategy"],
+    distribute.STRATEGIES, "default (this process), mirrored (this machine's "
+    "devices), multi_worker_mirrored or parameter_server (the cluster in "
+    "TF_CONFIG).")
+_PS_MIN_SHARD_BYTES = flags.DEFINE_integer(
+    "ps_min_shard_bytes", _TRAIN["ps_min_shard_bytes"],
+    "parameter_server: split a variable larger than this into "
+    "min(servers, ceil(bytes / this)) shards, one per parameter server.")
+
 _VERBOSE = flags.DEFINE_integer(
     "verbose", 1, "Keras: 0 silent, 1 progress bar, 2 a line per epoch.",
     lower_bound=0, upper_bound=2)
@@ -207,7 +227,10 @@ def _train_config() -> training.TrainConfig:
       early_stopping_patience=_EARLY_STOPPING_PATIENCE.value,
       early_stopping_monitor=_EARLY_STOPPING_MONITOR.value,
       vocab_check_examples=_VOCAB_CHECK_EXAMPLES.value,
-      max_unknown_id_fraction=_MAX_UNKNOWN_ID_FRACTION.value)
+      max_unknown_id_fraction=_MAX_UNKNOWN_ID_FRACTION.value,
+      distribution_strategy=_DISTRIBUTION_STRATEGY.value,
+      steps_per_epoch=_STEPS_PER_EPOCH.value,
+      ps_min_shard_bytes=_PS_MIN_SHARD_BYTES.value)
 
 
 def _configs() -> dict[str, Any]:
@@ -228,20 +251,29 @@ def _fail(message: str, status: int) -> int:
   return status
 
 
-def main(argv: Sequence[str]) -> int:
-  if len(argv) > 1:
-    return _fail(f"unexpected arguments {' '.join(argv[1:])!r}", _USAGE_ERROR)
-  try:
-    configs = _configs()
-    result = training.train(configs["train"], configs["model"],
-                            configs["loss"], verbose=_VERBOSE.value)
-  except _FlagError as e:
-    return _fail(str(e), _USAGE_ERROR)
-  except training.ConfigError as e:
-    return _fail(f"--{e.field}: {e.detail}", _USAGE_ERROR)
-  except training.TrainingDivergedError as e:
-    return _fail(f"training stopped: {e}", _DIVERGED)
-  train_config = configs["train"]
+def _serve_if_server() -> bool:
+  """Runs a parameter-server cluster's worker or ps task, if this is one."""
+  task = distribute.read_task()
+  distribute.check_task(_DISTRIBUTION_STRATEGY.value, task)
+  if not distribute.is_server(_DISTRIBUTION_STRATEGY.value, task):
+    return False
+  print(f"escm2-train: serving as {task} of the parameter-server cluster "
+        "until stopped", flush=True)
+  distribute.run_server(task)
+  return True
+
+
+def _report(result: dict[str, Any], train_config: training.TrainConfig
+            ) -> None:
+  """Where split variables went, then the chief's outputs and metrics."""
+  for name, shards in result["variable_shards"].items():
+    print(f"{name}: {len(shards)} shards: " + ", ".join(
+        f"{'x'.join(map(str, shape))} on {device}"
+        for shape, device in shards))
+  if not result["chief"]:
+    print(f"Trained {result['epochs']} epoch(s) as {result['task']}; the "
+          "chief writes the checkpoints, metrics and export")
+    return
   print(f"Trained {result['epochs']} epoch(s); model_dir: "
         f"{train_config.model_dir}")
   if result["export_path"]:
@@ -249,6 +281,26 @@ def main(argv: Sequence[str]) -> int:
   print(f"Metrics on {train_config.eval_data} "
         f"({training.METRICS_FILE}):")
   print(evaluation.format_table(result["metrics"]))
+
+
+def main(argv: Sequence[str]) -> int:
+  if len(argv) > 1:
+    return _fail(f"unexpected arguments {' '.join(argv[1:])!r}", _USAGE_ERROR)
+  try:
+    if _serve_if_server():
+      return 0
+    configs = _configs()
+    result = training.train(configs["train"], configs["model"],
+                            configs["loss"], verbose=_VERBOSE.value)
+  except _FlagError as e:
+    return _fail(str(e), _USAGE_ERROR)
+  except training.ConfigError as e:
+    return _fail(f"--{e.field}: {e.detail}", _USAGE_ERROR)
+  except distribute.ClusterError as e:
+    return _fail(str(e), _USAGE_ERROR)
+  except training.TrainingDivergedError as e:
+    return _fail(f"training stopped: {e}", _DIVERGED)
+  _report(result, configs["train"])
   return 0
 
 

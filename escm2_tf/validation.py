@@ -1,0 +1,210 @@
+"""The trainer's up-front checks: everything a run needs, before it starts.
+
+A training run that fails after an hour because its vocabulary came from other
+data, or its ground truth misses a row, wastes the hour. ``check_inputs``
+reads a little of every input first and fails with a ``ConfigError`` naming
+the ``TrainConfig`` field (the CLI flag of the same name) at fault.
+"""
+
+import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
+
+import json
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from escm2_tf import data
+from escm2_tf import distribute
+from escm2_tf import evaluation
+from escm2_tf import schema
+from escm2_tf import vocab
+
+if TYPE_CHECKING:
+  from escm2_tf import training  # pylint: disable=g-bad-import-order
+
+
+class ConfigError(ValueError):
+  """A training input that is invalid, missing, or does not fit the others.
+
+  Attributes:
+    field: The ``TrainConfig`` field at fault (also the CLI flag's name).
+    detail: What is wrong with it.
+  """
+
+  def __init__(self, field: str, detail: str):
+    super().__init__(f"{field}: {detail}")
+    self.field = field
+    self.detail = detail
+
+
+def check_train_config(config: "training.TrainConfig") -> None:
+  """Every field's value on its own: present, in range, a known name."""
+  for name in ("train_data", "eval_data", "vocab_dir", "model_dir"):
+    if not getattr(config, name):
+      raise ConfigError(name, "is required")
+  for name, low in (("epochs", 1), ("batch_size", 1), ("seed", 0),
+                    ("min_count", 1), ("steps_per_execution", 1),
+                    ("early_stopping_patience", 0),
+                    ("vocab_check_examples", 0), ("steps_per_epoch", 0),
+                    ("ps_min_shard_bytes", 1)):
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+      raise ConfigError(name, f"must be an integer >= {low}, got {value!r}")
+  if not 0.0 < config.learning_rate < float("inf"):
+    raise ConfigError("learning_rate", "must be a positive finite number, "
+                      f"got {config.learning_rate!r}")
+  if not config.early_stopping_monitor.startswith("val_"):
+    raise ConfigError("early_stopping_monitor",
+                      "must name a validation quantity (val_...), got "
+                      f"{config.early_stopping_monitor!r}")
+  if not 0.0 <= config.max_unknown_id_fraction <= 1.0:
+    raise ConfigError("max_unknown_id_fraction", "must be in [0, 1], got "
+                      f"{config.max_unknown_id_fraction!r}")
+  if config.distribution_strategy not in distribute.STRATEGIES:
+    raise ConfigError("distribution_strategy", "must be one of "
+                      f"{', '.join(distribute.STRATEGIES)}, got "
+                      f"{config.distribution_strategy!r}")
+
+
+def _check_files(config: "training.TrainConfig") -> None:
+  for name in ("train_data", "eval_data"):
+    try:
+      evaluation.check_readable(getattr(config, name))
+    except FileNotFoundError:
+      raise ConfigError(name, f"no files match {getattr(config, name)!r}"
+                        ) from None
+    except ValueError as e:
+      raise ConfigError(name, str(e)) from None
+  if config.ground_truth and not tf.io.gfile.exists(config.ground_truth):
+    raise ConfigError("ground_truth", f"{config.ground_truth} not found")
+  for name in ("model_dir", "export_dir"):
+    path = getattr(config, name)
+    if path and tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path):
+      raise ConfigError(name, f"{path} exists and is not a directory")
+
+
+def _load_full_vocabularies(vocab_dir: str) -> dict[str, np.ndarray]:
+  """Every id of every field's vocabulary (min_count 1)."""
+  if not tf.io.gfile.isdir(vocab_dir):
+    raise ConfigError("vocab_dir", f"directory {vocab_dir} not found")
+  missing = [field for field in schema.FIELD_NAMES if not tf.io.gfile.exists(
+      vocab.vocabulary_path(vocab_dir, field))]
+  if missing:
+    raise ConfigError("vocab_dir", f"{vocab_dir} has no vocabulary file for "
+                      f"field(s) {', '.join(missing)}")
+  try:
+    return vocab.load_vocabularies(vocab_dir, 1)
+  except vocab.VocabularyError as e:
+    raise ConfigError("vocab_dir", str(e)) from None
+
+
+def _sample_ids(file_pattern: str, num_examples: int) -> dict[str, np.ndarray]:
+  """Each field's ids over the first examples of the data."""
+  spec = schema.feature_spec(with_labels=False, with_weights=False)
+  dataset = tf.data.TFRecordDataset(data.list_files(file_pattern),
+                                    compression_type="GZIP")
+  try:
+    serialized = next(iter(dataset.take(num_examples).batch(num_examples)))
+    parsed = tf.io.parse_example(serialized, spec)
+  except (tf.errors.OpError, StopIteration) as e:
+    raise ConfigError("train_data", "cannot read tf.Examples from "
+                      f"{file_pattern!r}: {str(e).splitlines()[0]}") from None
+  return {field: parsed[field].flat_values.numpy()
+          for field in schema.FIELD_NAMES}
+
+
+def check_vocabulary(config: "training.TrainConfig",
+                     vocabularies: Mapping[str, np.ndarray]) -> None:
+  """Fails when many ids of the training data are not in the vocabulary.
+
+  A vocabulary built from the training data holds every id of it, so even a
+  few unknown ids are suspicious; most of a field's ids unknown means the
+  vocabulary came from other data (or another id space, e.g. PaddleRec's).
+  """
+  if not config.vocab_check_examples:
+    return
+  worst_field, worst = "", 0.0
+  for field, ids in _sample_ids(config.train_data,
+                                config.vocab_check_examples).items():
+    if ids.size:
+      unknown = 1.0 - np.isin(ids, vocabularies[field]).mean()
+      if unknown > worst:
+        worst_field, worst = field, unknown
+  if worst > config.max_unknown_id_fraction:
+    raise ConfigError(
+        "vocab_dir", f"{worst:.0%} of the ids of field {worst_field} in the "
+        f"first {config.vocab_check_examples} examples of train_data are "
+        f"not in {config.vocab_dir} (at most "
+        f"{config.max_unknown_id_fraction:.0%} allowed): the vocabulary does "
+        "not belong to this data")
+
+
+def _check_ground_truth(config: "training.TrainConfig") -> None:
+  try:
+    evaluation.align_ground_truth(
+        evaluation.read_ground_truth(config.ground_truth),
+        evaluation.read_sample_ids(config.eval_data), config.ground_truth)
+  except evaluation.GroundTruthError as e:
+    raise ConfigError("ground_truth", str(e)) from None
+
+
+def _check_resume(config: "training.TrainConfig", configs: Mapping[str, Any],
+                  stored_config: str, backup_dir: str) -> None:
+  """A backup can only be resumed by the same model and loss."""
+  # BackupAndRestore leaves its directory, emptied, after a finished run.
+  if not (tf.io.gfile.exists(stored_config) and tf.io.gfile.isdir(backup_dir)
+          and tf.io.gfile.listdir(backup_dir)):
+    return
+  with tf.io.gfile.GFile(stored_config) as f:
+    stored = json.load(f)
+  for part in ("model", "loss"):
+    if stored.get(part) != configs[part]:
+      raise ConfigError(
+          "model_dir", f"{config.model_dir} holds the backup of an unfinished "
+          f"run with another {part} configuration; resume it with the same "
+          f"flags, or use a new --model_dir")
+
+
+def check_inputs(config: "training.TrainConfig", configs: Mapping[str, Any],
+                 *, stored_config: str, backup_dir: str
+                 ) -> dict[str, np.ndarray]:
+  """Checks everything a run needs, cheaply, before it starts.
+
+  Args:
+    config: The run.
+    configs: ``training.configs_dict(...)`` of the run.
+    stored_config: Where an earlier run in ``model_dir`` left its configs.
+    backup_dir: Where an unfinished earlier run left its backup.
+
+  Returns:
+    The full vocabularies (min_count 1), read for the check.
+
+  Raises:
+    ConfigError: The first problem found, naming the field.
+  """
+  _check_files(config)
+  vocabularies = _load_full_vocabularies(config.vocab_dir)
+  check_vocabulary(config, vocabularies)
+  if config.ground_truth:
+    _check_ground_truth(config)
+  _check_resume(config, configs, stored_config, backup_dir)
+  return vocabularies
+
+
+def check_batch_size(batch_size: int, num_replicas: int) -> None:
+  """Every replica of a synchronous strategy needs an equal share."""
+  if batch_size % num_replicas:
+    raise ConfigError("batch_size", f"{batch_size} does not split evenly "
+                      f"over the strategy's {num_replicas} replicas; use a "
+                      f"multiple of {num_replicas}")
+
+
+def check_monitor(config: "training.TrainConfig", model: keras.Model) -> None:
+  """Early stopping must watch a quantity the built model reports."""
+  names = [f"val_{metric.name}" for metric in model.metrics]
+  if config.early_stopping_monitor not in names:
+    raise ConfigError("early_stopping_monitor", f"this model reports "
+                      f"{', '.join(names)}, not "
+                      f"{config.early_stopping_monitor!r}")
