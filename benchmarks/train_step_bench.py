@@ -6,6 +6,9 @@ pre-built ragged batches (the model alone); ``--input=tfrecord`` writes GZIP
 TFRecords and reads them through ``data.make_dataset`` (the whole pipeline).
 
   .venv/bin/python benchmarks/train_step_bench.py --loss=dr --batch_size=1024
+
+The whole path, from raw logs to serving, is measured by ``escm2-bench``
+(docs/benchmarks.md).
 """
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
@@ -25,6 +28,7 @@ from escm2_tf import config as config_lib
 from escm2_tf import data
 from escm2_tf import losses
 from escm2_tf import model as model_lib
+from escm2_tf import optimizers
 from escm2_tf import schema
 
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 1024, "Examples per step.")
@@ -41,8 +45,10 @@ _USE_WEIGHTS = flags.DEFINE_bool("use_weights", False, "Weighted pooling.")
 _INPUT = flags.DEFINE_enum("input", "memory", ["memory", "tfrecord"],
                            "Where batches come from.")
 _OPTIMIZER = flags.DEFINE_enum(
-    "optimizer", "adam", ["adam", "adam_no_xla", "legacy_adam", "adagrad"],
-    "Optimizer; Keras' Adam updates the whole embedding table every step.")
+    "optimizer", "lazy_adam",
+    ["lazy_adam", "adam", "adam_no_xla", "legacy_adam", "adagrad"],
+    "Optimizer; Keras' Adam updates the whole embedding table every step, "
+    "LazyAdam only the rows of the batch.")
 _VOCAB_SCALE = flags.DEFINE_float(
     "vocab_scale", 1.0, "Multiplies the per-field vocabulary sizes "
     "(1.0 gives about 740k rows, PaddleRec's table).")
@@ -119,12 +125,13 @@ def _tfrecord_dataset(vocabularies, batch_size, rng, directory):
         writer.write(tf.train.Example(features=tf.train.Features(
             feature=feature)).SerializeToString())
   return data.make_dataset(os.path.join(directory, "*.tfrecord.gz"),
-                           batch_size, training=True, num_epochs=None, seed=1)
+                           batch_size, training=True, num_epochs=None, seed=1,
+                           with_weights=_USE_WEIGHTS.value)
 
 
 def _make_optimizer(name: str) -> keras.optimizers.Optimizer:
-  if name == "adam":
-    return keras.optimizers.Adam(1e-3)
+  if name in optimizers.OPTIMIZERS:
+    return optimizers.make_optimizer(name, 1e-3)
   if name == "adam_no_xla":
     return keras.optimizers.Adam(1e-3, jit_compile=False)
   if name == "legacy_adam":

@@ -1,7 +1,9 @@
 """The ESCM2 network's layers, built for throughput on CPUs.
 
-* ``FusedEmbedding``: one hash-table lookup, one gather and one segment sum for
-  all fields together: every field owns a block of rows in one shared table.
+* ``FusedEmbedding``: all fields share one table, looked up and pooled
+  together: one hash-table lookup per field, one ``tf.unique`` over the rows
+  of the batch, one gather of the distinct rows and one sparse-dense matrix
+  product that pools them.
 * ``MMoE``: the experts' first layer and all gates as one matrix product.
 * ``TaskTowers``: all task towers as one batched matrix product per layer.
 """
@@ -17,43 +19,68 @@ import tf_keras as keras
 from escm2_tf import schema
 from escm2_tf import vocab
 
-# A lookup key packs the field's index above the id's 56 bits.
-_ID_BITS = 56
-_MAX_FIELDS = 1 << (63 - _ID_BITS)
+# Table rows are int32: tf.unique and the gathers are faster on them.
+_MAX_ROWS = np.iinfo(np.int32).max
+
+
+def _sparse_matmul(sparse: tf.SparseTensor, dense: tf.Tensor) -> tf.Tensor:
+  """``sparse @ dense``, differentiable in ``dense`` only.
+
+  TensorFlow's own gradient also differentiates the sparse values, a gather
+  of both operands at every non-zero that pooling never needs.
+  """
+
+  @tf.custom_gradient
+  def matmul(dense):
+    def grad(upstream):
+      return tf.sparse.sparse_dense_matmul(sparse, upstream, adjoint_a=True)
+    return tf.sparse.sparse_dense_matmul(sparse, dense), grad
+
+  return matmul(dense)
 
 
 def pool_segments(embeddings: tf.Tensor, segment_ids: tf.Tensor,
                   num_segments: tf.Tensor, mode: str,
                   weights: tf.Tensor | None = None,
-                  lengths: tf.Tensor | None = None) -> tf.Tensor:
+                  lengths: tf.Tensor | None = None,
+                  positions: tf.Tensor | None = None) -> tf.Tensor:
   """Sum or mean of the (optionally weighted) rows of each segment.
 
+  Value ``n`` adds row ``positions[n]`` of ``embeddings`` to segment
+  ``segment_ids[n]``. The pooling is a sparse [S, R] by dense [R, D] matrix
+  product: on CPUs both it and its gradient (the transposed product) are
+  several times faster than segment sums over gathered rows, whose gradient
+  needs an unsorted segment sum.
+
   Args:
-    embeddings: [N, D] rows.
-    segment_ids: int [N], the segment of every row, sorted ascending.
+    embeddings: [R, D] rows.
+    segment_ids: int [N], the segment of every value.
     num_segments: The number of segments S; empty ones pool to zeros.
     mode: ``"sum"`` or ``"mean"``; the weighted mean divides by the weights'
       sum.
-    weights: Optional float32 [N] row weights.
-    lengths: Optional int [S] rows per segment, which the unweighted mean
+    weights: Optional float32 [N] value weights.
+    lengths: Optional int [S] values per segment, which the unweighted mean
       divides by; computed from ``segment_ids`` when not given.
+    positions: Optional int [N], the row of every value; by default value
+      ``n`` is row ``n`` (then R = N).
 
   Returns:
     [S, D] pooled rows.
   """
-  if weights is not None:
-    embeddings = embeddings * weights[:, tf.newaxis]
-  # The sorted kernel is about three times faster than the unsorted one; it
-  # stops at the last non-empty segment, so pad the empty tail back.
-  pooled = tf.math.segment_sum(embeddings, segment_ids)
+  segment_ids = tf.cast(segment_ids, tf.int64)
   num_segments = tf.cast(num_segments, tf.int64)
-  pooled = tf.pad(pooled, [[0, num_segments - tf.shape(pooled,
-                                                      out_type=tf.int64)[0]],
-                           [0, 0]])
+  if positions is None:
+    positions = tf.range(tf.size(segment_ids, out_type=tf.int64))
+  values = (tf.ones_like(segment_ids, dtype=embeddings.dtype)
+            if weights is None else tf.cast(weights, embeddings.dtype))
+  pooling = tf.SparseTensor(
+      tf.stack([segment_ids, tf.cast(positions, tf.int64)], axis=1), values,
+      tf.stack([num_segments, tf.shape(embeddings, out_type=tf.int64)[0]]))
+  pooled = _sparse_matmul(pooling, embeddings)
   if mode == "sum":
     return pooled
   if weights is not None:
-    totals = tf.math.unsorted_segment_sum(weights, segment_ids, num_segments)
+    totals = tf.math.unsorted_segment_sum(values, segment_ids, num_segments)
   elif lengths is not None:
     totals = tf.cast(lengths, embeddings.dtype)
   else:
@@ -85,22 +112,14 @@ def align_weights(field: str, ids: tf.RaggedTensor,
       tf.cast(weights.values, tf.float32))
 
 
-def _table_entries(vocabularies: Mapping[str, np.ndarray], oov_buckets: int
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Lookup keys, their rows, and the first OOV row of every field."""
-  sizes = [len(ids) + oov_buckets for ids in vocabularies.values()]
-  offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-  # Keys are never negative, so -1 is a key no lookup matches: it keeps the
-  # table non-empty (TensorFlow refuses empty ones) when no field has ids.
-  keys, rows = [np.array([-1], np.int64)], [np.array([-1], np.int64)]
-  for index, (field, ids) in enumerate(vocabularies.items()):
-    ids = np.asarray(ids, dtype=np.int64)
-    if ids.size and (ids.min() < 0 or ids.max() > vocab.MAX_ID):
-      raise ValueError(f"Vocabulary of field {field} has ids outside "
-                       f"[0, {vocab.MAX_ID}].")
-    keys.append((np.int64(index) << _ID_BITS) | ids)
-    rows.append(offsets[index] + np.arange(ids.size, dtype=np.int64))
-  return np.concatenate(keys), np.concatenate(rows), offsets[1:] - oov_buckets
+def _segment_ids(lengths: tf.Tensor) -> tf.Tensor:
+  """[N] the segment of every value, given the [S] values per segment."""
+  splits = tf.concat([tf.zeros([1], tf.int64), tf.cumsum(lengths)], axis=0)
+  # RaggedTensorToSparse writes the row ids in one pass; tf.repeat builds a
+  # [S, max length] mask first and is about twice as slow.
+  placeholder = tf.zeros([splits[-1]], tf.int8)
+  return tf.RaggedTensor.from_row_splits(
+      placeholder, splits, validate=False).to_sparse().indices[:, 0]
 
 
 class FusedEmbedding(keras.layers.Layer):
@@ -109,6 +128,11 @@ class FusedEmbedding(keras.layers.Layer):
   Field ``f`` owns rows ``[offset_f, offset_f + len(vocab_f) + oov_buckets)``:
   its vocabulary in order, then its OOV rows. Ids outside the vocabulary
   (unknown, negative or too large) go to OOV row ``id mod oov_buckets``.
+
+  A batch's ids repeat a lot (a popular shop appears in many users'
+  behaviour), so the layer gathers each distinct row once; its gradient is
+  then an ``IndexedSlices`` over distinct rows, which a row-wise optimizer
+  (``optimizers.LazyAdam``) applies without touching the rest of the table.
 
   Input: a dict with an int64 ``tf.RaggedTensor`` [B, None] per field (and,
   with ``use_weights``, float32 ``<field>_w`` for ``schema.WEIGHTED_FIELDS``).
@@ -122,35 +146,66 @@ class FusedEmbedding(keras.layers.Layer):
                l2: float = 0.0, **kwargs):
     super().__init__(**kwargs)
     self.fields = tuple(vocabularies)
-    if not 0 < len(self.fields) < _MAX_FIELDS:
-      raise ValueError(f"FusedEmbedding takes 1 to {_MAX_FIELDS - 1} fields, "
-                       f"got {len(self.fields)}.")
+    if not self.fields:
+      raise ValueError("FusedEmbedding needs at least one field.")
     self.embedding_dim = embedding_dim
     self.oov_buckets = oov_buckets
     self.pooling = pooling
     self.l2 = l2
     self.weighted_fields = tuple(
         f for f in self.fields if use_weights and f in schema.WEIGHTED_FIELDS)
-    keys, rows, oov_start = _table_entries(vocabularies, oov_buckets)
-    self.num_rows = int(oov_start[-1] + oov_buckets)
-    self._oov_start = tf.constant(oov_start)
-    self.table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(keys, rows), default_value=-1)
+    sizes = [len(vocabularies[f]) + oov_buckets for f in self.fields]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    self.num_rows = int(offsets[-1])
+    if self.num_rows > _MAX_ROWS:
+      raise ValueError(f"FusedEmbedding holds at most {_MAX_ROWS} rows, the "
+                       f"vocabularies need {self.num_rows}.")
+    self._oov_start = offsets[1:] - oov_buckets
+    self.tables = [self._field_table(field, vocabularies[field], start, oov)
+                   for field, start, oov in zip(self.fields, offsets,
+                                                self._oov_start)]
     self.embeddings = self.add_weight(
         "embeddings", shape=(self.num_rows, embedding_dim),
         initializer=initializer, trainable=True)
 
+  def _field_table(self, field: str, ids: np.ndarray, start: int,
+                   oov_start: int) -> tf.lookup.StaticHashTable:
+    """Raw id -> row of one field; unknown ids get ``default_value``."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() > vocab.MAX_ID):
+      raise ValueError(f"Vocabulary of field {field} has ids outside "
+                       f"[0, {vocab.MAX_ID}].")
+    rows = start + np.arange(ids.size, dtype=np.int64)
+    if not ids.size:
+      # TensorFlow refuses empty tables. -1 is never a vocabulary id; it
+      # maps to its own OOV row, as any unknown id does.
+      ids = np.array([-1], np.int64)
+      rows = np.array([oov_start + (-1 % self.oov_buckets)], np.int64)
+    # With one OOV row the table's default is that row: no further ops.
+    default = oov_start if self.oov_buckets == 1 else -1
+    return tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(ids, rows.astype(np.int32)),
+        default_value=np.int32(default))
+
+  def field_rows(self, field_index: int, ids: tf.Tensor) -> tf.Tensor:
+    """The int32 table rows of the int64 ``ids`` of field ``field_index``."""
+    found = self.tables[field_index].lookup(ids)
+    if self.oov_buckets == 1:
+      return found
+    oov = self._oov_start[field_index] + tf.math.floormod(ids,
+                                                          self.oov_buckets)
+    return tf.where(found >= 0, found, tf.cast(oov, tf.int32))
+
   def rows(self, field_index: tf.Tensor, ids: tf.Tensor) -> tf.Tensor:
     """The table rows of ``ids`` of the fields at ``field_index`` (both [N])."""
-    # One shift tells both negative and too large ids apart from valid ones.
-    in_range = tf.equal(tf.bitwise.right_shift(ids, _ID_BITS), 0)
-    keys = tf.bitwise.bitwise_or(tf.bitwise.left_shift(field_index, _ID_BITS),
-                                 tf.bitwise.bitwise_and(ids, vocab.MAX_ID))
-    found = self.table.lookup(keys)
-    oov = tf.gather(self._oov_start, field_index)
-    if self.oov_buckets > 1:
-      oov += tf.math.floormod(ids, self.oov_buckets)
-    return tf.where(in_range & (found >= 0), found, oov)
+    field_index = tf.cast(field_index, tf.int32)
+    num_fields = len(self.fields)
+    parts = tf.dynamic_partition(tf.cast(ids, tf.int64), field_index,
+                                 num_fields)
+    positions = tf.dynamic_partition(tf.range(tf.size(ids)), field_index,
+                                     num_fields)
+    return tf.dynamic_stitch(
+        positions, [self.field_rows(f, part) for f, part in enumerate(parts)])
 
   def call(self, inputs: Mapping[str, tf.RaggedTensor]) -> tf.Tensor:
     ragged = [inputs[f] for f in self.fields]
@@ -159,12 +214,19 @@ class FusedEmbedding(keras.layers.Layer):
     lengths = tf.concat([tf.cast(r.row_lengths(), tf.int64) for r in ragged],
                         axis=0)
     num_segments = batch_size * len(self.fields)
-    segment_ids = tf.repeat(tf.range(num_segments), lengths)
-    ids = tf.concat([tf.cast(r.values, tf.int64) for r in ragged], axis=0)
-    embedded = tf.gather(self.embeddings,
-                         self.rows(segment_ids // batch_size, ids))
+    rows = tf.concat([self.field_rows(f, tf.cast(r.values, tf.int64))
+                      for f, r in enumerate(ragged)], axis=0)
+    unique_rows, positions = tf.unique(rows, out_idx=tf.int64)
+    # embedding_lookup, not gather: gather on a ShardedVariable (parameter
+    # servers) returns the rows grouped by shard, not in the order asked.
+    embedded = tf.nn.embedding_lookup(self.embeddings, unique_rows)
     if self.l2:
-      self.add_loss(self.l2 * tf.reduce_sum(tf.square(embedded)) /
+      # Each use of a row counts, as if every id's row were penalised.
+      uses = tf.math.bincount(
+          positions, minlength=tf.size(unique_rows, out_type=tf.int64),
+          dtype=tf.float32)
+      penalty = tf.reduce_sum(uses * tf.reduce_sum(tf.square(embedded), 1))
+      self.add_loss(self.l2 * penalty /
                     tf.cast(tf.maximum(batch_size, 1), tf.float32))
     weights = None
     if self.weighted_fields:
@@ -172,8 +234,8 @@ class FusedEmbedding(keras.layers.Layer):
           [align_weights(f, r, inputs[schema.weight_name(f)])
            if f in self.weighted_fields else tf.ones_like(r.values, tf.float32)
            for f, r in zip(self.fields, ragged)], axis=0)
-    pooled = pool_segments(embedded, segment_ids, num_segments, self.pooling,
-                           weights, lengths)
+    pooled = pool_segments(embedded, _segment_ids(lengths), num_segments,
+                           self.pooling, weights, lengths, positions)
     pooled = tf.reshape(pooled, [len(self.fields), -1, self.embedding_dim])
     return tf.reshape(tf.transpose(pooled, [1, 0, 2]),
                       [-1, len(self.fields) * self.embedding_dim])

@@ -218,8 +218,11 @@ class ESCM2Model(keras.Model):
     with tf.GradientTape() as tape:
       outputs = self(features, training=True)
       values = self.compute_all_losses(labels, outputs)
-    self.optimizer.minimize(values["loss"], self.trainable_variables,
-                            tape=tape)
+      # Synchronous replicas sum their gradients; scale so that the step is
+      # the one-replica step of the global batch.
+      replica_loss = (values["loss"] /
+                      self.distribute_strategy.num_replicas_in_sync)
+    self.optimizer.minimize(replica_loss, self.trainable_variables, tape=tape)
     return self._record(labels, outputs, values)
 
   def test_step(self, data: Any) -> dict[str, tf.Tensor]:

@@ -107,6 +107,20 @@ class MakeDatasetTest(tf.test.TestCase, parameterized.TestCase):
     self.assertAllEqual(features["109_14_w"].row_lengths(), [0, 2, 3])
     self.assertNotIn(schema.SAMPLE_ID, features)
 
+  def test_without_weights_parses_the_same_ids_and_no_weights(self):
+    _write(self.dir, num_files=2)
+    with_weights = data.make_dataset(self.pattern, 16, training=False)
+    without = data.make_dataset(self.pattern, 16, training=False,
+                                with_weights=False)
+    for (full, full_labels), (lean, lean_labels) in zip(with_weights,
+                                                        without):
+      self.assertEqual(set(lean), set(schema.FIELD_NAMES))
+      self.assertEqual(set(full) - set(lean), set(schema.WEIGHT_NAMES))
+      for name in schema.FIELD_NAMES:
+        self.assertAllEqual(lean[name], full[name])
+      for name in schema.LABELS:
+        self.assertAllEqual(lean_labels[name], full_labels[name])
+
   def test_evaluation_order_is_deterministic_and_complete(self):
     _write(self.dir, num_files=4)
     first = _sample_ids(data.make_dataset(self.pattern, 7, training=False,

@@ -98,6 +98,36 @@ class FusedEmbeddingTest(tf.test.TestCase, parameterized.TestCase):
             expected[b, f] /= w.sum()
     self.assertAllClose(layer(inputs), expected.reshape(4, 12), atol=1e-6)
 
+  @parameterized.parameters(False, True)
+  def test_gradient_holds_each_row_once(self, use_weights):
+    layer = self._layer(use_weights=use_weights)
+    ids, weights, inputs = _inputs()
+    upstream = tf.random.stateless_normal([4, 12], seed=[4, 5])
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(layer(inputs) * upstream)
+    gradient = tape.gradient(loss, layer.embeddings)
+    self.assertIsInstance(gradient, tf.IndexedSlices)
+    indices = gradient.indices.numpy()
+    self.assertLen(set(indices.tolist()), len(indices))
+    # d loss / d row = sum over the uses of the row of weight * upstream.
+    expected = np.zeros((layer.num_rows, 4), np.float32)
+    offsets = {"109_14": 0, "205": 4, "150_14": 7}
+    upstream = upstream.numpy().reshape(4, 3, 4)
+    for f, field in enumerate(layer.fields):
+      vocabulary = list(_VOCABULARIES[field])
+      for b, row in enumerate(ids[field]):
+        given = weights.get(schema.weight_name(field)) if (
+            use_weights and field in _WEIGHTED) else None
+        w = given[b] if given is not None and given[b] else [1.0] * len(row)
+        for i, weight in zip(row, w):
+          index = offsets[field] + (vocabulary.index(i) if i in vocabulary
+                                    else len(vocabulary))
+          expected[index] += weight * upstream[b, f]
+    dense = np.zeros_like(expected)
+    dense[indices] = gradient.values.numpy()
+    self.assertAllClose(dense, expected, atol=1e-6)
+    self.assertCountEqual(indices, np.flatnonzero(np.abs(expected).sum(1)))
+
   def test_unknown_ids_do_not_crash_and_share_the_oov_row(self):
     layer = self._layer()
     _, _, inputs = _inputs()
