@@ -39,6 +39,7 @@ from escm2_tf import evaluation
 from escm2_tf import export
 from escm2_tf import losses
 from escm2_tf import model as model_lib
+from escm2_tf import optimizers
 from escm2_tf import validation
 from escm2_tf import vocab
 
@@ -73,7 +74,10 @@ class TrainConfig:
     epochs: Passes over the training data. Sparse id embeddings overfit after
       one or two, so keep this small or set ``early_stopping_patience``.
     batch_size: Examples per training step.
-    learning_rate: Adam's learning rate.
+    learning_rate: The optimizer's learning rate.
+    optimizer: ``"adam"`` (Keras' Adam) or ``"lazy_adam"`` (row-wise Adam for
+      the embedding table: updates only the rows a batch uses, several times
+      faster with large vocabularies; docs/benchmarks.md).
     seed: Seeds the weights, dropout and shuffles: equal seeds, equal models.
     deterministic: Also makes TensorFlow's ops deterministic (process-wide).
     min_count: Ids seen fewer times in the training data share OOV rows.
@@ -108,6 +112,7 @@ class TrainConfig:
   epochs: int = 2
   batch_size: int = 1024
   learning_rate: float = 1e-3
+  optimizer: str = optimizers.ADAM
   seed: int = 42
   deterministic: bool = True
   min_count: int = 1
@@ -240,7 +245,8 @@ def _build_model(config: TrainConfig, model_config: config_lib.ModelConfig,
                  strategy: tf.distribute.Strategy) -> keras.Model:
   with strategy.scope():
     model = model_lib.build_model(model_config, loss_config, vocabularies)
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
+    model.compile(optimizer=optimizers.make_optimizer(config.optimizer,
+                                                      config.learning_rate),
                   steps_per_execution=config.steps_per_execution)
     # BackupAndRestore restores into existing variables only: build them by
     # calling the model once.

@@ -18,6 +18,7 @@ import tf_keras as keras
 from escm2_tf import data
 from escm2_tf import distribute
 from escm2_tf import evaluation
+from escm2_tf import optimizers
 from escm2_tf import schema
 from escm2_tf import vocab
 
@@ -55,6 +56,10 @@ def check_train_config(config: "training.TrainConfig") -> None:
   if not 0.0 < config.learning_rate < float("inf"):
     raise ConfigError("learning_rate", "must be a positive finite number, "
                       f"got {config.learning_rate!r}")
+  if config.optimizer not in optimizers.OPTIMIZERS:
+    raise ConfigError("optimizer", f"must be one of "
+                      f"{', '.join(optimizers.OPTIMIZERS)}, got "
+                      f"{config.optimizer!r}")
   if not config.early_stopping_monitor.startswith("val_"):
     raise ConfigError("early_stopping_monitor",
                       "must name a validation quantity (val_...), got "

@@ -155,6 +155,20 @@ class CompleteRunTest(tf.test.TestCase):
     with open(os.path.join(version, "assets.extra", "metrics.json")) as f:
       self.assertEqual(json.load(f), self.metrics)
 
+  def test_lazy_adam_trains(self):
+    model_dir = new_dir()
+    status, _, stderr = run_main(**dict(
+        self.flags, model_dir=model_dir, export_dir="", optimizer="lazy_adam"))
+    self.assertEqual(status, 0, stderr)
+    with open(os.path.join(model_dir, "config.json")) as f:
+      self.assertEqual(json.load(f)["train"]["optimizer"], "lazy_adam")
+    with open(os.path.join(model_dir, training.METRICS_FILE)) as f:
+      metrics = json.load(f)
+    # The same seed and data as Adam's run: other weights, so the optimizer
+    # flag reached the model (LazyAdam's update itself: test_optimizers.py).
+    self.assertNotEqual(metrics["auc_ctr"], self.metrics["auc_ctr"])
+    self.assertEqual(metrics["count"], self.metrics["count"])
+
   def test_same_seed_same_metrics(self):
     model_dir = new_dir()
     status, _, stderr = run_main(**dict(

@@ -28,6 +28,7 @@ from escm2_tf import config as config_lib
 from escm2_tf import distribute
 from escm2_tf import evaluation
 from escm2_tf import losses
+from escm2_tf import optimizers
 from escm2_tf import training
 
 _MODEL = config_lib.ModelConfig()
@@ -63,7 +64,11 @@ _EPOCHS = flags.DEFINE_integer("epochs", _TRAIN["epochs"], "Training epochs.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", _TRAIN["batch_size"],
                                    "Examples per step.", allow_override=_SHARED)
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", _TRAIN["learning_rate"],
-                                    "Adam's learning rate.")
+                                    "The optimizer's learning rate.")
+_OPTIMIZER = flags.DEFINE_enum(
+    "optimizer", _TRAIN["optimizer"], optimizers.OPTIMIZERS,
+    "adam: Keras' Adam; lazy_adam: row-wise Adam for the embedding table, "
+    "which updates only the rows a batch uses (faster, docs/benchmarks.md).")
 _SEED = flags.DEFINE_integer("seed", _TRAIN["seed"],
                              "Seeds weights, dropout and shuffles.",
                              allow_override=_SHARED)
@@ -221,7 +226,8 @@ def _train_config() -> training.TrainConfig:
       vocab_dir=_VOCAB_DIR.value, model_dir=_MODEL_DIR.value,
       export_dir=_EXPORT_DIR.value, ground_truth=_GROUND_TRUTH.value,
       epochs=_EPOCHS.value, batch_size=_BATCH_SIZE.value,
-      learning_rate=_LEARNING_RATE.value, seed=_SEED.value,
+      learning_rate=_LEARNING_RATE.value, optimizer=_OPTIMIZER.value,
+      seed=_SEED.value,
       deterministic=_DETERMINISTIC.value, min_count=_MIN_COUNT.value,
       steps_per_execution=_STEPS_PER_EXECUTION.value,
       early_stopping_patience=_EARLY_STOPPING_PATIENCE.value,
