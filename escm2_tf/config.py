@@ -15,6 +15,15 @@ EMBEDDING_INITIALIZERS = ("uniform", "normal", "truncated_normal")
 ACTIVATIONS = ("relu", "gelu", "swish", "tanh")
 
 
+def dataclass_from_dict(cls: type, values: Mapping[str, Any]) -> Any:
+  """Builds the dataclass ``cls`` from a dict; unknown keys are an error."""
+  known = {field.name for field in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - known)
+  if unknown:
+    raise ValueError(f"Unknown {cls.__name__} field(s): {', '.join(unknown)}.")
+  return cls(**values)
+
+
 def _check_positive_int(name: str, value: Any) -> None:
   if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
     raise ValueError(
@@ -153,8 +162,4 @@ class ModelConfig:
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
     """The inverse of ``to_dict``; unknown keys are an error, not ignored."""
-    known = {field.name for field in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(f"Unknown ModelConfig field(s): {', '.join(unknown)}.")
-    return cls(**values)
+    return dataclass_from_dict(cls, values)

@@ -134,11 +134,7 @@ class TrainConfig:
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
     """The inverse of ``to_dict``; unknown keys are an error."""
-    known = {field.name for field in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-      raise ValueError(f"Unknown TrainConfig field(s): {', '.join(unknown)}.")
-    return cls(**values)
+    return config_lib.dataclass_from_dict(cls, values)
 
 
 def configs_dict(train_config: TrainConfig,
