@@ -19,5 +19,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest tests
 
+bench: $(STAMP)
+	$(BIN)/escm2-bench --output_json=bench.json
+
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) build *.egg-info
