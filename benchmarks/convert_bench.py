@@ -38,11 +38,11 @@ import zlib
 from absl import app
 from absl import flags
 
-from escm2_tf import examples
+from escm2_tf.formats import examples
 from escm2_tf import simulator
-from pipelines import config as config_lib
-from pipelines import rows
-from pipelines import tally
+from escm2_pipelines import config as config_lib
+from escm2_pipelines import rows
+from escm2_pipelines import tally
 
 _NUM_IMPRESSIONS = flags.DEFINE_integer(
     "num_impressions", 1_000_000, "Simulated training impressions.")

@@ -47,7 +47,7 @@ from escm2_tf import model as model_lib
 from escm2_tf import schema
 from escm2_tf import simulator
 from escm2_tf import vocab
-from pipelines import convert
+from escm2_pipelines import convert
 
 _DEFAULT_ROWS = (
     "ESMM|loss=esmm",

@@ -1,7 +1,8 @@
-"""Configuration of the ESCM2 network: embeddings, backbone and towers.
+"""Configuration: the network (``ModelConfig``) and the run (``TrainConfig``).
 
 ``ModelConfig`` describes only the network; the loss lives in
-``escm2_tf.losses.LossConfig`` and the training loop in the trainer's config.
+``escm2_tf.losses.LossConfig``; ``TrainConfig`` is what ``escm2-train`` runs.
+Nothing here imports TensorFlow, so the CLIs check their flags before it loads.
 The trainer writes ``ModelConfig.to_dict()`` into ``model_dir/config.json`` and
 the exporter rebuilds the network from it with ``ModelConfig.from_dict``.
 """
@@ -13,6 +14,19 @@ BACKBONES = ("mmoe", "shared_bottom", "dcn")
 POOLINGS = ("sum", "mean")
 EMBEDDING_INITIALIZERS = ("uniform", "normal", "truncated_normal")
 ACTIVATIONS = ("relu", "gelu", "swish", "tanh")
+# Names the trainer accepts; escm2_tf.optimizers and escm2_tf.distribute
+# implement them. Here so that configs check without importing TensorFlow.
+ADAM = "adam"
+LAZY_ADAM = "lazy_adam"
+OPTIMIZERS = (ADAM, LAZY_ADAM)
+DEFAULT_STRATEGY = "default"
+MIRRORED = "mirrored"
+MULTI_WORKER_MIRRORED = "multi_worker_mirrored"
+PARAMETER_SERVER = "parameter_server"
+STRATEGIES = (DEFAULT_STRATEGY, MIRRORED, MULTI_WORKER_MIRRORED,
+              PARAMETER_SERVER)
+# Smaller variables stay whole: every shard costs a remote call per step.
+DEFAULT_MIN_SHARD_BYTES = 256 << 10
 
 
 def dataclass_from_dict(cls: type, values: Mapping[str, Any]) -> Any:
@@ -162,4 +176,131 @@ class ModelConfig:
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
     """The inverse of ``to_dict``; unknown keys are an error, not ignored."""
+    return dataclass_from_dict(cls, values)
+
+
+class ConfigError(ValueError):
+  """A training input that is invalid, missing, or does not fit the others.
+
+  Attributes:
+    field: The ``TrainConfig`` field at fault (also the CLI flag's name).
+    detail: What is wrong with it.
+  """
+
+  def __init__(self, field: str, detail: str):
+    super().__init__(f"{field}: {detail}")
+    self.field = field
+    self.detail = detail
+
+
+def check_train_config(config: "TrainConfig") -> None:
+  """Every field's value on its own: present, in range, a known name."""
+  for name in ("train_data", "eval_data", "vocab_dir", "model_dir"):
+    if not getattr(config, name):
+      raise ConfigError(name, "is required")
+  for name, low in (("epochs", 1), ("batch_size", 1), ("seed", 0),
+                    ("min_count", 1), ("steps_per_execution", 1),
+                    ("early_stopping_patience", 0),
+                    ("vocab_check_examples", 0), ("steps_per_epoch", 0),
+                    ("ps_min_shard_bytes", 1)):
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+      raise ConfigError(name, f"must be an integer >= {low}, got {value!r}")
+  if not 0.0 < config.learning_rate < float("inf"):
+    raise ConfigError("learning_rate", "must be a positive finite number, "
+                      f"got {config.learning_rate!r}")
+  if config.optimizer not in OPTIMIZERS:
+    raise ConfigError("optimizer", f"must be one of "
+                      f"{', '.join(OPTIMIZERS)}, got "
+                      f"{config.optimizer!r}")
+  if not config.early_stopping_monitor.startswith("val_"):
+    raise ConfigError("early_stopping_monitor",
+                      "must name a validation quantity (val_...), got "
+                      f"{config.early_stopping_monitor!r}")
+  if not 0.0 <= config.max_unknown_id_fraction <= 1.0:
+    raise ConfigError("max_unknown_id_fraction", "must be in [0, 1], got "
+                      f"{config.max_unknown_id_fraction!r}")
+  if config.distribution_strategy not in STRATEGIES:
+    raise ConfigError("distribution_strategy", "must be one of "
+                      f"{', '.join(STRATEGIES)}, got "
+                      f"{config.distribution_strategy!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """What to train on, where to write, and how long.
+
+  Attributes:
+    train_data: Glob of the training TFRecords (the converter's output).
+    eval_data: Glob of the TFRecords validated on after every epoch and
+      scored for ``metrics.json``.
+    vocab_dir: The converter's ``vocab/`` directory of the training data.
+    model_dir: Where checkpoints, the backup, logs and the configs go.
+    export_dir: Where to export the final SavedModel (``<version>/``); empty
+      for no export.
+    ground_truth: The simulator's ``ground_truth_*.csv`` of ``eval_data``; adds
+      the bias metrics. Empty when the data is not simulated.
+    epochs: Passes over the training data. Sparse id embeddings overfit after
+      one or two, so keep this small or set ``early_stopping_patience``.
+    batch_size: Examples per training step.
+    learning_rate: The optimizer's learning rate.
+    optimizer: ``"adam"`` (Keras' Adam) or ``"lazy_adam"`` (row-wise Adam for
+      the embedding table: updates only the rows a batch uses, several times
+      faster with large vocabularies; docs/benchmarks.md).
+    seed: Seeds the weights, dropout and shuffles: equal seeds, equal models.
+    deterministic: Also makes TensorFlow's ops deterministic (process-wide).
+    min_count: Ids seen fewer times in the training data share OOV rows.
+    steps_per_execution: Training steps per call into the graph; more is
+      faster for small models, with coarser progress updates.
+    early_stopping_patience: Epochs without improvement of
+      ``early_stopping_monitor`` before stopping (and restoring the best
+      weights); 0 turns it off.
+    early_stopping_monitor: The validation quantity early stopping watches:
+      ``val_`` and a loss or metric name of the model (``val_loss``,
+      ``val_ctcvr_loss``, ``val_auc_cvr``, ...); AUCs are maximised, losses
+      minimised. For ``dr``, ``val_loss`` includes the imputation risk.
+    vocab_check_examples: Training examples read up front to check that the
+      vocabulary belongs to the data; 0 skips the check.
+    max_unknown_id_fraction: The largest share of a field's ids, in that
+      sample, that may be missing from its vocabulary.
+    distribution_strategy: One of ``STRATEGIES``; the cluster
+      strategies read their cluster from ``TF_CONFIG``.
+    steps_per_epoch: Training steps per epoch (of ``batch_size`` examples
+      each); 0 for one pass over ``train_data``, counted up front when Keras
+      must know it (cluster strategies, grouped steps).
+    ps_min_shard_bytes: Under ``parameter_server``, a variable larger than
+      this is split into ``min(servers, ceil(bytes / ps_min_shard_bytes))``
+      shards, one per parameter server.
+  """
+  train_data: str
+  eval_data: str
+  vocab_dir: str
+  model_dir: str
+  export_dir: str = ""
+  ground_truth: str = ""
+  epochs: int = 2
+  batch_size: int = 1024
+  learning_rate: float = 1e-3
+  optimizer: str = ADAM
+  seed: int = 42
+  deterministic: bool = True
+  min_count: int = 1
+  steps_per_execution: int = 1
+  early_stopping_patience: int = 0
+  early_stopping_monitor: str = "val_loss"
+  vocab_check_examples: int = 1000
+  max_unknown_id_fraction: float = 0.5
+  distribution_strategy: str = DEFAULT_STRATEGY
+  steps_per_epoch: int = 0
+  ps_min_shard_bytes: int = DEFAULT_MIN_SHARD_BYTES
+
+  def __post_init__(self):
+    check_train_config(self)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+    """The inverse of ``to_dict``; unknown keys are an error."""
     return dataclass_from_dict(cls, values)

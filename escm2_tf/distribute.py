@@ -36,13 +36,14 @@ from typing import Any, Callable, Iterator, Mapping
 import tensorflow as tf
 import tf_keras as keras
 
-DEFAULT = "default"
-MIRRORED = "mirrored"
-MULTI_WORKER_MIRRORED = "multi_worker_mirrored"
-PARAMETER_SERVER = "parameter_server"
-STRATEGIES = (DEFAULT, MIRRORED, MULTI_WORKER_MIRRORED, PARAMETER_SERVER)
-# Smaller variables stay whole: every shard costs a remote call per step.
-DEFAULT_MIN_SHARD_BYTES = 256 << 10
+from escm2_tf import config as config_lib
+
+DEFAULT = config_lib.DEFAULT_STRATEGY
+MIRRORED = config_lib.MIRRORED
+MULTI_WORKER_MIRRORED = config_lib.MULTI_WORKER_MIRRORED
+PARAMETER_SERVER = config_lib.PARAMETER_SERVER
+STRATEGIES = config_lib.STRATEGIES
+DEFAULT_MIN_SHARD_BYTES = config_lib.DEFAULT_MIN_SHARD_BYTES
 TF_CONFIG = "TF_CONFIG"
 CHIEF, WORKER, PS = "chief", "worker", "ps"
 # The jobs each cluster strategy accepts, and which of them run ``train``.

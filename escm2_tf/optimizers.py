@@ -26,9 +26,11 @@ import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 import tensorflow as tf
 import tf_keras as keras
 
-ADAM = "adam"
-LAZY_ADAM = "lazy_adam"
-OPTIMIZERS = (ADAM, LAZY_ADAM)
+from escm2_tf import config as config_lib
+
+ADAM = config_lib.ADAM
+LAZY_ADAM = config_lib.LAZY_ADAM
+OPTIMIZERS = config_lib.OPTIMIZERS
 
 
 def _sum_duplicates(gradient: tf.IndexedSlices) -> tf.IndexedSlices:

@@ -6,14 +6,22 @@ API (``matplotlib.figure.Figure``) rather than pyplot, so nothing depends on
 the active backend or leaks into pyplot's global figure list; a notebook shows
 one by ending a cell with it (or ``display(figure)``), a script saves it with
 ``figure.savefig``. Rendering uses Agg, which needs no display.
+
+Matplotlib is an optional extra: ``pip install 'escm2-tf[plot]'``.
 """
 
 import math
 from typing import Mapping, Sequence
 
 import numpy as np
-from matplotlib import figure as figure_lib
-from matplotlib import ticker
+
+try:
+  from matplotlib import figure as figure_lib
+  from matplotlib import ticker
+except ImportError as error:
+  raise ImportError(
+      "escm2_tf.plotting needs matplotlib, an optional extra: "
+      "pip install 'escm2-tf[plot]'") from error
 
 Figure = figure_lib.Figure
 

@@ -6,11 +6,7 @@ epoch, a backup that a killed run resumes from, and a stop on a NaN loss. It
 ends with the exact metrics of the final model on the evaluation data and,
 optionally, a SavedModel.
 
-``model_dir`` layout (``docs/DESIGN.md``): ``config.json`` (the three configs,
-for ``escm2-export`` to rebuild the model), ``checkpoints/`` (Keras weights,
-``epoch-NNN`` per epoch, then ``final``, which the checkpoint state names as
-the latest), ``backup/`` (``BackupAndRestore``; removed when a run completes),
-``logs/`` (TensorBoard) and ``metrics.json``.
+``model_dir`` layout: ``escm2_tf.run_dir``.
 
 With ``distribution_strategy`` set, the model is built and fit under that
 ``tf.distribute`` strategy (``escm2_tf.distribute``). Only the chief writes
@@ -21,9 +17,7 @@ own, deleted afterwards, and Keras' callbacks do the same for theirs.
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
-import dataclasses
 import functools
-import json
 import math
 import os
 from typing import Any, Mapping, Sequence
@@ -40,123 +34,17 @@ from escm2_tf import export
 from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import optimizers
+from escm2_tf import run_dir
 from escm2_tf import validation
 from escm2_tf import vocab
 
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.json"
-CHECKPOINT_DIR = "checkpoints"
-BACKUP_DIR = "backup"
-LOG_DIR = "logs"
-FINAL_CHECKPOINT = "final"
 
-ConfigError = validation.ConfigError
+ConfigError = config_lib.ConfigError
+TrainConfig = config_lib.TrainConfig
 
 
 class TrainingDivergedError(RuntimeError):
   """The loss became NaN or infinite; training stopped."""
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-  """What to train on, where to write, and how long.
-
-  Attributes:
-    train_data: Glob of the training TFRecords (the converter's output).
-    eval_data: Glob of the TFRecords validated on after every epoch and
-      scored for ``metrics.json``.
-    vocab_dir: The converter's ``vocab/`` directory of the training data.
-    model_dir: Where checkpoints, the backup, logs and the configs go.
-    export_dir: Where to export the final SavedModel (``<version>/``); empty
-      for no export.
-    ground_truth: The simulator's ``ground_truth_*.csv`` of ``eval_data``; adds
-      the bias metrics. Empty when the data is not simulated.
-    epochs: Passes over the training data. Sparse id embeddings overfit after
-      one or two, so keep this small or set ``early_stopping_patience``.
-    batch_size: Examples per training step.
-    learning_rate: The optimizer's learning rate.
-    optimizer: ``"adam"`` (Keras' Adam) or ``"lazy_adam"`` (row-wise Adam for
-      the embedding table: updates only the rows a batch uses, several times
-      faster with large vocabularies; docs/benchmarks.md).
-    seed: Seeds the weights, dropout and shuffles: equal seeds, equal models.
-    deterministic: Also makes TensorFlow's ops deterministic (process-wide).
-    min_count: Ids seen fewer times in the training data share OOV rows.
-    steps_per_execution: Training steps per call into the graph; more is
-      faster for small models, with coarser progress updates.
-    early_stopping_patience: Epochs without improvement of
-      ``early_stopping_monitor`` before stopping (and restoring the best
-      weights); 0 turns it off.
-    early_stopping_monitor: The validation quantity early stopping watches:
-      ``val_`` and a loss or metric name of the model (``val_loss``,
-      ``val_ctcvr_loss``, ``val_auc_cvr``, ...); AUCs are maximised, losses
-      minimised. For ``dr``, ``val_loss`` includes the imputation risk.
-    vocab_check_examples: Training examples read up front to check that the
-      vocabulary belongs to the data; 0 skips the check.
-    max_unknown_id_fraction: The largest share of a field's ids, in that
-      sample, that may be missing from its vocabulary.
-    distribution_strategy: One of ``distribute.STRATEGIES``; the cluster
-      strategies read their cluster from ``TF_CONFIG``.
-    steps_per_epoch: Training steps per epoch (of ``batch_size`` examples
-      each); 0 for one pass over ``train_data``, counted up front when Keras
-      must know it (cluster strategies, grouped steps).
-    ps_min_shard_bytes: Under ``parameter_server``, a variable larger than
-      this is split into ``min(servers, ceil(bytes / ps_min_shard_bytes))``
-      shards, one per parameter server.
-  """
-  train_data: str
-  eval_data: str
-  vocab_dir: str
-  model_dir: str
-  export_dir: str = ""
-  ground_truth: str = ""
-  epochs: int = 2
-  batch_size: int = 1024
-  learning_rate: float = 1e-3
-  optimizer: str = optimizers.ADAM
-  seed: int = 42
-  deterministic: bool = True
-  min_count: int = 1
-  steps_per_execution: int = 1
-  early_stopping_patience: int = 0
-  early_stopping_monitor: str = "val_loss"
-  vocab_check_examples: int = 1000
-  max_unknown_id_fraction: float = 0.5
-  distribution_strategy: str = distribute.DEFAULT
-  steps_per_epoch: int = 0
-  ps_min_shard_bytes: int = distribute.DEFAULT_MIN_SHARD_BYTES
-
-  def __post_init__(self):
-    validation.check_train_config(self)
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
-    """The inverse of ``to_dict``; unknown keys are an error."""
-    return config_lib.dataclass_from_dict(cls, values)
-
-
-def configs_dict(train_config: TrainConfig,
-                 model_config: config_lib.ModelConfig,
-                 loss_config: losses.LossConfig) -> dict[str, Any]:
-  """The content of ``config.json``."""
-  return {"model": model_config.to_dict(),
-          "loss": dataclasses.asdict(loss_config),
-          "train": train_config.to_dict()}
-
-
-def load_configs(model_dir: str) -> dict[str, Any]:
-  """Reads ``model_dir/config.json`` back into the three configs.
-
-  Returns:
-    ``{"model": ModelConfig, "loss": LossConfig, "train": TrainConfig}``.
-  """
-  with tf.io.gfile.GFile(os.path.join(model_dir, CONFIG_FILE)) as f:
-    content = json.load(f)
-  return {"model": config_lib.ModelConfig.from_dict(content["model"]),
-          "loss": losses.LossConfig(**content["loss"]),
-          "train": TrainConfig.from_dict(content["train"])}
 
 
 def check_inputs(config: TrainConfig, configs: Mapping[str, Any]
@@ -171,8 +59,8 @@ def check_inputs(config: TrainConfig, configs: Mapping[str, Any]
   """
   return validation.check_inputs(
       config, configs,
-      stored_config=os.path.join(config.model_dir, CONFIG_FILE),
-      backup_dir=os.path.join(config.model_dir, BACKUP_DIR))
+      stored_config=os.path.join(config.model_dir, run_dir.CONFIG_FILE),
+      backup_dir=os.path.join(config.model_dir, run_dir.BACKUP_DIR))
 
 
 class _StopOnNaN(keras.callbacks.TerminateOnNaN):
@@ -221,11 +109,11 @@ def _callbacks(config: TrainConfig, parameter_server: bool = False
   callbacks = [
       _StopOnNaNLoss() if parameter_server else _StopOnNaN(),
       keras.callbacks.BackupAndRestore(
-          os.path.join(config.model_dir, BACKUP_DIR)),
+          os.path.join(config.model_dir, run_dir.BACKUP_DIR)),
       keras.callbacks.ModelCheckpoint(
-          os.path.join(config.model_dir, CHECKPOINT_DIR, "epoch-{epoch:03d}"),
+          os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR, "epoch-{epoch:03d}"),
           save_weights_only=True),
-      keras.callbacks.TensorBoard(os.path.join(config.model_dir, LOG_DIR)),
+      keras.callbacks.TensorBoard(os.path.join(config.model_dir, run_dir.LOG_DIR)),
   ]
   if config.early_stopping_patience:
     monitor = config.early_stopping_monitor
@@ -328,7 +216,7 @@ def _evaluate(model: keras.Model,
   metrics = evaluation.compute_metrics(predictions, ground_truth,
                                        config.ground_truth)
   metrics = evaluation.json_metrics(metrics)
-  evaluation.write_json(os.path.join(config.model_dir, METRICS_FILE), metrics)
+  evaluation.write_json(os.path.join(config.model_dir, run_dir.METRICS_FILE), metrics)
   return metrics
 
 
@@ -397,20 +285,20 @@ def train(train_config: TrainConfig, model_config: config_lib.ModelConfig,
     distribute.ClusterError: TF_CONFIG does not fit the strategy.
     TrainingDivergedError: The loss became NaN or infinite.
   """
-  configs = configs_dict(train_config, model_config, loss_config)
+  configs = run_dir.configs_dict(train_config, model_config, loss_config)
   task, strategy, vocabularies = _set_up(train_config, configs)
   model = _build_model(train_config, model_config, loss_config, vocabularies,
                        strategy)
   validation.check_monitor(train_config, model)
   if task.is_chief:
     tf.io.gfile.makedirs(train_config.model_dir)
-    evaluation.write_json(os.path.join(train_config.model_dir, CONFIG_FILE),
+    evaluation.write_json(os.path.join(train_config.model_dir, run_dir.CONFIG_FILE),
                           configs)
   history = _fit(model, train_config, strategy, callbacks, verbose)
   # Saving reads the metrics' sync-on-read variables, a collective: every
   # worker saves.
   with distribute.writer_dir(train_config.model_dir, task) as model_dir:
-    final = os.path.join(model_dir, CHECKPOINT_DIR, FINAL_CHECKPOINT)
+    final = os.path.join(model_dir, run_dir.CHECKPOINT_DIR, run_dir.FINAL_CHECKPOINT)
     model.save_weights(final)
   result = {"metrics": {}, "epochs": len(history.epoch),
             "history": history.history, "export_path": "", "task": str(task),

@@ -9,71 +9,22 @@ the ``TrainConfig`` field (the CLI flag of the same name) at fault.
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
 import json
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from escm2_tf import config as config_lib
 from escm2_tf import data
-from escm2_tf import distribute
 from escm2_tf import evaluation
-from escm2_tf import optimizers
 from escm2_tf import schema
 from escm2_tf import vocab
 
-if TYPE_CHECKING:
-  from escm2_tf import training  # pylint: disable=g-bad-import-order
+ConfigError = config_lib.ConfigError
 
 
-class ConfigError(ValueError):
-  """A training input that is invalid, missing, or does not fit the others.
-
-  Attributes:
-    field: The ``TrainConfig`` field at fault (also the CLI flag's name).
-    detail: What is wrong with it.
-  """
-
-  def __init__(self, field: str, detail: str):
-    super().__init__(f"{field}: {detail}")
-    self.field = field
-    self.detail = detail
-
-
-def check_train_config(config: "training.TrainConfig") -> None:
-  """Every field's value on its own: present, in range, a known name."""
-  for name in ("train_data", "eval_data", "vocab_dir", "model_dir"):
-    if not getattr(config, name):
-      raise ConfigError(name, "is required")
-  for name, low in (("epochs", 1), ("batch_size", 1), ("seed", 0),
-                    ("min_count", 1), ("steps_per_execution", 1),
-                    ("early_stopping_patience", 0),
-                    ("vocab_check_examples", 0), ("steps_per_epoch", 0),
-                    ("ps_min_shard_bytes", 1)):
-    value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-      raise ConfigError(name, f"must be an integer >= {low}, got {value!r}")
-  if not 0.0 < config.learning_rate < float("inf"):
-    raise ConfigError("learning_rate", "must be a positive finite number, "
-                      f"got {config.learning_rate!r}")
-  if config.optimizer not in optimizers.OPTIMIZERS:
-    raise ConfigError("optimizer", f"must be one of "
-                      f"{', '.join(optimizers.OPTIMIZERS)}, got "
-                      f"{config.optimizer!r}")
-  if not config.early_stopping_monitor.startswith("val_"):
-    raise ConfigError("early_stopping_monitor",
-                      "must name a validation quantity (val_...), got "
-                      f"{config.early_stopping_monitor!r}")
-  if not 0.0 <= config.max_unknown_id_fraction <= 1.0:
-    raise ConfigError("max_unknown_id_fraction", "must be in [0, 1], got "
-                      f"{config.max_unknown_id_fraction!r}")
-  if config.distribution_strategy not in distribute.STRATEGIES:
-    raise ConfigError("distribution_strategy", "must be one of "
-                      f"{', '.join(distribute.STRATEGIES)}, got "
-                      f"{config.distribution_strategy!r}")
-
-
-def _check_files(config: "training.TrainConfig") -> None:
+def _check_files(config: config_lib.TrainConfig) -> None:
   for name in ("train_data", "eval_data"):
     try:
       evaluation.check_readable(getattr(config, name))
@@ -120,7 +71,7 @@ def _sample_ids(file_pattern: str, num_examples: int) -> dict[str, np.ndarray]:
           for field in schema.FIELD_NAMES}
 
 
-def check_vocabulary(config: "training.TrainConfig",
+def check_vocabulary(config: config_lib.TrainConfig,
                      vocabularies: Mapping[str, np.ndarray]) -> None:
   """Fails when many ids of the training data are not in the vocabulary.
 
@@ -146,7 +97,7 @@ def check_vocabulary(config: "training.TrainConfig",
         "not belong to this data")
 
 
-def _check_ground_truth(config: "training.TrainConfig") -> None:
+def _check_ground_truth(config: config_lib.TrainConfig) -> None:
   try:
     evaluation.align_ground_truth(
         evaluation.read_ground_truth(config.ground_truth),
@@ -155,7 +106,7 @@ def _check_ground_truth(config: "training.TrainConfig") -> None:
     raise ConfigError("ground_truth", str(e)) from None
 
 
-def _check_resume(config: "training.TrainConfig", configs: Mapping[str, Any],
+def _check_resume(config: config_lib.TrainConfig, configs: Mapping[str, Any],
                   stored_config: str, backup_dir: str) -> None:
   """A backup can only be resumed by the same model and loss."""
   # BackupAndRestore leaves its directory, emptied, after a finished run.
@@ -172,14 +123,14 @@ def _check_resume(config: "training.TrainConfig", configs: Mapping[str, Any],
           f"flags, or use a new --model_dir")
 
 
-def check_inputs(config: "training.TrainConfig", configs: Mapping[str, Any],
+def check_inputs(config: config_lib.TrainConfig, configs: Mapping[str, Any],
                  *, stored_config: str, backup_dir: str
                  ) -> dict[str, np.ndarray]:
   """Checks everything a run needs, cheaply, before it starts.
 
   Args:
     config: The run.
-    configs: ``training.configs_dict(...)`` of the run.
+    configs: ``run_dir.configs_dict(...)`` of the run.
     stored_config: Where an earlier run in ``model_dir`` left its configs.
     backup_dir: Where an unfinished earlier run left its backup.
 
@@ -206,7 +157,7 @@ def check_batch_size(batch_size: int, num_replicas: int) -> None:
                       f"multiple of {num_replicas}")
 
 
-def check_monitor(config: "training.TrainConfig", model: keras.Model) -> None:
+def check_monitor(config: config_lib.TrainConfig, model: keras.Model) -> None:
   """Early stopping must watch a quantity the built model reports."""
   names = [f"val_{metric.name}" for metric in model.metrics]
   if config.early_stopping_monitor not in names:

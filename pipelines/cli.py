@@ -22,8 +22,8 @@ from typing import Sequence
 from absl import app
 from absl import flags
 
-from pipelines import config as config_lib
-from pipelines import convert
+from escm2_pipelines import config as config_lib
+from escm2_pipelines import convert
 
 _INPUT_FORMAT = flags.DEFINE_enum(
     "input_format", "aliccp", config_lib.INPUT_FORMATS,

@@ -8,10 +8,10 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options import pipeline_options
 
-from pipelines import config as config_lib
-from pipelines import sinks
-from pipelines import tally as tally_lib
-from pipelines import transforms
+from escm2_pipelines import config as config_lib
+from escm2_pipelines import sinks
+from escm2_pipelines import tally as tally_lib
+from escm2_pipelines import transforms
 
 # Without --runner, Beam's DirectRunner first tries to download the Prism
 # runner; the in-process FnApiRunner (which honours --direct_num_workers and

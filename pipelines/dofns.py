@@ -15,10 +15,10 @@ import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.transforms import window
 
-from escm2_tf import aliccp
-from escm2_tf import examples
-from pipelines import rows
-from pipelines import tally as tally_lib
+from escm2_tf.formats import aliccp
+from escm2_tf.formats import examples
+from escm2_pipelines import rows
+from escm2_pipelines import tally as tally_lib
 
 REJECTED = "rejected"
 TALLY = "tally"

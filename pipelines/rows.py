@@ -7,8 +7,8 @@ that cannot become (part of) an example.
 
 from typing import Mapping, NamedTuple, Sequence
 
-from escm2_tf import aliccp
-from escm2_tf import examples
+from escm2_tf.formats import aliccp
+from escm2_tf.formats import examples
 from escm2_tf import schema
 
 _COMMON = frozenset(schema.COMMON_FIELDS)

@@ -14,8 +14,8 @@ from typing import Any, Mapping
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import tally as tally_lib
-from pipelines import tfrecord
+from escm2_pipelines import tally as tally_lib
+from escm2_pipelines import tfrecord
 
 EXAMPLES_PREFIX = "part"
 EXAMPLES_SUFFIX = ".tfrecord.gz"

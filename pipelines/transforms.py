@@ -20,8 +20,8 @@ import collections
 import apache_beam as beam
 
 from escm2_tf import schema
-from pipelines import dofns
-from pipelines import tally as tally_lib
+from escm2_pipelines import dofns
+from escm2_pipelines import tally as tally_lib
 
 _OUTPUTS = (dofns.REJECTED, dofns.TALLY, dofns.VOCAB)
 # Lines per batch: large enough that the runner's per-element cost vanishes,

@@ -20,7 +20,7 @@ import tempfile
 from typing import Any
 
 from escm2_tf import simulator
-from pipelines import convert
+from escm2_pipelines import convert
 
 # Far above Ali-CCP's rates (CTR 3.9 %, CVR 0.55 %): a few thousand
 # impressions then hold enough clicks and conversions for every AUC.

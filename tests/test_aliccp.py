@@ -5,7 +5,7 @@ import os
 from absl.testing import absltest
 from absl.testing import parameterized
 
-from escm2_tf import aliccp
+from escm2_tf.formats import aliccp
 from escm2_tf import schema
 
 _DEMO_DIR = os.path.join(os.path.dirname(__file__), "testdata",

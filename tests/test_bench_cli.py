@@ -18,7 +18,7 @@ from absl.testing import absltest
 from absl.testing import flagsaver
 from absl.testing import parameterized
 
-from escm2_tf import benchmark_training
+from escm2_tf.bench import training as benchmark_training
 from escm2_tf import schema
 from escm2_tf.cli import bench
 

@@ -13,7 +13,7 @@ from absl import flags
 from absl.testing import absltest
 from absl.testing import flagsaver
 
-from pipelines import cli
+from escm2_pipelines import cli
 
 _DEMO = os.path.join(os.path.dirname(__file__), "testdata", "paddlerec_demo",
                      "train", "small.txt")

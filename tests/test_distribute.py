@@ -31,6 +31,7 @@ from escm2_tf import config as config_lib
 from escm2_tf import distribute
 from escm2_tf import layers
 from escm2_tf import losses
+from escm2_tf import run_dir
 from escm2_tf import training
 from escm2_tf import schema
 from escm2_tf import validation
@@ -51,6 +52,7 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from escm2_tf import config, data, losses, model, vocab
+from escm2_tf import run_dir
 vocabularies = vocab.load_vocabularies(sys.argv[2], 1)
 batch = next(iter(data.make_dataset(sys.argv[1], 64, training=False)))
 def update(strategy):
@@ -325,11 +327,11 @@ class MirroredTrainingTest(tf.test.TestCase):
     self.assertEqual((result["epochs"], result["chief"], result["task"]),
                      (2, True, "local:0"))
     self.assertEmpty(result["variable_shards"])
-    final = os.path.join(config.model_dir, training.CHECKPOINT_DIR,
-                         training.FINAL_CHECKPOINT)
+    final = os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR,
+                         run_dir.FINAL_CHECKPOINT)
     self.assertEqual(tf.train.load_checkpoint(final).get_tensor(
         ITERATIONS_KEY), 2 * 3)
-    with open(os.path.join(config.model_dir, training.METRICS_FILE)) as f:
+    with open(os.path.join(config.model_dir, run_dir.METRICS_FILE)) as f:
       self.assertEqual(json.load(f)["count"], result["metrics"]["count"])
 
 

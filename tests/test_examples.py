@@ -6,7 +6,7 @@ from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
 
-from escm2_tf import examples
+from escm2_tf.formats import examples
 from escm2_tf import schema
 
 _USER = {"101": ([8], [1.0]), "121": ([77], [1.0]),

@@ -28,6 +28,7 @@ from escm2_tf import serving
 from escm2_tf import training
 from escm2_tf import vocab
 from escm2_tf.cli import export as export_cli
+from escm2_tf import run_dir
 
 _TOLERANCE = 1e-6
 _MODEL_CONFIG = config_lib.ModelConfig(
@@ -61,10 +62,10 @@ def _write_model_dir(model_dir: str, vocab_dir: str,
       train_data="unused", eval_data="unused", vocab_dir=vocab_dir,
       model_dir=model_dir, min_count=1)
   os.makedirs(model_dir)
-  with open(os.path.join(model_dir, training.CONFIG_FILE), "w") as f:
-    json.dump(training.configs_dict(train_config, model_config,
+  with open(os.path.join(model_dir, run_dir.CONFIG_FILE), "w") as f:
+    json.dump(run_dir.configs_dict(train_config, model_config,
                                     _LOSS_CONFIG), f)
-  with open(os.path.join(model_dir, training.METRICS_FILE), "w") as f:
+  with open(os.path.join(model_dir, run_dir.METRICS_FILE), "w") as f:
     json.dump(_METRICS, f)
   model = model_lib.build_model(model_config, _LOSS_CONFIG,
                                 vocab.load_vocabularies(vocab_dir))
@@ -74,8 +75,8 @@ def _write_model_dir(model_dir: str, vocab_dir: str,
   for variable in model.trainable_variables:
     variable.assign_add(rng.normal(0.0, 0.3, variable.shape).astype(
         variable.dtype.as_numpy_dtype))
-  model.save_weights(os.path.join(model_dir, training.CHECKPOINT_DIR,
-                                  training.FINAL_CHECKPOINT))
+  model.save_weights(os.path.join(model_dir, run_dir.CHECKPOINT_DIR,
+                                  run_dir.FINAL_CHECKPOINT))
   return model
 
 
@@ -127,7 +128,7 @@ class ExportCliTest(tf.test.TestCase, parameterized.TestCase):
     self.assertIn(f"Exported {path}", process.stdout)
     extra = os.path.join(path, export.ASSETS_EXTRA)
     with open(os.path.join(extra, "config.json")) as f, open(
-        os.path.join(self.model_dir, training.CONFIG_FILE)) as g:
+        os.path.join(self.model_dir, run_dir.CONFIG_FILE)) as g:
       self.assertEqual(json.load(f), json.load(g))
     with open(os.path.join(extra, "metrics.json")) as f:
       self.assertEqual(json.load(f), _METRICS)
@@ -170,7 +171,7 @@ class ExportCliTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_missing_config(self):
     model_dir = self._broken_model_dir("no_config")
-    os.remove(os.path.join(model_dir, training.CONFIG_FILE))
+    os.remove(os.path.join(model_dir, run_dir.CONFIG_FILE))
     code, stderr = self._main(model_dir=model_dir, export_dir="unused")
     self.assertEqual(code, 2)
     self.assertEqual(stderr, "escm2-export: error: --model_dir: "
@@ -178,7 +179,7 @@ class ExportCliTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_missing_checkpoint(self):
     model_dir = self._broken_model_dir("no_checkpoint")
-    shutil.rmtree(os.path.join(model_dir, training.CHECKPOINT_DIR))
+    shutil.rmtree(os.path.join(model_dir, run_dir.CHECKPOINT_DIR))
     code, stderr = self._main(model_dir=model_dir, export_dir="unused")
     self.assertEqual(code, 2)
     self.assertEqual(stderr, "escm2-export: error: --model_dir: "
@@ -186,7 +187,7 @@ class ExportCliTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_checkpoint_of_another_network(self):
     model_dir = self._broken_model_dir("other_network")
-    path = os.path.join(model_dir, training.CONFIG_FILE)
+    path = os.path.join(model_dir, run_dir.CONFIG_FILE)
     with open(path) as f:
       content = json.load(f)
     content["model"]["tower_units"] = [4, 4]
@@ -202,7 +203,7 @@ class ExportCliTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_missing_vocabulary(self):
     model_dir = self._broken_model_dir("no_vocab")
-    path = os.path.join(model_dir, training.CONFIG_FILE)
+    path = os.path.join(model_dir, run_dir.CONFIG_FILE)
     with open(path) as f:
       content = json.load(f)
     content["train"]["vocab_dir"] = os.path.join(model_dir, "missing")

@@ -31,8 +31,8 @@ from escm2_tf import evaluation
 from escm2_tf import export
 from escm2_tf import losses
 from escm2_tf import model as model_lib
-from escm2_tf import training
 from escm2_tf import vocab
+from escm2_tf import run_dir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Slow on two shared cores, but far below any hang.
@@ -134,15 +134,15 @@ def event_file_pids(log_dir: str) -> set[int]:
 
 
 def metrics_files(work_dir: str) -> list[str]:
-  return glob.glob(os.path.join(work_dir, "**", training.METRICS_FILE),
+  return glob.glob(os.path.join(work_dir, "**", run_dir.METRICS_FILE),
                    recursive=True)
 
 
 def expected_metrics_files(work_dir: str) -> list[str]:
   """The chief's metrics.json and the copy in its export's assets."""
-  return [os.path.join(work_dir, "model", training.METRICS_FILE),
+  return [os.path.join(work_dir, "model", run_dir.METRICS_FILE),
           os.path.join(work_dir, "export", "1", export.ASSETS_EXTRA,
-                       training.METRICS_FILE)]
+                       run_dir.METRICS_FILE)]
 
 
 def export_metrics(export_path: str, data: dict[str, str]) -> dict[str, Any]:
@@ -186,7 +186,7 @@ class MultiWorkerMirroredTest(tf.test.TestCase):
 
   @classmethod
   def _interrupted_run(cls) -> Cluster:
-    backup = os.path.join(cls.model_dir, training.BACKUP_DIR, "chief",
+    backup = os.path.join(cls.model_dir, run_dir.BACKUP_DIR, "chief",
                           "checkpoint")
     with Cluster(cluster_spec(worker=2), cls.work_dir) as cluster:
       cls._start_workers(cluster, attempt=0)
@@ -219,13 +219,13 @@ class MultiWorkerMirroredTest(tf.test.TestCase):
     self.assertEqual(epochs, list(range(epochs[0], EPOCHS + 1)))
     self.assertIn(f"Trained {len(epochs)} epoch(s)", chief)
     # The optimizer's steps carried over from before the kill.
-    final = os.path.join(self.model_dir, training.CHECKPOINT_DIR,
-                         training.FINAL_CHECKPOINT)
+    final = os.path.join(self.model_dir, run_dir.CHECKPOINT_DIR,
+                         run_dir.FINAL_CHECKPOINT)
     self.assertEqual(tf.train.load_checkpoint(final).get_tensor(
         ITERATIONS_KEY), EPOCHS * STEPS_PER_EPOCH)
 
   def test_chief_export_loads_and_scores_like_its_metrics(self):
-    with open(os.path.join(self.model_dir, training.METRICS_FILE)) as f:
+    with open(os.path.join(self.model_dir, run_dir.METRICS_FILE)) as f:
       metrics = json.load(f)
     served = export_metrics(os.path.join(self.export_dir, "1"), self.data)
     for name in ("auc_ctr", "auc_cvr", "auc_ctcvr", "logloss_ctcvr"):
@@ -239,7 +239,7 @@ class MultiWorkerMirroredTest(tf.test.TestCase):
     chief_pids = {cluster.processes[f"worker0-{attempt}"].pid
                   for attempt, cluster in enumerate(self.clusters)}
     self.assertContainsSubset(
-        event_file_pids(os.path.join(self.model_dir, training.LOG_DIR)),
+        event_file_pids(os.path.join(self.model_dir, run_dir.LOG_DIR)),
         chief_pids)
     worker = self.clusters[1].output("worker1-1")
     self.assertIn("as worker:1; the chief writes", worker)
@@ -299,7 +299,7 @@ class ParameterServerTest(tf.test.TestCase):
 
   def test_coordinator_evaluated_every_example_once(self):
     with open(os.path.join(self.work_dir, "model",
-                           training.METRICS_FILE)) as f:
+                           run_dir.METRICS_FILE)) as f:
       metrics = json.load(f)
     served = export_metrics(self.export_path, self.data)
     self.assertEqual(metrics["count"], served["count"])
@@ -317,7 +317,7 @@ class ParameterServerTest(tf.test.TestCase):
   def test_only_the_coordinator_writes(self):
     model_dir = os.path.join(self.work_dir, "model")
     self.assertEqual(
-        event_file_pids(os.path.join(model_dir, training.LOG_DIR)),
+        event_file_pids(os.path.join(model_dir, run_dir.LOG_DIR)),
         {self.cluster.processes["chief0-0"].pid})
     self.assertCountEqual(metrics_files(self.work_dir),
                           expected_metrics_files(self.work_dir))

@@ -17,14 +17,14 @@ from apache_beam.testing import util as beam_util
 import numpy as np
 import tensorflow as tf
 
-from escm2_tf import aliccp
+from escm2_tf.formats import aliccp
 from escm2_tf import schema
 from escm2_tf import simulator
-from pipelines import config as config_lib
-from pipelines import convert
-from pipelines import dofns
-from pipelines import sinks
-from pipelines import transforms
+from escm2_pipelines import config as config_lib
+from escm2_pipelines import convert
+from escm2_pipelines import dofns
+from escm2_pipelines import sinks
+from escm2_pipelines import transforms
 
 _K = 2  # max_values_per_field in these tests: small, so truncation happens.
 _DEMO = os.path.join(os.path.dirname(__file__), "testdata", "paddlerec_demo",

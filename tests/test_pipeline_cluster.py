@@ -28,8 +28,8 @@ from apache_beam.options import pipeline_options
 import tensorflow as tf
 
 import datasets
-from pipelines import cli as convert_cli
-from pipelines import convert
+from escm2_pipelines import cli as convert_cli
+from escm2_pipelines import convert
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("escm2_tf", "pipelines")
@@ -101,9 +101,9 @@ class SdistTest(tf.test.TestCase):
          "--no-index", "--no-build-isolation", "--target", target,
          self.sdist], elsewhere)
     paths = run([sys.executable, "-c",
-                 "import escm2_tf.schema, pipelines.convert; "
+                 "import escm2_tf.schema, escm2_pipelines.convert; "
                  "print(escm2_tf.schema.__file__); "
-                 "print(pipelines.convert.__file__)"],
+                 "print(escm2_pipelines.convert.__file__)"],
                 elsewhere, PYTHONPATH=target).split()
     self.assertLen(paths, 2)
     for path in paths:
@@ -112,7 +112,8 @@ class SdistTest(tf.test.TestCase):
                                             "entry_points.txt"))
     with open(entry_points) as f:
       content = f.read()
-    self.assertIn("escm2-convert = pipelines.cli:run", content)
+    self.assertIn("escm2-convert = escm2_pipelines.cli:run", content)
+    self.assertFalse(os.path.exists(os.path.join(target, "pipelines")))
     self.assertIn("escm2-train = escm2_tf.cli.train:run", content)
 
 

@@ -16,7 +16,7 @@ from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
 
-from escm2_tf import aliccp
+from escm2_tf.formats import aliccp
 from escm2_tf import config as config_lib
 from escm2_tf import export
 from escm2_tf import losses

@@ -13,10 +13,10 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
 
-from escm2_tf import aliccp
+from escm2_tf.formats import aliccp
 from escm2_tf import schema
 from escm2_tf import simulator
-from escm2_tf import simulator_io
+from escm2_tf.simulator import io as simulator_io
 
 # A small world keeps file round trips fast; the rates need a large sample.
 _SMALL = simulator.SimulatorConfig(

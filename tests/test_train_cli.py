@@ -20,8 +20,8 @@ import tensorflow as tf
 import datasets
 from escm2_tf import losses
 from escm2_tf import schema
-from escm2_tf import training
 from escm2_tf.cli import train as train_cli
+from escm2_tf import run_dir
 
 FLAGS = flags.FLAGS
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,7 +100,7 @@ class CompleteRunTest(tf.test.TestCase):
     cls.flags = run_flags(cls.data, cls.model_dir, export_dir=cls.export_dir,
                           ground_truth=cls.data["ground_truth_test"])
     cls.status, cls.stdout, cls.stderr = run_main(**cls.flags)
-    with open(os.path.join(cls.model_dir, training.METRICS_FILE)) as f:
+    with open(os.path.join(cls.model_dir, run_dir.METRICS_FILE)) as f:
       cls.metrics = json.load(f)
 
   def test_succeeds_and_prints_the_metrics(self):
@@ -110,24 +110,24 @@ class CompleteRunTest(tf.test.TestCase):
     self.assertIn(os.path.join(self.export_dir, "1"), self.stdout)
 
   def test_checkpoint_per_epoch_and_final_is_latest(self):
-    checkpoints = os.path.join(self.model_dir, training.CHECKPOINT_DIR)
+    checkpoints = os.path.join(self.model_dir, run_dir.CHECKPOINT_DIR)
     for epoch in range(1, EPOCHS + 1):
       self.assertTrue(os.path.exists(os.path.join(
           checkpoints, f"epoch-{epoch:03d}.index")), epoch)
     self.assertEqual(os.path.basename(tf.train.latest_checkpoint(checkpoints)),
-                     training.FINAL_CHECKPOINT)
+                     run_dir.FINAL_CHECKPOINT)
 
   def test_backup_removed_after_completion(self):
-    backup = os.path.join(self.model_dir, training.BACKUP_DIR)
+    backup = os.path.join(self.model_dir, run_dir.BACKUP_DIR)
     self.assertFalse(os.path.isdir(backup) and os.listdir(backup))
 
   def test_tensorboard_logs_every_epoch(self):
     for split in ("train", "validation"):
-      tags = scalar_tags(os.path.join(self.model_dir, training.LOG_DIR, split))
+      tags = scalar_tags(os.path.join(self.model_dir, run_dir.LOG_DIR, split))
       self.assertEqual(tags.count("epoch_loss"), EPOCHS, split)
 
   def test_config_json_holds_the_flags(self):
-    configs = training.load_configs(self.model_dir)
+    configs = run_dir.load_configs(self.model_dir)
     self.assertEqual(configs["model"].expert_units, (8,))
     self.assertEqual(configs["model"].seed, self.flags["seed"])
     self.assertEqual(configs["loss"], losses.LossConfig(loss="dr"))
@@ -162,7 +162,7 @@ class CompleteRunTest(tf.test.TestCase):
     self.assertEqual(status, 0, stderr)
     with open(os.path.join(model_dir, "config.json")) as f:
       self.assertEqual(json.load(f)["train"]["optimizer"], "lazy_adam")
-    with open(os.path.join(model_dir, training.METRICS_FILE)) as f:
+    with open(os.path.join(model_dir, run_dir.METRICS_FILE)) as f:
       metrics = json.load(f)
     # The same seed and data as Adam's run: other weights, so the optimizer
     # flag reached the model (LazyAdam's update itself: test_optimizers.py).
@@ -174,7 +174,7 @@ class CompleteRunTest(tf.test.TestCase):
     status, _, stderr = run_main(**dict(
         self.flags, model_dir=model_dir, export_dir=""))
     self.assertEqual(status, 0, stderr)
-    with open(os.path.join(model_dir, training.METRICS_FILE)) as f:
+    with open(os.path.join(model_dir, run_dir.METRICS_FILE)) as f:
       self.assertEqual(json.load(f), self.metrics)
 
 
@@ -265,9 +265,9 @@ class NanTest(tf.test.TestCase):
                      r"training loss became NaN or infinite in epoch 1")
     # No checkpoint of the broken weights, no metrics.
     self.assertEmpty(glob.glob(os.path.join(
-        model_dir, training.CHECKPOINT_DIR, "*.index")))
+        model_dir, run_dir.CHECKPOINT_DIR, "*.index")))
     self.assertFalse(os.path.exists(os.path.join(model_dir,
-                                                 training.METRICS_FILE)))
+                                                 run_dir.METRICS_FILE)))
 
 
 class FlagfileTest(tf.test.TestCase, parameterized.TestCase):

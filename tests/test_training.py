@@ -23,6 +23,7 @@ from escm2_tf import evaluation
 from escm2_tf import losses
 from escm2_tf import schema
 from escm2_tf import training
+from escm2_tf import run_dir
 
 BATCH_SIZE = 256
 # A small network: the tests are about the loop around it.
@@ -67,9 +68,9 @@ class TrainConfigTest(tf.test.TestCase, parameterized.TestCase):
                           model_dir, ground_truth="g.csv")
     model = config_lib.ModelConfig(backbone="dcn", bottom_units=(5, 3))
     evaluation.write_json(
-        os.path.join(model_dir, training.CONFIG_FILE),
-        training.configs_dict(config, model, LOSS))
-    self.assertEqual(training.load_configs(model_dir),
+        os.path.join(model_dir, run_dir.CONFIG_FILE),
+        run_dir.configs_dict(config, model, LOSS))
+    self.assertEqual(run_dir.load_configs(model_dir),
                      {"train": config, "model": model, "loss": LOSS})
 
   def test_dict_round_trip(self):
@@ -214,8 +215,8 @@ class CheckInputsTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_backup_of_another_model(self):
     model_dir = new_dir()
-    os.makedirs(os.path.join(model_dir, training.BACKUP_DIR, "chief"))
-    with open(os.path.join(model_dir, training.CONFIG_FILE), "w") as f:
+    os.makedirs(os.path.join(model_dir, run_dir.BACKUP_DIR, "chief"))
+    with open(os.path.join(model_dir, run_dir.CONFIG_FILE), "w") as f:
       json.dump({"model": {"embedding_dim": 99}, "loss": {}}, f)
     self.assert_rejected("model_dir", "another model", model_dir=model_dir)
 
@@ -233,13 +234,13 @@ class ResumeTest(tf.test.TestCase):
     config = train_config(self.data, new_dir(), steps_per_execution=2)
     with self.assertRaisesRegex(KeyboardInterrupt, "after epoch 1"):
       training.train(config, MODEL, LOSS, callbacks=[_Interrupt()], verbose=0)
-    checkpoints = os.path.join(config.model_dir, training.CHECKPOINT_DIR)
+    checkpoints = os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR)
     self.assertTrue(os.path.exists(os.path.join(checkpoints,
                                                 "epoch-001.index")))
     self.assertFalse(os.path.exists(os.path.join(checkpoints,
                                                  "epoch-002.index")))
     self.assertNotEmpty(os.listdir(os.path.join(config.model_dir,
-                                                training.BACKUP_DIR)))
+                                                run_dir.BACKUP_DIR)))
 
     result = training.train(config, MODEL, LOSS, verbose=0)
 
@@ -251,10 +252,10 @@ class ResumeTest(tf.test.TestCase):
       return tf.train.load_checkpoint(os.path.join(checkpoints, name)
                                       ).get_tensor(ITERATIONS_KEY)
     self.assertGreater(iterations("epoch-001"), 0)
-    self.assertEqual(iterations(training.FINAL_CHECKPOINT),
+    self.assertEqual(iterations(run_dir.FINAL_CHECKPOINT),
                      2 * iterations("epoch-001"))
     self.assertTrue(os.path.exists(os.path.join(config.model_dir,
-                                                training.METRICS_FILE)))
+                                                run_dir.METRICS_FILE)))
 
 
 if __name__ == "__main__":

@@ -30,13 +30,13 @@ from typing import Any, Sequence
 from absl import app
 from absl import flags
 
-from escm2_tf import benchmark
-from escm2_tf import benchmark_report as bench_report
-from escm2_tf import benchmark_training as training_bench
+from escm2_tf.bench import harness as benchmark
+from escm2_tf.bench import report as bench_report
+from escm2_tf.bench import training as training_bench
 from escm2_tf import losses
 from escm2_tf import optimizers
 from escm2_tf import simulator
-from escm2_tf import simulator_io
+from escm2_tf.simulator import io as simulator_io
 
 PARTS = ("convert", "parse", "train", "eval", "serve", "quality")
 _DEFAULT_PARTS = ("convert", "parse", "train", "eval", "serve")
@@ -174,7 +174,7 @@ def _simulate(raw_dir: str, settings: dict[str, Any]) -> benchmark.Result:
 def _convert(raw_dir: str, data_dir: str,
              settings: dict[str, Any]) -> benchmark.Result:
   # Imported here: Beam is only needed in this part's process.
-  from pipelines import convert  # pylint: disable=g-import-not-at-top
+  from escm2_pipelines import convert  # pylint: disable=g-import-not-at-top
   raw_format = settings["raw_format"]
   result = {"rows_read": 0, "rows_written": 0}
   stopwatch = benchmark.Stopwatch()

@@ -11,20 +11,14 @@ into its ``assets.extra/``. An existing version is refused unless
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
-import json
-import os
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
 from absl import app
 from absl import flags
-import tensorflow as tf
-import tf_keras as keras
 
 from escm2_tf import export
-from escm2_tf import model as model_lib
-from escm2_tf import training
-from escm2_tf import vocab
+from escm2_tf import run_dir
 
 _USAGE_ERROR = 2
 _EXISTS_ERROR = 1
@@ -45,54 +39,6 @@ _OVERWRITE = flags.DEFINE_bool(
     "existing version is an error.", allow_override=True)
 
 
-def _read_json(path: str) -> Any:
-  with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
-
-
-def restore_model(model_dir: str) -> keras.Model:
-  """The model of a training run, with its latest checkpoint's weights.
-
-  Raises:
-    FileNotFoundError: config.json or every checkpoint is missing.
-    ValueError: a config or the checkpoint does not fit (names the file).
-  """
-  config_path = os.path.join(model_dir, training.CONFIG_FILE)
-  if not tf.io.gfile.exists(config_path):
-    raise FileNotFoundError(f"{config_path} not found")
-  try:
-    configs = training.load_configs(model_dir)
-  except (KeyError, TypeError, ValueError) as error:
-    raise ValueError(f"{config_path}: {error}") from None
-  vocabularies = vocab.load_vocabularies(configs["train"].vocab_dir,
-                                         configs["train"].min_count)
-  model = model_lib.build_model(configs["model"], configs["loss"],
-                                vocabularies)
-  checkpoint_dir = os.path.join(model_dir, training.CHECKPOINT_DIR)
-  checkpoint = tf.train.latest_checkpoint(checkpoint_dir)
-  if checkpoint is None:
-    raise FileNotFoundError(f"{checkpoint_dir} holds no checkpoint")
-  try:
-    # The checkpoint also holds the optimizer, which serving does not need;
-    # every variable of the network must be restored.
-    model.load_weights(checkpoint).expect_partial(
-    ).assert_existing_objects_matched()
-  except (AssertionError, ValueError, tf.errors.OpError) as error:
-    raise ValueError(f"{checkpoint} does not fit the network of "
-                     f"{config_path}: {str(error).splitlines()[0]}") from None
-  return model
-
-
-def run_assets(model_dir: str) -> dict[str, Any]:
-  """The run's config and, if written, its metrics, for ``assets.extra``."""
-  assets = {"config": _read_json(os.path.join(model_dir,
-                                              training.CONFIG_FILE))}
-  metrics_path = os.path.join(model_dir, training.METRICS_FILE)
-  if tf.io.gfile.exists(metrics_path):
-    assets["metrics"] = _read_json(metrics_path)
-  return assets
-
-
 def _fail(message: str, code: int) -> int:
   print(f"escm2-export: error: {message}", file=sys.stderr)
   return code
@@ -105,8 +51,8 @@ def main(argv: Sequence[str]) -> int:
     if not holder.value:
       return _fail(f"--{holder.name}: is required", _USAGE_ERROR)
   try:
-    model = restore_model(_MODEL_DIR.value)
-    assets = run_assets(_MODEL_DIR.value)
+    model = run_dir.restore_model(_MODEL_DIR.value)
+    assets = run_dir.run_assets(_MODEL_DIR.value)
   except (OSError, ValueError) as error:
     return _fail(f"--model_dir: {error}", _USAGE_ERROR)
   try:

@@ -29,12 +29,12 @@ from absl import app
 from absl import flags
 import tensorflow as tf
 
-from escm2_tf import aliccp
-from escm2_tf import examples
+from escm2_tf.formats import aliccp
+from escm2_tf.formats import examples
 from escm2_tf import export
 from escm2_tf import schema
 from escm2_tf import serving
-from pipelines import config as convert_config
+from escm2_pipelines import config as convert_config
 
 INPUT_FORMATS = ("tfrecord", "paddlerec", "aliccp")
 OUTPUT_HEADER = (schema.SAMPLE_ID,) + serving.OUTPUT_NAMES

@@ -30,6 +30,7 @@ from escm2_tf import evaluation
 from escm2_tf import losses
 from escm2_tf import optimizers
 from escm2_tf import training
+from escm2_tf import run_dir
 
 _MODEL = config_lib.ModelConfig()
 _LOSS = losses.LossConfig()
@@ -285,7 +286,7 @@ def _report(result: dict[str, Any], train_config: training.TrainConfig
   if result["export_path"]:
     print(f"Exported SavedModel: {result['export_path']}")
   print(f"Metrics on {train_config.eval_data} "
-        f"({training.METRICS_FILE}):")
+        f"({run_dir.METRICS_FILE}):")
   print(evaluation.format_table(result["metrics"]))
 
 

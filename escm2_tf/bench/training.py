@@ -17,7 +17,7 @@ from typing import Any, Mapping
 import tensorflow as tf
 import tf_keras as keras
 
-from escm2_tf import benchmark
+from escm2_tf.bench import harness as benchmark
 from escm2_tf import config as config_lib
 from escm2_tf import data
 from escm2_tf import evaluation

@@ -18,7 +18,7 @@ import dataclasses
 
 import numpy as np
 
-from escm2_tf import simulator_world as sw
+from escm2_tf.simulator import world as sw
 
 _TARGETED_SHARE = 0.5  # Impressions picked from the user's categories.
 

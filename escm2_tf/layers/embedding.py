@@ -1,16 +1,13 @@
-"""The ESCM2 network's layers, built for throughput on CPUs.
+"""``FusedEmbedding``: every field's ids looked up and pooled in one table.
 
-* ``FusedEmbedding``: all fields share one table, looked up and pooled
-  together: one hash-table lookup per field, one ``tf.unique`` over the rows
-  of the batch, one gather of the distinct rows and one sparse-dense matrix
-  product that pools them.
-* ``MMoE``: the experts' first layer and all gates as one matrix product.
-* ``TaskTowers``: all task towers as one batched matrix product per layer.
+All fields share one table, looked up and pooled together: one hash-table
+lookup per field, one ``tf.unique`` over the rows of the batch, one gather of
+the distinct rows and one sparse-dense matrix product that pools them.
 """
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -18,7 +15,6 @@ import tf_keras as keras
 
 from escm2_tf import schema
 from escm2_tf import vocab
-
 # Table rows are int32: tf.unique and the gathers are faster on them.
 _MAX_ROWS = np.iinfo(np.int32).max
 
@@ -239,136 +235,3 @@ class FusedEmbedding(keras.layers.Layer):
     pooled = tf.reshape(pooled, [len(self.fields), -1, self.embedding_dim])
     return tf.reshape(tf.transpose(pooled, [1, 0, 2]),
                       [-1, len(self.fields) * self.embedding_dim])
-
-
-def stacked_glorot(fan_in: int, fan_out: int, seed: int | None
-                   ) -> keras.initializers.Initializer:
-  """Glorot-uniform for a stack of [fan_in, fan_out] kernels.
-
-  Keras' GlorotUniform would count the stack dimension into the fans and
-  shrink every kernel by its square root.
-  """
-  limit = float(np.sqrt(6.0 / (fan_in + fan_out)))
-  return keras.initializers.RandomUniform(-limit, limit, seed=seed)
-
-
-def _seed(seed: int | None, offset: int) -> int | None:
-  return None if seed is None else seed + offset
-
-
-class MMoE(keras.layers.Layer):
-  """Multi-gate mixture of experts (Ma et al., KDD 2018).
-
-  Input [B, I]; output [B, num_tasks, expert_units[-1]], task t's softmax
-  gate mixing the experts' outputs. The experts' first layer and all gates
-  read the same input, so they run as one [I, E*U + T*E] matrix product.
-  """
-
-  def __init__(self, num_experts: int, expert_units: Sequence[int],
-               num_tasks: int, *, activation: str = "relu",
-               dropout: float = 0.0, seed: int | None = None, **kwargs):
-    super().__init__(**kwargs)
-    self.num_experts = num_experts
-    self.expert_units = tuple(expert_units)
-    self.num_tasks = num_tasks
-    self.activation = keras.activations.get(activation)
-    self.dropout = keras.layers.Dropout(dropout, seed=_seed(seed, 1))
-    self.seed = seed
-
-  def build(self, input_shape: tf.TensorShape):
-    fan_in = int(input_shape[-1])
-    self.gate_kernel = self.add_weight(
-        "gate_kernel", shape=(fan_in, self.num_tasks, self.num_experts),
-        initializer=stacked_glorot(fan_in, self.num_experts,
-                                   _seed(self.seed, 0)))
-    self.gate_bias = self.add_weight(
-        "gate_bias", shape=(self.num_tasks, self.num_experts),
-        initializer="zeros")
-    # The first kernel is [I, E, U] (input-major, for the fused product);
-    # deeper ones are [E, U, V].
-    shapes = [(fan_in, self.num_experts, self.expert_units[0])] + [
-        (self.num_experts, u, v)
-        for u, v in zip(self.expert_units, self.expert_units[1:])]
-    self.kernels, self.biases = [], []
-    for layer, shape in enumerate(shapes):
-      self.kernels.append(self.add_weight(
-          f"expert_kernel_{layer}", shape=shape,
-          initializer=stacked_glorot(shape[-2] if layer else fan_in,
-                                     shape[-1],
-                                     _seed(self.seed, 2 * layer + 2))))
-      self.biases.append(self.add_weight(
-          f"expert_bias_{layer}", shape=(self.num_experts, shape[-1]),
-          initializer="zeros"))
-    super().build(input_shape)
-
-  def _first_layer(self, inputs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """The experts' first pre-activations [B, E, U], gate logits [B, T, E]."""
-    fan_in = tf.shape(self.kernels[0])[0]
-    experts_width = self.num_experts * self.expert_units[0]
-    fused = tf.matmul(inputs, tf.concat(
-        [tf.reshape(self.kernels[0], [fan_in, experts_width]),
-         tf.reshape(self.gate_kernel, [fan_in, -1])], axis=1))
-    experts, gates = tf.split(
-        fused, [experts_width, self.num_tasks * self.num_experts], axis=1)
-    experts = tf.reshape(experts, [-1, self.num_experts, self.expert_units[0]])
-    gates = tf.reshape(gates, [-1, self.num_tasks, self.num_experts])
-    return experts + self.biases[0], gates + self.gate_bias
-
-  def gates(self, inputs: tf.Tensor) -> tf.Tensor:
-    """Each task's expert weights [B, num_tasks, num_experts]; rows sum to 1."""
-    return tf.nn.softmax(self._first_layer(inputs)[1])
-
-  def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-    hidden, gate_logits = self._first_layer(inputs)
-    hidden = self.dropout(self.activation(hidden), training=training)
-    for kernel, bias in zip(self.kernels[1:], self.biases[1:]):
-      hidden = tf.einsum("beu,euv->bev", hidden, kernel) + bias
-      hidden = self.dropout(self.activation(hidden), training=training)
-    gates = tf.nn.softmax(gate_logits)
-    # [B, T, E] @ [B, E, U]: measured faster than broadcasting to
-    # [B, T, E, U] and summing.
-    return tf.matmul(gates, hidden)
-
-
-class TaskTowers(keras.layers.Layer):
-  """One MLP tower per task ending in a logit, all computed together.
-
-  Input [B, num_tasks, H] (task t's tower reads row t) or [B, H] (shared by
-  every tower); output the logits [B, num_tasks].
-  """
-
-  def __init__(self, num_tasks: int, units: Sequence[int], *,
-               activation: str = "relu", dropout: float = 0.0,
-               seed: int | None = None, **kwargs):
-    super().__init__(**kwargs)
-    self.num_tasks = num_tasks
-    self.units = tuple(units)
-    self.activation = keras.activations.get(activation)
-    self.dropout = keras.layers.Dropout(dropout, seed=_seed(seed, 1))
-    self.seed = seed
-
-  def build(self, input_shape: tf.TensorShape):
-    fan_in = int(input_shape[-1])
-    self.kernels, self.biases = [], []
-    for layer, units in enumerate(self.units + (1,)):
-      self.kernels.append(self.add_weight(
-          f"kernel_{layer}", shape=(self.num_tasks, fan_in, units),
-          initializer=stacked_glorot(fan_in, units,
-                                     _seed(self.seed, 2 * layer + 2))))
-      self.biases.append(self.add_weight(
-          f"bias_{layer}", shape=(self.num_tasks, units), initializer="zeros"))
-      fan_in = units
-    super().build(input_shape)
-
-  def call(self, inputs: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-    # Task-major [T, B, H] turns every layer into T large matrix products,
-    # measured faster than an einsum over [B, T, H].
-    if inputs.shape.rank == 2:
-      hidden = tf.matmul(inputs[tf.newaxis], self.kernels[0])
-    else:
-      hidden = tf.matmul(tf.transpose(inputs, [1, 0, 2]), self.kernels[0])
-    hidden += self.biases[0][:, tf.newaxis]
-    for kernel, bias in zip(self.kernels[1:], self.biases[1:]):
-      hidden = self.dropout(self.activation(hidden), training=training)
-      hidden = tf.matmul(hidden, kernel) + bias[:, tf.newaxis]
-    return tf.transpose(tf.squeeze(hidden, axis=2))

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from escm2_tf import simulator_io
-from escm2_tf import simulator_traffic
-from escm2_tf import simulator_world
+from escm2_tf.simulator import io as simulator_io
+from escm2_tf.simulator import traffic as simulator_traffic
+from escm2_tf.simulator import world as simulator_world
 
 FORMATS = ("aliccp", "paddlerec")
 SPLITS = ("train", "test")

@@ -15,10 +15,10 @@ from typing import Iterator, Sequence, TextIO
 
 import numpy as np
 
-from escm2_tf import aliccp
+from escm2_tf.formats import aliccp
 from escm2_tf import schema
-from escm2_tf import simulator_traffic
-from escm2_tf import simulator_world as sw
+from escm2_tf.simulator import traffic as simulator_traffic
+from escm2_tf.simulator import world as sw
 
 GROUND_TRUTH_HEADER = "sample_id,p_click,p_conversion,conversion_counterfactual"
 _BLOCK = 1 << 16  # Lines formatted per write.

@@ -26,7 +26,7 @@ import functools
 import struct
 from typing import Iterable, Sequence
 
-from escm2_tf import aliccp
+from escm2_tf.formats import aliccp
 from escm2_tf import schema
 
 # Tags of length-delimited fields (field_number << 3 | 2). Every message above

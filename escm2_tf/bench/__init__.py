@@ -1,0 +1,1 @@
+"""Benchmarks behind ``escm2-bench``: the harness, training runs, the report."""

@@ -1,0 +1,1 @@
+"""Ali-CCP's text formats (``aliccp``) and tf.Example encoding (``examples``)."""
