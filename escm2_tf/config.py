@@ -202,6 +202,7 @@ def check_train_config(config: "TrainConfig") -> None:
                     ("min_count", 1), ("steps_per_execution", 1),
                     ("early_stopping_patience", 0),
                     ("vocab_check_examples", 0), ("steps_per_epoch", 0),
+                    ("input_cache_mb", 0),
                     ("ps_min_shard_bytes", 1)):
     value = getattr(config, name)
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -252,6 +253,14 @@ class TrainConfig:
     min_count: Ids seen fewer times in the training data share OOV rows.
     steps_per_execution: Training steps per call into the graph; more is
       faster for small models, with coarser progress updates.
+    input_cache_mb: Memory for parsed batches kept from one epoch to the
+      next, which later epochs then neither read nor parse: the validation
+      data's when their estimate (``data.parsed_bytes_estimate``) fits, then,
+      with ``cache_training_batches``, the training data's if they fit the
+      rest. 0 keeps nothing.
+    cache_training_batches: Also keep the training batches when they fit
+      ``input_cache_mb``: later epochs reuse the first epoch's batches in a
+      new order instead of reshuffling the records.
     early_stopping_patience: Epochs without improvement of
       ``early_stopping_monitor`` before stopping (and restoring the best
       weights); 0 turns it off.
@@ -286,6 +295,8 @@ class TrainConfig:
   deterministic: bool = True
   min_count: int = 1
   steps_per_execution: int = 1
+  input_cache_mb: int = 2048
+  cache_training_batches: bool = False
   early_stopping_patience: int = 0
   early_stopping_monitor: str = "val_loss"
   vocab_check_examples: int = 1000

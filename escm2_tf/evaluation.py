@@ -66,8 +66,12 @@ def _batch_columns(sample_id: tf.Tensor, labels: Mapping[str, tf.Tensor],
 def predict_keras_model(model: keras.Model, file_pattern: str,
                         batch_size: int) -> Columns:
   """Scores every example of the TFRecords matching ``file_pattern``."""
+  # Weights the model does not take would be parsed for nothing.
+  inputs = getattr(getattr(model, "network", model), "input_names", None)
+  with_weights = inputs is None or any(name in schema.WEIGHT_NAMES
+                                       for name in inputs)
   dataset = data.make_dataset(file_pattern, batch_size, training=False,
-                              with_sample_id=True)
+                              with_sample_id=True, with_weights=with_weights)
   features_spec = dict(dataset.element_spec[0])
   del features_spec[schema.SAMPLE_ID]
   # One trace for every batch size, the last, smaller batch included.

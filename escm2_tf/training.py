@@ -134,8 +134,9 @@ def _build_model(config: TrainConfig, model_config: config_lib.ModelConfig,
                   steps_per_execution=config.steps_per_execution)
     # BackupAndRestore restores into existing variables only: build them by
     # calling the model once.
-    features, _ = next(iter(data.make_dataset(config.eval_data, 1,
-                                              training=False)))
+    features, _ = next(iter(data.make_dataset(
+        config.eval_data, 1, training=False,
+        with_weights=model_config.use_weights)))
     model(features, training=False)
   return model
 
@@ -163,7 +164,19 @@ def _num_batches(file_pattern: str, batch_size: int) -> int:
   return max(1, math.ceil(int(records) / batch_size))
 
 
+def _cached(config: TrainConfig) -> tuple[bool, bool]:
+  """Whether to keep the parsed training and validation batches in memory."""
+  budget = config.input_cache_mb << 20
+  validation_bytes = data.parsed_bytes_estimate(config.eval_data)
+  cache_validation = 0 < validation_bytes <= budget
+  budget -= validation_bytes if cache_validation else 0
+  cache_training = (config.cache_training_batches and
+                    data.parsed_bytes_estimate(config.train_data) <= budget)
+  return cache_training, cache_validation
+
+
 def _fit(model: keras.Model, config: TrainConfig,
+         model_config: config_lib.ModelConfig,
          strategy: tf.distribute.Strategy,
          callbacks: Sequence[keras.callbacks.Callback],
          verbose: int) -> keras.callbacks.History:
@@ -181,15 +194,18 @@ def _fit(model: keras.Model, config: TrainConfig,
                                               config.batch_size)}
   parameter_server = isinstance(strategy,
                                 tf.distribute.ParameterServerStrategy)
+  cache_training, cache_validation = _cached(config)
   # Every parameter-server worker runs the same dataset function: one seed
   # would give them all the same order, so each shuffles its own way.
   inputs = functools.partial(
       data.make_dataset, config.train_data, config.batch_size, training=True,
       seed=None if parameter_server else config.seed,
-      num_epochs=None if fixed_steps else 1)
+      num_epochs=None if fixed_steps else 1,
+      with_weights=model_config.use_weights, cache=cache_training)
   validation_inputs = functools.partial(
       data.make_dataset, config.eval_data, config.batch_size, training=False,
-      num_epochs=None if cluster else 1)
+      num_epochs=None if cluster else 1,
+      with_weights=model_config.use_weights, cache=cache_validation)
   if config.distribution_strategy == distribute.DEFAULT:
     inputs, validation_inputs = inputs(), validation_inputs()
   else:
@@ -294,7 +310,8 @@ def train(train_config: TrainConfig, model_config: config_lib.ModelConfig,
     tf.io.gfile.makedirs(train_config.model_dir)
     evaluation.write_json(os.path.join(train_config.model_dir, run_dir.CONFIG_FILE),
                           configs)
-  history = _fit(model, train_config, strategy, callbacks, verbose)
+  history = _fit(model, train_config, model_config, strategy, callbacks,
+                 verbose)
   # Saving reads the metrics' sync-on-read variables, a collective: every
   # worker saves.
   with distribute.writer_dir(train_config.model_dir, task) as model_dir:

@@ -80,6 +80,15 @@ _MIN_COUNT = flags.DEFINE_integer(
 _STEPS_PER_EXECUTION = flags.DEFINE_integer(
     "steps_per_execution", _TRAIN["steps_per_execution"],
     "Training steps per graph call.")
+_INPUT_CACHE_MB = flags.DEFINE_integer(
+    "input_cache_mb", _TRAIN["input_cache_mb"],
+    "Memory for parsed batches kept between epochs: the validation data's "
+    "when they fit, then the training data's with --cache_training_batches; "
+    "0 for none.")
+_CACHE_TRAINING_BATCHES = flags.DEFINE_boolean(
+    "cache_training_batches", _TRAIN["cache_training_batches"],
+    "Reuse the first epoch's parsed training batches, reordered, in later "
+    "epochs when they fit --input_cache_mb.")
 _EARLY_STOPPING_PATIENCE = flags.DEFINE_integer(
     "early_stopping_patience", _TRAIN["early_stopping_patience"],
     "Stop after this many epochs without a lower val_loss and keep the best "
@@ -231,6 +240,8 @@ def _train_config() -> training.TrainConfig:
       seed=_SEED.value,
       deterministic=_DETERMINISTIC.value, min_count=_MIN_COUNT.value,
       steps_per_execution=_STEPS_PER_EXECUTION.value,
+      input_cache_mb=_INPUT_CACHE_MB.value,
+      cache_training_batches=_CACHE_TRAINING_BATCHES.value,
       early_stopping_patience=_EARLY_STOPPING_PATIENCE.value,
       early_stopping_monitor=_EARLY_STOPPING_MONITOR.value,
       vocab_check_examples=_VOCAB_CHECK_EXAMPLES.value,

@@ -1,0 +1,162 @@
+r"""Training throughput of escm2-train against the parse ceiling, per epoch.
+
+Runs the trainer (``escm2_tf.training.train``, what ``escm2-train`` runs)
+with a flagfile's settings, once for ``--short_epochs`` and once for
+``--long_epochs`` epochs, each in a fresh process, and measures in the same
+sitting the tf.data parse ceiling of the same training files. It prints:
+
+- Keras' own count of an epoch: from the epoch's start to its last training
+  step (what the progress bar times), per epoch, and the validation pass;
+- the whole-run epoch: (long run - short run) / (long - short epochs) of the
+  trainer's wall time, start-up and the one-time work (checks, final
+  evaluation, export) cancelling out;
+- examples/s of both, and their ratio to the parse ceiling.
+
+  .venv/bin/python benchmarks/epoch_time_bench.py \
+      --train_flagfile=configs/paddlerec.flags --data_dir=/tmp/pr \
+      -- --optimizer=adam --steps_per_execution=1
+
+``--data_dir`` holds ``train/`` and ``test/`` as escm2-convert writes them;
+arguments after ``--`` are escm2-train flags that override the flagfile.
+"""
+
+import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+import tf_keras as keras
+
+from escm2_tf.bench import harness
+
+_FLAGFILE = flags.DEFINE_string("train_flagfile", "configs/paddlerec.flags",
+                                "The escm2-train flagfile.")
+_DATA_DIR = flags.DEFINE_string("data_dir", "", "Converted train/ and test/.")
+_SHORT = flags.DEFINE_integer("short_epochs", 1, "Epochs of the short run.")
+_LONG = flags.DEFINE_integer("long_epochs", 3, "Epochs of the long run.")
+_PARSE_BATCHES = flags.DEFINE_integer("parse_batches", 200,
+                                      "Batches timed for the parse ceiling.")
+
+
+class _Timeline(keras.callbacks.Callback):
+  """Wall and CPU seconds of every epoch's training loop and validation.
+
+  ``epoch`` runs from the epoch's start to this callback's ``on_epoch_end``,
+  which runs after the trainer's own callbacks (checkpoints, backup).
+  """
+
+  def __init__(self):
+    super().__init__()
+    self.train, self.validation, self.epoch, self.steps = [], [], [], []
+    self.train_cpu, self.epoch_cpu = [], []
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._start = self._last = time.perf_counter()
+    self._start_cpu = self._last_cpu = time.process_time()
+    self._steps = 0
+
+  def on_train_batch_end(self, batch, logs=None):
+    self._last, self._last_cpu = time.perf_counter(), time.process_time()
+    self._steps = batch + 1
+
+  def on_test_begin(self, logs=None):
+    self._test_start = time.perf_counter()
+
+  def on_test_end(self, logs=None):
+    self.validation.append(time.perf_counter() - self._test_start)
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.train.append(self._last - self._start)
+    self.train_cpu.append(self._last_cpu - self._start_cpu)
+    self.epoch.append(time.perf_counter() - self._start)
+    self.epoch_cpu.append(time.process_time() - self._start_cpu)
+    self.steps.append(self._steps)
+
+
+def _train(argv: list[str], epochs: int) -> harness.Result:
+  """One trainer run in this (fresh) process; its wall time and timeline."""
+  from escm2_tf.cli import train as train_cli  # pylint: disable=g-import-not-at-top
+  from escm2_tf import training  # pylint: disable=g-import-not-at-top
+  model_dir = tempfile.mkdtemp(prefix="escm2_epoch_bench_")
+  flags.FLAGS([sys.argv[0], *argv, f"--epochs={epochs}",
+               f"--model_dir={model_dir}", f"--export_dir={model_dir}/export"],
+              known_only=True)
+  configs = train_cli._configs()  # pylint: disable=protected-access
+  timeline = _Timeline()
+  start, start_cpu = time.perf_counter(), time.process_time()
+  result = training.train(configs["train"], configs["model"], configs["loss"],
+                          callbacks=[timeline], verbose=0)
+  wall = time.perf_counter() - start
+  cpu = time.process_time() - start_cpu
+  shutil.rmtree(model_dir, ignore_errors=True)
+  return {"wall_s": wall, "cpu_s": cpu, "train_loop_s": timeline.train,
+          "train_loop_cpu_s": timeline.train_cpu,
+          "validation_s": timeline.validation, "epoch_s": timeline.epoch,
+          "epoch_cpu_s": timeline.epoch_cpu, "steps": timeline.steps,
+          "epochs": result["epochs"],
+          "auc": {k: v for k, v in result["metrics"].items()
+                  if k.startswith("auc")}}
+
+
+def main(argv):
+  overrides = argv[1:]
+  data_dir = _DATA_DIR.value
+  if not data_dir:
+    sys.exit("epoch_time_bench: --data_dir is required")
+  train_files = harness.record_files(os.path.join(data_dir, "train"))
+  trainer_argv = [
+      f"--flagfile={_FLAGFILE.value}", f"--train_data={train_files}",
+      f"--eval_data={harness.record_files(os.path.join(data_dir, 'test'))}",
+      f"--vocab_dir={os.path.join(data_dir, 'train', 'vocab')}", *overrides]
+  num_train = sum(1 for _ in _records(train_files))
+  parse = harness.run_isolated(harness.measure_parse, file_pattern=train_files,
+                               batch_size=1024,
+                               num_examples=_PARSE_BATCHES.value * 1024)
+  runs = {epochs: harness.run_isolated(_train, argv=trainer_argv,
+                                       epochs=epochs)
+          for epochs in (_SHORT.value, _LONG.value)}
+  short, long = runs[_SHORT.value], runs[_LONG.value]
+  whole_run_epoch = (long["wall_s"] - short["wall_s"]) / (
+      _LONG.value - _SHORT.value)
+  # Later epochs: the first one also traces the graph.
+  keras_epoch = sum(long["train_loop_s"][1:]) / (len(long["train_loop_s"]) - 1)
+  keras_epoch_cpu = sum(long["train_loop_cpu_s"][1:]) / (
+      len(long["train_loop_cpu_s"]) - 1)
+  whole_run_epoch_cpu = (long["cpu_s"] - short["cpu_s"]) / (
+      _LONG.value - _SHORT.value)
+  ceiling = parse["ceiling"]["examples_per_s"]
+  report = {
+      "overrides": overrides, "train_examples": num_train,
+      "parse_ceiling_per_s": ceiling,
+      "parse_without_weights_per_s":
+          parse["without_weights"]["examples_per_s"],
+      "keras_epoch_s": keras_epoch,
+      "keras_examples_per_s": num_train / keras_epoch,
+      "keras_fraction_of_ceiling": num_train / keras_epoch / ceiling,
+      "whole_run_epoch_s": whole_run_epoch,
+      "whole_run_examples_per_s": num_train / whole_run_epoch,
+      "whole_run_fraction_of_ceiling": num_train / whole_run_epoch / ceiling,
+      "whole_run_over_keras": whole_run_epoch / keras_epoch,
+      "keras_epoch_cpu_s": keras_epoch_cpu,
+      "whole_run_epoch_cpu_s": whole_run_epoch_cpu,
+      "whole_run_over_keras_cpu": whole_run_epoch_cpu / keras_epoch_cpu,
+      "runs": {str(k): v for k, v in runs.items()},
+  }
+  print(json.dumps(report, indent=1))
+
+
+def _records(pattern):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from escm2_tf import data  # pylint: disable=g-import-not-at-top
+  return tf.data.TFRecordDataset(data.list_files(pattern),
+                                 compression_type="GZIP")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,349 @@
+r"""The full-scale rehearsal: simulate, convert, train, evaluate, score.
+
+For every size in ``--sizes`` (training impressions), in its own directory
+under ``--work_dir``, this runs the console scripts a user runs on the
+Tianchi release, each as a child process:
+
+1. ``escm2-synth`` at Ali-CCP's shape: impressions per user and per common
+   row as in the release (42.3M training impressions, 730K common rows; about
+   90K users per 10M impressions), a test split of ``--test_fraction``;
+2. ``escm2-convert --input_format=aliccp`` of the training split, then of the
+   test split (the converter's defaults);
+3. ``escm2-train --flagfile=configs/bigdata.flags`` with only the paths
+   overridden: one epoch, evaluation into metrics.json, the export;
+4. ``escm2-evaluate`` of the export on the test split;
+5. ``escm2-predict`` of the export on the test split.
+
+For each stage it records wall time, CPU time (the stage's process and every
+descendant it waited for), the peak resident memory of the whole process tree
+(sampled from /proc every 0.2 s) and the bytes of its outputs. It then reads
+the vocabularies with ``--min_count=5``: sizes and out-of-vocabulary rates of
+the training and the test ids. With two sizes or more, it projects every
+stage to the full release (85M impressions) from the largest two sizes:
+``t(85M) = t(large) + slope * (85M - large)``, and checks linearity: the
+ratio of the per-impression times of the two sizes.
+
+  nice -n 5 .venv/bin/python benchmarks/rehearsal.py \
+      --work_dir=/tmp/rehearsal --sizes=1000000,10000000 \
+      --report=docs/rehearsal.json > /tmp/rehearsal.log 2>&1
+
+It prints one JSON report (also written to ``--report``); docs/rehearsal.md
+is written from it.
+"""
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+
+_WORK_DIR = flags.DEFINE_string("work_dir", "/tmp/escm2_rehearsal",
+                                "Where every size's data and runs go.")
+_SIZES = flags.DEFINE_list("sizes", ["1000000", "10000000"],
+                           "Training impressions of each rehearsal.")
+_TEST_FRACTION = flags.DEFINE_float(
+    "test_fraction", 0.2, "Test impressions per training impression.")
+_USERS_PER_IMPRESSION = flags.DEFINE_float(
+    "users_per_impression", 0.009,
+    "Users per training impression (about 90K per 10M).")
+_ITEMS_PER_IMPRESSION = flags.DEFINE_float(
+    "items_per_impression", 0.05,
+    "Items per training impression (the simulator's default world holds "
+    "one per 10 of its default 200K impressions).")
+_IMPRESSIONS_PER_REQUEST = flags.DEFINE_integer(
+    "impressions_per_request", 58,
+    "Impressions per common row: 42.3M / 730K in the release.")
+_MIN_COUNT = flags.DEFINE_integer("min_count", 5,
+                                  "As in configs/bigdata.flags.")
+_OOV_SAMPLE = flags.DEFINE_integer(
+    "oov_sample", 200_000, "Test records read for the test OOV rates.")
+_FLAGFILE = flags.DEFINE_string("train_flagfile", "configs/bigdata.flags",
+                                "The escm2-train flagfile.")
+_REPORT = flags.DEFINE_string("report", "", "Also write the JSON here.")
+_KEEP = flags.DEFINE_bool("keep_data", False,
+                          "Keep the data of every size (they are large).")
+
+FULL_IMPRESSIONS = 85_000_000
+_SAMPLE_SECONDS = 0.2
+
+
+def _tree_rss(root: int) -> int:
+  """Resident bytes of ``root`` and all its descendants, from /proc."""
+  children: dict[int, list[int]] = {}
+  rss: dict[int, int] = {}
+  page = os.sysconf("SC_PAGE_SIZE")
+  for entry in os.listdir("/proc"):
+    if not entry.isdigit():
+      continue
+    try:
+      with open(f"/proc/{entry}/stat") as f:
+        stat = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+      continue
+    children.setdefault(int(stat[1]), []).append(int(entry))
+    rss[int(entry)] = int(stat[21]) * page
+  total, stack = 0, [root]
+  while stack:
+    pid = stack.pop()
+    total += rss.get(pid, 0)
+    stack += children.get(pid, [])
+  return total
+
+
+def _dir_bytes(path: str) -> int:
+  total = 0
+  for root, _, names in os.walk(path):
+    for name in names:
+      try:
+        total += os.path.getsize(os.path.join(root, name))
+      except OSError:
+        pass
+  return total
+
+
+def _run(name: str, command: list[str], outputs: list[str],
+         log_path: str) -> dict:
+  """Runs one stage; its wall, CPU, peak tree RSS, output bytes, log lines.
+
+  Every stdout line is stamped with the seconds since the start, so a
+  stage's phases (training's epoch, then its evaluation and export) can be
+  told apart.
+  """
+  before = resource.getrusage(resource.RUSAGE_CHILDREN)
+  start = time.perf_counter()
+  child = subprocess.Popen(command, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, bufsize=1)
+  peak = [0]
+
+  def sample():
+    while child.poll() is None:
+      peak[0] = max(peak[0], _tree_rss(child.pid))
+      time.sleep(_SAMPLE_SECONDS)
+
+  sampler = threading.Thread(target=sample, daemon=True)
+  sampler.start()
+  stamped = []
+  with open(log_path, "w") as log:
+    log.write(" ".join(command) + "\n")
+    for line in child.stdout:
+      stamp = time.perf_counter() - start
+      stamped.append((stamp, line.rstrip("\n")))
+      log.write(f"[{stamp:8.1f}s] {line}")
+      log.flush()
+  child.wait()
+  wall = time.perf_counter() - start
+  sampler.join()
+  after = resource.getrusage(resource.RUSAGE_CHILDREN)
+  if child.returncode:
+    tail = "\n".join(line for _, line in stamped[-20:])
+    sys.exit(f"rehearsal: stage {name} failed ({child.returncode}):\n{tail}")
+  cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+  result = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
+            "peak_rss_mb": round(peak[0] / 2**20),
+            "written_mb": round(sum(_dir_bytes(p) if os.path.isdir(p) else
+                                    os.path.getsize(p) for p in outputs
+                                    if os.path.exists(p)) / 2**20, 1),
+            "command": " ".join(command)}
+  print(f"{name}: {json.dumps(result)}", flush=True)
+  result["_lines"] = stamped
+  return result
+
+
+def _script(name: str) -> str:
+  return os.path.join(os.path.dirname(sys.executable), name)
+
+
+def _training_phases(lines: list[tuple[float, str]]) -> dict:
+  """Seconds to the end of the epoch, then to the end of evaluation+export.
+
+  ``escm2-train --verbose=2`` prints one line when the epoch (with its
+  validation) ends, and the metrics table after the evaluation and export.
+  """
+  fit_end = next((stamp for stamp, line in lines
+                  if " - loss:" in line or "- loss:" in line), None)
+  start = next((stamp for stamp, line in lines if line.startswith("Epoch 1/")),
+               None)
+  done = lines[-1][0] if lines else None
+  return {"to_first_epoch_s": None if start is None else round(start, 1),
+          "epoch_s": None if None in (start, fit_end) else round(
+              fit_end - start, 1),
+          "evaluate_and_export_s": None if None in (fit_end, done) else round(
+              done - fit_end, 1)}
+
+
+def _vocabulary(data_dir: str, min_count: int, sample: int) -> dict:
+  """Vocabulary sizes and OOV rates, per field and overall."""
+  # escm2_tf first: it selects Keras 2 before TensorFlow loads.
+  from escm2_tf import schema  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  vocab_dir = os.path.join(data_dir, "train", "vocab")
+  kept, counts = {}, {}
+  for field in schema.FIELD_NAMES:
+    table = np.loadtxt(os.path.join(vocab_dir, f"{field}.tsv"),
+                       dtype=np.int64, ndmin=2)
+    counts[field] = table
+    kept[field] = np.sort(table[table[:, 1] >= min_count, 0])
+  test_total = {f: 0 for f in schema.FIELD_NAMES}
+  test_unknown = {f: 0 for f in schema.FIELD_NAMES}
+  test_absent = {f: 0 for f in schema.FIELD_NAMES}
+  spec = {f: tf.io.RaggedFeature(tf.int64) for f in schema.FIELD_NAMES}
+  files = tf.io.gfile.glob(os.path.join(data_dir, "test", "*.tfrecord.gz"))
+  dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").take(
+      sample).batch(4096).map(lambda s: tf.io.parse_example(s, spec))
+  all_ids = {f: np.sort(counts[f][:, 0]) for f in schema.FIELD_NAMES}
+  for batch in dataset:
+    for field in schema.FIELD_NAMES:
+      ids = batch[field].flat_values.numpy()
+      test_total[field] += ids.size
+      test_unknown[field] += int((~_member(ids, kept[field])).sum())
+      test_absent[field] += int((~_member(ids, all_ids[field])).sum())
+  fields = {}
+  for field in schema.FIELD_NAMES:
+    table = counts[field]
+    occurrences = int(table[:, 1].sum())
+    rare = int(table[table[:, 1] < min_count, 1].sum())
+    fields[field] = {
+        "ids": int(len(table)), "ids_kept": int(len(kept[field])),
+        "train_oov_rate": rare / max(occurrences, 1),
+        "test_oov_rate": test_unknown[field] / max(test_total[field], 1),
+        "test_unseen_rate": test_absent[field] / max(test_total[field], 1)}
+  total_train = sum(int(counts[f][:, 1].sum()) for f in counts)
+  total_test = sum(test_total.values())
+  return {
+      "min_count": min_count, "test_records_sampled": sample,
+      "ids": sum(v["ids"] for v in fields.values()),
+      "ids_kept": sum(v["ids_kept"] for v in fields.values()),
+      "train_oov_rate": sum(int(counts[f][counts[f][:, 1] < min_count, 1].sum())
+                            for f in counts) / max(total_train, 1),
+      "test_oov_rate": sum(test_unknown.values()) / max(total_test, 1),
+      "test_unseen_rate": sum(test_absent.values()) / max(total_test, 1),
+      "fields": fields}
+
+
+def _member(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
+  if not sorted_ids.size:
+    return np.zeros(values.shape, bool)
+  positions = np.minimum(np.searchsorted(sorted_ids, values),
+                         sorted_ids.size - 1)
+  return sorted_ids[positions] == values
+
+
+def _rehearse(size: int) -> dict:
+  root = os.path.join(_WORK_DIR.value, f"n{size}")
+  shutil.rmtree(root, ignore_errors=True)
+  os.makedirs(root)
+  raw, data_dir, run_dir = (os.path.join(root, name)
+                            for name in ("raw", "data", "run"))
+  num_test = max(1, int(size * _TEST_FRACTION.value))
+  logs = os.path.join(root, "logs")
+  os.makedirs(logs)
+  stages = {}
+  stages["synth"] = _run("synth", [
+      _script("escm2-synth"), f"--output_dir={raw}", f"--num_train={size}",
+      f"--num_test={num_test}", "--seed=0",
+      f"--num_users={max(1, round(size * _USERS_PER_IMPRESSION.value))}",
+      f"--num_items={max(1000, round(size * _ITEMS_PER_IMPRESSION.value))}",
+      f"--impressions_per_request={_IMPRESSIONS_PER_REQUEST.value}"],
+      [raw], os.path.join(logs, "synth.log"))
+  for split in ("train", "test"):
+    stages[f"convert_{split}"] = _run(f"convert_{split}", [
+        _script("escm2-convert"), "--input_format=aliccp",
+        f"--skeleton={raw}/sample_skeleton_{split}.csv",
+        f"--common_features={raw}/common_features_{split}.csv",
+        f"--output_dir={data_dir}/{split}"],
+        [os.path.join(data_dir, split)], os.path.join(logs, f"convert_{split}.log"))
+  export_dir = os.path.join(run_dir, "export")
+  train = _run("train", [
+      _script("escm2-train"), f"--flagfile={_FLAGFILE.value}",
+      f"--train_data={data_dir}/train/*.tfrecord.gz",
+      f"--eval_data={data_dir}/test/*.tfrecord.gz",
+      f"--vocab_dir={data_dir}/train/vocab", f"--model_dir={run_dir}",
+      f"--export_dir={export_dir}", "--verbose=2"],
+      [run_dir], os.path.join(logs, "train.log"))
+  train["phases"] = _training_phases(train["_lines"])
+  stages["train"] = train
+  stages["evaluate"] = _run("evaluate", [
+      _script("escm2-evaluate"), f"--saved_model={export_dir}",
+      f"--data={data_dir}/test/*.tfrecord.gz",
+      f"--output={root}/evaluation.json"],
+      [os.path.join(root, "evaluation.json")],
+      os.path.join(logs, "evaluate.log"))
+  stages["predict"] = _run("predict", [
+      _script("escm2-predict"), f"--saved_model={export_dir}",
+      f"--data={data_dir}/test/*.tfrecord.gz",
+      f"--output={root}/scores.csv"],
+      [os.path.join(root, "scores.csv")], os.path.join(logs, "predict.log"))
+  for stage in stages.values():
+    stage.pop("_lines")
+  with open(os.path.join(data_dir, "train", "stats.json")) as f:
+    train_stats = json.load(f)
+  with open(os.path.join(run_dir, "metrics.json")) as f:
+    metrics = json.load(f)
+  result = {
+      "train_impressions": size, "test_impressions": num_test,
+      "stages": stages,
+      "vocabulary": _vocabulary(data_dir, _MIN_COUNT.value, _OOV_SAMPLE.value),
+      "train_rows_written": train_stats.get("rows_written"),
+      "metrics": {k: v for k, v in metrics.items()
+                  if k.startswith(("auc", "logloss", "count"))},
+      "disk_mb": round(_dir_bytes(root) / 2**20)}
+  if not _KEEP.value:
+    shutil.rmtree(raw, ignore_errors=True)
+    shutil.rmtree(data_dir, ignore_errors=True)
+  return result
+
+
+def _project(small: dict, large: dict) -> dict:
+  """Every stage at 85M impressions, and how linear it was."""
+  n_small, n_large = small["train_impressions"], large["train_impressions"]
+  projection = {}
+  for name, stage in large["stages"].items():
+    before = small["stages"][name]
+    result = {}
+    for key in ("wall_s", "cpu_s", "peak_rss_mb", "written_mb"):
+      slope = (stage[key] - before[key]) / (n_large - n_small)
+      result[f"{key}_at_85m"] = round(
+          stage[key] + slope * (FULL_IMPRESSIONS - n_large), 1)
+      # 1.0 is linear through zero: the per-impression cost did not change.
+      result[f"{key}_linearity"] = round(
+          (stage[key] / n_large) / max(before[key] / n_small, 1e-12), 2)
+    projection[name] = result
+  fastest = max(projection, key=lambda n: projection[n]["wall_s_at_85m"])
+  steepest = max(projection, key=lambda n: projection[n]["wall_s_linearity"])
+  return {"stages": projection, "largest_at_85m": fastest,
+          "least_linear": steepest,
+          "total_wall_h_at_85m": round(sum(
+              p["wall_s_at_85m"] for p in projection.values()) / 3600, 2)}
+
+
+def main(argv):
+  del argv
+  sizes = sorted(int(size) for size in _SIZES.value)
+  started = time.time()
+  report = {"sizes": sizes, "started_utc": time.strftime(
+      "%Y-%m-%d %H:%M:%S", time.gmtime(started)),
+            "load_average_at_start": os.getloadavg(),
+            "cpus": os.cpu_count(), "runs": {}}
+  for size in sizes:
+    report["runs"][str(size)] = _rehearse(size)
+    print(json.dumps(report["runs"][str(size)], indent=1), flush=True)
+  if len(sizes) >= 2:
+    report["projection"] = _project(report["runs"][str(sizes[-2])],
+                                    report["runs"][str(sizes[-1])])
+  report["total_wall_s"] = round(time.time() - started)
+  text = json.dumps(report, indent=1)
+  print(text)
+  if _REPORT.value:
+    with open(_REPORT.value, "w") as f:
+      f.write(text + "\n")
+
+
+if __name__ == "__main__":
+  app.run(main)
