@@ -67,6 +67,11 @@ _OOV_SAMPLE = flags.DEFINE_integer(
 _FLAGFILE = flags.DEFINE_string("train_flagfile", "configs/bigdata.flags",
                                 "The escm2-train flagfile.")
 _REPORT = flags.DEFINE_string("report", "", "Also write the JSON here.")
+_MARKDOWN = flags.DEFINE_string(
+    "markdown", "", "Also write the tables as Markdown here (or, with "
+    "--from_report, only that).")
+_FROM_REPORT = flags.DEFINE_string(
+    "from_report", "", "Write --markdown from this JSON report, run nothing.")
 _KEEP = flags.DEFINE_bool("keep_data", False,
                           "Keep the data of every size (they are large).")
 
@@ -323,8 +328,78 @@ def _project(small: dict, large: dict) -> dict:
               p["wall_s_at_85m"] for p in projection.values()) / 3600, 2)}
 
 
+def _markdown(report: dict) -> str:
+  """The report's tables: stages per size, projection, vocabulary."""
+  lines = []
+  stage_names = list(next(iter(report["runs"].values()))["stages"])
+  for size, run in report["runs"].items():
+    lines += [f"### {int(size):,} training impressions, "
+              f"{run['test_impressions']:,} test impressions", "",
+              "| stage | wall s | CPU s | cores | peak RSS (tree) MB | "
+              "written MB | impressions/s |", "|---|---|---|---|---|---|---|"]
+    for name in stage_names:
+      stage = run["stages"][name]
+      count = (run["test_impressions"] if name in
+               ("convert_test", "evaluate", "predict") else
+               int(size) + run["test_impressions"] if name == "synth" else
+               int(size))
+      lines.append(
+          f"| {name} | {stage['wall_s']} | {stage['cpu_s']} | "
+          f"{stage['cpu_s'] / max(stage['wall_s'], 1e-9):.2f} | "
+          f"{stage['peak_rss_mb']} | {stage['written_mb']} | "
+          f"{count / max(stage['wall_s'], 1e-9):,.0f} |")
+    phases = run["stages"]["train"].get("phases", {})
+    lines += ["", f"Inside `train`: start-up and checks "
+              f"{phases.get('to_first_epoch_s')} s, the epoch (with its "
+              f"validation) {phases.get('epoch_s')} s, final evaluation and "
+              f"export {phases.get('evaluate_and_export_s')} s. Test metrics "
+              "(metrics.json): " + ", ".join(
+                  f"{k} {v:.4f}" for k, v in run["metrics"].items()
+                  if k.startswith("auc") and v is not None) + ".", ""]
+    vocabulary = run["vocabulary"]
+    lines += [f"Vocabulary with `--min_count={vocabulary['min_count']}`: "
+              f"{vocabulary['ids_kept']:,} of {vocabulary['ids']:,} ids kept; "
+              f"OOV rate {100 * vocabulary['train_oov_rate']:.2f} % of the "
+              f"training ids, {100 * vocabulary['test_oov_rate']:.2f} % of the "
+              f"test ids ({100 * vocabulary['test_unseen_rate']:.2f} % never "
+              f"seen in training; first {vocabulary['test_records_sampled']:,}"
+              " test records).", "",
+              "| field | ids | kept | train OOV % | test OOV % |",
+              "|---|---|---|---|---|"]
+    for field, values in vocabulary["fields"].items():
+      lines.append(f"| {field} | {values['ids']:,} | {values['ids_kept']:,} | "
+                   f"{100 * values['train_oov_rate']:.2f} | "
+                   f"{100 * values['test_oov_rate']:.2f} |")
+    lines.append("")
+  projection = report.get("projection")
+  if projection:
+    lines += ["### Projection to 85M impressions", "",
+              "From the two largest sizes: t(85M) = t(large) + slope x (85M - "
+              "large). Linearity is (t(large)/large) / (t(small)/small): 1.00 "
+              "is linear; above 1 the cost per impression grows.", "",
+              "| stage | wall s at 85M | CPU s at 85M | peak RSS MB at 85M | "
+              "written MB at 85M | wall linearity | RSS linearity |",
+              "|---|---|---|---|---|---|---|"]
+    for name, values in projection["stages"].items():
+      lines.append(
+          f"| {name} | {values['wall_s_at_85m']:,.0f} | "
+          f"{values['cpu_s_at_85m']:,.0f} | {values['peak_rss_mb_at_85m']:,.0f}"
+          f" | {values['written_mb_at_85m']:,.0f} | "
+          f"{values['wall_s_linearity']} | {values['peak_rss_mb_linearity']} |")
+    lines += ["", f"Largest stage at 85M: {projection['largest_at_85m']}; "
+              f"least linear: {projection['least_linear']}; all stages "
+              f"{projection['total_wall_h_at_85m']} h.", ""]
+  return "\n".join(lines)
+
+
 def main(argv):
   del argv
+  if _FROM_REPORT.value:
+    with open(_FROM_REPORT.value) as f:
+      report = json.load(f)
+    with open(_MARKDOWN.value, "w") as f:
+      f.write(_markdown(report))
+    return
   sizes = sorted(int(size) for size in _SIZES.value)
   started = time.time()
   report = {"sizes": sizes, "started_utc": time.strftime(
@@ -343,6 +418,9 @@ def main(argv):
   if _REPORT.value:
     with open(_REPORT.value, "w") as f:
       f.write(text + "\n")
+  if _MARKDOWN.value:
+    with open(_MARKDOWN.value, "w") as f:
+      f.write(_markdown(report))
 
 
 if __name__ == "__main__":

@@ -15,22 +15,20 @@ the weights) shows as a ratio near 2 or more. The benchmark
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
 import os
-import tempfile
 import time
 
 import tensorflow as tf
 import tf_keras as keras
 
 import datasets
-from escm2_tf import config as config_lib
+import testing
 from escm2_tf import losses
 from escm2_tf import training
 
 # Per-epoch work that scales with the data stays below half an epoch. Small
 # fixed per-epoch costs (a checkpoint of a small model) stay well below it.
 MAX_RATIO = 1.5
-MODEL = config_lib.ModelConfig(embedding_dim=4, num_experts=2,
-                               expert_units=(8,), tower_units=(4,), seed=7)
+MODEL = testing.tiny_model_config(seed=7)
 LOSS = losses.LossConfig(loss="dr")
 
 
@@ -54,16 +52,15 @@ class _LoopTimer(keras.callbacks.Callback):
 class EpochTimeTest(tf.test.TestCase):
 
   def test_whole_run_epoch_close_to_keras_epoch(self):
-    root = tempfile.mkdtemp(dir=self.get_temp_dir())
+    root = testing.new_dir()
     paths = datasets.make_synthetic_data(
         os.path.join(root, "data"), num_train=12_000, num_test=2000, seed=9)
 
     def run(epochs: int) -> tuple[float, list[float]]:
-      config = training.TrainConfig(
-          train_data=paths["train"], eval_data=paths["test"],
-          vocab_dir=paths["vocab_dir"],
-          model_dir=tempfile.mkdtemp(dir=root), epochs=epochs,
-          batch_size=64, seed=3, deterministic=False)
+      # Small batches: many steps per epoch, so the small fixed cost of an
+      # epoch (saving a tiny model twice) stays well below the loop's.
+      config = testing.tiny_train_config(paths, testing.new_dir(),
+                                         epochs=epochs, batch_size=32, seed=3)
       timer = _LoopTimer()
       start = time.process_time()
       result = training.train(config, MODEL, LOSS, callbacks=[timer],

@@ -10,20 +10,15 @@ OOV rows were trained and are what the OOV ids are scored with.
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
-import contextlib
 import csv
 import importlib
-import io
 import os
-import tempfile
 
-from absl import flags
-from absl.testing import flagsaver
 import numpy as np
 import tensorflow as tf
 
 import datasets
-from escm2_tf import config as config_lib
+import testing
 from escm2_tf import data
 from escm2_tf import evaluation
 from escm2_tf import losses
@@ -36,9 +31,7 @@ from escm2_tf.cli import predict
 
 MIN_COUNT = 5
 OOV_BUCKETS = 4
-MODEL = config_lib.ModelConfig(embedding_dim=4, num_experts=2,
-                               expert_units=(8,), tower_units=(4,),
-                               oov_buckets=OOV_BUCKETS, seed=7)
+MODEL = testing.tiny_model_config(oov_buckets=OOV_BUCKETS, seed=7)
 LOSS = losses.LossConfig(loss="dr")
 
 
@@ -46,8 +39,7 @@ def setUpModule():
   # Other CLIs define some of the same flag names; reloading makes
   # escm2-predict's definitions the ones in force.
   importlib.reload(predict)
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()
+  testing.mark_flags_parsed()
 
 
 def _oov_rows(vocabularies: dict[str, np.ndarray]) -> np.ndarray:
@@ -73,15 +65,13 @@ class MinCountRoundTripTest(tf.test.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    root = tempfile.mkdtemp(dir=tf.compat.v1.test.get_temp_dir())
+    root = testing.new_dir()
     cls.paths = datasets.make_synthetic_data(
         os.path.join(root, "data"), num_train=3000, num_test=1000, seed=5)
     cls.model_dir = os.path.join(root, "model")
-    config = training.TrainConfig(
-        train_data=cls.paths["train"], eval_data=cls.paths["test"],
-        vocab_dir=cls.paths["vocab_dir"], model_dir=cls.model_dir,
-        export_dir=os.path.join(root, "export"), epochs=1, batch_size=256,
-        min_count=MIN_COUNT, seed=3, deterministic=False)
+    config = testing.tiny_train_config(
+        cls.paths, cls.model_dir, export_dir=os.path.join(root, "export"),
+        min_count=MIN_COUNT, seed=3)
     cls.result = training.train(config, MODEL, LOSS, verbose=0)
     cls.vocabularies = vocab.load_vocabularies(cls.paths["vocab_dir"],
                                                MIN_COUNT)
@@ -135,12 +125,11 @@ class MinCountRoundTripTest(tf.test.TestCase):
 
   def test_predict_scores_the_export_like_the_trained_model(self):
     output = os.path.join(self.get_temp_dir(), "scores.csv")
-    with flagsaver.flagsaver(
-        saved_model=self.result["export_path"], data=self.paths["test"],
-        output=output, input_format="tfrecord", common_features="",
-        batch_size=128, max_values_per_field=50), \
-        contextlib.redirect_stdout(io.StringIO()):
-      self.assertEqual(predict.main(["escm2-predict"]), 0)
+    status, _, stderr = testing.run_main(
+        predict.main, "escm2-predict", saved_model=self.result["export_path"],
+        data=self.paths["test"], output=output, input_format="tfrecord",
+        common_features="", batch_size=128, max_values_per_field=50)
+    self.assertEqual(status, 0, stderr)
     with open(output) as f:
       rows = list(csv.DictReader(f))
     scores = np.array([[float(row[name]) for name in ("ctr", "cvr", "ctcvr")]

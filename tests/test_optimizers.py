@@ -109,6 +109,34 @@ class LazyAdamTest(tf.test.TestCase, parameterized.TestCase):
     # Rows present in every step get the same update from both.
     self.assertAllClose(lazy_last[1], dense_last[1], rtol=1e-6)
 
+  def test_catch_up_follows_dense_adam(self):
+    rng = np.random.default_rng(3)
+    initial = rng.normal(size=(12, 3)).astype(np.float32)
+    steps = []
+    for _ in range(40):
+      indices = np.unique(rng.choice(12, size=4))
+      steps.append((indices, rng.normal(size=(len(indices), 3))))
+    # A last step with every row: each catches up on its absence.
+    steps.append((np.arange(12), rng.normal(size=(12, 3))))
+    tables = {}
+    for name, optimizer in (
+        ("sparse", optimizers.make_optimizer("sparse_adam", _LR)),
+        ("dense", keras.optimizers.Adam(_LR, jit_compile=False)),
+        ("lazy", optimizers.make_optimizer("lazy_adam", _LR))):
+      table = tf.Variable(initial)
+      optimizer.build([table])
+      # Late in training the bias correction hardly changes from step to
+      # step, as the catch-up assumes.
+      optimizer.iterations.assign(10_000)
+      for indices, values in steps:
+        optimizer.apply_gradients([(tf.IndexedSlices(
+            tf.constant(values, tf.float32), tf.constant(indices, tf.int64),
+            tf.constant([12, 3], tf.int64)), table)])
+      tables[name] = table.numpy() - initial
+    self.assertAllClose(tables["sparse"], tables["dense"], rtol=1e-3,
+                        atol=1e-6)
+    self.assertNotAllClose(tables["lazy"], tables["dense"], rtol=1e-2)
+
   def test_repeated_indices_of_higher_rank_rows_are_summed(self):
     rng = np.random.default_rng(2)
     initial = rng.normal(size=(4, 2, 3)).astype(np.float32)
@@ -195,7 +223,12 @@ class MakeOptimizerTest(tf.test.TestCase):
     adam = optimizers.make_optimizer("adam", 0.003)
     self.assertIsInstance(adam, keras.optimizers.Adam)
     self.assertNotIsInstance(adam, optimizers.LazyAdam)
-    self.assertEqual(set(optimizers.OPTIMIZERS), {"adam", "lazy_adam"})
+    sparse = optimizers.make_optimizer("sparse_adam", 0.004)
+    self.assertIsInstance(sparse, optimizers.LazyAdam)
+    self.assertTrue(sparse.catch_up)
+    self.assertFalse(lazy.catch_up)
+    self.assertEqual(set(optimizers.OPTIMIZERS),
+                     {"adam", "lazy_adam", "sparse_adam"})
 
   def test_errors_name_the_problem(self):
     with self.assertRaisesRegex(ValueError, "sgd"):

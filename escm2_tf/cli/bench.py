@@ -78,7 +78,7 @@ _HPARAMS = flags.DEFINE_string(
     "hparams", "configs/paddlerec.flags", "escm2-train flagfile whose model, "
     "loss and batch_size/learning_rate/seed flags are used.")
 _TRAIN_OPTIMIZER = flags.DEFINE_enum(
-    "train_optimizer", optimizers.LAZY_ADAM, optimizers.OPTIMIZERS,
+    "train_optimizer", optimizers.SPARSE_ADAM, optimizers.OPTIMIZERS,
     "Optimizer of the timed training runs.")
 _TRAIN_STEPS_PER_EXECUTION = flags.DEFINE_integer(
     "train_steps_per_execution", 32, "Keras steps_per_execution.",
@@ -225,7 +225,7 @@ def _training_runs(data_dir: str, export_dir: str,
 
 
 def _quality(data_dir: str, settings: dict[str, Any]) -> dict[str, Any]:
-  """Keras' Adam against LazyAdam, trained alike (in one process)."""
+  """Every optimizer of ``optimizers.OPTIMIZERS``, trained alike."""
   hparams = settings["hparams"]
   runs = [training_bench.TrainingRun(
       data_dir, hparams, hparams.loss.loss, name,

@@ -68,8 +68,10 @@ _LEARNING_RATE = flags.DEFINE_float("learning_rate", _TRAIN["learning_rate"],
                                     "The optimizer's learning rate.")
 _OPTIMIZER = flags.DEFINE_enum(
     "optimizer", _TRAIN["optimizer"], optimizers.OPTIMIZERS,
-    "adam: Keras' Adam; lazy_adam: row-wise Adam for the embedding table, "
-    "which updates only the rows a batch uses (faster, docs/benchmarks.md).")
+    "sparse_adam: row-wise Adam for the embedding table that catches rows "
+    "up on dense Adam's updates (as accurate as adam, faster); adam: Keras' "
+    "Adam; lazy_adam: row-wise Adam without the catch-up (a little faster, "
+    "less accurate); docs/benchmarks.md.")
 _SEED = flags.DEFINE_integer("seed", _TRAIN["seed"],
                              "Seeds weights, dropout and shuffles.",
                              allow_override=_SHARED)
