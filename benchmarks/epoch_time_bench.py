@@ -131,6 +131,7 @@ def main(argv):
   whole_run_epoch_cpu = (long["cpu_s"] - short["cpu_s"]) / (
       _LONG.value - _SHORT.value)
   ceiling = parse["ceiling"]["examples_per_s"]
+  ceiling_cpu = parse["ceiling"]["examples_per_cpu_s"]
   report = {
       "overrides": overrides, "train_examples": num_train,
       "parse_ceiling_per_s": ceiling,
@@ -146,6 +147,12 @@ def main(argv):
       "keras_epoch_cpu_s": keras_epoch_cpu,
       "whole_run_epoch_cpu_s": whole_run_epoch_cpu,
       "whole_run_over_keras_cpu": whole_run_epoch_cpu / keras_epoch_cpu,
+      # Per CPU-second: what other processes on the machine do not change.
+      "parse_ceiling_per_cpu_s": ceiling_cpu,
+      "keras_examples_per_cpu_s": num_train / keras_epoch_cpu,
+      "whole_run_examples_per_cpu_s": num_train / whole_run_epoch_cpu,
+      "whole_run_cpu_fraction_of_ceiling":
+          num_train / whole_run_epoch_cpu / ceiling_cpu,
       "runs": {str(k): v for k, v in runs.items()},
   }
   print(json.dumps(report, indent=1))

@@ -134,11 +134,13 @@ class MinCountRoundTripTest(tf.test.TestCase):
       rows = list(csv.DictReader(f))
     scores = np.array([[float(row[name]) for name in ("ctr", "cvr", "ctcvr")]
                        for row in rows])
-    self.assertLen(rows, 1000)
-    self.assertTrue(np.all(np.isfinite(scores)))
-    self.assertAllInRange(scores, 0.0, 1.0)
     expected = evaluation.predict_keras_model(self._trained_model(),
                                               self.paths["test"], 256)
+    # One row per test record (the converter drops a few of the 1000).
+    self.assertEqual(len(rows), len(expected["ctr"]))
+    self.assertGreater(len(rows), 900)
+    self.assertTrue(np.all(np.isfinite(scores)))
+    self.assertAllInRange(scores, 0.0, 1.0)
     self.assertEqual([row["sample_id"] for row in rows],
                      [s.decode() if isinstance(s, bytes) else str(s)
                       for s in expected["sample_id"]])
