@@ -9,6 +9,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options import pipeline_options
 
 from escm2_pipelines import config as config_lib
+from escm2_pipelines import local
 from escm2_pipelines import sinks
 from escm2_pipelines import tally as tally_lib
 from escm2_pipelines import transforms
@@ -17,6 +18,8 @@ from escm2_pipelines import transforms
 # runner; the in-process FnApiRunner (which honours --direct_num_workers and
 # --direct_running_mode) behaves the same offline and online.
 DEFAULT_RUNNER = "FnApiRunner"
+# Beam's runners in this process, which honour --direct_running_mode.
+LOCAL_BEAM_RUNNERS = ("FnApiRunner", "DirectRunner")
 
 
 class TooManyBadRowsError(RuntimeError):
@@ -64,12 +67,34 @@ def _check_pipeline_args(pipeline_args: Sequence[str]) -> None:
         f"{' '.join(unknown)}")
 
 
-def _pipeline_options(
-    pipeline_args: Sequence[str]) -> pipeline_options.PipelineOptions:
+def _has_option(args: Sequence[str], name: str) -> bool:
+  return any(a == f"--{name}" or a.startswith(f"--{name}=") for a in args)
+
+
+def _pipeline_options(pipeline_args: Sequence[str],
+                      workers: int) -> pipeline_options.PipelineOptions:
+  """Beam's options; its local runners get one worker process per core."""
   args = list(pipeline_args)
-  if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+  if not _has_option(args, "runner"):
     args.append(f"--runner={DEFAULT_RUNNER}")
+  runner = pipeline_options.PipelineOptions(args).view_as(
+      pipeline_options.StandardOptions).runner
+  if runner in LOCAL_BEAM_RUNNERS and not _has_option(
+      args, "direct_running_mode"):
+    args.append("--direct_running_mode="
+                + ("multi_processing" if workers > 1 else "in_memory"))
+    if not _has_option(args, "direct_num_workers"):
+      args.append(f"--direct_num_workers={workers}")
   return pipeline_options.PipelineOptions(args)
+
+
+def uses_local_runner(config: config_lib.ConvertConfig,
+                      pipeline_args: Sequence[str]) -> bool:
+  """Whether ``local`` runs the conversion rather than a Beam runner.
+
+  It does for the side-input join when no Beam option is given.
+  """
+  return config.join == "side_input" and not pipeline_args
 
 
 def build_pipeline(pipeline: beam.Pipeline,
@@ -110,6 +135,7 @@ def convert(output_dir: str, *, input_format: str,
             keep_unclicked_conversions: bool = False,
             max_bad_fraction: float = config_lib.DEFAULT_MAX_BAD_FRACTION,
             num_shards: int = 0, join: str = "side_input",
+            num_workers: int = 0,
             pipeline_args: Sequence[str] = ()) -> dict[str, Any]:
   """Converts Ali-CCP text files into TFRecords and returns the statistics.
 
@@ -119,8 +145,10 @@ def convert(output_dir: str, *, input_format: str,
     skeleton, common_features: Globs of the Tianchi files (aliccp).
     input: Glob of PaddleRec text files (paddlerec).
     max_values_per_field, keep_unclicked_conversions, max_bad_fraction,
-      num_shards, join: See ``config.ConvertConfig``.
+      num_shards, join, num_workers: See ``config.ConvertConfig``.
     pipeline_args: Beam pipeline options, e.g. ``["--runner=DataflowRunner"]``.
+      Without any, the side-input join runs on the local runner
+      (``local``), every other conversion on Beam.
 
   Returns:
     The contents of ``output_dir/stats.json``.
@@ -136,13 +164,18 @@ def convert(output_dir: str, *, input_format: str,
       common_features=common_features, input=input,
       max_values_per_field=max_values_per_field,
       keep_unclicked_conversions=keep_unclicked_conversions,
-      max_bad_fraction=max_bad_fraction, num_shards=num_shards, join=join)
+      max_bad_fraction=max_bad_fraction, num_shards=num_shards, join=join,
+      num_workers=num_workers)
   for setting in ("skeleton", "common_features", "input"):
     _check_glob(setting, getattr(config, setting))
   _check_output_dir(output_dir)
   _check_pipeline_args(pipeline_args)
-  with beam.Pipeline(options=_pipeline_options(pipeline_args)) as pipeline:
-    build_pipeline(pipeline, config)
+  if uses_local_runner(config, pipeline_args):
+    local.run(config)
+  else:
+    options = _pipeline_options(pipeline_args, local.num_workers(config))
+    with beam.Pipeline(options=options) as pipeline:
+      build_pipeline(pipeline, config)
   stats = json.loads(sinks.read_text(
       FileSystems.join(output_dir, sinks.STATS_FILE)))
   if not tally_lib.reconciles(stats):
