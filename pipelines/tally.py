@@ -26,6 +26,7 @@ COMMON_ROWS_DUPLICATE = "common_rows_duplicate"
 COMMON_ROWS_USED = "common_rows_used"
 IDS_OUTSIDE_SCHEMA = "ids_outside_schema"
 VALUES_NOT_STORED = "values_not_stored"
+PADDING_IDS = "padding_ids_skipped"
 
 _REJECTED = "rejected/"
 _COMMON_REJECTED = "common_rejected/"
@@ -73,7 +74,7 @@ class Tally:
         counts[feature_id] = counts.get(feature_id, 0) + times
 
   def parsed(self, truncated: Mapping[str, int], ignored: int,
-             unstored_values: int) -> None:
+             unstored_values: int, padding_ids: int = 0) -> None:
     """Counts what a parsed row loses on its way into an Example."""
     for field, dropped in truncated.items():
       self.counts[_TRUNCATED[field]] += dropped
@@ -81,6 +82,8 @@ class Tally:
       self.counts[IDS_OUTSIDE_SCHEMA] += ignored
     if unstored_values:
       self.counts[VALUES_NOT_STORED] += unstored_values
+    if padding_ids:
+      self.counts[PADDING_IDS] += padding_ids
 
   def finish(self) -> collections.Counter:
     """``counts`` with the per-field coverage added; call once, at the end."""
@@ -116,7 +119,8 @@ def build_stats(counts: Mapping[str, int], *, input_format: str,
     written row) and, for aliccp, the fate of the common rows. What parsing
     leaves out is counted per parsed row, a common row once: ids removed by
     ``max_values_per_field`` (``fields.<f>.truncated_ids``), items of fields
-    outside the schema and non-1.0 values of unweighted fields.
+    outside the schema, non-1.0 values of unweighted fields and PaddleRec's
+    padding ids (0), which are skipped.
   """
   written = counts.get(ROWS_WRITTEN, 0)
   stats: dict[str, Any] = {
@@ -132,6 +136,7 @@ def build_stats(counts: Mapping[str, int], *, input_format: str,
       CONVERSIONS: counts.get(CONVERSIONS, 0),
       IDS_OUTSIDE_SCHEMA: counts.get(IDS_OUTSIDE_SCHEMA, 0),
       VALUES_NOT_STORED: counts.get(VALUES_NOT_STORED, 0),
+      PADDING_IDS: counts.get(PADDING_IDS, 0),
       "fields": {
           field: {
               "coverage": _ratio(counts.get(_FIELD_ROWS[field], 0), written),

@@ -241,10 +241,14 @@ def limit_values(features: aliccp.Features,
     if len(ids) <= max_values:
       kept[field] = (ids, values)
       continue
+    dropped[field] = len(ids) - max_values
+    if values.count(values[0]) == len(values):
+      # All tied (PaddleRec's rows, Ali-CCP's unweighted fields): the first.
+      kept[field] = (ids[:max_values], values[:max_values])
+      continue
     # The sort is stable, also in reverse: among equal values the earlier
     # position wins.
     heaviest = sorted(range(len(ids)), key=values.__getitem__, reverse=True)
     positions = sorted(heaviest[:max_values])
     kept[field] = ([ids[p] for p in positions], [values[p] for p in positions])
-    dropped[field] = len(ids) - max_values
   return kept, dropped
