@@ -88,7 +88,8 @@ def main(argv: Sequence[str]) -> None:
         num_shards=_NUM_SHARDS.value, join=_JOIN.value,
         num_workers=_NUM_WORKERS.value,
         pipeline_args=argv[1:])
-  except (config_lib.ConfigError, convert.TooManyBadRowsError) as e:
+  except (config_lib.ConfigError, convert.TooManyBadRowsError,
+          convert.OutOfSpaceError) as e:
     sys.exit(f"{_PROGRAM}: {e}")
   print(f"{_PROGRAM}: {stats['rows_written']} of {stats['rows_read']} rows "
         f"written to {_OUTPUT_DIR.value} ({stats['rows_rejected']} rejected, "

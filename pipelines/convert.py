@@ -1,7 +1,9 @@
 """Builds and runs the Ali-CCP to TFRecord pipeline."""
 
 import dataclasses
+import errno
 import json
+import os
 from typing import Any, Optional, Sequence
 
 import apache_beam as beam
@@ -10,6 +12,7 @@ from apache_beam.options import pipeline_options
 
 from escm2_pipelines import config as config_lib
 from escm2_pipelines import local
+from escm2_pipelines import resources
 from escm2_pipelines import sinks
 from escm2_pipelines import tally as tally_lib
 from escm2_pipelines import transforms
@@ -20,6 +23,16 @@ from escm2_pipelines import transforms
 DEFAULT_RUNNER = "FnApiRunner"
 # Beam's runners in this process, which honour --direct_running_mode.
 LOCAL_BEAM_RUNNERS = ("FnApiRunner", "DirectRunner")
+
+
+class OutOfSpaceError(RuntimeError):
+  """The disk of the output directory filled up; no output was completed."""
+
+
+def _out_of_space(error: BaseException) -> bool:
+  # Beam's runners re-raise a worker's OSError inside their own errors.
+  return (isinstance(error, OSError) and error.errno == errno.ENOSPC
+          ) or os.strerror(errno.ENOSPC) in str(error)
 
 
 class TooManyBadRowsError(RuntimeError):
@@ -155,9 +168,13 @@ def convert(output_dir: str, *, input_format: str,
 
   Raises:
     config.ConfigError: for an invalid setting, an input glob matching
-      nothing, a non-empty output directory or an unknown pipeline option.
+      nothing, a non-empty output directory, an unknown pipeline option, or
+      common features too large for this machine's memory with the
+      side-input join on a local runner (checked before any work).
     TooManyBadRowsError: when the rejected fraction exceeds
       ``max_bad_fraction``; all outputs have been written.
+    OutOfSpaceError: when the output's disk fills up (the local runner
+      removes its partial files; Beam's sinks write to temporary names).
   """
   config = config_lib.ConvertConfig(
       output_dir=output_dir, input_format=input_format, skeleton=skeleton,
@@ -170,12 +187,28 @@ def convert(output_dir: str, *, input_format: str,
     _check_glob(setting, getattr(config, setting))
   _check_output_dir(output_dir)
   _check_pipeline_args(pipeline_args)
-  if uses_local_runner(config, pipeline_args):
-    local.run(config)
-  else:
-    options = _pipeline_options(pipeline_args, local.num_workers(config))
-    with beam.Pipeline(options=options) as pipeline:
-      build_pipeline(pipeline, config)
+  workers = local.num_workers(config)
+  on_local_runner = uses_local_runner(config, pipeline_args)
+  options = None if on_local_runner else _pipeline_options(pipeline_args,
+                                                           workers)
+  if (config.input_format == "aliccp" and config.join == "side_input" and (
+      on_local_runner or options.view_as(
+          pipeline_options.StandardOptions).runner in LOCAL_BEAM_RUNNERS)):
+    resources.check_side_input_fits(config, workers)
+  try:
+    if on_local_runner:
+      local.run(config)
+    else:
+      with beam.Pipeline(options=options) as pipeline:
+        build_pipeline(pipeline, config)
+  except Exception as e:  # pylint: disable=broad-except
+    if _out_of_space(e):
+      raise OutOfSpaceError(
+          f"no space left on the device of --output_dir={output_dir} ({e}); "
+          "no shard, vocabulary or stats.json was left under its final "
+          "name. Free space or choose a larger disk, and rerun into an empty "
+          "directory") from e
+    raise
   stats = json.loads(sinks.read_text(
       FileSystems.join(output_dir, sinks.STATS_FILE)))
   if not tally_lib.reconciles(stats):

@@ -8,12 +8,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
 from absl import flags
 from absl.testing import absltest
 from absl.testing import flagsaver
 
+from escm2_tf import simulator
 from escm2_pipelines import cli
+from escm2_pipelines import resources
 
 _DEMO = os.path.join(os.path.dirname(__file__), "testdata", "paddlerec_demo",
                      "train", "small.txt")
@@ -97,6 +100,27 @@ class MainTest(absltest.TestCase):
         cli.main(["escm2-convert", "--max_value_per_feild=3"])
     self.assertIn("--max_value_per_feild: unknown flag",
                   str(e.exception.code))
+    self.assertFalse(os.path.exists(output_dir))
+
+  def test_common_features_too_large_exit_before_any_work(self):
+    raw_dir = _tempdir(self)
+    simulator.simulate(simulator.SimulatorConfig(
+        num_train=200, num_test=1, num_users=20, num_items=400, seed=1),
+        raw_dir)
+    output_dir = os.path.join(_tempdir(self), "out")
+    with flagsaver.flagsaver(
+        input_format="aliccp", output_dir=output_dir,
+        skeleton=os.path.join(raw_dir, "sample_skeleton_train.csv"),
+        common_features=os.path.join(raw_dir, "common_features_train.csv")):
+      with mock.patch.object(resources, "available_memory_bytes",
+                             return_value=1000):
+        with self.assertRaises(SystemExit) as e:
+          cli.main(["escm2-convert"])
+    message = str(e.exception.code)
+    self.assertStartsWith(message, "escm2-convert: --common_features: ")
+    self.assertIn("--join=cogroup", message)
+    self.assertIn("--runner=DataflowRunner", message)
+    self.assertNotIn("\n", message)
     self.assertFalse(os.path.exists(output_dir))
 
 

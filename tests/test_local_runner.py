@@ -3,6 +3,7 @@
 import escm2_tf  # noqa: F401  Selects tf-keras before TensorFlow loads.
 
 import collections
+import errno
 import glob
 import gzip
 import json
@@ -19,10 +20,15 @@ from apache_beam.testing import test_pipeline
 import tensorflow as tf
 
 from escm2_tf import simulator
+from escm2_pipelines import config as config_lib
 from escm2_pipelines import convert
 from escm2_pipelines import dofns
 from escm2_pipelines import local
 from escm2_pipelines import ranges
+from escm2_pipelines import resources
+from escm2_pipelines import rows
+from escm2_pipelines import sinks
+from escm2_pipelines import tfrecord
 from escm2_pipelines import transforms
 
 _DEMO = os.path.join(os.path.dirname(__file__), "testdata", "paddlerec_demo",
@@ -120,11 +126,11 @@ class DefaultShardsTest(parameterized.TestCase):
     self.assertEqual(local.default_num_shards(input_bytes, workers), expected)
 
   def test_workers_default_to_one_per_core(self):
-    config = convert.config_lib.ConvertConfig(
+    config = config_lib.ConvertConfig(
         output_dir="o", input_format="paddlerec", input="x")
     self.assertEqual(local.num_workers(config), os.cpu_count())
     self.assertEqual(local.num_workers(
-        convert.config_lib.ConvertConfig(
+        config_lib.ConvertConfig(
             output_dir="o", input_format="paddlerec", input="x",
             num_workers=3)), 3)
 
@@ -216,6 +222,113 @@ class PaddingTest(absltest.TestCase):
         metric.MetricsFilter().with_namespace(dofns.METRICS_NAMESPACE))
     counted = {c.key.metric.name: c.committed for c in counters["counters"]}
     self.assertEqual(counted, {dofns.PADDING_IDS: 3})
+
+
+def _simulated_aliccp(test_case, num_train=600):
+  raw_dir = _tempdir(test_case)
+  simulator.simulate(simulator.SimulatorConfig(
+      num_train=num_train, num_test=1, num_users=50, num_items=400, seed=7),
+      raw_dir)
+  return dict(input_format="aliccp",
+              skeleton=os.path.join(raw_dir, "sample_skeleton_train.csv"),
+              common_features=os.path.join(raw_dir,
+                                           "common_features_train.csv"))
+
+
+class OutOfSpaceTest(parameterized.TestCase):
+  """A full disk: a clear error, and nothing under a final name."""
+
+  def _assert_nothing_final(self, output_dir):
+    left = []
+    for root, _, names in os.walk(output_dir):
+      left += [os.path.relpath(os.path.join(root, n), output_dir)
+               for n in names]
+    self.assertEqual(left, [])
+
+  @parameterized.parameters(1, 2)
+  def test_full_disk_while_writing_shards(self, num_workers):
+    inputs = _simulated_aliccp(self)
+    output_dir = os.path.join(_tempdir(self), "out")
+    writes = []
+
+    def write(writer, data):
+      del writer, data
+      writes.append(1)
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with mock.patch.object(tfrecord.GzipWriter, "write", write):
+      with self.assertRaisesRegex(convert.OutOfSpaceError,
+                                  "no space left on the device of "
+                                  "--output_dir=.*No space left on device"):
+        convert.convert(output_dir, num_workers=num_workers, num_shards=3,
+                        **inputs)
+    if num_workers == 1:
+      self.assertNotEmpty(writes)
+    self._assert_nothing_final(output_dir)
+
+  def test_full_disk_while_writing_stats(self):
+    output_dir = os.path.join(_tempdir(self), "out")
+    real_create = beam.io.filesystems.FileSystems.create
+
+    def create(path, *args, **kwargs):
+      if path.endswith(sinks.STATS_FILE + ".tmp"):
+        handle = real_create(path, *args, **kwargs)
+        handle.write(b"{")
+        handle.close()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+      return real_create(path, *args, **kwargs)
+
+    with mock.patch.object(beam.io.filesystems.FileSystems, "create",
+                           staticmethod(create)):
+      with self.assertRaises(convert.OutOfSpaceError):
+        convert.convert(output_dir, input_format="paddlerec", input=_DEMO,
+                        num_workers=1)
+    names = os.listdir(output_dir)
+    self.assertNotIn(sinks.STATS_FILE, names)
+    self.assertNotIn(sinks.STATS_FILE + ".tmp", names)
+    self.assertEmpty([n for n in names if n.startswith(".")])
+
+
+class MemoryCheckTest(absltest.TestCase):
+
+  def test_too_large_common_features_fail_before_any_work(self):
+    inputs = _simulated_aliccp(self)
+    output_dir = os.path.join(_tempdir(self), "out")
+    with mock.patch.object(resources, "available_memory_bytes",
+                           return_value=20_000):
+      with self.assertRaisesRegex(
+          config_lib.ConfigError,
+          "--common_features: .* more than the 0 MB available.* Use "
+          "--join=cogroup on a cluster runner"):
+        convert.convert(output_dir, num_workers=2, **inputs)
+    self.assertFalse(os.path.exists(output_dir))
+
+  def test_estimate_bounds_the_encoded_side_input(self):
+    inputs = _simulated_aliccp(self)
+    config = config_lib.ConvertConfig(output_dir="o", **inputs)
+    text, estimate = resources.side_input_bytes(config)
+    self.assertEqual(text, os.path.getsize(inputs["common_features"]))
+    with open(inputs["common_features"]) as f:
+      encoded = sum(len(rows.encode_common(line.rstrip("\n"), 20)[1].entries)
+                    for line in f)
+    self.assertBetween(estimate, encoded, 3 * encoded)
+
+  def test_suggests_fewer_workers_when_they_would_fit(self):
+    inputs = _simulated_aliccp(self)
+    config = config_lib.ConvertConfig(output_dir="o", **inputs)
+    _, one_copy = resources.side_input_bytes(config)
+    with self.assertRaisesRegex(config_lib.ConfigError, "--num_workers=2 "):
+      resources.check_side_input_fits(config, workers=8,
+                                      available=3 * one_copy)
+    resources.check_side_input_fits(config, workers=2,
+                                    available=3 * one_copy)
+
+  def test_cluster_runners_are_not_checked(self):
+    inputs = _simulated_aliccp(self)
+    output_dir = os.path.join(_tempdir(self), "out")
+    with mock.patch.object(resources, "check_side_input_fits") as check:
+      convert.convert(output_dir, join="cogroup", **inputs)
+    check.assert_not_called()
 
 
 if __name__ == "__main__":
