@@ -96,11 +96,14 @@ def _packed_header(name: str, kind: bytes, payload_length: int) -> bytes:
                        len(packed_header) + payload_length) + packed_header
 
 
-def int64_entry(name: str, values: Iterable[int]) -> bytes:
+def int64_entry(name: str, values: Sequence[int]) -> bytes:
   """One encoded ``Features.feature`` entry holding an int64 list."""
   if len(_varint_cache) > _VARINT_CACHE_SIZE:
     _varint_cache.clear()
-  payload = b"".join(map(_varint_cache.__getitem__, values))
+  if len(values) == 1:  # Most fields of an impression: no join.
+    payload = _varint_cache[values[0]]
+  else:
+    payload = b"".join(map(_varint_cache.__getitem__, values))
   return _packed_header(name, _INT64_LIST, len(payload)) + payload
 
 
