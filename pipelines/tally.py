@@ -33,6 +33,8 @@ _COMMON_REJECTED = "common_rejected/"
 _FIELD_ROWS = {f: f"field_rows/{f}" for f in schema.FIELD_NAMES}
 _FIELD_IDS = {f: f"field_ids/{f}" for f in schema.FIELD_NAMES}
 _TRUNCATED = {f: f"truncated_ids/{f}" for f in schema.FIELD_NAMES}
+# Examples whose ids wait before they are counted: bounds the lists' memory.
+_PENDING_ROWS = 4096
 
 
 class Tally:
@@ -41,14 +43,17 @@ class Tally:
   Attributes:
     counts: Row outcomes, keyed by the names above; ``finish`` adds the
       per-field coverage.
-    vocab: Field to ``{id: count}``: how often each id occurs in the written
-      examples.
+    vocab: Field to ``Counter({id: count})``: how often each id occurs in the
+      written examples (complete after ``finish``).
   """
 
   def __init__(self):
     self.counts: collections.Counter = collections.Counter()
-    self.vocab: collections.defaultdict = collections.defaultdict(dict)
+    self.vocab: collections.defaultdict = collections.defaultdict(
+        collections.Counter)
     self._field_rows = dict.fromkeys(schema.FIELD_NAMES, 0)
+    self._pending: collections.defaultdict = collections.defaultdict(list)
+    self._num_pending = 0
 
   def reject(self, reason: str) -> None:
     self.counts[ROWS_REJECTED] += 1
@@ -66,12 +71,30 @@ class Tally:
   def ids(self, ids_by_field: Iterable[tuple[str, Sequence[int]]],
           times: int = 1) -> None:
     """Counts the ids of ``times`` written examples sharing these fields."""
-    field_rows, vocab = self._field_rows, self.vocab
+    field_rows = self._field_rows
+    if times == 1:
+      # One example's ids wait in lists that Counter.update counts in C.
+      pending = self._pending
+      for field, ids in ids_by_field:
+        field_rows[field] += 1
+        pending[field].extend(ids)
+      self._num_pending += 1
+      if self._num_pending >= _PENDING_ROWS:
+        self._count_pending()
+      return
+    vocab = self.vocab
     for field, ids in ids_by_field:
       field_rows[field] += times
       counts = vocab[field]
       for feature_id in ids:
-        counts[feature_id] = counts.get(feature_id, 0) + times
+        counts[feature_id] += times
+
+  def _count_pending(self) -> None:
+    for field, ids in self._pending.items():
+      if ids:
+        self.vocab[field].update(ids)
+        ids.clear()
+    self._num_pending = 0
 
   def parsed(self, truncated: Mapping[str, int], ignored: int,
              unstored_values: int, padding_ids: int = 0) -> None:
@@ -86,7 +109,11 @@ class Tally:
       self.counts[PADDING_IDS] += padding_ids
 
   def finish(self) -> collections.Counter:
-    """``counts`` with the per-field coverage added; call once, at the end."""
+    """``counts`` with the per-field coverage added; call once, at the end.
+
+    ``vocab`` is complete only after this call.
+    """
+    self._count_pending()
     for field, rows in self._field_rows.items():
       if rows:
         self.counts[_FIELD_ROWS[field]] += rows

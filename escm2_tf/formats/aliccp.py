@@ -44,7 +44,6 @@ _FEATURE_LIST = re.compile(f"{_ITEM}(?:{ITEM_SEP}{_ITEM})*")
 _ONLY_SEPARATORS = dict.fromkeys(c for c in range(128)
                                  if chr(c) not in _SEPARATORS)
 _ITEM_SEPARATORS = FIELD_SEP + VALUE_SEP + ITEM_SEP
-_TO_FIELD_SEP = str.maketrans(ITEM_SEP + VALUE_SEP, FIELD_SEP * 2)
 _ONLY_PADDLEREC_SEPARATORS = dict.fromkeys(c for c in range(128)
                                            if chr(c) not in ",:")
 
@@ -172,13 +171,17 @@ def parse_feature_list(text: str, feature_num: int) -> tuple[Features, int]:
   if text and not _well_formed(text, num_items):
     raise BadRowError("broken_separator",
                       f"separators of the feature list {text[:60]!r}")
-  parts = text.translate(_TO_FIELD_SEP).split(FIELD_SEP) if text else []
+  parts = text.replace(ITEM_SEP, FIELD_SEP).replace(
+      VALUE_SEP, FIELD_SEP).split(FIELD_SEP) if text else []
   fields = parts[0::3]
   if "" in fields:
     raise BadRowError("broken_separator", "an item has an empty field id")
+  value_texts = parts[2::3]
   try:
     ids = list(map(int, parts[1::3]))
-    values = list(map(float, parts[2::3]))
+    # Most values are logged as "1": no float() for those rows.
+    values = ([1.0] * num_items if value_texts.count("1") == num_items
+              else list(map(float, value_texts)))
   except ValueError as e:
     raise BadRowError("non_numeric", f"feature list item: {e}") from None
   _check_ids(ids)
