@@ -8,8 +8,6 @@ import glob
 import gzip
 import json
 import os
-import shutil
-import tempfile
 from unittest import mock
 
 from absl.testing import absltest
@@ -19,6 +17,7 @@ from apache_beam.metrics import metric
 from apache_beam.testing import test_pipeline
 import tensorflow as tf
 
+import testing
 from escm2_tf import simulator
 from escm2_pipelines import config as config_lib
 from escm2_pipelines import convert
@@ -35,12 +34,6 @@ _DEMO = os.path.join(os.path.dirname(__file__), "testdata", "paddlerec_demo",
                      "train", "small.txt")
 # Beam's own runner in this process: the reference the local runner matches.
 _BEAM_IN_MEMORY = ["--runner=FnApiRunner", "--direct_running_mode=in_memory"]
-
-
-def _tempdir(test_case):
-  directory = tempfile.mkdtemp()
-  test_case.addCleanup(shutil.rmtree, directory, ignore_errors=True)
-  return directory
 
 
 def _records(output_dir):
@@ -85,7 +78,7 @@ class RangesTest(parameterized.TestCase):
 
   def setUp(self):
     super().setUp()
-    self._dir = _tempdir(self)
+    self._dir = testing.new_dir()
 
   @parameterized.parameters(1, 2, 3, 5, 8, 40)
   def test_every_line_exactly_once_in_order(self, num_parts):
@@ -135,7 +128,7 @@ class DefaultShardsTest(parameterized.TestCase):
             num_workers=3)), 3)
 
   def test_converter_writes_the_default_count(self):
-    output_dir = os.path.join(_tempdir(self), "out")
+    output_dir = os.path.join(testing.new_dir(), "out")
     size = os.path.getsize(_DEMO)
     with mock.patch.object(local, "MIN_SHARD_INPUT_BYTES", size // 5):
       convert.convert(output_dir, input_format="paddlerec", input=_DEMO,
@@ -157,7 +150,7 @@ class SameAsBeamTest(parameterized.TestCase):
   def _convert_both(self, num_shards, **kwargs):
     outputs = []
     for pipeline_args in ([], _BEAM_IN_MEMORY):
-      output_dir = os.path.join(_tempdir(self), "out")
+      output_dir = os.path.join(testing.new_dir(), "out")
       convert.convert(output_dir, max_bad_fraction=1.0, num_workers=2,
                       num_shards=num_shards, pipeline_args=pipeline_args,
                       **kwargs)
@@ -176,7 +169,7 @@ class SameAsBeamTest(parameterized.TestCase):
 
   @parameterized.parameters(1, 3)
   def test_simulated_aliccp(self, num_shards):
-    raw_dir = _tempdir(self)
+    raw_dir = testing.new_dir()
     simulator.simulate(simulator.SimulatorConfig(
         num_train=3000, num_test=1, num_users=200, num_items=400, seed=5),
         raw_dir)
@@ -192,7 +185,7 @@ class SameAsBeamTest(parameterized.TestCase):
     self._assert_same(local_dir, beam_dir)
 
   def test_paddlerec_with_padding_and_bad_rows(self):
-    path = os.path.join(_tempdir(self), "rows.txt")
+    path = os.path.join(testing.new_dir(), "rows.txt")
     with open(_DEMO) as f:
       lines = f.read().splitlines()
     lines += ["99,0,0,205:0,101:3", "100,7,0,205:1"]
@@ -224,8 +217,8 @@ class PaddingTest(absltest.TestCase):
     self.assertEqual(counted, {dofns.PADDING_IDS: 3})
 
 
-def _simulated_aliccp(test_case, num_train=600):
-  raw_dir = _tempdir(test_case)
+def _simulated_aliccp(num_train=600):
+  raw_dir = testing.new_dir()
   simulator.simulate(simulator.SimulatorConfig(
       num_train=num_train, num_test=1, num_users=50, num_items=400, seed=7),
       raw_dir)
@@ -247,8 +240,8 @@ class OutOfSpaceTest(parameterized.TestCase):
 
   @parameterized.parameters(1, 2)
   def test_full_disk_while_writing_shards(self, num_workers):
-    inputs = _simulated_aliccp(self)
-    output_dir = os.path.join(_tempdir(self), "out")
+    inputs = _simulated_aliccp()
+    output_dir = os.path.join(testing.new_dir(), "out")
     writes = []
 
     def write(writer, data):
@@ -267,7 +260,7 @@ class OutOfSpaceTest(parameterized.TestCase):
     self._assert_nothing_final(output_dir)
 
   def test_full_disk_while_writing_stats(self):
-    output_dir = os.path.join(_tempdir(self), "out")
+    output_dir = os.path.join(testing.new_dir(), "out")
     real_create = beam.io.filesystems.FileSystems.create
 
     def create(path, *args, **kwargs):
@@ -292,8 +285,8 @@ class OutOfSpaceTest(parameterized.TestCase):
 class MemoryCheckTest(absltest.TestCase):
 
   def test_too_large_common_features_fail_before_any_work(self):
-    inputs = _simulated_aliccp(self)
-    output_dir = os.path.join(_tempdir(self), "out")
+    inputs = _simulated_aliccp()
+    output_dir = os.path.join(testing.new_dir(), "out")
     with mock.patch.object(resources, "available_memory_bytes",
                            return_value=20_000):
       with self.assertRaisesRegex(
@@ -304,7 +297,7 @@ class MemoryCheckTest(absltest.TestCase):
     self.assertFalse(os.path.exists(output_dir))
 
   def test_estimate_bounds_the_encoded_side_input(self):
-    inputs = _simulated_aliccp(self)
+    inputs = _simulated_aliccp()
     config = config_lib.ConvertConfig(output_dir="o", **inputs)
     text, estimate = resources.side_input_bytes(config)
     self.assertEqual(text, os.path.getsize(inputs["common_features"]))
@@ -314,7 +307,7 @@ class MemoryCheckTest(absltest.TestCase):
     self.assertBetween(estimate, encoded, 3 * encoded)
 
   def test_suggests_fewer_workers_when_they_would_fit(self):
-    inputs = _simulated_aliccp(self)
+    inputs = _simulated_aliccp()
     config = config_lib.ConvertConfig(output_dir="o", **inputs)
     _, one_copy = resources.side_input_bytes(config)
     with self.assertRaisesRegex(config_lib.ConfigError, "--num_workers=2 "):
@@ -324,8 +317,8 @@ class MemoryCheckTest(absltest.TestCase):
                                     available=3 * one_copy)
 
   def test_cluster_runners_are_not_checked(self):
-    inputs = _simulated_aliccp(self)
-    output_dir = os.path.join(_tempdir(self), "out")
+    inputs = _simulated_aliccp()
+    output_dir = os.path.join(testing.new_dir(), "out")
     with mock.patch.object(resources, "check_side_input_fits") as check:
       convert.convert(output_dir, join="cogroup", **inputs)
     check.assert_not_called()
