@@ -96,17 +96,29 @@ def _packed_header(name: str, kind: bytes, payload_length: int) -> bytes:
                        len(packed_header) + payload_length) + packed_header
 
 
-def int64_entry(name: str, values: Iterable[int]) -> bytes:
+def int64_entry(name: str, values: Sequence[int]) -> bytes:
   """One encoded ``Features.feature`` entry holding an int64 list."""
   if len(_varint_cache) > _VARINT_CACHE_SIZE:
     _varint_cache.clear()
-  payload = b"".join(map(_varint_cache.__getitem__, values))
+  if len(values) == 1:  # Most fields of an impression: no join.
+    payload = _varint_cache[values[0]]
+  else:
+    payload = b"".join(map(_varint_cache.__getitem__, values))
   return _packed_header(name, _INT64_LIST, len(payload)) + payload
 
 
 def float_entry(name: str, values: Sequence[float]) -> bytes:
   """One encoded ``Features.feature`` entry holding a float32 list."""
+  if values.count(1.0) == len(values):
+    return _ones_entry(name, len(values))
   payload = struct.pack(f"<{len(values)}f", *values)
+  return _packed_header(name, _FLOAT_LIST, len(payload)) + payload
+
+
+@functools.lru_cache(maxsize=_PREFIX_CACHE_SIZE)
+def _ones_entry(name: str, length: int) -> bytes:
+  """``float_entry`` of ``length`` weights of 1.0 (all of PaddleRec's)."""
+  payload = struct.pack(f"<{length}f", *[1.0] * length)
   return _packed_header(name, _FLOAT_LIST, len(payload)) + payload
 
 
@@ -241,10 +253,14 @@ def limit_values(features: aliccp.Features,
     if len(ids) <= max_values:
       kept[field] = (ids, values)
       continue
+    dropped[field] = len(ids) - max_values
+    if values.count(values[0]) == len(values):
+      # All tied (PaddleRec's rows, Ali-CCP's unweighted fields): the first.
+      kept[field] = (ids[:max_values], values[:max_values])
+      continue
     # The sort is stable, also in reverse: among equal values the earlier
     # position wins.
     heaviest = sorted(range(len(ids)), key=values.__getitem__, reverse=True)
     positions = sorted(heaviest[:max_values])
     kept[field] = ([ids[p] for p in positions], [values[p] for p in positions])
-    dropped[field] = len(ids) - max_values
   return kept, dropped
