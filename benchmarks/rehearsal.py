@@ -71,6 +71,9 @@ _REPORT = flags.DEFINE_string("report", "", "Also write the JSON here.")
 _MARKDOWN = flags.DEFINE_string(
     "markdown", "", "Also write the tables as Markdown here (or, with "
     "--from_report, only that).")
+_PREVIOUS_RUNS = flags.DEFINE_string(
+    "previous_runs", "", "JSON of {size: run} from an earlier rehearsal of "
+    "the same code (as it prints each size); those sizes are not rerun.")
 _FROM_REPORT = flags.DEFINE_string(
     "from_report", "", "Write --markdown from this JSON report, run nothing.")
 _KEEP = flags.DEFINE_bool("keep_data", False,
@@ -421,12 +424,19 @@ def main(argv):
       "%Y-%m-%d %H:%M:%S", time.gmtime(started)),
             "load_average_at_start": os.getloadavg(),
             "cpus": os.cpu_count(), "runs": {}}
+  if _PREVIOUS_RUNS.value:
+    with open(_PREVIOUS_RUNS.value) as f:
+      report["runs"].update(json.load(f))
+    sizes = sorted(set(sizes) | {int(size) for size in report["runs"]})
   for size in sizes:
+    if str(size) in report["runs"]:
+      continue
     report["runs"][str(size)] = _rehearse(size)
     print(json.dumps(report["runs"][str(size)], indent=1), flush=True)
   if len(sizes) >= 2:
     report["projection"] = _project(report["runs"][str(sizes[-2])],
                                     report["runs"][str(sizes[-1])])
+  report["runs"] = {str(size): report["runs"][str(size)] for size in sizes}
   report["total_wall_s"] = round(time.time() - started)
   text = json.dumps(report, indent=1)
   print(text)

@@ -47,7 +47,8 @@ _INPUT = flags.DEFINE_enum("input", "memory", ["memory", "tfrecord"],
                            "Where batches come from.")
 _OPTIMIZER = flags.DEFINE_enum(
     "optimizer", "lazy_adam",
-    ["lazy_adam", "adam", "adam_no_xla", "legacy_adam", "adagrad"],
+    ["lazy_adam", "sparse_adam", "adam", "adam_no_xla", "legacy_adam",
+     "adagrad"],
     "Optimizer; Keras' Adam updates the whole embedding table every step, "
     "LazyAdam only the rows of the batch.")
 _VOCAB_SCALE = flags.DEFINE_float(
