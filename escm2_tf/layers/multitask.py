@@ -105,15 +105,22 @@ class TaskTowers(keras.layers.Layer):
   """One MLP tower per task ending in a logit, all computed together.
 
   Input [B, num_tasks, H] (task t's tower reads row t) or [B, H] (shared by
-  every tower); output the logits [B, num_tasks].
+  every tower); output the logits [B, num_tasks]. ``output_biases`` gives
+  each tower's logit bias its initial value (default 0).
   """
 
   def __init__(self, num_tasks: int, units: Sequence[int], *,
                activation: str = "relu", dropout: float = 0.0,
-               seed: int | None = None, **kwargs):
+               seed: int | None = None,
+               output_biases: Sequence[float] | None = None, **kwargs):
     super().__init__(**kwargs)
+    if output_biases is not None and len(output_biases) != num_tasks:
+      raise ValueError(f"TaskTowers needs one output bias per task "
+                       f"({num_tasks}), got {list(output_biases)}.")
     self.num_tasks = num_tasks
     self.units = tuple(units)
+    self.output_biases = (None if output_biases is None
+                          else [float(b) for b in output_biases])
     self.activation = keras.activations.get(activation)
     self.dropout = keras.layers.Dropout(dropout, seed=_seed(seed, 1))
     self.seed = seed
@@ -126,8 +133,13 @@ class TaskTowers(keras.layers.Layer):
           f"kernel_{layer}", shape=(self.num_tasks, fan_in, units),
           initializer=stacked_glorot(fan_in, units,
                                      _seed(self.seed, 2 * layer + 2))))
+      bias_initializer = "zeros"
+      if layer == len(self.units) and self.output_biases is not None:
+        bias_initializer = keras.initializers.Constant(
+            np.reshape(self.output_biases, (self.num_tasks, 1)))
       self.biases.append(self.add_weight(
-          f"bias_{layer}", shape=(self.num_tasks, units), initializer="zeros"))
+          f"bias_{layer}", shape=(self.num_tasks, units),
+          initializer=bias_initializer))
       fan_in = units
     super().build(input_shape)
 
