@@ -331,6 +331,7 @@ def train(train_config: TrainConfig, model_config: config_lib.ModelConfig,
     distribute.ClusterError: TF_CONFIG does not fit the strategy.
     TrainingDivergedError: The loss became NaN or infinite.
   """
+  validation.check_loss(loss_config)
   configs = run_dir.configs_dict(train_config, model_config, loss_config)
   task, strategy, vocabularies = _set_up(train_config, configs)
   model = _build_model(train_config, model_config, loss_config, vocabularies,

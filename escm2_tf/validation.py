@@ -200,6 +200,15 @@ def check_inputs(config: config_lib.TrainConfig, configs: Mapping[str, Any],
   return vocabularies
 
 
+def check_loss(loss_config: Any) -> None:
+  """The trainer's data carry no known propensity to weigh clicks by."""
+  if loss_config.propensity != "model":
+    raise ConfigError(
+        "propensity", f"{loss_config.propensity!r} reads a p_click label, "
+        "which the converter's TFRecords do not carry; escm2-train weighs "
+        "clicks by the CTR tower's pCTR ('model')")
+
+
 def check_batch_size(batch_size: int, num_replicas: int) -> None:
   """Every replica of a synchronous strategy needs an equal share."""
   if batch_size % num_replicas:

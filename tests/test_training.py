@@ -136,6 +136,18 @@ class TrainConfigTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(config.validation_data, "")
     self.assertBetween(config.validation_fraction, 0.01, 0.5)
 
+  def test_validation_is_never_the_evaluation_data(self):
+    data = {"train": "a", "test": "b", "vocab_dir": "v"}
+    # pylint: disable=protected-access
+    (train, train_split), (held_out, split) = training._validation_source(
+        train_config(data, validation_fraction=0.2))
+    self.assertEqual((train, held_out), ("a", "a"))
+    self.assertEqual((train_split.fraction, train_split.validation),
+                     (0.2, False))
+    self.assertEqual((split.fraction, split.validation), (0.2, True))
+    self.assertEqual(training._validation_source(
+        train_config(data, validation_data="c")), (("a", None), ("c", None)))
+
   def test_early_stopping_off(self):
     config = train_config({"train": "a", "test": "b", "vocab_dir": "v"},
                           early_stopping_patience=0)
@@ -295,6 +307,14 @@ class CheckInputsTest(tf.test.TestCase, parameterized.TestCase):
   def test_stats_file_without_counts(self):
     self.assert_rejected("stats_file", "no usable",
                          stats_file=new_file('{"rows_written": 10}'))
+
+  def test_trainer_refuses_label_propensities(self):
+    model_dir = os.path.join(new_dir(), "model")
+    with self.assertRaisesRegex(training.ConfigError, "p_click") as raised:
+      training.train(train_config(self.data, model_dir), MODEL,
+                     losses.LossConfig(propensity="label"), verbose=0)
+    self.assertEqual(raised.exception.field, "propensity")
+    self.assertFalse(os.path.exists(model_dir))
 
   def test_model_dir_is_a_file(self):
     self.assert_rejected("model_dir", "not a directory",

@@ -151,6 +151,10 @@ _MAX_IPS_WEIGHT = flags.DEFINE_float("max_ips_weight", _LOSS.max_ips_weight,
 _STOP_IPS_GRADIENT = flags.DEFINE_boolean(
     "stop_ips_gradient", _LOSS.stop_ips_gradient,
     "No gradient through the IPS weight into the CTR tower.")
+_SELF_NORMALIZED = flags.DEFINE_boolean(
+    "self_normalized", _LOSS.self_normalized,
+    "Self-normalised IPS: divide the IPS-weighted sums by the batch's sum of "
+    "IPS weights instead of its size.")
 _EPSILON = flags.DEFINE_float("epsilon", _LOSS.epsilon,
                               "Probability clip in every cross-entropy.")
 
@@ -238,7 +242,8 @@ def _loss_config() -> losses.LossConfig:
       lambda_g=_LAMBDA_G.value, lambda_imp=_LAMBDA_IMP.value,
       propensity_clip=_PROPENSITY_CLIP.value,
       max_ips_weight=_MAX_IPS_WEIGHT.value,
-      stop_ips_gradient=_STOP_IPS_GRADIENT.value, compat=_COMPAT.value,
+      stop_ips_gradient=_STOP_IPS_GRADIENT.value,
+      self_normalized=_SELF_NORMALIZED.value, compat=_COMPAT.value,
       epsilon=_EPSILON.value)
 
 
