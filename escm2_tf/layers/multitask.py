@@ -171,4 +171,5 @@ class TaskTowers(keras.layers.Layer):
     return {**super().get_config(), "num_tasks": self.num_tasks,
             "units": list(self.units),
             "activation": keras.activations.serialize(self.activation),
-            "dropout": self.dropout_rate, "seed": self.seed}
+            "dropout": self.dropout_rate, "seed": self.seed,
+            "output_biases": self.output_biases}
