@@ -278,7 +278,8 @@ class TrainConfig:
     early_stopping_patience: Epochs without improvement of
       ``early_stopping_monitor`` before stopping; the run then ends with the
       weights of its best epoch (also after a resume). 0 turns it off: the
-      run trains ``epochs`` epochs and keeps the last weights.
+      run trains ``epochs`` epochs and keeps the last weights, and without
+      ``validation_data`` it holds nothing out and validates on nothing.
     early_stopping_monitor: The validation quantity early stopping watches:
       ``val_`` and a loss or metric name of the model (``val_loss``,
       ``val_ctcvr_loss``, ``val_auc_cvr``, ...); AUCs are maximised, losses

@@ -75,6 +75,7 @@ class ResumableEarlyStopping(keras.callbacks.Callback):
     self._history: dict[int, dict[str, Any]] = {}
     self._state: dict[str, Any] | None = None
     self._last_epoch: int | None = None
+    self._stopped_before = False
 
   @property
   def best_epoch(self) -> int | None:
@@ -99,6 +100,7 @@ class ResumableEarlyStopping(keras.callbacks.Callback):
   def on_train_begin(self, logs=None):
     self._history = self._read()
     self._state = None
+    self._stopped_before = False
     self._last_epoch = max(self._history) if self._history else None
 
   def on_epoch_begin(self, epoch, logs=None):
@@ -107,6 +109,12 @@ class ResumableEarlyStopping(keras.callbacks.Callback):
       # for later epochs belongs to work that is being redone.
       self._history = {e: s for e, s in self._history.items() if e < epoch}
       self._state = dict(self._history.get(epoch - 1, _fresh_state()))
+      # Killed after it had decided to stop: Keras runs one batch of this
+      # epoch before it looks at stop_training; that batch counts for
+      # nothing, and the run ends on the best epoch as it would have.
+      self._stopped_before = self._state["stopped"]
+      if self._stopped_before:
+        self.model.stop_training = True
 
   def on_epoch_end(self, epoch, logs=None):
     value = (logs or {}).get(self.monitor)
@@ -114,7 +122,9 @@ class ResumableEarlyStopping(keras.callbacks.Callback):
       raise KeyError(f"early stopping watches {self.monitor!r}, which the "
                      f"epoch's logs lack; they have {sorted(logs or {})}")
     state = self._state
-    if self._improves(float(value), state["best"]):
+    if self._stopped_before:
+      self.model.stop_training = True
+    elif self._improves(float(value), state["best"]):
       state.update(best=float(value), best_epoch=epoch, wait=0)
     else:
       state["wait"] += 1

@@ -184,10 +184,16 @@ def _num_batches(file_pattern: str, batch_size: int,
 
 def _validation_source(config: TrainConfig
                        ) -> tuple[tuple[str, data.HashSplit | None],
-                                  tuple[str, data.HashSplit | None]]:
-  """(files, split) of the training data and of the validation data."""
+                                  tuple[str, data.HashSplit | None] | None]:
+  """(files, split) of the training data and of the validation data.
+
+  Without early stopping and without ``validation_data`` nothing is held
+  out and nothing validated: the run trains on all of ``train_data``.
+  """
   if config.validation_data:
     return (config.train_data, None), (config.validation_data, None)
+  if not config.early_stopping_patience:
+    return (config.train_data, None), None
   return ((config.train_data, data.HashSplit(config.validation_fraction,
                                              validation=False)),
           (config.train_data, data.HashSplit(config.validation_fraction,
@@ -207,16 +213,17 @@ def _fit(model: keras.Model, config: TrainConfig,
   cluster = distribute.needs_fixed_steps(strategy)
   fixed_steps = bool(config.steps_per_epoch or config.steps_per_execution > 1
                      or cluster)
-  (train_files, train_split), (val_files, val_split) = _validation_source(
-      config)
+  (train_files, train_split), validation_source = _validation_source(config)
   steps = {}
   if fixed_steps:
     # Keras must know the steps to group them, and workers must agree on
     # them: count the records once and repeat the data.
     steps = {"steps_per_epoch": config.steps_per_epoch or _num_batches(
-        train_files, config.batch_size, train_split),
-             "validation_steps": _num_batches(val_files, config.batch_size,
-                                              val_split)}
+        train_files, config.batch_size, train_split)}
+    if validation_source:
+      validation_files, validation_split = validation_source
+      steps["validation_steps"] = _num_batches(
+          validation_files, config.batch_size, validation_split)
   parameter_server = isinstance(strategy,
                                 tf.distribute.ParameterServerStrategy)
   # Every parameter-server worker runs the same dataset function: one seed
@@ -225,15 +232,21 @@ def _fit(model: keras.Model, config: TrainConfig,
       data.make_dataset, train_files, config.batch_size, training=True,
       seed=None if parameter_server else config.seed,
       num_epochs=None if fixed_steps else 1, split=train_split)
-  validation_inputs = functools.partial(
-      data.make_dataset, val_files, config.batch_size, training=False,
-      num_epochs=None if cluster else 1, split=val_split)
+  validation_inputs = None
+  if validation_source:
+    validation_inputs = functools.partial(
+        data.make_dataset, validation_source[0], config.batch_size,
+        training=False, num_epochs=None if cluster else 1,
+        split=validation_source[1])
   if config.distribution_strategy == distribute.DEFAULT:
-    inputs, validation_inputs = inputs(), validation_inputs()
+    inputs = inputs()
+    if validation_inputs:
+      validation_inputs = validation_inputs()
   else:
     inputs = distribute.distribute_dataset(strategy, inputs)
-    validation_inputs = distribute.distribute_dataset(strategy,
-                                                      validation_inputs)
+    if validation_inputs:
+      validation_inputs = distribute.distribute_dataset(strategy,
+                                                        validation_inputs)
   return model.fit(
       inputs, validation_data=validation_inputs, epochs=config.epochs,
       verbose=verbose, callbacks=list(run_callbacks) + list(callbacks),

@@ -78,6 +78,15 @@ class _Record(keras.callbacks.Callback):
       raise KeyboardInterrupt(f"interrupted after epoch {epoch + 1}")
 
 
+class _KillWhenStopping(_Record):
+  """Kills the run right after the epoch at which early stopping stopped."""
+
+  def on_epoch_end(self, epoch, logs=None):
+    super().on_epoch_end(epoch, logs)
+    if self.model.stop_training:
+      raise KeyboardInterrupt(f"killed after stopping at epoch {epoch + 1}")
+
+
 def network_weights(checkpoint: str) -> dict[str, np.ndarray]:
   """The network's variables in a checkpoint of the whole model."""
   reader = tf.train.load_checkpoint(checkpoint)
@@ -147,6 +156,12 @@ class TrainConfigTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual((split.fraction, split.validation), (0.2, True))
     self.assertEqual(training._validation_source(
         train_config(data, validation_data="c")), (("a", None), ("c", None)))
+    # Without early stopping nothing is held out unless asked for.
+    self.assertEqual(training._validation_source(
+        train_config(data, early_stopping_patience=0)), (("a", None), None))
+    self.assertEqual(training._validation_source(
+        train_config(data, early_stopping_patience=0, validation_data="c")),
+                     (("a", None), ("c", None)))
 
   def test_early_stopping_off(self):
     config = train_config({"train": "a", "test": "b", "vocab_dir": "v"},
@@ -331,6 +346,7 @@ class CheckInputsTest(tf.test.TestCase, parameterized.TestCase):
 # A learning rate at which the id embeddings memorise the small training set
 # within an epoch or two: the validation loss then rises.
 OVERFIT = dict(learning_rate=0.03, epochs=8, early_stopping_patience=2)
+MONITOR = training.TrainConfig.early_stopping_monitor
 
 
 class EarlyStoppingTest(tf.test.TestCase):
@@ -360,15 +376,15 @@ class EarlyStoppingTest(tf.test.TestCase):
     record = _Record()
     result = training.train(config, MODEL, LOSS, callbacks=[record],
                             verbose=0)
-    val_loss = [logs["val_loss"] for logs in record.logs]
-    best = int(np.argmin(val_loss)) + 1
+    monitored = [logs[MONITOR] for logs in record.logs]
+    best = int(np.argmin(monitored)) + 1
     # It overfit, stopped patience epochs after the best, and kept the best.
-    self.assertLess(len(val_loss), config.epochs)
-    self.assertLen(val_loss, best + config.early_stopping_patience)
+    self.assertLess(len(monitored), config.epochs)
+    self.assertLen(monitored, best + config.early_stopping_patience)
     self.assertEqual(result["best_epoch"], best)
-    self.assert_ends_on_epoch(config.model_dir, best, len(val_loss))
+    self.assert_ends_on_epoch(config.model_dir, best, len(monitored))
     # The evaluation scored the restored weights, not the last epoch's.
-    self.assertEqual(result["epochs"], len(val_loss))
+    self.assertEqual(result["epochs"], len(monitored))
     self.assertFalse(os.path.exists(os.path.join(
         config.model_dir, run_dir.BACKUP_DIR, early_stopping.STATE_FILE)))
 
@@ -377,10 +393,10 @@ class EarlyStoppingTest(tf.test.TestCase):
     before = _Record(interrupt_after=2)
     with self.assertRaisesRegex(KeyboardInterrupt, "after epoch 2"):
       training.train(config, MODEL, LOSS, callbacks=[before], verbose=0)
-    val_loss = [logs["val_loss"] for logs in before.logs]
+    monitored = [logs[MONITOR] for logs in before.logs]
     # The premise: the best epoch is behind the kill, and one more bad
     # epoch exhausts the patience.
-    self.assertEqual(int(np.argmin(val_loss)), 0, val_loss)
+    self.assertEqual(int(np.argmin(monitored)), 0, monitored)
     state = os.path.join(config.model_dir, run_dir.BACKUP_DIR,
                          early_stopping.STATE_FILE)
     with open(state) as f:
@@ -390,14 +406,37 @@ class EarlyStoppingTest(tf.test.TestCase):
     result = training.train(config, MODEL, LOSS, callbacks=[after],
                             verbose=0)
 
-    val_loss += [logs["val_loss"] for logs in after.logs]
-    best = int(np.argmin(val_loss)) + 1
+    monitored += [logs[MONITOR] for logs in after.logs]
+    best = int(np.argmin(monitored)) + 1
     self.assertEqual(best, 1)
     # Without the state the resumed run would wait patience epochs afresh
     # and end on one of its own epochs.
     self.assertEqual(result["epochs"], 1)
     self.assertEqual(result["best_epoch"], best)
-    self.assert_ends_on_epoch(config.model_dir, best, len(val_loss))
+    self.assert_ends_on_epoch(config.model_dir, best, len(monitored))
+
+  def test_kill_after_stopping_still_ends_on_the_best_epoch(self):
+    config = train_config(self.data, new_dir(), **OVERFIT)
+    before = _KillWhenStopping()
+    with self.assertRaisesRegex(KeyboardInterrupt, "after stopping"):
+      training.train(config, MODEL, LOSS, callbacks=[before], verbose=0)
+    monitored = [logs[MONITOR] for logs in before.logs]
+    best = int(np.argmin(monitored)) + 1
+    result = training.train(config, MODEL, LOSS, verbose=0)
+    # Keras runs one batch before it sees the stop; that epoch counts for
+    # nothing and the run ends as the uninterrupted one would have.
+    self.assertEqual(result["epochs"], 1)
+    self.assertEqual(result["best_epoch"], best)
+    self.assert_ends_on_epoch(config.model_dir, best, len(monitored) + 1)
+
+  def test_off_trains_every_epoch_on_all_the_data(self):
+    config = train_config(self.data, new_dir(), early_stopping_patience=0,
+                          epochs=2)
+    result = training.train(config, MODEL, LOSS, verbose=0)
+    self.assertEqual(result["epochs"], 2)
+    self.assertIsNone(result["best_epoch"])
+    self.assertFalse([name for name in result["history"]
+                      if name.startswith("val_")])
 
   def test_state_of_a_redone_epoch_is_ignored(self):
     # A kill after the state of an epoch was written but before its backup:
@@ -419,9 +458,9 @@ class EarlyStoppingTest(tf.test.TestCase):
                             verbose=0)
     # Had the forged state been used, nothing would have beaten its -1.0
     # and the run would end on epoch 2.
-    val_loss = [content["epochs"]["0"]["best"]] + [
-        logs["val_loss"] for logs in record.logs]
-    self.assertEqual(result["best_epoch"], int(np.argmin(val_loss)) + 1)
+    monitored = [content["epochs"]["0"]["best"]] + [
+        logs[MONITOR] for logs in record.logs]
+    self.assertEqual(result["best_epoch"], int(np.argmin(monitored)) + 1)
 
 
 class ResumeTest(tf.test.TestCase):
