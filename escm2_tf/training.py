@@ -183,6 +183,32 @@ def _num_batches(file_pattern: str, batch_size: int,
                           / batch_size))
 
 
+def _fixed_steps(config: TrainConfig,
+                 train_source: tuple[str, data.HashSplit | None],
+                 validation_source: tuple[str, data.HashSplit | None] | None
+                 ) -> dict[str, int]:
+  """``steps_per_epoch`` and ``validation_steps``, counted up front.
+
+  A held-out slice and the rest of the same files are counted in one read.
+  """
+  batch_size = config.batch_size
+  train_files, train_split = train_source
+  if (validation_source and train_split is not None
+      and validation_source[0] == train_files):
+    training, validation = data.count_split_records(train_files,
+                                                    train_split.fraction)
+    return {"steps_per_epoch": config.steps_per_epoch or max(
+        1, math.ceil(training / batch_size)),
+            "validation_steps": max(1, math.ceil(validation / batch_size))}
+  steps = {"steps_per_epoch": config.steps_per_epoch or _num_batches(
+      train_files, batch_size, train_split)}
+  if validation_source:
+    validation_files, validation_split = validation_source
+    steps["validation_steps"] = _num_batches(validation_files, batch_size,
+                                             validation_split)
+  return steps
+
+
 def _validation_source(config: TrainConfig
                        ) -> tuple[tuple[str, data.HashSplit | None],
                                   tuple[str, data.HashSplit | None] | None]:
@@ -250,12 +276,8 @@ def _fit(model: keras.Model, config: TrainConfig,
   if fixed_steps:
     # Keras must know the steps to group them, and workers must agree on
     # them: count the records once and repeat the data.
-    steps = {"steps_per_epoch": config.steps_per_epoch or _num_batches(
-        train_files, config.batch_size, train_split)}
-    if validation_source:
-      validation_files, validation_split = validation_source
-      steps["validation_steps"] = _num_batches(
-          validation_files, config.batch_size, validation_split)
+    steps = _fixed_steps(config, (train_files, train_split),
+                         validation_source)
   parameter_server = isinstance(strategy,
                                 tf.distribute.ParameterServerStrategy)
   cache_training, cache_validation = _cached(

@@ -229,6 +229,12 @@ class HashSplitTest(tf.test.TestCase, parameterized.TestCase):
         0.3, True)), len(held_out))
     self.assertEqual(data.count_records(self.pattern), _NUM_EXAMPLES)
 
+  def test_one_read_counts_both_sides(self):
+    _write(self.dir, num_files=3)
+    self.assertEqual(
+        data.count_split_records(self.pattern, 0.3),
+        (len(self.ids(False)), len(self.ids(True))))
+
   def test_same_slice_whatever_the_order(self):
     _write(self.dir, num_files=3)
     expected = set(self.ids(True))

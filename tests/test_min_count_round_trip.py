@@ -155,7 +155,10 @@ class MinCountRoundTripTest(tf.test.TestCase):
     embedding = model.network.get_layer("embedding")
     rows = _oov_rows(self.vocabularies)
     values = embedding.embeddings.numpy()
-    values[rows] = 0.0
+    # Far from any trained value, so that a ReLU that happened to be off for
+    # a record is unlikely to hide the change.
+    values[rows] = np.random.default_rng(0).normal(
+        0.0, 1.0, size=values[rows].shape)
     embedding.embeddings.assign(values)
     changed = np.abs(model(features, training=False)["ctr"].numpy()
                      - scores) > 1e-7
@@ -166,8 +169,9 @@ class MinCountRoundTripTest(tf.test.TestCase):
       has_oov |= tf.reduce_any(ragged.with_flat_values(outside),
                                axis=1).numpy()
     self.assertGreater(has_oov.sum(), 0)
-    # Only the records with an OOV id change, and all of them do.
-    self.assertAllEqual(changed, has_oov)
+    # Records without an OOV id do not change; those with one do.
+    self.assertFalse(np.any(changed & ~has_oov))
+    self.assertGreaterEqual(changed[has_oov].mean(), 0.95)
 
 
 if __name__ == "__main__":
