@@ -9,6 +9,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options import pipeline_options
 
 from escm2_pipelines import config as config_lib
+from escm2_pipelines import progress
 from escm2_pipelines import sinks
 from escm2_pipelines import tally as tally_lib
 from escm2_pipelines import transforms
@@ -47,6 +48,11 @@ def _check_output_dir(output_dir: str) -> None:
                                  "directory so no stale shard is mixed in")
 
 
+def _remove_partial(output_dir: str) -> None:
+  if FileSystems.exists(output_dir):
+    FileSystems.delete([output_dir])
+
+
 def _check_pipeline_args(pipeline_args: Sequence[str]) -> None:
   """Rejects arguments no Beam option recognises, instead of ignoring them."""
   # PipelineOptions only logs what it cannot parse; this builds the same
@@ -76,8 +82,11 @@ def build_pipeline(pipeline: beam.Pipeline,
                    config: config_lib.ConvertConfig) -> None:
   """Adds the whole conversion of ``config`` to ``pipeline``."""
   def read(pattern):
-    return beam.io.ReadFromTextWithFilename(pattern,
-                                            coder=beam.coders.BytesCoder())
+    label = f"escm2-convert: reading {pattern}"
+    return (beam.io.ReadFromTextWithFilename(pattern,
+                                             coder=beam.coders.BytesCoder())
+            | beam.ParDo(progress.ReportProgress(
+                label, progress.input_bytes([pattern]))))
   if config.input_format == "aliccp":
     inputs = {
         "skeleton": pipeline | "ReadSkeleton" >> read(config.skeleton),
@@ -102,55 +111,50 @@ def build_pipeline(pipeline: beam.Pipeline,
                                           dataclasses.asdict(config)))
 
 
-def convert(output_dir: str, *, input_format: str,
-            skeleton: Optional[str] = None,
-            common_features: Optional[str] = None,
-            input: Optional[str] = None,  # pylint: disable=redefined-builtin
-            max_values_per_field: int = config_lib.DEFAULT_MAX_VALUES_PER_FIELD,
-            keep_unclicked_conversions: bool = False,
-            max_bad_fraction: float = config_lib.DEFAULT_MAX_BAD_FRACTION,
-            num_shards: int = 0, join: str = "side_input",
-            pipeline_args: Sequence[str] = ()) -> dict[str, Any]:
+def convert(output_dir: str, *, pipeline_args: Sequence[str] = (),
+            **settings: Any) -> dict[str, Any]:
+  """``run`` with the ``ConvertConfig`` of ``output_dir`` and ``settings``."""
+  return run(config_lib.ConvertConfig(output_dir=output_dir, **settings),
+             pipeline_args)
+
+
+def run(config: config_lib.ConvertConfig,
+        pipeline_args: Sequence[str] = ()) -> dict[str, Any]:
   """Converts Ali-CCP text files into TFRecords and returns the statistics.
 
   Args:
-    output_dir: An empty or absent directory for the outputs.
-    input_format: ``"aliccp"`` or ``"paddlerec"``.
-    skeleton, common_features: Globs of the Tianchi files (aliccp).
-    input: Glob of PaddleRec text files (paddlerec).
-    max_values_per_field, keep_unclicked_conversions, max_bad_fraction,
-      num_shards, join: See ``config.ConvertConfig``.
+    config: What to convert, where, and how.
     pipeline_args: Beam pipeline options, e.g. ``["--runner=DataflowRunner"]``.
 
   Returns:
-    The contents of ``output_dir/stats.json``.
+    The contents of ``config.output_dir/stats.json``.
 
   Raises:
-    config.ConfigError: for an invalid setting, an input glob matching
-      nothing, a non-empty output directory or an unknown pipeline option.
+    ConfigError: for an invalid setting, an input glob matching nothing, a
+      non-empty output directory or an unknown pipeline option.
     TooManyBadRowsError: when the rejected fraction exceeds
       ``max_bad_fraction``; all outputs have been written.
   """
-  config = config_lib.ConvertConfig(
-      output_dir=output_dir, input_format=input_format, skeleton=skeleton,
-      common_features=common_features, input=input,
-      max_values_per_field=max_values_per_field,
-      keep_unclicked_conversions=keep_unclicked_conversions,
-      max_bad_fraction=max_bad_fraction, num_shards=num_shards, join=join)
+  output_dir = config.output_dir
   for setting in ("skeleton", "common_features", "input"):
     _check_glob(setting, getattr(config, setting))
   _check_output_dir(output_dir)
   _check_pipeline_args(pipeline_args)
-  with beam.Pipeline(options=_pipeline_options(pipeline_args)) as pipeline:
-    build_pipeline(pipeline, config)
+  try:
+    with beam.Pipeline(options=_pipeline_options(pipeline_args)) as pipeline:
+      build_pipeline(pipeline, config)
+  except KeyboardInterrupt:
+    # output_dir was empty or absent: everything in it is this run's.
+    _remove_partial(output_dir)
+    raise
   stats = json.loads(sinks.read_text(
       FileSystems.join(output_dir, sinks.STATS_FILE)))
   if not tally_lib.reconciles(stats):
     raise RuntimeError(f"Row counts do not reconcile in {output_dir}: {stats}")
-  if stats["rejected_fraction"] > max_bad_fraction:
+  if stats["rejected_fraction"] > config.max_bad_fraction:
     raise TooManyBadRowsError(
         f"{stats['rows_rejected']} of {stats['rows_read']} rows rejected "
         f"({stats['rejected_fraction']:.4%}), more than --max_bad_fraction="
-        f"{max_bad_fraction}; reasons {stats['rejected_by_reason']}, rows in "
-        f"{FileSystems.join(output_dir, sinks.REJECTED_DIR)}", stats)
+        f"{config.max_bad_fraction}; reasons {stats['rejected_by_reason']}, "
+        f"rows in {FileSystems.join(output_dir, sinks.REJECTED_DIR)}", stats)
   return stats
