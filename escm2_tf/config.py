@@ -34,6 +34,8 @@ STRATEGIES = (DEFAULT_STRATEGY, MIRRORED, MULTI_WORKER_MIRRORED,
               PARAMETER_SERVER)
 # Smaller variables stay whole: every shard costs a remote call per step.
 DEFAULT_MIN_SHARD_BYTES = 256 << 10
+# What escm2-predict reads (escm2_tf.scoring).
+SCORING_INPUT_FORMATS = ("tfrecord", "paddlerec", "aliccp")
 LOSSES = ("naive", "esmm", "ipw", "dr")
 COMPAT_MODES = ("paper", "paddlerec")
 # Below this, 1 - epsilon rounds to 1 in float32 and log(1 - p) is -inf.
