@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 from absl import app
 from absl import flags
 
+from escm2_tf import config as config_lib
 from escm2_tf import console
 from escm2_tf import options
 from escm2_tf.options import ConfigError
@@ -33,8 +34,8 @@ USAGE_ERROR = 2
 INTERRUPTED = 130
 _HELP_ARGS = ("-h", "-?", "-help", "--help", "-helpshort", "--helpshort")
 # Help groups in this order; others follow in the order they appear.
-_GROUPS = ("input", "data", "size", "world", "conversion", "model", "loss",
-           "training", "distribution", "output")
+_GROUPS = ("input", "data", "size", "world", "conversion", "benchmark",
+           "model", "loss", "training", "distribution", "serving", "output")
 _COLUMN = 34
 _WIDTH = 100
 
@@ -55,6 +56,14 @@ class Section:
   def fields(self) -> list[dataclasses.Field]:
     return [field for field in dataclasses.fields(self.config)
             if field.name not in self.exclude]
+
+
+# escm2-train's flags; a training flagfile holds these (the benchmark reads
+# one too). The network takes the trainer's --seed.
+TRAIN_SECTIONS = (
+    Section(config_lib.TrainConfig, "training"),
+    Section(config_lib.LossConfig, "loss"),
+    Section(config_lib.ModelConfig, "model", exclude=("seed",)))
 
 
 def _flag_default(field: dataclasses.Field, kind: type) -> Any:
@@ -114,7 +123,8 @@ class Binding:
       value = self.flag_values[field.name].value
       kind, _ = options.field_type(config, field.name)
       if getattr(kind, "__origin__", None) is tuple and value is not None:
-        value = _integers(field.name, value)
+        value = (_integers(field.name, value) if kind.__args__[0] is int
+                 else tuple(text.strip() for text in value))
       values[field.name] = value
     return values
 
@@ -184,7 +194,7 @@ def error_line(error: ConfigError) -> str:
   return f"--{error.field}: {error.detail}"
 
 
-def _usage_error(error: flags.Error) -> str:
+def usage_error(error: flags.Error) -> str:
   """absl's parse errors as ``--flag=value: what is wrong``."""
   if isinstance(error, flags.UnrecognizedFlagError):
     message = f"--{error.flagname}: unknown flag"
@@ -219,7 +229,7 @@ def parser(program: str, binding: Binding, doc: str,
     try:
       rest = binding.flag_values(argv, known_only=known_only)
     except flags.Error as error:
-      sys.exit(fail(program, _usage_error(error)))
+      sys.exit(fail(program, usage_error(error)))
     console.configure(binding.flag_values["verbosity"].value
                       if "verbosity" in binding.flag_values else 0)
     return rest

@@ -141,8 +141,15 @@ def check_declared(config: Any) -> None:
       continue
     if kind is bool and not isinstance(value, bool):
       raise ConfigError(field.name, f"must be true or false, got {value!r}")
-    if CHOICES in field.metadata:
-      check_choice(field.name, value, field.metadata[CHOICES])
-    if MINIMUM in field.metadata or MAXIMUM in field.metadata:
-      check_range(field.name, value, field.metadata.get(MINIMUM),
-                  field.metadata.get(MAXIMUM), integer=kind is int)
+    # A sequence field's declarations apply to each of its values.
+    sequence = typing.get_origin(kind) is tuple
+    if sequence:
+      kind = typing.get_args(kind)[0]
+      if not value:
+        raise ConfigError(field.name, "must name at least one value")
+    for item in value if sequence else (value,):
+      if CHOICES in field.metadata:
+        check_choice(field.name, item, field.metadata[CHOICES])
+      if MINIMUM in field.metadata or MAXIMUM in field.metadata:
+        check_range(field.name, item, field.metadata.get(MINIMUM),
+                    field.metadata.get(MAXIMUM), integer=kind is int)

@@ -39,12 +39,8 @@ class _Display:
   verbose: int = option(1, minimum=0, maximum=2, group="output")
 
 
-# The network takes the trainer's --seed.
-_FLAGS = flagbind.Binding(
-    flagbind.Section(config_lib.TrainConfig, "training"),
-    flagbind.Section(config_lib.LossConfig, "loss"),
-    flagbind.Section(config_lib.ModelConfig, "model", exclude=("seed",)),
-    flagbind.Section(_Display, "output"))
+_FLAGS = flagbind.Binding(*flagbind.TRAIN_SECTIONS,
+                          flagbind.Section(_Display, "output"))
 
 
 def _configs() -> dict[str, Any]:
