@@ -143,10 +143,13 @@ def check_declared(config: Any) -> None:
       raise ConfigError(field.name, f"must be true or false, got {value!r}")
     # A sequence field's declarations apply to each of its values.
     sequence = typing.get_origin(kind) is tuple
-    if sequence:
+    declared = {CHOICES, MINIMUM, MAXIMUM} & set(field.metadata)
+    if sequence and declared:
       kind = typing.get_args(kind)[0]
       if not value:
         raise ConfigError(field.name, "must name at least one value")
+    elif sequence:
+      continue
     for item in value if sequence else (value,):
       if CHOICES in field.metadata:
         check_choice(field.name, item, field.metadata[CHOICES])
