@@ -13,8 +13,10 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
+import threading
 import time
 from typing import Iterator
 
@@ -78,6 +80,38 @@ def load_tensorflow() -> None:
   with _filtered_stderr():
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.config.list_physical_devices()
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+  """Ctrl-C stays a ``KeyboardInterrupt``, even where a library wraps it.
+
+  Beam's in-process runner catches the interrupt inside a DoFn, logs it with
+  a traceback and re-raises it as a ``RuntimeError``; here the signal is
+  remembered, the libraries' loggers are muted, and whatever escapes is
+  turned back into a ``KeyboardInterrupt``.
+  """
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  interrupted = []
+
+  def handler(signum, frame):
+    del frame  # Unused.
+    interrupted.append(signum)
+    for name in _LIBRARY_LOGGERS:
+      logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+    raise KeyboardInterrupt
+
+  previous = signal.signal(signal.SIGINT, handler)
+  try:
+    yield
+  except BaseException:
+    if interrupted:
+      raise KeyboardInterrupt from None
+    raise
+  finally:
+    signal.signal(signal.SIGINT, previous)
 
 
 class Progress:

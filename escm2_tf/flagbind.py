@@ -33,7 +33,7 @@ from escm2_tf.options import ConfigError
 USAGE_ERROR = 2
 INTERRUPTED = 130
 _HELP_ARGS = ("-h", "-?", "-help", "--help", "-helpshort", "--helpshort")
-# Help groups in this order; others follow in the order they appear.
+# Help groups in this order; others in the order they appear.
 _GROUPS = ("input", "data", "size", "world", "conversion", "benchmark",
            "model", "loss", "training", "distribution", "serving", "output")
 _COLUMN = 34
@@ -151,8 +151,10 @@ class Binding:
         groups.setdefault(group, []).append(
             _flag_help(self.flag_values[field.name]))
     lines = [textwrap.dedent(doc).strip(), ""]
+    # Groups of their own go before the outputs, which come last.
     order = sorted(groups, key=lambda group: (
-        _GROUPS.index(group) if group in _GROUPS else len(_GROUPS)))
+        _GROUPS.index(group) if group in _GROUPS
+        else _GROUPS.index("output") - 0.5))
     for group in order:
       entries = groups[group]
       lines += [f"{group.capitalize()} flags:"] + entries + [""]
@@ -226,6 +228,10 @@ def parser(program: str, binding: Binding, doc: str,
     if any(arg in _HELP_ARGS for arg in argv[1:]):
       print(binding.help(program, doc))
       sys.exit(0)
+    if any(arg in ("-helpfull", "--helpfull") for arg in argv[1:]):
+      # absl's own --helpfull, with exit status 0 like --help.
+      print(binding.flag_values.get_help())
+      sys.exit(0)
     try:
       rest = binding.flag_values(argv, known_only=known_only)
     except flags.Error as error:
@@ -238,13 +244,23 @@ def parser(program: str, binding: Binding, doc: str,
 
 
 def run(main: Callable[[list[str]], int | None], program: str,
-        binding: Binding, doc: str, known_only: bool = False) -> None:
-  """``app.run(main)`` with ``parser``'s flags, and a clean Ctrl-C."""
+        binding: Binding, doc: str, known_only: bool = False,
+        interrupted: str = "interrupted") -> None:
+  """``app.run(main)`` with ``parser``'s flags, and a clean Ctrl-C.
+
+  Args:
+    main: The CLI's main.
+    program: The CLI's name, which starts its error lines.
+    binding: The CLI's flags.
+    doc: The text ``--help`` starts with (the CLI's docstring).
+    known_only: Leave unknown flags in argv for main (Beam's options).
+    interrupted: The message of a Ctrl-C (exit status 130).
+  """
 
   def guarded(argv: list[str]) -> int | None:
     try:
       return main(argv)
     except KeyboardInterrupt:
-      return fail(program, "interrupted", INTERRUPTED)
+      return fail(program, interrupted, INTERRUPTED)
 
   app.run(guarded, flags_parser=parser(program, binding, doc, known_only))

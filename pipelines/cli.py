@@ -35,12 +35,19 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
 
 
 def main(argv: Sequence[str]) -> int:
+  if len(argv) == 1:
+    try:
+      config = _FLAGS.build(config_lib.ConvertConfig)
+    except config_lib.ConfigError as e:
+      return flagbind.fail(_PROGRAM, flagbind.error_line(e))
+  # Imported once the flags are known to be good: Beam loads slowly. Flags
+  # left over are Beam's, or typos, which are the likelier mistake to report.
+  from escm2_pipelines import convert  # pylint: disable=g-import-not-at-top
   try:
+    convert.check_pipeline_args(argv[1:])
     config = _FLAGS.build(config_lib.ConvertConfig)
   except config_lib.ConfigError as e:
     return flagbind.fail(_PROGRAM, flagbind.error_line(e))
-  # Imported once the flags are known to be good: Beam loads slowly.
-  from escm2_pipelines import convert  # pylint: disable=g-import-not-at-top
   print(f"{_PROGRAM}: converting {config.input_format} logs into "
         f"{config.output_dir}", file=sys.stderr, flush=True)
   try:
@@ -56,7 +63,8 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run() -> None:
-  flagbind.run(main, _PROGRAM, _FLAGS, __doc__, known_only=True)
+  flagbind.run(main, _PROGRAM, _FLAGS, __doc__, known_only=True,
+               interrupted="interrupted; nothing was left in --output_dir")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from escm2_pipelines import progress
 from escm2_pipelines import sinks
 from escm2_pipelines import tally as tally_lib
 from escm2_pipelines import transforms
+from escm2_tf import console
 
 # Without --runner, Beam's DirectRunner first tries to download the Prism
 # runner; the in-process FnApiRunner (which honours --direct_num_workers and
@@ -53,7 +54,7 @@ def _remove_partial(output_dir: str) -> None:
     FileSystems.delete([output_dir])
 
 
-def _check_pipeline_args(pipeline_args: Sequence[str]) -> None:
+def check_pipeline_args(pipeline_args: Sequence[str]) -> None:
   """Rejects arguments no Beam option recognises, instead of ignoring them."""
   # PipelineOptions only logs what it cannot parse; this builds the same
   # parser from every registered options class to find those arguments.
@@ -139,9 +140,10 @@ def run(config: config_lib.ConvertConfig,
   for setting in ("skeleton", "common_features", "input"):
     _check_glob(setting, getattr(config, setting))
   _check_output_dir(output_dir)
-  _check_pipeline_args(pipeline_args)
+  check_pipeline_args(pipeline_args)
   try:
-    with beam.Pipeline(options=_pipeline_options(pipeline_args)) as pipeline:
+    with console.interruptible(), beam.Pipeline(
+        options=_pipeline_options(pipeline_args)) as pipeline:
       build_pipeline(pipeline, config)
   except KeyboardInterrupt:
     # output_dir was empty or absent: everything in it is this run's.

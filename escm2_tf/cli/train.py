@@ -117,4 +117,6 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run() -> None:
-  flagbind.run(main, _PROGRAM, _FLAGS, __doc__)
+  flagbind.run(main, _PROGRAM, _FLAGS, __doc__,
+               interrupted="interrupted; rerun the same command to resume "
+               "from the last completed epoch")
