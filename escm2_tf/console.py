@@ -32,7 +32,9 @@ _NOISE = re.compile(
     r"|\] Unable to register cu(DNN|FFT|BLAS) factory"
     r"|\] TF-TRT Warning: Could not find TensorRT"
     r"|computation placer already registered")
-_LIBRARY_LOGGERS = ("tensorflow", "apache_beam", "h5py")
+# TensorFlow logs through "tensorflow" and, in places, absl's logger; the
+# tools themselves print rather than log.
+_LIBRARY_LOGGERS = ("tensorflow", "absl", "apache_beam", "h5py")
 # Warnings libraries log through the root logger, which has no name to mute.
 _ROOT_NOISE = ("apitools not found",)
 _QUIET = {"verbosity": 0}

@@ -136,11 +136,15 @@ class Binding:
     """
     return config(**{**self.values(config), **overrides})
 
+  def names(self) -> list[str]:
+    """The names of the bound flags."""
+    return [field.name for section in self.sections
+            for field in section.fields()]
+
   def present(self) -> list[str]:
     """The bound flags given on the command line or in a flagfile."""
-    return [field.name for section in self.sections
-            for field in section.fields()
-            if self.flag_values[field.name].present]
+    return [name for name in self.names()
+            if self.flag_values[name].present]
 
   def help(self, program: str, doc: str) -> str:
     """``--help``: the tool's docstring, then its flags by group."""

@@ -38,6 +38,10 @@ _NOISE = re.compile(r"oneDNN|cuda|cuInit|InitializeLog|^[IWE]\d{4} |"
                     r"BatchElements statistics|Traceback")
 
 
+def _tempdir(test: absltest.TestCase) -> str:
+  return test.enterContext(tempfile.TemporaryDirectory())
+
+
 def _run(script: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
   return subprocess.run([os.path.join(_BIN, script), *args],
                         capture_output=True, text=True, timeout=_TIMEOUT,
@@ -114,7 +118,7 @@ class BadFlagTest(parameterized.TestCase):
 class QuietTest(absltest.TestCase):
 
   def test_cpu_run_prints_no_banner_or_cuda_errors(self):
-    directory = self.create_tempdir().full_path
+    directory = _tempdir(self)
     data = datasets.make_synthetic_data(os.path.join(directory, "data"),
                                         num_train=600, num_test=300)
     result = _run(
@@ -158,7 +162,7 @@ class InterruptTest(absltest.TestCase):
     return process.returncode, stderr
 
   def test_ctrl_c_during_conversion(self):
-    directory = self.create_tempdir().full_path
+    directory = _tempdir(self)
     raw = os.path.join(directory, "raw")
     subprocess.run([os.path.join(_BIN, "escm2-synth"), f"--output_dir={raw}",
                     "--num_train=40000", "--num_test=10"], check=True,
@@ -176,7 +180,7 @@ class InterruptTest(absltest.TestCase):
     self.assertFalse(os.path.exists(out))
 
   def test_ctrl_c_during_training(self):
-    directory = self.create_tempdir().full_path
+    directory = _tempdir(self)
     data = datasets.make_synthetic_data(os.path.join(directory, "data"),
                                         num_train=2000, num_test=300)
     model_dir = os.path.join(directory, "model")

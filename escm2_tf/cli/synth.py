@@ -67,7 +67,10 @@ def main(argv: Sequence[str]) -> int:
   try:
     output = _FLAGS.build(_Output)
     config = _FLAGS.build(simulator.SimulatorConfig)
-    summary = simulator.simulate(config, output.output_dir)
+    summary = simulator.simulate(
+        config, output.output_dir,
+        progress=lambda line: print(f"{_PROGRAM}: {line}", file=sys.stderr,
+                                    flush=True))
   except ConfigError as error:
     return flagbind.fail(_PROGRAM, flagbind.error_line(error))
   print(json.dumps(summary, indent=2) if output.json

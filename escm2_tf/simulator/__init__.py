@@ -16,7 +16,7 @@ is ``cvr``.
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -167,8 +167,14 @@ def _summary(truth: dict[str, np.ndarray]) -> dict[str, Any]:
   }
 
 
-def simulate(config: SimulatorConfig, output_dir: str) -> dict[str, Any]:
+def simulate(config: SimulatorConfig, output_dir: str,
+             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
   """Writes both splits and their ground truth into ``output_dir``.
+
+  Args:
+    config: What to simulate.
+    output_dir: Where the files go (created if needed).
+    progress: Called with a line saying what is being done, at each step.
 
   Returns:
     ``{"config": {...}, "train": {...}, "test": {...}, "files": [paths]}``
@@ -179,7 +185,10 @@ def simulate(config: SimulatorConfig, output_dir: str) -> dict[str, Any]:
     ConfigError: if ``output_dir`` cannot be written. Nothing is left under
       a final file name unless the whole simulation succeeded.
   """
+  report = progress or (lambda line: None)
   _prepare_output_dir(output_dir)
+  report(f"building a world of {config.num_users:,} users and "
+         f"{config.num_items:,} items")
   world = build_world(config)
   featurizer = simulator_io.Featurizer(world)
   names = {split: simulator_io.file_names(config.format, split)
@@ -190,6 +199,8 @@ def simulate(config: SimulatorConfig, output_dir: str) -> dict[str, Any]:
   all_names = [name for split in SPLITS for name in names[split].values()]
   with simulator_io.atomic_files(output_dir, all_names) as out:
     for split in SPLITS:
+      report(f"simulating the {split} split ("
+             f"{getattr(config, f'num_{split}'):,} impressions)")
       imp, truth = sample_split(config, world, split)
       files = {role: out[name] for role, name in names[split].items()}
       if config.format == "paddlerec":
