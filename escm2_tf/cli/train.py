@@ -65,6 +65,13 @@ def _serve_if_server(strategy: str) -> bool:
   return True
 
 
+def _announce(configs: dict[str, Any]) -> None:
+  train = configs["train"]
+  print(f"{_PROGRAM}: training {configs['loss'].loss} on a "
+        f"{configs['model'].backbone} network for {train.epochs} epoch(s) of "
+        f"{train.train_data}, into {train.model_dir}", flush=True)
+
+
 def _report(result: dict[str, Any], train_config: config_lib.TrainConfig
             ) -> None:
   """Where split variables went, then the chief's outputs and metrics."""
@@ -104,6 +111,7 @@ def main(argv: Sequence[str]) -> int:
   try:
     if _serve_if_server(configs["train"].distribution_strategy):
       return 0
+    _announce(configs)
     result = training.train(configs["train"], configs["model"],
                             configs["loss"], verbose=configs["display"].verbose)
   except config_lib.ConfigError as e:
