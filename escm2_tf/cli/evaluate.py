@@ -56,10 +56,6 @@ class EvaluateFlags:
 _FLAGS = flagbind.Binding(flagbind.Section(EvaluateFlags, "input"))
 
 
-class _FlagError(ValueError):
-  """A flag value that is invalid; the message starts with the flag."""
-
-
 def _check_flags(settings: EvaluateFlags) -> str:
   """Checks the inputs; returns the SavedModel directory to load."""
   # pylint: disable=g-import-not-at-top
@@ -70,16 +66,16 @@ def _check_flags(settings: EvaluateFlags) -> str:
   try:
     evaluation.check_readable(settings.data)
   except FileNotFoundError:
-    raise _FlagError(f"--data: no files match {settings.data!r}") from None
+    raise ConfigError("data", f"no files match {settings.data!r}") from None
   except ValueError as e:
-    raise _FlagError(f"--data: {e}") from None
+    raise ConfigError("data", str(e)) from None
   try:
     saved_model = export.resolve_saved_model(settings.saved_model)
   except FileNotFoundError as e:
-    raise _FlagError(f"--saved_model: {e}") from None
+    raise ConfigError("saved_model", str(e)) from None
   output_dir = os.path.dirname(os.path.abspath(settings.output))
   if not tf.io.gfile.isdir(output_dir):
-    raise _FlagError(f"--output: directory {output_dir} does not exist")
+    raise ConfigError("output", f"directory {output_dir} does not exist")
   return saved_model
 
 
@@ -91,11 +87,11 @@ def _load(saved_model: str) -> Any:
   try:
     loaded = tf.saved_model.load(saved_model)
   except (OSError, ValueError, tf.errors.OpError) as e:
-    raise _FlagError(f"--saved_model: cannot load {saved_model}: "
-                     f"{str(e).splitlines()[0]}") from None
+    raise ConfigError("saved_model", f"cannot load {saved_model}: "
+                      f"{str(e).splitlines()[0]}") from None
   if serving.EXAMPLES_SIGNATURE not in loaded.signatures:
-    raise _FlagError(
-        f"--saved_model: {saved_model} has no {serving.EXAMPLES_SIGNATURE} "
+    raise ConfigError(
+        "saved_model", f"{saved_model} has no {serving.EXAMPLES_SIGNATURE} "
         f"signature (it has {', '.join(loaded.signatures) or 'none'})")
   return loaded
 
@@ -128,8 +124,8 @@ def _evaluate(settings: EvaluateFlags
         loaded.signatures[serving.EXAMPLES_SIGNATURE], settings.data,
         settings.batch_size)
   except tf.errors.OpError as e:
-    raise _FlagError(f"--data: cannot score {settings.data!r}: "
-                     f"{e.message.splitlines()[0]}") from None
+    raise ConfigError("data", f"cannot score {settings.data!r}: "
+                      f"{e.message.splitlines()[0]}") from None
   return saved_model, evaluation.compute_metrics(
       predictions, ground_truth, settings.ground_truth)
 
@@ -146,8 +142,8 @@ def main(argv: Sequence[str]) -> int:
   from escm2_tf import evaluation  # pylint: disable=g-import-not-at-top
   try:
     saved_model, metrics = _evaluate(settings)
-  except _FlagError as e:
-    return flagbind.fail(_PROGRAM, str(e))
+  except ConfigError as e:
+    return flagbind.fail(_PROGRAM, flagbind.error_line(e))
   except evaluation.GroundTruthError as e:
     return flagbind.fail(_PROGRAM, f"--ground_truth: {e}")
   evaluation.write_metrics(settings.output, metrics)
