@@ -6,7 +6,7 @@
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -27,6 +27,7 @@ def _seed(seed: int | None, offset: int) -> int | None:
   return None if seed is None else seed + offset
 
 
+@keras.saving.register_keras_serializable(package="escm2_tf")
 class MMoE(keras.layers.Layer):
   """Multi-gate mixture of experts (Ma et al., KDD 2018).
 
@@ -43,6 +44,7 @@ class MMoE(keras.layers.Layer):
     self.expert_units = tuple(expert_units)
     self.num_tasks = num_tasks
     self.activation = keras.activations.get(activation)
+    self.dropout_rate = dropout
     self.dropout = keras.layers.Dropout(dropout, seed=_seed(seed, 1))
     self.seed = seed
 
@@ -100,7 +102,15 @@ class MMoE(keras.layers.Layer):
     # [B, T, E, U] and summing.
     return tf.matmul(gates, hidden)
 
+  def get_config(self) -> dict[str, Any]:
+    return {**super().get_config(), "num_experts": self.num_experts,
+            "expert_units": list(self.expert_units),
+            "num_tasks": self.num_tasks,
+            "activation": keras.activations.serialize(self.activation),
+            "dropout": self.dropout_rate, "seed": self.seed}
 
+
+@keras.saving.register_keras_serializable(package="escm2_tf")
 class TaskTowers(keras.layers.Layer):
   """One MLP tower per task ending in a logit, all computed together.
 
@@ -115,6 +125,7 @@ class TaskTowers(keras.layers.Layer):
     self.num_tasks = num_tasks
     self.units = tuple(units)
     self.activation = keras.activations.get(activation)
+    self.dropout_rate = dropout
     self.dropout = keras.layers.Dropout(dropout, seed=_seed(seed, 1))
     self.seed = seed
 
@@ -143,3 +154,9 @@ class TaskTowers(keras.layers.Layer):
       hidden = self.dropout(self.activation(hidden), training=training)
       hidden = tf.matmul(hidden, kernel) + bias[:, tf.newaxis]
     return tf.transpose(tf.squeeze(hidden, axis=2))
+
+  def get_config(self) -> dict[str, Any]:
+    return {**super().get_config(), "num_tasks": self.num_tasks,
+            "units": list(self.units),
+            "activation": keras.activations.serialize(self.activation),
+            "dropout": self.dropout_rate, "seed": self.seed}
