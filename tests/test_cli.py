@@ -15,9 +15,9 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 import datasets
+import testing
 
-_BIN = os.path.dirname(sys.executable)
-_TIMEOUT = 120
+_TIMEOUT = testing.SUBPROCESS_TIMEOUT_S
 # Each tool's key flags, which its --help must list.
 _KEY_FLAGS = {
     "escm2-synth": ("output_dir", "num_train", "num_test", "seed", "ctr",
@@ -43,7 +43,7 @@ def _tempdir(test: absltest.TestCase) -> str:
 
 
 def _run(script: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
-  return subprocess.run([os.path.join(_BIN, script), *args],
+  return subprocess.run([testing.console_script(script), *args],
                         capture_output=True, text=True, timeout=_TIMEOUT,
                         check=False, **kwargs)
 
@@ -164,12 +164,12 @@ class InterruptTest(absltest.TestCase):
   def test_ctrl_c_during_conversion(self):
     directory = _tempdir(self)
     raw = os.path.join(directory, "raw")
-    subprocess.run([os.path.join(_BIN, "escm2-synth"), f"--output_dir={raw}",
+    subprocess.run([testing.console_script("escm2-synth"), f"--output_dir={raw}",
                     "--num_train=40000", "--num_test=10"], check=True,
                    capture_output=True, timeout=_TIMEOUT)
     out = os.path.join(directory, "out")
     status, stderr = self._interrupt(
-        [os.path.join(_BIN, "escm2-convert"),
+        [testing.console_script("escm2-convert"),
          f"--skeleton={raw}/sample_skeleton_train.csv",
          f"--common_features={raw}/common_features_train.csv",
          f"--output_dir={out}"], started=out, after=1.0)
@@ -185,7 +185,7 @@ class InterruptTest(absltest.TestCase):
                                         num_train=2000, num_test=300)
     model_dir = os.path.join(directory, "model")
     status, stderr = self._interrupt(
-        [os.path.join(_BIN, "escm2-train"), f"--train_data={data['train']}",
+        [testing.console_script("escm2-train"), f"--train_data={data['train']}",
          f"--eval_data={data['test']}", f"--vocab_dir={data['vocab_dir']}",
          f"--model_dir={model_dir}", f"--export_dir={directory}/export",
          "--epochs=1000", "--batch_size=64", "--verbose=0"],
