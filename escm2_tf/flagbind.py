@@ -226,7 +226,7 @@ def fail(program: str, message: str, status: int = USAGE_ERROR) -> int:
 
 def parser(program: str, binding: Binding, doc: str,
            known_only: bool = False) -> Callable[[list[str]], list[str]]:
-  """An ``app.run`` flags parser: own help, one-line errors, quiet logs."""
+  """An ``app.run`` flags parser: its own help, one-line errors."""
 
   def parse(argv: list[str]) -> list[str]:
     if any(arg in _HELP_ARGS for arg in argv[1:]):
@@ -240,8 +240,6 @@ def parser(program: str, binding: Binding, doc: str,
       rest = binding.flag_values(argv, known_only=known_only)
     except flags.Error as error:
       sys.exit(fail(program, usage_error(error)))
-    console.configure(binding.flag_values["verbosity"].value
-                      if "verbosity" in binding.flag_values else 0)
     return rest
 
   return parse
@@ -262,6 +260,8 @@ def run(main: Callable[[list[str]], int | None], program: str,
   """
 
   def guarded(argv: list[str]) -> int | None:
+    # Here, not in the parser: app.run resets absl's logger after parsing.
+    console.configure(flags.FLAGS["verbosity"].value)
     try:
       return main(argv)
     except KeyboardInterrupt:
