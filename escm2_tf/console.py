@@ -32,15 +32,20 @@ _NOISE = re.compile(
     r"|\] Unable to register cu(DNN|FFT|BLAS) factory"
     r"|\] TF-TRT Warning: Could not find TensorRT"
     r"|computation placer already registered")
-# TensorFlow logs through "tensorflow" and, in places, absl's logger; the
-# tools themselves print rather than log.
+# TensorFlow logs through "tensorflow" and, in places, absl's logger (whose
+# level absl resets when --verbosity is set); the tools print, not log.
 _LIBRARY_LOGGERS = ("tensorflow", "absl", "apache_beam", "h5py")
 # Warnings libraries log through the root logger, which has no name to mute.
 _ROOT_NOISE = ("apitools not found",)
 _QUIET = {"verbosity": 0}
 
 
-def _not_noise(record: logging.LogRecord) -> bool:
+def _wanted(record: logging.LogRecord) -> bool:
+  """Errors, and what the libraries' records are not."""
+  if record.levelno >= logging.ERROR:
+    return True
+  if record.name.split(".")[0] in _LIBRARY_LOGGERS:
+    return False
   return not str(record.msg).startswith(_ROOT_NOISE)
 
 
@@ -50,9 +55,9 @@ def configure(verbosity: int) -> None:
   if not escm2_tf.USER_TF_LOG_LEVEL:
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbosity >= 1 else "2"
   if verbosity < 1:
-    for name in _LIBRARY_LOGGERS:
-      logging.getLogger(name).setLevel(logging.ERROR)
-    logging.getLogger().addFilter(_not_noise)
+    # On the handlers, which every record reaches whatever its logger's level.
+    for handler in logging.getLogger().handlers:
+      handler.addFilter(_wanted)
 
 
 @contextlib.contextmanager
