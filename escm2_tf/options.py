@@ -44,9 +44,10 @@ class ConfigError(ValueError):
     self.choices = tuple(choices)
 
 
+# pylint: disable-next=redefined-builtin
 def option(default: Any = dataclasses.MISSING, *, choices: Sequence[Any] = (),
            minimum: float | None = None, maximum: float | None = None,
-           group: str = "", help: str = "") -> Any:  # pylint: disable=redefined-builtin
+           group: str = "", help: str = "") -> Any:
   """A dataclass field with what its flag and its checks need.
 
   Args:

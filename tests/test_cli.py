@@ -164,8 +164,9 @@ class InterruptTest(absltest.TestCase):
   def test_ctrl_c_during_conversion(self):
     directory = _tempdir(self)
     raw = os.path.join(directory, "raw")
-    subprocess.run([testing.console_script("escm2-synth"), f"--output_dir={raw}",
-                    "--num_train=40000", "--num_test=10"], check=True,
+    subprocess.run([testing.console_script("escm2-synth"),
+                    f"--output_dir={raw}", "--num_train=40000",
+                    "--num_test=10"], check=True,
                    capture_output=True, timeout=_TIMEOUT)
     out = os.path.join(directory, "out")
     status, stderr = self._interrupt(

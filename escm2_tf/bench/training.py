@@ -18,7 +18,6 @@ from escm2_tf.bench import hparams as hparams_lib
 from escm2_tf import data
 from escm2_tf import evaluation
 from escm2_tf import export
-from escm2_tf import losses
 from escm2_tf import metrics as metrics_lib
 from escm2_tf import model as model_lib
 from escm2_tf import optimizers

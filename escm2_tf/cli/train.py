@@ -17,7 +17,6 @@ worker and ps tasks serve until they are stopped); see docs/scaling.md.
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
 import dataclasses
-import sys
 from typing import Any, Sequence
 
 from escm2_tf import config as config_lib
