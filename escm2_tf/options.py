@@ -157,3 +157,14 @@ def check_declared(config: Any) -> None:
       if MINIMUM in field.metadata or MAXIMUM in field.metadata:
         check_range(field.name, item, field.metadata.get(MINIMUM),
                     field.metadata.get(MAXIMUM), integer=kind is int)
+
+
+def json_ready(value: Any) -> Any:
+  """Dataclasses, mappings and tuples as JSON-ready dicts and lists."""
+  if dataclasses.is_dataclass(value) and not isinstance(value, type):
+    return json_ready(dataclasses.asdict(value))
+  if isinstance(value, dict):
+    return {str(key): json_ready(item) for key, item in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [json_ready(item) for item in value]
+  return value

@@ -23,7 +23,8 @@ def stacked_glorot(fan_in: int, fan_out: int, seed: int | None
   return keras.initializers.RandomUniform(-limit, limit, seed=seed)
 
 
-def _seed(seed: int | None, offset: int) -> int | None:
+def offset_seed(seed: int | None, offset: int) -> int | None:
+  """A distinct seed per initialiser or dropout; None stays None."""
   return None if seed is None else seed + offset
 
 
@@ -45,7 +46,7 @@ class MMoE(keras.layers.Layer):
     self.num_tasks = num_tasks
     self.activation = keras.activations.get(activation)
     self.dropout_rate = dropout
-    self.dropout = keras.layers.Dropout(dropout, seed=_seed(seed, 1))
+    self.dropout = keras.layers.Dropout(dropout, seed=offset_seed(seed, 1))
     self.seed = seed
 
   def build(self, input_shape: tf.TensorShape):
@@ -53,7 +54,7 @@ class MMoE(keras.layers.Layer):
     self.gate_kernel = self.add_weight(
         "gate_kernel", shape=(fan_in, self.num_tasks, self.num_experts),
         initializer=stacked_glorot(fan_in, self.num_experts,
-                                   _seed(self.seed, 0)))
+                                   offset_seed(self.seed, 0)))
     self.gate_bias = self.add_weight(
         "gate_bias", shape=(self.num_tasks, self.num_experts),
         initializer="zeros")
@@ -126,7 +127,7 @@ class TaskTowers(keras.layers.Layer):
     self.units = tuple(units)
     self.activation = keras.activations.get(activation)
     self.dropout_rate = dropout
-    self.dropout = keras.layers.Dropout(dropout, seed=_seed(seed, 1))
+    self.dropout = keras.layers.Dropout(dropout, seed=offset_seed(seed, 1))
     self.seed = seed
 
   def build(self, input_shape: tf.TensorShape):
