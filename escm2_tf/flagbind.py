@@ -92,6 +92,8 @@ def _define(section: Section, field: dataclasses.Field,
     flags.DEFINE_integer(field.name, default, text, **common)
   elif kind is float:
     flags.DEFINE_float(field.name, default, text, **common)
+  elif kind is tuple and field.metadata.get(options.REPEATABLE):
+    flags.DEFINE_multi_string(field.name, default, text, **common)
   elif kind is tuple:
     flags.DEFINE_list(field.name, default, text, **common)
   else:

@@ -23,6 +23,7 @@ MINIMUM = "minimum"
 MAXIMUM = "maximum"
 GROUP = "group"
 HELP = "help"
+REPEATABLE = "repeatable"
 
 
 class ConfigError(ValueError):
@@ -47,7 +48,7 @@ class ConfigError(ValueError):
 # pylint: disable-next=redefined-builtin
 def option(default: Any = dataclasses.MISSING, *, choices: Sequence[Any] = (),
            minimum: float | None = None, maximum: float | None = None,
-           group: str = "", help: str = "") -> Any:
+           group: str = "", help: str = "", repeatable: bool = False) -> Any:
   """A dataclass field with what its flag and its checks need.
 
   Args:
@@ -57,10 +58,14 @@ def option(default: Any = dataclasses.MISSING, *, choices: Sequence[Any] = (),
     maximum: The largest accepted number (inclusive).
     group: The help group of its flag; the dataclass's group when empty.
     help: One-line help; the first sentence of the docstring entry when empty.
+    repeatable: A ``tuple[str, ...]`` field whose flag is given once per
+      value (``--regime=a --regime=b``) instead of as a comma list, for
+      values that hold commas.
   """
   metadata = {key: value for key, value in (
       (CHOICES, tuple(choices)), (MINIMUM, minimum), (MAXIMUM, maximum),
-      (GROUP, group), (HELP, help)) if value not in ((), None, "")}
+      (GROUP, group), (HELP, help), (REPEATABLE, repeatable))
+              if value not in ((), None, "", False)}
   return dataclasses.field(default=default, metadata=metadata)
 
 

@@ -31,6 +31,7 @@ class _Example:
     cap: An optional cap.
     names: Some names.
     on: Whether it is on.
+    specs: Specs that hold commas, one flag each.
   """
   path: str = option(group="output")
   count: int = option(3, minimum=1)
@@ -40,6 +41,7 @@ class _Example:
   cap: float | None = None
   names: tuple[str, ...] = option(("x",), choices=("x", "y"))
   on: bool = True
+  specs: tuple[str, ...] = option((), repeatable=True)
 
   def __post_init__(self):
     if not self.path:
@@ -61,7 +63,8 @@ class FieldToFlagTest(absltest.TestCase):
                 "units": ("comma separated list of strings", ["4", "2"]),
                 "cap": ("float", None), "names": (
                     "comma separated list of strings", ["x"]),
-                "on": ("bool", True)}
+                "on": ("bool", True),
+                "specs": ("multi string", [])}
     for name, (kind, default) in expected.items():
       self.assertEqual(flag_values[name].flag_type(), kind, name)
       self.assertEqual(flag_values[name].default, default, name)
@@ -104,14 +107,15 @@ class RoundTripTest(parameterized.TestCase):
   def test_flags_build_the_config(self):
     binding, flag_values = _binding(flagbind.Section(_Example, "example"))
     flag_values(["prog", "--path=p", "--count=7", "--rate=0.25", "--mode=b",
-                 "--units=8,4,2", "--cap=3", "--names=y,x", "--noon"])
+                 "--units=8,4,2", "--cap=3", "--names=y,x", "--noon",
+                 "--specs=a:1,2", "--specs=b:3"])
     self.assertEqual(binding.build(_Example),
                      _Example(path="p", count=7, rate=0.25, mode="b",
                               units=(8, 4, 2), cap=3.0, names=("y", "x"),
-                              on=False))
+                              on=False, specs=("a:1,2", "b:3")))
     self.assertEqual(sorted(binding.present()),
                      ["cap", "count", "mode", "names", "on", "path", "rate",
-                      "units"])
+                      "specs", "units"])
 
   def test_overrides_win(self):
     binding, flag_values = _binding(flagbind.Section(_Example, "example"))
