@@ -65,7 +65,8 @@ def option(default: Any = dataclasses.MISSING, *, choices: Sequence[Any] = (),
   metadata = {key: value for key, value in (
       (CHOICES, tuple(choices)), (MINIMUM, minimum), (MAXIMUM, maximum),
       (GROUP, group), (HELP, help), (REPEATABLE, repeatable))
-              if value not in ((), None, "", False)}
+              if value is not None and value is not False
+              and value not in ((), "")}
   return dataclasses.field(default=default, metadata=metadata)
 
 

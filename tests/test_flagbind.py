@@ -72,6 +72,10 @@ class FieldToFlagTest(absltest.TestCase):
     self.assertEqual(flag_values["path"].help, "Where things go.")
     self.assertEqual(flag_values["rate"].help, "A rate, e.g. 0.5.")
 
+  def test_zero_bounds_are_declared(self):
+    self.assertEqual(option(0, minimum=0, maximum=0.0).metadata,
+                     {"minimum": 0, "maximum": 0.0})
+
   def test_every_config_field_has_help(self):
     for config in (config_lib.ModelConfig, config_lib.LossConfig,
                    config_lib.TrainConfig, simulator.SimulatorConfig,

@@ -38,6 +38,14 @@ class HParams:
   ignored: tuple[str, ...] = ()
 
 
+def _line_of(path: str, text: str) -> int:
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, start=1):
+      if line.strip() == text:
+        return number
+  return 0
+
+
 def hparams_from_flagfile(path: str) -> HParams:
   """The network, loss and schedule of an ``escm2-train`` flagfile.
 
@@ -61,6 +69,10 @@ def hparams_from_flagfile(path: str) -> HParams:
     raise ValueError(f"{path}: {flagbind.usage_error(e)}") from None
   except config_lib.ConfigError as e:
     raise ValueError(f"{path}: {flagbind.error_line(e)}") from None
+  for arg in unknown:
+    if not arg.startswith("-"):
+      raise ValueError(f"{path}:{_line_of(path, arg)}: expected --name=value, "
+                       f"got {arg[:60]!r}")
   used = {field.name for config in (config_lib.ModelConfig,
                                     config_lib.LossConfig)
           for field in dataclasses.fields(config)} | set(_SCHEDULE)
