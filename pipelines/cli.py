@@ -7,9 +7,12 @@
   escm2-convert --input_format=paddlerec --input='demo/*.txt' --output_dir=out
 
 Flags not defined here are Apache Beam pipeline options and go to the
-pipeline unchanged, e.g. --runner=DataflowRunner --project=... or
---direct_running_mode=multi_processing --direct_num_workers=2. Without
---runner the pipeline runs in-process on Beam's FnApiRunner.
+pipeline unchanged, e.g. --runner=DataflowRunner --project=.... Without any
+Beam option the default --join=side_input runs on the local runner: one
+worker process per core (--num_workers), one output shard per byte range of
+the input. With Beam options (or --join=cogroup) the Beam pipeline runs;
+without --runner on Beam's FnApiRunner, multi-processing with one worker per
+core unless --direct_running_mode says otherwise.
 
 Writes DIR/part-*.tfrecord.gz, DIR/vocab/<field>.tsv, DIR/stats.json and
 DIR/rejected/; exits non-zero when more than --max_bad_fraction of the rows
@@ -54,7 +57,7 @@ def main(argv: Sequence[str]) -> int:
     stats = convert.run(config, pipeline_args=argv[1:])
   except config_lib.ConfigError as e:
     return flagbind.fail(_PROGRAM, flagbind.error_line(e))
-  except convert.TooManyBadRowsError as e:
+  except (convert.TooManyBadRowsError, convert.OutOfSpaceError) as e:
     return flagbind.fail(_PROGRAM, str(e), _FAILED)
   print(f"{_PROGRAM}: {stats['rows_written']} of {stats['rows_read']} rows "
         f"written to {config.output_dir} ({stats['rows_rejected']} rejected, "

@@ -36,11 +36,15 @@ class ConvertConfig:
       conversion=1 instead of dropping them.
     max_bad_fraction: The run fails when more than this fraction of the rows
       read is rejected (the outputs are still written).
-    num_shards: Output TFRecord shards; 0 lets the runner decide. A fixed
-      count shuffles all examples, which the local runner holds in memory.
+    num_shards: Output TFRecord shards. 0: on the local runner, 8 per worker
+      process but none from less than 4 MiB of input; on Beam runners, the
+      runner decides (a fixed count there shuffles every example, which
+      Beam's own local runners hold in memory).
     join: How impressions meet their user's common features: ``"side_input"``
       (a dict on every worker, no shuffle of impressions) or ``"cogroup"``
       (CoGroupByKey, for runners with a disk-backed shuffle).
+    num_workers: Processes of the local runner (and of Beam's local runner
+      when it runs this pipeline); 0 starts one per core.
   """
   output_dir: str = option(group="output")
   input_format: str = option("aliccp", choices=INPUT_FORMATS, group="input")
@@ -53,6 +57,7 @@ class ConvertConfig:
                                    maximum=1.0)
   num_shards: int = option(0, minimum=0, group="output")
   join: str = option("side_input", choices=JOINS)
+  num_workers: int = option(0, minimum=0)
 
   def __post_init__(self):
     if not self.output_dir:

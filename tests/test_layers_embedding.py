@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+import layer_testing
 import testing
 
 from escm2_tf import layers
@@ -184,7 +185,7 @@ class FusedEmbeddingSerializationTest(tf.test.TestCase,
     layer = layers.FusedEmbedding(
         _VOCABULARIES, 4, initializer=keras.initializers.RandomNormal(
             stddev=0.3, seed=6), **options)
-    rebuilt = testing.assert_layer_serializes(self, layer, _inputs()[2])
+    rebuilt = layer_testing.assert_layer_serializes(self, layer, _inputs()[2])
     # The vocabularies travel inline, in field order, empty ones included.
     config = layer.get_config()
     self.assertEqual(list(config["vocabularies"]), list(_VOCABULARIES))

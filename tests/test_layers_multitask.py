@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+import layer_testing
 import testing
 from escm2_tf import layers
 from escm2_tf import model as model_lib
@@ -84,7 +85,7 @@ class SerializationTest(tf.test.TestCase, parameterized.TestCase):
   def test_mmoe_config_round_trip(self, options):
     layer = layers.MMoE(4, (6, 5), 3, **options)
     inputs = tf.random.stateless_normal([7, 10], seed=[1, 2])
-    testing.assert_layer_serializes(self, layer, inputs, training=False)
+    layer_testing.assert_layer_serializes(self, layer, inputs, training=False)
     self.assertEqual(layer.get_config()["expert_units"], [6, 5])
 
   @parameterized.named_parameters(
@@ -94,7 +95,7 @@ class SerializationTest(tf.test.TestCase, parameterized.TestCase):
   def test_task_towers_config_round_trip(self, shape, options):
     layer = layers.TaskTowers(3, (4, 2), **options)
     inputs = tf.random.stateless_normal(shape, seed=[3, 4])
-    testing.assert_layer_serializes(self, layer, inputs, training=False)
+    layer_testing.assert_layer_serializes(self, layer, inputs, training=False)
     self.assertEqual(layer.get_config()["units"], [4, 2])
 
   def test_equal_seeds_in_the_config_give_equal_weights(self):

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-import testing
+import layer_testing
 from escm2_tf import config as config_lib
 from escm2_tf import losses
 from escm2_tf import model as model_lib
@@ -123,7 +123,7 @@ class HeadsTest(tf.test.TestCase):
   def test_config_round_trip(self):
     logits = tf.constant([[0.0, 1.0, 3.0], [-2.0, 0.5, -4.0]])
     for with_imputation in (False, True):
-      rebuilt = testing.assert_layer_serializes(
+      rebuilt = layer_testing.assert_layer_serializes(
           self, model_lib.Heads(with_imputation, name="heads"), logits)
       self.assertEqual(rebuilt.with_imputation, with_imputation)
 

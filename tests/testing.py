@@ -1,6 +1,7 @@
 """Shared test utilities: temporary directories, tiny configs, CLI runs.
 
-Data helpers (simulated, converted datasets) are in ``datasets.py``.
+Data helpers (simulated, converted datasets) are in ``datasets.py``, the
+Keras layer checks in ``layer_testing.py``.
 
     import testing
 
@@ -12,14 +13,12 @@ Data helpers (simulated, converted datasets) are in ``datasets.py``.
                                      "--model_dir=..."])
 """
 
-import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
-
+import atexit
 import contextlib
 import dataclasses
-import inspect
 import io
-import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,9 +27,9 @@ from unittest import mock
 
 from absl import flags
 from absl.testing import flagsaver
-import tensorflow as tf
-import tf_keras as keras
 
+# Imports neither TensorFlow nor Keras, so that tests of the tools that start
+# without them (escm2-synth, escm2-convert) stay that way.
 from escm2_tf import config as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,9 +51,15 @@ def mark_flags_parsed() -> None:
     flags.FLAGS.mark_as_parsed()
 
 
+_root: list[str] = []
+
+
 def new_dir() -> str:
-  """A new empty directory under the test run's temporary directory."""
-  return tempfile.mkdtemp(dir=tf.compat.v1.test.get_temp_dir())
+  """A new empty directory, removed when the test process exits."""
+  if not _root:
+    _root.append(tempfile.mkdtemp(prefix="escm2-test-"))
+    atexit.register(shutil.rmtree, _root[0], ignore_errors=True)
+  return tempfile.mkdtemp(dir=_root[0])
 
 
 def tiny_model_config(**overrides: Any) -> config_lib.ModelConfig:
@@ -137,34 +142,3 @@ def run_subprocess(command: Sequence[str], *,
   return subprocess.run(list(command), capture_output=True, text=True,
                         timeout=timeout, check=False, cwd=cwd,
                         env=environment)
-
-
-def assert_layer_serializes(test_case: tf.test.TestCase,
-                            layer: keras.layers.Layer, inputs: Any,
-                            **call_kwargs: Any) -> keras.layers.Layer:
-  """Checks the keras-rs contract of a layer's ``get_config``.
-
-  Every constructor argument is in the config; the config survives JSON and
-  ``keras.layers.serialize``/``deserialize`` (so the class is registered);
-  ``from_config`` gives a layer with an equal config and, given the same
-  weights, equal outputs.
-
-  Returns:
-    The rebuilt layer.
-  """
-  config = layer.get_config()
-  arguments = [name for name, parameter in inspect.signature(
-      type(layer).__init__).parameters.items()
-               if name != "self" and parameter.kind not in (
-                   parameter.VAR_KEYWORD, parameter.VAR_POSITIONAL)]
-  test_case.assertContainsSubset(arguments, config)
-  test_case.assertEqual(json.loads(json.dumps(config)), config)
-  rebuilt = keras.layers.deserialize(keras.layers.serialize(layer))
-  test_case.assertIs(type(rebuilt), type(layer))
-  test_case.assertEqual(rebuilt.get_config(), config)
-  expected = layer(inputs, **call_kwargs)
-  rebuilt(inputs, **call_kwargs)  # Builds the weights.
-  rebuilt.set_weights(layer.get_weights())
-  test_case.assertAllClose(rebuilt(inputs, **call_kwargs), expected,
-                           atol=0, rtol=0)
-  return rebuilt

@@ -28,8 +28,29 @@ def offset_seed(seed: int | None, offset: int) -> int | None:
   return None if seed is None else seed + offset
 
 
+class _TaskLayer(keras.layers.Layer):
+  """What ``MMoE`` and ``TaskTowers`` share: tasks, activation, dropout, seed.
+
+  ``seed`` seeds the dropout (``seed + 1``) and the subclass's kernels.
+  """
+
+  def __init__(self, num_tasks: int, *, activation: str, dropout: float,
+               seed: int | None, **kwargs):
+    super().__init__(**kwargs)
+    self.num_tasks = num_tasks
+    self.activation = keras.activations.get(activation)
+    self.dropout_rate = dropout
+    self.dropout = keras.layers.Dropout(dropout, seed=offset_seed(seed, 1))
+    self.seed = seed
+
+  def get_config(self) -> dict[str, Any]:
+    return {**super().get_config(), "num_tasks": self.num_tasks,
+            "activation": keras.activations.serialize(self.activation),
+            "dropout": self.dropout_rate, "seed": self.seed}
+
+
 @keras.saving.register_keras_serializable(package="escm2_tf")
-class MMoE(keras.layers.Layer):
+class MMoE(_TaskLayer):
   """Multi-gate mixture of experts (Ma et al., KDD 2018).
 
   Input [B, I]; output [B, num_tasks, expert_units[-1]], task t's softmax
@@ -40,14 +61,10 @@ class MMoE(keras.layers.Layer):
   def __init__(self, num_experts: int, expert_units: Sequence[int],
                num_tasks: int, *, activation: str = "relu",
                dropout: float = 0.0, seed: int | None = None, **kwargs):
-    super().__init__(**kwargs)
+    super().__init__(num_tasks, activation=activation, dropout=dropout,
+                     seed=seed, **kwargs)
     self.num_experts = num_experts
     self.expert_units = tuple(expert_units)
-    self.num_tasks = num_tasks
-    self.activation = keras.activations.get(activation)
-    self.dropout_rate = dropout
-    self.dropout = keras.layers.Dropout(dropout, seed=offset_seed(seed, 1))
-    self.seed = seed
 
   def build(self, input_shape: tf.TensorShape):
     fan_in = int(input_shape[-1])
@@ -69,7 +86,7 @@ class MMoE(keras.layers.Layer):
           f"expert_kernel_{layer}", shape=shape,
           initializer=stacked_glorot(shape[-2] if layer else fan_in,
                                      shape[-1],
-                                     _seed(self.seed, 2 * layer + 2))))
+                                     offset_seed(self.seed, 2 * layer + 2))))
       self.biases.append(self.add_weight(
           f"expert_bias_{layer}", shape=(self.num_experts, shape[-1]),
           initializer="zeros"))
@@ -105,14 +122,11 @@ class MMoE(keras.layers.Layer):
 
   def get_config(self) -> dict[str, Any]:
     return {**super().get_config(), "num_experts": self.num_experts,
-            "expert_units": list(self.expert_units),
-            "num_tasks": self.num_tasks,
-            "activation": keras.activations.serialize(self.activation),
-            "dropout": self.dropout_rate, "seed": self.seed}
+            "expert_units": list(self.expert_units)}
 
 
 @keras.saving.register_keras_serializable(package="escm2_tf")
-class TaskTowers(keras.layers.Layer):
+class TaskTowers(_TaskLayer):
   """One MLP tower per task ending in a logit, all computed together.
 
   Input [B, num_tasks, H] (task t's tower reads row t) or [B, H] (shared by
@@ -122,13 +136,9 @@ class TaskTowers(keras.layers.Layer):
   def __init__(self, num_tasks: int, units: Sequence[int], *,
                activation: str = "relu", dropout: float = 0.0,
                seed: int | None = None, **kwargs):
-    super().__init__(**kwargs)
-    self.num_tasks = num_tasks
+    super().__init__(num_tasks, activation=activation, dropout=dropout,
+                     seed=seed, **kwargs)
     self.units = tuple(units)
-    self.activation = keras.activations.get(activation)
-    self.dropout_rate = dropout
-    self.dropout = keras.layers.Dropout(dropout, seed=offset_seed(seed, 1))
-    self.seed = seed
 
   def build(self, input_shape: tf.TensorShape):
     fan_in = int(input_shape[-1])
@@ -137,7 +147,7 @@ class TaskTowers(keras.layers.Layer):
       self.kernels.append(self.add_weight(
           f"kernel_{layer}", shape=(self.num_tasks, fan_in, units),
           initializer=stacked_glorot(fan_in, units,
-                                     _seed(self.seed, 2 * layer + 2))))
+                                     offset_seed(self.seed, 2 * layer + 2))))
       self.biases.append(self.add_weight(
           f"bias_{layer}", shape=(self.num_tasks, units), initializer="zeros"))
       fan_in = units
@@ -157,7 +167,4 @@ class TaskTowers(keras.layers.Layer):
     return tf.transpose(tf.squeeze(hidden, axis=2))
 
   def get_config(self) -> dict[str, Any]:
-    return {**super().get_config(), "num_tasks": self.num_tasks,
-            "units": list(self.units),
-            "activation": keras.activations.serialize(self.activation),
-            "dropout": self.dropout_rate, "seed": self.seed}
+    return {**super().get_config(), "units": list(self.units)}
