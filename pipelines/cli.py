@@ -59,9 +59,9 @@ def main(argv: Sequence[str]) -> int:
     return flagbind.fail(_PROGRAM, flagbind.error_line(e))
   except (convert.TooManyBadRowsError, convert.OutOfSpaceError) as e:
     return flagbind.fail(_PROGRAM, str(e), _FAILED)
-  print(f"{_PROGRAM}: {stats['rows_written']} of {stats['rows_read']} rows "
-        f"written to {config.output_dir} ({stats['rows_rejected']} rejected, "
-        f"{stats['rows_dropped']} dropped)")
+  print(f"{_PROGRAM}: {stats['rows_written']:,} of {stats['rows_read']:,} "
+        f"rows written to {config.output_dir} ({stats['rows_rejected']:,} "
+        f"rejected, {stats['rows_dropped']:,} dropped; vocab/, stats.json)")
   return 0
 
 
