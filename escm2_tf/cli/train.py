@@ -17,6 +17,7 @@ worker and ps tasks serve until they are stopped); see docs/scaling.md.
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
 import dataclasses
+import sys
 from typing import Any, Sequence
 
 from escm2_tf import config as config_lib
@@ -33,7 +34,8 @@ class _Display:
   """What the trainer prints.
 
   Attributes:
-    verbose: Keras' output: 0 silent, 1 a progress bar, 2 a line per epoch.
+    verbose: Keras' output: 0 silent, 1 a progress bar (a line per epoch
+      when the output is not a terminal), 2 a line per epoch.
   """
   verbose: int = option(1, minimum=0, maximum=2, group="output")
 
@@ -62,6 +64,12 @@ def _serve_if_server(strategy: str) -> bool:
         "until stopped", flush=True)
   distribute.run_server(task)
   return True
+
+
+def _verbose(configs: dict[str, Any]) -> int:
+  # Keras redraws its bar with backspaces, which fill a log file.
+  verbose = configs["display"].verbose
+  return 2 if verbose == 1 and not sys.stdout.isatty() else verbose
 
 
 def _announce(configs: dict[str, Any]) -> None:
@@ -112,7 +120,7 @@ def main(argv: Sequence[str]) -> int:
       return 0
     _announce(configs)
     result = training.train(configs["train"], configs["model"],
-                            configs["loss"], verbose=configs["display"].verbose)
+                            configs["loss"], verbose=_verbose(configs))
   except config_lib.ConfigError as e:
     return flagbind.fail(_PROGRAM, flagbind.error_line(e))
   except distribute.ClusterError as e:
