@@ -17,6 +17,7 @@ worker and ps tasks serve until they are stopped); see docs/scaling.md.
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
 import dataclasses
+import os
 import sys
 from typing import Any, Sequence
 
@@ -27,6 +28,8 @@ from escm2_tf.options import option
 
 _PROGRAM = "escm2-train"
 _DIVERGED = 1
+# The metrics the summary shows; metrics.json has them all.
+_HEADLINE = ("auc_ctr", "auc_cvr", "auc_ctcvr", "cvr_bias")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,15 +93,17 @@ def _report(result: dict[str, Any], train_config: config_lib.TrainConfig
     print(f"Trained {result['epochs']} epoch(s) as {result['task']}; the "
           "chief writes the checkpoints, metrics and export")
     return
+  from escm2_tf import run_dir  # pylint: disable=g-import-not-at-top
+  metrics = result["metrics"]
   print(f"Trained {result['epochs']} epoch(s); model_dir: "
         f"{train_config.model_dir}")
   if result["export_path"]:
     print(f"Exported SavedModel: {result['export_path']}")
-  from escm2_tf import evaluation  # pylint: disable=g-import-not-at-top
-  from escm2_tf import run_dir  # pylint: disable=g-import-not-at-top
-  print(f"Metrics on {train_config.eval_data} "
-        f"({run_dir.METRICS_FILE}):")
-  print(evaluation.format_table(result["metrics"]))
+  headline = "  ".join(f"{name} {metrics[name]:.6f}" for name in _HEADLINE
+                       if name in metrics)
+  print(f"On {metrics['count']:,} examples of {train_config.eval_data}: "
+        f"{headline}; every metric in "
+        f"{os.path.join(train_config.model_dir, run_dir.METRICS_FILE)}")
 
 
 def main(argv: Sequence[str]) -> int:
