@@ -59,10 +59,11 @@ class Section:
 
 
 # escm2-train's flags; a training flagfile holds these (the benchmark reads
-# one too). The network takes the trainer's --seed.
+# one too). The network takes the trainer's --seed; the trainer's records
+# carry no known propensities (LossConfig.propensity="label").
 TRAIN_SECTIONS = (
     Section(config_lib.TrainConfig, "training"),
-    Section(config_lib.LossConfig, "loss"),
+    Section(config_lib.LossConfig, "loss", exclude=("propensity",)),
     Section(config_lib.ModelConfig, "model", exclude=("seed",)))
 
 

@@ -23,6 +23,10 @@ from escm2_tf import schema
 
 LOSSES = config_lib.LOSSES
 COMPAT_MODES = config_lib.COMPAT_MODES
+PROPENSITIES = config_lib.PROPENSITIES
+# The label holding a known click propensity, for propensity="label" (the
+# simulator's true p_click: ground_truth_*.csv).
+PROPENSITY_LABEL = "p_click"
 OUTPUTS = ("ctr", "cvr", "ctcvr")
 IMPUTATION = "imputation"
 
@@ -62,9 +66,9 @@ def paddle_log_loss(labels: tf.Tensor, probs: tf.Tensor) -> tf.Tensor:
            (1.0 - labels) * tf.math.log(1.0 - probs + PADDLEREC_EPSILON))
 
 
-def inverse_propensity(config: LossConfig, ctr: tf.Tensor) -> tf.Tensor:
+def inverse_propensity(config: LossConfig, propensity: tf.Tensor) -> tf.Tensor:
   """1 / max(ô, propensity_clip), capped and stop-gradient as configured."""
-  weight = 1.0 / tf.maximum(ctr, config.propensity_clip)
+  weight = 1.0 / tf.maximum(propensity, config.propensity_clip)
   if config.max_ips_weight is not None:
     weight = tf.minimum(weight, config.max_ips_weight)
   if config.stop_ips_gradient:
@@ -88,7 +92,8 @@ def compute_losses(config: LossConfig, labels: Mapping[str, tf.Tensor],
   * esmm: 0 in the total (ESMM learns CVR through CTCVR only); ``cvr_loss``
     reports the naive clicked-mean δ as a stop-gradient monitor.
   * ipw: the paper's IPS risk R_IPS = 1/|D| Σ o_i δ_i / ô_i
-    (formulas/escm2_ipw.png), ô clipped.
+    (formulas/escm2_ipw.png), ô clipped. ô is pCTR, or with
+    ``propensity="label"`` ``labels["p_click"]``.
   * dr: with the imputed error δ̂ = ``outputs["imputation"]`` and
     e_i = δ_i − δ̂_i, the paper's DR error risk
     R_DR^err = 1/|D| Σ [δ̂_i + o_i e_i / ô_i] (formulas/escm2_dr1.png) and
@@ -98,13 +103,16 @@ def compute_losses(config: LossConfig, labels: Mapping[str, tf.Tensor],
     constant in R_err and δ in R_imp, so the CVR output is moved by R_err
     (and L_ctcvr) only and the imputation by R_imp only. The total adds
     ``lambda_imp * R_imp``; ``cvr_loss`` is R_err, ``imputation_loss`` R_imp.
+  * ``self_normalized`` (ipw, dr): 1/|D| in front of every sum over o_i/ô_i
+    becomes 1/Σ_i o_i/ô_i (SNIPS); 0 for a batch without clicks.
 
   ``compat="paddlerec"``: see ``_paddlerec_counterfactual``; every log loss is
   paddle's (epsilon 1e-4 added inside the logs) and CTCVR is labelled with r.
 
   Args:
     config: The estimator and its weights.
-    labels: ``{"click", "conversion"}``, float32[B] of 0/1.
+    labels: ``{"click", "conversion"}``, float32[B] of 0/1, and with
+      ``propensity="label"`` ``"p_click"``, float32[B] in (0, 1].
     outputs: ``{"ctr", "cvr", "ctcvr"}`` probabilities, float32[B], and for
       ``dr`` ``"imputation"``, a non-negative predicted cross-entropy.
 
@@ -136,7 +144,10 @@ def compute_losses(config: LossConfig, labels: Mapping[str, tf.Tensor],
     result = _paddlerec_counterfactual(config.loss, click, ctr, delta,
                                        imputation)
   else:
-    result = _paper_counterfactual(config, click, ctr, delta, imputation)
+    propensity = (ctr if config.propensity == "model" else
+                  _vector(labels, PROPENSITY_LABEL, "labels"))
+    result = _paper_counterfactual(config, click, propensity, delta,
+                                   imputation)
   result["ctr_loss"] = tf.reduce_mean(log_loss(click, ctr))
   result["ctcvr_loss"] = tf.reduce_mean(log_loss(ctcvr_label, ctcvr))
   cvr_weight = config.lambda_c
@@ -152,18 +163,27 @@ def compute_losses(config: LossConfig, labels: Mapping[str, tf.Tensor],
 
 
 def _paper_counterfactual(config: LossConfig, click: tf.Tensor,
-                          ctr: tf.Tensor, delta: tf.Tensor,
+                          propensity: tf.Tensor, delta: tf.Tensor,
                           imputation: tf.Tensor | None) -> dict[str, tf.Tensor]:
   """R_IPS, or R_err and R_imp with the decoupling stop-gradients."""
-  weighted_click = click * inverse_propensity(config, ctr)
+  weighted_click = click * inverse_propensity(config, propensity)
+  if config.self_normalized:
+    normalizer = tf.reduce_sum(weighted_click)
+  else:
+    normalizer = tf.cast(tf.size(click), tf.float32)
+
+  def ips_mean(values: tf.Tensor) -> tf.Tensor:
+    return tf.math.divide_no_nan(tf.reduce_sum(weighted_click * values),
+                                 normalizer)
+
   if config.loss == "ipw":
-    return {"cvr_loss": tf.reduce_mean(weighted_click * delta)}
+    return {"cvr_loss": ips_mean(delta)}
   fixed_imputation = tf.stop_gradient(imputation)
   return {
-      "cvr_loss": tf.reduce_mean(
-          fixed_imputation + weighted_click * (delta - fixed_imputation)),
-      "imputation_loss": tf.reduce_mean(
-          weighted_click * tf.square(tf.stop_gradient(delta) - imputation)),
+      "cvr_loss": (tf.reduce_mean(fixed_imputation)
+                   + ips_mean(delta - fixed_imputation)),
+      "imputation_loss": ips_mean(
+          tf.square(tf.stop_gradient(delta) - imputation)),
   }
 
 

@@ -95,7 +95,9 @@ def _report(result: dict[str, Any], train_config: config_lib.TrainConfig
     return
   from escm2_tf import run_dir  # pylint: disable=g-import-not-at-top
   metrics = result["metrics"]
-  print(f"Trained {result['epochs']} epoch(s); model_dir: "
+  best = (f", ended with the weights of epoch {result['best_epoch']}"
+          if result.get("best_epoch") else "")
+  print(f"Trained {result['epochs']} epoch(s){best}; model_dir: "
         f"{train_config.model_dir}")
   if result["export_path"]:
     print(f"Exported SavedModel: {result['export_path']}")
