@@ -85,7 +85,9 @@ class _Result(NamedTuple):
 
 
 def _unwrap(value):
-  return value.value if isinstance(value, windowed_value.WindowedValue) else value
+  if isinstance(value, windowed_value.WindowedValue):
+    return value.value
+  return value
 
 
 class _Outputs:
