@@ -1,8 +1,11 @@
 """The local runner: the converter's DoFns on a pool of worker processes.
 
-Beam's local runners pass every element between the runner and its workers
-through coders (and gRPC in multi-processing mode), which cost about as much
-CPU as the conversion itself (see docs/converting.md). Without Beam options,
+Beam's local runners pass every element through coders (and, in
+multi-processing mode, through gRPC between the runner and its workers), and
+a fixed shard count there shuffles every example in memory. On 200k simulated
+impressions Beam's in-process runner spent 16.1 CPU-seconds where this runner
+spent 14.0 on the same DoFns (one sitting), and this one uses every core.
+Without Beam options,
 ``escm2-convert`` runs the very same DoFn objects (``dofns``) here instead:
 the input files are split into byte ranges (``ranges``), each range is one
 bundle in a forked worker process and becomes one output shard. A record is
@@ -84,7 +87,9 @@ class _Result(NamedTuple):
 
 
 def _unwrap(value):
-  return value.value if isinstance(value, windowed_value.WindowedValue) else value
+  if isinstance(value, windowed_value.WindowedValue):
+    return value.value
+  return value
 
 
 class _Outputs:

@@ -317,6 +317,12 @@ class MemoryCheckTest(absltest.TestCase):
     resources.check_side_input_fits(config, workers=2,
                                     available=3 * one_copy)
 
+  def test_available_memory_is_known_here(self):
+    available = resources.available_memory_bytes()
+    self.assertIsNotNone(available)
+    self.assertBetween(available, 1 << 20, os.sysconf("SC_PAGE_SIZE")
+                       * os.sysconf("SC_PHYS_PAGES"))
+
   def test_cluster_runners_are_not_checked(self):
     inputs = _simulated_aliccp()
     output_dir = os.path.join(testing.new_dir(), "out")
