@@ -53,15 +53,24 @@ def _reason(error: tf.errors.OpError) -> str:
   return error.message
 
 
+def _not_text(error: UnicodeDecodeError) -> str:
+  """The first byte of a line that is not UTF-8, and its column."""
+  return (f"not UTF-8 text: byte 0x{error.object[error.start]:02x} at "
+          f"column {error.start + 1}")
+
+
 def _text_lines(path: str) -> Iterator[tuple[int, str]]:
   number = 0
   try:
     with tf.io.gfile.GFile(path) as f:
       for number, line in enumerate(f, start=1):
         yield number, line
-  except (UnicodeDecodeError, tf.errors.OpError) as error:
-    reason = _reason(error) if isinstance(error, tf.errors.OpError) else error
-    raise InputError(f"{path}:{number + 1}: cannot read: {reason}") from None
+  except UnicodeDecodeError as error:
+    # GFile decodes line by line: the failing line is the next one.
+    raise InputError(f"{path}:{number + 1}: {_not_text(error)}") from None
+  except tf.errors.OpError as error:
+    raise InputError(f"{path}:{number + 1}: cannot read: "
+                     f"{_reason(error)}") from None
 
 
 def _entries(features: aliccp.Features, sources: frozenset[str],
@@ -146,8 +155,12 @@ def _tfrecord_batches(path: str, batch_size: int) -> Iterator[Batch]:
       except tf.errors.InvalidArgumentError as error:
         raise InputError(f"{where}: not tf.Examples with a string "
                          f"sample_id: {_reason(error)}") from None
-      yield ([s.decode("utf-8") for s in parsed[schema.SAMPLE_ID].numpy()],
-             list(serialized.numpy()), where)
+      try:
+        ids = [s.decode("utf-8") for s in parsed[schema.SAMPLE_ID].numpy()]
+      except UnicodeDecodeError as error:
+        raise InputError(f"{where}: sample_id is not UTF-8 text: "
+                         f"{error.object!r}") from None
+      yield ids, list(serialized.numpy()), where
       start += len(serialized)
   except tf.errors.DataLossError as error:
     raise InputError(f"{path}: corrupt or not a{' GZIP' if compression else ''}"

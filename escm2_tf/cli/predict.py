@@ -96,7 +96,8 @@ def main(argv: Sequence[str]) -> int:
   except scoring.InputError as error:
     return flagbind.fail(_PROGRAM, str(error))
   except OSError as error:
-    return flagbind.fail(_PROGRAM, f"--output: {error}")
+    return flagbind.fail(_PROGRAM, f"--output: cannot write "
+                         f"{settings.output}: {error.strerror or error}")
   print(f"Scored {count} examples into {settings.output}")
   return 0
 
