@@ -17,7 +17,8 @@ from escm2_tf import training
 from escm2_tf.cli import evaluate as evaluate_cli
 
 GROUND_TRUTH_KEYS = {"cvr_bias", "cvr_bias_clicked", "auc_cvr_truth",
-                     "true_cvr_mean"}
+                     "true_cvr_mean", "calibration_ctr_truth",
+                     "calibration_cvr_truth", "calibration_ctcvr_truth"}
 
 
 setUpModule = testing.mark_flags_parsed

@@ -30,7 +30,8 @@ METRIC_KEYS = {
     "logloss_cvr", "logloss_ctcvr", "calibration_ctr", "calibration_cvr",
     "calibration_ctcvr", "count", "clicks", "conversions"}
 GROUND_TRUTH_KEYS = {"cvr_bias", "cvr_bias_clicked", "auc_cvr_truth",
-                     "true_cvr_mean"}
+                     "true_cvr_mean", "calibration_ctr_truth",
+                     "calibration_cvr_truth", "calibration_ctcvr_truth"}
 
 
 setUpModule = testing.mark_flags_parsed
