@@ -15,6 +15,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from escm2_tf import metrics
+
 try:
   from matplotlib import figure as figure_lib
   from matplotlib import ticker
@@ -71,44 +73,8 @@ def plot_history(history: Mapping[str, Sequence[float]],
   return fig
 
 
-def reliability_curve(predictions: np.ndarray, truth: np.ndarray,
-                      num_bins: int = 10) -> dict[str, np.ndarray]:
-  """Mean prediction against mean true probability, in prediction quantiles.
-
-  Quantile bins hold equal numbers of impressions, so every point of the
-  diagram averages the same amount of data however skewed the predictions.
-
-  Args:
-    predictions: Predicted probabilities, one per impression.
-    truth: The true probabilities of the same impressions.
-    num_bins: Number of bins (fewer if many predictions tie).
-
-  Returns:
-    ``predicted`` and ``true`` (the bins' means) and ``count`` per bin, in
-    increasing order of prediction.
-
-  Raises:
-    ValueError: Sizes differ, nothing is given, or ``num_bins`` < 1.
-  """
-  predictions = np.asarray(predictions, dtype=np.float64).reshape(-1)
-  truth = np.asarray(truth, dtype=np.float64).reshape(-1)
-  if predictions.size != truth.size or not predictions.size:
-    raise ValueError(f"reliability_curve needs equally many, and some, "
-                     f"predictions ({predictions.size}) and true values "
-                     f"({truth.size}).")
-  if num_bins < 1:
-    raise ValueError(f"num_bins must be at least 1, got {num_bins}.")
-  edges = np.unique(np.quantile(predictions, np.linspace(0, 1, num_bins + 1)))
-  # Interior edges only: searchsorted then puts every value into a bin.
-  bins = np.searchsorted(edges[1:-1], predictions, side="right")
-  count = np.bincount(bins, minlength=len(edges) - 1)
-  used = count > 0
-  return {
-      "predicted": (np.bincount(bins, predictions, len(count))[used] /
-                    count[used]),
-      "true": np.bincount(bins, truth, len(count))[used] / count[used],
-      "count": count[used],
-  }
+# The binning is a metric (the evaluation reports it); kept here for plots.
+reliability_curve = metrics.reliability_curve
 
 
 def plot_reliability(curves: Mapping[str, Mapping[str, np.ndarray]],

@@ -22,7 +22,9 @@ from escm2_tf.cli import evaluate as evaluate_cli
 
 FLAGS = flags.FLAGS
 GROUND_TRUTH_KEYS = {"cvr_bias", "cvr_bias_clicked", "auc_cvr_truth",
-                     "true_cvr_mean"}
+                     "true_cvr_mean", "auc_ctr_oracle",
+                     "ctr_calibration_error", "ips_true_cvr",
+                     "ips_true_cvr_oracle"}
 
 
 def setUpModule():

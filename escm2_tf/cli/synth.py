@@ -60,6 +60,11 @@ _BEHAVIOUR_LENGTH = flags.DEFINE_integer(
 _UNCLICKED_CONVERSION_RATE = flags.DEFINE_float(
     "unclicked_conversion_rate", _DEFAULT.unclicked_conversion_rate,
     "Fraction of unclicked impressions logged with conversion=1.")
+_CLICK_CONVERSION_CORRELATION = flags.DEFINE_float(
+    "click_conversion_correlation", _DEFAULT.click_conversion_correlation,
+    "How much the conversion propensity shares with the click propensity, "
+    "in [0, 1) (about the correlation of their logits); unset keeps the "
+    "default conversion model (correlation about 0.6).")
 _FORMAT = flags.DEFINE_enum("format", _DEFAULT.format, simulator.FORMATS,
                             "aliccp: Tianchi skeleton and common features; "
                             "paddlerec: PaddleRec's text format.")
@@ -68,7 +73,8 @@ _FORMAT = flags.DEFINE_enum("format", _DEFAULT.format, simulator.FORMATS,
 _CONFIG_FLAGS = (_NUM_TRAIN, _NUM_TEST, _SEED, _NUM_USERS, _NUM_ITEMS,
                  _NUM_CATEGORIES, _NUM_SHOPS, _NUM_BRANDS, _NUM_INTENTIONS,
                  _NUM_POSITIONS, _CTR, _CVR, _IMPRESSIONS_PER_REQUEST,
-                 _BEHAVIOUR_LENGTH, _UNCLICKED_CONVERSION_RATE, _FORMAT)
+                 _BEHAVIOUR_LENGTH, _UNCLICKED_CONVERSION_RATE, _FORMAT,
+                 _CLICK_CONVERSION_CORRELATION)
 
 
 def _fail(flag: str, message: str) -> int:
