@@ -107,6 +107,70 @@ def plot_reliability(curves: Mapping[str, Mapping[str, np.ndarray]],
   return fig
 
 
+def plot_reliability_panels(
+    panels: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]]) -> Figure:
+  """Reliability diagrams side by side, e.g. of pCTR and of pCVR.
+
+  Args:
+    panels: Panel title -> model name -> ``reliability_curve(...)``; each
+      panel is drawn as ``plot_reliability`` draws its one axes, on log
+      scales, as rates span orders of magnitude.
+  """
+  fig, axes = _axes_grid(len(panels))
+  fig.set_size_inches(_SIZE[0] * 1.2 * len(panels), _SIZE[1] * 1.3)
+  for ax, (title, curves) in zip(axes, panels.items()):
+    low = min(min(c["predicted"].min(), c["true"].min())
+              for c in curves.values())
+    high = max(max(c["predicted"].max(), c["true"].max())
+               for c in curves.values())
+    ax.plot([low, high], [low, high], color="0.5", linestyle=":",
+            label="perfect calibration")
+    for index, (name, curve) in enumerate(curves.items()):
+      ax.plot(curve["predicted"], curve["true"], "o-", color=f"C{index}",
+              label=name, markersize=3)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_title(title, fontsize="medium")
+    ax.set_xlabel("mean prediction in decile")
+    ax.set_ylabel("mean true probability in decile")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+  return fig
+
+
+def plot_intervals(panels: Mapping[str, Mapping[str, Mapping[str, float]]],
+                   ylabel: str, reference: float | None = None) -> Figure:
+  """Means with their intervals, one panel per group, one point per model.
+
+  Args:
+    panels: Panel title -> model name -> ``{"mean", "low", "high"}`` (e.g.
+      ``escm2_tf.study.stats.interval``); a missing bound draws no bar.
+    ylabel: What the values are.
+    reference: A value drawn as a horizontal line (e.g. 0 for a bias).
+  """
+  fig, axes = _axes_grid(len(panels))
+  fig.set_size_inches(max(3.2 * len(panels), 5.0), _SIZE[1] + 0.6)
+  for ax, (title, values) in zip(axes, panels.items()):
+    names = list(values)
+    for index, name in enumerate(names):
+      mean, low, high = (values[name][k] for k in ("mean", "low", "high"))
+      mean = math.nan if mean is None else mean
+      if low is None or high is None:
+        error = None
+      else:
+        error = [[mean - low], [high - mean]]
+      ax.errorbar([index], [mean], yerr=error, fmt="o", color=f"C{index}",
+                  capsize=4)
+    if reference is not None:
+      ax.axhline(reference, color="0.3", linewidth=0.8)
+    ax.set_xticks(range(len(names)), names, rotation=30, fontsize="small")
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.set_title(title, fontsize="small")
+    ax.grid(axis="y", alpha=0.3)
+  axes[0].set_ylabel(ylabel)
+  return fig
+
+
 def plot_bars(panels: Mapping[str, Mapping[str, float]],
               baseline: float | None = None) -> Figure:
   """One bar chart per panel (e.g. a metric), one bar per model.
