@@ -52,6 +52,8 @@ def markdown(results: Mapping[str, Any]) -> str:
   grid, summary = results["grid"], results["summary"]
   estimators = grid["estimators"]
   lines = ["# escm2-study results", "",
+           "Written by `escm2-study` (escm2_tf/study); docs/results.md "
+           "reads it.", "",
            f"{len(results['runs'])} runs: {len(grid['regimes'])} regimes x "
            f"{len(grid['seeds'])} seeds ({', '.join(map(str, grid['seeds']))})"
            f" x {len(estimators)} estimators, each trained with the library's "
@@ -85,7 +87,8 @@ def markdown(results: Mapping[str, Any]) -> str:
             for regime in grid["regimes"] for estimator in estimators]
     lines += _table(["regime", "estimator"] + list(columns), rows)
   lines += ["", "## Paired differences (same seed, same data)", "",
-            "Δ|bias| = |cvr_bias| − the reference's |cvr_bias|, seed by seed;"
+            "Δ\\|bias\\| = \\|cvr_bias\\| − the reference's \\|cvr_bias\\|, "
+            "seed by seed;"
             " negative: less biased than the reference. Δbias = cvr_bias − "
             "the reference's.", ""]
   rows = []
@@ -96,9 +99,10 @@ def markdown(results: Mapping[str, Any]) -> str:
                      _name(reference[len("vs_"):]),
                      _cell(differences["abs_bias"], "difference"),
                      _cell(differences["bias"], "difference")])
-  lines += _table(["regime", "estimator", "vs", "Δ|bias|", "Δbias"], rows)
+  lines += _table(["regime", "estimator", "vs", "Δ\\|bias\\|", "Δbias"],
+                  rows)
   lines += ["", "## Target of issue 11", "",
-            "Met when ESCM2-IPW and ESCM2-DR both have a paired Δ|bias| "
+            "Met when ESCM2-IPW and ESCM2-DR both have a paired Δ\\|bias\\| "
             "interval below zero against ESMM and against naive, and the "
             "better of them at most half of ESMM's mean |bias|.", ""]
   rows = []
@@ -113,7 +117,7 @@ def markdown(results: Mapping[str, Any]) -> str:
                  f"{_name(v['better'])} {v['better_over_esmm']:.2f}",
                  "**yes**" if v["met"] else "no"])
   lines += _table(["regime", "IPW < ESMM", "IPW < naive", "DR < ESMM",
-                   "DR < naive", "better / ESMM |bias|", "met"], rows)
+                   "DR < naive", "better / ESMM \\|bias\\|", "met"], rows)
   return "\n".join(lines) + "\n"
 
 
