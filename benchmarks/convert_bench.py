@@ -1,11 +1,22 @@
-"""Throughput and memory of escm2-convert on simulated Ali-CCP files.
+"""Throughput and memory of escm2-convert with the defaults a user gets.
 
 Simulates ``--num_impressions`` training impressions with ``escm2-synth``'s
-simulator (cached under ``--work_dir``), runs the ``escm2-convert`` console
-script on them as a child process, samples the resident memory of its whole
-process tree (Beam's multi_processing mode starts workers), and prints
-impressions per second, CPU time, peak RSS and output bytes per impression.
-It then projects the full release (85M impressions, 730K common rows):
+simulator (cached under ``--work_dir``) in the Tianchi format or, with
+``--input_format=paddlerec``, in PaddleRec's (``--behaviour_length`` sets the
+ids per line: 60 gives about 90). It runs the ``escm2-convert`` console
+script on them as a child process with no flag beyond the inputs (so the
+local runner, one worker per core, default shards), samples the resident
+memory of its whole process tree, and prints impressions per second, CPU
+time, peak RSS, output bytes per impression and the load average.
+
+``--baseline_pythonpath=DIR`` also converts with the code under DIR (a
+directory holding ``escm2_tf`` and ``escm2_pipelines``, e.g. links into a
+checkout of an older commit), alternating baseline and current runs
+``--repeats`` times, so both see the same machine load: on a shared machine
+only the ratios measured in one sitting compare.
+
+For the Tianchi format it then projects the full release (85M impressions,
+730K common rows):
 
   CPU = a * impressions + c * common_rows
 
@@ -13,14 +24,13 @@ where c, the CPU cost of one common row (parse, truncate, encode, count), is
 timed in this process and a is what the run spent beyond that per
 impression. The wall time divides that CPU by the run's measured CPU/wall
 ratio (which other processes on a shared machine lower) and, as a bound, by
-the number of workers.
-The side-input memory projection adds, per common row, its encoded bytes
-plus dict overhead, once in the runner and once per worker; with
-``--join=cogroup`` the local runner's in-memory shuffle makes the peak grow
-with the impressions, so it is scaled linearly.
+the number of workers. The side-input memory projection adds, per common
+row, its encoded bytes plus dict overhead, once in the main process and
+once per worker (their copy-on-write pages, at worst); with
+``--join=cogroup`` Beam's local runner keeps its shuffle in memory, so the
+peak is scaled linearly with the impressions.
 
-  .venv/bin/python benchmarks/convert_bench.py --num_impressions=1000000 \\
-      -- --direct_running_mode=multi_processing --direct_num_workers=2
+  .venv/bin/python benchmarks/convert_bench.py --num_impressions=1000000
 
 Arguments after ``--`` go to escm2-convert unchanged.
 """
@@ -53,6 +63,17 @@ _MAX_VALUES_PER_FIELD = flags.DEFINE_integer(
     "Passed to escm2-convert.")
 _JOIN = flags.DEFINE_enum("join", "side_input", config_lib.JOINS,
                           "Passed to escm2-convert.")
+_INPUT_FORMAT = flags.DEFINE_enum("input_format", "aliccp",
+                                  config_lib.INPUT_FORMATS,
+                                  "Raw format simulated and converted.")
+_BEHAVIOUR_LENGTH = flags.DEFINE_integer(
+    "behaviour_length", 510, "The simulator's ids per behaviour field and "
+    "user (510: Ali-CCP's ~518 common items; 60: ~90 ids per PaddleRec "
+    "line).")
+_BASELINE_PYTHONPATH = flags.DEFINE_string(
+    "baseline_pythonpath", "", "Also run the converter found under this "
+    "directory, alternating with the current one.")
+_REPEATS = flags.DEFINE_integer("repeats", 1, "Runs of each variant.")
 _SEED = flags.DEFINE_integer("seed", 0, "Simulator seed.")
 _KEEP_OUTPUT = flags.DEFINE_bool("keep_output", False,
                                  "Keep the converted files.")
@@ -66,14 +87,18 @@ _CALIBRATION_ROWS = 2000
 
 
 def _simulate(num_impressions: int, seed: int) -> str:
-  raw_dir = os.path.join(_WORK_DIR.value, f"raw_{num_impressions}_{seed}")
-  if not os.path.exists(os.path.join(raw_dir, "sample_skeleton_train.csv")):
+  raw_dir = os.path.join(
+      _WORK_DIR.value, f"raw_{_INPUT_FORMAT.value}_{num_impressions}_{seed}_"
+      f"{_BEHAVIOUR_LENGTH.value}")
+  if not os.path.exists(os.path.join(raw_dir, "ground_truth_train.csv")):
     # Users and items grow with the data, as in a longer log.
     scale = max(1, num_impressions // 100_000)
     start = time.time()
     simulator.simulate(simulator.SimulatorConfig(
         num_train=num_impressions, num_test=1, seed=seed,
-        num_users=10_000 * scale, num_items=20_000 * scale), raw_dir)
+        num_users=10_000 * scale, num_items=20_000 * scale,
+        behaviour_length=_BEHAVIOUR_LENGTH.value,
+        format=_INPUT_FORMAT.value), raw_dir)
     print(f"simulated {num_impressions} impressions in "
           f"{time.time() - start:.0f}s")
   return raw_dir
@@ -109,18 +134,26 @@ def _machine_busy_seconds() -> float:
   return (sum(jiffies[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def _run_convert(args: list[str]) -> dict:
+def _run_convert(args: list[str], pythonpath: str = "") -> dict:
   """Runs escm2-convert; returns wall and CPU seconds and peak tree RSS.
 
   ``others_cpu_s`` is what other processes used meanwhile: on a shared
   machine the run gets less than its cores.
   """
-  script = os.path.join(os.path.dirname(sys.executable), "escm2-convert")
+  env = dict(os.environ)
+  if pythonpath:
+    env["PYTHONPATH"] = pythonpath
+  command = [sys.executable, "-c",
+             "from escm2_pipelines import cli; cli.run()", *args]
   before = resource.getrusage(resource.RUSAGE_CHILDREN)
   busy = _machine_busy_seconds()
+  load = os.getloadavg()[0]
   start = time.time()
-  child = subprocess.Popen([script, *args], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True)
+  # Run from / so that no checkout in the working directory shadows the
+  # code under test.
+  child = subprocess.Popen(command, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=env,
+                           cwd="/")
   peak = [0]
   def sample():
     while child.poll() is None:
@@ -137,7 +170,8 @@ def _run_convert(args: list[str]) -> dict:
   cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
   print(stdout.strip())
   return {"wall_s": wall, "cpu_s": cpu, "peak_rss_bytes": peak[0],
-          "others_cpu_s": _machine_busy_seconds() - busy - cpu}
+          "others_cpu_s": _machine_busy_seconds() - busy - cpu,
+          "load_before": load, "load_after": os.getloadavg()[0]}
 
 
 def _calibrate_common(path: str, max_values: int) -> dict:
@@ -169,11 +203,11 @@ def _output_bytes(output_dir: str) -> tuple[int, int]:
   return compressed, uncompressed
 
 
-def _workers(beam_args: list[str]) -> int:
-  for arg in beam_args:
-    if arg.startswith("--direct_num_workers="):
+def _workers(convert_args: list[str]) -> int:
+  for arg in convert_args:
+    if arg.startswith(("--num_workers=", "--direct_num_workers=")):
       return max(1, int(arg.split("=")[1]))
-  return 1
+  return os.cpu_count() or 1
 
 
 def _project(run: dict, stats: dict, calibration: dict, workers: int) -> dict:
@@ -200,43 +234,99 @@ def _project(run: dict, stats: dict, calibration: dict, workers: int) -> dict:
   }
 
 
-def main(argv):
-  raw_dir = _simulate(_NUM_IMPRESSIONS.value, _SEED.value)
-  common = os.path.join(raw_dir, "common_features_train.csv")
-  output_dir = os.path.join(_WORK_DIR.value, f"out_{os.getpid()}")
-  beam_args = argv[1:]
-  run = _run_convert([
+def _inputs(raw_dir: str) -> list[str]:
+  if _INPUT_FORMAT.value == "paddlerec":
+    return ["--input_format=paddlerec",
+            f"--input={os.path.join(raw_dir, 'paddlerec_train.txt')}"]
+  return [
       "--input_format=aliccp",
       f"--skeleton={os.path.join(raw_dir, 'sample_skeleton_train.csv')}",
-      f"--common_features={common}", f"--output_dir={output_dir}",
-      f"--max_values_per_field={_MAX_VALUES_PER_FIELD.value}",
-      f"--join={_JOIN.value}", *beam_args])
+      f"--common_features="
+      f"{os.path.join(raw_dir, 'common_features_train.csv')}"]
+
+
+def _convert_once(raw_dir: str, convert_args: list[str],
+                  pythonpath: str) -> dict:
+  """One measured conversion into a fresh directory, which it removes."""
+  output_dir = os.path.join(_WORK_DIR.value, f"out_{os.getpid()}")
+  run = _run_convert([*_inputs(raw_dir), f"--output_dir={output_dir}",
+                      *convert_args], pythonpath)
   with open(os.path.join(output_dir, "stats.json")) as f:
     stats = json.load(f)
   compressed, uncompressed = _output_bytes(output_dir)
-  calibration = _calibrate_common(common, _MAX_VALUES_PER_FIELD.value)
+  run["shards"] = len([n for n in os.listdir(output_dir)
+                       if n.endswith(".tfrecord.gz")])
+  if not _KEEP_OUTPUT.value:
+    shutil.rmtree(output_dir)
+  return {"run": run, "stats": stats, "compressed": compressed,
+          "uncompressed": uncompressed}
+
+
+def _report(result: dict, calibration: dict, convert_args: list[str]) -> dict:
+  run, stats = result["run"], result["stats"]
   written = stats["rows_written"]
   report = {
       "impressions": stats["rows_read"],
-      "common_rows": stats["common_rows_read"],
-      "max_values_per_field": _MAX_VALUES_PER_FIELD.value,
-      "join": _JOIN.value, "beam_args": beam_args,
+      "input_format": _INPUT_FORMAT.value,
+      "convert_args": convert_args,
+      "shards": run["shards"],
       "wall_s": round(run["wall_s"], 1), "cpu_s": round(run["cpu_s"], 1),
+      "cores_busy": round(run["cpu_s"] / run["wall_s"], 2),
       "other_processes_cpu_s": round(run["others_cpu_s"], 1),
+      "load_average_before_after": [round(run["load_before"], 1),
+                                    round(run["load_after"], 1)],
       "impressions_per_s": round(stats["rows_read"] / run["wall_s"]),
       "impressions_per_cpu_s": round(stats["rows_read"] / run["cpu_s"]),
       "peak_rss_gb": round(run["peak_rss_bytes"] / 1e9, 2),
-      "output_bytes_per_impression": round(compressed / written, 1),
-      "uncompressed_bytes_per_impression": round(uncompressed / written, 1),
-      "common_row_cpu_ms": round(calibration["cpu_s"] * 1e3, 3),
-      "common_row_encoded_bytes": round(calibration["bytes"]),
-      **_project(run, stats, calibration, _workers(beam_args)),
+      "output_bytes_per_impression": round(result["compressed"] / written, 1),
+      "uncompressed_bytes_per_impression": round(
+          result["uncompressed"] / written, 1),
       "full_release_output_gb": round(
-          compressed / written * FULL_IMPRESSIONS / 1e9, 1),
+          result["compressed"] / written * FULL_IMPRESSIONS / 1e9, 1),
   }
-  print(json.dumps(report, indent=2))
-  if not _KEEP_OUTPUT.value:
-    shutil.rmtree(output_dir)
+  if _INPUT_FORMAT.value == "aliccp":
+    report.update({
+        "common_rows": stats["common_rows_read"],
+        "common_row_cpu_ms": round(calibration["cpu_s"] * 1e3, 3),
+        "common_row_encoded_bytes": round(calibration["bytes"]),
+        **_project(run, stats, calibration, _workers(convert_args)),
+    })
+  else:
+    report["full_release_wall_min_at_this_rate"] = round(
+        FULL_IMPRESSIONS / (stats["rows_read"] / run["wall_s"]) / 60, 1)
+  return report
+
+
+def main(argv):
+  raw_dir = _simulate(_NUM_IMPRESSIONS.value, _SEED.value)
+  convert_args = [f"--max_values_per_field={_MAX_VALUES_PER_FIELD.value}",
+                  f"--join={_JOIN.value}", *argv[1:]]
+  calibration = {}
+  if _INPUT_FORMAT.value == "aliccp":
+    calibration = _calibrate_common(
+        os.path.join(raw_dir, "common_features_train.csv"),
+        _MAX_VALUES_PER_FIELD.value)
+  variants = [("current", "")]
+  if _BASELINE_PYTHONPATH.value:
+    variants.insert(0, ("baseline", _BASELINE_PYTHONPATH.value))
+  reports = []
+  for repeat in range(_REPEATS.value):
+    for name, pythonpath in variants:
+      result = _convert_once(raw_dir, convert_args, pythonpath)
+      report = {"variant": name, "repeat": repeat,
+                **_report(result, calibration, convert_args)}
+      print(json.dumps(report, indent=2), flush=True)
+      reports.append(report)
+  if len(variants) > 1:
+    def mean(name, key):
+      values = [r[key] for r in reports if r["variant"] == name]
+      return sum(values) / len(values)
+    print(json.dumps({
+        "speedup_wall": round(mean("baseline", "wall_s")
+                              / mean("current", "wall_s"), 2),
+        "speedup_cpu": round(mean("baseline", "cpu_s")
+                             / mean("current", "cpu_s"), 2),
+    }, indent=2))
 
 
 if __name__ == "__main__":

@@ -147,25 +147,6 @@ def prepare_data(work_dir: str, config: simulator.SimulatorConfig,
     return json.load(f)
 
 
-def predict(model: keras.Model, files: list[str],
-            batch_size: int) -> dict[str, np.ndarray]:
-  """Every output of the model (imputation included) with labels and ids."""
-  dataset = data.make_dataset(files, batch_size, training=False,
-                              with_sample_id=True)
-  spec = dict(dataset.element_spec[0])
-  del spec[schema.SAMPLE_ID]
-  call = tf.function(lambda f: model(f, training=False),
-                     input_signature=[spec])
-  parts = []
-  for features, labels in dataset:
-    ids = features.pop(schema.SAMPLE_ID).numpy().astype(np.bytes_)
-    batch = {k: v.numpy() for k, v in call(features).items()}
-    batch.update({k: v.numpy() for k, v in labels.items()})
-    batch[schema.SAMPLE_ID] = np.char.decode(ids, "utf-8")
-    parts.append(batch)
-  return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
 def inverse_propensity(loss_config: losses.LossConfig,
                        ctr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """The per-click weight the estimator uses, and whether it was clipped."""
@@ -288,7 +269,9 @@ def run_row(label: str, loss_config: losses.LossConfig, files: dict[str, Any],
   steps = math.ceil(num_rows / batch / _ROUNDS_PER_EPOCH.value)
 
   def score(split):
-    columns = predict(estimator, files[split], batch)
+    # Every output, the imputation included, with labels and ids.
+    columns = evaluation.predict_keras_model(estimator, files[split], batch,
+                                             outputs=None)
     aligned = evaluation.align_ground_truth(truth, columns[schema.SAMPLE_ID],
                                             "ground_truth_test.csv")
     result = metrics_lib.evaluate_predictions(

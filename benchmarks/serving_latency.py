@@ -34,6 +34,7 @@ from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import schema
 from escm2_tf import serving
+from escm2_tf.bench import synthetic
 
 _SAVED_MODEL = flags.DEFINE_string(
     "saved_model", "", "A SavedModel (or export base directory) to time; by "
@@ -52,23 +53,8 @@ _MAX_BEHAVIOUR_IDS = flags.DEFINE_integer(
 _LOSS = flags.DEFINE_enum("loss", "dr", list(losses.LOSSES),
                           "Estimator of the built model (dr adds a tower).")
 
-# Rough Ali-CCP vocabulary sizes; fields not listed get 100 ids.
-_VOCABULARY_SIZES = {
-    "101": 200_000, "205": 250_000, "207": 80_000, "216": 60_000,
-    "110_14": 50_000, "127_14": 40_000, "210": 20_000, "150_14": 10_000,
-    "508": 5_000, "509": 5_000, "702": 5_000, "853": 5_000, "109_14": 3_000,
-    "206": 3_000}
 _FEW_IDS = {"210": 4, "853": 4}
 _PERCENTILES = (50, 90, 99)
-
-
-def _vocabularies(scale: float) -> dict[str, np.ndarray]:
-  vocabularies, start = {}, 1
-  for field in schema.FIELD_NAMES:
-    size = max(1, int(_VOCABULARY_SIZES.get(field, 100) * scale))
-    vocabularies[field] = np.arange(start, start + size, dtype=np.int64)
-    start += size
-  return vocabularies
 
 
 def _max_ids(field: str) -> int:
@@ -94,7 +80,7 @@ def _rows(vocabularies, count: int, rng: np.random.Generator) -> list[dict]:
 
 
 def _export_default_model(directory: str) -> str:
-  vocabularies = _vocabularies(_VOCAB_SCALE.value)
+  vocabularies = synthetic.vocabularies(_VOCAB_SCALE.value)
   model = model_lib.build_model(config_lib.ModelConfig(seed=0),
                                 losses.LossConfig(loss=_LOSS.value),
                                 vocabularies)
@@ -129,7 +115,7 @@ def main(argv):
         _SAVED_MODEL.value or _export_default_model(directory))
     signature = tf.saved_model.load(path).signatures[
         serving.EXAMPLES_SIGNATURE]
-    vocabularies = _vocabularies(_VOCAB_SCALE.value)
+    vocabularies = synthetic.vocabularies(_VOCAB_SCALE.value)
     print(f"SavedModel {path if _SAVED_MODEL.value else '(built)'}; "
           f"{os.cpu_count()} CPUs; {_REQUESTS.value} requests per size")
     print("batch   p50 ms   p90 ms   p99 ms  CPU ms/req   examples/s")

@@ -30,6 +30,7 @@ from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import optimizers
 from escm2_tf import schema
+from escm2_tf.bench import synthetic
 
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 1024, "Examples per step.")
 _STEPS = flags.DEFINE_integer("steps", 200, "Timed steps (after warm-up).")
@@ -53,23 +54,10 @@ _VOCAB_SCALE = flags.DEFINE_float(
     "vocab_scale", 1.0, "Multiplies the per-field vocabulary sizes "
     "(1.0 gives about 740k rows, PaddleRec's table).")
 
-# Rough Ali-CCP shape: vocabulary size and ids per impression of each field
-# (behaviour fields truncated to 10 ids, as a converter would).
-_LARGE = {"101": 200_000, "205": 250_000, "207": 80_000, "216": 60_000,
-          "110_14": 50_000, "127_14": 40_000, "210": 20_000, "150_14": 10_000,
-          "508": 5_000, "509": 5_000, "702": 5_000, "853": 5_000,
-          "109_14": 3_000, "206": 3_000}
+# Rough Ali-CCP shape: ids per impression of each field (behaviour fields
+# truncated to 10 ids, as a converter would).
 _MAX_IDS = {"109_14": 10, "110_14": 10, "127_14": 10, "150_14": 10,
             "210": 4, "853": 4}
-
-
-def _vocabularies(scale: float) -> dict[str, np.ndarray]:
-  vocabularies, start = {}, 1
-  for field in schema.FIELD_NAMES:
-    size = max(1, int(_LARGE.get(field, 100) * scale))
-    vocabularies[field] = np.arange(start, start + size, dtype=np.int64)
-    start += size
-  return vocabularies
 
 
 def _columns(vocabularies, batch_size, rng):
@@ -166,7 +154,7 @@ class _EpochTimer(keras.callbacks.Callback):
 def main(argv):
   del argv
   rng = np.random.default_rng(0)
-  vocabularies = _vocabularies(_VOCAB_SCALE.value)
+  vocabularies = synthetic.vocabularies(_VOCAB_SCALE.value)
   model_config = config_lib.ModelConfig(
       embedding_dim=_EMBEDDING_DIM.value, backbone=_BACKBONE.value,
       num_experts=_NUM_EXPERTS.value, expert_units=(_EXPERT_UNITS.value,),

@@ -17,7 +17,7 @@ import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 import csv
 import json
 import math
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -54,18 +54,34 @@ def _strings(values: tf.Tensor) -> np.ndarray:
 
 
 def _batch_columns(sample_id: tf.Tensor, labels: Mapping[str, tf.Tensor],
-                   outputs: Mapping[str, tf.Tensor]) -> dict[str, np.ndarray]:
+                   outputs: Mapping[str, tf.Tensor],
+                   names: Sequence[str] | None = PREDICTION_NAMES
+                   ) -> dict[str, np.ndarray]:
   columns = {schema.SAMPLE_ID: _strings(sample_id)}
   for name in schema.LABELS:
     columns[name] = labels[name].numpy().astype(np.float32)
-  for name in PREDICTION_NAMES:
+  for name in outputs if names is None else names:
     columns[name] = outputs[name].numpy().astype(np.float32)
   return columns
 
 
-def predict_keras_model(model: keras.Model, file_pattern: str,
-                        batch_size: int) -> Columns:
-  """Scores every example of the TFRecords matching ``file_pattern``."""
+def predict_keras_model(model: keras.Model,
+                        file_pattern: str | Sequence[str], batch_size: int, *,
+                        outputs: Sequence[str] | None = PREDICTION_NAMES
+                        ) -> Columns:
+  """Scores every example of the TFRecords matching ``file_pattern``.
+
+  Args:
+    model: Takes ``data.make_dataset``'s features, returns named outputs.
+    file_pattern: A glob, or a list of globs, of GZIP TFRecords.
+    batch_size: Examples per call.
+    outputs: The outputs to keep; None keeps every one (``imputation`` of a
+      DR model included).
+
+  Returns:
+    The columns ``sample_id``, ``click``, ``conversion`` and the outputs, in
+    file order.
+  """
   dataset = data.make_dataset(file_pattern, batch_size, training=False,
                               with_sample_id=True)
   features_spec = dict(dataset.element_spec[0])
@@ -77,7 +93,7 @@ def predict_keras_model(model: keras.Model, file_pattern: str,
   def batches():
     for features, labels in dataset:
       sample_id = features.pop(schema.SAMPLE_ID)
-      yield _batch_columns(sample_id, labels, predict(features))
+      yield _batch_columns(sample_id, labels, predict(features), outputs)
 
   return _concatenate(batches())
 

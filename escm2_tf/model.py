@@ -83,6 +83,7 @@ def _backbone(config: config_lib.ModelConfig, num_tasks: int,
   return _mlp(config, crossed, seed_offset=200)
 
 
+@keras.saving.register_keras_serializable(package="escm2_tf")
 class Heads(keras.layers.Layer):
   """Task logits [B, T] -> the named outputs.
 
@@ -103,6 +104,9 @@ class Heads(keras.layers.Layer):
     if self.with_imputation:
       outputs["imputation"] = tf.nn.softplus(tasks[2])
     return outputs
+
+  def get_config(self) -> dict[str, Any]:
+    return {**super().get_config(), "with_imputation": self.with_imputation}
 
 
 def model_inputs(config: config_lib.ModelConfig) -> dict[str, tf.Tensor]:

@@ -7,9 +7,12 @@
   escm2-convert --input_format=paddlerec --input='demo/*.txt' --output_dir=out
 
 Flags not defined here are Apache Beam pipeline options and go to the
-pipeline unchanged, e.g. --runner=DataflowRunner --project=... or
---direct_running_mode=multi_processing --direct_num_workers=2. Without
---runner the pipeline runs in-process on Beam's FnApiRunner.
+pipeline unchanged, e.g. --runner=DataflowRunner --project=.... Without any
+Beam option the default --join=side_input runs on the local runner: one
+worker process per core (--num_workers), one output shard per byte range of
+the input. With Beam options (or --join=cogroup) the Beam pipeline runs;
+without --runner on Beam's FnApiRunner, multi-processing with one worker per
+core unless --direct_running_mode says otherwise.
 
 Writes DIR/part-*.tfrecord.gz, DIR/vocab/<field>.tsv, DIR/stats.json and
 DIR/rejected/; exits non-zero when more than --max_bad_fraction of the rows
@@ -50,8 +53,13 @@ _MAX_BAD_FRACTION = flags.DEFINE_float(
     "is rejected.", lower_bound=0.0, upper_bound=1.0)
 _NUM_SHARDS = flags.DEFINE_integer(
     "num_shards", 0,
-    "Output shards; 0 lets the runner decide. A fixed count shuffles every "
-    "example, which the local runner holds in memory.", lower_bound=0)
+    "Output shards; 0: 8 per worker process on the local runner (none from "
+    "less than 4 MiB of input), the runner's choice on Beam runners.",
+    lower_bound=0)
+_NUM_WORKERS = flags.DEFINE_integer(
+    "num_workers", 0,
+    "Worker processes of the local runner (and of Beam's local runners); "
+    "0: one per core.", lower_bound=0)
 _JOIN = flags.DEFINE_enum(
     "join", "side_input", config_lib.JOINS,
     "side_input: every worker holds all users' encoded features (no "
@@ -78,8 +86,10 @@ def main(argv: Sequence[str]) -> None:
         keep_unclicked_conversions=_KEEP_UNCLICKED_CONVERSIONS.value,
         max_bad_fraction=_MAX_BAD_FRACTION.value,
         num_shards=_NUM_SHARDS.value, join=_JOIN.value,
+        num_workers=_NUM_WORKERS.value,
         pipeline_args=argv[1:])
-  except (config_lib.ConfigError, convert.TooManyBadRowsError) as e:
+  except (config_lib.ConfigError, convert.TooManyBadRowsError,
+          convert.OutOfSpaceError) as e:
     sys.exit(f"{_PROGRAM}: {e}")
   print(f"{_PROGRAM}: {stats['rows_written']} of {stats['rows_read']} rows "
         f"written to {_OUTPUT_DIR.value} ({stats['rows_rejected']} rejected, "

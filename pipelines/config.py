@@ -44,11 +44,15 @@ class ConvertConfig:
       conversion=1 instead of dropping them.
     max_bad_fraction: The run fails when more than this fraction of the rows
       read is rejected (the outputs are still written).
-    num_shards: Output TFRecord shards; 0 lets the runner decide. A fixed
-      count shuffles all examples, which the local runner holds in memory.
+    num_shards: Output TFRecord shards. 0: on the local runner, 8 per worker
+      process but none from less than 4 MiB of input; on Beam runners, the
+      runner decides (a fixed count there shuffles every example, which
+      Beam's own local runners hold in memory).
     join: How impressions meet their user's common features: ``"side_input"``
       (a dict on every worker, no shuffle of impressions) or ``"cogroup"``
       (CoGroupByKey, for runners with a disk-backed shuffle).
+    num_workers: Processes of the local runner (and of Beam's local runner
+      when it runs this pipeline); 0 starts one per core.
   """
   output_dir: str
   input_format: str
@@ -60,6 +64,7 @@ class ConvertConfig:
   max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION
   num_shards: int = 0
   join: str = "side_input"
+  num_workers: int = 0
 
   def __post_init__(self):
     if not self.output_dir:
@@ -83,6 +88,9 @@ class ConvertConfig:
                         f"{self.max_bad_fraction}")
     if self.num_shards < 0:
       raise ConfigError("num_shards", f"must be >= 0, got {self.num_shards}")
+    if self.num_workers < 0:
+      raise ConfigError("num_workers", "must be >= 0 (0: one per core), got "
+                        f"{self.num_workers}")
     if self.join not in JOINS:
       raise ConfigError("join", f"must be one of {', '.join(JOINS)}, got "
                         f"{self.join!r}")

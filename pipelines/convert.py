@@ -1,7 +1,9 @@
 """Builds and runs the Ali-CCP to TFRecord pipeline."""
 
 import dataclasses
+import errno
 import json
+import os
 from typing import Any, Optional, Sequence
 
 import apache_beam as beam
@@ -9,6 +11,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options import pipeline_options
 
 from escm2_pipelines import config as config_lib
+from escm2_pipelines import local
+from escm2_pipelines import resources
 from escm2_pipelines import sinks
 from escm2_pipelines import tally as tally_lib
 from escm2_pipelines import transforms
@@ -17,6 +21,18 @@ from escm2_pipelines import transforms
 # runner; the in-process FnApiRunner (which honours --direct_num_workers and
 # --direct_running_mode) behaves the same offline and online.
 DEFAULT_RUNNER = "FnApiRunner"
+# Beam's runners in this process, which honour --direct_running_mode.
+LOCAL_BEAM_RUNNERS = ("FnApiRunner", "DirectRunner")
+
+
+class OutOfSpaceError(RuntimeError):
+  """The disk of the output directory filled up; no output was completed."""
+
+
+def _out_of_space(error: BaseException) -> bool:
+  # Beam's runners re-raise a worker's OSError inside their own errors.
+  return (isinstance(error, OSError) and error.errno == errno.ENOSPC
+          ) or os.strerror(errno.ENOSPC) in str(error)
 
 
 class TooManyBadRowsError(RuntimeError):
@@ -64,12 +80,34 @@ def _check_pipeline_args(pipeline_args: Sequence[str]) -> None:
         f"{' '.join(unknown)}")
 
 
-def _pipeline_options(
-    pipeline_args: Sequence[str]) -> pipeline_options.PipelineOptions:
+def _has_option(args: Sequence[str], name: str) -> bool:
+  return any(a == f"--{name}" or a.startswith(f"--{name}=") for a in args)
+
+
+def _pipeline_options(pipeline_args: Sequence[str],
+                      workers: int) -> pipeline_options.PipelineOptions:
+  """Beam's options; its local runners get one worker process per core."""
   args = list(pipeline_args)
-  if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+  if not _has_option(args, "runner"):
     args.append(f"--runner={DEFAULT_RUNNER}")
+  runner = pipeline_options.PipelineOptions(args).view_as(
+      pipeline_options.StandardOptions).runner
+  if runner in LOCAL_BEAM_RUNNERS and not _has_option(
+      args, "direct_running_mode"):
+    args.append("--direct_running_mode="
+                + ("multi_processing" if workers > 1 else "in_memory"))
+    if not _has_option(args, "direct_num_workers"):
+      args.append(f"--direct_num_workers={workers}")
   return pipeline_options.PipelineOptions(args)
+
+
+def uses_local_runner(config: config_lib.ConvertConfig,
+                      pipeline_args: Sequence[str]) -> bool:
+  """Whether ``local`` runs the conversion rather than a Beam runner.
+
+  It does for the side-input join when no Beam option is given.
+  """
+  return config.join == "side_input" and not pipeline_args
 
 
 def build_pipeline(pipeline: beam.Pipeline,
@@ -110,6 +148,7 @@ def convert(output_dir: str, *, input_format: str,
             keep_unclicked_conversions: bool = False,
             max_bad_fraction: float = config_lib.DEFAULT_MAX_BAD_FRACTION,
             num_shards: int = 0, join: str = "side_input",
+            num_workers: int = 0,
             pipeline_args: Sequence[str] = ()) -> dict[str, Any]:
   """Converts Ali-CCP text files into TFRecords and returns the statistics.
 
@@ -119,30 +158,57 @@ def convert(output_dir: str, *, input_format: str,
     skeleton, common_features: Globs of the Tianchi files (aliccp).
     input: Glob of PaddleRec text files (paddlerec).
     max_values_per_field, keep_unclicked_conversions, max_bad_fraction,
-      num_shards, join: See ``config.ConvertConfig``.
+      num_shards, join, num_workers: See ``config.ConvertConfig``.
     pipeline_args: Beam pipeline options, e.g. ``["--runner=DataflowRunner"]``.
+      Without any, the side-input join runs on the local runner
+      (``local``), every other conversion on Beam.
 
   Returns:
     The contents of ``output_dir/stats.json``.
 
   Raises:
     config.ConfigError: for an invalid setting, an input glob matching
-      nothing, a non-empty output directory or an unknown pipeline option.
+      nothing, a non-empty output directory, an unknown pipeline option, or
+      common features too large for this machine's memory with the
+      side-input join on a local runner (checked before any work).
     TooManyBadRowsError: when the rejected fraction exceeds
       ``max_bad_fraction``; all outputs have been written.
+    OutOfSpaceError: when the output's disk fills up (the local runner
+      removes its partial files; Beam's sinks write to temporary names).
   """
   config = config_lib.ConvertConfig(
       output_dir=output_dir, input_format=input_format, skeleton=skeleton,
       common_features=common_features, input=input,
       max_values_per_field=max_values_per_field,
       keep_unclicked_conversions=keep_unclicked_conversions,
-      max_bad_fraction=max_bad_fraction, num_shards=num_shards, join=join)
+      max_bad_fraction=max_bad_fraction, num_shards=num_shards, join=join,
+      num_workers=num_workers)
   for setting in ("skeleton", "common_features", "input"):
     _check_glob(setting, getattr(config, setting))
   _check_output_dir(output_dir)
   _check_pipeline_args(pipeline_args)
-  with beam.Pipeline(options=_pipeline_options(pipeline_args)) as pipeline:
-    build_pipeline(pipeline, config)
+  workers = local.num_workers(config)
+  on_local_runner = uses_local_runner(config, pipeline_args)
+  options = None if on_local_runner else _pipeline_options(pipeline_args,
+                                                           workers)
+  if (config.input_format == "aliccp" and config.join == "side_input" and (
+      on_local_runner or options.view_as(
+          pipeline_options.StandardOptions).runner in LOCAL_BEAM_RUNNERS)):
+    resources.check_side_input_fits(config, workers)
+  try:
+    if on_local_runner:
+      local.run(config)
+    else:
+      with beam.Pipeline(options=options) as pipeline:
+        build_pipeline(pipeline, config)
+  except Exception as e:  # pylint: disable=broad-except
+    if _out_of_space(e):
+      raise OutOfSpaceError(
+          f"no space left on the device of --output_dir={output_dir} ({e}); "
+          "no shard, vocabulary or stats.json was left under its final "
+          "name. Free space or choose a larger disk, and rerun into an empty "
+          "directory") from e
+    raise
   stats = json.loads(sinks.read_text(
       FileSystems.join(output_dir, sinks.STATS_FILE)))
   if not tally_lib.reconciles(stats):

@@ -28,6 +28,7 @@ USED = "used"
 METRICS_NAMESPACE = "escm2_convert"
 MISSING_COMMON = "missing_common_features"
 DUPLICATE_COMMON = "duplicate_common_features"
+PADDING_IDS = "padding_ids_skipped"
 
 # Vocabulary counts leave a bundle in chunks of this many ids, to keep
 # elements small on runners that ship them between machines.
@@ -229,7 +230,10 @@ class EncodePaddleRecFn(_CountingDoFn):
         yield self._rejected(e.reason, source, line)
         continue
       self._tally.parsed(encoded.truncated, encoded.ignored,
-                         encoded.unstored_values)
+                         encoded.unstored_values, encoded.padding_ids)
+      if encoded.padding_ids:
+        beam.metrics.Metrics.counter(METRICS_NAMESPACE, PADDING_IDS).inc(
+            encoded.padding_ids)
       if rows.is_unclicked_conversion(row) and not self._keep_unclicked:
         self._tally.counts[tally_lib.ROWS_DROPPED] += 1
         continue

@@ -26,12 +26,14 @@ class Encoded(NamedTuple):
     ignored: Items of fields outside the schema.
     unstored_values: Values other than 1.0 of unweighted fields, which the
       Example has no place for (Ali-CCP logs 1.0 there).
+    padding_ids: PaddleRec's padding ids (0) skipped.
   """
   entries: bytes
   ids: Sequence[tuple[str, list[int]]]
   truncated: Mapping[str, int]
   ignored: int
   unstored_values: int
+  padding_ids: int = 0
 
 
 def _check_source(features: aliccp.Features, allowed: frozenset[str],
@@ -45,23 +47,28 @@ def _check_source(features: aliccp.Features, allowed: frozenset[str],
                              " that the schema places on the other side")
 
 
+def _unstored_values(features: aliccp.Features) -> int:
+  return sum(len(values) - values.count(1.0)
+             for field, (_, values) in features.items()
+             if field not in _WEIGHTED)
+
+
 def _encode(features: aliccp.Features, ignored: int, max_values: int,
-            labels: bytes = b"") -> Encoded:
+            labels: bytes = b"", unstored: int = 0,
+            padding: int = 0) -> Encoded:
   kept, truncated = examples.limit_values(features, max_values)
-  unstored = sum(len(values) - values.count(1.0)
-                 for field, (_, values) in features.items()
-                 if field not in _WEIGHTED)
   return Encoded(labels + examples.field_entries(kept),
                  [(field, ids) for field, (ids, _) in kept.items()],
-                 truncated, ignored, unstored)
+                 truncated, ignored, unstored, padding)
 
 
 def encode_common(line: str, max_values: int) -> tuple[str, Encoded]:
   """A ``common_features`` line as ``(common_feature_index, encoded)``."""
   row = aliccp.parse_common_line(line)
   _check_source(row.features, _COMMON, "common_features")
-  return row.common_feature_index, _encode(row.features, row.ignored_items,
-                                           max_values)
+  return row.common_feature_index, _encode(
+      row.features, row.ignored_items, max_values,
+      unstored=_unstored_values(row.features))
 
 
 def encode_skeleton(line: str,
@@ -70,15 +77,20 @@ def encode_skeleton(line: str,
   row = aliccp.parse_skeleton_line(line)
   _check_source(row.features, _SAMPLE, "sample_skeleton")
   labels = examples.label_entries(row.sample_id, row.click, row.conversion)
-  return row, _encode(row.features, row.ignored_items, max_values, labels)
+  return row, _encode(row.features, row.ignored_items, max_values, labels,
+                      unstored=_unstored_values(row.features))
 
 
 def encode_paddlerec(line: str,
                      max_values: int) -> tuple[aliccp.PaddleRecRow, Encoded]:
-  """A PaddleRec line; ``entries`` hold the whole example's features."""
+  """A PaddleRec line; ``entries`` hold the whole example's features.
+
+  The format has no values, so none goes unstored; padding ids are counted.
+  """
   row = aliccp.parse_paddlerec_line(line)
   labels = examples.label_entries(row.sample_id, row.click, row.conversion)
-  return row, _encode(row.features, row.ignored_items, max_values, labels)
+  return row, _encode(row.features, row.ignored_items, max_values, labels,
+                      padding=row.padding_ids)
 
 
 def is_unclicked_conversion(

@@ -27,8 +27,14 @@ REJECTED_DIR = "rejected"
 def write_atomically(path: str, text: str) -> None:
   """Writes ``text`` to a temporary name, then renames it to ``path``."""
   temporary = path + ".tmp"
-  with FileSystems.create(temporary) as f:
-    f.write(text.encode())
+  try:
+    with FileSystems.create(temporary) as f:
+      f.write(text.encode())
+  except BaseException:
+    # Out of disk, say: leave no half-written file behind either.
+    if FileSystems.exists(temporary):
+      FileSystems.delete([temporary])
+    raise
   if FileSystems.exists(path):
     FileSystems.delete([path])
   FileSystems.rename([temporary], [path])
@@ -70,7 +76,8 @@ class WriteRejected(beam.PTransform):
         self._prefix, file_name_suffix=".tsv")
 
 
-def _write_vocabulary(field_counts, vocab_dir: str) -> str:
+def write_vocabulary(field_counts, vocab_dir: str) -> str:
+  """Writes one ``(field, counts)`` pair to ``vocab_dir/<field>.tsv``."""
   field, counts = field_counts
   path = FileSystems.join(vocab_dir, f"{field}.tsv")
   write_atomically(path, format_vocabulary(counts))
@@ -85,12 +92,13 @@ class WriteVocabularies(beam.PTransform):
     self._vocab_dir = FileSystems.join(output_dir, VOCAB_DIR)
 
   def expand(self, field_counts):
-    return field_counts | "WriteFiles" >> beam.Map(_write_vocabulary,
+    return field_counts | "WriteFiles" >> beam.Map(write_vocabulary,
                                                    self._vocab_dir)
 
 
-def _write_stats(counts, path: str, input_format: str,
-                 settings: Mapping[str, Any]) -> dict:
+def write_stats(counts, path: str, input_format: str,
+                settings: Mapping[str, Any]) -> dict:
+  """Builds ``stats.json`` from the summed counts and writes it to ``path``."""
   stats = tally_lib.build_stats(counts, input_format=input_format,
                                 settings=settings)
   write_atomically(path, json.dumps(stats, indent=2, sort_keys=True) + "\n")
@@ -109,4 +117,4 @@ class WriteStats(beam.PTransform):
 
   def expand(self, counts):
     return counts | "WriteFile" >> beam.Map(
-        _write_stats, self._path, self._input_format, self._settings)
+        write_stats, self._path, self._input_format, self._settings)

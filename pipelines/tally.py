@@ -26,12 +26,15 @@ COMMON_ROWS_DUPLICATE = "common_rows_duplicate"
 COMMON_ROWS_USED = "common_rows_used"
 IDS_OUTSIDE_SCHEMA = "ids_outside_schema"
 VALUES_NOT_STORED = "values_not_stored"
+PADDING_IDS = "padding_ids_skipped"
 
 _REJECTED = "rejected/"
 _COMMON_REJECTED = "common_rejected/"
 _FIELD_ROWS = {f: f"field_rows/{f}" for f in schema.FIELD_NAMES}
 _FIELD_IDS = {f: f"field_ids/{f}" for f in schema.FIELD_NAMES}
 _TRUNCATED = {f: f"truncated_ids/{f}" for f in schema.FIELD_NAMES}
+# Examples whose ids wait before they are counted: bounds the lists' memory.
+_PENDING_ROWS = 4096
 
 
 class Tally:
@@ -40,14 +43,17 @@ class Tally:
   Attributes:
     counts: Row outcomes, keyed by the names above; ``finish`` adds the
       per-field coverage.
-    vocab: Field to ``{id: count}``: how often each id occurs in the written
-      examples.
+    vocab: Field to ``Counter({id: count})``: how often each id occurs in the
+      written examples (complete after ``finish``).
   """
 
   def __init__(self):
     self.counts: collections.Counter = collections.Counter()
-    self.vocab: collections.defaultdict = collections.defaultdict(dict)
+    self.vocab: collections.defaultdict = collections.defaultdict(
+        collections.Counter)
     self._field_rows = dict.fromkeys(schema.FIELD_NAMES, 0)
+    self._pending: collections.defaultdict = collections.defaultdict(list)
+    self._num_pending = 0
 
   def reject(self, reason: str) -> None:
     self.counts[ROWS_REJECTED] += 1
@@ -65,15 +71,33 @@ class Tally:
   def ids(self, ids_by_field: Iterable[tuple[str, Sequence[int]]],
           times: int = 1) -> None:
     """Counts the ids of ``times`` written examples sharing these fields."""
-    field_rows, vocab = self._field_rows, self.vocab
+    field_rows = self._field_rows
+    if times == 1:
+      # One example's ids wait in lists that Counter.update counts in C.
+      pending = self._pending
+      for field, ids in ids_by_field:
+        field_rows[field] += 1
+        pending[field].extend(ids)
+      self._num_pending += 1
+      if self._num_pending >= _PENDING_ROWS:
+        self._count_pending()
+      return
+    vocab = self.vocab
     for field, ids in ids_by_field:
       field_rows[field] += times
       counts = vocab[field]
       for feature_id in ids:
-        counts[feature_id] = counts.get(feature_id, 0) + times
+        counts[feature_id] += times
+
+  def _count_pending(self) -> None:
+    for field, ids in self._pending.items():
+      if ids:
+        self.vocab[field].update(ids)
+        ids.clear()
+    self._num_pending = 0
 
   def parsed(self, truncated: Mapping[str, int], ignored: int,
-             unstored_values: int) -> None:
+             unstored_values: int, padding_ids: int = 0) -> None:
     """Counts what a parsed row loses on its way into an Example."""
     for field, dropped in truncated.items():
       self.counts[_TRUNCATED[field]] += dropped
@@ -81,9 +105,15 @@ class Tally:
       self.counts[IDS_OUTSIDE_SCHEMA] += ignored
     if unstored_values:
       self.counts[VALUES_NOT_STORED] += unstored_values
+    if padding_ids:
+      self.counts[PADDING_IDS] += padding_ids
 
   def finish(self) -> collections.Counter:
-    """``counts`` with the per-field coverage added; call once, at the end."""
+    """``counts`` with the per-field coverage added; call once, at the end.
+
+    ``vocab`` is complete only after this call.
+    """
+    self._count_pending()
     for field, rows in self._field_rows.items():
       if rows:
         self.counts[_FIELD_ROWS[field]] += rows
@@ -116,7 +146,8 @@ def build_stats(counts: Mapping[str, int], *, input_format: str,
     written row) and, for aliccp, the fate of the common rows. What parsing
     leaves out is counted per parsed row, a common row once: ids removed by
     ``max_values_per_field`` (``fields.<f>.truncated_ids``), items of fields
-    outside the schema and non-1.0 values of unweighted fields.
+    outside the schema, non-1.0 values of unweighted fields and PaddleRec's
+    padding ids (0), which are skipped.
   """
   written = counts.get(ROWS_WRITTEN, 0)
   stats: dict[str, Any] = {
@@ -132,6 +163,7 @@ def build_stats(counts: Mapping[str, int], *, input_format: str,
       CONVERSIONS: counts.get(CONVERSIONS, 0),
       IDS_OUTSIDE_SCHEMA: counts.get(IDS_OUTSIDE_SCHEMA, 0),
       VALUES_NOT_STORED: counts.get(VALUES_NOT_STORED, 0),
+      PADDING_IDS: counts.get(PADDING_IDS, 0),
       "fields": {
           field: {
               "coverage": _ratio(counts.get(_FIELD_ROWS[field], 0), written),

@@ -43,7 +43,7 @@ def frame(records: Iterable[bytes]) -> bytes:
   return b"".join(parts)
 
 
-class _GzipWriter:
+class GzipWriter:
   """Compresses into an open Beam file handle."""
 
   def __init__(self, raw, level: int):
@@ -70,7 +70,7 @@ class _BatchSink(filebasedsink.FileBasedSink):
     self._level = level
 
   def open(self, temp_path):
-    return _GzipWriter(super().open(temp_path), self._level)
+    return GzipWriter(super().open(temp_path), self._level)
 
   def write_record(self, file_handle, value):
     file_handle.write(frame(value))

@@ -8,17 +8,16 @@ every call copies that into its own ``directory``, so tests may modify or
 delete their copy freely.
 
     import datasets
-    paths = datasets.make_synthetic_data(
-        tempfile.mkdtemp(dir=tf.compat.v1.test.get_temp_dir()))
+    import testing
+    paths = datasets.make_synthetic_data(testing.new_dir())
     paths["train"]  # glob of the training TFRecords
 """
 
-import atexit
 import os
 import shutil
-import tempfile
 from typing import Any
 
+import testing
 from escm2_tf import simulator
 from escm2_pipelines import convert
 
@@ -31,15 +30,6 @@ SPLITS = ("train", "test")
 TRAIN_SHARDS = 2
 
 _cache: dict[tuple[Any, ...], str] = {}
-_cache_root: list[str] = []
-
-
-def _cache_dir() -> str:
-  if not _cache_root:
-    root = tempfile.mkdtemp(prefix="escm2-test-data-")
-    atexit.register(shutil.rmtree, root, ignore_errors=True)
-    _cache_root.append(root)
-  return tempfile.mkdtemp(dir=_cache_root[0])
 
 
 def _generate(directory: str, config: simulator.SimulatorConfig) -> None:
@@ -87,7 +77,7 @@ def make_synthetic_data(directory: str, num_train: int = 2000,
   simulator_options = {"ctr": TEST_CTR, "cvr": TEST_CVR, **simulator_options}
   key = (num_train, num_test, seed, tuple(sorted(simulator_options.items())))
   if key not in _cache:
-    source = _cache_dir()
+    source = testing.new_dir()
     _generate(source, simulator.SimulatorConfig(
         num_train=num_train, num_test=num_test, seed=seed,
         **simulator_options))

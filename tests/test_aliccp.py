@@ -186,12 +186,29 @@ class PaddleRecTest(parameterized.TestCase):
       ("empty_field", "1,0,0,:5", "broken_separator"),
       ("trailing_comma", "1,0,0,205:1,", "broken_separator"),
       ("id_text", "1,0,0,205:abc", "non_numeric"),
-      ("id_zero", "1,0,0,205:0", "bad_id"),
+      ("id_negative", "1,0,0,205:-3", "bad_id"),
+      ("id_too_large", f"1,0,0,205:{1 << 63}", "bad_id"),
+      ("non_ascii_two_colons", "1,0,0,205:1,2\u00e9:3:4", "broken_separator"),
   )
   def test_rejects(self, line, reason):
     with self.assertRaises(aliccp.BadRowError) as e:
       aliccp.parse_paddlerec_line(line)
     self.assertEqual(e.exception.reason, reason)
+
+  def test_padding_id_is_skipped_and_counted(self):
+    # PaddleRec's reader writes [0] for a field without ids.
+    row = aliccp.parse_paddlerec_line("1,1,0,205:0,101:7,101:0,101:8,216:0")
+    self.assertEqual(row.features, {"101": ([7, 8], [1.0, 1.0])})
+    self.assertEqual((row.padding_ids, row.click), (3, 1))
+
+  def test_only_padding_gives_a_row_without_features(self):
+    row = aliccp.parse_paddlerec_line("1,0,0,205:0")
+    self.assertEqual((row.features, row.padding_ids), ({}, 1))
+
+  def test_non_ascii_field_is_parsed_as_before(self):
+    row = aliccp.parse_paddlerec_line("1,0,0,205:1,\u00e9:2")
+    self.assertEqual((row.features, row.ignored_items),
+                     ({"205": ([1], [1.0])}, 1))
 
   def test_every_schema_field_parses(self):
     line = aliccp.format_paddlerec_line(

@@ -5,40 +5,28 @@ No timing is asserted: the figures depend on the machine and its load.
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
-import contextlib
-import io
+import functools
 import json
 import math
 import os
 import shutil
 import tempfile
 
-from absl import flags
 from absl.testing import absltest
-from absl.testing import flagsaver
 from absl.testing import parameterized
+
+import testing
 
 from escm2_tf.bench import training as benchmark_training
 from escm2_tf import schema
 from escm2_tf.cli import bench
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_PADDLEREC_FLAGS = os.path.join(_REPO, "configs", "paddlerec.flags")
+_PADDLEREC_FLAGS = os.path.join(testing.REPO, "configs", "paddlerec.flags")
 
 
-def setUpModule():
-  # Under pytest nobody parses the flags; flagsaver sets the ones a test uses.
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()
-
-
-def _run(**flag_values) -> tuple[int, str, str]:
-  """Runs escm2-bench's main with these flags; returns status, out, err."""
-  out, err = io.StringIO(), io.StringIO()
-  with flagsaver.flagsaver(**flag_values):
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-      status = bench.main(["escm2-bench"])
-  return status, out.getvalue(), err.getvalue()
+setUpModule = testing.mark_flags_parsed
+# Runs escm2-bench's main with these flags; returns status, out, err.
+_run = functools.partial(testing.run_main, bench.main, "escm2-bench")
 
 
 class SmokeRunTest(absltest.TestCase):

@@ -4,32 +4,22 @@ import contextlib
 import io
 import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
+from unittest import mock
 
 from absl import flags
 from absl.testing import absltest
 from absl.testing import flagsaver
 
+import testing
+from escm2_tf import simulator
 from escm2_pipelines import cli
+from escm2_pipelines import resources
 
 _DEMO = os.path.join(os.path.dirname(__file__), "testdata", "paddlerec_demo",
                      "train", "small.txt")
-_SCRIPT = os.path.join(os.path.dirname(sys.executable), "escm2-convert")
+_SCRIPT = testing.console_script("escm2-convert")
 
-
-def setUpModule():
-  # pytest does not parse absl flags; the defaults are what main reads.
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()
-
-
-def _tempdir(test_case):
-  directory = tempfile.mkdtemp()
-  test_case.addCleanup(shutil.rmtree, directory, ignore_errors=True)
-  return directory
+setUpModule = testing.mark_flags_parsed
 
 
 def _write_paddlerec_with_bad_rows(directory):
@@ -69,7 +59,7 @@ class ParseFlagsTest(absltest.TestCase):
 class MainTest(absltest.TestCase):
 
   def test_converts_and_reports(self):
-    output_dir = os.path.join(_tempdir(self), "out")
+    output_dir = os.path.join(testing.new_dir(), "out")
     stdout = io.StringIO()
     with flagsaver.flagsaver(input_format="paddlerec", input=_DEMO,
                              output_dir=output_dir, max_values_per_field=0):
@@ -90,7 +80,7 @@ class MainTest(absltest.TestCase):
                      "escm2-convert: --output_dir: is required")
 
   def test_unknown_flag_names_the_flag(self):
-    output_dir = os.path.join(_tempdir(self), "out")
+    output_dir = os.path.join(testing.new_dir(), "out")
     with flagsaver.flagsaver(input_format="paddlerec", input=_DEMO,
                              output_dir=output_dir):
       with self.assertRaises(SystemExit) as e:
@@ -99,16 +89,36 @@ class MainTest(absltest.TestCase):
                   str(e.exception.code))
     self.assertFalse(os.path.exists(output_dir))
 
+  def test_common_features_too_large_exit_before_any_work(self):
+    raw_dir = testing.new_dir()
+    simulator.simulate(simulator.SimulatorConfig(
+        num_train=200, num_test=1, num_users=20, num_items=400, seed=1),
+        raw_dir)
+    output_dir = os.path.join(testing.new_dir(), "out")
+    with flagsaver.flagsaver(
+        input_format="aliccp", output_dir=output_dir,
+        skeleton=os.path.join(raw_dir, "sample_skeleton_train.csv"),
+        common_features=os.path.join(raw_dir, "common_features_train.csv")):
+      with mock.patch.object(resources, "available_memory_bytes",
+                             return_value=1000):
+        with self.assertRaises(SystemExit) as e:
+          cli.main(["escm2-convert"])
+    message = str(e.exception.code)
+    self.assertStartsWith(message, "escm2-convert: --common_features: ")
+    self.assertIn("--join=cogroup", message)
+    self.assertIn("--runner=DataflowRunner", message)
+    self.assertNotIn("\n", message)
+    self.assertFalse(os.path.exists(output_dir))
+
 
 class ConsoleScriptTest(absltest.TestCase):
 
   def _run(self, *args):
     self.assertTrue(os.path.exists(_SCRIPT), _SCRIPT)
-    return subprocess.run([_SCRIPT, *args], capture_output=True, text=True,
-                          timeout=300, check=False)
+    return testing.run_subprocess([_SCRIPT, *args], tf_log_level=None)
 
   def test_too_many_bad_rows_exits_non_zero_after_writing(self):
-    directory = _tempdir(self)
+    directory = testing.new_dir()
     output_dir = os.path.join(directory, "out")
     result = self._run(
         "--input_format=paddlerec",
@@ -126,7 +136,7 @@ class ConsoleScriptTest(absltest.TestCase):
     self.assertEqual(stats["rows_written"], 10)
 
   def test_succeeds_below_the_threshold(self):
-    directory = _tempdir(self)
+    directory = testing.new_dir()
     output_dir = os.path.join(directory, "out")
     result = self._run(
         "--input_format=paddlerec",

@@ -7,19 +7,12 @@ the command line's errors. The multi-process runs are in test_multiworker.py.
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
-import contextlib
-import io
 import json
 import os
 import re
 import shlex
-import subprocess
-import sys
-import tempfile
-from unittest import mock
 
 from absl import flags
-from absl.testing import flagsaver
 from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
@@ -27,7 +20,7 @@ import tensorflow as tf
 from tensorflow.python.distribute import sharded_variable
 
 import datasets
-from escm2_tf import config as config_lib
+import testing
 from escm2_tf import distribute
 from escm2_tf import layers
 from escm2_tf import losses
@@ -37,8 +30,7 @@ from escm2_tf import schema
 from escm2_tf import validation
 from escm2_tf.cli import train as train_cli
 
-FLAGS = flags.FLAGS
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = testing.REPO
 SCALING_DOC = os.path.join(REPO, "docs", "scaling.md")
 ITERATIONS_KEY = "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
 # One SGD step on one global batch, by one replica and by two (two logical
@@ -76,14 +68,8 @@ PS_CLUSTER = {"chief": ["localhost:1110"], "worker": ["localhost:1111"],
               "ps": ["localhost:1112", "localhost:1113"]}
 
 
-def setUpModule():
-  # Under pytest nobody parses the flags; flagsaver sets the ones a test uses.
-  if not FLAGS.is_parsed():
-    FLAGS.mark_as_parsed()
-
-
-def new_dir() -> str:
-  return tempfile.mkdtemp(dir=tf.compat.v1.test.get_temp_dir())
+setUpModule = testing.mark_flags_parsed
+new_dir = testing.new_dir
 
 
 def tf_config(cluster, task_type, index=0) -> dict[str, str]:
@@ -259,10 +245,8 @@ class ReplicaGradientTest(tf.test.TestCase):
 
   def test_two_replicas_update_like_one_on_the_same_global_batch(self):
     data = datasets.make_synthetic_data(new_dir())
-    result = subprocess.run(
-        [sys.executable, "-c", REPLICAS_SCRIPT, data["test"],
-         data["vocab_dir"]], capture_output=True, text=True, timeout=300,
-        check=False, cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    result = testing.run_subprocess(testing.python_command(
+        REPLICAS_SCRIPT, data["test"], data["vocab_dir"]))
     self.assertEqual(result.returncode, 0, result.stderr[-3000:])
     one, two = json.loads(result.stdout.strip().splitlines()[-1])
     self.assertLen(two, len(one))
@@ -315,15 +299,11 @@ class MirroredTrainingTest(tf.test.TestCase):
 
   def test_trains_the_given_steps_and_writes_the_outputs(self):
     data = datasets.make_synthetic_data(new_dir())
-    config = training.TrainConfig(
-        train_data=data["train"], eval_data=data["test"],
-        vocab_dir=data["vocab_dir"], model_dir=new_dir(), epochs=2,
-        batch_size=128, steps_per_epoch=3, deterministic=False,
+    config = testing.tiny_train_config(
+        data, new_dir(), epochs=2, batch_size=128, steps_per_epoch=3,
         distribution_strategy=distribute.MIRRORED)
-    model = config_lib.ModelConfig(embedding_dim=4, num_experts=2,
-                                   expert_units=(8,), tower_units=(4,))
-    result = training.train(config, model, losses.LossConfig(loss="dr"),
-                            verbose=0)
+    result = training.train(config, testing.TINY_MODEL,
+                            losses.LossConfig(loss="dr"), verbose=0)
     self.assertEqual((result["epochs"], result["chief"], result["task"]),
                      (2, True, "local:0"))
     self.assertEmpty(result["variable_shards"])
@@ -340,12 +320,9 @@ class CommandLineTest(tf.test.TestCase, parameterized.TestCase):
   def run_main(self, environ, **flag_values) -> tuple[int, str]:
     flag_values = {"train_data": "a", "eval_data": "b", "vocab_dir": "v",
                    "model_dir": new_dir(), **flag_values}
-    stderr = io.StringIO()
-    with mock.patch.dict(os.environ, environ), flagsaver.flagsaver(
-        **flag_values), contextlib.redirect_stdout(io.StringIO()), (
-            contextlib.redirect_stderr(stderr)):
-      status = train_cli.main(["escm2-train"])
-    return status, stderr.getvalue()
+    status, _, stderr = testing.run_main(train_cli.main, "escm2-train",
+                                         environ=environ, **flag_values)
+    return status, stderr
 
   @parameterized.named_parameters(
       ("parameter_server_without_cluster", {},

@@ -2,47 +2,30 @@
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
-import contextlib
 import csv
-import io
+import functools
 import json
 import os
-import tempfile
 
-from absl import flags
-from absl.testing import flagsaver
 from absl.testing import parameterized
 import tensorflow as tf
 
 import datasets
-from escm2_tf import config as config_lib
+import testing
 from escm2_tf import losses
 from escm2_tf import training
 from escm2_tf.cli import evaluate as evaluate_cli
 
-FLAGS = flags.FLAGS
 GROUND_TRUTH_KEYS = {"cvr_bias", "cvr_bias_clicked", "auc_cvr_truth",
                      "true_cvr_mean", "auc_ctr_oracle",
                      "ctr_calibration_error", "ips_true_cvr",
                      "ips_true_cvr_oracle"}
 
 
-def setUpModule():
-  # Under pytest nobody parses the flags; flagsaver sets the ones a test uses.
-  if not FLAGS.is_parsed():
-    FLAGS.mark_as_parsed()
-
-
-def new_dir() -> str:
-  return tempfile.mkdtemp(dir=tf.compat.v1.test.get_temp_dir())
-
-
-def run_main(**flag_values) -> tuple[int, str, str]:
-  stdout, stderr = io.StringIO(), io.StringIO()
-  with flagsaver.flagsaver(**flag_values), contextlib.redirect_stdout(
-      stdout), contextlib.redirect_stderr(stderr):
-    status = evaluate_cli.main(["escm2-evaluate"])
-  return status, stdout.getvalue(), stderr.getvalue()
+setUpModule = testing.mark_flags_parsed
+new_dir = testing.new_dir
+run_main = functools.partial(testing.run_main, evaluate_cli.main,
+                             "escm2-evaluate")
 
 
 class EvaluateTest(tf.test.TestCase, parameterized.TestCase):
@@ -51,14 +34,10 @@ class EvaluateTest(tf.test.TestCase, parameterized.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.data = datasets.make_synthetic_data(new_dir())
-    config = training.TrainConfig(
-        train_data=cls.data["train"], eval_data=cls.data["test"],
-        vocab_dir=cls.data["vocab_dir"], model_dir=new_dir(),
-        export_dir=os.path.join(new_dir(), "export"),
-        ground_truth=cls.data["ground_truth_test"], epochs=1, batch_size=256,
-        deterministic=False)
-    model = config_lib.ModelConfig(embedding_dim=4, num_experts=2,
-                                   expert_units=(8,), tower_units=(4,), seed=2)
+    config = testing.tiny_train_config(
+        cls.data, new_dir(), export_dir=os.path.join(new_dir(), "export"),
+        ground_truth=cls.data["ground_truth_test"])
+    model = testing.tiny_model_config(seed=2)
     cls.trained = training.train(config, model, losses.LossConfig(loss="ipw"),
                                  verbose=0)["metrics"]
     cls.export_dir = config.export_dir

@@ -5,14 +5,13 @@ import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 import json
 import math
 import os
-import tempfile
 
 from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
 
 import datasets
-from escm2_tf import config as config_lib
+import testing
 from escm2_tf import evaluation
 from escm2_tf import export
 from escm2_tf import losses
@@ -25,7 +24,7 @@ HEADER = "sample_id,p_click,p_conversion,conversion_counterfactual\n"
 
 
 def write_file(content: str) -> str:
-  path = os.path.join(tempfile.mkdtemp(dir=tf.compat.v1.test.get_temp_dir()),
+  path = os.path.join(testing.new_dir(),
                       "ground_truth.csv")
   with open(path, "w") as f:
     f.write(content)
@@ -141,15 +140,13 @@ class ScoringTest(tf.test.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.data = datasets.make_synthetic_data(
-        tempfile.mkdtemp(dir=tf.compat.v1.test.get_temp_dir()))
-    model_config = config_lib.ModelConfig(
-        embedding_dim=4, num_experts=2, expert_units=(8,), tower_units=(4,),
-        use_weights=True, seed=11)
+        testing.new_dir())
+    model_config = testing.tiny_model_config(use_weights=True, seed=11)
     cls.model = model_lib.build_model(
         model_config, losses.LossConfig(loss="ipw"),
         vocab.load_vocabularies(cls.data["vocab_dir"]))
     export_path = export.export_saved_model(
-        cls.model, tempfile.mkdtemp(dir=tf.compat.v1.test.get_temp_dir()))
+        cls.model, testing.new_dir())
     cls.loaded = tf.saved_model.load(export_path)
 
   def sorted_by_id(self, columns):
@@ -191,6 +188,21 @@ class ScoringTest(tf.test.TestCase):
     for name in evaluation.PREDICTION_NAMES:
       self.assertAllClose(columns[name][rows], expected[name], atol=1e-6,
                           rtol=0)
+
+  def test_chosen_outputs(self):
+    model = model_lib.build_model(
+        testing.tiny_model_config(seed=12), losses.LossConfig(loss="dr"),
+        vocab.load_vocabularies(self.data["vocab_dir"]))
+    files = [self.data["test"]]  # A list of globs, as well as one glob.
+    every = evaluation.predict_keras_model(model, files, 128, outputs=None)
+    only_cvr = evaluation.predict_keras_model(model, files, 128,
+                                              outputs=["cvr"])
+    labels_and_id = {schema.SAMPLE_ID, *schema.LABELS}
+    self.assertEqual(set(every), labels_and_id | {"ctr", "cvr", "ctcvr",
+                                                  "imputation"})
+    self.assertEqual(set(only_cvr), labels_and_id | {"cvr"})
+    self.assertAllEqual(only_cvr["cvr"], every["cvr"])
+    self.assertAllInRange(every["imputation"], 0.0, np.inf)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,6 @@ import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
 import json
 import os
-import subprocess
-import sys
-import tempfile
 import textwrap
 from unittest import mock
 
@@ -15,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+import testing
 from escm2_tf import config as config_lib
 from escm2_tf import export
 from escm2_tf import losses
@@ -23,8 +21,7 @@ from escm2_tf import schema
 from escm2_tf import serving
 
 _TOLERANCE = 1e-6
-_SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable),
-                                "saved_model_cli")
+_SAVED_MODEL_CLI = testing.console_script("saved_model_cli")
 # Runs in a fresh interpreter that never imports escm2_tf or Keras, as a
 # serving process would: the SavedModel must stand on its own.
 _LOAD_SCRIPT = textwrap.dedent("""
@@ -98,19 +95,11 @@ def _expected(model, rows, weights: bool = True) -> dict[str, np.ndarray]:
   return {name: outputs[name].numpy() for name in serving.OUTPUT_NAMES}
 
 
-def _new_dir(test: tf.test.TestCase) -> str:
-  return tempfile.mkdtemp(dir=test.get_temp_dir())
-
-
 def _touch(path: str) -> str:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w") as f:
     f.write("old")
   return path
-
-
-def _quiet_env() -> dict[str, str]:
-  return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 class ExportedModelTest(tf.test.TestCase):
@@ -119,7 +108,7 @@ class ExportedModelTest(tf.test.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.export_dir = tempfile.mkdtemp(dir=tf.compat.v1.test.get_temp_dir())
+    cls.export_dir = testing.new_dir()
     cls.model = _build_model()
     cls.rows = _rows(12, seed=1)
     cls.config = {"model": {"embedding_dim": 4}, "note": "from the test"}
@@ -186,12 +175,11 @@ class ExportedModelTest(tf.test.TestCase):
               for signature in serving.SIGNATURE_NAMES
               for key, value in serving.signature_request(
                   signature, self.rows).items()}
-    inputs_path = os.path.join(_new_dir(self), "inputs.npz")
-    outputs_path = os.path.join(_new_dir(self), "outputs.npz")
+    inputs_path = os.path.join(testing.new_dir(), "inputs.npz")
+    outputs_path = os.path.join(testing.new_dir(), "outputs.npz")
     np.savez(inputs_path, **inputs)
-    process = subprocess.run([sys.executable, "-c", _LOAD_SCRIPT, self.path,
-                              inputs_path, outputs_path], env=_quiet_env(),
-                             capture_output=True, text=True)
+    process = testing.run_subprocess(testing.python_command(
+        _LOAD_SCRIPT, self.path, inputs_path, outputs_path))
     self.assertEqual(process.returncode, 0, process.stderr[-2000:])
     results = np.load(outputs_path)
     for signature in serving.SIGNATURE_NAMES:
@@ -201,11 +189,11 @@ class ExportedModelTest(tf.test.TestCase):
                            for name in serving.OUTPUT_NAMES}, expected)
 
   def _saved_model_cli(self, signature: str, *arguments: str):
-    outdir = _new_dir(self)
-    process = subprocess.run(
+    outdir = testing.new_dir()
+    process = testing.run_subprocess(
         [_SAVED_MODEL_CLI, "run", "--dir", self.path, "--tag_set", "serve",
          "--signature_def", signature, "--outdir", outdir, "--overwrite",
-         *arguments], env=_quiet_env(), capture_output=True, text=True)
+         *arguments])
     self.assertEqual(process.returncode, 0, process.stderr[-2000:])
     return {name: np.load(os.path.join(outdir, f"{name}.npy"))
             for name in serving.OUTPUT_NAMES}
@@ -268,7 +256,7 @@ class ExportOptionsTest(tf.test.TestCase, parameterized.TestCase):
   def test_esmm_without_weights_exports(self):
     model = _build_model(loss="esmm", use_weights=False,
                          backbone="shared_bottom")
-    export_dir = _new_dir(self)
+    export_dir = testing.new_dir()
     os.makedirs(os.path.join(export_dir, "4"))
     path = export.export_saved_model(model, export_dir)
     self.assertEqual(path, os.path.join(export_dir, "5"))
@@ -289,7 +277,7 @@ class ExportOptionsTest(tf.test.TestCase, parameterized.TestCase):
       self.assertIn(export.input_table(), f.read())
 
   def test_next_version_ignores_non_versions(self):
-    export_dir = _new_dir(self)
+    export_dir = testing.new_dir()
     self.assertEqual(export.next_version(export_dir), 1)
     for name in ("2", "10", "tmp", "11a", ".tmp-export-x", "٣"):
       os.mkdir(os.path.join(export_dir, name))
@@ -297,7 +285,7 @@ class ExportOptionsTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(export.next_version(os.path.join(export_dir, "no")), 1)
 
   def test_existing_version_is_refused(self):
-    export_dir = _new_dir(self)
+    export_dir = testing.new_dir()
     marker = _touch(os.path.join(export_dir, "3", "marker"))
     with self.assertRaisesRegex(FileExistsError, "version 3 exists"):
       export.export_saved_model(self.model, export_dir, version=3)
@@ -305,7 +293,7 @@ class ExportOptionsTest(tf.test.TestCase, parameterized.TestCase):
     self.assertTrue(os.path.exists(marker))
 
   def test_overwrite_replaces_the_version(self):
-    export_dir = _new_dir(self)
+    export_dir = testing.new_dir()
     marker = _touch(os.path.join(export_dir, "3", "marker"))
     path = export.export_saved_model(self.model, export_dir, version=3,
                                      overwrite=True)
@@ -315,7 +303,7 @@ class ExportOptionsTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_overwrite_without_atomic_exchange(self):
     # Where the file system cannot swap, the old version is moved aside.
-    export_dir = _new_dir(self)
+    export_dir = testing.new_dir()
     marker = _touch(os.path.join(export_dir, "3", "marker"))
     with mock.patch.object(export, "_exchange", return_value=False), \
         mock.patch.object(tf.saved_model, "save",
@@ -328,7 +316,7 @@ class ExportOptionsTest(tf.test.TestCase, parameterized.TestCase):
     self.assertTrue(os.path.exists(os.path.join(path, "saved_model.pb")))
 
   def test_failed_replacement_keeps_the_old_version(self):
-    export_dir = _new_dir(self)
+    export_dir = testing.new_dir()
     marker = _touch(os.path.join(export_dir, "3", "marker"))
     target = os.path.join(export_dir, "3")
     rename = os.rename
@@ -350,7 +338,7 @@ class ExportOptionsTest(tf.test.TestCase, parameterized.TestCase):
     self.assertTrue(os.path.exists(marker))
 
   def test_exchange_swaps_directories(self):
-    first, second = _new_dir(self), _new_dir(self)
+    first, second = testing.new_dir(), testing.new_dir()
     _touch(os.path.join(first, "a"))
     _touch(os.path.join(second, "b"))
     if not export._exchange(first, second):
@@ -366,13 +354,13 @@ class ExportOptionsTest(tf.test.TestCase, parameterized.TestCase):
     pooled = keras.layers.Lambda(lambda x: tf.cast(
         tf.reduce_sum(x, axis=1), tf.float32))(inputs["101"])
     no_cvr = keras.Model(inputs, {"ctr": pooled, "ctcvr": pooled})
-    export_dir = _new_dir(self)
+    export_dir = testing.new_dir()
     with self.assertRaises(KeyError):
       export.export_saved_model(no_cvr, export_dir)
     self.assertEqual(os.listdir(export_dir), [])
 
   def test_failure_after_a_partial_write_leaves_nothing(self):
-    export_dir = _new_dir(self)
+    export_dir = testing.new_dir()
     _touch(os.path.join(export_dir, "1", "saved_model.pb"))
 
     def partial_save(_, path, **__):
@@ -387,17 +375,17 @@ class ExportOptionsTest(tf.test.TestCase, parameterized.TestCase):
   @parameterized.parameters(0, -1, True, "2")
   def test_bad_version(self, version):
     with self.assertRaisesRegex(ValueError, "positive integer"):
-      export.export_saved_model(self.model, _new_dir(self),
+      export.export_saved_model(self.model, testing.new_dir(),
                                 version=version)
 
   @parameterized.parameters("schema", "", "../config", ".hidden")
   def test_bad_asset_name(self, name):
     with self.assertRaisesRegex(ValueError, "extra_assets name"):
-      export.export_saved_model(self.model, _new_dir(self),
+      export.export_saved_model(self.model, testing.new_dir(),
                                 extra_assets={name: {}})
 
   def test_resolve_saved_model(self):
-    base = _new_dir(self)
+    base = testing.new_dir()
     with self.assertRaises(FileNotFoundError):
       export.resolve_saved_model(base)
     _touch(os.path.join(base, "2", "saved_model.pb"))

@@ -2,23 +2,17 @@
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
-import contextlib
 import importlib
-import io
 import json
 import os
 import shutil
-import subprocess
-import sys
-import tempfile
 
-from absl import flags
-from absl.testing import flagsaver
 from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+import testing
 from escm2_tf import config as config_lib
 from escm2_tf import export
 from escm2_tf import losses
@@ -31,9 +25,7 @@ from escm2_tf.cli import export as export_cli
 from escm2_tf import run_dir
 
 _TOLERANCE = 1e-6
-_MODEL_CONFIG = config_lib.ModelConfig(
-    embedding_dim=4, num_experts=2, expert_units=(8,), tower_units=(4,),
-    use_weights=True, seed=9)
+_MODEL_CONFIG = testing.tiny_model_config(use_weights=True, seed=9)
 _LOSS_CONFIG = losses.LossConfig(loss="dr")
 _METRICS = {"auc_ctr": 0.75, "count": 12}
 
@@ -43,9 +35,7 @@ def setUpModule():
   # imported last owns them. Defining this CLI's flags again makes its own
   # definitions (enum values, defaults) the ones in force.
   importlib.reload(export_cli)
-  # pytest does not parse absl flags; flagsaver sets the ones each test uses.
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()
+  testing.mark_flags_parsed()
 
 
 def _write_vocabularies(vocab_dir: str) -> None:
@@ -101,7 +91,7 @@ class ExportCliTest(tf.test.TestCase, parameterized.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    root = tempfile.mkdtemp(dir=tf.compat.v1.test.get_temp_dir())
+    root = testing.new_dir()
     cls.vocab_dir = os.path.join(root, "vocab")
     cls.model_dir = os.path.join(root, "model")
     _write_vocabularies(cls.vocab_dir)
@@ -110,19 +100,15 @@ class ExportCliTest(tf.test.TestCase, parameterized.TestCase):
   def _main(self, **flag_values) -> tuple[int, str]:
     values = {"model_dir": self.model_dir, "version": None,
               "overwrite": False, **flag_values}
-    stderr = io.StringIO()
-    with flagsaver.flagsaver(**values), contextlib.redirect_stderr(stderr), \
-        contextlib.redirect_stdout(io.StringIO()):
-      code = export_cli.main(["escm2-export"])
-    return code, stderr.getvalue()
+    code, _, stderr = testing.run_main(export_cli.main, "escm2-export",
+                                       **values)
+    return code, stderr
 
   def test_console_script_restores_and_exports(self):
     export_dir = os.path.join(self.get_temp_dir(), "serving")
-    script = os.path.join(os.path.dirname(sys.executable), "escm2-export")
-    process = subprocess.run(
-        [script, f"--model_dir={self.model_dir}",
-         f"--export_dir={export_dir}"], capture_output=True, text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    process = testing.run_subprocess(
+        [testing.console_script("escm2-export"),
+         f"--model_dir={self.model_dir}", f"--export_dir={export_dir}"])
     self.assertEqual(process.returncode, 0, process.stderr[-3000:])
     path = os.path.join(export_dir, "1")
     self.assertIn(f"Exported {path}", process.stdout)
@@ -225,10 +211,11 @@ class ExportCliTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(stderr, f"escm2-export: error: {message}\n")
 
   def test_unexpected_arguments(self):
-    with flagsaver.flagsaver(model_dir=self.model_dir, export_dir="x"), \
-        contextlib.redirect_stderr(io.StringIO()) as stderr:
-      self.assertEqual(export_cli.main(["escm2-export", "extra"]), 2)
-    self.assertIn("unexpected arguments 'extra'", stderr.getvalue())
+    code, _, stderr = testing.run_main(
+        export_cli.main, "escm2-export", argv=["extra"],
+        model_dir=self.model_dir, export_dir="x")
+    self.assertEqual(code, 2)
+    self.assertIn("unexpected arguments 'extra'", stderr)
 
 
 if __name__ == "__main__":

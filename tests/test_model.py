@@ -2,6 +2,7 @@
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
+import json
 import math
 import os
 import shutil
@@ -12,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+import layer_testing
 from escm2_tf import config as config_lib
 from escm2_tf import losses
 from escm2_tf import model as model_lib
@@ -117,6 +119,23 @@ class HeadsTest(tf.test.TestCase):
     self.assertAllClose(outputs["imputation"], np.log1p(np.exp([3.0, -4.0])))
     self.assertGreater(outputs["imputation"][0], 1.0)
     self.assertNotIn("imputation", model_lib.Heads(False)(logits))
+
+  def test_config_round_trip(self):
+    logits = tf.constant([[0.0, 1.0, 3.0], [-2.0, 0.5, -4.0]])
+    for with_imputation in (False, True):
+      rebuilt = layer_testing.assert_layer_serializes(
+          self, model_lib.Heads(with_imputation, name="heads"), logits)
+      self.assertEqual(rebuilt.with_imputation, with_imputation)
+
+  def test_network_config_rebuilds_the_network(self):
+    model = _build("dr", use_weights=True, oov_buckets=2, dropout=0.1)
+    features, _ = _batch(9, seed=10)
+    config = model.network.get_config()
+    rebuilt = keras.Model.from_config(json.loads(json.dumps(config)))
+    rebuilt.set_weights(model.network.get_weights())
+    expected, outputs = model(features), rebuilt(features)
+    for name in expected:
+      self.assertAllClose(outputs[name], expected[name], atol=0, rtol=0)
 
 
 class FitTest(tf.test.TestCase, parameterized.TestCase):

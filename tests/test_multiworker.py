@@ -6,7 +6,8 @@
 * ``parameter_server``: a coordinator (the CLI with task ``chief``) trains on
   two workers with the embedding table split across two parameter servers
   (all four also the CLI, serving), evaluates on the coordinator and exports
-  a SavedModel whose signatures equal an unpartitioned model's.
+  a SavedModel whose signatures equal an unpartitioned model's. A diverging
+  run on a one-process cluster stops at the first epoch's end.
 """
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
@@ -17,7 +18,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -25,7 +25,7 @@ import portpicker
 import tensorflow as tf
 
 import datasets
-from escm2_tf import config as config_lib
+import testing
 from escm2_tf import distribute
 from escm2_tf import evaluation
 from escm2_tf import export
@@ -34,21 +34,47 @@ from escm2_tf import model as model_lib
 from escm2_tf import vocab
 from escm2_tf import run_dir
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = testing.REPO
 # Slow on two shared cores, but far below any hang.
 PROCESS_TIMEOUT = 420
 EPOCHS = 3
 STEPS_PER_EPOCH = 4
-MODEL = config_lib.ModelConfig(embedding_dim=4, num_experts=2,
-                               expert_units=(8,), tower_units=(4,))
+MODEL = testing.TINY_MODEL
 ITERATIONS_KEY = "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
+# A coordinator whose worker and parameter server are servers in its own
+# process: argv[1] is {"train": TrainConfig, "model": ModelConfig} as dicts.
+# Prints {"error": the TrainingDivergedError's message, or null}.
+PS_NAN_SCRIPT = """
+import escm2_tf
+import json, os, sys
+import portpicker
+import tensorflow as tf
+from escm2_tf import config, distribute, losses, training
+configs = json.loads(sys.argv[1])
+cluster = {job: [f"localhost:{portpicker.pick_unused_port()}"]
+           for job in (distribute.CHIEF, distribute.WORKER, distribute.PS)}
+servers = [tf.distribute.Server(tf.train.ClusterSpec(cluster), job_name=job,
+                                task_index=0, protocol="grpc", start=True)
+           for job in (distribute.WORKER, distribute.PS)]
+os.environ[distribute.TF_CONFIG] = json.dumps(
+    {"cluster": cluster, "task": {"type": distribute.CHIEF, "index": 0}})
+try:
+  training.train(config.TrainConfig.from_dict(configs["train"]),
+                 config.ModelConfig.from_dict(configs["model"]),
+                 losses.LossConfig(loss="dr"), verbose=0)
+  error = None
+except training.TrainingDivergedError as diverged:
+  error = str(diverged)
+print(json.dumps({"error": error}), flush=True)
+# The in-process servers never stop; the process ends without them.
+os._exit(0)
+"""
 # The embedding table is 13k x 4 floats, about 210 KiB: 64 KiB shards split
 # it over both parameter servers.
 MIN_SHARD_BYTES = 64 << 10
 
 
-def new_dir() -> str:
-  return tempfile.mkdtemp(dir=tf.compat.v1.test.get_temp_dir())
+new_dir = testing.new_dir
 
 
 def cluster_spec(**jobs: int) -> dict[str, list[str]]:
@@ -118,7 +144,8 @@ class Cluster:
     for process in self.processes.values():
       if process.poll() is None:
         process.kill()
-      process.wait()
+      # A killed process ends at once; the bound only keeps CI from hanging.
+      process.wait(PROCESS_TIMEOUT)
 
   def __enter__(self) -> "Cluster":
     return self
@@ -252,6 +279,32 @@ class MultiWorkerMirroredTest(tf.test.TestCase):
     self.assertEmpty(leftovers)
     # The restarted non-chief's own temporary directory is emptied.
     self.assertEmpty(os.listdir(self.clusters[1].temp_dirs["worker1-1"]))
+
+
+class ParameterServerNanTest(tf.test.TestCase):
+
+  def test_nan_loss_stops_before_anything_is_saved(self):
+    data = datasets.make_synthetic_data(new_dir())
+    model_dir = os.path.join(new_dir(), "model")
+    config = testing.tiny_train_config(
+        data, model_dir, epochs=2, steps_per_epoch=STEPS_PER_EPOCH,
+        batch_size=128, learning_rate=1e38,
+        distribution_strategy=distribute.PARAMETER_SERVER)
+    result = testing.run_subprocess(testing.python_command(
+        PS_NAN_SCRIPT, json.dumps({"train": config.to_dict(),
+                                   "model": MODEL.to_dict()})),
+                                    timeout=PROCESS_TIMEOUT)
+    self.assertEqual(result.returncode, 0, result.stderr[-4000:])
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    self.assertEqual(outcome["error"], "the training loss became NaN or "
+                     "infinite in epoch 1; try a lower learning rate")
+    # The NaN check runs before the callbacks that save.
+    self.assertEmpty(glob.glob(os.path.join(
+        model_dir, run_dir.CHECKPOINT_DIR, "*.index")))
+    self.assertEmpty(glob.glob(os.path.join(
+        model_dir, run_dir.BACKUP_DIR, "**", "checkpoint"), recursive=True))
+    self.assertFalse(os.path.exists(os.path.join(model_dir,
+                                                 run_dir.METRICS_FILE)))
 
 
 class ParameterServerTest(tf.test.TestCase):

@@ -18,20 +18,19 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import tarfile
-import tempfile
 
 from absl import flags
 from apache_beam.options import pipeline_options
 import tensorflow as tf
 
 import datasets
+import testing
 from escm2_pipelines import cli as convert_cli
 from escm2_pipelines import convert
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = testing.REPO
 PACKAGES = ("escm2_tf", "pipelines")
 # What setuptools reads to build the sdist, as far as the project has it.
 PACKAGING_FILES = ("setup.py", "setup.cfg", "pyproject.toml", "README.md",
@@ -42,8 +41,7 @@ MULTI_PROCESSING = ("--direct_running_mode=multi_processing",
                     "--direct_num_workers=2")
 
 
-def new_dir() -> str:
-  return tempfile.mkdtemp(dir=tf.compat.v1.test.get_temp_dir())
+new_dir = testing.new_dir
 
 
 def package_modules() -> list[str]:
@@ -64,9 +62,8 @@ def copy_project(target: str) -> None:
 
 
 def run(command: list[str], cwd: str, **env: str) -> str:
-  result = subprocess.run(command, cwd=cwd, capture_output=True, text=True,
-                          timeout=BUILD_TIMEOUT, check=False,
-                          env={**os.environ, **env})
+  result = testing.run_subprocess(command, cwd=cwd, timeout=BUILD_TIMEOUT,
+                                  env=env, tf_log_level=None)
   if result.returncode:
     raise AssertionError(f"{command} failed:\n{result.stderr[-3000:]}")
   return result.stdout

@@ -2,22 +2,17 @@
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
-import contextlib
-import importlib
 import csv
 import gzip
-import io
+import importlib
 import os
-import tempfile
 
-from absl import flags
-from absl.testing import flagsaver
 from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
 
+import testing
 from escm2_tf.formats import aliccp
-from escm2_tf import config as config_lib
 from escm2_tf import export
 from escm2_tf import losses
 from escm2_tf import model as model_lib
@@ -33,17 +28,13 @@ def setUpModule():
   # imported last owns them. Defining this CLI's flags again makes its own
   # definitions (enum values, defaults) the ones in force.
   importlib.reload(predict)
-  # pytest does not parse absl flags; flagsaver sets the ones each test uses.
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()
+  testing.mark_flags_parsed()
 
 
 def _build_model():
   vocabularies = {field: np.arange(1, 41, dtype=np.int64)
                   for field in schema.FIELD_NAMES}
-  model_config = config_lib.ModelConfig(
-      embedding_dim=4, num_experts=2, expert_units=(8,), tower_units=(4,),
-      use_weights=True, seed=5)
+  model_config = testing.tiny_model_config(use_weights=True, seed=5)
   return model_lib.build_model(model_config, losses.LossConfig(loss="dr"),
                                vocabularies)
 
@@ -98,13 +89,15 @@ def _expected(model, rows) -> np.ndarray:
 
 
 def _write_tfrecord(path: str, rows, sample_ids) -> None:
+  """Records of ``rows``; a sample id None leaves the feature out."""
   options = tf.io.TFRecordOptions(
       compression_type="GZIP" if path.endswith(".gz") else "")
   with tf.io.TFRecordWriter(path, options) as writer:
     for row, sample_id in zip(rows, sample_ids):
       example = serving.make_example(row)
-      example.features.feature[schema.SAMPLE_ID].bytes_list.value.append(
-          sample_id.encode())
+      if sample_id is not None:
+        example.features.feature[schema.SAMPLE_ID].bytes_list.value.append(
+            sample_id if isinstance(sample_id, bytes) else sample_id.encode())
       example.features.feature[schema.CLICK].int64_list.value.append(1)
       writer.write(example.SerializeToString())
 
@@ -150,7 +143,7 @@ class PredictCliTest(tf.test.TestCase, parameterized.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    cls.root = tempfile.mkdtemp(dir=tf.compat.v1.test.get_temp_dir())
+    cls.root = testing.new_dir()
     cls.model = _build_model()
     cls.export_dir = os.path.join(cls.root, "export")
     export.export_saved_model(cls.model, cls.export_dir)
@@ -161,11 +154,9 @@ class PredictCliTest(tf.test.TestCase, parameterized.TestCase):
     values = {"saved_model": self.export_dir, "input_format": "tfrecord",
               "common_features": "", "batch_size": 4,
               "max_values_per_field": 50, **flag_values}
-    stderr = io.StringIO()
-    with flagsaver.flagsaver(**values), contextlib.redirect_stderr(stderr), \
-        contextlib.redirect_stdout(io.StringIO()):
-      code = predict.main(["escm2-predict"])
-    return code, stderr.getvalue()
+    code, _, stderr = testing.run_main(predict.main, "escm2-predict",
+                                       **values)
+    return code, stderr
 
   def _check_scores(self, output: str, ids, expected) -> None:
     header, sample_ids, scores = _read_csv(output)
@@ -177,7 +168,7 @@ class PredictCliTest(tf.test.TestCase, parameterized.TestCase):
 
   @parameterized.parameters(".tfrecord.gz", ".tfrecord")
   def test_tfrecords_in_file_order(self, suffix):
-    directory = tempfile.mkdtemp(dir=self.get_temp_dir())
+    directory = testing.new_dir()
     # Two files, batches of 4 that do not divide either file.
     _write_tfrecord(os.path.join(directory, f"part-1{suffix}"),
                     self.rows[6:], self.ids[6:])
@@ -190,7 +181,7 @@ class PredictCliTest(tf.test.TestCase, parameterized.TestCase):
     self._check_scores(output, self.ids, _expected(self.model, self.rows))
 
   def test_paddlerec_text(self):
-    directory = tempfile.mkdtemp(dir=self.get_temp_dir())
+    directory = testing.new_dir()
     data = _write_lines(os.path.join(directory, "test.txt"),
                         _paddlerec_lines(self.rows, self.ids))
     output = os.path.join(directory, "scores.csv")
@@ -203,7 +194,7 @@ class PredictCliTest(tf.test.TestCase, parameterized.TestCase):
 
   @parameterized.parameters(0, 1)
   def test_aliccp_with_common_features(self, max_values):
-    directory = tempfile.mkdtemp(dir=self.get_temp_dir())
+    directory = testing.new_dir()
     skeleton, common = _aliccp_lines(self.rows, self.ids)
     data = _write_lines(os.path.join(directory, "skeleton.csv"), skeleton)
     common_path = _write_lines(os.path.join(directory, "common.csv"),
@@ -228,7 +219,7 @@ class PredictCliTest(tf.test.TestCase, parameterized.TestCase):
                       common_features=common_path)
 
   def _failing_run(self, expected_error: str, **flag_values) -> None:
-    output = os.path.join(tempfile.mkdtemp(dir=self.get_temp_dir()),
+    output = os.path.join(testing.new_dir(),
                           "scores.csv")
     _write_lines(output, ["previous results"])
     code, stderr = self._run(output=output, **flag_values)
@@ -271,6 +262,37 @@ class PredictCliTest(tf.test.TestCase, parameterized.TestCase):
     _write_tfrecord(path, rows, self.ids[:2])
     self._failing_run(f"{path}, records 1 to 2: the model rejected it: "
                       "assertion failed: [Every row of 109_14_w", data=path)
+
+  def test_repeated_common_feature_index(self):
+    skeleton, common = _aliccp_lines(self.rows[:3], self.ids[:3])
+    data = _write_lines(os.path.join(testing.new_dir(), "s.csv"), skeleton)
+    common_path = _write_lines(os.path.join(testing.new_dir(), "c.csv"),
+                               common + common[1:2])
+    self._failing_run(f"{common_path}:4: common_feature_index u1001 appears "
+                      "twice", data=data, input_format="aliccp",
+                      common_features=common_path)
+
+  def test_saved_model_without_serving_default(self):
+    module = tf.Module()
+    module.double = tf.function(lambda x: {"y": 2.0 * x}, input_signature=[
+        tf.TensorSpec([None], tf.float32)])
+    path = os.path.join(testing.new_dir(), "other_model")
+    tf.saved_model.save(module, path, signatures={"double": module.double})
+    data = os.path.join(testing.new_dir(), "ok.tfrecord")
+    _write_tfrecord(data, self.rows[:1], self.ids[:1])
+    self._failing_run(f"--saved_model: {path} has no serving_default "
+                      "signature (it has double)", data=data, saved_model=path)
+
+  def test_records_without_sample_id_get_an_empty_one(self):
+    directory = testing.new_dir()
+    data = os.path.join(directory, "part.tfrecord.gz")
+    ids = [None, self.ids[1], None, self.ids[3]]
+    _write_tfrecord(data, self.rows[:4], ids)
+    output = os.path.join(directory, "scores.csv")
+    code, stderr = self._run(data=data, output=output)
+    self.assertEqual(code, 0, stderr)
+    self._check_scores(output, ["", self.ids[1], "", self.ids[3]],
+                       _expected(self.model, self.rows[:4]))
 
   @parameterized.named_parameters(
       ("no_data", {"data": ""}, "--data: is required"),

@@ -15,7 +15,6 @@ import base64
 from concurrent import futures
 import json
 import os
-import tempfile
 from typing import Any
 
 import grpc
@@ -25,7 +24,7 @@ from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from escm2_tf import config as config_lib
+import testing
 from escm2_tf import export
 from escm2_tf import losses
 from escm2_tf import model as model_lib
@@ -38,9 +37,7 @@ _TOLERANCE = 1e-6
 def _build_model():
   vocabularies = {field: np.arange(1, 31, dtype=np.int64) * 3
                   for field in schema.FIELD_NAMES}
-  model_config = config_lib.ModelConfig(
-      embedding_dim=4, num_experts=2, expert_units=(8,), tower_units=(4,),
-      use_weights=True, seed=3)
+  model_config = testing.tiny_model_config(use_weights=True, seed=3)
   return model_lib.build_model(model_config, losses.LossConfig(loss="ipw"),
                                vocabularies)
 
@@ -121,7 +118,7 @@ class ServingRequestsTest(tf.test.TestCase):
     super().setUpClass()
     cls.model = _build_model()
     cls.rows = _rows()
-    export_dir = tempfile.mkdtemp(dir=tf.compat.v1.test.get_temp_dir())
+    export_dir = testing.new_dir()
     cls.path = export.export_saved_model(cls.model, export_dir)
     cls.signatures = tf.saved_model.load(cls.path).signatures
     cls.server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))

@@ -1,20 +1,18 @@
 """Tests of the escm2-synth command line (escm2_tf/cli/synth.py)."""
 
-import contextlib
 import dataclasses
 import filecmp
-import io
+import functools
 import json
 import os
-import subprocess
 import sys
-import tempfile
 
 from absl import flags
 from absl.testing import absltest
 from absl.testing import flagsaver
 from absl.testing import parameterized
 
+import testing
 from escm2_tf import simulator
 from escm2_tf.cli import synth
 
@@ -27,16 +25,8 @@ _SMALL = dict(num_train=600, num_test=300, seed=5, num_users=80,
               impressions_per_request=8)
 
 
-def _tempdir(test):
-  return test.enterContext(tempfile.TemporaryDirectory())
-
-
-def _run_main():
-  """Runs main in-process; returns (exit code, stdout, stderr)."""
-  out, err = io.StringIO(), io.StringIO()
-  with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-    code = synth.main(["escm2-synth"])
-  return code, out.getvalue(), err.getvalue()
+# Runs main in-process with the flags as set; returns (code, stdout, stderr).
+_run_main = functools.partial(testing.run_main, synth.main, "escm2-synth")
 
 
 class SynthMainTest(parameterized.TestCase):
@@ -44,8 +34,7 @@ class SynthMainTest(parameterized.TestCase):
   @classmethod
   def setUpClass(cls):
     super().setUpClass()
-    if not FLAGS.is_parsed():
-      FLAGS.mark_as_parsed()
+    testing.mark_flags_parsed()
 
   def test_every_setting_has_a_flag_with_its_default(self):
     # Also guards --seed, which escm2-train defines with the same default.
@@ -56,7 +45,7 @@ class SynthMainTest(parameterized.TestCase):
                        getattr(defaults, field.name), field.name)
 
   def test_writes_what_the_library_writes(self):
-    cli_dir, library_dir = _tempdir(self), _tempdir(self)
+    cli_dir, library_dir = testing.new_dir(), testing.new_dir()
     with flagsaver.flagsaver(output_dir=cli_dir, **_SMALL):
       code, stdout, stderr = _run_main()
     self.assertEqual((code, stderr), (0, ""))
@@ -74,7 +63,7 @@ class SynthMainTest(parameterized.TestCase):
     self.assertEqual((mismatch, errors), ([], []))
 
   def test_paddlerec_format(self):
-    out = _tempdir(self)
+    out = testing.new_dir()
     with flagsaver.flagsaver(output_dir=out, format="paddlerec", **_SMALL):
       code, _, _ = _run_main()
     self.assertEqual(code, 0)
@@ -87,7 +76,7 @@ class SynthMainTest(parameterized.TestCase):
       ("seed", -1), ("num_shops", 5), ("unclicked_conversion_rate", 2.0),
       ("impressions_per_request", 0))
   def test_impossible_flag_fails_with_one_line_naming_it(self, flag, value):
-    out = os.path.join(_tempdir(self), "out")
+    out = os.path.join(testing.new_dir(), "out")
     with flagsaver.flagsaver(output_dir=out, **{**_SMALL, flag: value}):
       code, stdout, stderr = _run_main()
     self.assertEqual(code, 2)
@@ -97,7 +86,7 @@ class SynthMainTest(parameterized.TestCase):
     self.assertFalse(os.path.exists(out))
 
   def test_unwritable_output_dir(self):
-    blocker = os.path.join(_tempdir(self), "file")
+    blocker = os.path.join(testing.new_dir(), "file")
     with open(blocker, "w", encoding="utf-8"):
       pass
     with flagsaver.flagsaver(output_dir=os.path.join(blocker, "out"),
@@ -118,12 +107,11 @@ class EntryPointTest(absltest.TestCase):
   """The module as a program: absl parses the flags, the exit code carries."""
 
   def _run(self, *args):
-    return subprocess.run([sys.executable, "-m", "escm2_tf.cli.synth", *args],
-                          capture_output=True, text=True, timeout=300,
-                          check=False)
+    return testing.run_subprocess(
+        [sys.executable, "-m", "escm2_tf.cli.synth", *args], tf_log_level=None)
 
   def test_success_and_failure(self):
-    out = _tempdir(self)
+    out = testing.new_dir()
     flags_ = [f"--{name}={value}" for name, value in _SMALL.items()]
     done = self._run(f"--output_dir={out}", *flags_)
     self.assertEqual(done.returncode, 0, done.stderr)

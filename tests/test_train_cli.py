@@ -2,14 +2,10 @@
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
-import contextlib
+import functools
 import glob
-import io
 import json
 import os
-import subprocess
-import sys
-import tempfile
 
 from absl import flags
 from absl.testing import flagsaver
@@ -18,13 +14,14 @@ import numpy as np
 import tensorflow as tf
 
 import datasets
+import testing
 from escm2_tf import losses
 from escm2_tf import schema
 from escm2_tf.cli import train as train_cli
 from escm2_tf import run_dir
 
 FLAGS = flags.FLAGS
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = testing.REPO
 EPOCHS = 2
 # The names metrics.evaluate_predictions documents (docs/DESIGN.md).
 METRIC_KEYS = {
@@ -37,14 +34,10 @@ GROUND_TRUTH_KEYS = {"cvr_bias", "cvr_bias_clicked", "auc_cvr_truth",
                      "ips_true_cvr_oracle"}
 
 
-def setUpModule():
-  # Under pytest nobody parses the flags; flagsaver sets the ones a test uses.
-  if not FLAGS.is_parsed():
-    FLAGS.mark_as_parsed()
-
-
-def new_dir() -> str:
-  return tempfile.mkdtemp(dir=tf.compat.v1.test.get_temp_dir())
+setUpModule = testing.mark_flags_parsed
+new_dir = testing.new_dir
+# Runs escm2-train's main; returns its status, stdout and stderr.
+run_main = functools.partial(testing.run_main, train_cli.main, "escm2-train")
 
 
 def run_flags(data: dict[str, str], model_dir: str, **overrides):
@@ -59,15 +52,6 @@ def run_flags(data: dict[str, str], model_dir: str, **overrides):
       deterministic=False)
   values.update(overrides)
   return values
-
-
-def run_main(**flag_values) -> tuple[int, str, str]:
-  """Runs escm2-train's main; returns its status, stdout and stderr."""
-  stdout, stderr = io.StringIO(), io.StringIO()
-  with flagsaver.flagsaver(**flag_values), contextlib.redirect_stdout(
-      stdout), contextlib.redirect_stderr(stderr):
-    status = train_cli.main(["escm2-train"])
-  return status, stdout.getvalue(), stderr.getvalue()
 
 
 def read_labels(file_pattern: str) -> dict[str, np.ndarray]:
@@ -247,10 +231,9 @@ class FlagErrorTest(tf.test.TestCase, parameterized.TestCase):
     self.assert_rejected("loss", loss="esmm2")
 
   def test_unknown_loss_exits_non_zero_from_the_command_line(self):
-    result = subprocess.run(
-        [sys.executable, "-c", "from escm2_tf.cli import train; train.run()",
-         "--loss=esmm2"], capture_output=True, text=True, cwd=REPO,
-        check=False, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    result = testing.run_subprocess(testing.python_command(
+        "from escm2_tf.cli import train; train.run()", "--loss=esmm2"),
+                                    tf_log_level="3")
     self.assertNotEqual(result.returncode, 0)
     self.assertIn("--loss=esmm2", result.stderr)
 

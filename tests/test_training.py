@@ -10,7 +10,6 @@ import csv
 import json
 import math
 import os
-import tempfile
 
 from absl.testing import parameterized
 import numpy as np
@@ -18,6 +17,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 import datasets
+import testing
 from escm2_tf import config as config_lib
 from escm2_tf import evaluation
 from escm2_tf import losses
@@ -27,23 +27,19 @@ from escm2_tf import run_dir
 
 BATCH_SIZE = 256
 # A small network: the tests are about the loop around it.
-MODEL = config_lib.ModelConfig(embedding_dim=4, num_experts=2,
-                               expert_units=(8,), tower_units=(4,), seed=7)
+MODEL = testing.tiny_model_config(seed=7)
 LOSS = losses.LossConfig(loss="dr")
 ITERATIONS_KEY = "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 def train_config(data: dict[str, str], model_dir: str = "model",
                  **overrides) -> training.TrainConfig:
-  values = dict(train_data=data["train"], eval_data=data["test"],
-                vocab_dir=data["vocab_dir"], model_dir=model_dir, epochs=2,
-                batch_size=BATCH_SIZE, seed=3, deterministic=False)
-  values.update(overrides)
-  return training.TrainConfig(**values)
+  return testing.tiny_train_config(
+      data, model_dir, **{"epochs": 2, "batch_size": BATCH_SIZE, "seed": 3,
+                          **overrides})
 
 
-def new_dir() -> str:
-  return tempfile.mkdtemp(dir=tf.compat.v1.test.get_temp_dir())
+new_dir = testing.new_dir
 
 
 def new_file(content: str = "") -> str:
@@ -58,6 +54,14 @@ class _Interrupt(keras.callbacks.Callback):
 
   def on_epoch_end(self, epoch, logs=None):
     raise KeyboardInterrupt(f"interrupted after epoch {epoch + 1}")
+
+
+class _BreakTheCvrTower(keras.callbacks.Callback):
+  """Leaves the trained model predicting NaN CVRs, after a finite loss."""
+
+  def on_train_end(self, logs=None):
+    bias = self.model.network.get_layer("towers").biases[-1]
+    bias.assign(tf.tensor_scatter_nd_update(bias, [[1, 0]], [math.nan]))
 
 
 class TrainConfigTest(tf.test.TestCase, parameterized.TestCase):
@@ -256,6 +260,27 @@ class ResumeTest(tf.test.TestCase):
                      2 * iterations("epoch-001"))
     self.assertTrue(os.path.exists(os.path.join(config.model_dir,
                                                 run_dir.METRICS_FILE)))
+
+
+class NanPredictionTest(tf.test.TestCase):
+  """The last net: a model that predicts NaN is neither scored nor exported.
+
+  The NaN-loss stops are tested through the command line (test_train_cli.py)
+  and on a parameter-server cluster (test_multiworker.py).
+  """
+
+  def test_nan_predictions_stop_before_metrics_and_export(self):
+    data = datasets.make_synthetic_data(new_dir())
+    config = train_config(data, new_dir(), epochs=1,
+                          export_dir=os.path.join(new_dir(), "export"))
+    with self.assertRaisesWithLiteralMatch(
+        training.TrainingDivergedError,
+        "the final model predicts NaN or infinite cvr on eval_data"):
+      training.train(config, MODEL, LOSS, callbacks=[_BreakTheCvrTower()],
+                     verbose=0)
+    self.assertFalse(os.path.exists(os.path.join(config.model_dir,
+                                                 run_dir.METRICS_FILE)))
+    self.assertFalse(os.path.exists(config.export_dir))
 
 
 if __name__ == "__main__":

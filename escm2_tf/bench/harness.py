@@ -36,9 +36,15 @@ class PartError(RuntimeError):
 
 
 def cpu_seconds() -> float:
-  """User plus system CPU seconds of this process, all threads."""
-  usage = resource.getrusage(resource.RUSAGE_SELF)
-  return usage.ru_utime + usage.ru_stime
+  """User plus system CPU seconds of this process and its waited-for children.
+
+  All threads count; the children are the converter's worker processes.
+  """
+  total = 0.0
+  for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+    usage = resource.getrusage(who)
+    total += usage.ru_utime + usage.ru_stime
+  return total
 
 
 def peak_rss_mb() -> float:

@@ -44,7 +44,8 @@ _FEATURE_LIST = re.compile(f"{_ITEM}(?:{ITEM_SEP}{_ITEM})*")
 _ONLY_SEPARATORS = dict.fromkeys(c for c in range(128)
                                  if chr(c) not in _SEPARATORS)
 _ITEM_SEPARATORS = FIELD_SEP + VALUE_SEP + ITEM_SEP
-_TO_FIELD_SEP = str.maketrans(ITEM_SEP + VALUE_SEP, FIELD_SEP * 2)
+_ONLY_PADDLEREC_SEPARATORS = dict.fromkeys(c for c in range(128)
+                                           if chr(c) not in ",:")
 
 
 class BadRowError(ValueError):
@@ -84,6 +85,7 @@ class PaddleRecRow:
   conversion: int
   features: Features
   ignored_items: int = 0
+  padding_ids: int = 0
 
 
 def _parse_int(text: str, what: str, reason: str = "non_numeric") -> int:
@@ -169,13 +171,17 @@ def parse_feature_list(text: str, feature_num: int) -> tuple[Features, int]:
   if text and not _well_formed(text, num_items):
     raise BadRowError("broken_separator",
                       f"separators of the feature list {text[:60]!r}")
-  parts = text.translate(_TO_FIELD_SEP).split(FIELD_SEP) if text else []
+  parts = text.replace(ITEM_SEP, FIELD_SEP).replace(
+      VALUE_SEP, FIELD_SEP).split(FIELD_SEP) if text else []
   fields = parts[0::3]
   if "" in fields:
     raise BadRowError("broken_separator", "an item has an empty field id")
+  value_texts = parts[2::3]
   try:
     ids = list(map(int, parts[1::3]))
-    values = list(map(float, parts[2::3]))
+    # Most values are logged as "1": no float() for those rows.
+    values = ([1.0] * num_items if value_texts.count("1") == num_items
+              else list(map(float, value_texts)))
   except ValueError as e:
     raise BadRowError("non_numeric", f"feature list item: {e}") from None
   _check_ids(ids)
@@ -237,34 +243,57 @@ def parse_common_line(line: str) -> CommonRow:
   return CommonRow(index, features, ignored)
 
 
+def _paddlerec_tokens_well_formed(tokens: str, num_tokens: int) -> bool:
+  """Whether every ``field:gid`` token of ``tokens`` has exactly one colon."""
+  separators = tokens.translate(_ONLY_PADDLEREC_SEPARATORS)
+  if separators == (":," * num_tokens)[:-1]:
+    return True
+  return not separators.isascii() and all(
+      token.count(":") == 1 for token in tokens.split(","))
+
+
 def parse_paddlerec_line(line: str) -> PaddleRecRow:
   """Parses one PaddleRec line ``sample_id,click,buy,field:gid,...``.
 
   Every ``field:gid`` token is kept, including the first one, which
   PaddleRec's own reader drops. Values are 1.0: the format carries none.
+  Id 0 is PaddleRec's padding (its reader fills a field without ids with
+  ``[0]``): such tokens are skipped and counted in ``padding_ids``, never a
+  reason to reject the row.
   """
-  tokens = line.rstrip("\r\n").split(",")
-  if len(tokens) < 4:
+  columns = line.rstrip("\r\n").split(",", 3)
+  if len(columns) < 4:
     raise BadRowError("column_count",
-                      f"paddlerec line has {len(tokens)} columns, expected "
+                      f"paddlerec line has {len(columns)} columns, expected "
                       "at least 4")
-  if not tokens[0]:
+  sample_id, click_text, buy_text, tokens = columns
+  if not sample_id:
     raise BadRowError("empty_column", "empty sample_id")
-  click = _parse_label(tokens[1], "click")
-  conversion = _parse_label(tokens[2], "buy")
-  pairs = [token.split(":") for token in tokens[3:]]
-  if any(len(pair) != 2 or not pair[0] for pair in pairs):
-    bad = next(t for t, p in zip(tokens[3:], pairs)
-               if len(p) != 2 or not p[0])
+  click = _parse_label(click_text, "click")
+  conversion = _parse_label(buy_text, "buy")
+  # One split of the whole list instead of one per token: rows carry ~90
+  # (up to ~500) tokens.
+  num_tokens = tokens.count(",") + 1
+  if not _paddlerec_tokens_well_formed(tokens, num_tokens):
+    bad = next(t for t in tokens.split(",") if t.count(":") != 1)
     raise BadRowError("broken_separator", f"token {bad[:40]!r}")
-  fields, gids = zip(*pairs)
+  parts = tokens.replace(":", ",").split(",")
+  fields, gids = parts[0::2], parts[1::2]
+  if "" in fields:
+    raise BadRowError("broken_separator", "a token has an empty field id")
   try:
     ids = list(map(int, gids))
   except ValueError as e:
     raise BadRowError("non_numeric", f"paddlerec token: {e}") from None
+  padding = ids.count(schema.PAD_ID)
+  if padding:
+    kept = [k for k, i in enumerate(ids) if i != schema.PAD_ID]
+    fields = [fields[k] for k in kept]
+    ids = [ids[k] for k in kept]
   _check_ids(ids)
-  features, ignored = _group(list(fields), ids, [1.0] * len(ids))
-  return PaddleRecRow(tokens[0], click, conversion, features, ignored)
+  features, ignored = _group(fields, ids, [1.0] * len(ids))
+  return PaddleRecRow(sample_id, click, conversion, features, ignored,
+                      padding)
 
 
 def _format_value(value: float) -> str:

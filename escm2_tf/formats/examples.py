@@ -96,11 +96,14 @@ def _packed_header(name: str, kind: bytes, payload_length: int) -> bytes:
                        len(packed_header) + payload_length) + packed_header
 
 
-def int64_entry(name: str, values: Iterable[int]) -> bytes:
+def int64_entry(name: str, values: Sequence[int]) -> bytes:
   """One encoded ``Features.feature`` entry holding an int64 list."""
   if len(_varint_cache) > _VARINT_CACHE_SIZE:
     _varint_cache.clear()
-  payload = b"".join(map(_varint_cache.__getitem__, values))
+  if len(values) == 1:  # Most fields of an impression: no join.
+    payload = _varint_cache[values[0]]
+  else:
+    payload = b"".join(map(_varint_cache.__getitem__, values))
   return _packed_header(name, _INT64_LIST, len(payload)) + payload
 
 
@@ -241,10 +244,14 @@ def limit_values(features: aliccp.Features,
     if len(ids) <= max_values:
       kept[field] = (ids, values)
       continue
+    dropped[field] = len(ids) - max_values
+    if values.count(values[0]) == len(values):
+      # All tied (PaddleRec's rows, Ali-CCP's unweighted fields): the first.
+      kept[field] = (ids[:max_values], values[:max_values])
+      continue
     # The sort is stable, also in reverse: among equal values the earlier
     # position wins.
     heaviest = sorted(range(len(ids)), key=values.__getitem__, reverse=True)
     positions = sorted(heaviest[:max_values])
     kept[field] = ([ids[p] for p in positions], [values[p] for p in positions])
-    dropped[field] = len(ids) - max_values
   return kept, dropped

@@ -7,7 +7,8 @@ the distinct rows and one sparse-dense matrix product that pools them.
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
-from typing import Mapping
+import types
+from typing import Any, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -118,6 +119,7 @@ def _segment_ids(lengths: tf.Tensor) -> tf.Tensor:
       placeholder, splits, validate=False).to_sparse().indices[:, 0]
 
 
+@keras.saving.register_keras_serializable(package="escm2_tf")
 class FusedEmbedding(keras.layers.Layer):
   """Looks up and pools the ids of all fields in one shared table.
 
@@ -133,6 +135,13 @@ class FusedEmbedding(keras.layers.Layer):
   Input: a dict with an int64 ``tf.RaggedTensor`` [B, None] per field (and,
   with ``use_weights``, float32 ``<field>_w`` for ``schema.WEIGHTED_FIELDS``).
   Output: float32 [B, num_fields * embedding_dim], fields in vocabulary order.
+
+  ``get_config`` holds the vocabularies inline, as lists of ints in field
+  order (as Keras' ``IntegerLookup`` holds an inline vocabulary): the lookup
+  tables are not weights, so the config alone must rebuild them. That makes
+  the config as large as the vocabularies (about 8 bytes of JSON per id);
+  ``ESCM2Model`` itself is rebuilt from its ``ModelConfig`` and the
+  vocabulary files instead (``run_dir.restore_model``).
   """
 
   def __init__(self, vocabularies: Mapping[str, np.ndarray],
@@ -144,25 +153,41 @@ class FusedEmbedding(keras.layers.Layer):
     self.fields = tuple(vocabularies)
     if not self.fields:
       raise ValueError("FusedEmbedding needs at least one field.")
+    # A read-only view: Keras would track a plain dict as a checkpoint node.
+    self.vocabularies = types.MappingProxyType(
+        {f: np.asarray(vocabularies[f], np.int64) for f in self.fields})
     self.embedding_dim = embedding_dim
     self.oov_buckets = oov_buckets
     self.pooling = pooling
+    self.use_weights = use_weights
+    self.initializer = keras.initializers.get(initializer)
     self.l2 = l2
     self.weighted_fields = tuple(
         f for f in self.fields if use_weights and f in schema.WEIGHTED_FIELDS)
-    sizes = [len(vocabularies[f]) + oov_buckets for f in self.fields]
+    sizes = [len(self.vocabularies[f]) + oov_buckets for f in self.fields]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     self.num_rows = int(offsets[-1])
     if self.num_rows > _MAX_ROWS:
       raise ValueError(f"FusedEmbedding holds at most {_MAX_ROWS} rows, the "
                        f"vocabularies need {self.num_rows}.")
     self._oov_start = offsets[1:] - oov_buckets
-    self.tables = [self._field_table(field, vocabularies[field], start, oov)
+    self.tables = [self._field_table(field, self.vocabularies[field], start,
+                                     oov)
                    for field, start, oov in zip(self.fields, offsets,
                                                 self._oov_start)]
     self.embeddings = self.add_weight(
         "embeddings", shape=(self.num_rows, embedding_dim),
-        initializer=initializer, trainable=True)
+        initializer=self.initializer, trainable=True)
+
+  def get_config(self) -> dict[str, Any]:
+    return {**super().get_config(),
+            "vocabularies": {f: ids.tolist()
+                             for f, ids in self.vocabularies.items()},
+            "embedding_dim": self.embedding_dim,
+            "oov_buckets": self.oov_buckets, "pooling": self.pooling,
+            "use_weights": self.use_weights,
+            "initializer": keras.initializers.serialize(self.initializer),
+            "l2": self.l2}
 
   def _field_table(self, field: str, ids: np.ndarray, start: int,
                    oov_start: int) -> tf.lookup.StaticHashTable:

@@ -6,7 +6,7 @@
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -27,7 +27,29 @@ def _seed(seed: int | None, offset: int) -> int | None:
   return None if seed is None else seed + offset
 
 
-class MMoE(keras.layers.Layer):
+class _TaskLayer(keras.layers.Layer):
+  """What ``MMoE`` and ``TaskTowers`` share: tasks, activation, dropout, seed.
+
+  ``seed`` seeds the dropout (``seed + 1``) and the subclass's kernels.
+  """
+
+  def __init__(self, num_tasks: int, *, activation: str, dropout: float,
+               seed: int | None, **kwargs):
+    super().__init__(**kwargs)
+    self.num_tasks = num_tasks
+    self.activation = keras.activations.get(activation)
+    self.dropout_rate = dropout
+    self.dropout = keras.layers.Dropout(dropout, seed=_seed(seed, 1))
+    self.seed = seed
+
+  def get_config(self) -> dict[str, Any]:
+    return {**super().get_config(), "num_tasks": self.num_tasks,
+            "activation": keras.activations.serialize(self.activation),
+            "dropout": self.dropout_rate, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="escm2_tf")
+class MMoE(_TaskLayer):
   """Multi-gate mixture of experts (Ma et al., KDD 2018).
 
   Input [B, I]; output [B, num_tasks, expert_units[-1]], task t's softmax
@@ -38,13 +60,10 @@ class MMoE(keras.layers.Layer):
   def __init__(self, num_experts: int, expert_units: Sequence[int],
                num_tasks: int, *, activation: str = "relu",
                dropout: float = 0.0, seed: int | None = None, **kwargs):
-    super().__init__(**kwargs)
+    super().__init__(num_tasks, activation=activation, dropout=dropout,
+                     seed=seed, **kwargs)
     self.num_experts = num_experts
     self.expert_units = tuple(expert_units)
-    self.num_tasks = num_tasks
-    self.activation = keras.activations.get(activation)
-    self.dropout = keras.layers.Dropout(dropout, seed=_seed(seed, 1))
-    self.seed = seed
 
   def build(self, input_shape: tf.TensorShape):
     fan_in = int(input_shape[-1])
@@ -100,8 +119,13 @@ class MMoE(keras.layers.Layer):
     # [B, T, E, U] and summing.
     return tf.matmul(gates, hidden)
 
+  def get_config(self) -> dict[str, Any]:
+    return {**super().get_config(), "num_experts": self.num_experts,
+            "expert_units": list(self.expert_units)}
 
-class TaskTowers(keras.layers.Layer):
+
+@keras.saving.register_keras_serializable(package="escm2_tf")
+class TaskTowers(_TaskLayer):
   """One MLP tower per task ending in a logit, all computed together.
 
   Input [B, num_tasks, H] (task t's tower reads row t) or [B, H] (shared by
@@ -111,12 +135,9 @@ class TaskTowers(keras.layers.Layer):
   def __init__(self, num_tasks: int, units: Sequence[int], *,
                activation: str = "relu", dropout: float = 0.0,
                seed: int | None = None, **kwargs):
-    super().__init__(**kwargs)
-    self.num_tasks = num_tasks
+    super().__init__(num_tasks, activation=activation, dropout=dropout,
+                     seed=seed, **kwargs)
     self.units = tuple(units)
-    self.activation = keras.activations.get(activation)
-    self.dropout = keras.layers.Dropout(dropout, seed=_seed(seed, 1))
-    self.seed = seed
 
   def build(self, input_shape: tf.TensorShape):
     fan_in = int(input_shape[-1])
@@ -143,3 +164,6 @@ class TaskTowers(keras.layers.Layer):
       hidden = self.dropout(self.activation(hidden), training=training)
       hidden = tf.matmul(hidden, kernel) + bias[:, tf.newaxis]
     return tf.transpose(tf.squeeze(hidden, axis=2))
+
+  def get_config(self) -> dict[str, Any]:
+    return {**super().get_config(), "units": list(self.units)}

@@ -1,10 +1,16 @@
-"""Tests of escm2_tf.layers against numpy references."""
+"""Tests of escm2_tf.layers.embedding against numpy references."""
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
+
+import os
 
 from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
+import tf_keras as keras
+
+import layer_testing
+import testing
 
 from escm2_tf import layers
 from escm2_tf import schema
@@ -168,66 +174,49 @@ class FusedEmbeddingTest(tf.test.TestCase, parameterized.TestCase):
       layers.FusedEmbedding({"205": np.array([vocab.MAX_ID + 1])}, 2)
 
 
-class MMoETest(tf.test.TestCase, parameterized.TestCase):
+class FusedEmbeddingSerializationTest(tf.test.TestCase,
+                                      parameterized.TestCase):
 
-  @parameterized.parameters(((16,),), ((8, 4),))
-  def test_shapes_and_gates(self, expert_units):
-    layer = layers.MMoE(num_experts=5, expert_units=expert_units, num_tasks=3,
-                        seed=1)
-    inputs = tf.random.stateless_normal([7, 10], seed=[1, 2])
-    outputs = layer(inputs)
-    self.assertEqual(outputs.shape, (7, 3, expert_units[-1]))
-    gates = layer.gates(inputs).numpy()
-    self.assertEqual(gates.shape, (7, 3, 5))
-    self.assertAllClose(gates.sum(-1), np.ones((7, 3)))
-    logits = np.einsum("bi,ite->bte", inputs.numpy(),
-                       layer.gate_kernel.numpy()) + layer.gate_bias.numpy()
-    softmax = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-    self.assertAllClose(gates, softmax, atol=1e-6)
+  @parameterized.named_parameters(
+      ("defaults", {}),
+      ("every_option", dict(oov_buckets=3, pooling="mean", use_weights=True,
+                            l2=0.25, name="embedding")))
+  def test_config_round_trip(self, options):
+    layer = layers.FusedEmbedding(
+        _VOCABULARIES, 4, initializer=keras.initializers.RandomNormal(
+            stddev=0.3, seed=6), **options)
+    rebuilt = layer_testing.assert_layer_serializes(self, layer, _inputs()[2])
+    # The vocabularies travel inline, in field order, empty ones included.
+    config = layer.get_config()
+    self.assertEqual(list(config["vocabularies"]), list(_VOCABULARIES))
+    self.assertEqual(config["vocabularies"]["109_14"], [11, 12, 13])
+    self.assertEqual(config["vocabularies"]["150_14"], [])
+    self.assertEqual(rebuilt.num_rows, layer.num_rows)
+    self.assertEqual(rebuilt.weighted_fields, layer.weighted_fields)
+    if options:
+      self.assertAllClose(rebuilt.losses, layer.losses)
 
-  def test_matches_a_loop_over_experts(self):
-    layer = layers.MMoE(num_experts=3, expert_units=(4,), num_tasks=2, seed=3)
-    inputs = tf.random.stateless_normal([5, 6], seed=[3, 4])
-    layer(inputs)
-    layer.biases[0].assign(tf.random.stateless_normal([3, 4], seed=[5, 6]))
-    x = inputs.numpy()
-    experts = np.stack([np.maximum(x @ layer.kernels[0].numpy()[:, e] +
-                                   layer.biases[0].numpy()[e], 0)
-                        for e in range(3)], axis=1)
-    gates = layer.gates(inputs).numpy()
-    expected = np.einsum("bte,beu->btu", gates, experts)
-    self.assertAllClose(layer(inputs), expected, atol=1e-5)
+  def test_initializer_is_rebuilt_from_the_config(self):
+    initializer = keras.initializers.RandomUniform(-0.5, 0.5, seed=4)
+    layer = layers.FusedEmbedding(_VOCABULARIES, 3, initializer=initializer)
+    rebuilt = layers.FusedEmbedding.from_config(layer.get_config())
+    # Same seeded initializer, same table, without copying weights.
+    self.assertAllEqual(rebuilt.embeddings, layer.embeddings)
 
-  def test_equal_seeds_give_equal_weights(self):
-    first = layers.MMoE(4, (3,), 2, seed=9)
-    second = layers.MMoE(4, (3,), 2, seed=9)
-    inputs = tf.ones([2, 5])
-    self.assertAllEqual(first(inputs), second(inputs))
-    third = layers.MMoE(4, (3,), 2, seed=10)
-    self.assertNotAllClose(first(inputs), third(inputs))
-
-
-class TaskTowersTest(tf.test.TestCase):
-
-  def test_each_task_reads_only_its_row(self):
-    towers = layers.TaskTowers(num_tasks=3, units=(4,), seed=0)
-    inputs = tf.random.stateless_normal([2, 3, 5], seed=[0, 1])
-    logits = towers(inputs)
-    self.assertEqual(logits.shape, (2, 3))
-    changed = tf.tensor_scatter_nd_add(inputs, [[0, 1]], tf.ones([1, 5]))
-    delta = (towers(changed) - logits).numpy()
-    self.assertAllEqual(delta[:, [0, 2]], np.zeros((2, 2)))
-    self.assertAllEqual(delta[1], np.zeros(3))
-
-  def test_shared_input_and_no_hidden_layers(self):
-    towers = layers.TaskTowers(num_tasks=2, units=(), seed=0)
-    inputs = tf.random.stateless_normal([4, 6], seed=[2, 3])
-    logits = towers(inputs)
-    towers.biases[0].assign([[0.5], [-1.0]])
-    expected = np.einsum("bi,ti->bt", inputs.numpy(),
-                         towers.kernels[0].numpy()[..., 0]) + [0.5, -1.0]
-    self.assertEqual(logits.shape, (4, 2))
-    self.assertAllClose(towers(inputs), expected, atol=1e-6)
+  def test_model_saves_and_loads_with_the_lookup_tables(self):
+    _, _, inputs = _inputs()
+    model_inputs = {name: keras.Input(shape=(None,), ragged=True,
+                                      dtype=value.dtype, name=name)
+                    for name, value in inputs.items()}
+    layer = layers.FusedEmbedding(_VOCABULARIES, 4, oov_buckets=2,
+                                  use_weights=True,
+                                  initializer="glorot_uniform")
+    model = keras.Model(model_inputs, layer(model_inputs))
+    path = os.path.join(testing.new_dir(), "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    self.assertIsInstance(loaded.layers[-1], layers.FusedEmbedding)
+    self.assertAllClose(loaded(inputs), model(inputs), atol=0, rtol=0)
 
 
 if __name__ == "__main__":

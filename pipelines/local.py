@@ -1,0 +1,312 @@
+"""The local runner: the converter's DoFns on a pool of worker processes.
+
+Beam's local runners pass every element between the runner and its workers
+through coders (and gRPC in multi-processing mode), which cost about as much
+CPU as the conversion itself (see docs/converting.md). Without Beam options,
+``escm2-convert`` runs the very same DoFn objects (``dofns``) here instead:
+the input files are split into byte ranges (``ranges``), each range is one
+bundle in a forked worker process and becomes one output shard. A record is
+therefore byte-identical to the one the Beam pipeline writes; cluster runners
+and ``--join=cogroup`` take the Beam pipeline (``convert.build_pipeline``).
+
+For the Tianchi format the common rows are encoded first, in the pool; the
+main process builds the side input, index to encoded entries, and only then
+forks the workers that join the impressions, so they share it.
+"""
+
+import collections
+import dataclasses
+import multiprocessing
+import os
+import uuid
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Optional
+
+from apache_beam import pvalue
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.utils import windowed_value
+
+from escm2_tf import schema
+from escm2_pipelines import config as config_lib
+from escm2_pipelines import dofns
+from escm2_pipelines import ranges as ranges_lib
+from escm2_pipelines import sinks
+from escm2_pipelines import tally as tally_lib
+from escm2_pipelines import tfrecord
+from escm2_pipelines import transforms
+
+# Default shard count: this many shards per worker process (so tf.data can
+# interleave many files and the pool balances its load), but no shard made
+# from less input than MIN_SHARD_INPUT_BYTES (small inputs stay one file).
+SHARDS_PER_WORKER = 8
+MIN_SHARD_INPUT_BYTES = 4 << 20
+# Ranges per worker for the common rows, which only feed the side input.
+_COMMON_RANGES_PER_WORKER = 4
+_TEMP_DIR = ".escm2-convert-temp"
+
+# The side input of the join, set in the main process before the workers that
+# read it are forked. Module state: forked children inherit it without a copy.
+_side_input: dict[str, Any] = {}
+
+
+def num_workers(config: config_lib.ConvertConfig) -> int:
+  """Worker processes: ``config.num_workers``, or one per core."""
+  return config.num_workers or os.cpu_count() or 1
+
+
+def default_num_shards(input_bytes: int, workers: int) -> int:
+  """Output shards when ``--num_shards`` is 0 (see the constants above)."""
+  return max(1, min(SHARDS_PER_WORKER * workers,
+                    input_bytes // MIN_SHARD_INPUT_BYTES))
+
+
+class _Task(NamedTuple):
+  kind: str  # "common", "join" or "paddlerec"
+  index: int
+  ranges: list[ranges_lib.Range]
+  shard: Optional[str]  # Temporary path of the TFRecord shard written.
+  rejected: str  # Temporary path for rejected lines (left absent if none).
+
+
+class _Result(NamedTuple):
+  task: _Task
+  counts: collections.Counter
+  vocab: dict[str, dict[int, int]]
+  used: set[str]
+  encoded: list[tuple[str, bytes]]
+  rejected: int
+
+
+def _unwrap(value):
+  return value.value if isinstance(value, windowed_value.WindowedValue) else value
+
+
+class _Outputs:
+  """Routes a DoFn's outputs: main ones to ``main``, tagged ones to files."""
+
+  def __init__(self, main: Callable[[Any], None], rejected_path: str):
+    self._main = main
+    self._rejected_path = rejected_path
+    self._rejected_file = None
+    self.rejected = 0
+    self.counts: collections.Counter = collections.Counter()
+    self.vocab: dict[str, dict[int, int]] = {}
+    self.used: set[str] = set()
+
+  def take(self, outputs: Optional[Iterable]) -> None:
+    for output in outputs or ():
+      if not isinstance(output, pvalue.TaggedOutput):
+        self._main(output)
+        continue
+      value = _unwrap(output.value)
+      if output.tag == dofns.REJECTED:
+        self._reject(value)
+      elif output.tag == dofns.TALLY:
+        self.counts.update(value)
+      elif output.tag == dofns.VOCAB:
+        _add_counts(self.vocab, *value)
+      elif output.tag == dofns.USED:
+        self.used.add(value[0])
+
+  def _reject(self, line: str) -> None:
+    if self._rejected_file is None:
+      self._rejected_file = FileSystems.create(self._rejected_path)
+    self._rejected_file.write(line.encode() + b"\n")
+    self.rejected += 1
+
+  def close(self) -> None:
+    if self._rejected_file is not None:
+      self._rejected_file.close()
+
+
+def _add_counts(vocab: dict[str, dict[int, int]], field: str,
+                counts: dict[int, int]) -> None:
+  total = vocab.get(field)
+  if total is None:
+    vocab[field] = dict(counts)
+    return
+  get = total.get
+  for feature_id, count in counts.items():
+    total[feature_id] = get(feature_id, 0) + count
+
+
+def _batches(lines: Iterator, size: int) -> Iterator[list]:
+  batch = []
+  for line in lines:
+    batch.append(line)
+    if len(batch) == size:
+      yield batch
+      batch = []
+  if batch:
+    yield batch
+
+
+def _run_task(task: _Task, config: config_lib.ConvertConfig) -> _Result:
+  """One range through its DoFn, as one bundle; in a worker process."""
+  keep = config.keep_unclicked_conversions
+  encoded: list[tuple[str, bytes]] = []
+  writer = None
+  if task.kind == "common":
+    fn = dofns.EncodeCommonFn(config.max_values_per_field)
+    main = encoded.append
+  else:
+    # The name ends in .gz: keep FileSystems from compressing a second time.
+    raw = FileSystems.create(task.shard,
+                             compression_type=CompressionTypes.UNCOMPRESSED)
+    writer = tfrecord.GzipWriter(raw, tfrecord.COMPRESSION_LEVEL)
+    main = lambda records: writer.write(tfrecord.frame(records))
+    if task.kind == "join":
+      fn = dofns.SideInputJoinFn(config.max_values_per_field, keep)
+    else:
+      fn = dofns.EncodePaddleRecFn(config.max_values_per_field, keep)
+  outputs = _Outputs(main, task.rejected)
+  try:
+    fn.start_bundle()
+    lines = ranges_lib.read_lines(task.ranges)
+    if task.kind == "common":
+      for line in lines:
+        outputs.take(fn.process(line))
+    else:
+      side = ((_side_input["commons"], _side_input["duplicates"])
+              if task.kind == "join" else ())
+      for batch in _batches(lines, transforms.BATCH_SIZE):
+        outputs.take(fn.process(batch, *side))
+    outputs.take(fn.finish_bundle())
+  finally:
+    outputs.close()
+    if writer is not None:
+      writer.close()
+  return _Result(task, outputs.counts, outputs.vocab, outputs.used, encoded,
+                 outputs.rejected)
+
+
+def _run_task_in_worker(task_and_config) -> _Result:
+  return _run_task(*task_and_config)
+
+
+def _map(tasks: list[_Task], config: config_lib.ConvertConfig,
+         workers: int) -> Iterator[_Result]:
+  """Runs the tasks in forked workers (in this process for one worker)."""
+  if workers == 1 or len(tasks) == 1:
+    for task in tasks:
+      yield _run_task(task, config)
+    return
+  context = multiprocessing.get_context("fork")
+  with context.Pool(min(workers, len(tasks))) as pool:
+    yield from pool.imap_unordered(_run_task_in_worker,
+                                   [(task, config) for task in tasks])
+
+
+class _Run:
+  """One local conversion: its temporary files and summed counts."""
+
+  def __init__(self, config: config_lib.ConvertConfig, workers: int):
+    self.config = config
+    self.workers = workers
+    self.temp_dir = FileSystems.join(config.output_dir,
+                                     f"{_TEMP_DIR}-{uuid.uuid4().hex[:8]}")
+    self.counts: collections.Counter = collections.Counter()
+    self.vocab: dict[str, dict[int, int]] = {}
+    self.rejected_files: list[str] = []
+    self._tasks = 0
+
+  def task(self, kind: str, task_ranges: list[ranges_lib.Range],
+           shard: Optional[str] = None) -> _Task:
+    self._tasks += 1
+    return _Task(kind, self._tasks, task_ranges, shard,
+                 FileSystems.join(self.temp_dir, f"rejected-{self._tasks}"))
+
+  def results(self, tasks: list[_Task]) -> Iterator[_Result]:
+    """Runs the tasks; sums their counts and yields their results."""
+    for result in _map(tasks, self.config, self.workers):
+      self.counts.update(result.counts)
+      for field, counts in result.vocab.items():
+        _add_counts(self.vocab, field, counts)
+      if result.rejected:
+        self.rejected_files.append(result.task.rejected)
+      yield result
+
+
+def _encode_commons(run: _Run) -> None:
+  """Encodes the common rows into ``_side_input``."""
+  files = ranges_lib.match(run.config.common_features)
+  parts = ranges_lib.split(files, run.workers * _COMMON_RANGES_PER_WORKER)
+  commons: dict[str, bytes] = {}
+  duplicates: dict[str, int] = {}
+  for result in run.results([run.task("common", p) for p in parts if p]):
+    for index, entries in result.encoded:
+      if index in commons:
+        duplicates[index] = duplicates.get(index, 1) + 1
+      commons[index] = entries
+  run.counts[tally_lib.COMMON_ROWS_DUPLICATE] += sum(duplicates.values())
+  _side_input.update(commons=commons, duplicates=frozenset(duplicates))
+
+
+def _convert(run: _Run) -> list[tuple[str, str]]:
+  """Writes shards and rejected rows under temporary names.
+
+  Returns:
+    ``(temporary, final)`` paths of the files written.
+  """
+  config = run.config
+  if config.input_format == "aliccp":
+    _encode_commons(run)
+    pattern, kind = config.skeleton, "join"
+  else:
+    pattern, kind = config.input, "paddlerec"
+  files = ranges_lib.match(pattern)
+  num_shards = config.num_shards or default_num_shards(
+      sum(size for _, size in files), run.workers)
+  renames = []
+  tasks = []
+  for k, part in enumerate(ranges_lib.split(files, num_shards)):
+    name = (f"{sinks.EXAMPLES_PREFIX}-{k:05d}-of-{num_shards:05d}"
+            f"{sinks.EXAMPLES_SUFFIX}")
+    temporary = FileSystems.join(run.temp_dir, name)
+    renames.append((temporary, FileSystems.join(config.output_dir, name)))
+    tasks.append(run.task(kind, part, temporary))
+  used: set[str] = set()
+  try:
+    for result in run.results(tasks):
+      used |= result.used
+  finally:
+    _side_input.clear()
+  if config.input_format == "aliccp":
+    run.counts[tally_lib.COMMON_ROWS_USED] += len(used)
+  rejected_dir = FileSystems.join(config.output_dir, sinks.REJECTED_DIR)
+  for k, temporary in enumerate(sorted(run.rejected_files)):
+    renames.append((temporary, FileSystems.join(
+        rejected_dir,
+        f"rejected-{k:05d}-of-{len(run.rejected_files):05d}.tsv")))
+  return renames
+
+
+def _mkdirs(path: str) -> None:
+  if not FileSystems.exists(path):
+    FileSystems.mkdirs(path)
+
+
+def run(config: config_lib.ConvertConfig) -> None:
+  """Writes every output of ``config`` (see ``sinks``), stats.json last.
+
+  Shards and rejected rows are written under a temporary directory inside
+  ``config.output_dir`` and renamed when all are complete, so a failed run
+  (out of disk, say) leaves no partial file under a final name.
+  """
+  run_ = _Run(config, num_workers(config))
+  _mkdirs(run_.temp_dir)
+  try:
+    renames = _convert(run_)
+    _mkdirs(FileSystems.join(config.output_dir, sinks.REJECTED_DIR))
+    if renames:
+      FileSystems.rename(*map(list, zip(*renames)))
+    vocab_dir = FileSystems.join(config.output_dir, sinks.VOCAB_DIR)
+    _mkdirs(vocab_dir)
+    for field in schema.FIELD_NAMES:
+      sinks.write_vocabulary((field, run_.vocab.get(field, {})), vocab_dir)
+    sinks.write_stats(run_.counts,
+                      FileSystems.join(config.output_dir, sinks.STATS_FILE),
+                      config.input_format, dataclasses.asdict(config))
+  finally:
+    if FileSystems.exists(run_.temp_dir):
+      FileSystems.delete([run_.temp_dir])

@@ -1,0 +1,144 @@
+"""Shared test utilities: temporary directories, tiny configs, CLI runs.
+
+Data helpers (simulated, converted datasets) are in ``datasets.py``, the
+Keras layer checks in ``layer_testing.py``.
+
+    import testing
+
+    setUpModule = testing.mark_flags_parsed
+
+    status, stdout, stderr = testing.run_main(train_cli.main, "escm2-train",
+                                              model_dir=testing.new_dir())
+    result = testing.run_subprocess([testing.console_script("escm2-export"),
+                                     "--model_dir=..."])
+"""
+
+import atexit
+import contextlib
+import dataclasses
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import Any, Callable, Mapping, Sequence
+from unittest import mock
+
+from absl import flags
+from absl.testing import flagsaver
+
+# Imports neither TensorFlow nor Keras, so that tests of the tools that start
+# without them (escm2-synth, escm2-convert) stay that way.
+from escm2_tf import config as config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Far above any healthy run of a test's subprocess on two shared cores, far
+# below CI's own limit: a hang fails one test instead of stalling the suite.
+SUBPROCESS_TIMEOUT_S = 300
+# A network small enough to fit in seconds; tests override what they study.
+TINY_MODEL = config_lib.ModelConfig(embedding_dim=4, num_experts=2,
+                                    expert_units=(8,), tower_units=(4,))
+
+
+def mark_flags_parsed() -> None:
+  """Lets tests read absl flags without parsing a command line.
+
+  Under pytest nobody parses the flags; ``flagsaver`` sets the ones a test
+  uses. Use as ``setUpModule = testing.mark_flags_parsed``.
+  """
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
+_root: list[str] = []
+
+
+def new_dir() -> str:
+  """A new empty directory, removed when the test process exits."""
+  if not _root:
+    _root.append(tempfile.mkdtemp(prefix="escm2-test-"))
+    atexit.register(shutil.rmtree, _root[0], ignore_errors=True)
+  return tempfile.mkdtemp(dir=_root[0])
+
+
+def tiny_model_config(**overrides: Any) -> config_lib.ModelConfig:
+  """``TINY_MODEL`` with ``overrides``."""
+  return dataclasses.replace(TINY_MODEL, **overrides)
+
+
+def tiny_train_config(data: Mapping[str, str], model_dir: str,
+                      **overrides: Any) -> config_lib.TrainConfig:
+  """A one-epoch run on ``datasets.make_synthetic_data``'s ``data``.
+
+  Op determinism is left off: it is process-wide, the CPU kernels here are
+  deterministic without it, and other tests share the process.
+  """
+  values = dict(train_data=data["train"], eval_data=data["test"],
+                vocab_dir=data["vocab_dir"], model_dir=model_dir, epochs=1,
+                batch_size=256, deterministic=False)
+  return config_lib.TrainConfig(**{**values, **overrides})
+
+
+def run_main(main: Callable[[Sequence[str]], int], program: str, *,
+             argv: Sequence[str] = (),
+             environ: Mapping[str, str] | None = None,
+             **flag_values: Any) -> tuple[int, str, str]:
+  """Runs a CLI's ``main`` in this process with these flag values.
+
+  Args:
+    main: The CLI's ``main(argv)``.
+    program: Its name, ``argv[0]``.
+    argv: Further positional arguments.
+    environ: Environment variables set for the run only.
+    **flag_values: Flags set for the run only (``flagsaver``).
+
+  Returns:
+    The exit status, and what it wrote to stdout and to stderr.
+  """
+  stdout, stderr = io.StringIO(), io.StringIO()
+  with contextlib.ExitStack() as stack:
+    stack.enter_context(mock.patch.dict(os.environ, environ or {}))
+    stack.enter_context(flagsaver.flagsaver(**flag_values))
+    stack.enter_context(contextlib.redirect_stdout(stdout))
+    stack.enter_context(contextlib.redirect_stderr(stderr))
+    status = main([program, *argv])
+  return status, stdout.getvalue(), stderr.getvalue()
+
+
+def console_script(name: str) -> str:
+  """The path of an installed console script of this environment."""
+  return os.path.join(os.path.dirname(sys.executable), name)
+
+
+def python_command(code: str, *arguments: str) -> list[str]:
+  """The command that runs ``code`` in a fresh interpreter of this venv."""
+  return [sys.executable, "-c", code, *arguments]
+
+
+def run_subprocess(command: Sequence[str], *,
+                   timeout: float = SUBPROCESS_TIMEOUT_S,
+                   env: Mapping[str, str] | None = None, cwd: str = REPO,
+                   tf_log_level: str | None = "2"
+                   ) -> subprocess.CompletedProcess:
+  """Runs ``command`` to completion, its output captured as text.
+
+  Args:
+    command: The program and its arguments.
+    timeout: Seconds before it is killed and ``subprocess.TimeoutExpired``
+      fails the test.
+    env: Variables added to this process's environment.
+    cwd: Its working directory.
+    tf_log_level: ``TF_CPP_MIN_LOG_LEVEL`` for it, or None to leave the
+      variable as this process has it.
+
+  Returns:
+    The completed process; a non-zero exit status does not raise.
+  """
+  environment = dict(os.environ)
+  if tf_log_level is not None:
+    environment["TF_CPP_MIN_LOG_LEVEL"] = tf_log_level
+  environment.update(env or {})
+  return subprocess.run(list(command), capture_output=True, text=True,
+                        timeout=timeout, check=False, cwd=cwd,
+                        env=environment)
