@@ -1,34 +1,23 @@
 """Tests of escm2-study: the statistics, the verdict, bad grids, a tiny run."""
 
-import io
 import json
 import math
 import os
-import shutil
-import tempfile
-from contextlib import redirect_stderr, redirect_stdout
 
-from absl import flags
 from absl.testing import absltest
-from absl.testing import flagsaver
 from absl.testing import parameterized
 import numpy as np
+import testing
 
 from escm2_tf.cli import study as study_cli
 from escm2_tf.study import grid
 from escm2_tf.study import stats
 from escm2_tf.study import summary
 
-FLAGS = flags.FLAGS
+setUpModule = testing.mark_flags_parsed
 # Two seeds of a tiny, high-rate regime: every metric is defined, and the
 # whole study takes seconds per run.
 _TINY = "tiny:ctr=0.25,cvr=0.3,corr=0.9,train=2000,test=1000"
-
-
-def _tempdir(test):
-  path = tempfile.mkdtemp(prefix="escm2-study-test-")
-  test.addCleanup(shutil.rmtree, path, ignore_errors=True)
-  return path
 
 
 class StatsTest(parameterized.TestCase):
@@ -146,20 +135,10 @@ class GridTest(parameterized.TestCase):
 
 
 def _run_cli(**overrides):
-  stdout, stderr = io.StringIO(), io.StringIO()
-  with flagsaver.flagsaver(**overrides), redirect_stdout(stdout), \
-      redirect_stderr(stderr):
-    status = study_cli.main(["escm2-study"])
-  return status, stdout.getvalue(), stderr.getvalue()
+  return testing.run_main(study_cli.main, "escm2-study", **overrides)
 
 
 class StudyCliTest(parameterized.TestCase):
-
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    if not FLAGS.is_parsed():
-      FLAGS.mark_as_parsed()
 
   @parameterized.parameters(
       (dict(seeds=["0"]), "--seeds needs at least 2 seeds"),
@@ -167,7 +146,7 @@ class StudyCliTest(parameterized.TestCase):
       (dict(estimators=["esmm", "bogus"]), "unknown estimator 'bogus'"),
       (dict(regime=["r:ctr=0.2,cvr=0.2"]), "missing corr"))
   def test_bad_grid_is_one_line_and_writes_nothing(self, overrides, message):
-    root = _tempdir(self)
+    root = testing.new_dir()
     output_dir = os.path.join(root, "out")
     status, _, stderr = _run_cli(work_dir=os.path.join(root, "work"),
                                  output_dir=output_dir, **overrides)
@@ -178,7 +157,7 @@ class StudyCliTest(parameterized.TestCase):
     self.assertFalse(os.path.exists(os.path.join(root, "work")))
 
   def test_tiny_study_writes_results_and_resumes(self):
-    root = _tempdir(self)
+    root = testing.new_dir()
     output_dir = os.path.join(root, "out")
     settings = dict(work_dir=os.path.join(root, "work"),
                     output_dir=output_dir, regime=[_TINY], seeds=["0", "1"],
