@@ -1,15 +1,19 @@
 """The tf.data input: GZIP TFRecords of tf.Example -> (features, labels).
 
 Records are batched before parsing, so ``tf.io.parse_example`` runs once per
-batch (vectorised) instead of once per record. Features are ragged int64 ids
+batch (vectorised) instead of once per record. A ``HashSplit`` keeps only the
+records of one side of a split decided by a hash of ``sample_id``: the
+trainer's validation slice of the training data. Features are ragged int64 ids
 per schema field, plus the float32 weights of the weighted fields; labels are
 float32, as ``escm2_tf.losses.compute_losses`` expects them.
 """
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
+import dataclasses
 from typing import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from escm2_tf import schema
@@ -21,6 +25,52 @@ _GZIP = "GZIP"
 
 Features = dict[str, tf.RaggedTensor | tf.Tensor]
 Labels = dict[str, tf.Tensor]
+# Hash buckets of the split: a fraction is honoured to 1e-6.
+_SPLIT_BUCKETS = 1_000_000
+# Records whose sample_id is parsed at once to decide the split.
+_SPLIT_BLOCK = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class HashSplit:
+  """One side of a split of the records by a hash of their ``sample_id``.
+
+  A record is in the validation slice when the FarmHash fingerprint of its
+  ``sample_id`` (``tf.strings.to_hash_bucket_fast``, stable across runs,
+  processes and machines) falls in the first ``fraction`` of the buckets.
+  The slice depends on the ids only: not on file order, shuffling, sharding
+  or the worker, so every run and every worker holds out the same records,
+  and the two sides are disjoint and together cover the data.
+
+  Attributes:
+    fraction: Share of the records in the validation slice, in (0, 1).
+    validation: Keep the validation slice (True) or the rest (False).
+  """
+  fraction: float
+  validation: bool
+
+  def __post_init__(self):
+    if not 0.0 < self.fraction < 1.0:
+      raise ValueError(f"HashSplit.fraction must be in (0, 1), got "
+                       f"{self.fraction!r}.")
+
+  def selects(self, sample_ids: tf.Tensor) -> tf.Tensor:
+    """Whether each id is on this side, bool with the shape of the ids."""
+    held_out = (tf.strings.to_hash_bucket_fast(sample_ids, _SPLIT_BUCKETS)
+                < round(self.fraction * _SPLIT_BUCKETS))
+    return held_out if self.validation else tf.logical_not(held_out)
+
+  def apply(self, records: tf.data.Dataset) -> tf.data.Dataset:
+    """Keeps the serialized tf.Examples of this side, in their order."""
+    spec = {schema.SAMPLE_ID: tf.io.FixedLenFeature([], tf.string)}
+
+    def keep(serialized):
+      ids = tf.io.parse_example(serialized, spec)[schema.SAMPLE_ID]
+      return tf.boolean_mask(serialized, self.selects(ids))
+
+    # Parsing the ids of a block at once costs a fraction of parsing them
+    # record by record in a filter.
+    return records.batch(_SPLIT_BLOCK).map(keep).unbatch()
 
 
 def list_files(file_pattern: str | Sequence[str]) -> list[str]:
@@ -72,7 +122,8 @@ def make_dataset(file_pattern: str | Sequence[str], batch_size: int, *,
                  with_sample_id: bool = False,
                  shuffle_buffer_size: int = DEFAULT_SHUFFLE_BUFFER,
                  drop_remainder: bool = False,
-                 with_weights: bool = True) -> tf.data.Dataset:
+                 with_weights: bool = True,
+                 split: HashSplit | None = None) -> tf.data.Dataset:
   """A dataset of ``(features, labels)`` batches over GZIP TFRecord files.
 
   Args:
@@ -93,6 +144,8 @@ def make_dataset(file_pattern: str | Sequence[str], batch_size: int, *,
     with_weights: Parse the behaviour weights. A model without
       ``use_weights`` ignores them; leaving them out saves about a seventh
       of the parsing time of converted Ali-CCP records.
+    split: Keep only one side of this split of the records (before any
+      shuffling, so the other arguments do not change which records).
 
   Returns:
     A ``tf.data.Dataset`` of ``(features, labels)``: features maps every
@@ -127,6 +180,8 @@ def make_dataset(file_pattern: str | Sequence[str], batch_size: int, *,
   if shard_records:
     dataset = dataset.shard(input_context.num_input_pipelines,
                             input_context.input_pipeline_id)
+  if split is not None:
+    dataset = split.apply(dataset)
   if training:
     dataset = dataset.shuffle(shuffle_buffer_size, seed=seed,
                               reshuffle_each_iteration=True)
@@ -136,3 +191,13 @@ def make_dataset(file_pattern: str | Sequence[str], batch_size: int, *,
       lambda serialized: parse_batch(serialized, with_sample_id, with_weights),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
   return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def count_records(file_pattern: str | Sequence[str],
+                  split: HashSplit | None = None) -> int:
+  """The records of the files (on one side of ``split``), read once."""
+  records = tf.data.TFRecordDataset(list_files(file_pattern),
+                                    compression_type=_GZIP)
+  if split is not None:
+    records = split.apply(records)
+  return int(records.reduce(np.int64(0), lambda count, _: count + 1))

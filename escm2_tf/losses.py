@@ -24,6 +24,10 @@ from escm2_tf import schema
 
 LOSSES = ("naive", "esmm", "ipw", "dr")
 COMPAT_MODES = ("paper", "paddlerec")
+PROPENSITIES = ("model", "label")
+# The label holding a known click propensity, for propensity="label" (the
+# simulator's true p_click: ground_truth_*.csv).
+PROPENSITY_LABEL = "p_click"
 OUTPUTS = ("ctr", "cvr", "ctcvr")
 IMPUTATION = "imputation"
 
@@ -37,7 +41,8 @@ _MIN_EPSILON = 1e-7
 
 # PaddleRec hard-codes these; under compat="paddlerec" they would be ignored.
 _PAPER_ONLY_FIELDS = ("lambda_imp", "propensity_clip", "max_ips_weight",
-                      "stop_ips_gradient", "epsilon")
+                      "stop_ips_gradient", "epsilon", "propensity",
+                      "self_normalized")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +71,16 @@ class LossConfig:
     stop_ips_gradient: If True the IPS weight passes no gradient into the CTR
       tower, which is then trained by L_ctr and L_ctcvr only; otherwise the
       counterfactual risk can lower itself by raising ô on clicks.
+    propensity: Where the click propensity ô of the IPS weight comes from:
+      ``"model"``, the CTR tower's pCTR (ESCM2), or ``"label"``, a known
+      propensity in ``labels["p_click"]`` (the simulator's true click
+      probability). ``"label"`` checks the estimator apart from the
+      propensity model (tests/test_oracle_propensity.py); the trainer's
+      TFRecords carry no such label.
+    self_normalized: Self-normalised IPS (SNIPS): every sum weighted by
+      o/ô is divided by the batch's sum of o/ô instead of by |D|. Bounded by
+      the largest δ, at the price of a bias of order 1/clicks per batch; off
+      by default (docs/losses.md has the measurement).
     compat: ``"paper"`` or ``"paddlerec"``. PaddleRec hard-codes its epsilon,
       clip, cap and stop-gradient, so the paper-only fields above must keep
       their defaults under ``"paddlerec"``.
@@ -78,21 +93,25 @@ class LossConfig:
   propensity_clip: float = 0.01
   max_ips_weight: float | None = None
   stop_ips_gradient: bool = True
+  propensity: str = "model"
+  self_normalized: bool = False
   compat: str = "paper"
   epsilon: float = 1e-7
 
   def __post_init__(self):
     _check_choice("loss", self.loss, LOSSES)
     _check_choice("compat", self.compat, COMPAT_MODES)
+    _check_choice("propensity", self.propensity, PROPENSITIES)
     for name in ("lambda_c", "lambda_g", "lambda_imp"):
       _check_number(name, getattr(self, name), low=0.0)
     _check_number("propensity_clip", self.propensity_clip, low=0.0, high=1.0,
                   low_open=True)
     if self.max_ips_weight is not None:
       _check_number("max_ips_weight", self.max_ips_weight, low=1.0)
-    if not isinstance(self.stop_ips_gradient, bool):
-      raise ValueError("LossConfig.stop_ips_gradient must be a bool, got "
-                       f"{self.stop_ips_gradient!r}.")
+    for name in ("stop_ips_gradient", "self_normalized"):
+      if not isinstance(getattr(self, name), bool):
+        raise ValueError(f"LossConfig.{name} must be a bool, got "
+                         f"{getattr(self, name)!r}.")
     _check_number("epsilon", self.epsilon, low=_MIN_EPSILON, high=0.5)
     if self.compat == "paddlerec":
       for field in dataclasses.fields(self):
@@ -149,9 +168,9 @@ def paddle_log_loss(labels: tf.Tensor, probs: tf.Tensor) -> tf.Tensor:
            (1.0 - labels) * tf.math.log(1.0 - probs + PADDLEREC_EPSILON))
 
 
-def inverse_propensity(config: LossConfig, ctr: tf.Tensor) -> tf.Tensor:
+def inverse_propensity(config: LossConfig, propensity: tf.Tensor) -> tf.Tensor:
   """1 / max(ô, propensity_clip), capped and stop-gradient as configured."""
-  weight = 1.0 / tf.maximum(ctr, config.propensity_clip)
+  weight = 1.0 / tf.maximum(propensity, config.propensity_clip)
   if config.max_ips_weight is not None:
     weight = tf.minimum(weight, config.max_ips_weight)
   if config.stop_ips_gradient:
@@ -175,7 +194,8 @@ def compute_losses(config: LossConfig, labels: Mapping[str, tf.Tensor],
   * esmm: 0 in the total (ESMM learns CVR through CTCVR only); ``cvr_loss``
     reports the naive clicked-mean δ as a stop-gradient monitor.
   * ipw: the paper's IPS risk R_IPS = 1/|D| Σ o_i δ_i / ô_i
-    (formulas/escm2_ipw.png), ô clipped.
+    (formulas/escm2_ipw.png), ô clipped. ô is pCTR, or with
+    ``propensity="label"`` ``labels["p_click"]``.
   * dr: with the imputed error δ̂ = ``outputs["imputation"]`` and
     e_i = δ_i − δ̂_i, the paper's DR error risk
     R_DR^err = 1/|D| Σ [δ̂_i + o_i e_i / ô_i] (formulas/escm2_dr1.png) and
@@ -185,13 +205,16 @@ def compute_losses(config: LossConfig, labels: Mapping[str, tf.Tensor],
     constant in R_err and δ in R_imp, so the CVR output is moved by R_err
     (and L_ctcvr) only and the imputation by R_imp only. The total adds
     ``lambda_imp * R_imp``; ``cvr_loss`` is R_err, ``imputation_loss`` R_imp.
+  * ``self_normalized`` (ipw, dr): 1/|D| in front of every sum over o_i/ô_i
+    becomes 1/Σ_i o_i/ô_i (SNIPS); 0 for a batch without clicks.
 
   ``compat="paddlerec"``: see ``_paddlerec_counterfactual``; every log loss is
   paddle's (epsilon 1e-4 added inside the logs) and CTCVR is labelled with r.
 
   Args:
     config: The estimator and its weights.
-    labels: ``{"click", "conversion"}``, float32[B] of 0/1.
+    labels: ``{"click", "conversion"}``, float32[B] of 0/1, and with
+      ``propensity="label"`` ``"p_click"``, float32[B] in (0, 1].
     outputs: ``{"ctr", "cvr", "ctcvr"}`` probabilities, float32[B], and for
       ``dr`` ``"imputation"``, a non-negative predicted cross-entropy.
 
@@ -223,7 +246,10 @@ def compute_losses(config: LossConfig, labels: Mapping[str, tf.Tensor],
     result = _paddlerec_counterfactual(config.loss, click, ctr, delta,
                                        imputation)
   else:
-    result = _paper_counterfactual(config, click, ctr, delta, imputation)
+    propensity = (ctr if config.propensity == "model" else
+                  _vector(labels, PROPENSITY_LABEL, "labels"))
+    result = _paper_counterfactual(config, click, propensity, delta,
+                                   imputation)
   result["ctr_loss"] = tf.reduce_mean(log_loss(click, ctr))
   result["ctcvr_loss"] = tf.reduce_mean(log_loss(ctcvr_label, ctcvr))
   cvr_weight = config.lambda_c
@@ -239,18 +265,27 @@ def compute_losses(config: LossConfig, labels: Mapping[str, tf.Tensor],
 
 
 def _paper_counterfactual(config: LossConfig, click: tf.Tensor,
-                          ctr: tf.Tensor, delta: tf.Tensor,
+                          propensity: tf.Tensor, delta: tf.Tensor,
                           imputation: tf.Tensor | None) -> dict[str, tf.Tensor]:
   """R_IPS, or R_err and R_imp with the decoupling stop-gradients."""
-  weighted_click = click * inverse_propensity(config, ctr)
+  weighted_click = click * inverse_propensity(config, propensity)
+  if config.self_normalized:
+    normalizer = tf.reduce_sum(weighted_click)
+  else:
+    normalizer = tf.cast(tf.size(click), tf.float32)
+
+  def ips_mean(values: tf.Tensor) -> tf.Tensor:
+    return tf.math.divide_no_nan(tf.reduce_sum(weighted_click * values),
+                                 normalizer)
+
   if config.loss == "ipw":
-    return {"cvr_loss": tf.reduce_mean(weighted_click * delta)}
+    return {"cvr_loss": ips_mean(delta)}
   fixed_imputation = tf.stop_gradient(imputation)
   return {
-      "cvr_loss": tf.reduce_mean(
-          fixed_imputation + weighted_click * (delta - fixed_imputation)),
-      "imputation_loss": tf.reduce_mean(
-          weighted_click * tf.square(tf.stop_gradient(delta) - imputation)),
+      "cvr_loss": (tf.reduce_mean(fixed_imputation)
+                   + ips_mean(delta - fixed_imputation)),
+      "imputation_loss": ips_mean(
+          tf.square(tf.stop_gradient(delta) - imputation)),
   }
 
 

@@ -18,6 +18,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras as keras
 
+from escm2_tf import base_rates as base_rates_lib
 from escm2_tf import config as config_lib
 from escm2_tf import layers
 from escm2_tf import losses
@@ -27,6 +28,10 @@ from escm2_tf import schema
 Features = Mapping[str, tf.RaggedTensor | tf.Tensor]
 Outputs = dict[str, tf.Tensor]
 REGULARIZATION_LOSS = "regularization_loss"
+# L_ctr + L_ctcvr: the two risks every estimator fits on every impression,
+# free of any lambda and of the counterfactual weights. Early stopping
+# watches its validation value by default (docs/training.md).
+OBSERVED_LOSS = "ctr_ctcvr_loss"
 
 
 def task_names(loss_config: losses.LossConfig) -> tuple[str, ...]:
@@ -123,8 +128,14 @@ def model_inputs(config: config_lib.ModelConfig) -> dict[str, tf.Tensor]:
 
 def build_network(model_config: config_lib.ModelConfig,
                   loss_config: losses.LossConfig,
-                  vocabularies: Mapping[str, np.ndarray]) -> keras.Model:
-  """The functional graph: raw ids -> lookup, pooling, backbone, towers."""
+                  vocabularies: Mapping[str, np.ndarray],
+                  base_rates: base_rates_lib.BaseRates | None = None
+                  ) -> keras.Model:
+  """The functional graph: raw ids -> lookup, pooling, backbone, towers.
+
+  With ``base_rates`` the towers' output biases start at
+  ``base_rates.output_biases``; without, at 0.
+  """
   missing = [f for f in schema.FIELD_NAMES if f not in vocabularies]
   if missing:
     raise ValueError(f"No vocabulary for field(s) {', '.join(missing)}.")
@@ -144,6 +155,8 @@ def build_network(model_config: config_lib.ModelConfig,
   logits = layers.TaskTowers(
       num_tasks, model_config.tower_units, activation=model_config.activation,
       dropout=model_config.dropout, seed=_seed(model_config, 300),
+      output_biases=(None if base_rates is None else
+                     base_rates.output_biases(task_names(loss_config))),
       name="towers")(hidden)
   outputs = Heads(num_tasks == 3, name="heads")(logits)
   return keras.Model(inputs=inputs, outputs=outputs, name="escm2_network")
@@ -165,7 +178,7 @@ class ESCM2Model(keras.Model):
     self.network = network
     self.model_config = model_config
     self.loss_config = loss_config
-    loss_names = ["loss", "ctr_loss", "cvr_loss", "ctcvr_loss"]
+    loss_names = ["loss", "ctr_loss", "cvr_loss", "ctcvr_loss", OBSERVED_LOSS]
     if loss_config.loss == "dr":
       loss_names.append("imputation_loss")
     if model_config.embedding_l2:
@@ -193,8 +206,9 @@ class ESCM2Model(keras.Model):
 
   def compute_all_losses(self, labels: Mapping[str, tf.Tensor],
                          outputs: Outputs) -> dict[str, tf.Tensor]:
-    """``compute_losses`` plus the layers' regularisation in ``loss``."""
+    """``compute_losses``, its observed part, and the regularisation."""
     values = losses.compute_losses(self.loss_config, labels, outputs)
+    values[OBSERVED_LOSS] = values["ctr_loss"] + values["ctcvr_loss"]
     if self.model_config.embedding_l2:
       values[REGULARIZATION_LOSS] = tf.add_n(self.losses)
       values["loss"] += values[REGULARIZATION_LOSS]
@@ -272,7 +286,9 @@ class ESCM2Model(keras.Model):
 
 def build_model(model_config: config_lib.ModelConfig,
                 loss_config: losses.LossConfig,
-                vocabularies: Mapping[str, np.ndarray]) -> ESCM2Model:
+                vocabularies: Mapping[str, np.ndarray], *,
+                base_rates: base_rates_lib.BaseRates | None = None
+                ) -> ESCM2Model:
   """The ESCM2 model for these configs and per-field vocabularies.
 
   Args:
@@ -281,9 +297,15 @@ def build_model(model_config: config_lib.ModelConfig,
       imputation tower.
     vocabularies: Field name -> raw ids (``vocab.load_vocabularies``), for
       every field of ``schema.FIELD_NAMES``.
+    base_rates: The training data's click and post-click conversion rates
+      (``base_rates.read_base_rates(base_rates.stats_path(vocab_dir))``):
+      the towers' output biases start at their log-odds, so the model starts
+      calibrated (``escm2-train`` does this by default). ``None`` starts them
+      at 0, a prediction of 0.5.
 
   Returns:
     An ``ESCM2Model``, ready for ``compile(optimizer=...)`` and ``fit``.
   """
-  network = build_network(model_config, loss_config, vocabularies)
+  network = build_network(model_config, loss_config, vocabularies,
+                          base_rates)
   return ESCM2Model(network, model_config, loss_config, name="escm2")

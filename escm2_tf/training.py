@@ -2,9 +2,12 @@
 
 ``train`` checks its inputs before doing any work, then fits the model with the
 callbacks a long run needs: a progress bar, TensorBoard logs, a checkpoint per
-epoch, a backup that a killed run resumes from, and a stop on a NaN loss. It
-ends with the exact metrics of the final model on the evaluation data and,
-optionally, a SavedModel.
+epoch, a backup that a killed run resumes from, a stop on a NaN loss, and
+early stopping on a validation set that is not the evaluation data (by
+default a slice of the training data held out by a hash of ``sample_id``).
+The towers' output biases start at the training data's base rates
+(``escm2_tf.base_rates``). It ends with the exact metrics of the final model
+on the evaluation data and, optionally, a SavedModel.
 
 ``model_dir`` layout: ``escm2_tf.run_dir``.
 
@@ -28,7 +31,9 @@ import tf_keras as keras
 
 from escm2_tf import config as config_lib
 from escm2_tf import data
+from escm2_tf import base_rates as base_rates_lib
 from escm2_tf import distribute
+from escm2_tf import early_stopping
 from escm2_tf import evaluation
 from escm2_tf import export
 from escm2_tf import losses
@@ -103,32 +108,47 @@ class _StopOnNaNLoss(keras.callbacks.Callback):
           "try a lower learning rate")
 
 
-def _callbacks(config: TrainConfig, parameter_server: bool = False
+def _checkpoint_path(config: TrainConfig, epoch: int) -> str:
+  """Where ModelCheckpoint saves the weights after ``epoch`` (0-based)."""
+  return os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR,
+                      f"epoch-{epoch + 1:03d}")
+
+
+def _callbacks(config: TrainConfig, parameter_server: bool = False,
+               is_chief: bool = True, verbose: int = 0
                ) -> list[keras.callbacks.Callback]:
-  """The run's callbacks; those that save come after the NaN check."""
-  callbacks = [
-      _StopOnNaNLoss() if parameter_server else _StopOnNaN(),
-      keras.callbacks.BackupAndRestore(
-          os.path.join(config.model_dir, run_dir.BACKUP_DIR)),
+  """The run's callbacks.
+
+  Those that save come after the NaN check; early stopping writes its state
+  before the backup of the same epoch, so a resumed run finds both.
+  """
+  backup_dir = os.path.join(config.model_dir, run_dir.BACKUP_DIR)
+  callbacks = [_StopOnNaNLoss() if parameter_server else _StopOnNaN()]
+  if config.early_stopping_patience:
+    callbacks.append(early_stopping.ResumableEarlyStopping(
+        config.early_stopping_monitor, config.early_stopping_patience,
+        os.path.join(backup_dir, early_stopping.STATE_FILE),
+        functools.partial(_checkpoint_path, config), write_state=is_chief,
+        verbose=verbose))
+  callbacks += [
+      keras.callbacks.BackupAndRestore(backup_dir),
       keras.callbacks.ModelCheckpoint(
           os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR, "epoch-{epoch:03d}"),
           save_weights_only=True),
       keras.callbacks.TensorBoard(os.path.join(config.model_dir, run_dir.LOG_DIR)),
   ]
-  if config.early_stopping_patience:
-    monitor = config.early_stopping_monitor
-    callbacks.append(keras.callbacks.EarlyStopping(
-        monitor=monitor, mode="max" if "auc" in monitor else "min",
-        patience=config.early_stopping_patience, restore_best_weights=True))
   return callbacks
 
 
 def _build_model(config: TrainConfig, model_config: config_lib.ModelConfig,
                  loss_config: losses.LossConfig,
                  vocabularies: dict[str, np.ndarray],
-                 strategy: tf.distribute.Strategy) -> keras.Model:
+                 strategy: tf.distribute.Strategy,
+                 base_rates: base_rates_lib.BaseRates | None
+                 ) -> keras.Model:
   with strategy.scope():
-    model = model_lib.build_model(model_config, loss_config, vocabularies)
+    model = model_lib.build_model(model_config, loss_config, vocabularies,
+                                  base_rates=base_rates)
     model.compile(optimizer=optimizers.make_optimizer(config.optimizer,
                                                       config.learning_rate),
                   steps_per_execution=config.steps_per_execution)
@@ -156,50 +176,81 @@ def _local_copy(model_config: config_lib.ModelConfig,
   return model
 
 
-def _num_batches(file_pattern: str, batch_size: int) -> int:
-  files = data.list_files(file_pattern)
-  records = tf.data.TFRecordDataset(files, compression_type="GZIP").reduce(
-      np.int64(0), lambda count, _: count + 1)
-  return max(1, math.ceil(int(records) / batch_size))
+def _num_batches(file_pattern: str, batch_size: int,
+                 split: data.HashSplit | None = None) -> int:
+  return max(1, math.ceil(data.count_records(file_pattern, split)
+                          / batch_size))
+
+
+def _validation_source(config: TrainConfig
+                       ) -> tuple[tuple[str, data.HashSplit | None],
+                                  tuple[str, data.HashSplit | None] | None]:
+  """(files, split) of the training data and of the validation data.
+
+  Without early stopping and without ``validation_data`` nothing is held
+  out and nothing validated: the run trains on all of ``train_data``.
+  """
+  if config.validation_data:
+    return (config.train_data, None), (config.validation_data, None)
+  if not config.early_stopping_patience:
+    return (config.train_data, None), None
+  return ((config.train_data, data.HashSplit(config.validation_fraction,
+                                             validation=False)),
+          (config.train_data, data.HashSplit(config.validation_fraction,
+                                             validation=True)))
 
 
 def _fit(model: keras.Model, config: TrainConfig,
          strategy: tf.distribute.Strategy,
+         run_callbacks: Sequence[keras.callbacks.Callback],
          callbacks: Sequence[keras.callbacks.Callback],
          verbose: int) -> keras.callbacks.History:
-  """Runs ``fit``, by default one pass over the training data per epoch."""
+  """Runs ``fit``, by default one pass over the training data per epoch.
+
+  It validates on ``validation_data``, or on the held-out slice of the
+  training data, which is then left out of training.
+  """
   cluster = distribute.needs_fixed_steps(strategy)
   fixed_steps = bool(config.steps_per_epoch or config.steps_per_execution > 1
                      or cluster)
+  (train_files, train_split), validation_source = _validation_source(config)
   steps = {}
   if fixed_steps:
     # Keras must know the steps to group them, and workers must agree on
     # them: count the records once and repeat the data.
     steps = {"steps_per_epoch": config.steps_per_epoch or _num_batches(
-        config.train_data, config.batch_size),
-             "validation_steps": _num_batches(config.eval_data,
-                                              config.batch_size)}
+        train_files, config.batch_size, train_split)}
+    if validation_source:
+      validation_files, validation_split = validation_source
+      steps["validation_steps"] = _num_batches(
+          validation_files, config.batch_size, validation_split)
   parameter_server = isinstance(strategy,
                                 tf.distribute.ParameterServerStrategy)
   # Every parameter-server worker runs the same dataset function: one seed
   # would give them all the same order, so each shuffles its own way.
   inputs = functools.partial(
-      data.make_dataset, config.train_data, config.batch_size, training=True,
+      data.make_dataset, train_files, config.batch_size, training=True,
       seed=None if parameter_server else config.seed,
-      num_epochs=None if fixed_steps else 1)
-  validation_inputs = functools.partial(
-      data.make_dataset, config.eval_data, config.batch_size, training=False,
-      num_epochs=None if cluster else 1)
+      num_epochs=None if fixed_steps else 1, split=train_split)
+  validation_inputs = None
+  if validation_source:
+    validation_inputs = functools.partial(
+        data.make_dataset, validation_source[0], config.batch_size,
+        training=False, num_epochs=None if cluster else 1,
+        split=validation_source[1])
   if config.distribution_strategy == distribute.DEFAULT:
-    inputs, validation_inputs = inputs(), validation_inputs()
+    inputs = inputs()
+    if validation_inputs:
+      validation_inputs = validation_inputs()
   else:
     inputs = distribute.distribute_dataset(strategy, inputs)
-    validation_inputs = distribute.distribute_dataset(strategy,
-                                                      validation_inputs)
+    if validation_inputs:
+      validation_inputs = distribute.distribute_dataset(strategy,
+                                                        validation_inputs)
   return model.fit(
       inputs, validation_data=validation_inputs, epochs=config.epochs,
-      verbose=verbose, callbacks=_callbacks(config, parameter_server) +
-      list(callbacks), **steps)
+      verbose=verbose, callbacks=list(run_callbacks) + list(callbacks),
+      **steps)
 
 
 def _evaluate(model: keras.Model,
@@ -235,7 +286,10 @@ def _score_and_export(model: keras.Model, config: TrainConfig,
 def _set_up(config: TrainConfig, configs: Mapping[str, Any]
             ) -> tuple[distribute.Task, tf.distribute.Strategy,
                        dict[str, np.ndarray]]:
-  """This task, its strategy, and the vocabularies, after every check."""
+  """This task, its strategy, and the vocabularies, after every check.
+
+  The base rates are checked here too, and read again by ``train``.
+  """
   task = distribute.read_task()
   distribute.check_task(config.distribution_strategy, task)
   # Collective ops must be set up before TensorFlow runs anything.
@@ -260,8 +314,12 @@ def train(train_config: TrainConfig, model_config: config_lib.ModelConfig,
           verbose: int = 1) -> dict[str, Any]:
   """Checks the inputs, trains, evaluates, and exports.
 
+  The model is validated after every epoch on ``validation_data`` or on the
+  held-out slice of ``train_data``, never on ``eval_data``; with early
+  stopping (the default) the run ends with the weights of its best epoch.
   A run that finds a backup in ``model_dir/backup`` (left by a killed run)
-  resumes from the epoch after the last one that run completed. Under a
+  resumes from the epoch after the last one that run completed, with the
+  early-stopping state of that epoch. Under a
   cluster strategy, every task of the cluster runs this (parameter-server
   workers and servers run ``distribute.run_server`` instead).
 
@@ -275,7 +333,8 @@ def train(train_config: TrainConfig, model_config: config_lib.ModelConfig,
   Returns:
     ``{"metrics": as written to metrics.json (undefined values None; empty
     on a worker that is not the chief), "epochs": the epochs this call ran,
-    "history": Keras' per-epoch logs, "export_path": the SavedModel's
+    "best_epoch": the epoch (1-based) whose weights the run ended with, by
+    early stopping's choice (None with early stopping off), "history": Keras' per-epoch logs, "export_path": the SavedModel's
     directory or "", "task": this task ("local:0" without a cluster),
     "chief": whether it wrote the outputs, "variable_shards":
     ``distribute.variable_shards`` of the model}``.
@@ -285,22 +344,32 @@ def train(train_config: TrainConfig, model_config: config_lib.ModelConfig,
     distribute.ClusterError: TF_CONFIG does not fit the strategy.
     TrainingDivergedError: The loss became NaN or infinite.
   """
+  validation.check_loss(loss_config)
   configs = run_dir.configs_dict(train_config, model_config, loss_config)
   task, strategy, vocabularies = _set_up(train_config, configs)
   model = _build_model(train_config, model_config, loss_config, vocabularies,
-                       strategy)
+                       strategy, validation.read_base_rates(train_config))
   validation.check_monitor(train_config, model)
   if task.is_chief:
     tf.io.gfile.makedirs(train_config.model_dir)
     evaluation.write_json(os.path.join(train_config.model_dir, run_dir.CONFIG_FILE),
                           configs)
-  history = _fit(model, train_config, strategy, callbacks, verbose)
+  parameter_server = isinstance(strategy,
+                                tf.distribute.ParameterServerStrategy)
+  run_callbacks = _callbacks(train_config, parameter_server, task.is_chief,
+                             verbose)
+  history = _fit(model, train_config, strategy, run_callbacks, callbacks,
+                 verbose)
   # Saving reads the metrics' sync-on-read variables, a collective: every
   # worker saves.
   with distribute.writer_dir(train_config.model_dir, task) as model_dir:
     final = os.path.join(model_dir, run_dir.CHECKPOINT_DIR, run_dir.FINAL_CHECKPOINT)
     model.save_weights(final)
+  stopper = [c for c in run_callbacks
+             if isinstance(c, early_stopping.ResumableEarlyStopping)]
+  best_epoch = stopper[0].best_epoch if stopper else None
   result = {"metrics": {}, "epochs": len(history.epoch),
+            "best_epoch": None if best_epoch is None else best_epoch + 1,
             "history": history.history, "export_path": "", "task": str(task),
             "chief": task.is_chief,
             "variable_shards": distribute.variable_shards(model.variables)}

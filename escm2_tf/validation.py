@@ -9,12 +9,14 @@ the ``TrainConfig`` field (the CLI flag of the same name) at fault.
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
 import json
+import os
 from typing import Any, Mapping
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from escm2_tf import base_rates as base_rates_lib
 from escm2_tf import config as config_lib
 from escm2_tf import data
 from escm2_tf import evaluation
@@ -39,6 +41,53 @@ def _check_files(config: config_lib.TrainConfig) -> None:
     path = getattr(config, name)
     if path and tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path):
       raise ConfigError(name, f"{path} exists and is not a directory")
+
+
+def _real_path(path: str) -> str:
+  """A local path made absolute and free of links; URLs as they are."""
+  return path if "://" in path else os.path.realpath(path)
+
+
+def _check_validation_data(config: config_lib.TrainConfig) -> None:
+  """Validation files exist and are neither trained on nor evaluated on."""
+  if not config.validation_data:
+    return
+  try:
+    evaluation.check_readable(config.validation_data)
+  except FileNotFoundError:
+    raise ConfigError("validation_data", "no files match "
+                      f"{config.validation_data!r}") from None
+  except ValueError as e:
+    raise ConfigError("validation_data", str(e)) from None
+  files = {_real_path(f) for f in data.list_files(config.validation_data)}
+  for name in ("train_data", "eval_data"):
+    shared = files & {_real_path(f)
+                      for f in data.list_files(getattr(config, name))}
+    if shared:
+      raise ConfigError(
+          "validation_data", f"{config.validation_data!r} shares "
+          f"{len(shared)} file(s) with {name}, e.g. {min(shared)}: the "
+          "validation data must be held out from both")
+
+
+def read_base_rates(config: config_lib.TrainConfig
+                    ) -> base_rates_lib.BaseRates | None:
+  """The base rates the output biases start at; None when turned off.
+
+  Raises:
+    ConfigError: ``stats_file`` (or the ``stats.json`` beside ``vocab_dir``)
+      is missing or holds no counts.
+  """
+  if not config.base_rate_init:
+    return None
+  path = config.stats_file or base_rates_lib.stats_path(config.vocab_dir)
+  try:
+    return base_rates_lib.read_base_rates(path)
+  except base_rates_lib.StatsError as e:
+    raise ConfigError(
+        "stats_file", f"{e}; set --stats_file to the converter's stats.json "
+        "of --train_data, or --nobase_rate_init to start the output biases "
+        "at 0") from None
 
 
 def _load_full_vocabularies(vocab_dir: str) -> dict[str, np.ndarray]:
@@ -141,12 +190,23 @@ def check_inputs(config: config_lib.TrainConfig, configs: Mapping[str, Any],
     ConfigError: The first problem found, naming the field.
   """
   _check_files(config)
+  _check_validation_data(config)
   vocabularies = _load_full_vocabularies(config.vocab_dir)
   check_vocabulary(config, vocabularies)
+  read_base_rates(config)
   if config.ground_truth:
     _check_ground_truth(config)
   _check_resume(config, configs, stored_config, backup_dir)
   return vocabularies
+
+
+def check_loss(loss_config: Any) -> None:
+  """The trainer's data carry no known propensity to weigh clicks by."""
+  if loss_config.propensity != "model":
+    raise ConfigError(
+        "propensity", f"{loss_config.propensity!r} reads a p_click label, "
+        "which the converter's TFRecords do not carry; escm2-train weighs "
+        "clicks by the CTR tower's pCTR ('model')")
 
 
 def check_batch_size(batch_size: int, num_replicas: int) -> None:

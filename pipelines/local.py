@@ -50,8 +50,12 @@ _side_input: dict[str, Any] = {}
 
 
 def num_workers(config: config_lib.ConvertConfig) -> int:
-  """Worker processes: ``config.num_workers``, or one per core."""
-  return config.num_workers or os.cpu_count() or 1
+  """Worker processes: ``config.num_workers``, or one per usable core."""
+  if config.num_workers:
+    return config.num_workers
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0)) or 1
+  return os.cpu_count() or 1
 
 
 def default_num_shards(input_bytes: int, workers: int) -> int:
@@ -187,7 +191,10 @@ def _run_task_in_worker(task_and_config) -> _Result:
 def _map(tasks: list[_Task], config: config_lib.ConvertConfig,
          workers: int) -> Iterator[_Result]:
   """Runs the tasks in forked workers (in this process for one worker)."""
-  if workers == 1 or len(tasks) == 1:
+  # Workers are forked so that they share the side input; without fork
+  # (Windows) the tasks run here, one after another.
+  if (workers == 1 or len(tasks) == 1
+      or "fork" not in multiprocessing.get_all_start_methods()):
     for task in tasks:
       yield _run_task(task, config)
     return

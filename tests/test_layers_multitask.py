@@ -91,12 +91,21 @@ class SerializationTest(tf.test.TestCase, parameterized.TestCase):
   @parameterized.named_parameters(
       ("per_task_inputs", [7, 3, 5], {}),
       ("shared_input", [7, 5], dict(activation="sigmoid", dropout=0.5,
-                                    seed=8, name="towers")))
+                                    seed=8, name="towers")),
+      ("output_biases", [7, 3, 5], dict(output_biases=(-3.0, -2.5, 0.5))))
   def test_task_towers_config_round_trip(self, shape, options):
     layer = layers.TaskTowers(3, (4, 2), **options)
     inputs = tf.random.stateless_normal(shape, seed=[3, 4])
     layer_testing.assert_layer_serializes(self, layer, inputs, training=False)
     self.assertEqual(layer.get_config()["units"], [4, 2])
+
+  def test_output_biases_start_the_logit_biases(self):
+    layer = layers.TaskTowers(2, (4,), seed=0, output_biases=(-3.0, 1.5))
+    layer(tf.ones([1, 2, 5]))
+    self.assertAllEqual(layer.biases[-1], [[-3.0], [1.5]])
+    self.assertAllEqual(layer.biases[0], tf.zeros([2, 4]))
+    with self.assertRaisesRegex(ValueError, "one output bias per task"):
+      layers.TaskTowers(3, (4,), output_biases=(0.0,))
 
   def test_equal_seeds_in_the_config_give_equal_weights(self):
     layer = layers.MMoE(3, (4,), 2, seed=11)

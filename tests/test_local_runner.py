@@ -121,7 +121,8 @@ class DefaultShardsTest(parameterized.TestCase):
   def test_workers_default_to_one_per_core(self):
     config = config_lib.ConvertConfig(
         output_dir="o", input_format="paddlerec", input="x")
-    self.assertEqual(local.num_workers(config), os.cpu_count())
+    self.assertEqual(local.num_workers(config),
+                     len(os.sched_getaffinity(0)))
     self.assertEqual(local.num_workers(
         config_lib.ConvertConfig(
             output_dir="o", input_format="paddlerec", input="x",

@@ -28,6 +28,9 @@ CVR = np.array([0.0, 0.1, 0.05, 0.7, 0.02, 0.3, 0.5, 0.01, 0.2, 0.4, 0.25,
                 0.9], np.float32)
 IMPUTATION = np.array([0.5, 0.1, 2.5, 0.2, 0.0, 1.2, 0.3, 0.05, 0.7, 0.0, 1.5,
                        3.0], np.float32)
+# Known click probabilities (propensity="label"), unlike CTR on every click.
+P_CLICK = np.array([0.3, 0.05, 0.004, 0.5, 0.1, 0.08, 0.2, 0.6, 0.1, 0.02,
+                    0.15, 0.3], np.float32)
 
 
 def np_bce(y, p, eps):
@@ -40,8 +43,9 @@ def np_paddle_log_loss(y, p):
   return -(y * np.log(p + 1e-4) + (1.0 - y) * np.log(1.0 - p + 1e-4))
 
 
-def reference_losses(config, click, conversion, ctr, cvr, imputation):
-  """NOTES.md's formulas in numpy, float64."""
+def reference_losses(config, click, conversion, ctr, cvr, imputation,
+                     p_click=P_CLICK):
+  """NOTES.md's formulas in numpy, float64 (and SNIPS, docs/losses.md)."""
   click, conversion, imputation = (x.astype(np.float64)
                                    for x in (click, conversion, imputation))
   ctcvr = ctr.astype(np.float64) * cvr.astype(np.float64)
@@ -59,15 +63,24 @@ def reference_losses(config, click, conversion, ctr, cvr, imputation):
     clicks = click.sum()
     out["cvr_loss"] = (click * delta).sum() / clicks if clicks else 0.0
   elif config.compat == "paper":
-    w = 1.0 / np.maximum(ctr.astype(np.float64), config.propensity_clip)
+    propensity = ctr if config.propensity == "model" else p_click
+    w = 1.0 / np.maximum(propensity.astype(np.float64),
+                         config.propensity_clip)
     if config.max_ips_weight is not None:
       w = np.minimum(w, config.max_ips_weight)
+    if config.self_normalized:
+      total = np.sum(click * w)
+      def ips_mean(values):
+        return np.sum(click * w * values) / total if total else 0.0
+    else:
+      def ips_mean(values):
+        return np.mean(click * w * values)
     if config.loss == "ipw":
-      out["cvr_loss"] = np.mean(click * delta * w)
+      out["cvr_loss"] = ips_mean(delta)
     else:
       e = delta - imputation
-      out["cvr_loss"] = np.mean(imputation + click * e * w)
-      out["imputation_loss"] = np.mean(click * e**2 * w)
+      out["cvr_loss"] = np.mean(imputation) + ips_mean(e)
+      out["imputation_loss"] = ips_mean(e**2)
       imputation_weight = config.lambda_imp
   elif config.loss == "ipw":
     w = np.minimum(1.0 / np.maximum(ctr * click.sum(), 1e-6), 15) * click.size
@@ -86,7 +99,8 @@ def reference_losses(config, click, conversion, ctr, cvr, imputation):
 
 def tf_inputs(click=CLICK, conversion=CONVERSION, ctr=CTR, cvr=CVR,
               imputation=IMPUTATION):
-  labels = {"click": tf.constant(click), "conversion": tf.constant(conversion)}
+  labels = {"click": tf.constant(click), "conversion": tf.constant(conversion),
+            "p_click": tf.constant(P_CLICK)}
   outputs = {"ctr": tf.constant(ctr), "cvr": tf.constant(cvr),
              "ctcvr": tf.constant(ctr * cvr),
              "imputation": tf.constant(imputation)}
@@ -127,9 +141,51 @@ class LossValueTest(tf.test.TestCase, parameterized.TestCase):
       ("ipw_no_stop", "ipw", dict(stop_ips_gradient=False, lambda_c=1.0)),
       ("naive_weights", "naive", dict(lambda_c=0.5, lambda_g=0.0)),
       ("esmm_epsilon", "esmm", dict(epsilon=1e-3, lambda_c=3.0)),
+      ("ipw_label", "ipw", dict(propensity="label")),
+      ("dr_label", "dr", dict(propensity="label", lambda_imp=0.5)),
+      ("ipw_snips", "ipw", dict(self_normalized=True)),
+      ("dr_snips", "dr", dict(self_normalized=True)),
+      ("ipw_snips_label_cap", "ipw",
+       dict(self_normalized=True, propensity="label", max_ips_weight=40.0)),
+      ("dr_snips_label_clip", "dr",
+       dict(self_normalized=True, propensity="label", propensity_clip=0.1)),
   )
   def test_options_match_reference(self, loss, options):
     self.assert_matches_reference(losses.LossConfig(loss=loss, **options))
+
+  def test_snips_by_hand(self):
+    # Clicks with weights 2 and 4: R = (2 ln 2 + 4 ln 4) / 6; IPS would
+    # divide by |D| = 3 instead.
+    labels = {"click": tf.constant([1.0, 1.0, 0.0]),
+              "conversion": tf.constant([1.0, 1.0, 0.0])}
+    outputs = {"ctr": tf.constant([0.5, 0.25, 0.1]),
+               "cvr": tf.constant([0.5, 0.25, 0.1]),
+               "ctcvr": tf.constant([0.25, 0.0625, 0.01])}
+    for self_normalized, normalizer in ((True, 6.0), (False, 3.0)):
+      config = losses.LossConfig(loss="ipw",
+                                 self_normalized=self_normalized)
+      got = losses.compute_losses(config, labels, outputs)
+      self.assertAllClose(got["cvr_loss"],
+                          (2 * math.log(2) + 4 * math.log(4)) / normalizer)
+
+  def test_label_propensity_needs_the_label(self):
+    labels, outputs = tf_inputs()
+    del labels["p_click"]
+    with self.assertRaisesRegex(ValueError, "p_click"):
+      losses.compute_losses(losses.LossConfig(propensity="label"), labels,
+                            outputs)
+
+  @parameterized.parameters("ipw", "dr")
+  def test_snips_batch_without_clicks_is_finite(self, loss):
+    no_click = np.zeros_like(CLICK)
+    labels, outputs = tf_inputs(click=no_click, conversion=no_click)
+    config = losses.LossConfig(loss=loss, self_normalized=True)
+    cvr = tf.Variable(outputs["cvr"])
+    with tf.GradientTape() as tape:
+      outputs.update(cvr=cvr, ctcvr=outputs["ctr"] * cvr)
+      got = losses.compute_losses(config, labels, outputs)
+    self.assertTrue(np.all(np.isfinite(tape.gradient(got["loss"], cvr))))
+    self.assert_matches_reference(config, click=no_click, conversion=no_click)
 
   @parameterized.parameters("ipw", "dr")
   def test_fixed_batch_exercises_clip_and_cap(self, loss):
@@ -229,6 +285,13 @@ class LossInputTest(tf.test.TestCase, parameterized.TestCase):
        "epsilon"),
       ("paddlerec_lambda_imp", dict(compat="paddlerec", lambda_imp=0.5),
        "lambda_imp"),
+      ("propensity", dict(propensity="oracle"), "propensity"),
+      ("self_normalized_not_bool", dict(self_normalized=1),
+       "self_normalized"),
+      ("paddlerec_snips", dict(compat="paddlerec", self_normalized=True),
+       "self_normalized"),
+      ("paddlerec_label", dict(compat="paddlerec", propensity="label"),
+       "propensity"),
   )
   def test_invalid_config(self, options, field):
     with self.assertRaisesRegex(ValueError, rf"LossConfig\.{field}\b"):

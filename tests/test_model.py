@@ -144,8 +144,9 @@ class FitTest(tf.test.TestCase, parameterized.TestCase):
     model = _build("dr", embedding_l2=1e-4)
     model.compile(optimizer=keras.optimizers.Adam(0.02), steps_per_execution=2)
     history = model.fit(_dataset(), epochs=3, verbose=0)
-    names = {"loss", "ctr_loss", "cvr_loss", "ctcvr_loss", "imputation_loss",
-             "regularization_loss", "auc_ctr", "auc_cvr", "auc_ctcvr"}
+    names = {"loss", "ctr_loss", "cvr_loss", "ctcvr_loss", "ctr_ctcvr_loss",
+             "imputation_loss", "regularization_loss", "auc_ctr", "auc_cvr",
+             "auc_ctcvr"}
     self.assertEqual(set(history.history), names)
     for name, values in history.history.items():
       self.assertLen(values, 3)
@@ -155,6 +156,9 @@ class FitTest(tf.test.TestCase, parameterized.TestCase):
     for name in ("ctr_loss", "cvr_loss", "ctcvr_loss"):
       self.assertLess(history.history[name][-1], history.history[name][0],
                       name)
+    self.assertAllClose(history.history["ctr_ctcvr_loss"],
+                        np.add(history.history["ctr_loss"],
+                               history.history["ctcvr_loss"]), rtol=1e-5)
     evaluation = model.evaluate(_dataset(seed=1), verbose=0, return_dict=True)
     self.assertEqual(set(evaluation), names)
     self.assertGreater(evaluation["loss"], 0.0)

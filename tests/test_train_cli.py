@@ -6,6 +6,7 @@ import functools
 import glob
 import json
 import os
+import shutil
 
 from absl import flags
 from absl.testing import flagsaver
@@ -208,12 +209,38 @@ class FlagErrorTest(tf.test.TestCase, parameterized.TestCase):
       ("monitor_unknown", "early_stopping_monitor",
        {"early_stopping_monitor": "val_accuracy",
         "early_stopping_patience": 1}),
+      ("validation_fraction_zero", "validation_fraction",
+       {"validation_fraction": 0.0}),
+      ("validation_fraction_above_half", "validation_fraction",
+       {"validation_fraction": 0.6}),
+      ("validation_fraction_negative", "validation_fraction",
+       {"validation_fraction": -0.1}),
+      ("empty_validation_glob", "validation_data",
+       {"validation_data": "/nonexistent/*.gz"}),
+      ("missing_stats_file", "stats_file",
+       {"stats_file": "/nonexistent/stats.json"}),
   )
   def test_rejected(self, flag, overrides):
     self.assert_rejected(flag, **overrides)
 
   def test_vocab_of_other_data(self):
     self.assert_rejected("vocab_dir", vocab_dir=self.bad_vocab)
+
+  @parameterized.parameters("train", "test")
+  def test_validation_data_shared_with_training_or_evaluation(self, split):
+    self.assert_rejected("validation_data",
+                         validation_data=self.data[split])
+
+  def test_no_stats_beside_the_vocabulary(self):
+    vocab_dir = os.path.join(new_dir(), "vocab")
+    shutil.copytree(self.data["vocab_dir"], vocab_dir)
+    self.assert_rejected("stats_file", vocab_dir=vocab_dir)
+    # The message says where the file was looked for and how to do without.
+    _, _, stderr = run_main(**run_flags(self.data, new_dir(),
+                                        vocab_dir=vocab_dir))
+    self.assertIn(os.path.join(os.path.dirname(vocab_dir), "stats.json"),
+                  stderr)
+    self.assertIn("--nobase_rate_init", stderr)
 
   def test_vocab_missing_a_field(self):
     vocab_dir = new_dir()
@@ -289,10 +316,17 @@ class FlagfileTest(tf.test.TestCase, parameterized.TestCase):
                      (12, "mmoe", 8, (16,), (8,)))
     self.assertEqual((loss.compat, loss.lambda_g, loss.lambda_c),
                      ("paddlerec", 0.5, 0.5))
+    # PaddleRec trains every epoch on all the data from zero output biases.
+    self.assertEqual((train.early_stopping_patience, train.base_rate_init),
+                     (0, False))
 
-  def test_demo_trains_briefly_on_demo_output(self):
+  def test_demo_stops_early_on_held_out_training_data(self):
     train = self.parse("demo.flags")["train"]
-    self.assertLessEqual(train.epochs, 2)
+    # Early stopping ends the run; the validation slice comes out of the
+    # training data, never the evaluation data.
+    self.assertGreater(train.early_stopping_patience, 0)
+    self.assertEqual(train.validation_data, "")
+    self.assertTrue(train.base_rate_init)
     self.assertStartsWith(train.train_data, "demo_output/")
     self.assertNotEmpty(train.ground_truth)
 

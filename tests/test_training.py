@@ -7,9 +7,11 @@ test_train_cli.py.
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
 import csv
+import glob
 import json
 import math
 import os
+import shutil
 
 from absl.testing import parameterized
 import numpy as np
@@ -18,7 +20,9 @@ import tf_keras as keras
 
 import datasets
 import testing
+from escm2_tf import base_rates
 from escm2_tf import config as config_lib
+from escm2_tf import early_stopping
 from escm2_tf import evaluation
 from escm2_tf import losses
 from escm2_tf import schema
@@ -56,6 +60,37 @@ class _Interrupt(keras.callbacks.Callback):
     raise KeyboardInterrupt(f"interrupted after epoch {epoch + 1}")
 
 
+class _Record(keras.callbacks.Callback):
+  """Keeps every epoch's logs; kills the run after ``interrupt_after``."""
+
+  def __init__(self, interrupt_after: int | None = None):
+    super().__init__()
+    self.logs = []
+    self.interrupt_after = interrupt_after
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.logs.append(dict(logs))
+    if self.interrupt_after == epoch + 1:
+      raise KeyboardInterrupt(f"interrupted after epoch {epoch + 1}")
+
+
+class _KillWhenStopping(_Record):
+  """Kills the run right after the epoch at which early stopping stopped."""
+
+  def on_epoch_end(self, epoch, logs=None):
+    super().on_epoch_end(epoch, logs)
+    if self.model.stop_training:
+      raise KeyboardInterrupt(f"killed after stopping at epoch {epoch + 1}")
+
+
+def network_weights(checkpoint: str) -> dict[str, np.ndarray]:
+  """The network's variables in a checkpoint of the whole model."""
+  reader = tf.train.load_checkpoint(checkpoint)
+  return {name: reader.get_tensor(name)
+          for name in reader.get_variable_to_shape_map()
+          if name.startswith("network/")}
+
+
 class _BreakTheCvrTower(keras.callbacks.Callback):
   """Leaves the trained model predicting NaN CVRs, after a finite loss."""
 
@@ -91,23 +126,62 @@ class TrainConfigTest(tf.test.TestCase, parameterized.TestCase):
       training.TrainConfig.from_dict(values)
 
   def test_early_stopping_watches_the_monitor(self):
-    for monitor, improves in (("val_ctcvr_loss", np.less),
-                              ("val_auc_cvr", np.greater)):
+    for monitor, mode in (("val_ctcvr_loss", "min"), ("val_auc_cvr", "max")):
       config = train_config({"train": "a", "test": "b", "vocab_dir": "v"},
                             early_stopping_patience=3,
                             early_stopping_monitor=monitor)
       callbacks = training._callbacks(config)  # pylint: disable=protected-access
-      [stopping] = [callback for callback in callbacks
-                    if isinstance(callback, keras.callbacks.EarlyStopping)]
+      [stopping] = [callback for callback in callbacks if isinstance(
+          callback, early_stopping.ResumableEarlyStopping)]
       self.assertEqual((stopping.monitor, stopping.patience), (monitor, 3))
-      self.assertIs(stopping.monitor_op, improves)
-      self.assertTrue(stopping.restore_best_weights)
+      self.assertEqual(early_stopping.monitor_mode(monitor), mode)
+      # Its state is written before the epoch's backup.
+      backup = [type(c) for c in callbacks].index(
+          keras.callbacks.BackupAndRestore)
+      self.assertLess(callbacks.index(stopping), backup)
+
+  def test_early_stopping_on_by_default(self):
+    config = train_config({"train": "a", "test": "b", "vocab_dir": "v"},
+                          epochs=training.TrainConfig.epochs)
+    self.assertGreater(config.early_stopping_patience, 0)
+    self.assertGreater(config.epochs, config.early_stopping_patience)
+    self.assertTrue(config.base_rate_init)
+    self.assertEqual(config.validation_data, "")
+    self.assertBetween(config.validation_fraction, 0.01, 0.5)
+
+  def test_validation_is_never_the_evaluation_data(self):
+    data = {"train": "a", "test": "b", "vocab_dir": "v"}
+    # pylint: disable=protected-access
+    (train, train_split), (held_out, split) = training._validation_source(
+        train_config(data, validation_fraction=0.2))
+    self.assertEqual((train, held_out), ("a", "a"))
+    self.assertEqual((train_split.fraction, train_split.validation),
+                     (0.2, False))
+    self.assertEqual((split.fraction, split.validation), (0.2, True))
+    self.assertEqual(training._validation_source(
+        train_config(data, validation_data="c")), (("a", None), ("c", None)))
+    # Without early stopping nothing is held out unless asked for.
+    self.assertEqual(training._validation_source(
+        train_config(data, early_stopping_patience=0)), (("a", None), None))
+    self.assertEqual(training._validation_source(
+        train_config(data, early_stopping_patience=0, validation_data="c")),
+                     (("a", None), ("c", None)))
+
+  def test_early_stopping_off(self):
+    config = train_config({"train": "a", "test": "b", "vocab_dir": "v"},
+                          early_stopping_patience=0)
+    self.assertFalse([
+        c for c in training._callbacks(config)  # pylint: disable=protected-access
+        if isinstance(c, early_stopping.ResumableEarlyStopping)])
 
   @parameterized.parameters(
       ("epochs", 0), ("batch_size", -1), ("learning_rate", 0.0),
       ("learning_rate", math.inf), ("min_count", 0),
       ("steps_per_execution", 0), ("early_stopping_patience", -1),
-      ("max_unknown_id_fraction", 1.5), ("train_data", ""), ("seed", -1))
+      ("max_unknown_id_fraction", 1.5), ("train_data", ""), ("seed", -1),
+      ("validation_fraction", 0.0), ("validation_fraction", -0.1),
+      ("validation_fraction", 0.51), ("validation_fraction", 1.0),
+      ("validation_fraction", True))
   def test_rejects_bad_value(self, field, value):
     with self.assertRaises(training.ConfigError) as raised:
       train_config({"train": "a", "test": "b", "vocab_dir": "v"}, "m",
@@ -135,7 +209,11 @@ class CheckInputsTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(raised.exception.field, field)
 
   def copy_vocab(self, transform=lambda line: line, skip=()):
-    directory = new_dir()
+    """A converted directory's vocab/ (changed), with its stats.json."""
+    directory = os.path.join(new_dir(), "vocab")
+    os.makedirs(directory)
+    shutil.copy(base_rates.stats_path(self.data["vocab_dir"]),
+                os.path.dirname(directory))
     for field in schema.FIELD_NAMES:
       if field in skip:
         continue
@@ -213,6 +291,50 @@ class CheckInputsTest(tf.test.TestCase, parameterized.TestCase):
     self.assert_rejected("ground_truth", "no ground-truth row",
                          ground_truth=path)
 
+  def test_validation_data_matches_nothing(self):
+    self.assert_rejected("validation_data", "no files match",
+                         validation_data="/nonexistent/*.tfrecord.gz")
+
+  @parameterized.parameters("train", "test")
+  def test_validation_data_shares_files(self, split):
+    # The same files under another spelling of the glob count as shared.
+    directory = os.path.dirname(self.data[split])
+    glob_ = os.path.join(directory, ".", "*.tfrecord.gz")
+    self.assert_rejected(
+        "validation_data",
+        f"shares {len(glob.glob(self.data[split]))} file.*with "
+        f"{'train_data' if split == 'train' else 'eval_data'}",
+        validation_data=glob_)
+
+  def test_separate_validation_data_accepted(self):
+    directory = new_dir()
+    shutil.copy(glob.glob(self.data["test"])[0], directory)
+    self.check(validation_data=os.path.join(directory, "*.tfrecord.gz"))
+
+  def test_missing_stats_file(self):
+    self.assert_rejected("stats_file", "nonexistent.json not found",
+                         stats_file="/nonexistent.json")
+
+  def test_no_stats_beside_vocab_dir(self):
+    directory = self.copy_vocab()
+    os.remove(base_rates.stats_path(directory))
+    self.assert_rejected("stats_file", "stats.json not found.*escm2-convert",
+                         vocab_dir=directory)
+    # Without the base-rate start nothing needs it.
+    self.check(vocab_dir=directory, base_rate_init=False)
+
+  def test_stats_file_without_counts(self):
+    self.assert_rejected("stats_file", "no usable",
+                         stats_file=new_file('{"rows_written": 10}'))
+
+  def test_trainer_refuses_label_propensities(self):
+    model_dir = os.path.join(new_dir(), "model")
+    with self.assertRaisesRegex(training.ConfigError, "p_click") as raised:
+      training.train(train_config(self.data, model_dir), MODEL,
+                     losses.LossConfig(propensity="label"), verbose=0)
+    self.assertEqual(raised.exception.field, "propensity")
+    self.assertFalse(os.path.exists(model_dir))
+
   def test_model_dir_is_a_file(self):
     self.assert_rejected("model_dir", "not a directory",
                          model_dir=new_file())
@@ -223,6 +345,126 @@ class CheckInputsTest(tf.test.TestCase, parameterized.TestCase):
     with open(os.path.join(model_dir, run_dir.CONFIG_FILE), "w") as f:
       json.dump({"model": {"embedding_dim": 99}, "loss": {}}, f)
     self.assert_rejected("model_dir", "another model", model_dir=model_dir)
+
+
+# A learning rate at which the id embeddings memorise the small training set
+# within an epoch or two: the validation loss then rises.
+OVERFIT = dict(learning_rate=0.03, epochs=8, early_stopping_patience=2)
+MONITOR = training.TrainConfig.early_stopping_monitor
+
+
+class EarlyStoppingTest(tf.test.TestCase):
+  """Real fits that overfit: the run must end on its best epoch."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.data = datasets.make_synthetic_data(new_dir())
+
+  def assert_ends_on_epoch(self, model_dir: str, best: int, last: int):
+    checkpoints = os.path.join(model_dir, run_dir.CHECKPOINT_DIR)
+    final = network_weights(os.path.join(checkpoints,
+                                          run_dir.FINAL_CHECKPOINT))
+    chosen = network_weights(os.path.join(checkpoints, f"epoch-{best:03d}"))
+    self.assertSameElements(final, chosen)
+    for name in final:
+      self.assertAllEqual(final[name], chosen[name], msg=name)
+    if best != last:
+      overfit = network_weights(os.path.join(checkpoints,
+                                             f"epoch-{last:03d}"))
+      self.assertNotAllClose(final[next(iter(final))],
+                             overfit[next(iter(final))])
+
+  def test_restores_the_best_epoch(self):
+    config = train_config(self.data, new_dir(), **OVERFIT)
+    record = _Record()
+    result = training.train(config, MODEL, LOSS, callbacks=[record],
+                            verbose=0)
+    monitored = [logs[MONITOR] for logs in record.logs]
+    best = int(np.argmin(monitored)) + 1
+    # It overfit, stopped patience epochs after the best, and kept the best.
+    self.assertLess(len(monitored), config.epochs)
+    self.assertLen(monitored, best + config.early_stopping_patience)
+    self.assertEqual(result["best_epoch"], best)
+    self.assert_ends_on_epoch(config.model_dir, best, len(monitored))
+    # The evaluation scored the restored weights, not the last epoch's.
+    self.assertEqual(result["epochs"], len(monitored))
+    self.assertFalse(os.path.exists(os.path.join(
+        config.model_dir, run_dir.BACKUP_DIR, early_stopping.STATE_FILE)))
+
+  def test_resume_keeps_the_early_stopping_state(self):
+    config = train_config(self.data, new_dir(), **OVERFIT)
+    before = _Record(interrupt_after=2)
+    with self.assertRaisesRegex(KeyboardInterrupt, "after epoch 2"):
+      training.train(config, MODEL, LOSS, callbacks=[before], verbose=0)
+    monitored = [logs[MONITOR] for logs in before.logs]
+    # The premise: the best epoch is behind the kill, and one more bad
+    # epoch exhausts the patience.
+    self.assertEqual(int(np.argmin(monitored)), 0, monitored)
+    state = os.path.join(config.model_dir, run_dir.BACKUP_DIR,
+                         early_stopping.STATE_FILE)
+    with open(state) as f:
+      self.assertEqual(json.load(f)["epochs"]["1"]["best_epoch"], 0)
+
+    after = _Record()
+    result = training.train(config, MODEL, LOSS, callbacks=[after],
+                            verbose=0)
+
+    monitored += [logs[MONITOR] for logs in after.logs]
+    best = int(np.argmin(monitored)) + 1
+    self.assertEqual(best, 1)
+    # Without the state the resumed run would wait patience epochs afresh
+    # and end on one of its own epochs.
+    self.assertEqual(result["epochs"], 1)
+    self.assertEqual(result["best_epoch"], best)
+    self.assert_ends_on_epoch(config.model_dir, best, len(monitored))
+
+  def test_kill_after_stopping_still_ends_on_the_best_epoch(self):
+    config = train_config(self.data, new_dir(), **OVERFIT)
+    before = _KillWhenStopping()
+    with self.assertRaisesRegex(KeyboardInterrupt, "after stopping"):
+      training.train(config, MODEL, LOSS, callbacks=[before], verbose=0)
+    monitored = [logs[MONITOR] for logs in before.logs]
+    best = int(np.argmin(monitored)) + 1
+    result = training.train(config, MODEL, LOSS, verbose=0)
+    # Keras runs one batch before it sees the stop; that epoch counts for
+    # nothing and the run ends as the uninterrupted one would have.
+    self.assertEqual(result["epochs"], 1)
+    self.assertEqual(result["best_epoch"], best)
+    self.assert_ends_on_epoch(config.model_dir, best, len(monitored) + 1)
+
+  def test_off_trains_every_epoch_on_all_the_data(self):
+    config = train_config(self.data, new_dir(), early_stopping_patience=0,
+                          epochs=2)
+    result = training.train(config, MODEL, LOSS, verbose=0)
+    self.assertEqual(result["epochs"], 2)
+    self.assertIsNone(result["best_epoch"])
+    self.assertFalse([name for name in result["history"]
+                      if name.startswith("val_")])
+
+  def test_state_of_a_redone_epoch_is_ignored(self):
+    # A kill after the state of an epoch was written but before its backup:
+    # the resumed run redoes the epoch from the state before it.
+    config = train_config(self.data, new_dir(), **OVERFIT)
+    with self.assertRaises(KeyboardInterrupt):
+      training.train(config, MODEL, LOSS,
+                     callbacks=[_Record(interrupt_after=1)], verbose=0)
+    state = os.path.join(config.model_dir, run_dir.BACKUP_DIR,
+                         early_stopping.STATE_FILE)
+    with open(state) as f:
+      content = json.load(f)
+    content["epochs"]["1"] = {"best": -1.0, "best_epoch": 1, "wait": 0,
+                              "stopped": False}
+    with open(state, "w") as f:
+      json.dump(content, f)
+    record = _Record()
+    result = training.train(config, MODEL, LOSS, callbacks=[record],
+                            verbose=0)
+    # Had the forged state been used, nothing would have beaten its -1.0
+    # and the run would end on epoch 2.
+    monitored = [content["epochs"]["0"]["best"]] + [
+        logs[MONITOR] for logs in record.logs]
+    self.assertEqual(result["best_epoch"], int(np.argmin(monitored)) + 1)
 
 
 class ResumeTest(tf.test.TestCase):

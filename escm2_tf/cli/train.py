@@ -46,8 +46,18 @@ _SHARED = True
 _TRAIN_DATA = flags.DEFINE_string("train_data", "",
                                   "Glob of training TFRecords.")
 _EVAL_DATA = flags.DEFINE_string(
-    "eval_data", "", "Glob of TFRecords to validate on each epoch and to "
-    "score for metrics.json.")
+    "eval_data", "", "Glob of TFRecords scored for metrics.json at the end "
+    "(never used to choose the stopping epoch).")
+_VALIDATION_DATA = flags.DEFINE_string(
+    "validation_data", _TRAIN["validation_data"],
+    "Glob of TFRecords validated on after every epoch (early stopping "
+    "watches them); no file in common with --train_data or --eval_data. "
+    "Empty: hold out --validation_fraction of --train_data.")
+_VALIDATION_FRACTION = flags.DEFINE_float(
+    "validation_fraction", _TRAIN["validation_fraction"],
+    "Without --validation_data, the share of --train_data held out for "
+    "validation, in (0, 0.5], chosen by a hash of sample_id (the same "
+    "records on every run and worker).")
 _VOCAB_DIR = flags.DEFINE_string(
     "vocab_dir", "", "The converter's vocab/ directory of the training data.")
 _MODEL_DIR = flags.DEFINE_string(
@@ -61,7 +71,9 @@ _GROUND_TRUTH = flags.DEFINE_string(
     "cvr_bias, cvr_bias_clicked and auc_cvr_truth.", allow_override=_SHARED)
 
 # Schedule.
-_EPOCHS = flags.DEFINE_integer("epochs", _TRAIN["epochs"], "Training epochs.")
+_EPOCHS = flags.DEFINE_integer(
+    "epochs", _TRAIN["epochs"], "The most training epochs; early stopping "
+    "usually ends the run sooner.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", _TRAIN["batch_size"],
                                    "Examples per step.", allow_override=_SHARED)
 _LEARNING_RATE = flags.DEFINE_float("learning_rate", _TRAIN["learning_rate"],
@@ -82,11 +94,20 @@ _STEPS_PER_EXECUTION = flags.DEFINE_integer(
     "Training steps per graph call.")
 _EARLY_STOPPING_PATIENCE = flags.DEFINE_integer(
     "early_stopping_patience", _TRAIN["early_stopping_patience"],
-    "Stop after this many epochs without a lower val_loss and keep the best "
-    "weights; 0 for off.")
+    "Stop after this many epochs without improvement of "
+    "--early_stopping_monitor and end with the best epoch's weights; 0 for "
+    "off (train --epochs epochs, keep the last weights).")
 _EARLY_STOPPING_MONITOR = flags.DEFINE_string(
     "early_stopping_monitor", _TRAIN["early_stopping_monitor"],
     "What early stopping watches: val_loss, val_ctcvr_loss, val_auc_cvr, ...")
+_BASE_RATE_INIT = flags.DEFINE_boolean(
+    "base_rate_init", _TRAIN["base_rate_init"],
+    "Start the towers' output biases at the training data's click and "
+    "conversion rates (from --stats_file), so training starts calibrated.")
+_STATS_FILE = flags.DEFINE_string(
+    "stats_file", _TRAIN["stats_file"],
+    "The converter's stats.json of --train_data; empty for the one beside "
+    "--vocab_dir.")
 _VOCAB_CHECK_EXAMPLES = flags.DEFINE_integer(
     "vocab_check_examples", _TRAIN["vocab_check_examples"],
     "Training examples checked against --vocab_dir up front; 0 for none.")
@@ -130,6 +151,10 @@ _MAX_IPS_WEIGHT = flags.DEFINE_float("max_ips_weight", _LOSS.max_ips_weight,
 _STOP_IPS_GRADIENT = flags.DEFINE_boolean(
     "stop_ips_gradient", _LOSS.stop_ips_gradient,
     "No gradient through the IPS weight into the CTR tower.")
+_SELF_NORMALIZED = flags.DEFINE_boolean(
+    "self_normalized", _LOSS.self_normalized,
+    "Self-normalised IPS: divide the IPS-weighted sums by the batch's sum of "
+    "IPS weights instead of its size.")
 _EPSILON = flags.DEFINE_float("epsilon", _LOSS.epsilon,
                               "Probability clip in every cross-entropy.")
 
@@ -217,7 +242,8 @@ def _loss_config() -> losses.LossConfig:
       lambda_g=_LAMBDA_G.value, lambda_imp=_LAMBDA_IMP.value,
       propensity_clip=_PROPENSITY_CLIP.value,
       max_ips_weight=_MAX_IPS_WEIGHT.value,
-      stop_ips_gradient=_STOP_IPS_GRADIENT.value, compat=_COMPAT.value,
+      stop_ips_gradient=_STOP_IPS_GRADIENT.value,
+      self_normalized=_SELF_NORMALIZED.value, compat=_COMPAT.value,
       epsilon=_EPSILON.value)
 
 
@@ -226,13 +252,15 @@ def _train_config() -> training.TrainConfig:
       train_data=_TRAIN_DATA.value, eval_data=_EVAL_DATA.value,
       vocab_dir=_VOCAB_DIR.value, model_dir=_MODEL_DIR.value,
       export_dir=_EXPORT_DIR.value, ground_truth=_GROUND_TRUTH.value,
-      epochs=_EPOCHS.value, batch_size=_BATCH_SIZE.value,
+      validation_data=_VALIDATION_DATA.value,
+      validation_fraction=_VALIDATION_FRACTION.value, epochs=_EPOCHS.value, batch_size=_BATCH_SIZE.value,
       learning_rate=_LEARNING_RATE.value, optimizer=_OPTIMIZER.value,
       seed=_SEED.value,
       deterministic=_DETERMINISTIC.value, min_count=_MIN_COUNT.value,
       steps_per_execution=_STEPS_PER_EXECUTION.value,
       early_stopping_patience=_EARLY_STOPPING_PATIENCE.value,
       early_stopping_monitor=_EARLY_STOPPING_MONITOR.value,
+      base_rate_init=_BASE_RATE_INIT.value, stats_file=_STATS_FILE.value,
       vocab_check_examples=_VOCAB_CHECK_EXAMPLES.value,
       max_unknown_id_fraction=_MAX_UNKNOWN_ID_FRACTION.value,
       distribution_strategy=_DISTRIBUTION_STRATEGY.value,
@@ -281,7 +309,9 @@ def _report(result: dict[str, Any], train_config: training.TrainConfig
     print(f"Trained {result['epochs']} epoch(s) as {result['task']}; the "
           "chief writes the checkpoints, metrics and export")
     return
-  print(f"Trained {result['epochs']} epoch(s); model_dir: "
+  best = (f", ended with the weights of epoch {result['best_epoch']}"
+          if result.get("best_epoch") else "")
+  print(f"Trained {result['epochs']} epoch(s){best}; model_dir: "
         f"{train_config.model_dir}")
   if result["export_path"]:
     print(f"Exported SavedModel: {result['export_path']}")

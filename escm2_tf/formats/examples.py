@@ -109,7 +109,16 @@ def int64_entry(name: str, values: Sequence[int]) -> bytes:
 
 def float_entry(name: str, values: Sequence[float]) -> bytes:
   """One encoded ``Features.feature`` entry holding a float32 list."""
+  if values.count(1.0) == len(values):
+    return _ones_entry(name, len(values))
   payload = struct.pack(f"<{len(values)}f", *values)
+  return _packed_header(name, _FLOAT_LIST, len(payload)) + payload
+
+
+@functools.lru_cache(maxsize=_PREFIX_CACHE_SIZE)
+def _ones_entry(name: str, length: int) -> bytes:
+  """``float_entry`` of ``length`` weights of 1.0 (all of PaddleRec's)."""
+  payload = struct.pack(f"<{length}f", *[1.0] * length)
   return _packed_header(name, _FLOAT_LIST, len(payload)) + payload
 
 

@@ -129,15 +129,22 @@ class TaskTowers(_TaskLayer):
   """One MLP tower per task ending in a logit, all computed together.
 
   Input [B, num_tasks, H] (task t's tower reads row t) or [B, H] (shared by
-  every tower); output the logits [B, num_tasks].
+  every tower); output the logits [B, num_tasks]. ``output_biases`` gives
+  each tower's logit bias its initial value (default 0).
   """
 
   def __init__(self, num_tasks: int, units: Sequence[int], *,
                activation: str = "relu", dropout: float = 0.0,
-               seed: int | None = None, **kwargs):
+               seed: int | None = None,
+               output_biases: Sequence[float] | None = None, **kwargs):
     super().__init__(num_tasks, activation=activation, dropout=dropout,
                      seed=seed, **kwargs)
+    if output_biases is not None and len(output_biases) != num_tasks:
+      raise ValueError(f"TaskTowers needs one output bias per task "
+                       f"({num_tasks}), got {list(output_biases)}.")
     self.units = tuple(units)
+    self.output_biases = (None if output_biases is None
+                          else [float(b) for b in output_biases])
 
   def build(self, input_shape: tf.TensorShape):
     fan_in = int(input_shape[-1])
@@ -147,8 +154,13 @@ class TaskTowers(_TaskLayer):
           f"kernel_{layer}", shape=(self.num_tasks, fan_in, units),
           initializer=stacked_glorot(fan_in, units,
                                      _seed(self.seed, 2 * layer + 2))))
+      bias_initializer = "zeros"
+      if layer == len(self.units) and self.output_biases is not None:
+        bias_initializer = keras.initializers.Constant(
+            np.reshape(self.output_biases, (self.num_tasks, 1)))
       self.biases.append(self.add_weight(
-          f"bias_{layer}", shape=(self.num_tasks, units), initializer="zeros"))
+          f"bias_{layer}", shape=(self.num_tasks, units),
+          initializer=bias_initializer))
       fan_in = units
     super().build(input_shape)
 
@@ -166,4 +178,5 @@ class TaskTowers(_TaskLayer):
     return tf.transpose(tf.squeeze(hidden, axis=2))
 
   def get_config(self) -> dict[str, Any]:
-    return {**super().get_config(), "units": list(self.units)}
+    return {**super().get_config(), "units": list(self.units),
+            "output_biases": self.output_biases}
