@@ -20,7 +20,7 @@ BIAS_COLUMNS = ("cvr_bias", "abs_cvr_bias", "cvr_bias_clicked",
                 "calibration_cvr")
 QUALITY_COLUMNS = ("auc_cvr", "auc_cvr_truth", "auc_ctr", "auc_ctr_oracle",
                    "calibration_ctr", "calibration_ctcvr", "ips_true_cvr",
-                   "ips_true_cvr_oracle", "epochs")
+                   "ips_true_cvr_oracle", "epochs", "best_epoch")
 _SIGNED = ("cvr_bias", "cvr_bias_clicked")
 
 
@@ -33,7 +33,7 @@ def _cell(summary: Mapping[str, Any], metric: str = "") -> str:
   if mean is None or (isinstance(mean, float) and math.isnan(mean)):
     return "n/a"
   sign = "+" if metric in _SIGNED or metric == "difference" else ""
-  digits = 2 if metric == "epochs" else 4
+  digits = 2 if metric in ("epochs", "best_epoch") else 4
   text = f"{mean:{sign}.{digits}f}"
   if low is None or high is None:
     return text

@@ -83,6 +83,7 @@ def train_one(dataset: datasets.Dataset, estimator: str, seed: int,
   keras.backend.clear_session()
   shutil.rmtree(model_dir, ignore_errors=True)
   return {"metrics": result["metrics"], "epochs": result["epochs"],
+          "best_epoch": result.get("best_epoch"),
           "history": {name: [float(v) for v in values]
                       for name, values in result["history"].items()},
           "reliability": reliability,
@@ -174,7 +175,8 @@ def run_study(config: grid.StudyConfig, work_dir: str, output_json: str,
         m = record["metrics"]
         progress(f"[{len(runs)}/{len(plan)}] {regime.name} seed {seed} "
                  f"{estimator}: {record['seconds']:.0f} s, "
-                 f"{record['epochs']} epoch(s), cvr_bias "
+                 f"{record['epochs']} epoch(s) (kept "
+                 f"{record['best_epoch'] or record['epochs']}), cvr_bias "
                  f"{_signed(m.get('cvr_bias'))}, auc_ctr "
                  f"{_plain(m.get('auc_ctr'))}; elapsed {_clock(elapsed)}, "
                  f"ETA {_clock(eta)}")

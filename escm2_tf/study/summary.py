@@ -16,14 +16,16 @@ from escm2_tf.study import stats
 METRICS = ("cvr_bias", "abs_cvr_bias", "cvr_bias_clicked", "calibration_cvr",
            "auc_cvr", "auc_cvr_truth", "auc_ctr", "auc_ctr_oracle",
            "calibration_ctr", "calibration_ctcvr", "ctr_calibration_error",
-           "ips_true_cvr", "ips_true_cvr_oracle", "true_cvr_mean", "epochs")
+           "ips_true_cvr", "ips_true_cvr_oracle", "true_cvr_mean", "epochs",
+           "best_epoch")
 REFERENCES = ("esmm", "naive")
 COUNTERFACTUAL = ("ipw", "dr")
 
 
 def _value(run: Mapping[str, Any], metric: str) -> float:
-  if metric == "epochs":
-    return float(run["epochs"])
+  if metric in ("epochs", "best_epoch"):
+    value = run.get(metric)
+    return math.nan if value is None else float(value)
   if metric == "abs_cvr_bias":
     bias = run["metrics"].get("cvr_bias")
     return math.nan if bias is None else abs(bias)
