@@ -48,6 +48,8 @@ def run_flags(data: dict[str, str], model_dir: str, **overrides):
       vocab_dir=data["vocab_dir"], model_dir=model_dir, loss="dr",
       epochs=EPOCHS, batch_size=256, seed=5, embedding_dim=4, num_experts=2,
       expert_units=["8"], tower_units=["4"], verbose=0,
+      # Every id of the tiny data is rarer than the default min_count.
+      min_count=1,
       # Op determinism is process-wide; the CPU kernels here are
       # deterministic without it, and other tests share this process.
       deterministic=False)
