@@ -9,6 +9,8 @@ import os
 import sys
 
 __version__ = "0.1.0"
+# A log level the user chose; escm2_tf.console keeps it.
+USER_TF_LOG_LEVEL = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "")
 
 
 def _select_legacy_keras() -> None:

@@ -1,14 +1,21 @@
-"""Configuration: the network (``ModelConfig``) and the run (``TrainConfig``).
+"""Configuration: the network, the loss and the run.
 
-``ModelConfig`` describes only the network; the loss lives in
-``escm2_tf.losses.LossConfig``; ``TrainConfig`` is what ``escm2-train`` runs.
-Nothing here imports TensorFlow, so the CLIs check their flags before it loads.
+``ModelConfig`` describes only the network, ``LossConfig`` how
+``escm2_tf.losses.compute_losses`` weighs the risks, ``TrainConfig`` what
+``escm2-train`` runs. Each field is declared once (``escm2_tf.options``);
+``escm2_tf.flagbind`` derives the flags from them. Nothing here imports
+TensorFlow, so the CLIs check their flags before it loads.
 The trainer writes ``ModelConfig.to_dict()`` into ``model_dir/config.json`` and
 the exporter rebuilds the network from it with ``ModelConfig.from_dict``.
 """
 
 import dataclasses
+import math
 from typing import Any, Mapping
+
+from escm2_tf import options
+from escm2_tf.options import ConfigError
+from escm2_tf.options import option
 
 BACKBONES = ("mmoe", "shared_bottom", "dcn")
 POOLINGS = ("sum", "mean")
@@ -27,6 +34,17 @@ STRATEGIES = (DEFAULT_STRATEGY, MIRRORED, MULTI_WORKER_MIRRORED,
               PARAMETER_SERVER)
 # Smaller variables stay whole: every shard costs a remote call per step.
 DEFAULT_MIN_SHARD_BYTES = 256 << 10
+# What escm2-predict reads (escm2_tf.scoring).
+SCORING_INPUT_FORMATS = ("tfrecord", "paddlerec", "aliccp")
+LOSSES = ("naive", "esmm", "ipw", "dr")
+COMPAT_MODES = ("paper", "paddlerec")
+PROPENSITIES = ("model", "label")
+# Below this, 1 - epsilon rounds to 1 in float32 and log(1 - p) is -inf.
+_MIN_EPSILON = 1e-7
+# PaddleRec hard-codes these; under compat="paddlerec" they would be ignored.
+_PAPER_ONLY_FIELDS = ("lambda_imp", "propensity_clip", "max_ips_weight",
+                      "stop_ips_gradient", "epsilon", "propensity",
+                      "self_normalized")
 # Holding out more than half of the training data leaves too little to train.
 MAX_VALIDATION_FRACTION = 0.5
 
@@ -40,46 +58,22 @@ def dataclass_from_dict(cls: type, values: Mapping[str, Any]) -> Any:
   return cls(**values)
 
 
-def _check_positive_int(name: str, value: Any) -> None:
-  if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-    raise ValueError(
-        f"ModelConfig.{name} must be a positive integer, got {value!r}.")
-
-
 def _check_units(name: str, value: Any, allow_empty: bool) -> tuple[int, ...]:
   if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-    raise ValueError(
-        f"ModelConfig.{name} must be a sequence of positive integers, got "
-        f"{value!r}.")
+    raise ConfigError(name, "must be a sequence of positive integers, got "
+                      f"{value!r}")
   units = tuple(value)
   if not units and not allow_empty:
-    raise ValueError(f"ModelConfig.{name} must name at least one layer size.")
+    raise ConfigError(name, "must name at least one layer size")
   for unit in units:
-    if isinstance(unit, bool) or not isinstance(unit, int) or unit <= 0:
-      raise ValueError(
-          f"ModelConfig.{name} must hold positive integers, got {value!r}.")
+    if not options.is_number(unit, integer=True) or unit <= 0:
+      raise ConfigError(name, f"must hold positive integers, got {value!r}")
   return units
 
 
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-  if value not in choices:
-    raise ValueError(f"ModelConfig.{name} must be one of {', '.join(choices)}; "
-                     f"got {value!r}.")
-
-
 def _check_fraction(name: str, value: Any) -> None:
-  if (isinstance(value, bool) or not isinstance(value, (int, float))
-      or not 0.0 <= value < 1.0):
-    raise ValueError(f"ModelConfig.{name} must be a number in [0, 1), got "
-                     f"{value!r}.")
-
-
-def _check_non_negative(name: str, value: Any, strictly: bool = False) -> None:
-  if (isinstance(value, bool) or not isinstance(value, (int, float))
-      or value < 0 or (strictly and value == 0)):
-    bound = "positive" if strictly else "non-negative"
-    raise ValueError(f"ModelConfig.{name} must be a {bound} number, got "
-                     f"{value!r}.")
+  if not options.is_number(value) or not 0.0 <= value < 1.0:
+    raise ConfigError(name, f"must be a number in [0, 1), got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,29 +112,30 @@ class ModelConfig:
     seed: Seeds the initialisers and dropout, so equal seeds give equal
       weights; ``None`` leaves them to the global random state.
   """
-  embedding_dim: int = 12
-  backbone: str = "mmoe"
-  num_experts: int = 8
+  embedding_dim: int = option(12, minimum=1)
+  backbone: str = option("mmoe", choices=BACKBONES)
+  num_experts: int = option(8, minimum=1)
   expert_units: tuple[int, ...] = (16,)
   bottom_units: tuple[int, ...] = (64, 32)
-  num_cross_layers: int = 2
-  cross_projection_dim: int | None = None
+  num_cross_layers: int = option(2, minimum=1)
+  cross_projection_dim: int | None = option(None, minimum=1)
   tower_units: tuple[int, ...] = (8,)
-  pooling: str = "sum"
+  pooling: str = option("sum", choices=POOLINGS)
   use_weights: bool = False
-  oov_buckets: int = 1
-  embedding_initializer: str = "uniform"
-  embedding_init_scale: float = 0.05
-  embedding_l2: float = 0.0
+  oov_buckets: int = option(1, minimum=1)
+  embedding_initializer: str = option("uniform",
+                                      choices=EMBEDDING_INITIALIZERS)
+  embedding_init_scale: float = option(
+      0.05, minimum=0.0, help="Range (uniform) or stddev of the embedding "
+      "initialiser.")
+  embedding_l2: float = option(0.0, minimum=0.0)
   embedding_dropout: float = 0.0
   dropout: float = 0.0
-  activation: str = "relu"
-  seed: int | None = None
+  activation: str = option("relu", choices=ACTIVATIONS)
+  seed: int | None = option(None, minimum=0)
 
   def __post_init__(self):
-    _check_positive_int("embedding_dim", self.embedding_dim)
-    _check_choice("backbone", self.backbone, BACKBONES)
-    _check_positive_int("num_experts", self.num_experts)
+    options.check_declared(self)
     # Lists arrive from JSON; tuples keep the config hashable and immutable.
     object.__setattr__(self, "expert_units",
                        _check_units("expert_units", self.expert_units, False))
@@ -148,27 +143,11 @@ class ModelConfig:
                        _check_units("bottom_units", self.bottom_units, False))
     object.__setattr__(self, "tower_units",
                        _check_units("tower_units", self.tower_units, True))
-    _check_positive_int("num_cross_layers", self.num_cross_layers)
-    if self.cross_projection_dim is not None:
-      _check_positive_int("cross_projection_dim", self.cross_projection_dim)
-    _check_choice("pooling", self.pooling, POOLINGS)
-    if not isinstance(self.use_weights, bool):
-      raise ValueError(
-          f"ModelConfig.use_weights must be a bool, got {self.use_weights!r}.")
-    _check_positive_int("oov_buckets", self.oov_buckets)
-    _check_choice("embedding_initializer", self.embedding_initializer,
-                  EMBEDDING_INITIALIZERS)
-    _check_non_negative("embedding_init_scale", self.embedding_init_scale,
-                        strictly=True)
-    _check_non_negative("embedding_l2", self.embedding_l2)
+    if self.embedding_init_scale == 0:
+      raise ConfigError("embedding_init_scale", "must be a positive number, "
+                        f"got {self.embedding_init_scale!r}")
     _check_fraction("embedding_dropout", self.embedding_dropout)
     _check_fraction("dropout", self.dropout)
-    _check_choice("activation", self.activation, ACTIVATIONS)
-    if self.seed is not None and (isinstance(self.seed, bool)
-                                  or not isinstance(self.seed, int)
-                                  or self.seed < 0):
-      raise ValueError(f"ModelConfig.seed must be a non-negative integer or "
-                       f"None, got {self.seed!r}.")
 
   def to_dict(self) -> dict[str, Any]:
     """A JSON-ready dict (tuples become lists)."""
@@ -181,57 +160,92 @@ class ModelConfig:
     return dataclass_from_dict(cls, values)
 
 
-class ConfigError(ValueError):
-  """A training input that is invalid, missing, or does not fit the others.
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """How ``compute_losses`` weighs and estimates the three risks.
 
   Attributes:
-    field: The ``TrainConfig`` field at fault (also the CLI flag's name).
-    detail: What is wrong with it.
+    loss: ``"naive"`` (CVR on clicks only), ``"esmm"`` (CVR only through
+      CTCVR), ``"ipw"`` or ``"dr"`` (ESCM2's counterfactual risks).
+    lambda_c: Weight of the CVR / counterfactual risk. The paper tunes it small
+      (about 0.1 to 1); 0.1 is the default.
+    lambda_g: Weight of the global CTCVR risk; the paper's tuned value is 1.
+    lambda_imp: Weight of the DR imputation risk R_imp (paper mode, ``dr``).
+      R_imp reaches the CVR tower only through the shared layers, where at
+      weight 1 it is 20-35 times the CVR risk: measured on 250k simulated
+      impressions (docs/results.md), weight 1 raised the entire-space CVR bias
+      from +0.0145 to +0.0171 and cost 0.02 CVR and CTR AUC, while 0.1 matched
+      weight 0. Hence 0.1.
+    propensity_clip: ô is raised to at least this before it is inverted, so
+      one IPS weight is at most 1 / propensity_clip. With CTR about 4 % the
+      typical clicked weight is about 25; the default 0.01 caps weights at 100,
+      four times that, so clipping touches only the tail of clicks whose pCTR
+      is under a quarter of the mean, where a single weight would otherwise
+      dominate the batch's variance, and leaves the bulk unbiased.
+    max_ips_weight: Optional further cap on 1/ô (at least 1); None for none.
+    stop_ips_gradient: If True the IPS weight passes no gradient into the CTR
+      tower, which is then trained by L_ctr and L_ctcvr only; otherwise the
+      counterfactual risk can lower itself by raising ô on clicks.
+    propensity: Where the click propensity ô of the IPS weight comes from:
+      ``"model"``, the CTR tower's pCTR (ESCM2), or ``"label"``, a known
+      propensity in ``labels["p_click"]`` (the simulator's true click
+      probability). ``"label"`` checks the estimator apart from the
+      propensity model (tests/test_oracle_propensity.py); the trainer's
+      TFRecords carry no such label.
+    self_normalized: Self-normalised IPS (SNIPS): every sum weighted by
+      o/ô is divided by the batch's sum of o/ô instead of by |D|. Bounded by
+      the largest δ, at the price of a bias of order 1/clicks per batch; off
+      by default (docs/losses.md has the measurement).
+    compat: ``"paper"`` or ``"paddlerec"``. PaddleRec hard-codes its epsilon,
+      clip, cap and stop-gradient, so the paper-only fields above must keep
+      their defaults under ``"paddlerec"``.
+    epsilon: Probabilities are clipped to [epsilon, 1 - epsilon] in every BCE.
   """
+  loss: str = option("ipw", choices=LOSSES)
+  lambda_c: float = option(0.1, minimum=0.0)
+  lambda_g: float = option(1.0, minimum=0.0)
+  lambda_imp: float = option(0.1, minimum=0.0)
+  propensity_clip: float = option(0.01, minimum=0.0, maximum=1.0)
+  max_ips_weight: float | None = option(None, minimum=1.0)
+  stop_ips_gradient: bool = True
+  propensity: str = option("model", choices=PROPENSITIES)
+  self_normalized: bool = False
+  compat: str = option("paper", choices=COMPAT_MODES,
+                       help="The paper's losses, or PaddleRec's escm2 losses.")
+  epsilon: float = option(1e-7, minimum=_MIN_EPSILON, maximum=0.5)
 
-  def __init__(self, field: str, detail: str):
-    super().__init__(f"{field}: {detail}")
-    self.field = field
-    self.detail = detail
+  def __post_init__(self):
+    options.check_declared(self)
+    if not self.propensity_clip > 0.0:
+      raise ConfigError("propensity_clip", "must be a number in (0, 1], got "
+                        f"{self.propensity_clip!r}")
+    if self.compat == "paddlerec":
+      for field in dataclasses.fields(self):
+        value = getattr(self, field.name)
+        if field.name in _PAPER_ONLY_FIELDS and value != field.default:
+          raise ConfigError(
+              field.name, f"{value!r} has no effect with --compat=paddlerec, "
+              "which hard-codes PaddleRec's constants; keep the default "
+              f"{field.default!r} or use --compat=paper")
 
 
-def check_train_config(config: "TrainConfig") -> None:
-  """Every field's value on its own: present, in range, a known name."""
+def _check_train_config(config: "TrainConfig") -> None:
+  """What the declarations cannot say: required inputs, the monitor."""
   for name in ("train_data", "eval_data", "vocab_dir", "model_dir"):
     if not getattr(config, name):
       raise ConfigError(name, "is required")
-  for name, low in (("epochs", 1), ("batch_size", 1), ("seed", 0),
-                    ("min_count", 1), ("steps_per_execution", 1),
-                    ("early_stopping_patience", 0),
-                    ("vocab_check_examples", 0), ("steps_per_epoch", 0),
-                    ("ps_min_shard_bytes", 1)):
-    value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-      raise ConfigError(name, f"must be an integer >= {low}, got {value!r}")
-  if not 0.0 < config.learning_rate < float("inf"):
+  if not 0.0 < config.learning_rate < math.inf:
     raise ConfigError("learning_rate", "must be a positive finite number, "
                       f"got {config.learning_rate!r}")
-  if config.optimizer not in OPTIMIZERS:
-    raise ConfigError("optimizer", f"must be one of "
-                      f"{', '.join(OPTIMIZERS)}, got "
-                      f"{config.optimizer!r}")
   if not config.early_stopping_monitor.startswith("val_"):
     raise ConfigError("early_stopping_monitor",
                       "must name a validation quantity (val_...), got "
                       f"{config.early_stopping_monitor!r}")
-  if (isinstance(config.validation_fraction, bool)
-      or not isinstance(config.validation_fraction, (int, float))
+  if (not options.is_number(config.validation_fraction)
       or not 0.0 < config.validation_fraction <= MAX_VALIDATION_FRACTION):
     raise ConfigError("validation_fraction", "must be in (0, "
                       f"{MAX_VALIDATION_FRACTION}], got "
                       f"{config.validation_fraction!r}")
-  if not 0.0 <= config.max_unknown_id_fraction <= 1.0:
-    raise ConfigError("max_unknown_id_fraction", "must be in [0, 1], got "
-                      f"{config.max_unknown_id_fraction!r}")
-  if config.distribution_strategy not in STRATEGIES:
-    raise ConfigError("distribution_strategy", "must be one of "
-                      f"{', '.join(STRATEGIES)}, got "
-                      f"{config.distribution_strategy!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,8 +317,9 @@ class TrainConfig:
       vocabulary belongs to the data; 0 skips the check.
     max_unknown_id_fraction: The largest share of a field's ids, in that
       sample, that may be missing from its vocabulary.
-    distribution_strategy: One of ``STRATEGIES``; the cluster
-      strategies read their cluster from ``TF_CONFIG``.
+    distribution_strategy: ``default`` (this process), ``mirrored`` (this
+      machine's devices), or ``multi_worker_mirrored`` or
+      ``parameter_server``, which read their cluster from ``TF_CONFIG``.
     steps_per_epoch: Training steps per epoch (of ``batch_size`` examples
       each); 0 for one pass over ``train_data``, counted up front when Keras
       must know it (cluster strategies, grouped steps).
@@ -312,34 +327,38 @@ class TrainConfig:
       this is split into ``min(servers, ceil(bytes / ps_min_shard_bytes))``
       shards, one per parameter server.
   """
-  train_data: str
-  eval_data: str
-  vocab_dir: str
-  model_dir: str
-  export_dir: str = ""
-  ground_truth: str = ""
-  validation_data: str = ""
-  validation_fraction: float = 0.1
-  epochs: int = 10
-  batch_size: int = 1024
+  train_data: str = option(group="data")
+  eval_data: str = option(group="data")
+  vocab_dir: str = option(group="data")
+  model_dir: str = option(group="output")
+  export_dir: str = option("", group="output")
+  ground_truth: str = option("", group="data")
+  validation_data: str = option("", group="data")
+  validation_fraction: float = option(0.1, group="data")
+  epochs: int = option(10, minimum=1)
+  batch_size: int = option(1024, minimum=1)
   learning_rate: float = 3e-4
-  optimizer: str = ADAM
-  seed: int = 42
+  optimizer: str = option(ADAM, choices=OPTIMIZERS)
+  seed: int = option(42, minimum=0)
   deterministic: bool = True
-  min_count: int = 100
-  steps_per_execution: int = 1
-  early_stopping_patience: int = 1
+  min_count: int = option(100, minimum=1, group="data")
+  steps_per_execution: int = option(1, minimum=1)
+  early_stopping_patience: int = option(1, minimum=0)
   early_stopping_monitor: str = "val_ctr_ctcvr_loss"
-  base_rate_init: bool = True
-  stats_file: str = ""
-  vocab_check_examples: int = 1000
-  max_unknown_id_fraction: float = 0.5
-  distribution_strategy: str = DEFAULT_STRATEGY
-  steps_per_epoch: int = 0
-  ps_min_shard_bytes: int = DEFAULT_MIN_SHARD_BYTES
+  base_rate_init: bool = option(True, group="model")
+  stats_file: str = option("", group="data")
+  vocab_check_examples: int = option(1000, minimum=0, group="data")
+  max_unknown_id_fraction: float = option(0.5, minimum=0.0, maximum=1.0,
+                                          group="data")
+  distribution_strategy: str = option(DEFAULT_STRATEGY, choices=STRATEGIES,
+                                      group="distribution")
+  steps_per_epoch: int = option(0, minimum=0)
+  ps_min_shard_bytes: int = option(DEFAULT_MIN_SHARD_BYTES, minimum=1,
+                                   group="distribution")
 
   def __post_init__(self):
-    check_train_config(self)
+    _check_train_config(self)
+    options.check_declared(self)
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)

@@ -33,6 +33,7 @@ import tensorflow as tf
 import tf_keras as keras
 from tensorflow_serving.apis import prediction_log_pb2
 
+from escm2_tf import options
 from escm2_tf import schema
 from escm2_tf import serving
 
@@ -170,10 +171,6 @@ def input_table() -> str:
   return "\n".join(lines) + "\n"
 
 
-def _json_ready(value: Any) -> Any:
-  if dataclasses.is_dataclass(value) and not isinstance(value, type):
-    return dataclasses.asdict(value)
-  return value
 
 
 def _write_assets_extra(saved_model_dir: str,
@@ -185,7 +182,7 @@ def _write_assets_extra(saved_model_dir: str,
   for name, value in assets.items():
     with open(os.path.join(directory, f"{name}.json"), "w",
               encoding="utf-8") as f:
-      json.dump(_json_ready(value), f, indent=2, sort_keys=True)
+      json.dump(options.json_ready(value), f, indent=2, sort_keys=True)
       f.write("\n")
 
 

@@ -13,18 +13,17 @@ defects included (normalisation by the batch's clicks, a fixed weight cap,
 joint DR training).
 """
 
-import dataclasses
 import functools
-import math
 from typing import Mapping
 
 import tensorflow as tf
 
+from escm2_tf import config as config_lib
 from escm2_tf import schema
 
-LOSSES = ("naive", "esmm", "ipw", "dr")
-COMPAT_MODES = ("paper", "paddlerec")
-PROPENSITIES = ("model", "label")
+LOSSES = config_lib.LOSSES
+COMPAT_MODES = config_lib.COMPAT_MODES
+PROPENSITIES = config_lib.PROPENSITIES
 # The label holding a known click propensity, for propensity="label" (the
 # simulator's true p_click: ground_truth_*.csv).
 PROPENSITY_LABEL = "p_click"
@@ -36,109 +35,8 @@ PADDLEREC_EPSILON = 1e-4
 PADDLEREC_MIN_PROPENSITY = 1e-6
 PADDLEREC_MAX_WEIGHT = 15.0
 
-# Below this, 1 - epsilon rounds to 1 in float32 and log(1 - p) is -inf.
-_MIN_EPSILON = 1e-7
-
-# PaddleRec hard-codes these; under compat="paddlerec" they would be ignored.
-_PAPER_ONLY_FIELDS = ("lambda_imp", "propensity_clip", "max_ips_weight",
-                      "stop_ips_gradient", "epsilon", "propensity",
-                      "self_normalized")
-
-
-@dataclasses.dataclass(frozen=True)
-class LossConfig:
-  """How ``compute_losses`` weighs and estimates the three risks.
-
-  Attributes:
-    loss: ``"naive"`` (CVR on clicks only), ``"esmm"`` (CVR only through
-      CTCVR), ``"ipw"`` or ``"dr"`` (ESCM2's counterfactual risks).
-    lambda_c: Weight of the CVR / counterfactual risk. The paper tunes it small
-      (about 0.1 to 1); 0.1 is the default.
-    lambda_g: Weight of the global CTCVR risk; the paper's tuned value is 1.
-    lambda_imp: Weight of the DR imputation risk R_imp (paper mode, ``dr``).
-      R_imp reaches the CVR tower only through the shared layers, where at
-      weight 1 it is 20-35 times the CVR risk: measured on 250k simulated
-      impressions (docs/results.md), weight 1 raised the entire-space CVR bias
-      from +0.0145 to +0.0171 and cost 0.02 CVR and CTR AUC, while 0.1 matched
-      weight 0. Hence 0.1.
-    propensity_clip: ô is raised to at least this before it is inverted, so
-      one IPS weight is at most 1 / propensity_clip. With CTR about 4 % the
-      typical clicked weight is about 25; the default 0.01 caps weights at 100,
-      four times that, so clipping touches only the tail of clicks whose pCTR
-      is under a quarter of the mean, where a single weight would otherwise
-      dominate the batch's variance, and leaves the bulk unbiased.
-    max_ips_weight: Optional further cap on 1/ô (at least 1); None for none.
-    stop_ips_gradient: If True the IPS weight passes no gradient into the CTR
-      tower, which is then trained by L_ctr and L_ctcvr only; otherwise the
-      counterfactual risk can lower itself by raising ô on clicks.
-    propensity: Where the click propensity ô of the IPS weight comes from:
-      ``"model"``, the CTR tower's pCTR (ESCM2), or ``"label"``, a known
-      propensity in ``labels["p_click"]`` (the simulator's true click
-      probability). ``"label"`` checks the estimator apart from the
-      propensity model (tests/test_oracle_propensity.py); the trainer's
-      TFRecords carry no such label.
-    self_normalized: Self-normalised IPS (SNIPS): every sum weighted by
-      o/ô is divided by the batch's sum of o/ô instead of by |D|. Bounded by
-      the largest δ, at the price of a bias of order 1/clicks per batch; off
-      by default (docs/losses.md has the measurement).
-    compat: ``"paper"`` or ``"paddlerec"``. PaddleRec hard-codes its epsilon,
-      clip, cap and stop-gradient, so the paper-only fields above must keep
-      their defaults under ``"paddlerec"``.
-    epsilon: Probabilities are clipped to [epsilon, 1 - epsilon] in every BCE.
-  """
-  loss: str = "ipw"
-  lambda_c: float = 0.1
-  lambda_g: float = 1.0
-  lambda_imp: float = 0.1
-  propensity_clip: float = 0.01
-  max_ips_weight: float | None = None
-  stop_ips_gradient: bool = True
-  propensity: str = "model"
-  self_normalized: bool = False
-  compat: str = "paper"
-  epsilon: float = 1e-7
-
-  def __post_init__(self):
-    _check_choice("loss", self.loss, LOSSES)
-    _check_choice("compat", self.compat, COMPAT_MODES)
-    _check_choice("propensity", self.propensity, PROPENSITIES)
-    for name in ("lambda_c", "lambda_g", "lambda_imp"):
-      _check_number(name, getattr(self, name), low=0.0)
-    _check_number("propensity_clip", self.propensity_clip, low=0.0, high=1.0,
-                  low_open=True)
-    if self.max_ips_weight is not None:
-      _check_number("max_ips_weight", self.max_ips_weight, low=1.0)
-    for name in ("stop_ips_gradient", "self_normalized"):
-      if not isinstance(getattr(self, name), bool):
-        raise ValueError(f"LossConfig.{name} must be a bool, got "
-                         f"{getattr(self, name)!r}.")
-    _check_number("epsilon", self.epsilon, low=_MIN_EPSILON, high=0.5)
-    if self.compat == "paddlerec":
-      for field in dataclasses.fields(self):
-        value = getattr(self, field.name)
-        if field.name in _PAPER_ONLY_FIELDS and value != field.default:
-          raise ValueError(
-              f"LossConfig.{field.name}={value!r} has no effect with "
-              "compat='paddlerec', which hard-codes PaddleRec's constants; "
-              f"keep the default {field.default!r} or use compat='paper'.")
-
-
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
-  if value not in choices:
-    raise ValueError(f"LossConfig.{name} must be one of {', '.join(choices)}; "
-                     f"got {value!r}.")
-
-
-def _check_number(name: str, value: object, *, low: float,
-                  high: float = math.inf, low_open: bool = False) -> None:
-  """Raises ValueError unless value is a finite real number in range."""
-  is_real = isinstance(value, (int, float)) and not isinstance(value, bool)
-  in_range = (is_real and math.isfinite(value) and value <= high and
-              (value > low if low_open else value >= low))
-  if not in_range:
-    bounds = f"{'(' if low_open else '['}{low}, {high}]"
-    raise ValueError(f"LossConfig.{name} must be a finite number in {bounds}; "
-                     f"got {value!r}.")
+# Declared with the other configurations, where no TensorFlow loads.
+LossConfig = config_lib.LossConfig
 
 
 def _vector(tensors: Mapping[str, tf.Tensor], key: str,

@@ -51,10 +51,6 @@ def _embedding_initializer(config: config_lib.ModelConfig
   return keras.initializers.TruncatedNormal(stddev=scale, seed=seed)
 
 
-def _seed(config: config_lib.ModelConfig, offset: int) -> int | None:
-  return None if config.seed is None else config.seed + offset
-
-
 def _mlp(config: config_lib.ModelConfig, inputs: tf.Tensor,
          seed_offset: int) -> tf.Tensor:
   hidden = inputs
@@ -62,10 +58,11 @@ def _mlp(config: config_lib.ModelConfig, inputs: tf.Tensor,
     hidden = keras.layers.Dense(
         units, activation=config.activation, name=f"bottom_{index}",
         kernel_initializer=keras.initializers.GlorotUniform(
-            _seed(config, seed_offset + 2 * index)))(hidden)
+            layers.offset_seed(config.seed, seed_offset + 2 * index)))(hidden)
     if config.dropout:
       hidden = keras.layers.Dropout(
-          config.dropout, seed=_seed(config, seed_offset + 2 * index + 1),
+          config.dropout,
+          seed=layers.offset_seed(config.seed, seed_offset + 2 * index + 1),
           name=f"bottom_dropout_{index}")(hidden)
   return hidden
 
@@ -76,7 +73,8 @@ def _backbone(config: config_lib.ModelConfig, num_tasks: int,
   if config.backbone == "mmoe":
     return layers.MMoE(config.num_experts, config.expert_units, num_tasks,
                        activation=config.activation, dropout=config.dropout,
-                       seed=_seed(config, 100), name="mmoe")(inputs)
+                       seed=layers.offset_seed(config.seed, 100),
+                       name="mmoe")(inputs)
   if config.backbone == "shared_bottom":
     return _mlp(config, inputs, seed_offset=100)
   crossed = inputs
@@ -84,7 +82,8 @@ def _backbone(config: config_lib.ModelConfig, num_tasks: int,
     crossed = tfrs.layers.dcn.Cross(
         projection_dim=config.cross_projection_dim, name=f"cross_{index}",
         kernel_initializer=keras.initializers.TruncatedNormal(
-            stddev=0.05, seed=_seed(config, 100 + index)))(inputs, crossed)
+            stddev=0.05, seed=layers.offset_seed(config.seed, 100 + index)))(
+                inputs, crossed)
   return _mlp(config, crossed, seed_offset=200)
 
 
@@ -149,12 +148,14 @@ def build_network(model_config: config_lib.ModelConfig,
       l2=model_config.embedding_l2, name="embedding")(inputs)
   if model_config.embedding_dropout:
     embedded = keras.layers.Dropout(
-        model_config.embedding_dropout, seed=_seed(model_config, 1),
+        model_config.embedding_dropout,
+        seed=layers.offset_seed(model_config.seed, 1),
         name="embedding_dropout")(embedded)
   hidden = _backbone(model_config, num_tasks, embedded)
   logits = layers.TaskTowers(
       num_tasks, model_config.tower_units, activation=model_config.activation,
-      dropout=model_config.dropout, seed=_seed(model_config, 300),
+      dropout=model_config.dropout,
+      seed=layers.offset_seed(model_config.seed, 300),
       output_biases=(None if base_rates is None else
                      base_rates.output_biases(task_names(loss_config))),
       name="towers")(hidden)

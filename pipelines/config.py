@@ -3,6 +3,10 @@
 import dataclasses
 from typing import Optional
 
+from escm2_tf import options
+from escm2_tf.options import ConfigError
+from escm2_tf.options import option
+
 INPUT_FORMATS = ("aliccp", "paddlerec")
 JOINS = ("side_input", "cogroup")
 
@@ -13,18 +17,6 @@ JOINS = ("side_input", "cogroup")
 # parse rate of 10; more ids cost input rate and model time per example.
 DEFAULT_MAX_VALUES_PER_FIELD = 20
 DEFAULT_MAX_BAD_FRACTION = 0.01
-
-
-class ConfigError(ValueError):
-  """An invalid setting.
-
-  Attributes:
-    setting: The offending setting, named as its command-line flag.
-  """
-
-  def __init__(self, setting: str, message: str):
-    super().__init__(f"--{setting}: {message}")
-    self.setting = setting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,25 +46,23 @@ class ConvertConfig:
     num_workers: Processes of the local runner (and of Beam's local runner
       when it runs this pipeline); 0 starts one per core.
   """
-  output_dir: str
-  input_format: str
-  skeleton: Optional[str] = None
-  common_features: Optional[str] = None
-  input: Optional[str] = None
-  max_values_per_field: int = DEFAULT_MAX_VALUES_PER_FIELD
+  output_dir: str = option(group="output")
+  input_format: str = option("aliccp", choices=INPUT_FORMATS, group="input")
+  skeleton: Optional[str] = option(None, group="input")
+  common_features: Optional[str] = option(None, group="input")
+  input: Optional[str] = option(None, group="input")
+  max_values_per_field: int = option(DEFAULT_MAX_VALUES_PER_FIELD, minimum=0)
   keep_unclicked_conversions: bool = False
-  max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION
-  num_shards: int = 0
-  join: str = "side_input"
-  num_workers: int = 0
+  max_bad_fraction: float = option(DEFAULT_MAX_BAD_FRACTION, minimum=0.0,
+                                   maximum=1.0)
+  num_shards: int = option(0, minimum=0, group="output")
+  join: str = option("side_input", choices=JOINS)
+  num_workers: int = option(0, minimum=0)
 
   def __post_init__(self):
     if not self.output_dir:
       raise ConfigError("output_dir", "is required")
-    if self.input_format not in INPUT_FORMATS:
-      raise ConfigError("input_format",
-                        f"must be one of {', '.join(INPUT_FORMATS)}, got "
-                        f"{self.input_format!r}")
+    options.check_declared(self)
     if self.input_format == "aliccp":
       self._require(("skeleton", "common_features"), forbidden="input")
     else:
@@ -80,20 +70,6 @@ class ConvertConfig:
       if self.common_features:
         raise ConfigError("common_features",
                           "is only read with --input_format=aliccp")
-    if self.max_values_per_field < 0:
-      raise ConfigError("max_values_per_field", "must be >= 0 (0 keeps all), "
-                        f"got {self.max_values_per_field}")
-    if not 0.0 <= self.max_bad_fraction <= 1.0:
-      raise ConfigError("max_bad_fraction", "must be in [0, 1], got "
-                        f"{self.max_bad_fraction}")
-    if self.num_shards < 0:
-      raise ConfigError("num_shards", f"must be >= 0, got {self.num_shards}")
-    if self.num_workers < 0:
-      raise ConfigError("num_workers", "must be >= 0 (0: one per core), got "
-                        f"{self.num_workers}")
-    if self.join not in JOINS:
-      raise ConfigError("join", f"must be one of {', '.join(JOINS)}, got "
-                        f"{self.join!r}")
 
   def _require(self, required: tuple[str, ...], forbidden: str) -> None:
     for name in required:

@@ -12,10 +12,12 @@ from apache_beam.options import pipeline_options
 
 from escm2_pipelines import config as config_lib
 from escm2_pipelines import local
+from escm2_pipelines import progress
 from escm2_pipelines import resources
 from escm2_pipelines import sinks
 from escm2_pipelines import tally as tally_lib
 from escm2_pipelines import transforms
+from escm2_tf import console
 
 # Without --runner, Beam's DirectRunner first tries to download the Prism
 # runner; the in-process FnApiRunner (which honours --direct_num_workers and
@@ -63,7 +65,7 @@ def _check_output_dir(output_dir: str) -> None:
                                  "directory so no stale shard is mixed in")
 
 
-def _check_pipeline_args(pipeline_args: Sequence[str]) -> None:
+def check_pipeline_args(pipeline_args: Sequence[str]) -> None:
   """Rejects arguments no Beam option recognises, instead of ignoring them."""
   # PipelineOptions only logs what it cannot parse; this builds the same
   # parser from every registered options class to find those arguments.
@@ -78,6 +80,11 @@ def _check_pipeline_args(pipeline_args: Sequence[str]) -> None:
         unknown[0].lstrip("-").split("=")[0],
         "unknown flag (neither a converter flag nor a Beam pipeline option): "
         f"{' '.join(unknown)}")
+
+
+def _remove_partial(output_dir: str) -> None:
+  if FileSystems.exists(output_dir):
+    FileSystems.delete([output_dir])
 
 
 def _has_option(args: Sequence[str], name: str) -> bool:
@@ -114,8 +121,11 @@ def build_pipeline(pipeline: beam.Pipeline,
                    config: config_lib.ConvertConfig) -> None:
   """Adds the whole conversion of ``config`` to ``pipeline``."""
   def read(pattern):
-    return beam.io.ReadFromTextWithFilename(pattern,
-                                            coder=beam.coders.BytesCoder())
+    label = f"escm2-convert: reading {pattern}"
+    return (beam.io.ReadFromTextWithFilename(pattern,
+                                             coder=beam.coders.BytesCoder())
+            | beam.ParDo(progress.ReportProgress(
+                label, progress.input_bytes([pattern]))))
   if config.input_format == "aliccp":
     inputs = {
         "skeleton": pipeline | "ReadSkeleton" >> read(config.skeleton),
@@ -140,53 +150,42 @@ def build_pipeline(pipeline: beam.Pipeline,
                                           dataclasses.asdict(config)))
 
 
-def convert(output_dir: str, *, input_format: str,
-            skeleton: Optional[str] = None,
-            common_features: Optional[str] = None,
-            input: Optional[str] = None,  # pylint: disable=redefined-builtin
-            max_values_per_field: int = config_lib.DEFAULT_MAX_VALUES_PER_FIELD,
-            keep_unclicked_conversions: bool = False,
-            max_bad_fraction: float = config_lib.DEFAULT_MAX_BAD_FRACTION,
-            num_shards: int = 0, join: str = "side_input",
-            num_workers: int = 0,
-            pipeline_args: Sequence[str] = ()) -> dict[str, Any]:
+def convert(output_dir: str, *, pipeline_args: Sequence[str] = (),
+            **settings: Any) -> dict[str, Any]:
+  """``run`` with the ``ConvertConfig`` of ``output_dir`` and ``settings``."""
+  return run(config_lib.ConvertConfig(output_dir=output_dir, **settings),
+             pipeline_args)
+
+
+def run(config: config_lib.ConvertConfig,
+        pipeline_args: Sequence[str] = ()) -> dict[str, Any]:
   """Converts Ali-CCP text files into TFRecords and returns the statistics.
 
   Args:
-    output_dir: An empty or absent directory for the outputs.
-    input_format: ``"aliccp"`` or ``"paddlerec"``.
-    skeleton, common_features: Globs of the Tianchi files (aliccp).
-    input: Glob of PaddleRec text files (paddlerec).
-    max_values_per_field, keep_unclicked_conversions, max_bad_fraction,
-      num_shards, join, num_workers: See ``config.ConvertConfig``.
+    config: What to convert, where, and how.
     pipeline_args: Beam pipeline options, e.g. ``["--runner=DataflowRunner"]``.
       Without any, the side-input join runs on the local runner
       (``local``), every other conversion on Beam.
 
   Returns:
-    The contents of ``output_dir/stats.json``.
+    The contents of ``config.output_dir/stats.json``.
 
   Raises:
-    config.ConfigError: for an invalid setting, an input glob matching
-      nothing, a non-empty output directory, an unknown pipeline option, or
-      common features too large for this machine's memory with the
-      side-input join on a local runner (checked before any work).
+    ConfigError: for an invalid setting, an input glob matching nothing, a
+      non-empty output directory, an unknown pipeline option, or common
+      features too large for this machine's memory with the side-input join
+      on a local runner (checked before any work).
     TooManyBadRowsError: when the rejected fraction exceeds
       ``max_bad_fraction``; all outputs have been written.
     OutOfSpaceError: when the output's disk fills up (the local runner
       removes its partial files; Beam's sinks write to temporary names).
+    KeyboardInterrupt: on Ctrl-C, after removing what the run wrote.
   """
-  config = config_lib.ConvertConfig(
-      output_dir=output_dir, input_format=input_format, skeleton=skeleton,
-      common_features=common_features, input=input,
-      max_values_per_field=max_values_per_field,
-      keep_unclicked_conversions=keep_unclicked_conversions,
-      max_bad_fraction=max_bad_fraction, num_shards=num_shards, join=join,
-      num_workers=num_workers)
+  output_dir = config.output_dir
   for setting in ("skeleton", "common_features", "input"):
     _check_glob(setting, getattr(config, setting))
   _check_output_dir(output_dir)
-  _check_pipeline_args(pipeline_args)
+  check_pipeline_args(pipeline_args)
   workers = local.num_workers(config)
   on_local_runner = uses_local_runner(config, pipeline_args)
   options = None if on_local_runner else _pipeline_options(pipeline_args,
@@ -196,11 +195,16 @@ def convert(output_dir: str, *, input_format: str,
           pipeline_options.StandardOptions).runner in LOCAL_BEAM_RUNNERS)):
     resources.check_side_input_fits(config, workers)
   try:
-    if on_local_runner:
-      local.run(config)
-    else:
-      with beam.Pipeline(options=options) as pipeline:
-        build_pipeline(pipeline, config)
+    with console.interruptible():
+      if on_local_runner:
+        local.run(config)
+      else:
+        with beam.Pipeline(options=options) as pipeline:
+          build_pipeline(pipeline, config)
+  except KeyboardInterrupt:
+    # output_dir was empty or absent: everything in it is this run's.
+    _remove_partial(output_dir)
+    raise
   except Exception as e:  # pylint: disable=broad-except
     if _out_of_space(e):
       raise OutOfSpaceError(
@@ -213,10 +217,10 @@ def convert(output_dir: str, *, input_format: str,
       FileSystems.join(output_dir, sinks.STATS_FILE)))
   if not tally_lib.reconciles(stats):
     raise RuntimeError(f"Row counts do not reconcile in {output_dir}: {stats}")
-  if stats["rejected_fraction"] > max_bad_fraction:
+  if stats["rejected_fraction"] > config.max_bad_fraction:
     raise TooManyBadRowsError(
         f"{stats['rows_rejected']} of {stats['rows_read']} rows rejected "
         f"({stats['rejected_fraction']:.4%}), more than --max_bad_fraction="
-        f"{max_bad_fraction}; reasons {stats['rejected_by_reason']}, rows in "
-        f"{FileSystems.join(output_dir, sinks.REJECTED_DIR)}", stats)
+        f"{config.max_bad_fraction}; reasons {stats['rejected_by_reason']}, "
+        f"rows in {FileSystems.join(output_dir, sinks.REJECTED_DIR)}", stats)
   return stats

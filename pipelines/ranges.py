@@ -34,7 +34,8 @@ def _compressed(path: str) -> bool:
           != CompressionTypes.UNCOMPRESSED)
 
 
-def split(files: Sequence[tuple[str, int]], num_parts: int) -> list[list[Range]]:
+def split(files: Sequence[tuple[str, int]],
+          num_parts: int) -> list[list[Range]]:
   """Splits the files' bytes, taken in order, into ``num_parts`` parts.
 
   Parts hold nearly equal numbers of bytes; a part may span several files,

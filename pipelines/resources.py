@@ -23,6 +23,29 @@ DICT_ENTRY_OVERHEAD = 250
 _SAMPLE_LINES = 200
 
 
+# (limit, usage) files of cgroup v2 and v1; a container's limit caps what
+# MemAvailable (the host's) promises.
+_CGROUP_FILES = (
+    ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+    ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+     "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+)
+
+
+def _cgroup_headroom() -> Optional[int]:
+  for limit_path, usage_path in _CGROUP_FILES:
+    try:
+      with open(limit_path, encoding="ascii") as f:
+        limit = f.read().strip()
+      with open(usage_path, encoding="ascii") as f:
+        usage = int(f.read())
+      if limit != "max":
+        return int(limit) - usage
+    except (OSError, ValueError):
+      continue
+  return None
+
+
 def available_memory_bytes() -> Optional[int]:
   """Memory this process may still use: MemAvailable, capped by a cgroup."""
   available = None
@@ -33,15 +56,9 @@ def available_memory_bytes() -> Optional[int]:
           available = int(line.split()[1]) * 1024
   except OSError:
     return None
-  try:
-    with open("/sys/fs/cgroup/memory.max", encoding="ascii") as f:
-      limit = f.read().strip()
-    with open("/sys/fs/cgroup/memory.current", encoding="ascii") as f:
-      current = int(f.read())
-    if limit != "max" and available is not None:
-      available = min(available, int(limit) - current)
-  except (OSError, ValueError):
-    pass
+  headroom = _cgroup_headroom()
+  if available is not None and headroom is not None:
+    available = min(available, headroom)
   return available
 
 

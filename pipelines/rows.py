@@ -5,6 +5,7 @@ the DoFns and tested without Beam. Each raises ``aliccp.BadRowError`` for a row
 that cannot become (part of) an example.
 """
 
+import re
 from typing import Mapping, NamedTuple, Sequence
 
 from escm2_tf.formats import aliccp
@@ -81,19 +82,98 @@ def encode_skeleton(line: str,
                       unstored=_unstored_values(row.features))
 
 
-def encode_paddlerec(line: str,
-                     max_values: int) -> tuple[aliccp.PaddleRecRow, Encoded]:
+class Labels(NamedTuple):
+  """The labels of a row whose features were encoded without a parsed row."""
+  sample_id: str
+  click: int
+  conversion: int
+
+
+# PaddleRec lines repeat their user's tokens (the schema's common fields,
+# ~70 of a line's ~95 ids), which follow the impression's own: their
+# encoding is cached by their text, as the Tianchi join encodes a common row
+# once. Lines of one request are adjacent, so a small cache hits.
+_USER_SIDE = re.compile("(?:^|,)(?=(?:{}):)".format(
+    "|".join(map(re.escape, schema.COMMON_FIELDS))))
+_USER_CACHE_SIZE = 4096
+_user_side_cache: dict = {}
+# The stage of aliccp.PaddleRecTokens that raises each reason.
+_STAGES = {"broken_separator": 0, "non_numeric": 1, "bad_id": 2}
+
+
+def _encode_user_side(text: str, max_values: int):
+  """``(Encoded, fields)`` of user-side tokens, or ``(reason, message)``."""
+  parsed = aliccp.PaddleRecTokens(text)
+  try:
+    parsed.check_tokens()
+    parsed.parse_ids()
+    parsed.check_ids()
+  except aliccp.BadRowError as e:
+    return e.reason, str(e)
+  features, ignored = parsed.group()
+  return _encode(features, ignored, max_values,
+                 padding=parsed.padding), frozenset(features)
+
+
+def _user_side(text: str, max_values: int):
+  key = (max_values, text)
+  result = _user_side_cache.get(key)
+  if result is None:
+    if len(_user_side_cache) >= _USER_CACHE_SIZE:
+      _user_side_cache.clear()
+    result = _user_side_cache[key] = _encode_user_side(text, max_values)
+  return result
+
+
+def _raise_at(stage: int, user) -> None:
+  """Raises the user side's cached error if it belongs to ``stage``."""
+  if isinstance(user[0], str) and _STAGES[user[0]] == stage:
+    raise aliccp.BadRowError(user[0], user[1].split(": ", 1)[1])
+
+
+def _encode_whole(labels: bytes, tokens: str, max_values: int) -> Encoded:
+  features, ignored, padding = aliccp.parse_paddlerec_tokens(tokens)
+  return _encode(features, ignored, max_values, labels, padding=padding)
+
+
+def encode_paddlerec(line: str, max_values: int) -> tuple[Labels, Encoded]:
   """A PaddleRec line; ``entries`` hold the whole example's features.
 
   The format has no values, so none goes unstored; padding ids are counted.
+  Encodes exactly what ``aliccp.parse_paddlerec_line`` and the Tianchi
+  encoding would, and rejects a row for the same reason: the impression's
+  tokens are parsed here, the user's come from a cache when the line's user
+  was just seen (each parsing stage runs on both parts before the next), and
+  a field on both sides falls back to parsing the whole line.
   """
-  row = aliccp.parse_paddlerec_line(line)
-  labels = examples.label_entries(row.sample_id, row.click, row.conversion)
-  return row, _encode(row.features, row.ignored_items, max_values, labels,
-                      padding=row.padding_ids)
+  sample_id, click, conversion, tokens = aliccp.split_paddlerec_line(line)
+  labels = examples.label_entries(sample_id, click, conversion)
+  row = Labels(sample_id, click, conversion)
+  match = _USER_SIDE.search(tokens)
+  if match is None or match.start() == 0:
+    return row, _encode_whole(labels, tokens, max_values)
+  impression = aliccp.PaddleRecTokens(tokens[:match.start()])
+  impression.check_tokens()
+  user = _user_side(tokens[match.start() + 1:], max_values)
+  _raise_at(0, user)
+  impression.parse_ids()
+  _raise_at(1, user)
+  impression.check_ids()
+  _raise_at(2, user)
+  features, ignored = impression.group()
+  user_encoded, user_fields = user
+  if not user_fields.isdisjoint(features):
+    return row, _encode_whole(labels, tokens, max_values)
+  kept, truncated = examples.limit_values(features, max_values)
+  return row, Encoded(
+      labels + examples.field_entries(kept) + user_encoded.entries,
+      [(field, ids) for field, (ids, _) in kept.items()] + user_encoded.ids,
+      {**truncated, **user_encoded.truncated},
+      ignored + user_encoded.ignored, 0,
+      impression.padding + user_encoded.padding_ids)
 
 
 def is_unclicked_conversion(
-    row: aliccp.SkeletonRow | aliccp.PaddleRecRow) -> bool:
+    row: aliccp.SkeletonRow | aliccp.PaddleRecRow | Labels) -> bool:
   """Rows logged as converted without a click, which ESMM-style data drops."""
   return row.click == 0 and row.conversion == 1

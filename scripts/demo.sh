@@ -17,7 +17,6 @@ out="${1:-demo_output}"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 num_train="${DEMO_NUM_TRAIN:-200000}"
 num_test="${DEMO_NUM_TEST:-50000}"
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 
 step() {
   printf '\n==== [%4ss] %s\n' "${SECONDS}" "$*"

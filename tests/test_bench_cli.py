@@ -159,11 +159,15 @@ class HParamsTest(absltest.TestCase):
                       hparams.seed), (256, 0.02, 7))
     self.assertEqual(hparams.ignored, ("train_data",))
 
-  def test_bad_values_name_the_line_or_field(self):
+  def test_bad_values_name_the_file_and_flag(self):
     directory = self.create_tempdir().full_path
-    for content, expected in (("--num_experts=many\n", ":1: --num_experts"),
-                              ("--seed=1\n--batch_size=x\n", ":2: --batch_size"),
-                              ("--pooling=max\n", "pooling")):
+    for content, expected in (
+        ("--num_experts=many\n", r"h\.flags: --num_experts=many: expected an "
+         "integer"),
+        ("--seed=1\n--batch_size=x\n", r"h\.flags: --batch_size=x: "),
+        ("--pooling=max\n", r"h\.flags: --pooling=max: value should be one "
+         r"of <sum\|mean>"),
+        ("--compat=paddlerec\n--epsilon=0.01\n", r"h\.flags: --epsilon: ")):
       path = os.path.join(directory, "h.flags")
       with open(path, "w", encoding="utf-8") as f:
         f.write(content)

@@ -48,8 +48,10 @@ class ModelConfigTest(parameterized.TestCase):
       ("embedding_dropout", 1.0), ("dropout", -0.1), ("activation", "elu"),
       ("seed", -1), ("seed", 1.5))
   def test_invalid_value_names_the_field(self, field, value):
-    with self.assertRaisesRegex(ValueError, f"ModelConfig.{field}"):
+    with self.assertRaises(config_lib.ConfigError) as caught:
       config_lib.ModelConfig(**{field: value})
+    self.assertEqual(caught.exception.field, field)
+    self.assertStartsWith(str(caught.exception), f"{field}: ")
 
 
 if __name__ == "__main__":

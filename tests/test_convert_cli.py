@@ -49,11 +49,13 @@ class ParseFlagsTest(absltest.TestCase):
 
   @flagsaver.flagsaver
   def test_bad_flag_value_exits_with_one_line(self):
-    with self.assertRaises(SystemExit) as e:
-      cli.parse_flags(["escm2-convert", "--max_values_per_field=-1"])
-    self.assertRegex(str(e.exception.code),
-                     r"^escm2-convert: .*max_values_per_field")
-    self.assertNotIn("\n", str(e.exception.code))
+    stderr = io.StringIO()
+    with self.assertRaises(SystemExit) as e, contextlib.redirect_stderr(
+        stderr):
+      cli.parse_flags(["escm2-convert", "--max_values_per_field=x"])
+    self.assertEqual(e.exception.code, 2)
+    self.assertEqual(stderr.getvalue(), "escm2-convert: error: "
+                     "--max_values_per_field=x: expected an integer\n")
 
 
 class MainTest(absltest.TestCase):
@@ -71,22 +73,26 @@ class MainTest(absltest.TestCase):
     self.assertEqual(stats["settings"]["max_values_per_field"], 0)
     self.assertEqual(stats["rows_written"], 10)
 
+  def _failing_main(self, *args: str, **flag_values) -> str:
+    stderr = io.StringIO()
+    with flagsaver.flagsaver(**flag_values), contextlib.redirect_stderr(
+        stderr):
+      self.assertEqual(cli.main(["escm2-convert", *args]), 2)
+    return stderr.getvalue()
+
   def test_missing_output_dir_names_the_flag(self):
-    with flagsaver.flagsaver(input_format="paddlerec", input=_DEMO,
-                             output_dir=None):
-      with self.assertRaises(SystemExit) as e:
-        cli.main(["escm2-convert"])
-    self.assertEqual(str(e.exception.code),
-                     "escm2-convert: --output_dir: is required")
+    stderr = self._failing_main(input_format="paddlerec", input=_DEMO,
+                                output_dir=None)
+    self.assertEqual(stderr, "escm2-convert: error: --output_dir: is "
+                     "required\n")
 
   def test_unknown_flag_names_the_flag(self):
     output_dir = os.path.join(testing.new_dir(), "out")
-    with flagsaver.flagsaver(input_format="paddlerec", input=_DEMO,
-                             output_dir=output_dir):
-      with self.assertRaises(SystemExit) as e:
-        cli.main(["escm2-convert", "--max_value_per_feild=3"])
-    self.assertIn("--max_value_per_feild: unknown flag",
-                  str(e.exception.code))
+    stderr = self._failing_main("--max_value_per_feild=3",
+                                input_format="paddlerec", input=_DEMO,
+                                output_dir=output_dir)
+    self.assertStartsWith(stderr.splitlines()[-1], "escm2-convert: error: "
+                          "--max_value_per_feild: unknown flag")
     self.assertFalse(os.path.exists(output_dir))
 
   def test_common_features_too_large_exit_before_any_work(self):
@@ -101,10 +107,16 @@ class MainTest(absltest.TestCase):
         common_features=os.path.join(raw_dir, "common_features_train.csv")):
       with mock.patch.object(resources, "available_memory_bytes",
                              return_value=1000):
-        with self.assertRaises(SystemExit) as e:
-          cli.main(["escm2-convert"])
-    message = str(e.exception.code)
-    self.assertStartsWith(message, "escm2-convert: --common_features: ")
+        stderr = io.StringIO()
+        with contextlib.redirect_stderr(stderr):
+          self.assertEqual(cli.main(["escm2-convert"]), 2)
+    # One error line, after the line saying what the run was to do.
+    errors = [line for line in stderr.getvalue().splitlines()
+              if line.startswith("escm2-convert: error:")]
+    self.assertLen(errors, 1)
+    message = errors[0]
+    self.assertStartsWith(message,
+                          "escm2-convert: error: --common_features: ")
     self.assertIn("--join=cogroup", message)
     self.assertIn("--runner=DataflowRunner", message)
     self.assertNotIn("\n", message)
@@ -127,7 +139,8 @@ class ConsoleScriptTest(absltest.TestCase):
         "--direct_running_mode=in_memory")
     self.assertEqual(result.returncode, 1, result.stderr)
     last_line = result.stderr.strip().splitlines()[-1]
-    self.assertRegex(last_line, r"^escm2-convert: 2 of 12 rows rejected "
+    self.assertRegex(last_line, r"^escm2-convert: error: 2 of 12 rows "
+                     r"rejected "
                      r"\(16\.6667%\), more than --max_bad_fraction=0\.1")
     with open(os.path.join(output_dir, "stats.json")) as f:
       stats = json.load(f)

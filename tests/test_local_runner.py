@@ -292,7 +292,7 @@ class MemoryCheckTest(absltest.TestCase):
                            return_value=20_000):
       with self.assertRaisesRegex(
           config_lib.ConfigError,
-          "--common_features: .* more than the 0 MB available.* Use "
+          "common_features: .* more than the 0 MB available.* Use "
           "--join=cogroup on a cluster runner"):
         convert.convert(output_dir, num_workers=2, **inputs)
     self.assertFalse(os.path.exists(output_dir))
@@ -316,6 +316,12 @@ class MemoryCheckTest(absltest.TestCase):
                                       available=3 * one_copy)
     resources.check_side_input_fits(config, workers=2,
                                     available=3 * one_copy)
+
+  def test_available_memory_is_known_here(self):
+    available = resources.available_memory_bytes()
+    self.assertIsNotNone(available)
+    self.assertBetween(available, 1 << 20, os.sysconf("SC_PAGE_SIZE")
+                       * os.sysconf("SC_PHYS_PAGES"))
 
   def test_cluster_runners_are_not_checked(self):
     inputs = _simulated_aliccp()

@@ -383,44 +383,44 @@ class ConvertErrorsTest(parameterized.TestCase):
     with open(os.path.join(output_dir, "old.tfrecord.gz"), "w"):
       pass
     with self.assertRaisesRegex(config_lib.ConfigError,
-                                "--output_dir: .* is not empty"):
+                                "output_dir: .* is not empty"):
       convert.convert(output_dir, input_format="paddlerec", input=_DEMO)
 
   def test_unknown_pipeline_option(self):
     with self.assertRaisesRegex(config_lib.ConfigError,
-                                "--max_value_per_field: unknown flag"):
+                                "max_value_per_field: unknown flag"):
       convert.convert(os.path.join(_tempdir(self), "o"),
                       input_format="paddlerec", input=_DEMO,
                       pipeline_args=["--max_value_per_field=3"])
 
   def test_glob_without_files(self):
     with self.assertRaisesRegex(config_lib.ConfigError,
-                                "--skeleton: no file matches"):
+                                "skeleton: no file matches"):
       convert.convert(os.path.join(_tempdir(self), "o"),
                       input_format="aliccp", skeleton="/nonexistent/*.csv",
                       common_features=_DEMO)
 
   @parameterized.named_parameters(
-      ("format", dict(input_format="csv", input="x"), "--input_format"),
+      ("format", dict(input_format="csv", input="x"), "input_format"),
       ("aliccp_without_common", dict(input_format="aliccp", skeleton="x"),
-       "--common_features: is required"),
+       "common_features: is required"),
       ("aliccp_with_input", dict(input_format="aliccp", skeleton="x",
                                  common_features="y", input="z"),
-       "--input: is not read"),
+       "input: is not read"),
       ("paddlerec_without_input", dict(input_format="paddlerec"),
-       "--input: is required"),
+       "input: is required"),
       ("paddlerec_with_common", dict(input_format="paddlerec", input="x",
                                      common_features="y"),
-       "--common_features: is only read"),
+       "common_features: is only read"),
       ("negative_max_values", dict(input_format="paddlerec", input="x",
                                    max_values_per_field=-1),
-       "--max_values_per_field"),
+       "max_values_per_field"),
       ("fraction", dict(input_format="paddlerec", input="x",
-                        max_bad_fraction=1.5), "--max_bad_fraction"),
+                        max_bad_fraction=1.5), "max_bad_fraction"),
       ("shards", dict(input_format="paddlerec", input="x", num_shards=-2),
-       "--num_shards"),
+       "num_shards"),
       ("join", dict(input_format="paddlerec", input="x", join="hash"),
-       "--join"),
+       "join"),
   )
   def test_invalid_settings(self, settings, message):
     with self.assertRaisesRegex(config_lib.ConfigError, message):

@@ -21,7 +21,6 @@ import shutil
 import sys
 import tarfile
 
-from absl import flags
 from apache_beam.options import pipeline_options
 import tensorflow as tf
 
@@ -204,8 +203,7 @@ class ClusterCommandsTest(tf.test.TestCase):
                                "SparkRunner"}, runners)
 
   def test_beam_options_exist(self):
-    own = {holder.name for holder in vars(convert_cli).values()
-           if isinstance(holder, flags.FlagHolder)}
+    own = set(convert_cli._FLAGS.names())  # pylint: disable=protected-access
     for command in self.commands():
       beam_args = [word for word in command if word.startswith("--")
                    and word[2:].split("=")[0] not in own]

@@ -283,6 +283,24 @@ class PredictCliTest(tf.test.TestCase, parameterized.TestCase):
     self._failing_run(f"--saved_model: {path} has no serving_default "
                       "signature (it has double)", data=data, saved_model=path)
 
+  def test_unwritable_output(self):
+    directory = testing.new_dir()
+    data = _write_lines(os.path.join(directory, "test.txt"),
+                        _paddlerec_lines(self.rows[:2], self.ids[:2]))
+    missing = os.path.join(directory, "missing", "scores.csv")
+    a_directory = os.path.join(directory, "scores")
+    os.makedirs(a_directory)
+    for output, reason in ((missing, "No such file or directory"),
+                           (a_directory, "Is a directory")):
+      code, stderr = self._run(data=data, output=output,
+                               input_format="paddlerec")
+      self.assertEqual(code, 2)
+      self.assertEqual(stderr, f"escm2-predict: error: --output: cannot "
+                       f"write {output}: {reason}\n")
+    self.assertFalse(os.path.exists(os.path.dirname(missing)))
+    self.assertEmpty(os.listdir(a_directory))
+    self.assertCountEqual(os.listdir(directory), ["test.txt", "scores"])
+
   def test_records_without_sample_id_get_an_empty_one(self):
     directory = testing.new_dir()
     data = os.path.join(directory, "part.tfrecord.gz")
@@ -293,6 +311,31 @@ class PredictCliTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(code, 0, stderr)
     self._check_scores(output, ["", self.ids[1], "", self.ids[3]],
                        _expected(self.model, self.rows[:4]))
+
+  def test_sample_id_that_is_not_text(self):
+    path = os.path.join(testing.new_dir(), "ids.tfrecord")
+    _write_tfrecord(path, self.rows[:3], [b"1", b"\xff\xfe", b"3"])
+    self._failing_run(f"{path}, records 1 to 3: sample_id is not UTF-8 text",
+                      data=path)
+
+  @parameterized.parameters("data", "common_features")
+  def test_text_that_is_not_utf8_names_file_and_line(self, flag):
+    directory = testing.new_dir()
+    skeleton, common = _aliccp_lines(self.rows[:3], self.ids[:3])
+    paths = {"data": os.path.join(directory, "s.csv"),
+             "common_features": os.path.join(directory, "c.csv")}
+    for name, lines in (("data", skeleton), ("common_features", common)):
+      content = "".join(line + "\n" for line in lines).encode()
+      if name == flag:
+        # Latin-1, not UTF-8: the third line's "1002" becomes "1002\xe9".
+        first, second, third = content.split(b"\n", 2)
+        content = b"\n".join([first, second, third.replace(
+            b"1002", b"1002\xe9", 1)])
+      with open(paths[name], "wb") as f:
+        f.write(content)
+    self._failing_run(f"{paths[flag]}:3: not UTF-8 text: byte 0xe9",
+                      data=paths["data"], input_format="aliccp",
+                      common_features=paths["common_features"])
 
   @parameterized.named_parameters(
       ("no_data", {"data": ""}, "--data: is required"),

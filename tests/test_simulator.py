@@ -62,9 +62,9 @@ class ConfigTest(parameterized.TestCase):
       ("click_conversion_correlation", 1.0),
       ("click_conversion_correlation", "0.5"))
   def test_impossible_setting_names_itself(self, setting, value):
-    with self.assertRaisesRegex(ValueError, rf"^{setting} ") as caught:
+    with self.assertRaisesRegex(ValueError, rf"^{setting}: ") as caught:
       dataclasses.replace(_SMALL, **{setting: value})
-    self.assertEqual(caught.exception.setting, setting)
+    self.assertEqual(caught.exception.field, setting)
 
   def test_defaults_are_valid(self):
     config = simulator.SimulatorConfig()
@@ -82,7 +82,7 @@ class OutputDirTest(absltest.TestCase):
     target = os.path.join(blocker, "out")
     with self.assertRaisesRegex(ValueError, "output_dir") as caught:
       simulator.simulate(_SMALL, target)
-    self.assertEqual(caught.exception.setting, "output_dir")
+    self.assertEqual(caught.exception.field, "output_dir")
     self.assertFalse(os.path.exists(target))
 
   def test_failure_while_writing_leaves_no_files(self):

@@ -46,9 +46,14 @@ class SynthMainTest(parameterized.TestCase):
 
   def test_writes_what_the_library_writes(self):
     cli_dir, library_dir = testing.new_dir(), testing.new_dir()
-    with flagsaver.flagsaver(output_dir=cli_dir, **_SMALL):
+    with flagsaver.flagsaver(output_dir=cli_dir, json=True, **_SMALL):
       code, stdout, stderr = _run_main()
-    self.assertEqual((code, stderr), (0, ""))
+    self.assertEqual(code, 0)
+    # What it is doing, step by step, on stderr.
+    self.assertEqual(stderr.splitlines(), [
+        "escm2-synth: building a world of 80 users and 200 items",
+        "escm2-synth: simulating the train split (600 impressions)",
+        "escm2-synth: simulating the test split (300 impressions)"])
     summary = json.loads(stdout)
     self.assertEqual(summary["train"]["rows"], _SMALL["num_train"])
     self.assertEqual(summary["test"]["rows"], _SMALL["num_test"])
@@ -65,8 +70,13 @@ class SynthMainTest(parameterized.TestCase):
   def test_paddlerec_format(self):
     out = testing.new_dir()
     with flagsaver.flagsaver(output_dir=out, format="paddlerec", **_SMALL):
-      code, _, _ = _run_main()
+      code, stdout, _ = _run_main()
     self.assertEqual(code, 0)
+    # The text summary: where the files went, then one line per split.
+    lines = stdout.splitlines()
+    self.assertEqual(lines[0], f"escm2-synth: wrote 4 files to {out}")
+    self.assertStartsWith(lines[1], f"  train: {_SMALL['num_train']:,} "
+                          "impressions, ")
     self.assertCountEqual(os.listdir(out), [
         "paddlerec_train.txt", "paddlerec_test.txt", "ground_truth_train.csv",
         "ground_truth_test.csv"])
@@ -82,7 +92,7 @@ class SynthMainTest(parameterized.TestCase):
     self.assertEqual(code, 2)
     self.assertEqual(stdout, "")
     self.assertLen(stderr.splitlines(), 1)
-    self.assertStartsWith(stderr, f"escm2-synth: error: --{flag}={value}: ")
+    self.assertStartsWith(stderr, f"escm2-synth: error: --{flag}: ")
     self.assertFalse(os.path.exists(out))
 
   def test_unwritable_output_dir(self):
@@ -93,7 +103,7 @@ class SynthMainTest(parameterized.TestCase):
                              **_SMALL):
       code, _, stderr = _run_main()
     self.assertEqual(code, 2)
-    self.assertStartsWith(stderr, "escm2-synth: error: --output_dir=")
+    self.assertStartsWith(stderr, "escm2-synth: error: --output_dir: ")
     self.assertLen(stderr.splitlines(), 1)
 
   def test_missing_output_dir(self):
@@ -113,7 +123,7 @@ class EntryPointTest(absltest.TestCase):
   def test_success_and_failure(self):
     out = testing.new_dir()
     flags_ = [f"--{name}={value}" for name, value in _SMALL.items()]
-    done = self._run(f"--output_dir={out}", *flags_)
+    done = self._run(f"--output_dir={out}", "--json", *flags_)
     self.assertEqual(done.returncode, 0, done.stderr)
     self.assertEqual(json.loads(done.stdout)["train"]["rows"],
                      _SMALL["num_train"])
@@ -122,13 +132,15 @@ class EntryPointTest(absltest.TestCase):
     errors = [line for line in failed.stderr.splitlines()
               if line.startswith("escm2-synth:")]
     self.assertLen(errors, 1)
-    self.assertStartsWith(errors[0], "escm2-synth: error: --ctr=0.0: ctr ")
+    self.assertEqual(errors[0],
+                     "escm2-synth: error: --ctr: must lie in (0, 1), got 0.0")
     self.assertFalse(os.path.exists(f"{out}/bad"))
 
   def test_unknown_format_is_refused_by_the_flag_parser(self):
     done = self._run("--output_dir=/nonexistent/never", "--format=csv")
-    self.assertNotEqual(done.returncode, 0)
-    self.assertIn("--format", done.stderr)
+    self.assertEqual(done.returncode, 2)
+    self.assertEqual(done.stderr, "escm2-synth: error: --format=csv: value "
+                     "should be one of <aliccp|paddlerec>\n")
     self.assertFalse(os.path.exists("/nonexistent/never"))
 
 

@@ -290,8 +290,7 @@ class FlagfileTest(tf.test.TestCase, parameterized.TestCase):
     """The configs of escm2-train --flagfile=configs/<name>."""
     # Parsing a whole command line would also run the validators of other
     # CLIs' flags in this process; each flag of the file is parsed instead.
-    own = {holder.name for holder in vars(train_cli).values()
-           if isinstance(holder, flags.FlagHolder)}
+    own = set(train_cli._FLAGS.names())  # pylint: disable=protected-access
     flagfile = os.path.join(REPO, "configs", name)
     values = {}
     for argument in FLAGS.read_flags_from_files([f"--flagfile={flagfile}"],

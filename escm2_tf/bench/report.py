@@ -1,8 +1,9 @@
 """The report of ``escm2-bench``: a JSON-ready dict and its text table."""
 
-import dataclasses
 import platform
 from typing import Any, Mapping
+
+from escm2_tf import options
 
 Report = dict[str, Any]
 
@@ -19,14 +20,6 @@ def cpu_model() -> str:
   return platform.processor() or "unknown"
 
 
-def _json_ready(value: Any) -> Any:
-  if dataclasses.is_dataclass(value) and not isinstance(value, type):
-    return _json_ready(dataclasses.asdict(value))
-  if isinstance(value, Mapping):
-    return {str(k): _json_ready(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_json_ready(v) for v in value]
-  return value
 
 
 def _summary(results: Mapping[str, Any]) -> dict[str, Any]:
@@ -43,7 +36,7 @@ def _summary(results: Mapping[str, Any]) -> dict[str, Any]:
 def build(machine: Mapping[str, Any], settings: Mapping[str, Any],
           results: Mapping[str, Any]) -> Report:
   """Everything measured, with the machine and settings, JSON-ready."""
-  return _json_ready({"machine": machine, "settings": settings,
+  return options.json_ready({"machine": machine, "settings": settings,
                       "results": results, "summary": _summary(results)})
 
 

@@ -1,10 +1,7 @@
 """Training, evaluation and model-quality measurements for ``escm2-bench``.
 
-The hyperparameters come from an ``escm2-train`` flagfile (by default
-``configs/paddlerec.flags``): its model and loss flags carry the names of the
-``ModelConfig`` and ``LossConfig`` fields, and ``batch_size``,
-``learning_rate`` and ``seed`` those of the trainer. Data and output flags
-of the flagfile are ignored; the benchmark brings its own data.
+The hyperparameters come from an ``escm2-train`` flagfile
+(``escm2_tf.bench.hparams``).
 """
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
@@ -12,124 +9,24 @@ import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 import dataclasses
 import math
 import os
-from typing import Any, Mapping
 
 import tensorflow as tf
 import tf_keras as keras
 
 from escm2_tf.bench import harness as benchmark
-from escm2_tf import config as config_lib
+from escm2_tf.bench import hparams as hparams_lib
 from escm2_tf import data
 from escm2_tf import evaluation
 from escm2_tf import export
-from escm2_tf import losses
 from escm2_tf import metrics as metrics_lib
 from escm2_tf import model as model_lib
 from escm2_tf import optimizers
 from escm2_tf import vocab
 
-_SCHEDULE = {"batch_size": int, "learning_rate": float, "seed": int}
 _QUALITY_METRICS = ("auc_ctr", "auc_cvr", "auc_ctcvr", "logloss_ctr",
                     "logloss_cvr", "logloss_ctcvr", "count")
-
-
-@dataclasses.dataclass(frozen=True)
-class HParams:
-  """What a flagfile fixes: the network, the loss and the schedule."""
-  model: config_lib.ModelConfig
-  loss: losses.LossConfig
-  batch_size: int
-  learning_rate: float
-  seed: int
-  ignored: tuple[str, ...] = ()
-
-
-def read_flagfile(path: str) -> dict[str, tuple[str, int]]:
-  """``--name=value`` lines -> ``{name: (value, line number)}``.
-
-  ``--name`` alone is ``true`` and ``--noname`` ``false``, as absl reads
-  booleans; blank lines and ``#`` comments are skipped.
-
-  Raises:
-    ValueError: A line that is not a flag, naming the file and line.
-  """
-  flags = {}
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, start=1):
-      line = line.strip()
-      if not line or line.startswith("#"):
-        continue
-      if not line.startswith("--"):
-        raise ValueError(f"{path}:{number}: expected --name=value, got "
-                         f"{line[:60]!r}.")
-      name, has_value, value = line[2:].partition("=")
-      if not has_value:
-        name, value = ((name[2:], "false") if name.startswith("no")
-                       else (name, "true"))
-      flags[name] = (value, number)
-  return flags
-
-
-def _parse_value(default: Any, text: str) -> Any:
-  """``text`` as the type of a dataclass field's ``default``."""
-  if isinstance(default, bool):
-    if text.lower() not in ("true", "false", "1", "0"):
-      raise ValueError(f"expected true or false, got {text!r}")
-    return text.lower() in ("true", "1")
-  if isinstance(default, tuple):
-    return tuple(int(unit) for unit in text.split(",") if unit)
-  if isinstance(default, (int, float, str)):
-    return type(default)(text)
-  # Optional fields (default None) hold numbers in these configs.
-  try:
-    return int(text)
-  except ValueError:
-    return float(text)
-
-
-def _fields_from(flags: Mapping[str, tuple[str, int]], config_type: type,
-                 path: str) -> dict[str, Any]:
-  defaults = config_type()
-  values = {}
-  for field in dataclasses.fields(config_type):
-    if field.name in flags:
-      text, number = flags[field.name]
-      try:
-        values[field.name] = _parse_value(getattr(defaults, field.name), text)
-      except ValueError as e:
-        raise ValueError(f"{path}:{number}: --{field.name}: {e}") from None
-  return values
-
-
-def hparams_from_flagfile(path: str) -> HParams:
-  """The network, loss and schedule of an ``escm2-train`` flagfile.
-
-  Raises:
-    FileNotFoundError: The flagfile does not exist.
-    ValueError: A value that does not parse or that the configs refuse; the
-      message names the file (and line or field).
-  """
-  flags = read_flagfile(path)
-  model_values = _fields_from(flags, config_lib.ModelConfig, path)
-  loss_values = _fields_from(flags, losses.LossConfig, path)
-  schedule = {"batch_size": 1024, "learning_rate": 1e-3, "seed": 42}
-  for name, kind in _SCHEDULE.items():
-    if name in flags:
-      text, number = flags[name]
-      try:
-        schedule[name] = kind(text)
-      except ValueError:
-        raise ValueError(f"{path}:{number}: --{name}: expected a number, got "
-                         f"{text!r}.") from None
-  # The trainer seeds the network with its --seed.
-  model_values.setdefault("seed", schedule["seed"])
-  used = set(model_values) | set(loss_values) | set(schedule)
-  try:
-    return HParams(config_lib.ModelConfig(**model_values),
-                   losses.LossConfig(**loss_values), **schedule,
-                   ignored=tuple(sorted(set(flags) - used)))
-  except ValueError as e:
-    raise ValueError(f"{path}: {e}") from None
+HParams = hparams_lib.HParams
+hparams_from_flagfile = hparams_lib.hparams_from_flagfile
 
 
 @dataclasses.dataclass(frozen=True)

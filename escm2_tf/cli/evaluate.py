@@ -15,122 +15,143 @@ joined by ``sample_id``, the metrics include the CVR bias.
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
+import dataclasses
 import os
-import sys
-from typing import Sequence
+from typing import Any, Sequence
 
-from absl import app
-from absl import flags
-import tensorflow as tf
+from escm2_tf import console
+from escm2_tf import flagbind
+from escm2_tf import options
+from escm2_tf.options import ConfigError
+from escm2_tf.options import option
 
-from escm2_tf import evaluation
-from escm2_tf import export
-from escm2_tf import serving
-
-_USAGE_ERROR = 2
-# Each CLI runs in its own process, but the test suite imports them all into
-# one: a flag name that other CLIs define too may override theirs there.
-_SHARED = True
-
-_DATA = flags.DEFINE_string("data", "", "Glob of GZIP TFRecords to score.",
-                            allow_override=_SHARED)
-_SAVED_MODEL = flags.DEFINE_string(
-    "saved_model", "", "A SavedModel directory, or an export base directory.",
-    allow_override=_SHARED)
-_OUTPUT = flags.DEFINE_string("output", "", "Where to write the metrics JSON.",
-                              allow_override=_SHARED)
-_GROUND_TRUTH = flags.DEFINE_string(
-    "ground_truth", "", "The simulator's ground_truth CSV of --data; adds "
-    "cvr_bias, cvr_bias_clicked and auc_cvr_truth.", allow_override=_SHARED)
-_BATCH_SIZE = flags.DEFINE_integer(
-    "batch_size", 4096, "Examples per signature call.", lower_bound=1,
-    allow_override=_SHARED)
+_PROGRAM = "escm2-evaluate"
 
 
-class _FlagError(ValueError):
-  """A flag value that is invalid; the message starts with the flag."""
+@dataclasses.dataclass(frozen=True)
+class EvaluateFlags:
+  """What to score, with which model, and where the metrics go.
+
+  Attributes:
+    data: Glob of GZIP TFRecords to score.
+    saved_model: A SavedModel directory, or an export base directory.
+    ground_truth: The simulator's ground_truth CSV of data; adds cvr_bias,
+      cvr_bias_clicked and auc_cvr_truth.
+    batch_size: Examples per signature call.
+    output: Where to write the metrics JSON.
+  """
+  data: str = option("", group="input")
+  saved_model: str = option("", group="input")
+  ground_truth: str = option("", group="input")
+  batch_size: int = option(4096, minimum=1, group="input")
+  output: str = option("", group="output")
+
+  def __post_init__(self):
+    for name in ("data", "saved_model", "output"):
+      if not getattr(self, name):
+        raise ConfigError(name, "is required")
+    options.check_declared(self)
 
 
-def _check_flags() -> str:
-  """Checks the flags; returns the SavedModel directory to load."""
-  for holder in (_DATA, _SAVED_MODEL, _OUTPUT):
-    if not holder.value:
-      raise _FlagError(f"--{holder.name}: is required")
+_FLAGS = flagbind.Binding(flagbind.Section(EvaluateFlags, "input"))
+
+
+def _check_flags(settings: EvaluateFlags) -> str:
+  """Checks the inputs; returns the SavedModel directory to load."""
+  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+  from escm2_tf import evaluation
+  from escm2_tf import export
+  # pylint: enable=g-import-not-at-top
   try:
-    evaluation.check_readable(_DATA.value)
+    evaluation.check_readable(settings.data)
   except FileNotFoundError:
-    raise _FlagError(f"--data: no files match {_DATA.value!r}") from None
+    raise ConfigError("data", f"no files match {settings.data!r}") from None
   except ValueError as e:
-    raise _FlagError(f"--data: {e}") from None
+    raise ConfigError("data", str(e)) from None
   try:
-    saved_model = export.resolve_saved_model(_SAVED_MODEL.value)
+    saved_model = export.resolve_saved_model(settings.saved_model)
   except FileNotFoundError as e:
-    raise _FlagError(f"--saved_model: {e}") from None
-  output_dir = os.path.dirname(os.path.abspath(_OUTPUT.value))
+    raise ConfigError("saved_model", str(e)) from None
+  output_dir = os.path.dirname(os.path.abspath(settings.output))
   if not tf.io.gfile.isdir(output_dir):
-    raise _FlagError(f"--output: directory {output_dir} does not exist")
+    raise ConfigError("output", f"directory {output_dir} does not exist")
   return saved_model
 
 
-def _load(saved_model: str) -> tf.Module:
+def _load(saved_model: str) -> Any:
+  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+  from escm2_tf import serving
+  # pylint: enable=g-import-not-at-top
   try:
     loaded = tf.saved_model.load(saved_model)
   except (OSError, ValueError, tf.errors.OpError) as e:
-    raise _FlagError(f"--saved_model: cannot load {saved_model}: "
-                     f"{str(e).splitlines()[0]}") from None
+    raise ConfigError("saved_model", f"cannot load {saved_model}: "
+                      f"{str(e).splitlines()[0]}") from None
   if serving.EXAMPLES_SIGNATURE not in loaded.signatures:
-    raise _FlagError(
-        f"--saved_model: {saved_model} has no {serving.EXAMPLES_SIGNATURE} "
+    raise ConfigError(
+        "saved_model", f"{saved_model} has no {serving.EXAMPLES_SIGNATURE} "
         f"signature (it has {', '.join(loaded.signatures) or 'none'})")
   return loaded
 
 
-def _ground_truth() -> evaluation.Columns | None:
+def _ground_truth(settings: EvaluateFlags) -> Any:
   """The ground truth, checked against the data's sample ids up front."""
-  if not _GROUND_TRUTH.value:
+  from escm2_tf import evaluation  # pylint: disable=g-import-not-at-top
+  if not settings.ground_truth:
     return None
-  ground_truth = evaluation.read_ground_truth(_GROUND_TRUTH.value)
+  ground_truth = evaluation.read_ground_truth(settings.ground_truth)
   evaluation.align_ground_truth(ground_truth,
-                                evaluation.read_sample_ids(_DATA.value),
-                                _GROUND_TRUTH.value)
+                                evaluation.read_sample_ids(settings.data),
+                                settings.ground_truth)
   return ground_truth
 
 
-def _fail(message: str) -> int:
-  print(f"escm2-evaluate: error: {message}", file=sys.stderr)
-  return _USAGE_ERROR
-
-
-def _evaluate() -> tuple[str, dict[str, int | float]]:
+def _evaluate(settings: EvaluateFlags
+              ) -> tuple[str, dict[str, int | float]]:
   """Scores the data; returns the SavedModel's path and the metrics."""
-  saved_model = _check_flags()
-  ground_truth = _ground_truth()
+  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+  from escm2_tf import evaluation
+  from escm2_tf import serving
+  # pylint: enable=g-import-not-at-top
+  saved_model = _check_flags(settings)
+  ground_truth = _ground_truth(settings)
   loaded = _load(saved_model)
   try:
     predictions = evaluation.predict_saved_model(
-        loaded.signatures[serving.EXAMPLES_SIGNATURE], _DATA.value,
-        _BATCH_SIZE.value)
+        loaded.signatures[serving.EXAMPLES_SIGNATURE], settings.data,
+        settings.batch_size)
   except tf.errors.OpError as e:
-    raise _FlagError(f"--data: cannot score {_DATA.value!r}: "
-                     f"{e.message.splitlines()[0]}") from None
+    raise ConfigError("data", f"cannot score {settings.data!r}: "
+                      f"{e.message.splitlines()[0]}") from None
   return saved_model, evaluation.compute_metrics(
-      predictions, ground_truth, _GROUND_TRUTH.value)
+      predictions, ground_truth, settings.ground_truth)
 
 
 def main(argv: Sequence[str]) -> int:
   if len(argv) > 1:
-    return _fail(f"unexpected arguments {' '.join(argv[1:])!r}")
+    return flagbind.fail(_PROGRAM,
+                         f"unexpected arguments {' '.join(argv[1:])!r}")
   try:
-    saved_model, metrics = _evaluate()
-  except _FlagError as e:
-    return _fail(str(e))
+    settings = _FLAGS.build(EvaluateFlags)
+  except ConfigError as e:
+    return flagbind.fail(_PROGRAM, flagbind.error_line(e))
+  console.load_tensorflow()
+  from escm2_tf import evaluation  # pylint: disable=g-import-not-at-top
+  try:
+    saved_model, metrics = _evaluate(settings)
+  except ConfigError as e:
+    return flagbind.fail(_PROGRAM, flagbind.error_line(e))
   except evaluation.GroundTruthError as e:
-    return _fail(f"--ground_truth: {e}")
-  evaluation.write_metrics(_OUTPUT.value, metrics)
-  print(f"Scored {saved_model} on {_DATA.value}; metrics in {_OUTPUT.value}:")
+    return flagbind.fail(_PROGRAM, f"--ground_truth: {e}")
+  evaluation.write_metrics(settings.output, metrics)
+  print(f"Scored {saved_model} on {settings.data}; metrics in "
+        f"{settings.output}:")
   print(evaluation.format_table(metrics))
   return 0
 
 
 def run() -> None:
-  app.run(main)
+  flagbind.run(main, _PROGRAM, _FLAGS, __doc__)

@@ -11,63 +11,77 @@ into its ``assets.extra/``. An existing version is refused unless
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
-import sys
+import dataclasses
 from typing import Sequence
 
-from absl import app
-from absl import flags
+from escm2_tf import console
+from escm2_tf import flagbind
+from escm2_tf.options import ConfigError
+from escm2_tf.options import option
 
-from escm2_tf import export
-from escm2_tf import run_dir
-
-_USAGE_ERROR = 2
+_PROGRAM = "escm2-export"
 _EXISTS_ERROR = 1
 
-# allow_override: escm2-train defines the same names and meanings; tests
-# import several CLIs into one process.
-_MODEL_DIR = flags.DEFINE_string(
-    "model_dir", "", "The training run's directory (config.json, "
-    "checkpoints/, metrics.json).", allow_override=True)
-_EXPORT_DIR = flags.DEFINE_string(
-    "export_dir", "", "TF Serving's model base path; the SavedModel goes to "
-    "<export_dir>/<version>/.", allow_override=True)
-_VERSION = flags.DEFINE_integer(
-    "version", None, "The version number; default: one above the highest "
-    "existing version, or 1.", lower_bound=1, allow_override=True)
-_OVERWRITE = flags.DEFINE_bool(
-    "overwrite", False, "Replace the version if it exists; otherwise an "
-    "existing version is an error.", allow_override=True)
+
+@dataclasses.dataclass(frozen=True)
+class ExportFlags:
+  """What to export, and where.
+
+  Attributes:
+    model_dir: The training run's directory (config.json, checkpoints/,
+      metrics.json).
+    export_dir: TF Serving's model base path; the SavedModel goes to
+      <export_dir>/<version>/.
+    version: The version number; default: one above the highest existing
+      version, or 1.
+    overwrite: Replace the version if it exists; otherwise an existing
+      version is an error.
+  """
+  model_dir: str = option(None, group="input")
+  export_dir: str = option(None, group="output")
+  version: int | None = option(None, minimum=1, group="output")
+  overwrite: bool = option(False, group="output")
+
+  def __post_init__(self):
+    for name in ("model_dir", "export_dir"):
+      if not getattr(self, name):
+        raise ConfigError(name, "is required")
 
 
-def _fail(message: str, code: int) -> int:
-  print(f"escm2-export: error: {message}", file=sys.stderr)
-  return code
+_FLAGS = flagbind.Binding(flagbind.Section(ExportFlags, "output"))
 
 
 def main(argv: Sequence[str]) -> int:
   if len(argv) > 1:
-    return _fail(f"unexpected arguments {' '.join(argv[1:])!r}", _USAGE_ERROR)
-  for holder in (_MODEL_DIR, _EXPORT_DIR):
-    if not holder.value:
-      return _fail(f"--{holder.name}: is required", _USAGE_ERROR)
+    return flagbind.fail(_PROGRAM,
+                         f"unexpected arguments {' '.join(argv[1:])!r}")
   try:
-    model = run_dir.restore_model(_MODEL_DIR.value)
-    assets = run_dir.run_assets(_MODEL_DIR.value)
+    settings = _FLAGS.build(ExportFlags)
+  except ConfigError as error:
+    return flagbind.fail(_PROGRAM, flagbind.error_line(error))
+  console.load_tensorflow()
+  # pylint: disable=g-import-not-at-top
+  from escm2_tf import export
+  from escm2_tf import run_dir
+  # pylint: enable=g-import-not-at-top
+  try:
+    model = run_dir.restore_model(settings.model_dir)
+    assets = run_dir.run_assets(settings.model_dir)
   except (OSError, ValueError) as error:
-    return _fail(f"--model_dir: {error}", _USAGE_ERROR)
+    return flagbind.fail(_PROGRAM, f"--model_dir: {error}")
   try:
-    path = export.export_saved_model(model, _EXPORT_DIR.value,
-                                     version=_VERSION.value,
-                                     overwrite=_OVERWRITE.value,
+    path = export.export_saved_model(model, settings.export_dir,
+                                     version=settings.version,
+                                     overwrite=settings.overwrite,
                                      extra_assets=assets)
   except FileExistsError as error:
-    return _fail(f"--export_dir: {error.filename} exists; pass --overwrite "
-                 "to replace it", _EXISTS_ERROR)
+    return flagbind.fail(_PROGRAM, f"--export_dir: {error.filename} exists; "
+                         "pass --overwrite to replace it", _EXISTS_ERROR)
   except OSError as error:
-    return _fail(f"--export_dir: {error}", _USAGE_ERROR)
+    return flagbind.fail(_PROGRAM, f"--export_dir: {error}")
   print(f"Exported {path}")
   return 0
 
 
 def run() -> None:
-  app.run(main)
+  flagbind.run(main, _PROGRAM, _FLAGS, __doc__)

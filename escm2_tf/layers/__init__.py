@@ -9,4 +9,5 @@ from escm2_tf.layers.embedding import align_weights
 from escm2_tf.layers.embedding import pool_segments
 from escm2_tf.layers.multitask import MMoE
 from escm2_tf.layers.multitask import TaskTowers
+from escm2_tf.layers.multitask import offset_seed
 from escm2_tf.layers.multitask import stacked_glorot

@@ -139,7 +139,7 @@ class FusedEmbedding(keras.layers.Layer):
   ``get_config`` holds the vocabularies inline, as lists of ints in field
   order (as Keras' ``IntegerLookup`` holds an inline vocabulary): the lookup
   tables are not weights, so the config alone must rebuild them. That makes
-  the config as large as the vocabularies (about 8 bytes of JSON per id);
+  the config as large as the vocabularies (one JSON number per id);
   ``ESCM2Model`` itself is rebuilt from its ``ModelConfig`` and the
   vocabulary files instead (``run_dir.restore_model``).
   """

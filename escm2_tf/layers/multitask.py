@@ -23,7 +23,8 @@ def stacked_glorot(fan_in: int, fan_out: int, seed: int | None
   return keras.initializers.RandomUniform(-limit, limit, seed=seed)
 
 
-def _seed(seed: int | None, offset: int) -> int | None:
+def offset_seed(seed: int | None, offset: int) -> int | None:
+  """A distinct seed per initialiser or dropout; None stays None."""
   return None if seed is None else seed + offset
 
 
@@ -39,7 +40,7 @@ class _TaskLayer(keras.layers.Layer):
     self.num_tasks = num_tasks
     self.activation = keras.activations.get(activation)
     self.dropout_rate = dropout
-    self.dropout = keras.layers.Dropout(dropout, seed=_seed(seed, 1))
+    self.dropout = keras.layers.Dropout(dropout, seed=offset_seed(seed, 1))
     self.seed = seed
 
   def get_config(self) -> dict[str, Any]:
@@ -70,7 +71,7 @@ class MMoE(_TaskLayer):
     self.gate_kernel = self.add_weight(
         "gate_kernel", shape=(fan_in, self.num_tasks, self.num_experts),
         initializer=stacked_glorot(fan_in, self.num_experts,
-                                   _seed(self.seed, 0)))
+                                   offset_seed(self.seed, 0)))
     self.gate_bias = self.add_weight(
         "gate_bias", shape=(self.num_tasks, self.num_experts),
         initializer="zeros")
@@ -85,7 +86,7 @@ class MMoE(_TaskLayer):
           f"expert_kernel_{layer}", shape=shape,
           initializer=stacked_glorot(shape[-2] if layer else fan_in,
                                      shape[-1],
-                                     _seed(self.seed, 2 * layer + 2))))
+                                     offset_seed(self.seed, 2 * layer + 2))))
       self.biases.append(self.add_weight(
           f"expert_bias_{layer}", shape=(self.num_experts, shape[-1]),
           initializer="zeros"))
@@ -153,7 +154,7 @@ class TaskTowers(_TaskLayer):
       self.kernels.append(self.add_weight(
           f"kernel_{layer}", shape=(self.num_tasks, fan_in, units),
           initializer=stacked_glorot(fan_in, units,
-                                     _seed(self.seed, 2 * layer + 2))))
+                                     offset_seed(self.seed, 2 * layer + 2))))
       bias_initializer = "zeros"
       if layer == len(self.units) and self.output_biases is not None:
         bias_initializer = keras.initializers.Constant(

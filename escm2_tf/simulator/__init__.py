@@ -16,10 +16,13 @@ is ``cvr``.
 
 import dataclasses
 import os
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
+from escm2_tf import options
+from escm2_tf.options import ConfigError
+from escm2_tf.options import option
 from escm2_tf.simulator import io as simulator_io
 from escm2_tf.simulator import traffic as simulator_traffic
 from escm2_tf.simulator import world as simulator_world
@@ -27,19 +30,6 @@ from escm2_tf.simulator import world as simulator_world
 FORMATS = ("aliccp", "paddlerec")
 SPLITS = ("train", "test")
 _CALIBRATION_IMPRESSIONS = 200_000
-
-
-class ConfigError(ValueError):
-  """An impossible setting.
-
-  Attributes:
-    setting: The ``SimulatorConfig`` field (or ``"output_dir"``) at fault;
-      the CLI's flags carry the same names.
-  """
-
-  def __init__(self, setting: str, message: str):
-    super().__init__(message)
-    self.setting = setting
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,62 +70,45 @@ class SimulatorConfig:
       and part of the item quality with the click (logit correlation about
       0.6) and leaves existing seeds' files unchanged.
   """
-  num_train: int = 200_000
-  num_test: int = 50_000
-  seed: int = 42
-  num_users: int = 10_000
-  num_items: int = 20_000
-  num_categories: int = 300
-  num_shops: int = 3_000
-  num_brands: int = 2_000
-  num_intentions: int = 3_000
-  num_positions: int = 10
+  num_train: int = option(200_000, minimum=1, group="size")
+  num_test: int = option(50_000, minimum=1, group="size")
+  seed: int = option(42, minimum=0, group="size")
+  num_users: int = option(10_000, minimum=1)
+  num_items: int = option(20_000, minimum=1)
+  num_categories: int = option(300, minimum=1)
+  num_shops: int = option(3_000, minimum=1)
+  num_brands: int = option(2_000, minimum=1)
+  num_intentions: int = option(3_000, minimum=1)
+  num_positions: int = option(10, minimum=1)
   ctr: float = 0.04
   cvr: float = 0.04
-  impressions_per_request: int = 25
-  behaviour_length: int = 510
+  impressions_per_request: int = option(25, minimum=1)
+  behaviour_length: int = option(510, minimum=1)
   unclicked_conversion_rate: float = 0.0005
-  format: str = "aliccp"
+  format: str = option("aliccp", choices=FORMATS, group="output")
   click_conversion_correlation: float | None = None
 
   def __post_init__(self):
-    for name in ("num_train", "num_test", "num_users", "num_items",
-                 "num_categories", "num_shops", "num_brands", "num_intentions",
-                 "num_positions", "impressions_per_request",
-                 "behaviour_length"):
-      _check_int(self, name, minimum=1)
-    _check_int(self, "seed", minimum=0)
+    options.check_declared(self)
     for name in ("num_shops", "num_brands", "num_intentions", "num_items"):
       if getattr(self, name) < self.num_categories:
-        raise ConfigError(name, f"{name} must be at least num_categories "
+        raise ConfigError(name, "must be at least num_categories "
                           f"({self.num_categories}), got {getattr(self, name)}")
     for name in ("ctr", "cvr"):
-      _check_rate(self, name, 0.0, 1.0, closed=False)
-    _check_rate(self, "unclicked_conversion_rate", 0.0, 1.0, closed=True)
+      _check_rate(name, getattr(self, name), closed=False)
+    _check_rate("unclicked_conversion_rate", self.unclicked_conversion_rate,
+                closed=True)
     if self.click_conversion_correlation is not None:
-      _check_rate(self, "click_conversion_correlation", 0.0, 1.0, closed=True)
-    if self.format not in FORMATS:
-      raise ConfigError("format", f"format must be one of {', '.join(FORMATS)},"
-                        f" got {self.format!r}")
+      _check_rate("click_conversion_correlation",
+                  self.click_conversion_correlation, closed=True)
 
 
-def _check_int(config: SimulatorConfig, name: str, minimum: int) -> None:
-  value = getattr(config, name)
-  if (isinstance(value, bool) or not isinstance(value, (int, np.integer))
-      or value < minimum):
-    raise ConfigError(name, f"{name} must be an integer >= {minimum}, "
-                      f"got {value!r}")
-
-
-def _check_rate(config: SimulatorConfig, name: str, low: float, high: float,
-                closed: bool) -> None:
-  value = getattr(config, name)
-  inside = (isinstance(value, (int, float, np.floating))
-            and not isinstance(value, bool)
-            and (low <= value < high if closed else low < value < high))
-  if not inside:
-    bounds = f"[{low}, {high})" if closed else f"({low}, {high})"
-    raise ConfigError(name, f"{name} must lie in {bounds}, got {value!r}")
+def _check_rate(name: str, value: Any, closed: bool) -> None:
+  """A probability in (0, 1), or [0, 1) when ``closed``."""
+  if not (options.is_number(value) and
+          (0.0 <= value < 1.0 if closed else 0.0 < value < 1.0)):
+    bounds = "[0, 1)" if closed else "(0, 1)"
+    raise ConfigError(name, f"must lie in {bounds}, got {value!r}")
 
 
 def _prepare_output_dir(output_dir: str) -> None:
@@ -147,8 +120,8 @@ def _prepare_output_dir(output_dir: str) -> None:
       pass
     os.remove(probe)
   except OSError as err:
-    raise ConfigError("output_dir", f"output_dir {output_dir!r} is not a "
-                      f"writable directory: {err.strerror or err}") from None
+    raise ConfigError("output_dir", f"{output_dir!r} is not a writable "
+                      f"directory: {err.strerror or err}") from None
 
 
 def _outcomes(truth: dict[str, np.ndarray], rate: float,
@@ -221,8 +194,14 @@ def logit_correlation(truth: dict[str, np.ndarray]) -> float:
   return float(np.corrcoef(logits[0], logits[1])[0, 1])
 
 
-def simulate(config: SimulatorConfig, output_dir: str) -> dict[str, Any]:
+def simulate(config: SimulatorConfig, output_dir: str,
+             progress: Callable[[str], None] | None = None) -> dict[str, Any]:
   """Writes both splits and their ground truth into ``output_dir``.
+
+  Args:
+    config: What to simulate.
+    output_dir: Where the files go (created if needed).
+    progress: Called with a line saying what is being done, at each step.
 
   Returns:
     ``{"config": {...}, "train": {...}, "test": {...}, "files": [paths]}``
@@ -234,7 +213,10 @@ def simulate(config: SimulatorConfig, output_dir: str) -> dict[str, Any]:
     ConfigError: if ``output_dir`` cannot be written. Nothing is left under
       a final file name unless the whole simulation succeeded.
   """
+  report = progress or (lambda line: None)
   _prepare_output_dir(output_dir)
+  report(f"building a world of {config.num_users:,} users and "
+         f"{config.num_items:,} items")
   world = build_world(config)
   featurizer = simulator_io.Featurizer(world)
   names = {split: simulator_io.file_names(config.format, split)
@@ -245,6 +227,8 @@ def simulate(config: SimulatorConfig, output_dir: str) -> dict[str, Any]:
   all_names = [name for split in SPLITS for name in names[split].values()]
   with simulator_io.atomic_files(output_dir, all_names) as out:
     for split in SPLITS:
+      report(f"simulating the {split} split ("
+             f"{getattr(config, f'num_{split}'):,} impressions)")
       imp, truth = sample_split(config, world, split)
       files = {role: out[name] for role, name in names[split].items()}
       if config.format == "paddlerec":

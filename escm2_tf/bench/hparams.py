@@ -1,0 +1,82 @@
+"""The network, loss and schedule of an ``escm2-train`` flagfile.
+
+The benchmark trains with the hyperparameters of a training flagfile (by
+default ``configs/paddlerec.flags``), read with ``escm2-train``'s own flags
+(``flagbind.TRAIN_SECTIONS``), so the file means what it means to the trainer.
+Data and output flags of the flagfile are ignored: the benchmark brings its
+own data. Nothing here imports TensorFlow.
+"""
+
+import dataclasses
+
+from absl import flags
+
+from escm2_tf import config as config_lib
+from escm2_tf import flagbind
+
+# The trainer's flags the benchmark takes besides the model and the loss.
+_SCHEDULE = ("batch_size", "learning_rate", "seed")
+
+
+@dataclasses.dataclass(frozen=True)
+class HParams:
+  """What a flagfile fixes: the network, the loss and the schedule.
+
+  Attributes:
+    model: The network (seeded with the flagfile's seed).
+    loss: The loss.
+    batch_size: Examples per step.
+    learning_rate: The optimizer's learning rate.
+    seed: Seeds weights, dropout and shuffles.
+    ignored: Flags of the file the benchmark does not use.
+  """
+  model: config_lib.ModelConfig
+  loss: config_lib.LossConfig
+  batch_size: int
+  learning_rate: float
+  seed: int
+  ignored: tuple[str, ...] = ()
+
+
+def _line_of(path: str, text: str) -> int:
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, start=1):
+      if line.strip() == text:
+        return number
+  return 0
+
+
+def hparams_from_flagfile(path: str) -> HParams:
+  """The network, loss and schedule of an ``escm2-train`` flagfile.
+
+  Raises:
+    FileNotFoundError: The flagfile does not exist.
+    ValueError: A value that does not parse or that the configs refuse; the
+      message names the file and the flag.
+  """
+  with open(path, encoding="utf-8"):
+    pass
+  flag_values = flags.FlagValues()
+  binding = flagbind.Binding(*flagbind.TRAIN_SECTIONS,
+                             flag_values=flag_values)
+  try:
+    unknown = flag_values(["hparams", f"--flagfile={path}"],
+                          known_only=True)[1:]
+    train = binding.values(config_lib.TrainConfig)
+    model = binding.build(config_lib.ModelConfig, seed=train["seed"])
+    loss = binding.build(config_lib.LossConfig)
+  except flags.Error as e:
+    raise ValueError(f"{path}: {flagbind.usage_error(e)}") from None
+  except config_lib.ConfigError as e:
+    raise ValueError(f"{path}: {flagbind.error_line(e)}") from None
+  for arg in unknown:
+    if not arg.startswith("-"):
+      raise ValueError(f"{path}:{_line_of(path, arg)}: expected --name=value, "
+                       f"got {arg[:60]!r}")
+  used = {field.name for config in (config_lib.ModelConfig,
+                                    config_lib.LossConfig)
+          for field in dataclasses.fields(config)} | set(_SCHEDULE)
+  ignored = {arg.lstrip("-").split("=")[0] for arg in unknown}
+  ignored |= set(binding.present()) - used
+  return HParams(model, loss, **{name: train[name] for name in _SCHEDULE},
+                 ignored=tuple(sorted(ignored)))

@@ -1,0 +1,152 @@
+"""What the tools print: their own lines, not the libraries' start-up noise.
+
+TensorFlow prints a C++ banner on import (oneDNN, "Could not find cuda
+drivers") and an error line for the CUDA probe of every CPU-only machine; Beam
+and TensorFlow log warnings and statistics through Python's logging. By
+default (``--verbosity=0``) ``configure`` raises those libraries' log levels
+and ``load_tensorflow`` imports TensorFlow with the known banner lines
+filtered out; ``--verbosity=1`` shows everything. A ``TF_CPP_MIN_LOG_LEVEL``
+the user set is kept. ``Progress`` prints a periodic progress line.
+"""
+
+import contextlib
+import logging
+import os
+import re
+import signal
+import sys
+import tempfile
+import threading
+import time
+from typing import Iterator
+
+import escm2_tf
+
+# Lines TensorFlow writes to stderr at import and at its first device probe
+# that say nothing about this run.
+_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog\(\) is called"
+    r"|\] oneDNN custom operations are on"
+    r"|\] Could not find cuda drivers on your machine"
+    r"|\] failed call to cuInit"
+    r"|\] Unable to register cu(DNN|FFT|BLAS) factory"
+    r"|\] TF-TRT Warning: Could not find TensorRT"
+    r"|computation placer already registered")
+# TensorFlow logs through "tensorflow" and, in places, absl's logger (whose
+# level absl resets when --verbosity is set); the tools print, not log.
+_LIBRARY_LOGGERS = ("tensorflow", "absl", "apache_beam", "h5py")
+# Warnings libraries log through the root logger, which has no name to mute.
+_ROOT_NOISE = ("apitools not found",)
+_QUIET = {"verbosity": 0}
+
+
+def _wanted(record: logging.LogRecord) -> bool:
+  """Errors, and what the libraries' records are not."""
+  if record.levelno >= logging.ERROR:
+    return True
+  if record.name.split(".")[0] in _LIBRARY_LOGGERS:
+    return False
+  return not str(record.msg).startswith(_ROOT_NOISE)
+
+
+def configure(verbosity: int) -> None:
+  """Sets the libraries' log levels for ``verbosity``, before they load."""
+  _QUIET["verbosity"] = verbosity
+  if not escm2_tf.USER_TF_LOG_LEVEL:
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbosity >= 1 else "2"
+  if verbosity < 1:
+    # On the handlers, which every record reaches whatever its logger's level.
+    for handler in logging.getLogger().handlers:
+      handler.addFilter(_wanted)
+
+
+@contextlib.contextmanager
+def _filtered_stderr() -> Iterator[None]:
+  """Holds back what is written to file descriptor 2, then replays it less
+  the noise lines (C++ libraries write there directly, not to sys.stderr)."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile(mode="w+b") as held:
+    os.dup2(held.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      held.seek(0)
+      for line in held.read().decode("utf-8", "replace").splitlines():
+        if not _NOISE.search(line):
+          print(line, file=sys.stderr)
+
+
+def load_tensorflow() -> None:
+  """Imports TensorFlow and probes its devices, quietly unless verbose."""
+  if "tensorflow" in sys.modules or _QUIET["verbosity"] >= 1:
+    return
+  with _filtered_stderr():
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.list_physical_devices()
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+  """Ctrl-C stays a ``KeyboardInterrupt``, even where a library wraps it.
+
+  Beam's in-process runner catches the interrupt inside a DoFn, logs it with
+  a traceback and re-raises it as a ``RuntimeError``; here the signal is
+  remembered, the libraries' loggers are muted, and whatever escapes is
+  turned back into a ``KeyboardInterrupt``.
+  """
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  interrupted = []
+
+  def handler(signum, frame):
+    del frame  # Unused.
+    interrupted.append(signum)
+    for name in _LIBRARY_LOGGERS:
+      logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+    raise KeyboardInterrupt
+
+  previous = signal.signal(signal.SIGINT, handler)
+  try:
+    yield
+  except BaseException:
+    if interrupted:
+      raise KeyboardInterrupt from None
+    raise
+  finally:
+    signal.signal(signal.SIGINT, previous)
+
+
+class Progress:
+  """A progress line to stderr at most every ``interval`` seconds.
+
+  ``update(done, share)`` prints ``label: done unit (rate/s)``, and with the
+  share of the work done, the percentage and an ETA.
+  """
+
+  def __init__(self, label: str, unit: str, interval: float = 10.0):
+    self.label, self.unit, self.interval = label, unit, interval
+    self.start = self._last = time.monotonic()
+
+  def update(self, done: float, share: float | None = None,
+             force: bool = False) -> None:
+    now = time.monotonic()
+    if not force and now - self._last < self.interval:
+      return
+    self._last = now
+    elapsed = max(now - self.start, 1e-9)
+    line = f"{self.label}: {done:,.0f} {self.unit} ({done / elapsed:,.0f}/s)"
+    if share:
+      share = min(share, 1.0)
+      line += (f", {share:.0%} done, ETA "
+               f"{_clock(elapsed * (1.0 - share) / share)}")
+    print(line, file=sys.stderr, flush=True)
+
+
+def _clock(seconds: float) -> str:
+  minutes, seconds = divmod(int(round(seconds)), 60)
+  return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"

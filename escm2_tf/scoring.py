@@ -1,0 +1,238 @@
+"""Batch scoring through an exported SavedModel, as ``escm2-predict`` runs it.
+
+Impressions are read from the converter's TFRecords or from the raw text
+formats, encoded as the converter encodes them (truncation included), and
+sent as serialized tf.Examples through the SavedModel's ``serving_default``
+signature, exactly what TF Serving runs. ``score`` writes
+``sample_id,ctr,cvr,ctcvr`` rows in input order, atomically.
+"""
+
+import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
+
+import csv
+import os
+import re
+from typing import Callable, Iterator, Sequence
+
+import tensorflow as tf
+
+from escm2_tf import config as config_lib
+from escm2_tf import export
+from escm2_tf import schema
+from escm2_tf import serving
+from escm2_tf.formats import aliccp
+from escm2_tf.formats import examples
+from escm2_pipelines import config as convert_config
+
+INPUT_FORMATS = config_lib.SCORING_INPUT_FORMATS
+OUTPUT_HEADER = (schema.SAMPLE_ID,) + serving.OUTPUT_NAMES
+# The converter's truncation, so raw rows score as their TFRecords would.
+DEFAULT_MAX_VALUES = convert_config.DEFAULT_MAX_VALUES_PER_FIELD
+_COMMON_FIELDS = frozenset(schema.COMMON_FIELDS)
+_SAMPLE_FIELDS = frozenset(schema.SAMPLE_FIELDS)
+_ALL_FIELDS = frozenset(schema.FIELD_NAMES)
+# Lines of TensorFlow's errors that locate rather than explain.
+_ERROR_CONTEXT = ("Graph execution error", "Detected at node",
+                  "<stack traces", "[[")
+
+
+class InputError(ValueError):
+  """Input that cannot be scored; the message names the file and line."""
+
+
+# A batch to score: sample ids, serialized examples, and where they came from.
+Batch = tuple[list[str], list[bytes], str]
+
+
+def _reason(error: tf.errors.OpError) -> str:
+  """The line of a TensorFlow error that says what is wrong."""
+  for line in error.message.splitlines():
+    line = re.sub(r"\{\{.*?\}\}", "", line).split("[Op:")[0].strip()
+    if line and not line.startswith(_ERROR_CONTEXT):
+      return line
+  return error.message
+
+
+def _not_text(error: UnicodeDecodeError) -> str:
+  """The first byte of a line that is not UTF-8, and its column."""
+  return (f"not UTF-8 text: byte 0x{error.object[error.start]:02x} at "
+          f"column {error.start + 1}")
+
+
+def _text_lines(path: str) -> Iterator[tuple[int, str]]:
+  number = 0
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      for number, line in enumerate(f, start=1):
+        yield number, line
+  except UnicodeDecodeError as error:
+    # GFile decodes line by line: the failing line is the next one.
+    raise InputError(f"{path}:{number + 1}: {_not_text(error)}") from None
+  except tf.errors.OpError as error:
+    raise InputError(f"{path}:{number + 1}: cannot read: "
+                     f"{_reason(error)}") from None
+
+
+def _entries(features: aliccp.Features, sources: frozenset[str],
+             max_values: int, where: str) -> bytes:
+  """Encodes features as the converter does, truncation included."""
+  misplaced = sorted(set(features) - sources)
+  if misplaced:
+    # Both sides of the join would write the field; a parser keeps one.
+    raise InputError(f"{where}: field(s) {', '.join(misplaced)} belong to "
+                     "the other file of the Ali-CCP join")
+  return examples.field_entries(examples.limit_values(features,
+                                                      max_values)[0])
+
+
+def load_common_features(files: Sequence[str],
+                         max_values: int) -> dict[str, bytes]:
+  """The encoded user-side features of ``common_features_*.csv`` by index."""
+  common = {}
+  for path in files:
+    for number, line in _text_lines(path):
+      where = f"{path}:{number}"
+      try:
+        row = aliccp.parse_common_line(line)
+      except aliccp.BadRowError as error:
+        raise InputError(f"{where}: {error}") from None
+      if row.common_feature_index in common:
+        raise InputError(f"{where}: common_feature_index "
+                         f"{row.common_feature_index} appears twice")
+      common[row.common_feature_index] = _entries(
+          row.features, _COMMON_FIELDS, max_values, where)
+  return common
+
+
+def _text_records(path: str, input_format: str, max_values: int,
+                  common: dict[str, bytes] | None
+                  ) -> Iterator[tuple[str, bytes, str]]:
+  """``(sample_id, serialized example, location)`` per line of a text file."""
+  for number, line in _text_lines(path):
+    where = f"{path}:{number}"
+    try:
+      if input_format == "paddlerec":
+        row = aliccp.parse_paddlerec_line(line)
+        entries = _entries(row.features, _ALL_FIELDS, max_values, where)
+      else:
+        row = aliccp.parse_skeleton_line(line)
+        if row.common_feature_index not in common:
+          raise InputError(f"{where}: common_feature_index "
+                           f"{row.common_feature_index} is not in "
+                           "--common_features")
+        entries = common[row.common_feature_index] + _entries(
+            row.features, _SAMPLE_FIELDS, max_values, where)
+    except aliccp.BadRowError as error:
+      raise InputError(f"{where}: {error}") from None
+    yield row.sample_id, examples.example_from_entries(entries), where
+
+
+def _batched(records: Iterator[tuple[str, bytes, str]],
+             batch_size: int) -> Iterator[Batch]:
+  ids, serialized, first = [], [], ""
+  for sample_id, example, where in records:
+    first = first or where
+    ids.append(sample_id)
+    serialized.append(example)
+    if len(ids) == batch_size:
+      yield ids, serialized, f"the batch starting at {first}"
+      ids, serialized, first = [], [], ""
+  if ids:
+    yield ids, serialized, f"the batch starting at {first}"
+
+
+def _tfrecord_batches(path: str, batch_size: int) -> Iterator[Batch]:
+  compression = "GZIP" if path.endswith(".gz") else ""
+  dataset = tf.data.TFRecordDataset(path, compression_type=compression)
+  spec = {schema.SAMPLE_ID: tf.io.FixedLenFeature([], tf.string,
+                                                  default_value="")}
+  start = 0
+  try:
+    for serialized in dataset.batch(batch_size):
+      where = f"{path}, records {start + 1} to {start + len(serialized)}"
+      try:
+        parsed = tf.io.parse_example(serialized, spec)
+      except tf.errors.InvalidArgumentError as error:
+        raise InputError(f"{where}: not tf.Examples with a string "
+                         f"sample_id: {_reason(error)}") from None
+      try:
+        ids = [s.decode("utf-8") for s in parsed[schema.SAMPLE_ID].numpy()]
+      except UnicodeDecodeError as error:
+        raise InputError(f"{where}: sample_id is not UTF-8 text: "
+                         f"{error.object!r}") from None
+      yield ids, list(serialized.numpy()), where
+      start += len(serialized)
+  except tf.errors.DataLossError as error:
+    raise InputError(f"{path}: corrupt or not a{' GZIP' if compression else ''}"
+                     f" TFRecord file after record {start}: "
+                     f"{_reason(error)}") from None
+
+
+def read_batches(files: Sequence[str], input_format: str, batch_size: int,
+                 common_files: Sequence[str] = (),
+                 max_values: int = DEFAULT_MAX_VALUES) -> Iterator[Batch]:
+  """The batches to score, in file order."""
+  if input_format not in INPUT_FORMATS:
+    raise ValueError(f"input_format must be one of {', '.join(INPUT_FORMATS)}"
+                     f", got {input_format!r}")
+  common = load_common_features(common_files, max_values) if (
+      input_format == "aliccp") else None
+  for path in files:
+    if input_format == "tfrecord":
+      yield from _tfrecord_batches(path, batch_size)
+    else:
+      yield from _batched(
+          _text_records(path, input_format, max_values, common), batch_size)
+
+
+def score(signature: Callable[..., dict[str, tf.Tensor]],
+          batches: Iterator[Batch], output: str) -> int:
+  """Writes the CSV atomically (a temporary file, then a rename).
+
+  Returns:
+    The number of rows written.
+  """
+  temporary = f"{output}.tmp"
+  count = 0
+  try:
+    with open(temporary, "w", newline="", encoding="utf-8") as f:
+      writer = csv.writer(f)
+      writer.writerow(OUTPUT_HEADER)
+      for ids, serialized, where in batches:
+        try:
+          outputs = signature(**{serving.EXAMPLES_INPUT: tf.constant(
+              serialized, dtype=tf.string)})
+        except tf.errors.InvalidArgumentError as error:
+          raise InputError(
+              f"{where}: the model rejected it: {_reason(error)}") from None
+        columns = [outputs[name].numpy() for name in serving.OUTPUT_NAMES]
+        for sample_id, *values in zip(ids, *columns):
+          writer.writerow([sample_id] + [f"{v:.9g}" for v in values])
+        count += len(ids)
+    os.replace(temporary, output)
+  finally:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+  return count
+
+
+def files(flag: str, pattern: str) -> list[str]:
+  """The files ``pattern`` matches, sorted; none is an ``InputError``."""
+  files = sorted(tf.io.gfile.glob(pattern))
+  if not files:
+    raise InputError(f"--{flag}: no files match {pattern!r}")
+  return files
+
+
+def load_signature(path: str) -> Callable[..., dict[str, tf.Tensor]]:
+  """The ``serving_default`` signature of a SavedModel or export base."""
+  try:
+    directory = export.resolve_saved_model(path)
+    signatures = tf.saved_model.load(directory).signatures
+  except (OSError, ValueError, tf.errors.OpError) as error:
+    raise InputError(f"--saved_model: {error}") from None
+  if serving.EXAMPLES_SIGNATURE not in signatures:
+    raise InputError(
+        f"--saved_model: {directory} has no {serving.EXAMPLES_SIGNATURE} "
+        f"signature (it has {', '.join(signatures) or 'none'})")
+  return signatures[serving.EXAMPLES_SIGNATURE]

@@ -1,0 +1,191 @@
+"""Tests of escm2_tf/flagbind.py: config fields -> flags -> configs."""
+
+import dataclasses
+import os
+
+from absl import flags
+from absl.testing import absltest
+from absl.testing import parameterized
+
+from escm2_pipelines import config as convert_config
+from escm2_tf import config as config_lib
+from escm2_tf import flagbind
+from escm2_tf import options
+from escm2_tf import simulator
+from escm2_tf.options import ConfigError
+from escm2_tf.options import option
+
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Example:
+  """A config with a field of every kind.
+
+  Attributes:
+    path: Where things go. Required. A second sentence not in the help.
+    count: How many, at least 1.
+    rate: A rate, e.g. 0.5.
+    mode: The mode.
+    units: Layer sizes.
+    cap: An optional cap.
+    names: Some names.
+    on: Whether it is on.
+    specs: Specs that hold commas, one flag each.
+  """
+  path: str = option(group="output")
+  count: int = option(3, minimum=1)
+  rate: float = 0.5
+  mode: str = option("a", choices=("a", "b"))
+  units: tuple[int, ...] = (4, 2)
+  cap: float | None = None
+  names: tuple[str, ...] = option(("x",), choices=("x", "y"))
+  on: bool = True
+  specs: tuple[str, ...] = option((), repeatable=True)
+
+  def __post_init__(self):
+    if not self.path:
+      raise ConfigError("path", "is required")
+    options.check_declared(self)
+
+
+def _binding(*sections):
+  flag_values = flags.FlagValues()
+  return flagbind.Binding(*sections, flag_values=flag_values), flag_values
+
+
+class FieldToFlagTest(absltest.TestCase):
+
+  def test_flags_carry_type_default_choices_and_help(self):
+    _, flag_values = _binding(flagbind.Section(_Example, "example"))
+    expected = {"path": ("string", None), "count": ("int", 3),
+                "rate": ("float", 0.5), "mode": ("string enum", "a"),
+                "units": ("comma separated list of strings", ["4", "2"]),
+                "cap": ("float", None), "names": (
+                    "comma separated list of strings", ["x"]),
+                "on": ("bool", True),
+                "specs": ("multi string", [])}
+    for name, (kind, default) in expected.items():
+      self.assertEqual(flag_values[name].flag_type(), kind, name)
+      self.assertEqual(flag_values[name].default, default, name)
+    self.assertEqual(flag_values["mode"].parser.enum_values, ["a", "b"])
+    self.assertEqual(flag_values["path"].help, "Where things go.")
+    self.assertEqual(flag_values["rate"].help, "A rate, e.g. 0.5.")
+
+  def test_zero_bounds_are_declared(self):
+    self.assertEqual(option(0, minimum=0, maximum=0.0).metadata,
+                     {"minimum": 0, "maximum": 0.0})
+
+  def test_every_config_field_has_help(self):
+    for config in (config_lib.ModelConfig, config_lib.LossConfig,
+                   config_lib.TrainConfig, simulator.SimulatorConfig,
+                   convert_config.ConvertConfig):
+      for field in dataclasses.fields(config):
+        self.assertNotEmpty(options.one_line_help(config, field),
+                            f"{config.__name__}.{field.name}")
+
+  def test_excluded_fields_get_no_flag(self):
+    _, flag_values = _binding(*flagbind.TRAIN_SECTIONS)
+    # --seed is the trainer's; the network takes it from there.
+    self.assertEqual(flag_values["seed"].default, 42)
+    self.assertIn("--seed", flagbind.Binding.help(
+        flagbind.Binding(*flagbind.TRAIN_SECTIONS,
+                         flag_values=flags.FlagValues()), "x", ""))
+
+
+class RoundTripTest(parameterized.TestCase):
+
+  def test_defaults_build_the_default_configs(self):
+    binding, flag_values = _binding(*flagbind.TRAIN_SECTIONS)
+    flag_values(["prog", "--train_data=t", "--eval_data=e", "--vocab_dir=v",
+                 "--model_dir=m"])
+    self.assertEqual(binding.build(config_lib.ModelConfig, seed=None),
+                     config_lib.ModelConfig())
+    self.assertEqual(binding.build(config_lib.LossConfig),
+                     config_lib.LossConfig())
+    self.assertEqual(
+        binding.build(config_lib.TrainConfig),
+        config_lib.TrainConfig(train_data="t", eval_data="e", vocab_dir="v",
+                               model_dir="m"))
+
+  def test_flags_build_the_config(self):
+    binding, flag_values = _binding(flagbind.Section(_Example, "example"))
+    flag_values(["prog", "--path=p", "--count=7", "--rate=0.25", "--mode=b",
+                 "--units=8,4,2", "--cap=3", "--names=y,x", "--noon",
+                 "--specs=a:1,2", "--specs=b:3"])
+    self.assertEqual(binding.build(_Example),
+                     _Example(path="p", count=7, rate=0.25, mode="b",
+                              units=(8, 4, 2), cap=3.0, names=("y", "x"),
+                              on=False, specs=("a:1,2", "b:3")))
+    self.assertEqual(sorted(binding.present()),
+                     ["cap", "count", "mode", "names", "on", "path", "rate",
+                      "specs", "units"])
+
+  def test_overrides_win(self):
+    binding, flag_values = _binding(flagbind.Section(_Example, "example"))
+    flag_values(["prog", "--path=p", "--count=7"])
+    self.assertEqual(binding.build(_Example, count=9).count, 9)
+
+  @parameterized.parameters("demo.flags", "paddlerec.flags", "bigdata.flags")
+  def test_users_flagfiles_still_parse(self, name):
+    binding, flag_values = _binding(*flagbind.TRAIN_SECTIONS)
+    flag_values(["prog", f"--flagfile={os.path.join(_REPO, 'configs', name)}"])
+    train = binding.build(config_lib.TrainConfig)
+    self.assertEqual(binding.build(config_lib.ModelConfig,
+                                   seed=train.seed).seed, train.seed)
+    binding.build(config_lib.LossConfig)
+    self.assertContainsSubset({"train_data", "loss"}, binding.present())
+
+
+class ErrorTest(parameterized.TestCase):
+
+  @parameterized.parameters(
+      (["--count=0"], "--count: must be an integer >= 1, got 0"),
+      (["--units=4,x"], "--units: expected comma-separated integers, got "
+       "'4,x'"),
+      (["--names=x,z"], "--names: must be one of x, y; got 'z'"),
+      ([], "--path: is required"))
+  def test_config_errors_name_the_flag(self, argv, line):
+    binding, flag_values = _binding(flagbind.Section(_Example, "example"))
+    flag_values(["prog", *argv] if argv else ["prog"])
+    if argv:
+      flag_values["path"].value = "p"
+    with self.assertRaises(ConfigError) as caught:
+      binding.build(_Example)
+    self.assertEqual(flagbind.error_line(caught.exception), line)
+
+  @parameterized.parameters(
+      (["--cout=2"], "--cout: unknown flag; did you mean --count?"),
+      (["--mode=c"], "--mode=c: value should be one of <a|b>"),
+      (["--count=many"], "--count=many: expected an integer"),
+      (["--rate=fast"], "--rate=fast: expected a number"))
+  def test_parse_errors_name_the_flag(self, argv, line):
+    _, flag_values = _binding(flagbind.Section(_Example, "example"))
+    with self.assertRaises(flags.Error) as caught:
+      flag_values(["prog", *argv])
+    self.assertEqual(flagbind.usage_error(caught.exception), line)
+
+  def test_model_errors_name_the_flag(self):
+    with self.assertRaises(ConfigError) as caught:
+      config_lib.ModelConfig(backbone="transformer")
+    self.assertEqual(flagbind.error_line(caught.exception),
+                     "--backbone: must be one of mmoe, shared_bottom, dcn; "
+                     "got 'transformer'")
+    self.assertEqual(caught.exception.choices, config_lib.BACKBONES)
+
+
+class HelpTest(absltest.TestCase):
+
+  def test_groups_and_defaults(self):
+    binding, _ = _binding(flagbind.Section(_Example, "example"))
+    text = binding.help("escm2-x", "escm2-x: does x.")
+    self.assertStartsWith(text, "escm2-x: does x.\n")
+    self.assertLess(text.index("Example flags:"), text.index("Output flags:"))
+    self.assertRegex(text, r"(?m)^  --count=3 +How many, at least 1\.$")
+    self.assertRegex(text, r"(?m)^  --mode=a +<a\|b>: The mode\.$")
+    self.assertRegex(text, r"(?m)^  --path +Where things go\.$")
+    self.assertIn("--helpfull", text)
+
+
+if __name__ == "__main__":
+  absltest.main()
