@@ -28,21 +28,27 @@ from absl import flags
 from escm2_tf.study import grid
 
 _USAGE_ERROR = 2
+# Other CLIs define some of these names too (--work_dir, --output_dir): all
+# allow override, so that the CLIs load into one process (the test suite).
 _WORK_DIR = flags.DEFINE_string(
-    "work_dir", None, "Datasets and model directories (reused on resume).")
+    "work_dir", "", "Datasets and model directories (reused on resume).",
+    allow_override=True)
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Where study.json, study.md and the figures go.",
     allow_override=True)
 _REGIMES = flags.DEFINE_multi_string(
     "regime", [], "NAME:ctr=F,cvr=F,corr=F,train=N,test=N; repeatable. "
-    "Default: the design of escm2_tf.study.grid.DEFAULT_REGIMES.")
+    "Default: the design of escm2_tf.study.grid.DEFAULT_REGIMES.",
+    allow_override=True)
 _SEEDS = flags.DEFINE_list(
     "seeds", [str(s) for s in grid.DEFAULT_SEEDS],
-    "Seeds (simulator and training); at least 2.")
+    "Seeds (simulator and training); at least 2.", allow_override=True)
 _ESTIMATORS = flags.DEFINE_list("estimators", list(grid.ESTIMATORS),
-                                "LossConfig.loss values to compare.")
+                                "LossConfig.loss values to compare.",
+                                allow_override=True)
 _RESUME = flags.DEFINE_boolean(
-    "resume", True, "Skip runs already in OUTPUT_DIR/study.json.")
+    "resume", True, "Skip runs already in OUTPUT_DIR/study.json.",
+    allow_override=True)
 
 JSON_NAME = "study.json"
 MARKDOWN_NAME = "study.md"
