@@ -38,8 +38,9 @@ def _fresh_state() -> dict[str, Any]:
 class ResumableEarlyStopping(keras.callbacks.Callback):
   """Stops after ``patience`` epochs without improvement; ends on the best.
 
-  Place it before ``BackupAndRestore`` among the callbacks, so that an
-  epoch's state is written before the epoch's backup; after a kill, the run
+  Place it, and the ``ModelCheckpoint`` that writes ``checkpoint_path``,
+  before ``BackupAndRestore`` among the callbacks, so that an epoch's state
+  and weights are written before the epoch's backup; after a kill, the run
   resumes from the last backup with the state of that same epoch.
 
   Attributes:

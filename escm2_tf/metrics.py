@@ -19,6 +19,7 @@ import tf_keras as keras
 from escm2_tf import schema
 
 _GROUND_TRUTH_KEYS = ("p_conversion", "conversion_counterfactual")
+_P_CLICK = "p_click"
 # make_train_metrics buckets log(score) evenly over [log(_MIN_SCORE), 0].
 _MIN_SCORE = 1e-7
 
@@ -125,7 +126,9 @@ def evaluate_predictions(
     ground_truth: Optional simulator truth aligned with the predictions:
       ``p_conversion`` (true CVR probability) and
       ``conversion_counterfactual`` (the conversion had the user clicked);
-      with ``p_click`` too, the propensity metrics below.
+      optionally ``p_click`` (the true click probability), which adds the
+      ``_truth`` calibrations and the propensity metrics below; other keys
+      are ignored.
 
   Returns:
     ``auc_{ctr,cvr,cvr_all,ctcvr}``, ``logloss_{ctr,cvr,ctcvr}``,
@@ -134,8 +137,14 @@ def evaluate_predictions(
     ground truth ``cvr_bias`` (mean pCVR − mean true p_conversion, over all
     impressions), ``cvr_bias_clicked`` (the same over clicked ones),
     ``auc_cvr_truth`` (pCVR against the counterfactual conversion, all
-    impressions) and ``true_cvr_mean``; with ``p_click`` also the
-    propensity metrics of ``propensity_metrics``. Undefined values are NaN.
+    impressions), ``true_cvr_mean`` and ``calibration_cvr_truth`` (mean pCVR
+    over the mean true p_conversion, on clicked impressions), and with
+    ``p_click`` also ``calibration_ctr_truth`` and ``calibration_ctcvr_truth``
+    (mean pCTR over mean p_click, mean pCTCVR over mean p_click·p_conversion)
+    and the propensity metrics of ``propensity_metrics``.
+    The ``_truth`` calibrations divide by the expected labels instead of the
+    drawn ones, free of the test set's label noise (a few dozen conversions
+    move ``calibration_ctcvr`` by 10 % or more). Undefined values are NaN.
   """
   arrays = {"click": click, "conversion": conversion, "ctr": ctr, "cvr": cvr,
             "ctcvr": ctcvr}
@@ -144,6 +153,8 @@ def evaluate_predictions(
     if missing:
       raise ValueError(f"evaluate_predictions: ground_truth lacks {missing}.")
     arrays.update({key: ground_truth[key] for key in _GROUND_TRUTH_KEYS})
+    if _P_CLICK in ground_truth:
+      arrays[_P_CLICK] = ground_truth[_P_CLICK]
   a = _aligned(arrays)
   click = _binary_labels(a["click"], "click")
   conversion = _binary_labels(a["conversion"], "conversion")
@@ -172,11 +183,17 @@ def evaluate_predictions(
                                              truth[clicked]),
         "auc_cvr_truth": exact_auc(a["conversion_counterfactual"], a["cvr"]),
         "true_cvr_mean": float(truth.mean()) if truth.size else math.nan,
+        "calibration_cvr_truth": calibration(truth[clicked],
+                                             a["cvr"][clicked]),
     })
-    if "p_click" in ground_truth:
+    if _P_CLICK in a:
+      result.update({
+          "calibration_ctr_truth": calibration(a[_P_CLICK], a["ctr"]),
+          "calibration_ctcvr_truth": calibration(a[_P_CLICK] * truth,
+                                                 a["ctcvr"]),
+      })
       result.update(propensity_metrics(
-          click, a["ctr"], np.asarray(ground_truth["p_click"], np.float64),
-          truth))
+          click, a["ctr"], a[_P_CLICK], truth))
   return result
 
 

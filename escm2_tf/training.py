@@ -119,8 +119,9 @@ def _callbacks(config: TrainConfig, parameter_server: bool = False,
                ) -> list[keras.callbacks.Callback]:
   """The run's callbacks.
 
-  Those that save come after the NaN check; early stopping writes its state
-  before the backup of the same epoch, so a resumed run finds both.
+  Those that save come after the NaN check. Early stopping's state and the
+  epoch's checkpoint are written before the epoch's backup: a run resumed
+  from a backup finds both (a kill in between redoes the epoch).
   """
   backup_dir = os.path.join(config.model_dir, run_dir.BACKUP_DIR)
   callbacks = [_StopOnNaNLoss() if parameter_server else _StopOnNaN()]
@@ -131,10 +132,10 @@ def _callbacks(config: TrainConfig, parameter_server: bool = False,
         functools.partial(_checkpoint_path, config), write_state=is_chief,
         verbose=verbose))
   callbacks += [
-      keras.callbacks.BackupAndRestore(backup_dir),
       keras.callbacks.ModelCheckpoint(
           os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR, "epoch-{epoch:03d}"),
           save_weights_only=True),
+      keras.callbacks.BackupAndRestore(backup_dir),
       keras.callbacks.TensorBoard(os.path.join(config.model_dir, run_dir.LOG_DIR)),
   ]
   return callbacks

@@ -149,6 +149,11 @@ class EvaluatePredictionsTest(parameterized.TestCase):
         "auc_cvr_truth": pairwise_auc(self.truth["conversion_counterfactual"],
                                       self.cvr),
         "true_cvr_mean": self.truth["p_conversion"].mean(),
+        "calibration_cvr_truth": (self.cvr[c].mean() /
+                                  self.truth["p_conversion"][c].mean()),
+        "calibration_ctr_truth": self.ctr.mean() / self.truth["p_click"].mean(),
+        "calibration_ctcvr_truth": self.ctcvr.mean() / (
+            self.truth["p_click"] * self.truth["p_conversion"]).mean(),
         "auc_ctr_oracle": pairwise_auc(self.click, self.truth["p_click"]),
         "ctr_calibration_error": binned_error(
             self.ctr, self.truth["p_click"], 10)
@@ -166,6 +171,13 @@ class EvaluatePredictionsTest(parameterized.TestCase):
     # The clicked-only CVR AUC is a different number from PaddleRec's.
     self.assertNotAlmostEqual(got["auc_cvr"], got["auc_cvr_all"], places=3)
     json.loads(json.dumps(got))
+
+  def test_truth_calibration_without_p_click(self):
+    truth = {k: v for k, v in self.truth.items() if k != "p_click"}
+    got = self.evaluate(ground_truth=truth)
+    self.assertIn("calibration_cvr_truth", got)
+    self.assertNotIn("calibration_ctr_truth", got)
+    self.assertNotIn("calibration_ctcvr_truth", got)
 
   def test_oracle_propensities_recover_the_entire_space_cvr(self):
     # Weighting clicks by the true 1/p_click undoes the selection; weighting

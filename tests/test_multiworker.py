@@ -200,8 +200,12 @@ class MultiWorkerMirroredTest(tf.test.TestCase):
     super().setUpClass()
     cls.data = datasets.make_synthetic_data(new_dir())
     cls.work_dir = new_dir()
+    # Patience of EPOCHS never stops the run, so every epoch after the
+    # backup is redone; early stopping's state still crosses the restart and
+    # every worker ends on the best epoch's weights.
     cls.flags = train_flags(cls.data, cls.work_dir,
-                            distribute.MULTI_WORKER_MIRRORED)
+                            distribute.MULTI_WORKER_MIRRORED,
+                            early_stopping_patience=EPOCHS)
     cls.model_dir = os.path.join(cls.work_dir, "model")
     cls.export_dir = os.path.join(cls.work_dir, "export")
     cls.clusters = [cls._interrupted_run(), cls._resumed_run()]

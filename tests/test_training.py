@@ -135,10 +135,12 @@ class TrainConfigTest(tf.test.TestCase, parameterized.TestCase):
           callback, early_stopping.ResumableEarlyStopping)]
       self.assertEqual((stopping.monitor, stopping.patience), (monitor, 3))
       self.assertEqual(early_stopping.monitor_mode(monitor), mode)
-      # Its state is written before the epoch's backup.
-      backup = [type(c) for c in callbacks].index(
-          keras.callbacks.BackupAndRestore)
+      # Its state and the epoch's checkpoint, from which it restores the
+      # best weights, are written before the epoch's backup.
+      types = [type(c) for c in callbacks]
+      backup = types.index(keras.callbacks.BackupAndRestore)
       self.assertLess(callbacks.index(stopping), backup)
+      self.assertLess(types.index(keras.callbacks.ModelCheckpoint), backup)
 
   def test_early_stopping_on_by_default(self):
     config = train_config({"train": "a", "test": "b", "vocab_dir": "v"},

@@ -19,6 +19,7 @@ import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 import dataclasses
 import os
 import sys
+import time
 from typing import Any, Sequence
 
 from escm2_tf import config as config_lib
@@ -37,8 +38,8 @@ class _Display:
   """What the trainer prints.
 
   Attributes:
-    verbose: Keras' output: 0 silent, 1 a progress bar (a line per epoch
-      when the output is not a terminal), 2 a line per epoch.
+    verbose: Keras' output: 0 silent, 1 a progress bar (a short line per
+      epoch when the output is not a terminal), 2 a line per epoch.
   """
   verbose: int = option(1, minimum=0, maximum=2, group="output")
 
@@ -69,10 +70,35 @@ def _serve_if_server(strategy: str) -> bool:
   return True
 
 
-def _verbose(configs: dict[str, Any]) -> int:
-  # Keras redraws its bar with backspaces, which fill a log file.
+def _epoch_line(monitor: str) -> Any:
+  """A callback printing one short line per epoch: time, losses, AUCs."""
+  import tf_keras as keras  # pylint: disable=g-import-not-at-top
+  shown = ("loss", monitor, "val_auc_ctr", "val_auc_cvr", "val_auc_ctcvr")
+
+  class EpochLine(keras.callbacks.Callback):
+
+    def on_epoch_begin(self, epoch, logs=None):
+      self.start = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None):
+      logs = logs or {}
+      values = ", ".join(f"{name} {logs[name]:.4f}" for name in shown
+                         if name in logs)
+      print(f"Epoch {epoch + 1}/{self.params.get('epochs', '?')}: "
+            f"{time.monotonic() - self.start:.0f}s, {values}", flush=True)
+
+  return EpochLine()
+
+
+def _display(configs: dict[str, Any]) -> dict[str, Any]:
+  """Keras' verbosity, and a line per epoch instead of its bar in a log."""
   verbose = configs["display"].verbose
-  return 2 if verbose == 1 and not sys.stdout.isatty() else verbose
+  if verbose == 1 and not sys.stdout.isatty():
+    # Keras redraws its bar with backspaces, which fill a log file, and its
+    # epoch lines list every metric.
+    return {"verbose": 0, "callbacks": [
+        _epoch_line(configs["train"].early_stopping_monitor)]}
+  return {"verbose": verbose}
 
 
 def _announce(configs: dict[str, Any]) -> None:
@@ -103,7 +129,7 @@ def _report(result: dict[str, Any], train_config: config_lib.TrainConfig
     print(f"Exported SavedModel: {result['export_path']}")
   headline = "  ".join(f"{name} {metrics[name]:.6f}" for name in _HEADLINE
                        if name in metrics)
-  print(f"On {metrics['count']:,} examples of {train_config.eval_data}: "
+  print(f"On {int(metrics['count']):,} examples of {train_config.eval_data}: "
         f"{headline}; every metric in "
         f"{os.path.join(train_config.model_dir, run_dir.METRICS_FILE)}")
 
@@ -127,7 +153,7 @@ def main(argv: Sequence[str]) -> int:
       return 0
     _announce(configs)
     result = training.train(configs["train"], configs["model"],
-                            configs["loss"], verbose=_verbose(configs))
+                            configs["loss"], **_display(configs))
   except config_lib.ConfigError as e:
     return flagbind.fail(_PROGRAM, flagbind.error_line(e))
   except distribute.ClusterError as e:
