@@ -66,6 +66,11 @@ print(f"AUC: CTR {m['auc_ctr']:.4f}, CVR on clicks {m['auc_cvr']:.4f}, "
 print(f"Mean pCVR over all impressions minus the true mean CVR "
       f"({m['true_cvr_mean']:.4f}): {m['cvr_bias']:+.4f} "
       f"(on clicked impressions: {m['cvr_bias_clicked']:+.4f}).")
+print(f"Calibration, mean prediction / mean label (/ expected label): "
+      f"CTR {m['calibration_ctr']:.3f} ({m['calibration_ctr_truth']:.3f}), "
+      f"CVR on clicks {m['calibration_cvr']:.3f} "
+      f"({m['calibration_cvr_truth']:.3f}), CTCVR "
+      f"{m['calibration_ctcvr']:.3f} ({m['calibration_ctcvr_truth']:.3f}).")
 EOF
 echo "Model: ${out}/model (TensorBoard logs in ${out}/model/logs)," \
   "SavedModel: ${out}/export, metrics: ${out}/evaluation.json."
