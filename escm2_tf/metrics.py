@@ -126,8 +126,9 @@ def evaluate_predictions(
     ground_truth: Optional simulator truth aligned with the predictions:
       ``p_conversion`` (true CVR probability) and
       ``conversion_counterfactual`` (the conversion had the user clicked);
-      optionally ``p_click`` (the true click probability); other keys are
-      ignored.
+      optionally ``p_click`` (the true click probability), which adds the
+      ``_truth`` calibrations and the propensity metrics below; other keys
+      are ignored.
 
   Returns:
     ``auc_{ctr,cvr,cvr_all,ctcvr}``, ``logloss_{ctr,cvr,ctcvr}``,
@@ -139,7 +140,8 @@ def evaluate_predictions(
     impressions), ``true_cvr_mean`` and ``calibration_cvr_truth`` (mean pCVR
     over the mean true p_conversion, on clicked impressions), and with
     ``p_click`` also ``calibration_ctr_truth`` and ``calibration_ctcvr_truth``
-    (mean pCTR over mean p_click, mean pCTCVR over mean p_click·p_conversion).
+    (mean pCTR over mean p_click, mean pCTCVR over mean p_click·p_conversion)
+    and the propensity metrics of ``propensity_metrics``.
     The ``_truth`` calibrations divide by the expected labels instead of the
     drawn ones, free of the test set's label noise (a few dozen conversions
     move ``calibration_ctcvr`` by 10 % or more). Undefined values are NaN.
@@ -190,7 +192,88 @@ def evaluate_predictions(
           "calibration_ctcvr_truth": calibration(a[_P_CLICK] * truth,
                                                  a["ctcvr"]),
       })
+      result.update(propensity_metrics(
+          click, a["ctr"], a[_P_CLICK], truth))
   return result
+
+
+def reliability_curve(predictions: np.ndarray, truth: np.ndarray,
+                      num_bins: int = 10) -> dict[str, np.ndarray]:
+  """Mean prediction against mean true probability, in prediction quantiles.
+
+  Quantile bins hold equal numbers of impressions, so every point of the
+  diagram averages the same amount of data however skewed the predictions.
+
+  Args:
+    predictions: Predicted probabilities, one per impression.
+    truth: The true probabilities of the same impressions.
+    num_bins: Number of bins (fewer if many predictions tie).
+
+  Returns:
+    ``predicted`` and ``true`` (the bins' means) and ``count`` per bin, in
+    increasing order of prediction.
+
+  Raises:
+    ValueError: Sizes differ, nothing is given, or ``num_bins`` < 1.
+  """
+  predictions = np.asarray(predictions, dtype=np.float64).reshape(-1)
+  truth = np.asarray(truth, dtype=np.float64).reshape(-1)
+  if predictions.size != truth.size or not predictions.size:
+    raise ValueError(f"reliability_curve needs equally many, and some, "
+                     f"predictions ({predictions.size}) and true values "
+                     f"({truth.size}).")
+  if num_bins < 1:
+    raise ValueError(f"num_bins must be at least 1, got {num_bins}.")
+  edges = np.unique(np.quantile(predictions, np.linspace(0, 1, num_bins + 1)))
+  # Interior edges only: searchsorted then puts every value into a bin.
+  bins = np.searchsorted(edges[1:-1], predictions, side="right")
+  count = np.bincount(bins, minlength=len(edges) - 1)
+  used = count > 0
+  return {
+      "predicted": (np.bincount(bins, predictions, len(count))[used] /
+                    count[used]),
+      "true": np.bincount(bins, truth, len(count))[used] / count[used],
+      "count": count[used],
+  }
+
+
+def propensity_metrics(click: np.ndarray, ctr: np.ndarray,
+                       p_click: np.ndarray, p_conversion: np.ndarray,
+                       num_bins: int = 10) -> dict[str, float]:
+  """How well pCTR serves as the propensity of IPW and DR, against the truth.
+
+  Returns:
+    ``auc_ctr_oracle``: the AUC of the true ``p_click`` against the clicks,
+    the best any CTR model can reach on these labels (compare ``auc_ctr``).
+    ``ctr_calibration_error``: mean |bin's mean pCTR - bin's mean true
+    p_click| over ``num_bins`` pCTR quantile bins (``reliability_curve``),
+    relative to the mean true p_click; 0 for pCTR calibrated in every bin.
+    ``ips_true_cvr``: the true CVR of the clicked impressions weighted by
+    1/pCTR (self-normalised), i.e. the entire-space CVR that inverse
+    propensity weighting with this pCTR aims the CVR tower at.
+    ``ips_true_cvr_oracle``: the same with the true p_click as propensity;
+    it estimates the true entire-space CVR (``true_cvr_mean``). How far
+    ``ips_true_cvr`` stays from it is the bias the propensities leave.
+  """
+  clicked = click == 1
+  curve = reliability_curve(ctr, p_click, num_bins)
+  gap = np.average(np.abs(curve["predicted"] - curve["true"]),
+                   weights=curve["count"])
+  # pCTR can underflow to 0 in float32; the floor only guards the division.
+  learnt = 1.0 / np.maximum(ctr[clicked], 1e-12)
+  oracle = 1.0 / p_click[clicked]
+  return {
+      "auc_ctr_oracle": exact_auc(click, p_click),
+      "ctr_calibration_error": float(gap / p_click.mean()),
+      "ips_true_cvr": _weighted_mean(p_conversion[clicked], learnt),
+      "ips_true_cvr_oracle": _weighted_mean(p_conversion[clicked], oracle),
+  }
+
+
+def _weighted_mean(values: np.ndarray, weights: np.ndarray) -> float:
+  if values.size == 0:
+    return math.nan
+  return float(np.average(values, weights=weights))
 
 
 def _mean_difference(predictions: np.ndarray, truth: np.ndarray) -> float:

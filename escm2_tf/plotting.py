@@ -15,6 +15,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from escm2_tf import metrics
+
 try:
   from matplotlib import figure as figure_lib
   from matplotlib import ticker
@@ -71,44 +73,8 @@ def plot_history(history: Mapping[str, Sequence[float]],
   return fig
 
 
-def reliability_curve(predictions: np.ndarray, truth: np.ndarray,
-                      num_bins: int = 10) -> dict[str, np.ndarray]:
-  """Mean prediction against mean true probability, in prediction quantiles.
-
-  Quantile bins hold equal numbers of impressions, so every point of the
-  diagram averages the same amount of data however skewed the predictions.
-
-  Args:
-    predictions: Predicted probabilities, one per impression.
-    truth: The true probabilities of the same impressions.
-    num_bins: Number of bins (fewer if many predictions tie).
-
-  Returns:
-    ``predicted`` and ``true`` (the bins' means) and ``count`` per bin, in
-    increasing order of prediction.
-
-  Raises:
-    ValueError: Sizes differ, nothing is given, or ``num_bins`` < 1.
-  """
-  predictions = np.asarray(predictions, dtype=np.float64).reshape(-1)
-  truth = np.asarray(truth, dtype=np.float64).reshape(-1)
-  if predictions.size != truth.size or not predictions.size:
-    raise ValueError(f"reliability_curve needs equally many, and some, "
-                     f"predictions ({predictions.size}) and true values "
-                     f"({truth.size}).")
-  if num_bins < 1:
-    raise ValueError(f"num_bins must be at least 1, got {num_bins}.")
-  edges = np.unique(np.quantile(predictions, np.linspace(0, 1, num_bins + 1)))
-  # Interior edges only: searchsorted then puts every value into a bin.
-  bins = np.searchsorted(edges[1:-1], predictions, side="right")
-  count = np.bincount(bins, minlength=len(edges) - 1)
-  used = count > 0
-  return {
-      "predicted": (np.bincount(bins, predictions, len(count))[used] /
-                    count[used]),
-      "true": np.bincount(bins, truth, len(count))[used] / count[used],
-      "count": count[used],
-  }
+# The binning is a metric (the evaluation reports it); kept here for plots.
+reliability_curve = metrics.reliability_curve
 
 
 def plot_reliability(curves: Mapping[str, Mapping[str, np.ndarray]],
@@ -138,6 +104,70 @@ def plot_reliability(curves: Mapping[str, Mapping[str, np.ndarray]],
   ax.set_ylabel(ylabel)
   ax.grid(alpha=0.3)
   ax.legend(fontsize="small")
+  return fig
+
+
+def plot_reliability_panels(
+    panels: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]]) -> Figure:
+  """Reliability diagrams side by side, e.g. of pCTR and of pCVR.
+
+  Args:
+    panels: Panel title -> model name -> ``reliability_curve(...)``; each
+      panel is drawn as ``plot_reliability`` draws its one axes, on log
+      scales, as rates span orders of magnitude.
+  """
+  fig, axes = _axes_grid(len(panels))
+  fig.set_size_inches(_SIZE[0] * 1.2 * len(panels), _SIZE[1] * 1.3)
+  for ax, (title, curves) in zip(axes, panels.items()):
+    low = min(min(c["predicted"].min(), c["true"].min())
+              for c in curves.values())
+    high = max(max(c["predicted"].max(), c["true"].max())
+               for c in curves.values())
+    ax.plot([low, high], [low, high], color="0.5", linestyle=":",
+            label="perfect calibration")
+    for index, (name, curve) in enumerate(curves.items()):
+      ax.plot(curve["predicted"], curve["true"], "o-", color=f"C{index}",
+              label=name, markersize=3)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_title(title, fontsize="medium")
+    ax.set_xlabel("mean prediction in decile")
+    ax.set_ylabel("mean true probability in decile")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+  return fig
+
+
+def plot_intervals(panels: Mapping[str, Mapping[str, Mapping[str, float]]],
+                   ylabel: str, reference: float | None = None) -> Figure:
+  """Means with their intervals, one panel per group, one point per model.
+
+  Args:
+    panels: Panel title -> model name -> ``{"mean", "low", "high"}`` (e.g.
+      ``escm2_tf.study.stats.interval``); a missing bound draws no bar.
+    ylabel: What the values are.
+    reference: A value drawn as a horizontal line (e.g. 0 for a bias).
+  """
+  fig, axes = _axes_grid(len(panels))
+  fig.set_size_inches(max(3.2 * len(panels), 5.0), _SIZE[1] + 0.6)
+  for ax, (title, values) in zip(axes, panels.items()):
+    names = list(values)
+    for index, name in enumerate(names):
+      mean, low, high = (values[name][k] for k in ("mean", "low", "high"))
+      mean = math.nan if mean is None else mean
+      if low is None or high is None:
+        error = None
+      else:
+        error = [[mean - low], [high - mean]]
+      ax.errorbar([index], [mean], yerr=error, fmt="o", color=f"C{index}",
+                  capsize=4)
+    if reference is not None:
+      ax.axhline(reference, color="0.3", linewidth=0.8)
+    ax.set_xticks(range(len(names)), names, rotation=30, fontsize="small")
+    ax.set_xlim(-0.6, len(names) - 0.4)
+    ax.set_title(title, fontsize="small")
+    ax.grid(axis="y", alpha=0.3)
+  axes[0].set_ylabel(ylabel)
   return fig
 
 

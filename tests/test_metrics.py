@@ -35,6 +35,22 @@ def random_log(rng, n, low, high):
   return np.exp(rng.uniform(math.log(low), math.log(high), n))
 
 
+def binned_error(predictions, truth, num_bins):
+  """Count-weighted mean |mean prediction - mean truth| in quantile bins.
+
+  Bin i holds the predictions in [edge_i, edge_i+1), the last bin its top.
+  """
+  edges = np.quantile(predictions, np.linspace(0, 1, num_bins + 1))
+  total = 0.0
+  for i, (low, high) in enumerate(zip(edges[:-1], edges[1:])):
+    members = (predictions >= low) & (
+        (predictions <= high) if i == num_bins - 1 else (predictions < high))
+    if members.any():
+      total += members.sum() * abs(predictions[members].mean()
+                                   - truth[members].mean())
+  return total / predictions.size
+
+
 class ExactAucTest(parameterized.TestCase):
 
   @parameterized.parameters((0, 50, 3), (1, 200, 10), (2, 301, 1000),
@@ -138,6 +154,15 @@ class EvaluatePredictionsTest(parameterized.TestCase):
         "calibration_ctr_truth": self.ctr.mean() / self.truth["p_click"].mean(),
         "calibration_ctcvr_truth": self.ctcvr.mean() / (
             self.truth["p_click"] * self.truth["p_conversion"]).mean(),
+        "auc_ctr_oracle": pairwise_auc(self.click, self.truth["p_click"]),
+        "ctr_calibration_error": binned_error(
+            self.ctr, self.truth["p_click"], 10)
+                                 / self.truth["p_click"].mean(),
+        "ips_true_cvr": (np.sum(self.truth["p_conversion"][c] / self.ctr[c])
+                         / np.sum(1 / self.ctr[c])),
+        "ips_true_cvr_oracle": (
+            np.sum(self.truth["p_conversion"][c] / self.truth["p_click"][c])
+            / np.sum(1 / self.truth["p_click"][c])),
     }
     self.assertCountEqual(got.keys(), expected.keys())
     for key, value in expected.items():
@@ -153,6 +178,34 @@ class EvaluatePredictionsTest(parameterized.TestCase):
     self.assertIn("calibration_cvr_truth", got)
     self.assertNotIn("calibration_ctr_truth", got)
     self.assertNotIn("calibration_ctcvr_truth", got)
+
+  def test_oracle_propensities_recover_the_entire_space_cvr(self):
+    # Weighting clicks by the true 1/p_click undoes the selection; weighting
+    # by a flat pCTR leaves the clicked impressions' CVR.
+    rng = np.random.default_rng(3)
+    n = 200_000
+    score = rng.standard_normal(n)
+    p_click = 1 / (1 + np.exp(-(score - 3)))
+    p_conversion = 1 / (1 + np.exp(-(score - 2)))
+    click = (rng.random(n) < p_click).astype(np.int64)
+    got = metrics.propensity_metrics(click, np.full(n, p_click.mean()),
+                                     p_click, p_conversion)
+    clicked = click == 1
+    self.assertAlmostEqual(got["ips_true_cvr_oracle"], p_conversion.mean(),
+                           delta=0.05 * p_conversion.mean())
+    self.assertAlmostEqual(got["ips_true_cvr"],
+                           p_conversion[clicked].mean(), places=9)
+    self.assertGreater(got["ips_true_cvr"], 1.5 * p_conversion.mean())
+    # A constant pCTR is one bin, calibrated; a flattened one is not.
+    self.assertAlmostEqual(got["ctr_calibration_error"], 0.0)
+    flat = p_click.mean() + 0.2 * (p_click - p_click.mean())
+    flattened = metrics.propensity_metrics(click, flat, p_click, p_conversion)
+    self.assertGreater(flattened["ctr_calibration_error"], 0.3)
+    self.assertBetween(flattened["ips_true_cvr"], got["ips_true_cvr_oracle"],
+                       got["ips_true_cvr"])
+    perfect = metrics.propensity_metrics(click, p_click, p_click,
+                                         p_conversion)
+    self.assertAlmostEqual(perfect["ctr_calibration_error"], 0.0)
 
   def test_without_ground_truth_or_clicks(self):
     self.click = np.zeros_like(self.click)

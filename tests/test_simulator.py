@@ -3,6 +3,7 @@
 import csv
 import dataclasses
 import filecmp
+import hashlib
 import os
 import re
 import shutil
@@ -57,7 +58,9 @@ class ConfigTest(parameterized.TestCase):
       ("unclicked_conversion_rate", -0.1), ("unclicked_conversion_rate", 1.0),
       ("impressions_per_request", 0), ("behaviour_length", 0),
       ("num_positions", 0), ("num_shops", 10), ("num_items", 20),
-      ("format", "csv"))
+      ("format", "csv"), ("click_conversion_correlation", -0.1),
+      ("click_conversion_correlation", 1.0),
+      ("click_conversion_correlation", "0.5"))
   def test_impossible_setting_names_itself(self, setting, value):
     with self.assertRaisesRegex(ValueError, rf"^{setting}: ") as caught:
       dataclasses.replace(_SMALL, **{setting: value})
@@ -269,6 +272,31 @@ class DeterminismTest(absltest.TestCase):
     np.testing.assert_array_equal(small_truth["p_click"], big_truth["p_click"])
 
 
+class GoldenFilesTest(absltest.TestCase):
+  """The knobs added later leave the files of existing seeds unchanged."""
+
+  # sha256 of the files of _SMALL as written before the correlation knob
+  # existed. Only integer-valued files: the ground truth's printed floats may
+  # differ in the last digit between CPUs' vectorised math.
+  _DIGESTS = {
+      "common_features_test.csv":
+          "e44839c8eed23ee95a498fe302df61215687a3826c4fe203736cc6dcb068b1dd",
+      "common_features_train.csv":
+          "344178b0105d4f2d18dc2e5e319aedecf2809eaf5e4ba7d0ae0d7a1476cf32e7",
+      "sample_skeleton_test.csv":
+          "7c472fd7b7609ae9222665dfcb90a54c420b585f977ac6107b558b66840ab1e1",
+      "sample_skeleton_train.csv":
+          "5780439238887b21ddfadd101c287e5c34ab93ae182b8a0009690d4e678a11f7",
+  }
+
+  def test_default_knobs_write_the_files_of_before(self):
+    out = _tempdir(self)
+    simulator.simulate(_SMALL, out)
+    for name, digest in self._DIGESTS.items():
+      with open(os.path.join(out, name), "rb") as f:
+        self.assertEqual(hashlib.sha256(f.read()).hexdigest(), digest, name)
+
+
 class UnclickedConversionTest(parameterized.TestCase):
 
   @parameterized.parameters(0.0, 0.002, 0.05)
@@ -325,6 +353,52 @@ class RatesTest(parameterized.TestCase):
     logit = lambda p: np.log(p / (1 - p))
     correlation = np.corrcoef(logit(p_click), logit(p_conversion))[0, 1]
     self.assertBetween(correlation, 0.3, 0.9)
+
+
+class RegimeKnobsTest(parameterized.TestCase):
+  """The study's regimes: rates and click/conversion correlation as asked."""
+
+  def _truth(self, **knobs):
+    config = simulator.SimulatorConfig(num_train=100_000, seed=4, **knobs)
+    return simulator.sample_split(config, simulator.build_world(config),
+                                  "train")[1]
+
+  @parameterized.parameters((0.02, 0.01, 0.2), (0.08, 0.15, 0.9),
+                            (0.02, 0.04, 0.9), (0.08, 0.01, 0.5))
+  def test_rates_within_binomial_sigma(self, ctr, cvr, correlation):
+    truth = self._truth(ctr=ctr, cvr=cvr,
+                        click_conversion_correlation=correlation)
+    clicked = truth["click"] == 1
+    num, clicks = len(clicked), clicked.sum()
+    self.assertLess(abs(clicked.mean() - ctr),
+                    4 * np.sqrt(ctr * (1 - ctr) / num))
+    empirical_cvr = truth["conversion"][clicked].mean()
+    self.assertLess(abs(empirical_cvr - cvr),
+                    4 * np.sqrt(cvr * (1 - cvr) / clicks))
+
+  def test_correlation_orders_the_logits_and_the_selection_bias(self):
+    correlations, selection = {}, {}
+    for knob in (0.0, 0.2, None, 0.9):
+      truth = self._truth(ctr=0.08, click_conversion_correlation=knob)
+      correlations[knob] = simulator.logit_correlation(truth)
+      clicked = truth["click"] == 1
+      # How much more the clicked impressions convert than all of them.
+      selection[knob] = (truth["p_conversion"][clicked].mean()
+                         / truth["p_conversion"].mean())
+      if knob is not None:
+        self.assertAlmostEqual(correlations[knob], knob, delta=0.05)
+    order = [0.0, 0.2, None, 0.9]
+    self.assertEqual(sorted(order, key=correlations.get), order)
+    self.assertEqual(sorted(order, key=selection.get), order)
+    # Without shared propensity, clicks say nothing about conversion.
+    self.assertAlmostEqual(selection[0.0], 1.0, delta=0.05)
+    self.assertGreater(selection[0.9], 2.0)
+
+  def test_knob_keeps_the_click_model(self):
+    default = self._truth(ctr=0.08)
+    mixed = self._truth(ctr=0.08, click_conversion_correlation=0.5)
+    np.testing.assert_array_equal(default["p_click"], mixed["p_click"])
+    np.testing.assert_array_equal(default["click"], mixed["click"])
 
 
 class PaddleRecTest(absltest.TestCase):

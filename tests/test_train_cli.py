@@ -31,7 +31,9 @@ METRIC_KEYS = {
     "calibration_ctcvr", "count", "clicks", "conversions"}
 GROUND_TRUTH_KEYS = {"cvr_bias", "cvr_bias_clicked", "auc_cvr_truth",
                      "true_cvr_mean", "calibration_ctr_truth",
-                     "calibration_cvr_truth", "calibration_ctcvr_truth"}
+                     "calibration_cvr_truth", "calibration_ctcvr_truth",
+                     "auc_ctr_oracle", "ctr_calibration_error",
+                     "ips_true_cvr", "ips_true_cvr_oracle"}
 
 
 setUpModule = testing.mark_flags_parsed
@@ -47,6 +49,8 @@ def run_flags(data: dict[str, str], model_dir: str, **overrides):
       vocab_dir=data["vocab_dir"], model_dir=model_dir, loss="dr",
       epochs=EPOCHS, batch_size=256, seed=5, embedding_dim=4, num_experts=2,
       expert_units=["8"], tower_units=["4"], verbose=0,
+      # Every id of the tiny data is rarer than the default min_count.
+      min_count=1,
       # Op determinism is process-wide; the CPU kernels here are
       # deterministic without it, and other tests share this process.
       deterministic=False)

@@ -76,7 +76,9 @@ def tiny_train_config(data: Mapping[str, str], model_dir: str,
   """
   values = dict(train_data=data["train"], eval_data=data["test"],
                 vocab_dir=data["vocab_dir"], model_dir=model_dir, epochs=1,
-                batch_size=256, deterministic=False)
+                batch_size=256, deterministic=False,
+                # Every id of the tiny data is rarer than the default.
+                min_count=1)
   return config_lib.TrainConfig(**{**values, **overrides})
 
 

@@ -83,19 +83,23 @@ def sample_impressions(world: sw.World, num: int, mean_per_request: int,
   return Impressions(request_user, sizes, user, item, position, overlap)
 
 
-def _logits(world: sw.World, imp: Impressions) -> tuple[np.ndarray, np.ndarray]:
-  """The two true logits without their intercepts."""
+def _default_logits(world: sw.World, imp: Impressions
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The click interest, the click position term and the default conversion.
+
+  The click logit is ``interest - position``; all three leave out their
+  intercepts.
+  """
   seen = {f: (c > 0).astype(np.float64) for f, c in imp.overlap.items()}
   category = np.log1p(imp.overlap["109_14"])
   intention = seen["150_14"].max(axis=1)
-  click = (_CLICK["quality"] * world.item_click_quality[imp.item]
-           + _CLICK["category"] * category + _CLICK["shop"] * seen["110_14"]
-           + _CLICK["brand"] * seen["127_14"]
-           + _CLICK["intention"] * intention
-           + _CLICK["user"] * world.user_click_bias[imp.user]
-           - _CLICK["position"] * np.log1p(imp.position))
-  tier_gap = np.abs(world.user_profile["126"][imp.user]
-                    - world.item_price_tier[imp.item])
+  interest = (_CLICK["quality"] * world.item_click_quality[imp.item]
+              + _CLICK["category"] * category
+              + _CLICK["shop"] * seen["110_14"]
+              + _CLICK["brand"] * seen["127_14"]
+              + _CLICK["intention"] * intention
+              + _CLICK["user"] * world.user_click_bias[imp.user])
+  position = _CLICK["position"] * np.log1p(imp.position)
   conversion = (
       _CONVERSION["quality"] * world.item_conversion_quality[imp.item]
       + _CONVERSION["category"] * category
@@ -103,8 +107,61 @@ def _logits(world: sw.World, imp: Impressions) -> tuple[np.ndarray, np.ndarray]:
       + _CONVERSION["brand"] * seen["127_14"]
       + _CONVERSION["intention"] * intention
       + _CONVERSION["user"] * world.user_conversion_bias[imp.user]
-      - _CONVERSION["price"] * tier_gap)
-  return click, conversion
+      - _CONVERSION["price"] * _tier_gap(world, imp))
+  return interest, position, conversion
+
+
+def _tier_gap(world: sw.World, imp: Impressions) -> np.ndarray:
+  return np.abs(world.user_profile["126"][imp.user]
+                - world.item_price_tier[imp.item])
+
+
+def _own_conversion(world: sw.World, imp: Impressions) -> np.ndarray:
+  """A conversion logit that shares nothing with the click's.
+
+  The item's conversion quality less its click-quality share, the user's
+  conversion bias (other profile fields than the click bias) and the price
+  tier's fit: all independent of what the click logit uses.
+  """
+  item = imp.item
+  independent_quality = (
+      world.item_conversion_quality[item]
+      - sw.QUALITY_CORRELATION * world.item_click_quality[item]
+  ) / np.sqrt(1 - sw.QUALITY_CORRELATION ** 2)
+  return (_CONVERSION["quality"] * independent_quality
+          + _CONVERSION["user"] * world.user_conversion_bias[imp.user]
+          - _CONVERSION["price"] * _tier_gap(world, imp))
+
+
+def _logits(world: sw.World, imp: Impressions) -> tuple[np.ndarray, np.ndarray]:
+  """The two true logits without their intercepts."""
+  interest, position, conversion = _default_logits(world, imp)
+  if world.conversion_mixing is not None:
+    conversion = _mixed_conversion(world.conversion_mixing, interest,
+                                   _own_conversion(world, imp))
+  return interest - position, conversion
+
+
+def _mixed_conversion(mixing: sw.ConversionMixing, interest: np.ndarray,
+                      own: np.ndarray) -> np.ndarray:
+  """``c·z(interest) + sqrt(1 - c²)·z(own)``, at the default logit's spread."""
+  c = mixing.correlation
+  shared = (interest - mixing.interest_mean) / mixing.interest_std
+  alone = (own - mixing.own_mean) / mixing.own_std
+  return mixing.scale * (c * shared + np.sqrt(1.0 - c * c) * alone)
+
+
+def mixing_on(world: sw.World, imp: Impressions,
+              correlation: float) -> sw.ConversionMixing:
+  """Standardises both parts on ``imp``, so that their logits correlate at
+  about ``correlation`` (exactly on ``imp`` if the parts were independent)."""
+  interest, _, conversion = _default_logits(world, imp)
+  own = _own_conversion(world, imp)
+  return sw.ConversionMixing(
+      correlation=float(correlation),
+      interest_mean=float(interest.mean()), interest_std=float(interest.std()),
+      own_mean=float(own.mean()), own_std=float(own.std()),
+      scale=float(conversion.std()))
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -121,13 +178,17 @@ def _solve(target: float, mean_at) -> float:
 
 
 def calibrate(world: sw.World, imp: Impressions, ctr: float,
-              cvr: float) -> sw.World:
+              cvr: float, correlation: float | None = None) -> sw.World:
   """The world with its intercepts calibrated on the impressions ``imp``.
 
   On ``imp`` the mean click probability becomes ``ctr`` and the mean
   conversion probability weighted by the click probability (the expected
-  CVR among clicks) becomes ``cvr``.
+  CVR among clicks) becomes ``cvr``. With a ``correlation``, the conversion
+  logit first becomes the mix of ``mixing_on``.
   """
+  if correlation is not None:
+    world = dataclasses.replace(
+        world, conversion_mixing=mixing_on(world, imp, correlation))
   click, conversion = _logits(world, imp)
   click_b = _solve(ctr, lambda b: _sigmoid(b + click).mean())
   p_click = _sigmoid(click_b + click)

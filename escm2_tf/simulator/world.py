@@ -35,7 +35,7 @@ PRICE_TIERS = 3
 _DRAWS_PER_ENTRY = {"109_14": 2.0, "110_14": 1.2, "127_14": 1.2,
                     "150_14": 1.17}
 _TASTE_SHARE = 0.7  # Behaviour draws from the user's taste, else global.
-_QUALITY_CORRELATION = 0.6
+QUALITY_CORRELATION = 0.6
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +62,28 @@ class Behaviour:
 
 
 @dataclasses.dataclass(frozen=True)
+class ConversionMixing:
+  """How a conversion logit mixes the click's interest with its own part.
+
+  Attributes:
+    correlation: Weight ``c`` of the standardised click interest; the own
+      part gets ``sqrt(1 - c²)``.
+    interest_mean: Mean of the click interest on the calibration sample.
+    interest_std: Its standard deviation there.
+    own_mean: Mean of the conversion-only logit there.
+    own_std: Its standard deviation there.
+    scale: Standard deviation of the default conversion logit there, kept
+      so that the mix is as spread as the default.
+  """
+  correlation: float
+  interest_mean: float
+  interest_std: float
+  own_mean: float
+  own_std: float
+  scale: float
+
+
+@dataclasses.dataclass(frozen=True)
 class World:
   """Users and items; ``simulator_traffic.calibrate`` sets the intercepts."""
   sizes: dict[str, int]
@@ -79,6 +101,8 @@ class World:
   behaviour: dict[str, Behaviour]
   click_intercept: float = 0.0
   conversion_intercept: float = 0.0
+  # None: the default conversion logit (simulator_traffic).
+  conversion_mixing: ConversionMixing | None = None
 
 
 def _group_by(values: np.ndarray, num_groups: int):
@@ -168,8 +192,8 @@ def _build_items(config, sizes: dict[str, int], category_pop: np.ndarray,
       "item_popularity": _zipf(num_items, 0.8, rng),
       "item_click_quality": click_quality,
       "item_conversion_quality": (
-          _QUALITY_CORRELATION * click_quality
-          + np.sqrt(1 - _QUALITY_CORRELATION ** 2)
+          QUALITY_CORRELATION * click_quality
+          + np.sqrt(1 - QUALITY_CORRELATION ** 2)
           * rng.standard_normal(num_items)),
       "item_price_tier": rng.integers(0, PRICE_TIERS, num_items),
       "items_by_category": _group_by(category, config.num_categories),

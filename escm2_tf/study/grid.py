@@ -1,0 +1,172 @@
+"""What a study runs: regimes of the simulator, seeds and estimators.
+
+A regime fixes the simulator's click rate, post-click conversion rate, the
+correlation of click and conversion propensities, and the data sizes. The
+default design varies one factor at a time around a base regime in which the
+theory says the counterfactual estimators should win (strong correlation:
+strong selection bias; CTR 8 %: enough clicks to learn the propensities), so
+that every level of every factor is covered by a regime that differs from the
+base in that factor only (docs/results.md says why not the full factorial).
+"""
+
+import dataclasses
+import re
+from typing import Any, Sequence
+
+from escm2_tf import losses
+
+ESTIMATORS = ("naive", "esmm", "ipw", "dr")
+WEAK_CORRELATION = 0.2
+STRONG_CORRELATION = 0.9
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_KEYS = {"ctr": float, "cvr": float, "corr": float, "train": int,
+         "test": int}
+
+
+class StudyError(ValueError):
+  """A study that cannot run: a bad grid, file or directory (one line)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Regime:
+  """One simulated world.
+
+  Attributes:
+    name: Names the regime in the outputs (letters, digits, ``_.-``).
+    ctr: The simulator's mean click probability.
+    cvr: Its mean conversion probability among clicks.
+    correlation: ``SimulatorConfig.click_conversion_correlation``.
+    num_train: Training impressions.
+    num_test: Test impressions (the scored set).
+  """
+  name: str
+  ctr: float
+  cvr: float
+  correlation: float
+  num_train: int
+  num_test: int
+
+  def describe(self) -> str:
+    return (f"CTR {self.ctr:.0%}, CVR {self.cvr:.0%}, correlation "
+            f"{self.correlation:g}, {self.num_train:,} train / "
+            f"{self.num_test:,} test impressions")
+
+
+# Sizes: the low-rate regimes get more impressions (about 200 or more
+# training conversions each), the 15 % one fewer; the test set only scores,
+# and the bias is measured against the true probabilities, without label
+# noise. The total is what 2 shared CPU cores train in about half an hour.
+# In order of priority: a study stopped early has the contrast the theory
+# predicts (strong vs weak selection bias) first.
+DEFAULT_REGIMES = (
+    Regime("base", 0.08, 0.04, STRONG_CORRELATION, 120_000, 50_000),
+    Regime("weak", 0.08, 0.04, WEAK_CORRELATION, 120_000, 50_000),
+    Regime("cvr15", 0.08, 0.15, STRONG_CORRELATION, 80_000, 50_000),
+    Regime("ctr2", 0.02, 0.04, STRONG_CORRELATION, 240_000, 50_000),
+    Regime("cvr1", 0.08, 0.01, STRONG_CORRELATION, 240_000, 50_000),
+)
+DEFAULT_SEEDS = (0, 1, 2)
+
+
+def parse_regime(spec: str) -> Regime:
+  """``NAME:ctr=0.08,cvr=0.04,corr=0.9,train=300000,test=100000``.
+
+  Raises:
+    StudyError: A missing or unknown key, a bad value or name.
+  """
+  name, _, settings = spec.partition(":")
+  if not _NAME.match(name):
+    raise StudyError(f"--regime={spec!r}: the name must be letters, digits "
+                     "or _.- before the ':'")
+  values: dict[str, Any] = {}
+  for item in filter(None, settings.split(",")):
+    key, _, text = item.partition("=")
+    if key not in _KEYS:
+      raise StudyError(f"--regime={spec!r}: unknown key {key!r}; keys are "
+                       f"{', '.join(_KEYS)}")
+    try:
+      values[key] = _KEYS[key](text)
+    except ValueError:
+      raise StudyError(f"--regime={spec!r}: {key}={text!r} is not a "
+                       f"{_KEYS[key].__name__}") from None
+  missing = [key for key in _KEYS if key not in values]
+  if missing:
+    raise StudyError(f"--regime={spec!r}: missing {', '.join(missing)}")
+  return Regime(name, values["ctr"], values["cvr"], values["corr"],
+                values["train"], values["test"])
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+  """A grid of regimes x seeds x estimators; invalid grids raise StudyError.
+
+  Attributes:
+    regimes: The simulated worlds.
+    seeds: Seeds of the simulator and of the training (weights, order);
+      every (regime, seed) is one dataset shared by the estimators.
+    estimators: ``LossConfig.loss`` values, each trained with the library's
+      defaults otherwise.
+  """
+  regimes: tuple[Regime, ...] = DEFAULT_REGIMES
+  seeds: tuple[int, ...] = DEFAULT_SEEDS
+  estimators: tuple[str, ...] = ESTIMATORS
+
+  def __post_init__(self):
+    object.__setattr__(self, "regimes", tuple(self.regimes))
+    object.__setattr__(self, "seeds", tuple(self.seeds))
+    object.__setattr__(self, "estimators", tuple(self.estimators))
+    check(self)
+
+  def to_dict(self) -> dict[str, Any]:
+    return {"regimes": [dataclasses.asdict(r) for r in self.regimes],
+            "seeds": list(self.seeds), "estimators": list(self.estimators)}
+
+
+def _duplicates(values: Sequence[Any]) -> list[Any]:
+  return sorted({v for v in values if list(values).count(v) > 1}, key=str)
+
+
+def check(config: StudyConfig) -> None:
+  """Raises StudyError for the first reason the grid cannot run."""
+  if not config.regimes:
+    raise StudyError("the grid has no regime")
+  if not config.estimators:
+    raise StudyError("the grid has no estimator")
+  if len(config.seeds) < 2:
+    raise StudyError(f"--seeds needs at least 2 seeds for an interval, got "
+                     f"{list(config.seeds)}")
+  for what, values in (("seed", config.seeds),
+                       ("regime name", [r.name for r in config.regimes]),
+                       ("estimator", config.estimators)):
+    repeated = _duplicates(values)
+    if repeated:
+      raise StudyError(f"repeated {what}: {', '.join(map(str, repeated))}")
+  for seed in config.seeds:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+      raise StudyError(f"--seeds: {seed!r} is not a non-negative integer")
+  for estimator in config.estimators:
+    if estimator not in losses.LOSSES:
+      raise StudyError(f"--estimators: unknown estimator {estimator!r}; "
+                       f"known: {', '.join(losses.LOSSES)}")
+  for regime in config.regimes:
+    _check_regime(regime)
+
+
+def _check_regime(regime: Regime) -> None:
+  # The simulator checks its settings; say which regime is at fault.
+  from escm2_tf import simulator  # pylint: disable=import-outside-toplevel
+  if not _NAME.match(regime.name):
+    raise StudyError(f"regime name {regime.name!r}: letters, digits or _.- "
+                     "only")
+  try:
+    simulator.SimulatorConfig(
+        num_train=regime.num_train, num_test=regime.num_test, ctr=regime.ctr,
+        cvr=regime.cvr, click_conversion_correlation=regime.correlation)
+  except simulator.ConfigError as error:
+    raise StudyError(f"regime {regime.name}: {error}") from None
+  expected = regime.num_train * regime.ctr * regime.cvr
+  if expected < 20:
+    raise StudyError(
+        f"regime {regime.name}: about {expected:.0f} training conversions "
+        f"expected ({regime.num_train:,} x CTR {regime.ctr} x CVR "
+        f"{regime.cvr}); at least 20 are needed to train a CVR tower")

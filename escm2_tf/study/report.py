@@ -1,0 +1,180 @@
+"""The study's Markdown tables and figures, from its results JSON.
+
+Tables: per regime and estimator the mean and 95 % interval over seeds of the
+bias and quality metrics; the paired differences against ESMM and naive; the
+verdict on issue 11's target. Figures (``escm2_tf.plotting``, which needs the
+optional matplotlib): the entire-space bias with its intervals per regime, and
+reliability curves of pCTR and pCVR against the true probabilities, the
+deciles averaged over seeds.
+"""
+
+import math
+import os
+from typing import Any, Mapping
+
+import numpy as np
+
+NAMES = {"naive": "naive", "esmm": "ESMM", "ipw": "ESCM2-IPW",
+         "dr": "ESCM2-DR"}
+BIAS_COLUMNS = ("cvr_bias", "abs_cvr_bias", "cvr_bias_clicked",
+                "calibration_cvr")
+QUALITY_COLUMNS = ("auc_cvr", "auc_cvr_truth", "auc_ctr", "auc_ctr_oracle",
+                   "calibration_ctr", "calibration_ctcvr", "ips_true_cvr",
+                   "ips_true_cvr_oracle", "epochs", "best_epoch")
+_SIGNED = ("cvr_bias", "cvr_bias_clicked")
+
+
+def _name(estimator: str) -> str:
+  return NAMES.get(estimator, estimator)
+
+
+def _cell(summary: Mapping[str, Any], metric: str = "") -> str:
+  mean, low, high = summary["mean"], summary["low"], summary["high"]
+  if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+    return "n/a"
+  sign = "+" if metric in _SIGNED or metric == "difference" else ""
+  digits = 2 if metric in ("epochs", "best_epoch") else 4
+  text = f"{mean:{sign}.{digits}f}"
+  if low is None or high is None:
+    return text
+  return f"{text} [{low:{sign}.{digits}f}, {high:{sign}.{digits}f}]"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+  lines = ["| " + " | ".join(header) + " |",
+           "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(row) + " |" for row in rows]
+  return lines
+
+
+def markdown(results: Mapping[str, Any]) -> str:
+  """The study's tables as one Markdown document."""
+  grid, summary = results["grid"], results["summary"]
+  estimators = grid["estimators"]
+  lines = ["# escm2-study results", "",
+           "Written by `escm2-study` (escm2_tf/study); docs/results.md "
+           "reads it.", "",
+           f"{len(results['runs'])} runs: {len(grid['regimes'])} regimes x "
+           f"{len(grid['seeds'])} seeds ({', '.join(map(str, grid['seeds']))})"
+           f" x {len(estimators)} estimators, each trained with the library's "
+           "defaults. Cells: mean over seeds [95 % t-interval].", "",
+           "## Regimes", ""]
+  rows = []
+  for regime in grid["regimes"]:
+    runs = [r for r in results["runs"] if r["regime"] == regime["name"]]
+    data = runs[0]["data"] if runs else {}
+    train, test = data.get("train", {}), data.get("test", {})
+    rows.append([regime["name"], f"{regime['ctr']:g}", f"{regime['cvr']:g}",
+                 f"{regime['correlation']:g}",
+                 f"{regime['num_train']:,}", str(train.get("clicks", "")),
+                 str(train.get("conversions", "")),
+                 f"{regime['num_test']:,}",
+                 _fmt(test.get("true_cvr_all")),
+                 _fmt(test.get("true_cvr_clicked")),
+                 _fmt(test.get("logit_correlation"), 2)])
+  lines += _table(["regime", "CTR", "CVR (clicks)", "correlation knob",
+                   "train impressions", "train clicks (seed 0)",
+                   "train conversions (seed 0)", "test impressions",
+                   "true CVR, all (seed 0)", "true CVR, clicks (seed 0)",
+                   "logit correlation (seed 0)"], rows)
+  for title, columns in (("Bias", BIAS_COLUMNS),
+                         ("Ranking, calibration, propensities",
+                          QUALITY_COLUMNS)):
+    lines += ["", f"## {title}", ""]
+    rows = [[regime["name"], _name(estimator)] +
+            [_cell(summary["metrics"][regime["name"]][estimator][c], c)
+             for c in columns]
+            for regime in grid["regimes"] for estimator in estimators]
+    lines += _table(["regime", "estimator"] + list(columns), rows)
+  lines += ["", "## Paired differences (same seed, same data)", "",
+            "Δ\\|bias\\| = \\|cvr_bias\\| − the reference's \\|cvr_bias\\|, "
+            "seed by seed;"
+            " negative: less biased than the reference. Δbias = cvr_bias − "
+            "the reference's.", ""]
+  rows = []
+  for regime in grid["regimes"]:
+    for estimator, versus in summary["paired"][regime["name"]].items():
+      for reference, differences in versus.items():
+        rows.append([regime["name"], _name(estimator),
+                     _name(reference[len("vs_"):]),
+                     _cell(differences["abs_bias"], "difference"),
+                     _cell(differences["bias"], "difference")])
+  lines += _table(["regime", "estimator", "vs", "Δ\\|bias\\|", "Δbias"],
+                  rows)
+  lines += ["", "## Target of issue 11", "",
+            "Met when ESCM2-IPW and ESCM2-DR both have a paired Δ\\|bias\\| "
+            "interval below zero against ESMM and against naive, and the "
+            "better of them at most half of ESMM's mean |bias|.", ""]
+  rows = []
+  for regime in grid["regimes"]:
+    v = summary["verdicts"][regime["name"]]
+    if v.get("met") is None:
+      rows.append([regime["name"], "n/a", "", "", "", "", ""])
+      continue
+    flags = [("yes" if v[e][f"below_{r}"] else "no")
+             for e in ("ipw", "dr") for r in ("esmm", "naive")]
+    rows.append([regime["name"], *flags,
+                 f"{_name(v['better'])} {v['better_over_esmm']:.2f}",
+                 "**yes**" if v["met"] else "no"])
+  lines += _table(["regime", "IPW < ESMM", "IPW < naive", "DR < ESMM",
+                   "DR < naive", "better / ESMM \\|bias\\|", "met"], rows)
+  return "\n".join(lines) + "\n"
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+  return "" if value is None else f"{value:.{digits}f}"
+
+
+def mean_curves(results: Mapping[str, Any], regime: str, output: str
+                ) -> dict[str, dict[str, np.ndarray]]:
+  """Per estimator, the reliability deciles of ``output`` averaged over seeds.
+
+  Seeds whose curve has fewer bins (ties) are left out of the average.
+  """
+  curves: dict[str, list] = {}
+  for run in results["runs"]:
+    if run["regime"] == regime:
+      curves.setdefault(run["estimator"], []).append(
+          run["reliability"][output])
+  out = {}
+  for estimator, per_seed in curves.items():
+    size = max(len(c["predicted"]) for c in per_seed)
+    full = [c for c in per_seed if len(c["predicted"]) == size]
+    out[_name(estimator)] = {
+        key: np.mean([np.asarray(c[key], np.float64) for c in full], axis=0)
+        for key in ("predicted", "true", "count")}
+  return out
+
+
+def write_figures(results: Mapping[str, Any], directory: str) -> list[str]:
+  """Writes the PNG figures; returns their paths.
+
+  Raises:
+    ImportError: matplotlib (the ``plot`` extra) is not installed.
+  """
+  from escm2_tf import plotting  # pylint: disable=import-outside-toplevel
+  grid, summary = results["grid"], results["summary"]
+  os.makedirs(directory, exist_ok=True)
+  paths = []
+  panels = {}
+  for regime in grid["regimes"]:
+    name = regime["name"]
+    panels[f"{name}: CTR {regime['ctr']:g}, CVR {regime['cvr']:g}, "
+           f"corr {regime['correlation']:g}"] = {
+               _name(e): summary["metrics"][name][e]["cvr_bias"]
+               for e in grid["estimators"]}
+  figure = plotting.plot_intervals(
+      panels, ylabel="cvr_bias (mean pCVR − mean true p_conversion)",
+      reference=0.0)
+  paths.append(os.path.join(directory, "bias.png"))
+  figure.savefig(paths[-1])
+  for regime in grid["regimes"]:
+    name = regime["name"]
+    figure = plotting.plot_reliability_panels({
+        f"{name}: pCTR against true p_click":
+            mean_curves(results, name, "ctr"),
+        f"{name}: pCVR against true p_conversion (all impressions)":
+            mean_curves(results, name, "cvr")})
+    paths.append(os.path.join(directory, f"reliability_{name}.png"))
+    figure.savefig(paths[-1])
+  return paths

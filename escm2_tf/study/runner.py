@@ -1,0 +1,202 @@
+"""Runs a study: every estimator on every (regime, seed), with the defaults.
+
+Each run calls ``training.train`` with ``TrainConfig``, ``ModelConfig`` and
+``LossConfig`` at their defaults except the paths, the seed and the loss:
+the study measures what a user of the library gets, not a tuned model. After
+training, the test set is scored once more to bin pCTR and pCVR against the
+true probabilities (the reliability curves of the report).
+
+The results file is rewritten (atomically) after every run, so a killed
+study resumes where it stopped: runs already in it are skipped.
+"""
+
+import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from typing import Any, Callable
+
+import tf_keras as keras
+
+from escm2_tf import config as config_lib
+from escm2_tf import evaluation
+from escm2_tf import losses
+from escm2_tf import metrics as metrics_lib
+from escm2_tf import training
+from escm2_tf.study import datasets
+from escm2_tf.study import grid
+from escm2_tf.study import summary as summary_lib
+
+RELIABILITY_BINS = 10
+FORMAT_VERSION = 1
+
+
+class _KeepModel(keras.callbacks.Callback):
+  """Holds on to the trained model (best weights restored) for scoring."""
+
+  def __init__(self):
+    super().__init__()
+    self.trained = None
+
+  def on_train_end(self, logs=None):
+    self.trained = self.model
+
+
+def run_key(regime: grid.Regime, seed: int, estimator: str) -> str:
+  """Identifies a run by its regime's settings, not only its name."""
+  return json.dumps([dataclasses.asdict(regime), seed, estimator],
+                    sort_keys=True)
+
+
+def _reliability(model: keras.Model, dataset: datasets.Dataset,
+                 batch_size: int) -> dict[str, dict[str, list[float]]]:
+  columns = evaluation.predict_keras_model(model, dataset.eval_data,
+                                           batch_size)
+  truth = evaluation.align_ground_truth(
+      evaluation.read_ground_truth(dataset.ground_truth),
+      columns["sample_id"], dataset.ground_truth)
+  out = {}
+  for output, true_name in (("ctr", "p_click"), ("cvr", "p_conversion")):
+    curve = metrics_lib.reliability_curve(columns[output], truth[true_name],
+                                          RELIABILITY_BINS)
+    out[output] = {name: values.tolist() for name, values in curve.items()}
+  return out
+
+
+def train_one(dataset: datasets.Dataset, estimator: str, seed: int,
+              model_dir: str) -> dict[str, Any]:
+  """One estimator on one dataset with the library's defaults."""
+  shutil.rmtree(model_dir, ignore_errors=True)
+  train_config = config_lib.TrainConfig(
+      train_data=dataset.train_data, eval_data=dataset.eval_data,
+      vocab_dir=dataset.vocab_dir, model_dir=model_dir,
+      ground_truth=dataset.ground_truth, seed=seed)
+  keep = _KeepModel()
+  started = time.monotonic()
+  result = training.train(train_config, config_lib.ModelConfig(),
+                          losses.LossConfig(loss=estimator),
+                          callbacks=[keep], verbose=0)
+  reliability = _reliability(keep.trained, dataset, train_config.batch_size)
+  keras.backend.clear_session()
+  shutil.rmtree(model_dir, ignore_errors=True)
+  return {"metrics": result["metrics"], "epochs": result["epochs"],
+          "best_epoch": result.get("best_epoch"),
+          "history": {name: [float(v) for v in values]
+                      for name, values in result["history"].items()},
+          "reliability": reliability,
+          "seconds": time.monotonic() - started}
+
+
+def _load(path: str, config: grid.StudyConfig) -> dict[str, dict[str, Any]]:
+  """Runs of an earlier results file that belong to this grid."""
+  if not os.path.exists(path):
+    return {}
+  try:
+    with open(path, encoding="utf-8") as f:
+      stored = json.load(f)
+    runs = stored["runs"]
+  except (OSError, ValueError, KeyError, TypeError) as error:
+    raise grid.StudyError(f"{path}: not a study results file ({error}); "
+                          "move it away or pass another --output_json"
+                          ) from None
+  regimes = {r.name: r for r in config.regimes}
+  kept = {}
+  for run in runs:
+    regime = regimes.get(run.get("regime"))
+    if (regime is not None and run.get("seed") in config.seeds
+        and run.get("estimator") in config.estimators
+        and run.get("regime_settings") == dataclasses.asdict(regime)):
+      kept[run_key(regime, run["seed"], run["estimator"])] = run
+  return kept
+
+
+def _write_json(path: str, content: dict[str, Any]) -> None:
+  temporary = f"{path}.tmp"
+  with open(temporary, "w", encoding="utf-8") as f:
+    json.dump(content, f, indent=1, sort_keys=True, allow_nan=False)
+    f.write("\n")
+  os.replace(temporary, path)
+
+
+def _clock(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def run_study(config: grid.StudyConfig, work_dir: str, output_json: str,
+              progress: Callable[[str], None] = print,
+              resume: bool = True) -> dict[str, Any]:
+  """Trains every run missing from ``output_json`` and writes the results.
+
+  Returns:
+    The results: ``{"version", "grid", "runs": [...], "summary": {...}}``
+    (``summary_lib.summarise``), as written to ``output_json``.
+
+  Raises:
+    grid.StudyError: The results file or a dataset belongs to something
+      else, or ``work_dir`` cannot be written.
+  """
+  try:
+    os.makedirs(work_dir, exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(output_json)), exist_ok=True)
+  except OSError as error:
+    raise grid.StudyError(f"cannot create {error.filename}: "
+                          f"{error.strerror}") from None
+  done = _load(output_json, config) if resume else {}
+  plan = [(regime, seed, estimator) for regime in config.regimes
+          for seed in config.seeds for estimator in config.estimators]
+  todo = sum(run_key(*item) not in done for item in plan)
+  progress(f"escm2-study: {len(plan)} runs ({len(done)} already in "
+           f"{output_json}, {todo} to train)")
+  started, trained = time.monotonic(), 0
+  runs = dict(done)
+  for regime in config.regimes:
+    for seed in config.seeds:
+      missing = [e for e in config.estimators
+                 if run_key(regime, seed, e) not in runs]
+      if not missing:
+        continue
+      dataset = datasets.prepare(
+          regime, seed, os.path.join(work_dir, "data", regime.name,
+                                     f"seed{seed}"))
+      for estimator in missing:
+        record = train_one(dataset, estimator, seed, os.path.join(
+            work_dir, "models", regime.name, f"seed{seed}", estimator))
+        record.update(regime=regime.name, seed=seed, estimator=estimator,
+                      regime_settings=dataclasses.asdict(regime),
+                      data=dataset.summary)
+        runs[run_key(regime, seed, estimator)] = record
+        trained += 1
+        elapsed = time.monotonic() - started
+        eta = elapsed / trained * (todo - trained)
+        m = record["metrics"]
+        progress(f"[{len(runs)}/{len(plan)}] {regime.name} seed {seed} "
+                 f"{estimator}: {record['seconds']:.0f} s, "
+                 f"{record['epochs']} epoch(s) (kept "
+                 f"{record['best_epoch'] or record['epochs']}), cvr_bias "
+                 f"{_signed(m.get('cvr_bias'))}, auc_ctr "
+                 f"{_plain(m.get('auc_ctr'))}; elapsed {_clock(elapsed)}, "
+                 f"ETA {_clock(eta)}")
+        _write_json(output_json, _results(config, runs, plan))
+  results = _results(config, runs, plan)
+  _write_json(output_json, results)
+  return results
+
+
+def _signed(value: float | None) -> str:
+  return "nan" if value is None else f"{value:+.4f}"
+
+
+def _plain(value: float | None) -> str:
+  return "nan" if value is None else f"{value:.4f}"
+
+
+def _results(config: grid.StudyConfig, runs: dict[str, dict[str, Any]],
+             plan: list) -> dict[str, Any]:
+  ordered = [runs[run_key(*item)] for item in plan if run_key(*item) in runs]
+  return {"version": FORMAT_VERSION, "grid": config.to_dict(),
+          "runs": ordered,
+          "summary": summary_lib.summarise(config, ordered)}

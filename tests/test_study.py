@@ -1,0 +1,198 @@
+"""Tests of escm2-study: the statistics, the verdict, bad grids, a tiny run."""
+
+import json
+import math
+import os
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import numpy as np
+import testing
+
+from escm2_tf.cli import study as study_cli
+from escm2_tf.study import grid
+from escm2_tf.study import stats
+from escm2_tf.study import summary
+
+setUpModule = testing.mark_flags_parsed
+# Two seeds of a tiny, high-rate regime: every metric is defined, and the
+# whole study takes seconds per run.
+_TINY = "tiny:ctr=0.25,cvr=0.3,corr=0.9,train=2000,test=1000"
+
+
+class StatsTest(parameterized.TestCase):
+
+  def test_interval_is_the_student_t_interval(self):
+    values = [0.1, 0.4, 0.3]
+    got = stats.interval(values)
+    half = 4.303 * np.std(values, ddof=1) / math.sqrt(3)
+    self.assertAlmostEqual(got["mean"], np.mean(values))
+    self.assertAlmostEqual(got["low"], np.mean(values) - half)
+    self.assertAlmostEqual(got["high"], np.mean(values) + half)
+    self.assertEqual(got["n"], 3)
+
+  def test_interval_drops_undefined_values(self):
+    got = stats.interval([1.0, math.nan, None, 3.0])
+    self.assertEqual(got["n"], 2)
+    self.assertAlmostEqual(got["mean"], 2.0)
+    self.assertTrue(math.isnan(stats.interval([5.0])["low"]))
+
+  def test_t_quantile_approaches_the_normal(self):
+    self.assertAlmostEqual(stats.t_quantile(30), 2.042)
+    self.assertAlmostEqual(stats.t_quantile(40), 2.021, places=3)
+    self.assertAlmostEqual(stats.t_quantile(1000), 1.962, places=3)
+
+  def test_paired_differences_cancel_the_shared_spread(self):
+    # The seeds differ a lot, but a is 0.01 below b in every one of them.
+    b = {0: 0.10, 1: 0.50, 2: -0.30}
+    a = {seed: value - 0.01 for seed, value in b.items()}
+    got = stats.paired(a, b)
+    self.assertAlmostEqual(got["mean"], -0.01)
+    self.assertAlmostEqual(got["low"], -0.01)
+    self.assertTrue(stats.excludes_zero({"low": -0.02, "high": -0.001}))
+    self.assertFalse(stats.excludes_zero(stats.interval(
+        [a[s] - 0.2 * s for s in a])))
+    absolute = stats.paired({0: -0.02, 1: 0.01}, {0: 0.03, 1: -0.05}, abs)
+    self.assertAlmostEqual(absolute["mean"], ((0.02 - 0.03) + (0.01 - 0.05))
+                           / 2)
+
+
+def _runs(biases):
+  """Runs of one regime: estimator -> bias per seed."""
+  return [{"regime": "r", "seed": seed, "estimator": estimator, "epochs": 1,
+           "metrics": {"cvr_bias": value}}
+          for estimator, values in biases.items()
+          for seed, value in enumerate(values)]
+
+
+class VerdictTest(parameterized.TestCase):
+
+  def _verdict(self, biases):
+    config = grid.StudyConfig(
+        regimes=(grid.Regime("r", 0.1, 0.1, 0.5, 10_000, 100),),
+        seeds=tuple(range(len(biases["esmm"]))))
+    return summary.summarise(config, _runs(biases))["verdicts"]["r"]
+
+  def test_met_when_both_are_clearly_less_biased(self):
+    verdict = self._verdict({
+        "naive": [0.030, 0.020, 0.025], "esmm": [0.010, 0.012, 0.008],
+        "ipw": [0.002, -0.001, 0.003], "dr": [0.004, 0.005, 0.003]})
+    self.assertTrue(verdict["met"])
+    self.assertEqual(verdict["better"], "ipw")
+    self.assertAlmostEqual(verdict["better_over_esmm"], 0.2)
+
+  def test_not_met_when_a_difference_straddles_zero(self):
+    verdict = self._verdict({
+        "naive": [0.030, 0.020, 0.025], "esmm": [0.010, 0.012, 0.008],
+        "ipw": [0.002, -0.001, 0.003], "dr": [0.004, 0.015, 0.003]})
+    self.assertFalse(verdict["met"])
+    self.assertFalse(verdict["dr"]["below_esmm"])
+    self.assertTrue(verdict["ipw"]["below_esmm"])
+
+  def test_not_met_when_the_better_is_above_half_of_esmm(self):
+    verdict = self._verdict({
+        "naive": [0.030, 0.020, 0.025], "esmm": [0.010, 0.012, 0.008],
+        "ipw": [0.0070, 0.0090, 0.0050], "dr": [0.0071, 0.0091, 0.0051]})
+    self.assertTrue(verdict["ipw"]["below_esmm"])
+    self.assertAlmostEqual(verdict["better_over_esmm"], 0.7)
+    self.assertFalse(verdict["met"])
+
+
+class GridTest(parameterized.TestCase):
+
+  def test_parses_a_regime(self):
+    regime = grid.parse_regime(_TINY)
+    self.assertEqual(regime, grid.Regime("tiny", 0.25, 0.3, 0.9, 2000, 1000))
+
+  @parameterized.parameters(
+      ("tiny:ctr=0.2,cvr=0.2,corr=0.9,train=3000", "missing test"),
+      ("tiny:ctr=0.2,cvr=0.2,corr=0.9,train=3000,test=10,x=1", "unknown key"),
+      ("tiny:ctr=high,cvr=0.2,corr=0.9,train=3000,test=10", "not a float"),
+      ("ti ny:ctr=0.2,cvr=0.2,corr=0.9,train=3000,test=10", "the name"))
+  def test_bad_regime_spec(self, spec, message):
+    with self.assertRaisesRegex(grid.StudyError, message):
+      grid.parse_regime(spec)
+
+  @parameterized.parameters(
+      (dict(seeds=(0,)), "at least 2 seeds"),
+      (dict(seeds=(0, 0)), "repeated seed"),
+      (dict(estimators=("esmm", "mmoe")), "unknown estimator"),
+      (dict(regimes=()), "no regime"),
+      (dict(regimes=(grid.Regime("r", 0.01, 0.01, 0.5, 1000, 100),)),
+       "training conversions"),
+      (dict(regimes=(grid.Regime("r", 0.1, 0.1, 1.5, 10_000, 100),)),
+       "click_conversion_correlation"))
+  def test_grid_that_cannot_run(self, settings, message):
+    with self.assertRaisesRegex(grid.StudyError, message):
+      grid.StudyConfig(**settings)
+
+  def test_default_design_covers_every_level(self):
+    regimes = grid.DEFAULT_REGIMES
+    self.assertEqual({r.cvr for r in regimes}, {0.01, 0.04, 0.15})
+    self.assertEqual({r.ctr for r in regimes}, {0.02, 0.08})
+    self.assertEqual({r.correlation for r in regimes},
+                     {grid.WEAK_CORRELATION, grid.STRONG_CORRELATION})
+
+
+def _run_cli(**overrides):
+  return testing.run_main(study_cli.main, "escm2-study", **overrides)
+
+
+class StudyCliTest(parameterized.TestCase):
+
+  @parameterized.parameters(
+      (dict(seeds=["0"]), "--seeds needs at least 2 seeds"),
+      (dict(seeds=["0", "x"]), "--seeds: 'x' is not an integer"),
+      (dict(estimators=["esmm", "bogus"]), "unknown estimator 'bogus'"),
+      (dict(regime=["r:ctr=0.2,cvr=0.2"]), "missing corr"))
+  def test_bad_grid_is_one_line_and_writes_nothing(self, overrides, message):
+    root = testing.new_dir()
+    output_dir = os.path.join(root, "out")
+    status, _, stderr = _run_cli(work_dir=os.path.join(root, "work"),
+                                 output_dir=output_dir, **overrides)
+    self.assertEqual(status, 2)
+    self.assertLen(stderr.strip().splitlines(), 1)
+    self.assertIn(message, stderr)
+    self.assertFalse(os.path.exists(output_dir))
+    self.assertFalse(os.path.exists(os.path.join(root, "work")))
+
+  def test_tiny_study_writes_results_and_resumes(self):
+    root = testing.new_dir()
+    output_dir = os.path.join(root, "out")
+    settings = dict(work_dir=os.path.join(root, "work"),
+                    output_dir=output_dir, regime=[_TINY], seeds=["0", "1"],
+                    estimators=["esmm", "ipw"])
+    status, stdout, stderr = _run_cli(**settings)
+    self.assertEqual(status, 0, stderr)
+    self.assertRegex(stdout, r"\[4/4\] tiny seed 1 ipw: .* ETA 0:00:00")
+    with open(os.path.join(output_dir, "study.json")) as f:
+      results = json.load(f)
+    self.assertLen(results["runs"], 4)
+    for run in results["runs"]:
+      self.assertLen(run["reliability"]["ctr"]["predicted"],
+                     len(run["reliability"]["ctr"]["true"]))
+      self.assertIn("cvr_bias", run["metrics"])
+    cell = results["summary"]["metrics"]["tiny"]["ipw"]["cvr_bias"]
+    biases = [run["metrics"]["cvr_bias"] for run in results["runs"]
+              if run["estimator"] == "ipw"]
+    self.assertAlmostEqual(cell["mean"], np.mean(biases))
+    self.assertEqual(cell["n"], 2)
+    self.assertIn("vs_esmm", results["summary"]["paired"]["tiny"]["ipw"])
+    # Without naive and DR the target cannot be judged.
+    self.assertIsNone(results["summary"]["verdicts"]["tiny"]["met"])
+    with open(os.path.join(output_dir, "study.md")) as f:
+      markdown = f.read()
+    self.assertIn("| tiny | ESCM2-IPW |", markdown)
+    self.assertIn("## Target of issue 11", markdown)
+    for name in ("bias.png", "reliability_tiny.png"):
+      with open(os.path.join(output_dir, name), "rb") as f:
+        self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+    # A second run finds every run done and trains nothing.
+    status, stdout, _ = _run_cli(**settings)
+    self.assertEqual(status, 0)
+    self.assertIn("4 already in", stdout)
+    self.assertIn("0 to train", stdout)
+
+
+if __name__ == "__main__":
+  absltest.main()
