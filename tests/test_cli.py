@@ -31,6 +31,7 @@ _KEY_FLAGS = {
     "escm2-export": ("model_dir", "export_dir", "version", "overwrite"),
     "escm2-predict": ("saved_model", "data", "input_format", "output"),
     "escm2-bench": ("parts", "hparams", "train_examples", "output_json"),
+    "escm2-study": ("work_dir", "output_dir", "regime", "seeds", "estimators"),
 }
 # What TensorFlow prints on a CPU-only machine unless asked.
 _NOISE = re.compile(r"oneDNN|cuda|cuInit|InitializeLog|^[IWE]\d{4} |"
@@ -74,7 +75,7 @@ class HelpTest(parameterized.TestCase):
     # What keeps --help and flag errors fast.
     code = ("import sys\n"
             "from escm2_tf.cli import bench, evaluate, export, predict, "
-            "synth, train\n"
+            "study, synth, train\n"
             "from escm2_pipelines import cli\n"
             "print(sorted(m for m in ('tensorflow', 'apache_beam') "
             "if m in sys.modules))\n")
@@ -105,6 +106,8 @@ class BadFlagTest(parameterized.TestCase):
       ("escm2-predict", "--input_format=csv",
        "--input_format=csv: value should be one of "
        "<tfrecord|paddlerec|aliccp>"),
+      ("escm2-study", "--seeds=0,x",
+       "--seeds: expected comma-separated integers, got '0,x'"),
       ("escm2-bench", "--parts=train,fly",
        "--parts: must be one of convert, parse, train, eval, serve, "
        "quality; got 'fly'"))

@@ -142,7 +142,8 @@ class StudyCliTest(parameterized.TestCase):
 
   @parameterized.parameters(
       (dict(seeds=["0"]), "--seeds needs at least 2 seeds"),
-      (dict(seeds=["0", "x"]), "--seeds: 'x' is not an integer"),
+      (dict(seeds=["0", "x"]),
+       "--seeds: expected comma-separated integers, got '0,x'"),
       (dict(estimators=["esmm", "bogus"]), "unknown estimator 'bogus'"),
       (dict(regime=["r:ctr=0.2,cvr=0.2"]), "missing corr"))
   def test_bad_grid_is_one_line_and_writes_nothing(self, overrides, message):

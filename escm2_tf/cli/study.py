@@ -18,58 +18,56 @@ Regimes are ``--regime=NAME:ctr=..,cvr=..,corr=..,train=..,test=..``
 that cannot run exits with status 2 and one line, before writing anything.
 """
 
+import dataclasses
 import os
-import sys
 from typing import Sequence
 
-from absl import app
-from absl import flags
-
+from escm2_tf import flagbind
+from escm2_tf import options
+from escm2_tf.options import ConfigError
+from escm2_tf.options import option
 from escm2_tf.study import grid
 
-_USAGE_ERROR = 2
-# Other CLIs define some of these names too (--work_dir, --output_dir): all
-# allow override, so that the CLIs load into one process (the test suite).
-_WORK_DIR = flags.DEFINE_string(
-    "work_dir", "", "Datasets and model directories (reused on resume).",
-    allow_override=True)
-_OUTPUT_DIR = flags.DEFINE_string(
-    "output_dir", None, "Where study.json, study.md and the figures go.",
-    allow_override=True)
-_REGIMES = flags.DEFINE_multi_string(
-    "regime", [], "NAME:ctr=F,cvr=F,corr=F,train=N,test=N; repeatable. "
-    "Default: the design of escm2_tf.study.grid.DEFAULT_REGIMES.",
-    allow_override=True)
-_SEEDS = flags.DEFINE_list(
-    "seeds", [str(s) for s in grid.DEFAULT_SEEDS],
-    "Seeds (simulator and training); at least 2.", allow_override=True)
-_ESTIMATORS = flags.DEFINE_list("estimators", list(grid.ESTIMATORS),
-                                "LossConfig.loss values to compare.",
-                                allow_override=True)
-_RESUME = flags.DEFINE_boolean(
-    "resume", True, "Skip runs already in OUTPUT_DIR/study.json.",
-    allow_override=True)
-
+_PROGRAM = "escm2-study"
 JSON_NAME = "study.json"
 MARKDOWN_NAME = "study.md"
 
 
-def _fail(message: str) -> int:
-  print(f"escm2-study: error: {message}", file=sys.stderr)
-  return _USAGE_ERROR
+@dataclasses.dataclass(frozen=True)
+class StudyFlags:
+  """The grid to run and where its outputs go.
+
+  Attributes:
+    work_dir: Datasets and model directories (reused on resume).
+    output_dir: Where study.json, study.md and the figures go.
+    regime: NAME:ctr=F,cvr=F,corr=F,train=N,test=N; repeatable. Default: the
+      design of escm2_tf.study.grid.DEFAULT_REGIMES.
+    seeds: Seeds (simulator and training); at least 2.
+    estimators: LossConfig.loss values to compare.
+    resume: Skip runs already in OUTPUT_DIR/study.json.
+  """
+  work_dir: str = option("", group="data")
+  output_dir: str = option("", group="output")
+  regime: tuple[str, ...] = option((), group="data", repeatable=True)
+  seeds: tuple[int, ...] = option(grid.DEFAULT_SEEDS, group="data")
+  estimators: tuple[str, ...] = option(tuple(grid.ESTIMATORS), group="loss")
+  resume: bool = option(True, group="output")
+
+  def __post_init__(self):
+    for name in ("work_dir", "output_dir"):
+      if not getattr(self, name):
+        raise ConfigError(name, "is required")
+    options.check_declared(self)
 
 
-def _config() -> grid.StudyConfig:
-  seeds = []
-  for text in _SEEDS.value:
-    try:
-      seeds.append(int(text))
-    except ValueError:
-      raise grid.StudyError(f"--seeds: {text!r} is not an integer") from None
-  regimes = (tuple(grid.parse_regime(spec) for spec in _REGIMES.value)
+_FLAGS = flagbind.Binding(flagbind.Section(StudyFlags, "data"))
+
+
+def _config(settings: StudyFlags) -> grid.StudyConfig:
+  regimes = (tuple(grid.parse_regime(spec) for spec in settings.regime)
              or grid.DEFAULT_REGIMES)
-  return grid.StudyConfig(regimes=regimes, seeds=tuple(seeds),
-                          estimators=tuple(_ESTIMATORS.value))
+  return grid.StudyConfig(regimes=regimes, seeds=tuple(settings.seeds),
+                          estimators=tuple(settings.estimators))
 
 
 def _write_text(path: str, text: str) -> None:
@@ -81,25 +79,26 @@ def _write_text(path: str, text: str) -> None:
 
 def main(argv: Sequence[str]) -> int:
   if len(argv) > 1:
-    return _fail(f"unexpected arguments {' '.join(argv[1:])!r}")
-  for holder in (_WORK_DIR, _OUTPUT_DIR):
-    if not holder.value:
-      return _fail(f"--{holder.name} is required")
+    return flagbind.fail(_PROGRAM,
+                         f"unexpected arguments {' '.join(argv[1:])!r}")
   try:
-    config = _config()
+    settings = _FLAGS.build(StudyFlags)
+    config = _config(settings)
+  except ConfigError as error:
+    return flagbind.fail(_PROGRAM, flagbind.error_line(error))
   except grid.StudyError as error:
-    return _fail(str(error))
+    return flagbind.fail(_PROGRAM, str(error))
   # TensorFlow and Beam load only for a grid that can run.
   from escm2_tf.study import report  # pylint: disable=import-outside-toplevel
   from escm2_tf.study import runner  # pylint: disable=import-outside-toplevel
-  output_dir = _OUTPUT_DIR.value
+  output_dir = settings.output_dir
   try:
     results = runner.run_study(
-        config, _WORK_DIR.value, os.path.join(output_dir, JSON_NAME),
+        config, settings.work_dir, os.path.join(output_dir, JSON_NAME),
         progress=lambda line: print(line, flush=True),
-        resume=_RESUME.value)
+        resume=settings.resume)
   except grid.StudyError as error:
-    return _fail(str(error))
+    return flagbind.fail(_PROGRAM, str(error))
   markdown = os.path.join(output_dir, MARKDOWN_NAME)
   _write_text(markdown, report.markdown(results))
   print(f"escm2-study: wrote {os.path.join(output_dir, JSON_NAME)} and "
@@ -117,7 +116,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run() -> None:
-  app.run(main)
+  flagbind.run(main, _PROGRAM, _FLAGS, __doc__)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,9 @@ import dataclasses
 import re
 from typing import Any, Sequence
 
-from escm2_tf import losses
+from escm2_tf import config as config_lib
 
-ESTIMATORS = ("naive", "esmm", "ipw", "dr")
+ESTIMATORS = config_lib.LOSSES
 WEAK_CORRELATION = 0.2
 STRONG_CORRELATION = 0.9
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -145,9 +145,9 @@ def check(config: StudyConfig) -> None:
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
       raise StudyError(f"--seeds: {seed!r} is not a non-negative integer")
   for estimator in config.estimators:
-    if estimator not in losses.LOSSES:
+    if estimator not in config_lib.LOSSES:
       raise StudyError(f"--estimators: unknown estimator {estimator!r}; "
-                       f"known: {', '.join(losses.LOSSES)}")
+                       f"known: {', '.join(config_lib.LOSSES)}")
   for regime in config.regimes:
     _check_regime(regime)
 
