@@ -318,9 +318,10 @@ class FlagfileTest(tf.test.TestCase, parameterized.TestCase):
                      (12, "mmoe", 8, (16,), (8,)))
     self.assertEqual((loss.compat, loss.lambda_g, loss.lambda_c),
                      ("paddlerec", 0.5, 0.5))
-    # PaddleRec trains every epoch on all the data from zero output biases.
-    self.assertEqual((train.early_stopping_patience, train.base_rate_init),
-                     (0, False))
+    # PaddleRec trains every epoch on all the data from zero output biases,
+    # with a row for every id.
+    self.assertEqual((train.early_stopping_patience, train.base_rate_init,
+                      train.min_count), (0, False, 1))
 
   def test_demo_stops_early_on_held_out_training_data(self):
     train = self.parse("demo.flags")["train"]
