@@ -37,11 +37,9 @@ Arguments after ``--`` go to escm2-convert unchanged.
 
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import zlib
 
@@ -50,6 +48,7 @@ from absl import flags
 
 from escm2_tf.formats import examples
 from escm2_tf import simulator
+from escm2_tf.bench import processes
 from escm2_pipelines import config as config_lib
 from escm2_pipelines import rows
 from escm2_pipelines import tally
@@ -82,7 +81,6 @@ FULL_IMPRESSIONS = 85_000_000
 FULL_COMMON_ROWS = 730_000
 # A dict entry (key string, hash slot, bytes header) beyond the encoded bytes.
 _DICT_ENTRY_OVERHEAD = 200
-_SAMPLE_SECONDS = 0.2
 _CALIBRATION_ROWS = 2000
 
 
@@ -104,28 +102,6 @@ def _simulate(num_impressions: int, seed: int) -> str:
   return raw_dir
 
 
-def _tree_rss(root: int) -> int:
-  """Resident bytes of ``root`` and all its descendants, from /proc."""
-  children: dict[int, list[int]] = {}
-  rss: dict[int, int] = {}
-  for entry in os.listdir("/proc"):
-    if not entry.isdigit():
-      continue
-    try:
-      with open(f"/proc/{entry}/stat") as f:
-        stat = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-      continue
-    children.setdefault(int(stat[1]), []).append(int(entry))
-    rss[int(entry)] = int(stat[21]) * os.sysconf("SC_PAGE_SIZE")
-  total, stack = 0, [root]
-  while stack:
-    pid = stack.pop()
-    total += rss.get(pid, 0)
-    stack += children.get(pid, [])
-  return total
-
-
 def _machine_busy_seconds() -> float:
   """CPU seconds all processes of the machine have used since boot."""
   with open("/proc/stat") as f:
@@ -145,7 +121,7 @@ def _run_convert(args: list[str], pythonpath: str = "") -> dict:
     env["PYTHONPATH"] = pythonpath
   command = [sys.executable, "-c",
              "from escm2_pipelines import cli; cli.run()", *args]
-  before = resource.getrusage(resource.RUSAGE_CHILDREN)
+  before = processes.children_cpu_seconds()
   busy = _machine_busy_seconds()
   load = os.getloadavg()[0]
   start = time.time()
@@ -154,22 +130,15 @@ def _run_convert(args: list[str], pythonpath: str = "") -> dict:
   child = subprocess.Popen(command, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, env=env,
                            cwd="/")
-  peak = [0]
-  def sample():
-    while child.poll() is None:
-      peak[0] = max(peak[0], _tree_rss(child.pid))
-      time.sleep(_SAMPLE_SECONDS)
-  sampler = threading.Thread(target=sample, daemon=True)
-  sampler.start()
+  sampler = processes.PeakRss(child)
   stdout, stderr = child.communicate()
   wall = time.time() - start
-  sampler.join()
+  peak = sampler.join()
   if child.returncode:
     sys.exit(f"escm2-convert failed:\n{stderr[-3000:]}")
-  after = resource.getrusage(resource.RUSAGE_CHILDREN)
-  cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+  cpu = processes.children_cpu_seconds() - before
   print(stdout.strip())
-  return {"wall_s": wall, "cpu_s": cpu, "peak_rss_bytes": peak[0],
+  return {"wall_s": wall, "cpu_s": cpu, "peak_rss_bytes": peak,
           "others_cpu_s": _machine_busy_seconds() - busy - cpu,
           "load_before": load, "load_after": os.getloadavg()[0]}
 

@@ -34,16 +34,16 @@ is written from it.
 import json
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
-import threading
 import time
 
 from absl import app
 from absl import flags
 import numpy as np
+
+from escm2_tf.bench import processes
 
 _WORK_DIR = flags.DEFINE_string("work_dir", "/tmp/escm2_rehearsal",
                                 "Where every size's data and runs go.")
@@ -80,41 +80,6 @@ _KEEP = flags.DEFINE_bool("keep_data", False,
                           "Keep the data of every size (they are large).")
 
 FULL_IMPRESSIONS = 85_000_000
-_SAMPLE_SECONDS = 0.2
-
-
-def _tree_rss(root: int) -> int:
-  """Resident bytes of ``root`` and all its descendants, from /proc."""
-  children: dict[int, list[int]] = {}
-  rss: dict[int, int] = {}
-  page = os.sysconf("SC_PAGE_SIZE")
-  for entry in os.listdir("/proc"):
-    if not entry.isdigit():
-      continue
-    try:
-      with open(f"/proc/{entry}/stat") as f:
-        stat = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-      continue
-    children.setdefault(int(stat[1]), []).append(int(entry))
-    rss[int(entry)] = int(stat[21]) * page
-  total, stack = 0, [root]
-  while stack:
-    pid = stack.pop()
-    total += rss.get(pid, 0)
-    stack += children.get(pid, [])
-  return total
-
-
-def _dir_bytes(path: str) -> int:
-  total = 0
-  for root, _, names in os.walk(path):
-    for name in names:
-      try:
-        total += os.path.getsize(os.path.join(root, name))
-      except OSError:
-        pass
-  return total
 
 
 def _run(name: str, command: list[str], outputs: list[str],
@@ -125,19 +90,11 @@ def _run(name: str, command: list[str], outputs: list[str],
   stage's phases (training's epoch, then its evaluation and export) can be
   told apart.
   """
-  before = resource.getrusage(resource.RUSAGE_CHILDREN)
+  before = processes.children_cpu_seconds()
   start = time.perf_counter()
   child = subprocess.Popen(command, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, bufsize=1)
-  peak = [0]
-
-  def sample():
-    while child.poll() is None:
-      peak[0] = max(peak[0], _tree_rss(child.pid))
-      time.sleep(_SAMPLE_SECONDS)
-
-  sampler = threading.Thread(target=sample, daemon=True)
-  sampler.start()
+  sampler = processes.PeakRss(child)
   stamped = []
   with open(log_path, "w") as log:
     log.write(" ".join(command) + "\n")
@@ -148,17 +105,17 @@ def _run(name: str, command: list[str], outputs: list[str],
       log.flush()
   child.wait()
   wall = time.perf_counter() - start
-  sampler.join()
-  after = resource.getrusage(resource.RUSAGE_CHILDREN)
+  peak = sampler.join()
+  cpu = processes.children_cpu_seconds() - before
   if child.returncode:
     tail = "\n".join(line for _, line in stamped[-20:])
     sys.exit(f"rehearsal: stage {name} failed ({child.returncode}):\n{tail}")
-  cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
   result = {"wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
-            "peak_rss_mb": round(peak[0] / 2**20),
-            "written_mb": round(sum(_dir_bytes(p) if os.path.isdir(p) else
-                                    os.path.getsize(p) for p in outputs
-                                    if os.path.exists(p)) / 2**20, 1),
+            "peak_rss_mb": round(peak / 2**20),
+            "written_mb": round(sum(
+                processes.dir_bytes(p) if os.path.isdir(p)
+                else os.path.getsize(p) for p in outputs
+                if os.path.exists(p)) / 2**20, 1),
             "command": " ".join(command)}
   print(f"{name}: {json.dumps(result)}", flush=True)
   result["_lines"] = stamped
@@ -315,7 +272,7 @@ def _rehearse(size: int) -> dict:
       "train_rows_written": train_stats.get("rows_written"),
       "metrics": {k: v for k, v in metrics.items()
                   if k.startswith(("auc", "logloss", "count"))},
-      "disk_mb": round(_dir_bytes(root) / 2**20)}
+      "disk_mb": round(processes.dir_bytes(root) / 2**20)}
   if not _KEEP.value:
     shutil.rmtree(raw, ignore_errors=True)
     shutil.rmtree(data_dir, ignore_errors=True)
