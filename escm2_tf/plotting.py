@@ -91,6 +91,16 @@ def plot_reliability(curves: Mapping[str, Mapping[str, np.ndarray]],
   """
   fig = Figure(figsize=(_SIZE[0] + 0.6, _SIZE[1] + 1.0), layout="constrained")
   ax = fig.subplots()
+  _draw_reliability(ax, curves, markersize=6)
+  ax.set_title(title)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  return fig
+
+
+def _draw_reliability(ax, curves: Mapping[str, Mapping[str, np.ndarray]],
+                      markersize: float) -> None:
+  """The diagonal and one line per model, on ``ax``."""
   low = min(min(c["predicted"].min(), c["true"].min()) for c in curves.values())
   high = max(max(c["predicted"].max(), c["true"].max())
              for c in curves.values())
@@ -98,13 +108,9 @@ def plot_reliability(curves: Mapping[str, Mapping[str, np.ndarray]],
           label="perfect calibration")
   for index, (name, curve) in enumerate(curves.items()):
     ax.plot(curve["predicted"], curve["true"], "o-", color=f"C{index}",
-            label=name)
-  ax.set_title(title)
-  ax.set_xlabel(xlabel)
-  ax.set_ylabel(ylabel)
+            label=name, markersize=markersize)
   ax.grid(alpha=0.3)
   ax.legend(fontsize="small")
-  return fig
 
 
 def plot_reliability_panels(
@@ -119,22 +125,12 @@ def plot_reliability_panels(
   fig, axes = _axes_grid(len(panels))
   fig.set_size_inches(_SIZE[0] * 1.2 * len(panels), _SIZE[1] * 1.3)
   for ax, (title, curves) in zip(axes, panels.items()):
-    low = min(min(c["predicted"].min(), c["true"].min())
-              for c in curves.values())
-    high = max(max(c["predicted"].max(), c["true"].max())
-               for c in curves.values())
-    ax.plot([low, high], [low, high], color="0.5", linestyle=":",
-            label="perfect calibration")
-    for index, (name, curve) in enumerate(curves.items()):
-      ax.plot(curve["predicted"], curve["true"], "o-", color=f"C{index}",
-              label=name, markersize=3)
+    _draw_reliability(ax, curves, markersize=3)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_title(title, fontsize="medium")
     ax.set_xlabel("mean prediction in decile")
     ax.set_ylabel("mean true probability in decile")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
   return fig
 
 

@@ -16,11 +16,7 @@ from escm2_tf import losses
 from escm2_tf import training
 from escm2_tf.cli import evaluate as evaluate_cli
 
-GROUND_TRUTH_KEYS = {"cvr_bias", "cvr_bias_clicked", "auc_cvr_truth",
-                     "true_cvr_mean", "calibration_ctr_truth",
-                     "calibration_cvr_truth", "calibration_ctcvr_truth",
-                     "auc_ctr_oracle", "ctr_calibration_error",
-                     "ips_true_cvr", "ips_true_cvr_oracle"}
+GROUND_TRUTH_KEYS = testing.GROUND_TRUTH_METRICS
 
 
 setUpModule = testing.mark_flags_parsed

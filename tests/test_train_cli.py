@@ -29,11 +29,7 @@ METRIC_KEYS = {
     "auc_ctr", "auc_cvr", "auc_cvr_all", "auc_ctcvr", "logloss_ctr",
     "logloss_cvr", "logloss_ctcvr", "calibration_ctr", "calibration_cvr",
     "calibration_ctcvr", "count", "clicks", "conversions"}
-GROUND_TRUTH_KEYS = {"cvr_bias", "cvr_bias_clicked", "auc_cvr_truth",
-                     "true_cvr_mean", "calibration_ctr_truth",
-                     "calibration_cvr_truth", "calibration_ctcvr_truth",
-                     "auc_ctr_oracle", "ctr_calibration_error",
-                     "ips_true_cvr", "ips_true_cvr_oracle"}
+GROUND_TRUTH_KEYS = testing.GROUND_TRUTH_METRICS
 
 
 setUpModule = testing.mark_flags_parsed

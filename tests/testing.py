@@ -36,6 +36,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Far above any healthy run of a test's subprocess on two shared cores, far
 # below CI's own limit: a hang fails one test instead of stalling the suite.
 SUBPROCESS_TIMEOUT_S = 300
+# The metrics that need the simulator's ground truth (escm2-evaluate and
+# escm2-train report them only with --ground_truth).
+GROUND_TRUTH_METRICS = frozenset({
+    "cvr_bias", "cvr_bias_clicked", "auc_cvr_truth", "true_cvr_mean",
+    "calibration_ctr_truth", "calibration_cvr_truth",
+    "calibration_ctcvr_truth", "auc_ctr_oracle", "ctr_calibration_error",
+    "ips_true_cvr", "ips_true_cvr_oracle"})
 # A network small enough to fit in seconds; tests override what they study.
 TINY_MODEL = config_lib.ModelConfig(embedding_dim=4, num_experts=2,
                                     expert_units=(8,), tower_units=(4,))
