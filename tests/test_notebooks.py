@@ -167,6 +167,8 @@ class CommittedStudyTest(absltest.TestCase):
     self.assertEqual(json.loads(json.dumps(self.summary)),
                      self.results["summary"])
     self.assertGreaterEqual(len(self.config.seeds), 3)
+    self.assertEqual([regime.name for regime in self.config.regimes],
+                     ["base", "weak", "cvr15", "ctr2", "cvr1"])
     self.assertLen(self.results["runs"],
                    len(self.config.regimes) * len(self.config.seeds)
                    * len(self.config.estimators))
@@ -218,6 +220,38 @@ class CommittedStudyTest(absltest.TestCase):
             f"vs_{reference}"]["abs_bias"]
         self.assertLess(difference["low"], 0.0)
         self.assertGreater(difference["high"], 0.0)
+
+  def test_low_ctr_halves_esmm_bias_but_just_misses_the_target(self):
+    # With CTR 2 % ESMM over-estimates most (more than the true mean itself);
+    # IPW and DR lower its bias in every paired comparison, against ESMM and
+    # naive, and end at about half of it, but just above half.
+    self.assertGreater(self.mean("ctr2", "esmm", "cvr_bias"),
+                       self.mean("ctr2", "esmm", "true_cvr_mean"))
+    verdict = self.summary["verdicts"]["ctr2"]
+    for estimator in ("ipw", "dr"):
+      self.assertEqual(verdict[estimator],
+                       {"below_esmm": True, "below_naive": True}, estimator)
+    self.assertGreater(verdict["better_over_esmm"], 0.5)
+    self.assertLess(verdict["better_over_esmm"], 0.6)
+    # IPW ends where the learnt propensities aim it, which here is about half
+    # of ESMM's bias above the truth; the true propensities recover the mean.
+    truth = self.mean("ctr2", "ipw", "true_cvr_mean")
+    target_gap = self.mean("ctr2", "ipw", "ips_true_cvr") - truth
+    self.assertLess(target_gap, 0.6 * self.mean("ctr2", "esmm", "cvr_bias"))
+    self.assertAlmostEqual(self.mean("ctr2", "ipw", "cvr_bias"), target_gap,
+                           delta=0.25 * target_gap)
+    self.assertAlmostEqual(self.mean("ctr2", "ipw", "ips_true_cvr_oracle"),
+                           truth, delta=0.05 * truth)
+
+  def test_low_cvr_lowers_bias_consistently_but_little(self):
+    # With CVR 1 % the paired differences are small but tight: three of the
+    # four exclude zero, yet the better estimator keeps over 70 % of ESMM's
+    # bias.
+    verdict = self.summary["verdicts"]["cvr1"]
+    self.assertEqual(verdict["ipw"], {"below_esmm": True, "below_naive": False})
+    self.assertEqual(verdict["dr"], {"below_esmm": True, "below_naive": True})
+    self.assertGreater(verdict["better_over_esmm"], 0.7)
+    self.assertLess(verdict["better_over_esmm"], 0.9)
 
 
 class ReliabilityCurveTest(parameterized.TestCase):
