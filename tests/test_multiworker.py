@@ -92,7 +92,10 @@ def train_flags(data: dict[str, str], work_dir: str, strategy: str,
       steps_per_epoch=STEPS_PER_EPOCH, batch_size=128,
       embedding_dim=MODEL.embedding_dim, num_experts=MODEL.num_experts,
       expert_units=MODEL.expert_units[0], tower_units=MODEL.tower_units[0],
-      vocab_check_examples=100, distribution_strategy=strategy, verbose=2)
+      vocab_check_examples=100, distribution_strategy=strategy, verbose=2,
+      # The tiny data's ids are rare: the default min_count would leave the
+      # table only its OOV rows, too small to split across servers.
+      min_count=1)
   values.update(extra)
   return [f"--{name}={value}" for name, value in values.items()]
 
