@@ -54,5 +54,19 @@ class ModelConfigTest(parameterized.TestCase):
     self.assertStartsWith(str(caught.exception), f"{field}: ")
 
 
+class TrainConfigTest(absltest.TestCase):
+
+  def test_multi_worker_mirrored_refuses_grouped_steps(self):
+    paths = dict(train_data="a", eval_data="b", vocab_dir="v", model_dir="m")
+    with self.assertRaisesRegex(config_lib.ConfigError,
+                                "^steps_per_execution: must be 1 with "
+                                "multi_worker_mirrored"):
+      config_lib.TrainConfig(**paths,
+                             distribution_strategy="multi_worker_mirrored",
+                             steps_per_execution=32)
+    config_lib.TrainConfig(**paths,
+                           distribution_strategy="multi_worker_mirrored")
+
+
 if __name__ == "__main__":
   absltest.main()

@@ -92,10 +92,7 @@ def train_flags(data: dict[str, str], work_dir: str, strategy: str,
       steps_per_epoch=STEPS_PER_EPOCH, batch_size=128,
       embedding_dim=MODEL.embedding_dim, num_experts=MODEL.num_experts,
       expert_units=MODEL.expert_units[0], tower_units=MODEL.tower_units[0],
-      vocab_check_examples=100, distribution_strategy=strategy, verbose=2,
-      # The tiny data's ids are rare: the default min_count would leave the
-      # table only its OOV rows, too small to split across servers.
-      min_count=1)
+      vocab_check_examples=100, distribution_strategy=strategy, verbose=2)
   values.update(extra)
   return [f"--{name}={value}" for name, value in values.items()]
 
@@ -322,8 +319,10 @@ class ParameterServerTest(tf.test.TestCase):
     super().setUpClass()
     cls.data = datasets.make_synthetic_data(new_dir())
     cls.work_dir = new_dir()
+    # The tiny data's ids are rare: the default min_count would leave the
+    # table only its OOV rows, too small to split across the servers.
     flags = train_flags(cls.data, cls.work_dir, distribute.PARAMETER_SERVER,
-                        ps_min_shard_bytes=MIN_SHARD_BYTES)
+                        ps_min_shard_bytes=MIN_SHARD_BYTES, min_count=1)
     spec = cluster_spec(chief=1, worker=2, ps=2)
     with Cluster(spec, cls.work_dir) as cluster:
       for job in (distribute.WORKER, distribute.PS):
