@@ -138,6 +138,21 @@ class QuietTest(absltest.TestCase):
     self.assertEmpty(noise)
     self.assertIn("Exported SavedModel:", result.stdout)
 
+  def test_study_prints_no_banner_or_cuda_errors(self):
+    # The study imports TensorFlow in its own modules, not through a CLI.
+    directory = _tempdir(self)
+    result = _run(
+        "escm2-study", f"--work_dir={directory}/work",
+        f"--output_dir={directory}/out", "--seeds=0,1", "--estimators=esmm",
+        "--regime=tiny:ctr=0.2,cvr=0.3,corr=0.5,train=600,test=300",
+        env={k: v for k, v in os.environ.items()
+             if k != "TF_CPP_MIN_LOG_LEVEL"})
+    self.assertEqual(result.returncode, 0, result.stderr)
+    noise = [line for line in (result.stdout + result.stderr).splitlines()
+             if _NOISE.search(line)]
+    self.assertEmpty(noise)
+    self.assertIn("[2/2] tiny seed 1 esmm", result.stdout)
+
 
 def _wait_for(process: subprocess.Popen, path: str, seconds: float) -> None:
   deadline = time.monotonic() + seconds

@@ -29,7 +29,6 @@ from typing import Any, Sequence
 from absl import flags
 
 from escm2_tf import config as config_lib
-from escm2_tf import console
 from escm2_tf import flagbind
 from escm2_tf import options
 from escm2_tf import simulator
@@ -143,7 +142,6 @@ def main(argv: Sequence[str]) -> int:
     settings = _settings()
   except ConfigError as e:
     return flagbind.fail(_PROGRAM, flagbind.error_line(e))
-  console.load_tensorflow()
   # pylint: disable=g-import-not-at-top
   from escm2_tf.bench import harness
   from escm2_tf.bench import report as bench_report
