@@ -100,7 +100,8 @@ class BadFlagTest(parameterized.TestCase):
 
   @parameterized.parameters(
       ("escm2-train", "--loss=esmm2",
-       "--loss=esmm2: value should be one of <naive|esmm|ipw|dr>"),
+       "--loss=esmm2: value should be one of "
+       "<naive|esmm|ipw|dr|dr_jl|mrdr>"),
       ("escm2-train", "--epochs=two", "--epochs=two: expected an integer"),
       ("escm2-synth", "--ctr=2", "--output_dir: is required"),
       ("escm2-predict", "--input_format=csv",
