@@ -38,7 +38,7 @@ _BEAM_IN_MEMORY = ["--runner=FnApiRunner", "--direct_running_mode=in_memory"]
 
 def _records(output_dir):
   """The serialized records of every shard, as a multiset of bytes."""
-  files = glob.glob(os.path.join(output_dir, "*.tfrecord.gz"))
+  files = glob.glob(layout.examples_glob(output_dir))
   return collections.Counter(
       tf.data.TFRecordDataset(files, compression_type="GZIP")
       .as_numpy_iterator())
@@ -135,7 +135,7 @@ class DefaultShardsTest(parameterized.TestCase):
       convert.convert(output_dir, input_format="paddlerec", input=_DEMO,
                       num_workers=2)
     names = sorted(os.path.basename(p) for p in
-                   glob.glob(os.path.join(output_dir, "*.tfrecord.gz")))
+                   glob.glob(layout.examples_glob(output_dir)))
     self.assertEqual(names, [f"part-{k:05d}-of-00005.tfrecord.gz"
                              for k in range(5)])
     self.assertEqual(sum(_records(output_dir).values()),
@@ -181,7 +181,7 @@ class SameAsBeamTest(parameterized.TestCase):
     local_dir, beam_dir = self._convert_both(
         num_shards, input_format="aliccp", skeleton=skeleton,
         common_features=os.path.join(raw_dir, "common_features_train.csv"))
-    self.assertLen(glob.glob(os.path.join(local_dir, "*.tfrecord.gz")),
+    self.assertLen(glob.glob(layout.examples_glob(local_dir)),
                    num_shards)
     self.assertEqual(_stats(local_dir)["rows_rejected"], 2)
     self._assert_same(local_dir, beam_dir)

@@ -144,7 +144,7 @@ def _decode(serialized):
 
 def _read_output(output_dir):
   """Parses every written record with the schema's spec."""
-  files = sorted(glob.glob(os.path.join(output_dir, "*.tfrecord.gz")))
+  files = sorted(glob.glob(layout.examples_glob(output_dir)))
   records = list(tf.data.TFRecordDataset(files, compression_type="GZIP")
                  .as_numpy_iterator())
   parsed = tf.io.parse_example(records,
@@ -307,7 +307,7 @@ class ConvertTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual((stats["rows_dropped"], stats["conversions"]), (0, 2))
     self.assertEqual(
         sorted(os.path.basename(p) for p in
-               glob.glob(os.path.join(output_dir, "*.tfrecord.gz"))),
+               glob.glob(layout.examples_glob(output_dir))),
         [f"part-0000{k}-of-00003.tfrecord.gz" for k in range(3)])
 
   def test_paddlerec_demo_keeps_every_id(self):
@@ -357,7 +357,7 @@ class ConvertTest(tf.test.TestCase, parameterized.TestCase):
       for line in f.read().splitlines():
         index, _, features = line.split(",", 2)
         users[index] = features
-    with open(os.path.join(raw_dir, "ground_truth_train.csv")) as f:
+    with open(os.path.join(raw_dir, layout.ground_truth_file("train"))) as f:
       truth_ids = [line.split(",")[0] for line in f.read().splitlines()[1:]]
     with open(os.path.join(raw_dir, "sample_skeleton_train.csv")) as f:
       skeleton = f.read().splitlines()

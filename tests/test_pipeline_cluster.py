@@ -117,7 +117,7 @@ class SdistTest(tf.test.TestCase):
 def read_examples(directory: str) -> collections.Counter:
   """Every tf.Example of the TFRecords, as a hashable value, counted."""
   examples = collections.Counter()
-  files = sorted(glob.glob(os.path.join(directory, "*.tfrecord.gz")))
+  files = sorted(glob.glob(layout.examples_glob(directory)))
   for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
     example = tf.train.Example.FromString(record.numpy())
     features = []

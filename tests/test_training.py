@@ -243,7 +243,7 @@ class CheckInputsTest(tf.test.TestCase, parameterized.TestCase):
                               "GZIP"):
       pass
     self.assert_rejected("eval_data", "hold no records",
-                         eval_data=os.path.join(directory, "*.tfrecord.gz"))
+                         eval_data=layout.examples_glob(directory))
 
   def test_train_data_not_gzip(self):
     path = new_file("plain text, not a GZIP TFRecord")
@@ -311,7 +311,7 @@ class CheckInputsTest(tf.test.TestCase, parameterized.TestCase):
   def test_separate_validation_data_accepted(self):
     directory = new_dir()
     shutil.copy(glob.glob(self.data["test"])[0], directory)
-    self.check(validation_data=os.path.join(directory, "*.tfrecord.gz"))
+    self.check(validation_data=layout.examples_glob(directory))
 
   def test_missing_stats_file(self):
     self.assert_rejected("stats_file", "nonexistent.json not found",
