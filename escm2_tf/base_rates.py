@@ -16,6 +16,8 @@ import json
 import math
 import os
 
+from escm2_tf import schema
+
 STATS_FILE = "stats.json"
 # A rate is kept this far from 0 and 1, so that its log-odds stay finite.
 _MIN_RATE = 1e-6
@@ -68,8 +70,8 @@ class BaseRates:
     the CVR cross-entropy): the inverse softplus of the mean cross-entropy of
     a constant prediction at the CVR rate, the error it imputes at the start.
     """
-    biases = {"ctr": _logit(self.ctr), "cvr": _logit(self.cvr),
-              "imputation": _inverse_softplus(_entropy(self.cvr))}
+    biases = {schema.CTR: _logit(self.ctr), schema.CVR: _logit(self.cvr),
+              schema.IMPUTATION: _inverse_softplus(_entropy(self.cvr))}
     return [biases[task] for task in tasks]
 
 

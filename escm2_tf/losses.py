@@ -27,8 +27,6 @@ PROPENSITIES = config_lib.PROPENSITIES
 # The label holding a known click propensity, for propensity="label" (the
 # simulator's true p_click: ground_truth_*.csv).
 PROPENSITY_LABEL = "p_click"
-OUTPUTS = ("ctr", "cvr", "ctcvr")
-IMPUTATION = "imputation"
 
 # Constants PaddleRec hard-codes (dygraph_model.py, static_model.py).
 PADDLEREC_EPSILON = 1e-4
@@ -126,8 +124,8 @@ def compute_losses(config: LossConfig, labels: Mapping[str, tf.Tensor],
   """
   click = _vector(labels, schema.CLICK, "labels")
   conversion = _vector(labels, schema.CONVERSION, "labels")
-  ctr, cvr, ctcvr = (_vector(outputs, key, "outputs") for key in OUTPUTS)
-  imputation = (_vector(outputs, IMPUTATION, "outputs")
+  ctr, cvr, ctcvr = (_vector(outputs, key, "outputs") for key in schema.OUTPUT_NAMES)
+  imputation = (_vector(outputs, schema.IMPUTATION, "outputs")
                 if config.loss == "dr" else None)
   paddlerec = config.compat == "paddlerec"
   if paddlerec:

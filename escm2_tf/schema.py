@@ -100,6 +100,18 @@ CONVERSION = "conversion"
 LABELS: tuple[str, ...] = (CLICK, CONVERSION)
 SAMPLE_ID = "sample_id"
 
+# The model's outputs, float32 [B] each: what the heads emit, the risks read,
+# the serving signatures return and escm2-predict writes. They live here,
+# beside the labels, because the layers and the risk functions sit below the
+# task (``escm2_tf.task``), which decides which of them an estimator needs.
+CTR = "ctr"
+CVR = "cvr"
+CTCVR = "ctcvr"
+# DR's imputed CVR cross-entropy; trained, never served.
+IMPUTATION = "imputation"
+# The served probabilities, in the order of every output file.
+OUTPUT_NAMES: tuple[str, ...] = (CTR, CVR, CTCVR)
+
 # Id 0 never occurs in Ali-CCP; padded dense inputs use it for "no value".
 PAD_ID = 0
 

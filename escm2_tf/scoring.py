@@ -25,7 +25,7 @@ from escm2_tf.formats import examples
 from escm2_pipelines import config as convert_config
 
 INPUT_FORMATS = config_lib.SCORING_INPUT_FORMATS
-OUTPUT_HEADER = (schema.SAMPLE_ID,) + serving.OUTPUT_NAMES
+OUTPUT_HEADER = (schema.SAMPLE_ID,) + schema.OUTPUT_NAMES
 # The converter's truncation, so raw rows score as their TFRecords would.
 DEFAULT_MAX_VALUES = convert_config.DEFAULT_MAX_VALUES_PER_FIELD
 _COMMON_FIELDS = frozenset(schema.COMMON_FIELDS)
@@ -205,7 +205,7 @@ def score(signature: Callable[..., dict[str, tf.Tensor]],
         except tf.errors.InvalidArgumentError as error:
           raise InputError(
               f"{where}: the model rejected it: {_reason(error)}") from None
-        columns = [outputs[name].numpy() for name in serving.OUTPUT_NAMES]
+        columns = [outputs[name].numpy() for name in schema.OUTPUT_NAMES]
         for sample_id, *values in zip(ids, *columns):
           writer.writerow([sample_id] + [f"{v:.9g}" for v in values])
         count += len(ids)
