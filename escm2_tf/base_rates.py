@@ -69,9 +69,12 @@ class BaseRates:
     clicked mean they then correct. ``imputation`` (DR, a softplus predicting
     the CVR cross-entropy): the inverse softplus of the mean cross-entropy of
     a constant prediction at the CVR rate, the error it imputes at the start.
+    ``pseudo_label`` (DR-JL and MRDR, a sigmoid): the CVR's log-odds, so the
+    imputed conversion starts at the rate the CVR tower starts from.
     """
     biases = {schema.CTR: _logit(self.ctr), schema.CVR: _logit(self.cvr),
-              schema.IMPUTATION: _inverse_softplus(_entropy(self.cvr))}
+              schema.IMPUTATION: _inverse_softplus(_entropy(self.cvr)),
+              schema.PSEUDO_LABEL: _logit(self.cvr)}
     return [biases[task] for task in tasks]
 
 

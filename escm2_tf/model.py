@@ -3,9 +3,10 @@
 ``build_model`` returns an ``ESCM2Model`` whose ``call`` takes a dict of raw-id
 ragged tensors (the vocabulary lookup is in the graph, so training and serving
 cannot skew) and returns ``{"ctr", "cvr", "ctcvr"}`` (+ ``"imputation"`` for
-the DR loss), float32 [B]. Its ``train_step``/``test_step`` call its
-``task`` (``escm2_tf.task.ESCM2Task``: the estimator's risks and metrics), so
-a plain ``model.compile(optimizer=...)`` and ``model.fit(dataset)`` train it.
+the doubly robust losses), float32 [B]. Its ``train_step``/``test_step``
+call its ``task`` (``escm2_tf.task.ESCM2Task``: the estimator's risks and
+metrics), so a plain ``model.compile(optimizer=...)`` and
+``model.fit(dataset)`` train it.
 """
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
@@ -121,7 +122,9 @@ def build_network(model_config: config_lib.ModelConfig,
       output_biases=(None if base_rates is None else
                      base_rates.output_biases(towers)),
       name="towers")(hidden)
-  outputs = layers.Heads(num_tasks == 3, name="heads")(logits)
+  outputs = layers.Heads(num_tasks == 3,
+                         pseudo_label=schema.PSEUDO_LABEL in towers,
+                         name="heads")(logits)
   return keras.Model(inputs=inputs, outputs=outputs, name="escm2_network")
 
 
@@ -258,8 +261,8 @@ def build_model(model_config: config_lib.ModelConfig,
 
   Args:
     model_config: The network.
-    loss_config: The estimator its ``train_step`` minimises; ``dr`` adds the
-      imputation tower.
+    loss_config: The estimator its ``train_step`` minimises; ``dr``,
+      ``dr_jl`` and ``mrdr`` add the imputation tower.
     vocabularies: Field name -> raw ids (``vocab.load_vocabularies``), for
       every field of ``schema.FIELD_NAMES``.
     base_rates: The training data's click and post-click conversion rates

@@ -107,8 +107,12 @@ SAMPLE_ID = "sample_id"
 CTR = "ctr"
 CVR = "cvr"
 CTCVR = "ctcvr"
-# DR's imputed CVR cross-entropy; trained, never served.
+# The imputation tower's output, trained, never served: dr's imputed CVR
+# cross-entropy, dr_jl's and mrdr's pseudo-label of the conversion.
 IMPUTATION = "imputation"
+# The name of the joint-learning estimators' imputation tower (a sigmoid,
+# started at the CVR's log-odds); its output is still IMPUTATION.
+PSEUDO_LABEL = "pseudo_label"
 # The served probabilities, in the order of every output file.
 OUTPUT_NAMES: tuple[str, ...] = (CTR, CVR, CTCVR)
 

@@ -45,21 +45,26 @@ REGULARIZATION_LOSS = "regularization_loss"
 # one it adds for those that impute the CVR error.
 RISK_NAMES = ("ctr_loss", "cvr_loss", "ctcvr_loss")
 IMPUTATION_LOSS = "imputation_loss"
-# The estimators (``LossConfig.loss``) whose risks read an imputed CVR error:
-# they get the imputation tower and report ``imputation_loss``.
-IMPUTING_ESTIMATORS = frozenset({"dr"})
 
 
 def tower_names(loss_config: config_lib.LossConfig) -> tuple[str, ...]:
-  """The towers the estimator needs: CTR, CVR and, if it imputes, the error."""
-  if loss_config.loss in IMPUTING_ESTIMATORS:
+  """The towers the estimator needs, in the order of the network's logits.
+
+  CTR, CVR and, for the estimators of ``losses.IMPUTATION_LOSSES``, the
+  imputation: dr's predicts the CVR cross-entropy (``schema.IMPUTATION``),
+  dr_jl's and mrdr's a pseudo-label (``schema.PSEUDO_LABEL``). Either
+  tower's output is ``schema.IMPUTATION``.
+  """
+  if loss_config.loss in config_lib.JOINT_LEARNING_LOSSES:
+    return (schema.CTR, schema.CVR, schema.PSEUDO_LABEL)
+  if loss_config.loss in losses.IMPUTATION_LOSSES:
     return (schema.CTR, schema.CVR, schema.IMPUTATION)
   return (schema.CTR, schema.CVR)
 
 
 def risk_names(loss_config: config_lib.LossConfig) -> tuple[str, ...]:
   """The risks ``losses.compute_losses`` returns besides the total."""
-  if loss_config.loss in IMPUTING_ESTIMATORS:
+  if loss_config.loss in losses.IMPUTATION_LOSSES:
     return RISK_NAMES + (IMPUTATION_LOSS,)
   return RISK_NAMES
 
@@ -111,7 +116,9 @@ class ESCM2Task(keras.layers.Layer):
   @property
   def output_names(self) -> tuple[str, ...]:
     """The model outputs the risks read."""
-    return schema.OUTPUT_NAMES + self.tower_names[2:]
+    if len(self.tower_names) > 2:
+      return schema.OUTPUT_NAMES + (schema.IMPUTATION,)
+    return schema.OUTPUT_NAMES
 
   @property
   def loss_names(self) -> tuple[str, ...]:

@@ -29,6 +29,11 @@ class HeadsTest(tf.test.TestCase):
     # A cross-entropy, not a probability: it may exceed 1.
     self.assertGreater(outputs["imputation"][0], 1.0)
 
+  def test_pseudo_label_is_a_probability(self):
+    outputs = layers.Heads(True, pseudo_label=True)(_LOGITS)
+    self.assertAllClose(outputs["imputation"], _sigmoid([3.0, -4.0]))
+    self.assertAllClose(outputs["ctr"], _sigmoid([0.0, -2.0]))
+
   def test_two_tasks_have_no_imputation(self):
     outputs = layers.Heads(False)(_LOGITS[:, :2])
     self.assertCountEqual(outputs, schema.OUTPUT_NAMES)
@@ -40,11 +45,14 @@ class HeadsTest(tf.test.TestCase):
       layers.Heads(True)(_LOGITS[:, :2])
 
   def test_config_round_trip(self):
-    for with_imputation, logits in ((False, _LOGITS[:, :2]),
-                                    (True, _LOGITS)):
+    for with_imputation, pseudo_label, logits in (
+        (False, False, _LOGITS[:, :2]), (True, False, _LOGITS),
+        (True, True, _LOGITS)):
       rebuilt = layer_testing.assert_layer_serializes(
-          self, layers.Heads(with_imputation, name="heads"), logits)
+          self, layers.Heads(with_imputation, pseudo_label, name="heads"),
+          logits)
       self.assertEqual(rebuilt.with_imputation, with_imputation)
+      self.assertEqual(rebuilt.pseudo_label, pseudo_label)
 
 
 if __name__ == "__main__":

@@ -20,13 +20,19 @@ REGULARIZATION = task_lib.REGULARIZATION_LOSS
 
 
 def _modes():
-  return [dict(testcase_name=f"{loss}_{compat}", loss=loss, compat=compat)
-          for loss in config_lib.LOSSES for compat in config_lib.COMPAT_MODES]
+  return test_losses._all_modes()  # pylint: disable=protected-access
+
+
+def _inputs(config):
+  """A batch's labels and outputs; a pseudo-label for the joint learners."""
+  if config.loss in config_lib.JOINT_LEARNING_LOSSES:
+    return test_losses.tf_inputs(imputation=test_losses.PSEUDO_LABEL)
+  return test_losses.tf_inputs()
 
 
 def _reference(config):
   """NOTES.md's risks in numpy (tests/test_losses.py's transcription)."""
-  labels, outputs = test_losses.tf_inputs()
+  labels, outputs = _inputs(config)
   return test_losses.reference_losses(
       config, *(labels[n].numpy() for n in schema.LABELS),
       *(outputs[n].numpy() for n in (schema.CTR, schema.CVR,
@@ -40,7 +46,7 @@ class NamesTest(tf.test.TestCase, parameterized.TestCase):
     config = config_lib.LossConfig(loss=loss, compat=compat)
     for regularized in (False, True):
       task = task_lib.ESCM2Task(config, regularized=regularized)
-      labels, outputs = test_losses.tf_inputs()
+      labels, outputs = _inputs(config)
       values = task(labels, outputs, [tf.constant(0.25)])
       self.assertCountEqual(values, task.loss_names)
       self.assertEqual([m.name for m in task.metrics],
@@ -64,6 +70,10 @@ class NamesTest(tf.test.TestCase, parameterized.TestCase):
         "loss", "ctr_loss", "cvr_loss", "ctcvr_loss", "ctr_ctcvr_loss"))
     self.assertEqual(ipw.tower_names, ("ctr", "cvr"))
     self.assertEqual(ipw.output_names, schema.OUTPUT_NAMES)
+    mrdr = task_lib.ESCM2Task(config_lib.LossConfig(loss="mrdr"))
+    self.assertEqual(mrdr.tower_names, ("ctr", "cvr", "pseudo_label"))
+    self.assertEqual(mrdr.output_names, dr.output_names)
+    self.assertIn("imputation_loss", mrdr.loss_names)
 
 
 class ValuesTest(tf.test.TestCase, parameterized.TestCase):
@@ -72,7 +82,7 @@ class ValuesTest(tf.test.TestCase, parameterized.TestCase):
   def test_values_match_numpy(self, loss, compat):
     config = config_lib.LossConfig(loss=loss, compat=compat)
     expected = _reference(config)
-    labels, outputs = test_losses.tf_inputs()
+    labels, outputs = _inputs(config)
     penalties = [tf.constant(0.125), tf.constant(0.5)]
     plain = task_lib.ESCM2Task(config).compute_losses(labels, outputs)
     regularized = task_lib.ESCM2Task(config, regularized=True).compute_losses(

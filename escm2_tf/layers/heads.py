@@ -15,9 +15,11 @@ class Heads(keras.layers.Layer):
   """Task logits [B, T] -> the named outputs, float32 [B] each.
 
   ``ctr`` = σ(logit 0) and ``cvr`` = σ(logit 1) are probabilities, and
-  ``ctcvr = ctr · cvr`` (ESMM's entire-space product). With a third task,
-  ``imputation`` = softplus(logit 2) is DR's imputed CVR cross-entropy: it
-  must be non-negative but, unlike a probability, may exceed 1.
+  ``ctcvr = ctr · cvr`` (ESMM's entire-space product). A third task is the
+  ``imputation``: by default softplus(logit 2), DR's imputed CVR
+  cross-entropy (non-negative but, unlike a probability, it may exceed 1);
+  with ``pseudo_label`` σ(logit 2), a pseudo-label of the conversion (DR-JL,
+  MRDR).
 
   Example:
 
@@ -27,11 +29,15 @@ class Heads(keras.layers.Layer):
 
   Args:
     with_imputation: Whether the logits have the third (imputation) task.
+    pseudo_label: Whether that task is a pseudo-label (a sigmoid) rather
+      than a predicted cross-entropy (a softplus).
   """
 
-  def __init__(self, with_imputation: bool, **kwargs):
+  def __init__(self, with_imputation: bool, pseudo_label: bool = False,
+               **kwargs):
     super().__init__(**kwargs)
     self.with_imputation = with_imputation
+    self.pseudo_label = pseudo_label
 
   def call(self, logits: tf.Tensor) -> dict[str, tf.Tensor]:
     num_tasks = 3 if self.with_imputation else 2
@@ -43,8 +49,10 @@ class Heads(keras.layers.Layer):
     ctr, cvr = tf.sigmoid(tasks[0]), tf.sigmoid(tasks[1])
     outputs = {schema.CTR: ctr, schema.CVR: cvr, schema.CTCVR: ctr * cvr}
     if self.with_imputation:
-      outputs[schema.IMPUTATION] = tf.nn.softplus(tasks[2])
+      activation = tf.sigmoid if self.pseudo_label else tf.nn.softplus
+      outputs[schema.IMPUTATION] = activation(tasks[2])
     return outputs
 
   def get_config(self) -> dict[str, Any]:
-    return {**super().get_config(), "with_imputation": self.with_imputation}
+    return {**super().get_config(), "with_imputation": self.with_imputation,
+            "pseudo_label": self.pseudo_label}
