@@ -29,8 +29,6 @@ from escm2_tf import metrics as metrics_lib
 from escm2_tf import schema
 from escm2_tf import serving
 
-PREDICTION_NAMES = serving.OUTPUT_NAMES
-
 Columns = dict[str, np.ndarray]
 
 
@@ -54,7 +52,7 @@ def _strings(values: tf.Tensor) -> np.ndarray:
 
 def _batch_columns(sample_id: tf.Tensor, labels: Mapping[str, tf.Tensor],
                    outputs: Mapping[str, tf.Tensor],
-                   names: Sequence[str] | None = PREDICTION_NAMES
+                   names: Sequence[str] | None = schema.OUTPUT_NAMES
                    ) -> dict[str, np.ndarray]:
   columns = {schema.SAMPLE_ID: _strings(sample_id)}
   for name in schema.LABELS:
@@ -66,7 +64,7 @@ def _batch_columns(sample_id: tf.Tensor, labels: Mapping[str, tf.Tensor],
 
 def predict_keras_model(model: keras.Model,
                         file_pattern: str | Sequence[str], batch_size: int, *,
-                        outputs: Sequence[str] | None = PREDICTION_NAMES
+                        outputs: Sequence[str] | None = schema.OUTPUT_NAMES
                         ) -> Columns:
   """Scores every example of the TFRecords matching ``file_pattern``.
 
