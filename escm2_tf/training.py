@@ -264,7 +264,8 @@ def _fit(model: keras.Model, config: TrainConfig,
          strategy: tf.distribute.Strategy,
          run_callbacks: Sequence[keras.callbacks.Callback],
          callbacks: Sequence[keras.callbacks.Callback],
-         verbose: int) -> keras.callbacks.History:
+         verbose: int,
+         label_table: data.LabelTable | None) -> keras.callbacks.History:
   """Runs ``fit``, by default one pass over the training data per epoch.
 
   It validates on ``validation_data``, or on the held-out slice of the
@@ -290,14 +291,15 @@ def _fit(model: keras.Model, config: TrainConfig,
       data.make_dataset, train_files, config.batch_size, training=True,
       seed=None if parameter_server else config.seed,
       num_epochs=None if fixed_steps else 1, split=train_split,
-      with_weights=model_config.use_weights, cache=cache_training)
+      with_weights=model_config.use_weights, cache=cache_training,
+      label_table=label_table)
   validation_inputs = None
   if validation_source:
     validation_inputs = functools.partial(
         data.make_dataset, validation_source[0], config.batch_size,
         training=False, num_epochs=None if cluster else 1,
         split=validation_source[1], with_weights=model_config.use_weights,
-        cache=cache_validation)
+        cache=cache_validation, label_table=label_table)
   if config.distribution_strategy == distribute.DEFAULT:
     inputs = inputs()
     if validation_inputs:
@@ -371,7 +373,8 @@ def _set_up(config: TrainConfig, configs: Mapping[str, Any]
 def train(train_config: TrainConfig, model_config: config_lib.ModelConfig,
           loss_config: losses.LossConfig, *,
           callbacks: Sequence[keras.callbacks.Callback] = (),
-          verbose: int = 1) -> dict[str, Any]:
+          verbose: int = 1,
+          propensity_labels: str = "") -> dict[str, Any]:
   """Checks the inputs, trains, evaluates, and exports.
 
   The model is validated after every epoch on ``validation_data`` or on the
@@ -389,6 +392,10 @@ def train(train_config: TrainConfig, model_config: config_lib.ModelConfig,
     loss_config: The objective (naive, ESMM, ESCM2-IPW or ESCM2-DR).
     callbacks: Extra Keras callbacks, run after the built-in ones.
     verbose: Keras' verbosity: 0 silent, 1 progress bar, 2 a line per epoch.
+    propensity_labels: A ground-truth CSV of the training data (the
+      simulator's ``ground_truth_train.csv``) whose ``p_click`` every
+      training and validation batch carries, for
+      ``LossConfig(propensity="label")``; only the study has one.
 
   Returns:
     ``{"metrics": as written to metrics.json (undefined values None; empty
@@ -404,7 +411,12 @@ def train(train_config: TrainConfig, model_config: config_lib.ModelConfig,
     distribute.ClusterError: TF_CONFIG does not fit the strategy.
     TrainingDivergedError: The loss became NaN or infinite.
   """
-  validation.check_loss(loss_config)
+  validation.check_loss(loss_config, propensity_labels)
+  label_table = None
+  if loss_config.propensity == "label":
+    truth = evaluation.read_ground_truth(propensity_labels)
+    label_table = data.LabelTable(losses.PROPENSITY_LABEL,
+                                  truth[schema.SAMPLE_ID], truth["p_click"])
   configs = run_dir.configs_dict(train_config, model_config, loss_config)
   task, strategy, vocabularies = _set_up(train_config, configs)
   model = _build_model(train_config, model_config, loss_config, vocabularies,
@@ -419,7 +431,7 @@ def train(train_config: TrainConfig, model_config: config_lib.ModelConfig,
   run_callbacks = _callbacks(train_config, parameter_server, task.is_chief,
                              verbose)
   history = _fit(model, train_config, model_config, strategy, run_callbacks,
-                 callbacks, verbose)
+                 callbacks, verbose, label_table)
   # Saving reads the metrics' sync-on-read variables, a collective: every
   # worker saves.
   with distribute.writer_dir(train_config.model_dir, task) as model_dir:

@@ -75,11 +75,15 @@ def train_one(dataset: datasets.Dataset, estimator: str, seed: int,
       train_data=dataset.train_data, eval_data=dataset.eval_data,
       vocab_dir=dataset.vocab_dir, model_dir=model_dir,
       ground_truth=dataset.ground_truth, seed=seed)
+  loss, propensity = grid.estimator_loss(estimator)
   keep = _KeepModel()
   started = time.monotonic()
-  result = training.train(train_config, config_lib.ModelConfig(),
-                          losses.LossConfig(loss=estimator),
-                          callbacks=[keep], verbose=0)
+  result = training.train(
+      train_config, config_lib.ModelConfig(),
+      losses.LossConfig(loss=loss, propensity=propensity),
+      callbacks=[keep], verbose=0,
+      propensity_labels=(dataset.train_ground_truth
+                         if propensity == "label" else ""))
   reliability = _reliability(keep.trained, dataset, train_config.batch_size)
   keras.backend.clear_session()
   shutil.rmtree(model_dir, ignore_errors=True)
@@ -114,6 +118,10 @@ def _load(path: str, config: grid.StudyConfig) -> dict[str, dict[str, Any]]:
   return kept
 
 
+def _data_dir(work_dir: str, regime: grid.Regime, seed: int) -> str:
+  return os.path.join(work_dir, "data", regime.name, f"seed{seed}")
+
+
 def _write_json(path: str, content: dict[str, Any]) -> None:
   layout.atomic_write(path, json.dumps(content, indent=1, sort_keys=True,
                                        allow_nan=False) + "\n")
@@ -136,7 +144,13 @@ def run_study(config: grid.StudyConfig, work_dir: str, output_json: str,
   Raises:
     grid.StudyError: The results file or a dataset belongs to something
       else, or ``work_dir`` cannot be written.
+    ConfigError: A dataset to reuse cannot serve a true-propensity
+      estimator (``datasets.check_reusable``); nothing is written then.
   """
+  for regime in config.regimes:
+    for seed in config.seeds:
+      datasets.check_reusable(regime, seed, _data_dir(work_dir, regime, seed),
+                              config.estimators)
   try:
     os.makedirs(work_dir, exist_ok=True)
     os.makedirs(os.path.dirname(os.path.abspath(output_json)), exist_ok=True)
@@ -157,9 +171,8 @@ def run_study(config: grid.StudyConfig, work_dir: str, output_json: str,
                  if run_key(regime, seed, e) not in runs]
       if not missing:
         continue
-      dataset = datasets.prepare(
-          regime, seed, os.path.join(work_dir, "data", regime.name,
-                                     f"seed{seed}"))
+      dataset = datasets.prepare(regime, seed,
+                                 _data_dir(work_dir, regime, seed))
       for estimator in missing:
         record = train_one(dataset, estimator, seed, os.path.join(
             work_dir, "models", regime.name, f"seed{seed}", estimator))
