@@ -20,7 +20,6 @@ own, deleted afterwards, and Keras' callbacks do the same for theirs.
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
-import functools
 import math
 import os
 from typing import Any, Mapping, Sequence
@@ -36,6 +35,7 @@ from escm2_tf import distribute
 from escm2_tf import early_stopping
 from escm2_tf import evaluation
 from escm2_tf import export
+from escm2_tf import fit_policy
 from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import optimizers
@@ -108,12 +108,6 @@ class _StopOnNaNLoss(keras.callbacks.Callback):
           "try a lower learning rate")
 
 
-def _checkpoint_path(config: TrainConfig, epoch: int) -> str:
-  """Where ModelCheckpoint saves the weights after ``epoch`` (0-based)."""
-  return os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR,
-                      f"epoch-{epoch + 1:03d}")
-
-
 def _callbacks(config: TrainConfig, parameter_server: bool = False,
                is_chief: bool = True, verbose: int = 0
                ) -> list[keras.callbacks.Callback]:
@@ -123,19 +117,14 @@ def _callbacks(config: TrainConfig, parameter_server: bool = False,
   epoch's checkpoint are written before the epoch's backup: a run resumed
   from a backup finds both (a kill in between redoes the epoch).
   """
-  backup_dir = os.path.join(config.model_dir, run_dir.BACKUP_DIR)
   callbacks = [_StopOnNaNLoss() if parameter_server else _StopOnNaN()]
-  if config.early_stopping_patience:
-    callbacks.append(early_stopping.ResumableEarlyStopping(
-        config.early_stopping_monitor, config.early_stopping_patience,
-        os.path.join(backup_dir, early_stopping.STATE_FILE),
-        functools.partial(_checkpoint_path, config), write_state=is_chief,
-        verbose=verbose))
+  callbacks += fit_policy.stopping_callbacks(
+      config.model_dir, patience=config.early_stopping_patience,
+      monitor=config.early_stopping_monitor, write_state=is_chief,
+      verbose=verbose)
   callbacks += [
-      keras.callbacks.ModelCheckpoint(
-          os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR, "epoch-{epoch:03d}"),
-          save_weights_only=True),
-      keras.callbacks.BackupAndRestore(backup_dir),
+      keras.callbacks.BackupAndRestore(
+          os.path.join(config.model_dir, run_dir.BACKUP_DIR)),
       keras.callbacks.TensorBoard(os.path.join(config.model_dir, run_dir.LOG_DIR)),
   ]
   return callbacks
@@ -222,10 +211,10 @@ def _validation_source(config: TrainConfig
     return (config.train_data, None), (config.validation_data, None)
   if not config.early_stopping_patience:
     return (config.train_data, None), None
-  return ((config.train_data, data.HashSplit(config.validation_fraction,
-                                             validation=False)),
-          (config.train_data, data.HashSplit(config.validation_fraction,
-                                             validation=True)))
+  training_split, validation_split = fit_policy.held_out_split(
+      config.validation_fraction)
+  return ((config.train_data, training_split),
+          (config.train_data, validation_split))
 
 
 def _parsed_bytes(source: tuple[str, data.HashSplit | None]) -> float:
@@ -285,18 +274,15 @@ def _fit(model: keras.Model, config: TrainConfig,
       config, (train_files, train_split), validation_source)
   # Every parameter-server worker runs the same dataset function: one seed
   # would give them all the same order, so each shuffles its own way.
-  inputs = functools.partial(
-      data.make_dataset, train_files, config.batch_size, training=True,
+  inputs, validation_inputs = fit_policy.dataset_fns(
+      train_files, config.batch_size,
       seed=None if parameter_server else config.seed,
-      num_epochs=None if fixed_steps else 1, split=train_split,
-      with_weights=model_config.use_weights, cache=cache_training)
-  validation_inputs = None
-  if validation_source:
-    validation_inputs = functools.partial(
-        data.make_dataset, validation_source[0], config.batch_size,
-        training=False, num_epochs=None if cluster else 1,
-        split=validation_source[1], with_weights=model_config.use_weights,
-        cache=cache_validation)
+      validation_fraction=train_split.fraction if train_split else 0.0,
+      validation_data=config.validation_data,
+      with_weights=model_config.use_weights,
+      num_epochs=None if fixed_steps else 1,
+      validation_num_epochs=None if cluster else 1,
+      cache_training=cache_training, cache_validation=cache_validation)
   if config.distribution_strategy == distribute.DEFAULT:
     inputs = inputs()
     if validation_inputs:

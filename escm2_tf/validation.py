@@ -20,6 +20,7 @@ from escm2_tf import base_rates as base_rates_lib
 from escm2_tf import config as config_lib
 from escm2_tf import data
 from escm2_tf import evaluation
+from escm2_tf import fit_policy
 from escm2_tf import schema
 from escm2_tf import vocab
 
@@ -80,9 +81,8 @@ def read_base_rates(config: config_lib.TrainConfig
   """
   if not config.base_rate_init:
     return None
-  path = config.stats_file or base_rates_lib.stats_path(config.vocab_dir)
   try:
-    return base_rates_lib.read_base_rates(path)
+    return fit_policy.base_rates(config.vocab_dir, config.stats_file)
   except base_rates_lib.StatsError as e:
     raise ConfigError(
         "stats_file", f"{e}; set --stats_file to the converter's stats.json "
