@@ -38,6 +38,7 @@ from escm2_tf import base_rates as base_rates_lib
 from escm2_tf import config as config_lib
 from escm2_tf import data
 from escm2_tf import early_stopping
+from escm2_tf import layout
 from escm2_tf import run_dir
 
 DatasetFn = Callable[..., tf.data.Dataset]
@@ -71,7 +72,7 @@ def base_rates(vocab_dir: str, stats_file: str = ""
     base_rates.StatsError: The file is missing or holds no counts.
   """
   return base_rates_lib.read_base_rates(
-      stats_file or base_rates_lib.stats_path(vocab_dir))
+      stats_file or layout.stats_beside(vocab_dir))
 
 
 def held_out_split(validation_fraction: float = VALIDATION_FRACTION

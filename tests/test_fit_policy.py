@@ -22,6 +22,7 @@ from escm2_tf import data
 from escm2_tf import early_stopping
 from escm2_tf import evaluation
 from escm2_tf import fit_policy
+from escm2_tf import layout
 from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import optimizers
@@ -59,8 +60,7 @@ class HelpersTest(tf.test.TestCase):
     cls.data = datasets.make_synthetic_data(new_dir())
 
   def test_base_rates_are_the_converter_counts_of_the_training_data(self):
-    stats_path = os.path.join(os.path.dirname(self.data["vocab_dir"]),
-                              base_rates_lib.STATS_FILE)
+    stats_path = layout.stats_beside(self.data["vocab_dir"])
     with open(stats_path) as f:
       stats = json.load(f)
     expected = base_rates_lib.BaseRates(
