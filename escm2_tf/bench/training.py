@@ -78,7 +78,8 @@ def _compiled_model(hparams: HParams, loss: str, optimizer: str,
   keras.utils.set_random_seed(hparams.seed)
   model = model_lib.build_model(
       hparams.model, dataclasses.replace(hparams.loss, loss=loss),
-      vocab.load_vocabularies(os.path.join(data_dir, "train", "vocab")))
+      vocab.load_vocabularies(os.path.join(data_dir, "train", "vocab")),
+      seed=hparams.seed)
   model.compile(
       optimizer=optimizers.make_optimizer(optimizer, hparams.learning_rate),
       steps_per_execution=steps_per_execution)
