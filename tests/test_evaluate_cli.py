@@ -33,7 +33,7 @@ class EvaluateTest(tf.test.TestCase, parameterized.TestCase):
     cls.data = datasets.make_synthetic_data(new_dir())
     config = testing.tiny_config(
         cls.data, new_dir(), export_dir=os.path.join(new_dir(), "export"),
-        ground_truth=cls.data["ground_truth_test"], seed=2, loss="ipw")
+        ground_truth=cls.data["ground_truth_test"], loss="ipw")
     cls.trained = training.train(config, verbose=0)["metrics"]
     cls.export_dir = config.trainer.export_dir
 
