@@ -214,7 +214,8 @@ class PredictCliTest(tf.test.TestCase, parameterized.TestCase):
     data = _write_lines(os.path.join(self.get_temp_dir(), "s.csv"), skeleton)
     common_path = _write_lines(os.path.join(self.get_temp_dir(), "c.csv"),
                                common)
-    self._failing_run(f"{data}:2: field(s) 101 belong to the other file",
+    self._failing_run(f"{data}:2: wrong_source_field: field(s) 101 belong "
+                      "to the other file of the Ali-CCP join",
                       data=data, input_format="aliccp",
                       common_features=common_path)
 
