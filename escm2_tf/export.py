@@ -123,7 +123,7 @@ def schema_asset() -> dict[str, Any]:
       "fields": fields,
       "pad_id": schema.PAD_ID,
       "signatures": {
-          name: {"inputs": inputs, "outputs": list(serving.OUTPUT_NAMES)}
+          name: {"inputs": inputs, "outputs": list(schema.OUTPUT_NAMES)}
           for name, inputs in serving.signature_inputs().items()},
   }
 

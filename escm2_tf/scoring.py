@@ -26,7 +26,7 @@ from escm2_tf.formats import encode
 from escm2_tf.formats import examples
 
 INPUT_FORMATS = config_lib.SCORING_INPUT_FORMATS
-OUTPUT_HEADER = (schema.SAMPLE_ID,) + serving.OUTPUT_NAMES
+OUTPUT_HEADER = (schema.SAMPLE_ID,) + schema.OUTPUT_NAMES
 # Lines of TensorFlow's errors that locate rather than explain.
 _ERROR_CONTEXT = ("Graph execution error", "Detected at node",
                   "<stack traces", "[[")
@@ -188,7 +188,7 @@ def score(signature: Callable[..., dict[str, tf.Tensor]],
         except tf.errors.InvalidArgumentError as error:
           raise InputError(
               f"{where}: the model rejected it: {_reason(error)}") from None
-        columns = [outputs[name].numpy() for name in serving.OUTPUT_NAMES]
+        columns = [outputs[name].numpy() for name in schema.OUTPUT_NAMES]
         for sample_id, *values in zip(ids, *columns):
           writer.writerow([sample_id] + [f"{v:.9g}" for v in values])
         count += len(ids)

@@ -84,7 +84,7 @@ def _expected(model, rows) -> np.ndarray:
       dtype=tf.float32 if name in schema.WEIGHT_NAMES else tf.int64,
       ragged_rank=1) for name in schema.FIELD_NAMES + schema.WEIGHT_NAMES}
   outputs = model(features, training=False)
-  return np.stack([outputs[name].numpy() for name in serving.OUTPUT_NAMES],
+  return np.stack([outputs[name].numpy() for name in schema.OUTPUT_NAMES],
                   axis=1)
 
 
