@@ -30,6 +30,7 @@ import testing
 from escm2_tf import base_rates
 from escm2_tf import data
 from escm2_tf import evaluation
+from escm2_tf import layout
 from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import schema
@@ -100,7 +101,7 @@ class TruePropensityTrainingTest(tf.test.TestCase):
         testing.tiny_model_config(seed=0), loss_config,
         vocab.load_vocabularies(paths["vocab_dir"], min_count=MIN_COUNT),
         base_rates=base_rates.read_base_rates(
-            base_rates.stats_path(paths["vocab_dir"])))
+            layout.stats_beside(paths["vocab_dir"])))
     steps = EPOCHS * -(-NUM_TRAIN // BATCH_SIZE)
     model.compile(optimizer=keras.optimizers.Adam(
         keras.optimizers.schedules.CosineDecay(LEARNING_RATE, steps)))
