@@ -16,7 +16,7 @@ Ids seen fewer than 1,000 times share the out-of-vocabulary row: a network
 that memorises the clicked impressions fits its pCVR to them in-sample, and
 the IPS identity (the o/ô-weighted mean of a fixed function equals its mean
 over all impressions) then no longer holds for its predictions. With rare
-ids kept (min_count 100) the same run ended 0.015 low.
+ids kept (min_count 100) the same run ends 0.020 low (0.118).
 """
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
