@@ -15,7 +15,8 @@ itself, so that a notebook trains exactly as ``escm2-train`` does:
 The defaults below are ``escm2-train``'s, read from its declarations::
 
     model = model_lib.build_model(model_config, loss_config, vocabularies,
-                                  base_rates=fit_policy.base_rates(vocab_dir))
+                                  base_rates=fit_policy.base_rates(vocab_dir),
+                                  seed=42)
     model.compile(optimizer=optimizers.make_optimizer(
         fit_policy.OPTIMIZER, fit_policy.LEARNING_RATE))
     training, validation = fit_policy.split_datasets(train_files, 1024,
@@ -46,8 +47,8 @@ DatasetFn = Callable[..., tf.data.Dataset]
 
 def _default(name: str) -> Any:
   """The default of ``escm2-train``'s flag ``name``."""
-  fields = {field.name: field for field in
-            dataclasses.fields(config_lib.TrainConfig)}
+  fields = {field.name: field for section in config_lib.SECTIONS.values()
+            for field in dataclasses.fields(section)}
   return fields[name].default
 
 

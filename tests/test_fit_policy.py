@@ -41,15 +41,17 @@ EPOCHS = 3
 class DefaultsTest(tf.test.TestCase):
 
   def test_defaults_are_escm2_train_s(self):
-    defaults = config_lib.TrainConfig(
+    defaults = config_lib.ExperimentConfig.create(
         train_data="t", eval_data="e", vocab_dir="v", model_dir="m")
     self.assertEqual(
         (fit_policy.OPTIMIZER, fit_policy.LEARNING_RATE, fit_policy.EPOCHS,
          fit_policy.MIN_COUNT, fit_policy.VALIDATION_FRACTION,
          fit_policy.PATIENCE, fit_policy.MONITOR),
-        (defaults.optimizer, defaults.learning_rate, defaults.epochs,
-         defaults.min_count, defaults.validation_fraction,
-         defaults.early_stopping_patience, defaults.early_stopping_monitor))
+        (defaults.trainer.optimizer, defaults.trainer.learning_rate,
+         defaults.trainer.epochs, defaults.data.min_count,
+         defaults.data.validation_fraction,
+         defaults.trainer.early_stopping_patience,
+         defaults.trainer.early_stopping_monitor))
 
 
 class HelpersTest(tf.test.TestCase):
@@ -137,7 +139,7 @@ class SameAsEscm2TrainTest(tf.test.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.data = datasets.make_synthetic_data(new_dir())
-    cls.model_config = testing.tiny_model_config(seed=SEED)
+    cls.model_config = testing.TINY_MODEL
     cls.loss_config = losses.LossConfig(loss="ipw")
 
   def _cli_run(self, epochs: int) -> tuple[dict[str, float], str]:
@@ -167,7 +169,7 @@ class SameAsEscm2TrainTest(tf.test.TestCase):
     vocabularies = vocab.load_vocabularies(self.data["vocab_dir"], 1)
     rates = fit_policy.base_rates(self.data["vocab_dir"]) if base_rates else None
     model = model_lib.build_model(self.model_config, self.loss_config,
-                                  vocabularies, base_rates=rates)
+                                  vocabularies, base_rates=rates, seed=SEED)
     model.compile(optimizer=optimizers.make_optimizer(
         fit_policy.OPTIMIZER, fit_policy.LEARNING_RATE))
     training, validation = fit_policy.split_datasets(
