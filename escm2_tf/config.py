@@ -332,6 +332,14 @@ class TrainConfig:
     base_rate_init: Start the output biases of the CTR and CVR towers (and
       the DR imputation tower) at the training data's base rates, read from
       ``stats_file``: every prediction starts calibrated (``base_rates``).
+    recalibrate: After training, shift the CTR and CVR output biases so that
+      the mean pCTR over the validation data (the held-out slice; the
+      training data when nothing is held out) equals the training data's
+      click rate, and the mean pCVR over its clicks the training data's
+      conversions per click (``escm2_tf.recalibration``). An early-stopped
+      run's mean prediction is otherwise whatever the sparse embeddings'
+      drift left it at: 4-15 % off, high or low with the data's shape
+      (docs/training.md). Needs ``stats_file``.
     stats_file: The converter's ``stats.json`` of the training data; empty
       for the one beside ``vocab_dir`` (``<vocab_dir>/../stats.json``).
     vocab_check_examples: Training examples read up front to check that the
@@ -369,6 +377,7 @@ class TrainConfig:
   early_stopping_patience: int = option(1, minimum=0)
   early_stopping_monitor: str = "val_ctr_ctcvr_loss"
   base_rate_init: bool = option(True, group="model")
+  recalibrate: bool = option(True, group="model")
   stats_file: str = option("", group="data")
   vocab_check_examples: int = option(1000, minimum=0, group="data")
   max_unknown_id_fraction: float = option(0.5, minimum=0.0, maximum=1.0,

@@ -39,6 +39,7 @@ from escm2_tf import export
 from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import optimizers
+from escm2_tf import recalibration
 from escm2_tf import run_dir
 from escm2_tf import validation
 from escm2_tf import vocab
@@ -312,6 +313,21 @@ def _fit(model: keras.Model, config: TrainConfig,
       **steps)
 
 
+def _recalibrate(model: keras.Model, config: TrainConfig,
+                 model_config: config_lib.ModelConfig,
+                 rates: base_rates_lib.BaseRates) -> dict[str, float]:
+  """Shifts the output biases to the base rates on the validation data.
+
+  Without validation data (early stopping off), on the training data.
+  """
+  train_source, validation_source = _validation_source(config)
+  files, split = validation_source or train_source
+  batches = data.make_dataset(files, config.batch_size, training=False,
+                              split=split,
+                              with_weights=model_config.use_weights)
+  return recalibration.recalibrate(model, batches, rates)
+
+
 def _evaluate(model: keras.Model,
               config: TrainConfig) -> dict[str, float | None]:
   """Scores the eval data exactly and writes ``metrics.json``."""
@@ -393,7 +409,9 @@ def train(train_config: TrainConfig, model_config: config_lib.ModelConfig,
     ``{"metrics": as written to metrics.json (undefined values None; empty
     on a worker that is not the chief), "epochs": the epochs this call ran,
     "best_epoch": the epoch (1-based) whose weights the run ended with, by
-    early stopping's choice (None with early stopping off), "history": Keras' per-epoch logs, "export_path": the SavedModel's
+    early stopping's choice (None with early stopping off), "history": Keras' per-epoch logs,
+    "output_bias_shifts": the logit shifts ``recalibrate`` added to the CTR
+    and CVR output biases (None when off), "export_path": the SavedModel's
     directory or "", "task": this task ("local:0" without a cluster),
     "chief": whether it wrote the outputs, "variable_shards":
     ``distribute.variable_shards`` of the model}``.
@@ -406,8 +424,9 @@ def train(train_config: TrainConfig, model_config: config_lib.ModelConfig,
   validation.check_loss(loss_config)
   configs = run_dir.configs_dict(train_config, model_config, loss_config)
   task, strategy, vocabularies = _set_up(train_config, configs)
+  rates = validation.read_base_rates(train_config)
   model = _build_model(train_config, model_config, loss_config, vocabularies,
-                       strategy, validation.read_base_rates(train_config))
+                       strategy, rates if train_config.base_rate_init else None)
   validation.check_monitor(train_config, model)
   if task.is_chief:
     tf.io.gfile.makedirs(train_config.model_dir)
@@ -419,6 +438,8 @@ def train(train_config: TrainConfig, model_config: config_lib.ModelConfig,
                              verbose)
   history = _fit(model, train_config, model_config, strategy, run_callbacks,
                  callbacks, verbose)
+  shifts = (_recalibrate(model, train_config, model_config, rates)
+            if train_config.recalibrate else None)
   # Saving reads the metrics' sync-on-read variables, a collective: every
   # worker saves.
   with distribute.writer_dir(train_config.model_dir, task) as model_dir:
@@ -429,7 +450,8 @@ def train(train_config: TrainConfig, model_config: config_lib.ModelConfig,
   best_epoch = stopper[0].best_epoch if stopper else None
   result = {"metrics": {}, "epochs": len(history.epoch),
             "best_epoch": None if best_epoch is None else best_epoch + 1,
-            "history": history.history, "export_path": "", "task": str(task),
+            "history": history.history, "output_bias_shifts": shifts,
+            "export_path": "", "task": str(task),
             "chief": task.is_chief,
             "variable_shards": distribute.variable_shards(model.variables)}
   if task.is_chief:
