@@ -67,9 +67,12 @@ class BaseRates:
     clicked mean they then correct. ``imputation`` (DR, a softplus predicting
     the CVR cross-entropy): the inverse softplus of the mean cross-entropy of
     a constant prediction at the CVR rate, the error it imputes at the start.
+    ``pseudo_label`` (DR-JL and MRDR, a sigmoid): the CVR's log-odds, so the
+    imputed conversion starts at the rate the CVR tower starts from.
     """
     biases = {"ctr": _logit(self.ctr), "cvr": _logit(self.cvr),
-              "imputation": _inverse_softplus(_entropy(self.cvr))}
+              "imputation": _inverse_softplus(_entropy(self.cvr)),
+              "pseudo_label": _logit(self.cvr)}
     return [biases[task] for task in tasks]
 
 

@@ -37,7 +37,10 @@ STRATEGIES = (DEFAULT_STRATEGY, MIRRORED, MULTI_WORKER_MIRRORED,
 DEFAULT_MIN_SHARD_BYTES = 256 << 10
 # What escm2-predict reads (escm2_tf.scoring).
 SCORING_INPUT_FORMATS = ("tfrecord", "paddlerec", "aliccp")
-LOSSES = ("naive", "esmm", "ipw", "dr")
+LOSSES = ("naive", "esmm", "ipw", "dr", "dr_jl", "mrdr")
+# The doubly robust estimators whose imputation tower predicts a pseudo-label;
+# PaddleRec has neither.
+JOINT_LEARNING_LOSSES = ("dr_jl", "mrdr")
 COMPAT_MODES = ("paper", "paddlerec")
 PROPENSITIES = ("model", "label")
 # Below this, 1 - epsilon rounds to 1 in float32 and log(1 - p) is -inf.
@@ -167,11 +170,14 @@ class LossConfig:
 
   Attributes:
     loss: ``"naive"`` (CVR on clicks only), ``"esmm"`` (CVR only through
-      CTCVR), ``"ipw"`` or ``"dr"`` (ESCM2's counterfactual risks).
+      CTCVR), ``"ipw"`` or ``"dr"`` (ESCM2's counterfactual risks), or
+      ``"dr_jl"`` or ``"mrdr"`` (doubly robust joint learning, with the
+      imputed error a function of the CVR prediction; paper mode only).
     lambda_c: Weight of the CVR / counterfactual risk. The paper tunes it small
       (about 0.1 to 1); 0.1 is the default.
     lambda_g: Weight of the global CTCVR risk; the paper's tuned value is 1.
-    lambda_imp: Weight of the DR imputation risk R_imp (paper mode, ``dr``).
+    lambda_imp: Weight of the imputation risk R_imp (paper mode, ``dr``,
+      ``dr_jl``, ``mrdr``).
       R_imp reaches the CVR tower only through the shared layers, where at
       weight 1 it is 20-35 times the CVR risk: measured on 250k simulated
       impressions (docs/results.md), weight 1 raised the entire-space CVR bias
@@ -221,6 +227,10 @@ class LossConfig:
       raise ConfigError("propensity_clip", "must be a number in (0, 1], got "
                         f"{self.propensity_clip!r}")
     if self.compat == "paddlerec":
+      if self.loss in JOINT_LEARNING_LOSSES:
+        raise ConfigError(
+            "loss", f"{self.loss!r} exists only in paper mode: PaddleRec "
+            "has no such estimator; use --compat=paper")
       for field in dataclasses.fields(self):
         value = getattr(self, field.name)
         if field.name in _PAPER_ONLY_FIELDS and value != field.default:
@@ -330,8 +340,9 @@ class TrainConfig:
       adds the estimator's own CVR risk (for ``dr`` also the imputation
       risk, which rises fastest as the model overfits).
     base_rate_init: Start the output biases of the CTR and CVR towers (and
-      the DR imputation tower) at the training data's base rates, read from
-      ``stats_file``: every prediction starts calibrated (``base_rates``).
+      the imputation tower of the doubly robust losses) at the training
+      data's base rates, read from ``stats_file``: every prediction starts
+      calibrated (``base_rates``).
     recalibrate: After training, shift the CTR and CVR output biases so that
       the mean pCTR over the validation data (the held-out slice; the
       training data when nothing is held out) equals the training data's

@@ -4,12 +4,16 @@ TensorFlow prints a C++ banner on import (oneDNN, "Could not find cuda
 drivers") and an error line for the CUDA probe of every CPU-only machine; Beam
 and TensorFlow log warnings and statistics through Python's logging. By
 default (``--verbosity=0``) ``configure`` raises those libraries' log levels
-and ``load_tensorflow`` imports TensorFlow with the known banner lines
-filtered out; ``--verbosity=1`` shows everything. A ``TF_CPP_MIN_LOG_LEVEL``
-the user set is kept. ``Progress`` prints a periodic progress line.
+and makes the first import of TensorFlow, wherever a tool does it, run with
+the known banner lines filtered out (it also probes the devices then, so the
+CUDA probe's lines are filtered too); ``--verbosity=1`` shows everything. A
+``TF_CPP_MIN_LOG_LEVEL`` the user set is kept. ``Progress`` prints a periodic
+progress line.
 """
 
 import contextlib
+import importlib.abc
+import importlib.util
 import logging
 import os
 import re
@@ -37,7 +41,6 @@ _NOISE = re.compile(
 _LIBRARY_LOGGERS = ("tensorflow", "absl", "apache_beam", "h5py")
 # Warnings libraries log through the root logger, which has no name to mute.
 _ROOT_NOISE = ("apitools not found",)
-_QUIET = {"verbosity": 0}
 
 
 def _wanted(record: logging.LogRecord) -> bool:
@@ -51,13 +54,13 @@ def _wanted(record: logging.LogRecord) -> bool:
 
 def configure(verbosity: int) -> None:
   """Sets the libraries' log levels for ``verbosity``, before they load."""
-  _QUIET["verbosity"] = verbosity
   if not escm2_tf.USER_TF_LOG_LEVEL:
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbosity >= 1 else "2"
   if verbosity < 1:
     # On the handlers, which every record reaches whatever its logger's level.
     for handler in logging.getLogger().handlers:
       handler.addFilter(_wanted)
+    _quiet_tensorflow_import()
 
 
 @contextlib.contextmanager
@@ -80,13 +83,48 @@ def _filtered_stderr() -> Iterator[None]:
           print(line, file=sys.stderr)
 
 
-def load_tensorflow() -> None:
-  """Imports TensorFlow and probes its devices, quietly unless verbose."""
-  if "tensorflow" in sys.modules or _QUIET["verbosity"] >= 1:
+class _QuietLoader(importlib.abc.Loader):
+  """Runs TensorFlow's own loader, then its device probe, under the filter."""
+
+  def __init__(self, loader: importlib.abc.Loader):
+    self._loader = loader
+
+  def create_module(self, spec):
+    return self._loader.create_module(spec)
+
+  def exec_module(self, module) -> None:
+    # The module keeps its real loader for whoever asks it for resources.
+    module.__loader__ = module.__spec__.loader = self._loader
+    with _filtered_stderr():
+      self._loader.exec_module(module)
+      module.config.list_physical_devices()
+
+
+class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
+  """Finds ``tensorflow`` as the other finders do, with ``_QuietLoader``."""
+
+  def find_spec(self, name, path=None, target=None):
+    del path, target  # A top-level package; the other finders search.
+    if name != "tensorflow":
+      return None
+    sys.meta_path.remove(self)
+    spec = importlib.util.find_spec(name)
+    if spec is not None and spec.loader is not None:
+      spec.loader = _QuietLoader(spec.loader)
+    return spec
+
+
+def _quiet_tensorflow_import() -> None:
+  """The next ``import tensorflow`` (by anyone) drops the noise lines.
+
+  A tool's code imports TensorFlow wherever it first needs it (after its
+  flags are checked, so that a usage error comes fast); catching the import
+  itself leaves no tool that forgets to hide the banner.
+  """
+  if "tensorflow" in sys.modules or any(
+      isinstance(finder, _QuietTensorFlowFinder) for finder in sys.meta_path):
     return
-  with _filtered_stderr():
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    tf.config.list_physical_devices()
+  sys.meta_path.insert(0, _QuietTensorFlowFinder())
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""ESCM2's multi-task risks: naive, ESMM, ESCM2-IPW and ESCM2-DR.
+"""ESCM2's multi-task risks: naive, ESMM, ESCM2-IPW, ESCM2-DR, DR-JL, MRDR.
 
 Notation per impression i (Wang et al., "ESCM2", SIGIR 2022): o = click,
 r = conversion, ô = pCTR, r̂ = pCVR, δ = BCE(r, r̂). Every estimator minimises
@@ -24,6 +24,10 @@ from escm2_tf import schema
 LOSSES = config_lib.LOSSES
 COMPAT_MODES = config_lib.COMPAT_MODES
 PROPENSITIES = config_lib.PROPENSITIES
+JOINT_LEARNING_LOSSES = config_lib.JOINT_LEARNING_LOSSES
+# The estimators with an imputation tower (output ``IMPUTATION``): a predicted
+# error for dr, a pseudo-label for the joint-learning ones.
+IMPUTATION_LOSSES = ("dr",) + JOINT_LEARNING_LOSSES
 # The label holding a known click propensity, for propensity="label" (the
 # simulator's true p_click: ground_truth_*.csv).
 PROPENSITY_LABEL = "p_click"
@@ -103,8 +107,16 @@ def compute_losses(config: LossConfig, labels: Mapping[str, tf.Tensor],
     constant in R_err and δ in R_imp, so the CVR output is moved by R_err
     (and L_ctcvr) only and the imputation by R_imp only. The total adds
     ``lambda_imp * R_imp``; ``cvr_loss`` is R_err, ``imputation_loss`` R_imp.
-  * ``self_normalized`` (ipw, dr): 1/|D| in front of every sum over o_i/ô_i
-    becomes 1/Σ_i o_i/ô_i (SNIPS); 0 for a batch without clicks.
+    With δ̂ held fixed, R_err's gradient in the CVR output is
+    1/|D| Σ o_i ∇δ_i / ô_i, R_IPS's: ESCM2-DR differs from IPW only through
+    the layers the imputation tower shares with the CVR tower.
+  * dr_jl, mrdr: the imputation is a pseudo-label r̃ and the imputed error
+    BCE(r̃, r̂) a function of the CVR output, which unclicked impressions
+    then move; see ``joint_learning_risks``. The total adds
+    ``lambda_imp * R_imp``.
+  * ``self_normalized`` (ipw, dr, dr_jl, mrdr): 1/|D| in front of every sum
+    over o_i/ô_i becomes 1/Σ_i o_i/ô_i (SNIPS); 0 for a batch without
+    clicks.
 
   ``compat="paddlerec"``: see ``_paddlerec_counterfactual``; every log loss is
   paddle's (epsilon 1e-4 added inside the logs) and CTCVR is labelled with r.
@@ -113,13 +125,14 @@ def compute_losses(config: LossConfig, labels: Mapping[str, tf.Tensor],
     config: The estimator and its weights.
     labels: ``{"click", "conversion"}``, float32[B] of 0/1, and with
       ``propensity="label"`` ``"p_click"``, float32[B] in (0, 1].
-    outputs: ``{"ctr", "cvr", "ctcvr"}`` probabilities, float32[B], and for
-      ``dr`` ``"imputation"``, a non-negative predicted cross-entropy.
+    outputs: ``{"ctr", "cvr", "ctcvr"}`` probabilities, float32[B], and
+      ``"imputation"``: for ``dr`` a non-negative predicted cross-entropy,
+      for ``dr_jl`` and ``mrdr`` a pseudo-label in [0, 1].
 
   Returns:
     Scalars ``loss`` (the total to minimise), ``ctr_loss``, ``cvr_loss``,
-    ``ctcvr_loss``, and for ``dr`` ``imputation_loss``; float32, traceable by
-    tf.function and XLA (no branching on tensor values).
+    ``ctcvr_loss``, and with an imputation ``imputation_loss``; float32,
+    traceable by tf.function and XLA (no branching on tensor values).
 
   Raises:
     ValueError: A label or output is missing or not of rank 1.
@@ -128,7 +141,7 @@ def compute_losses(config: LossConfig, labels: Mapping[str, tf.Tensor],
   conversion = _vector(labels, schema.CONVERSION, "labels")
   ctr, cvr, ctcvr = (_vector(outputs, key, "outputs") for key in OUTPUTS)
   imputation = (_vector(outputs, IMPUTATION, "outputs")
-                if config.loss == "dr" else None)
+                if config.loss in IMPUTATION_LOSSES else None)
   paddlerec = config.compat == "paddlerec"
   if paddlerec:
     log_loss = paddle_log_loss
@@ -146,8 +159,12 @@ def compute_losses(config: LossConfig, labels: Mapping[str, tf.Tensor],
   else:
     propensity = (ctr if config.propensity == "model" else
                   _vector(labels, PROPENSITY_LABEL, "labels"))
-    result = _paper_counterfactual(config, click, propensity, delta,
-                                   imputation)
+    if config.loss in JOINT_LEARNING_LOSSES:
+      result = joint_learning_risks(config, click, propensity, conversion,
+                                    cvr, imputation)
+    else:
+      result = _paper_counterfactual(config, click, propensity, delta,
+                                     imputation)
   result["ctr_loss"] = tf.reduce_mean(log_loss(click, ctr))
   result["ctcvr_loss"] = tf.reduce_mean(log_loss(ctcvr_label, ctcvr))
   cvr_weight = config.lambda_c
@@ -156,26 +173,37 @@ def compute_losses(config: LossConfig, labels: Mapping[str, tf.Tensor],
     cvr_weight = 0.0
   total = (result["ctr_loss"] + cvr_weight * result["cvr_loss"] +
            config.lambda_g * result["ctcvr_loss"])
-  if config.loss == "dr" and not paddlerec:
+  if config.loss in IMPUTATION_LOSSES and not paddlerec:
     total += config.lambda_imp * result["imputation_loss"]
   result["loss"] = total
   return result
 
 
-def _paper_counterfactual(config: LossConfig, click: tf.Tensor,
-                          propensity: tf.Tensor, delta: tf.Tensor,
-                          imputation: tf.Tensor | None) -> dict[str, tf.Tensor]:
-  """R_IPS, or R_err and R_imp with the decoupling stop-gradients."""
+def _ips_mean_fn(config: LossConfig, click: tf.Tensor,
+                 propensity: tf.Tensor):
+  """o·w, and Σ o·w·values over |D| (or over Σ o·w with SNIPS) as a function.
+
+  w is ``inverse_propensity``; the function is 0 for a SNIPS batch without
+  clicks.
+  """
   weighted_click = click * inverse_propensity(config, propensity)
   if config.self_normalized:
     normalizer = tf.reduce_sum(weighted_click)
   else:
     normalizer = tf.cast(tf.size(click), tf.float32)
 
-  def ips_mean(values: tf.Tensor) -> tf.Tensor:
-    return tf.math.divide_no_nan(tf.reduce_sum(weighted_click * values),
-                                 normalizer)
+  def ips_mean(values: tf.Tensor, weights: tf.Tensor = weighted_click
+               ) -> tf.Tensor:
+    return tf.math.divide_no_nan(tf.reduce_sum(weights * values), normalizer)
 
+  return weighted_click, ips_mean
+
+
+def _paper_counterfactual(config: LossConfig, click: tf.Tensor,
+                          propensity: tf.Tensor, delta: tf.Tensor,
+                          imputation: tf.Tensor | None) -> dict[str, tf.Tensor]:
+  """R_IPS, or R_err and R_imp with the decoupling stop-gradients."""
+  _, ips_mean = _ips_mean_fn(config, click, propensity)
   if config.loss == "ipw":
     return {"cvr_loss": ips_mean(delta)}
   fixed_imputation = tf.stop_gradient(imputation)
@@ -184,6 +212,64 @@ def _paper_counterfactual(config: LossConfig, click: tf.Tensor,
                    + ips_mean(delta - fixed_imputation)),
       "imputation_loss": ips_mean(
           tf.square(tf.stop_gradient(delta) - imputation)),
+  }
+
+
+def joint_learning_risks(config: LossConfig, click: tf.Tensor,
+                         propensity: tf.Tensor, conversion: tf.Tensor,
+                         cvr: tf.Tensor, pseudo_label: tf.Tensor
+                         ) -> dict[str, tf.Tensor]:
+  """DR-JL's or MRDR's prediction and imputation risks, for one step.
+
+  The imputation predicts a pseudo-label r̃ for every impression and the
+  imputed error is ê = BCE(r̃, r̂) (``config.epsilon`` clips r̂), a function
+  of the CVR prediction, so unclicked impressions move the CVR tower. With
+  w = ``inverse_propensity(config, ô)``:
+
+      R     = 1/|D| Σ [ê + o·w·(δ − ê)]             (prediction, r̃ fixed)
+      R_imp = 1/|D| Σ o·w·(δ − ê)²                  (dr_jl, r̂ fixed)
+      R_imp = 1/|D| Σ o·w·(w − 1)·(δ − ê)²          (mrdr, r̂ fixed)
+
+  R is the doubly robust estimator of Wang et al., "Doubly Robust Joint
+  Learning for Recommendation on Data Missing Not at Random" (ICML 2019), and
+  R_imp (dr_jl) the imputation loss of its joint learning, with ê computed
+  as their public implementations do (BCE against the pseudo-label, not a
+  predicted error). MRDR weighs R_imp by o·(1 − ô)/ô² to minimise the
+  estimator's variance (Guo et al., "Enhanced Doubly Robust Learning for
+  Debiasing Post-Click Conversion Rate Estimation", SIGIR 2021), written
+  through the clipped and capped w (w·(w − 1) = (1 − ô)/ô²). The
+  papers alternate the two steps; here one step takes both, decoupled by
+  stop-gradients: r̃ is constant in R, r̂ (hence δ) in R_imp. So the CVR
+  gradient of R is 1/|D| Σ [(1 − o·w) ∂ê/∂r̂ + o·w ∂δ/∂r̂], nonzero on
+  unclicked impressions, and R_imp moves only the imputation. With
+  ``self_normalized`` every o-weighted sum is divided by Σ o·w instead of
+  |D| (SNIPS).
+
+  Args:
+    config: ``loss`` (``"dr_jl"`` or ``"mrdr"``), and the clip, cap,
+      stop-gradient, normalisation and epsilon of the weights and BCEs.
+    click: o, float32[B] of 0/1.
+    propensity: ô, float32[B] in (0, 1].
+    conversion: r, float32[B] of 0/1.
+    cvr: r̂, float32[B] in [0, 1].
+    pseudo_label: r̃, float32[B] in [0, 1].
+
+  Returns:
+    ``cvr_loss`` (R) and ``imputation_loss`` (R_imp), float32 scalars.
+  """
+  weighted_click, ips_mean = _ips_mean_fn(config, click, propensity)
+  log_loss = functools.partial(binary_cross_entropy, epsilon=config.epsilon)
+  delta = log_loss(conversion, cvr)
+  error = log_loss(tf.stop_gradient(pseudo_label), cvr)
+  fixed_cvr = tf.stop_gradient(cvr)
+  deviation = (log_loss(conversion, fixed_cvr)
+               - log_loss(pseudo_label, fixed_cvr))
+  imputation_weights = weighted_click
+  if config.loss == "mrdr":
+    imputation_weights *= inverse_propensity(config, propensity) - 1.0
+  return {
+      "cvr_loss": tf.reduce_mean(error) + ips_mean(delta - error),
+      "imputation_loss": ips_mean(tf.square(deviation), imputation_weights),
   }
 
 

@@ -3,7 +3,7 @@
 ``build_model`` returns an ``ESCM2Model`` whose ``call`` takes a dict of raw-id
 ragged tensors (the vocabulary lookup is in the graph, so training and serving
 cannot skew) and returns ``{"ctr", "cvr", "ctcvr"}`` (+ ``"imputation"`` for
-the DR loss), float32 [B]. Its ``train_step``/``test_step`` apply
+the doubly robust losses), float32 [B]. Its ``train_step``/``test_step`` apply
 ``escm2_tf.losses.compute_losses`` with the model's ``LossConfig``, so a plain
 ``model.compile(optimizer=...)`` and ``model.fit(dataset)`` train it.
 """
@@ -34,8 +34,18 @@ REGULARIZATION_LOSS = "regularization_loss"
 OBSERVED_LOSS = "ctr_ctcvr_loss"
 
 
+# The third tower of dr_jl and mrdr: a pseudo-label, output as "imputation".
+PSEUDO_LABEL = "pseudo_label"
+
+
 def task_names(loss_config: losses.LossConfig) -> tuple[str, ...]:
-  """The towers the loss needs: CTR, CVR and, for DR, the imputation."""
+  """The towers the loss needs: CTR, CVR and the imputation of DR's kinds.
+
+  ``dr``'s imputation predicts the CVR cross-entropy (``"imputation"``);
+  ``dr_jl``'s and ``mrdr``'s a pseudo-label (``"pseudo_label"``).
+  """
+  if loss_config.loss in losses.JOINT_LEARNING_LOSSES:
+    return ("ctr", "cvr", PSEUDO_LABEL)
   if loss_config.loss == "dr":
     return ("ctr", "cvr", losses.IMPUTATION)
   return ("ctr", "cvr")
@@ -91,14 +101,17 @@ def _backbone(config: config_lib.ModelConfig, num_tasks: int,
 class Heads(keras.layers.Layer):
   """Task logits [B, T] -> the named outputs.
 
-  ``ctr`` and ``cvr`` are sigmoids and ``ctcvr = ctr * cvr``. With a third
-  task the imputed CVR cross-entropy is a softplus: it must be non-negative
-  but, unlike a probability, may exceed 1.
+  ``ctr`` and ``cvr`` are sigmoids and ``ctcvr = ctr * cvr``. A third task
+  is the ``imputation``: by default the imputed CVR cross-entropy, a softplus
+  (non-negative but, unlike a probability, it may exceed 1); with
+  ``pseudo_label`` a pseudo-label of the conversion, a sigmoid.
   """
 
-  def __init__(self, with_imputation: bool, **kwargs):
+  def __init__(self, with_imputation: bool, pseudo_label: bool = False,
+               **kwargs):
     super().__init__(**kwargs)
     self.with_imputation = with_imputation
+    self.pseudo_label = pseudo_label
 
   def call(self, logits: tf.Tensor) -> dict[str, tf.Tensor]:
     # Unstacking differentiates to a stack, cheaper than strided slices.
@@ -106,11 +119,13 @@ class Heads(keras.layers.Layer):
     ctr, cvr = tf.sigmoid(tasks[0]), tf.sigmoid(tasks[1])
     outputs = {"ctr": ctr, "cvr": cvr, "ctcvr": ctr * cvr}
     if self.with_imputation:
-      outputs["imputation"] = tf.nn.softplus(tasks[2])
+      activation = tf.sigmoid if self.pseudo_label else tf.nn.softplus
+      outputs["imputation"] = activation(tasks[2])
     return outputs
 
   def get_config(self) -> dict[str, Any]:
-    return {**super().get_config(), "with_imputation": self.with_imputation}
+    return {**super().get_config(), "with_imputation": self.with_imputation,
+            "pseudo_label": self.pseudo_label}
 
 
 def model_inputs(config: config_lib.ModelConfig) -> dict[str, tf.Tensor]:
@@ -138,7 +153,8 @@ def build_network(model_config: config_lib.ModelConfig,
   missing = [f for f in schema.FIELD_NAMES if f not in vocabularies]
   if missing:
     raise ValueError(f"No vocabulary for field(s) {', '.join(missing)}.")
-  num_tasks = len(task_names(loss_config))
+  tasks = task_names(loss_config)
+  num_tasks = len(tasks)
   inputs = model_inputs(model_config)
   embedded = layers.FusedEmbedding(
       {f: vocabularies[f] for f in schema.FIELD_NAMES},
@@ -157,9 +173,10 @@ def build_network(model_config: config_lib.ModelConfig,
       dropout=model_config.dropout,
       seed=layers.offset_seed(model_config.seed, 300),
       output_biases=(None if base_rates is None else
-                     base_rates.output_biases(task_names(loss_config))),
+                     base_rates.output_biases(tasks)),
       name="towers")(hidden)
-  outputs = Heads(num_tasks == 3, name="heads")(logits)
+  outputs = Heads(num_tasks == 3, pseudo_label=PSEUDO_LABEL in tasks,
+                  name="heads")(logits)
   return keras.Model(inputs=inputs, outputs=outputs, name="escm2_network")
 
 
@@ -180,7 +197,7 @@ class ESCM2Model(keras.Model):
     self.model_config = model_config
     self.loss_config = loss_config
     loss_names = ["loss", "ctr_loss", "cvr_loss", "ctcvr_loss", OBSERVED_LOSS]
-    if loss_config.loss == "dr":
+    if loss_config.loss in losses.IMPUTATION_LOSSES:
       loss_names.append("imputation_loss")
     if model_config.embedding_l2:
       loss_names.append(REGULARIZATION_LOSS)
@@ -294,8 +311,8 @@ def build_model(model_config: config_lib.ModelConfig,
 
   Args:
     model_config: The network.
-    loss_config: The estimator its ``train_step`` minimises; ``dr`` adds the
-      imputation tower.
+    loss_config: The estimator its ``train_step`` minimises; ``dr``,
+      ``dr_jl`` and ``mrdr`` add the imputation tower.
     vocabularies: Field name -> raw ids (``vocab.load_vocabularies``), for
       every field of ``schema.FIELD_NAMES``.
     base_rates: The training data's click and post-click conversion rates

@@ -100,7 +100,7 @@ class BaseRatesTest(tf.test.TestCase, parameterized.TestCase):
 
 class ModelStartTest(tf.test.TestCase, parameterized.TestCase):
 
-  @parameterized.parameters("naive", "esmm", "ipw", "dr")
+  @parameterized.parameters("naive", "esmm", "ipw", "dr", "dr_jl", "mrdr")
   def test_model_starts_at_the_base_rates(self, loss):
     loss_config = losses.LossConfig(loss=loss)
     model = model_lib.build_model(_TINY, loss_config, _VOCABULARIES,

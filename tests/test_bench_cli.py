@@ -174,6 +174,26 @@ class HParamsTest(absltest.TestCase):
       with self.assertRaisesRegex(ValueError, expected):
         benchmark_training.hparams_from_flagfile(path)
 
+  def test_a_shipped_configs_name_reads_its_file(self):
+    by_name = benchmark_training.hparams_from_flagfile("paddlerec")
+    by_path = benchmark_training.hparams_from_flagfile(_PADDLEREC_FLAGS)
+    self.assertEqual(by_name, by_path)
+    self.assertEqual(by_name.loss.compat, "paddlerec")
+
+
+class InstalledTest(absltest.TestCase):
+
+  def test_default_hparams_outside_the_repository(self):
+    # The installed script, from a directory without configs/.
+    directory = self.create_tempdir().full_path
+    result = testing.run_subprocess(
+        [testing.console_script("escm2-bench"), "--small", "--parts=train",
+         "--losses=esmm", "--train_examples=600", "--test_examples=200",
+         f"--work_dir={directory}/work"], cwd=directory)
+    self.assertEqual(result.returncode, 0, result.stderr)
+    self.assertIn("train esmm", result.stdout)
+    self.assertIn("paddlerec.flags", result.stdout)
+
 
 if __name__ == "__main__":
   absltest.main()

@@ -9,11 +9,12 @@ from absl.testing import absltest
 from escm2_tf.bench import processes
 import testing
 
-# A child that holds about 200 MiB, then a grandchild of its own.
-_HOLD = ("import subprocess, sys, time\n"
+# A child that holds about 200 MiB until its grandchild, which shares its
+# stdin, reads that stdin to the end: the test decides when the child exits.
+_HOLD = ("import subprocess, sys\n"
          "block = bytearray(200 << 20)\n"
-         "subprocess.run([sys.executable, '-c', 'import time; "
-         "time.sleep(1.0)'], check=True, timeout=60)\n")
+         "subprocess.run([sys.executable, '-c', 'import sys; "
+         "sys.stdin.read()'], check=True)\n")
 
 
 class ProcessesTest(absltest.TestCase):
@@ -23,8 +24,14 @@ class ProcessesTest(absltest.TestCase):
 
   def test_peak_rss_sees_the_child_and_cpu_is_counted(self):
     before = processes.children_cpu_seconds()
-    child = subprocess.Popen([sys.executable, "-c", _HOLD])
+    child = subprocess.Popen([sys.executable, "-c", _HOLD],
+                             stdin=subprocess.PIPE)
     sampler = processes.PeakRss(child, interval=0.05)
+    try:
+      testing.wait_until(lambda: sampler.peak > 200 << 20,
+                         "sample of the child's 200 MiB")
+    finally:
+      child.stdin.close()
     self.assertEqual(child.wait(timeout=testing.SUBPROCESS_TIMEOUT_S), 0)
     self.assertGreater(sampler.join(), 200 << 20)
     self.assertGreater(processes.children_cpu_seconds(), before)

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
+from typing import Any, Callable
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -100,7 +100,8 @@ class BadFlagTest(parameterized.TestCase):
 
   @parameterized.parameters(
       ("escm2-train", "--loss=esmm2",
-       "--loss=esmm2: value should be one of <naive|esmm|ipw|dr>"),
+       "--loss=esmm2: value should be one of "
+       "<naive|esmm|ipw|dr|dr_jl|mrdr>"),
       ("escm2-train", "--epochs=two", "--epochs=two: expected an integer"),
       ("escm2-synth", "--ctr=2", "--output_dir: is required"),
       ("escm2-predict", "--input_format=csv",
@@ -138,31 +139,51 @@ class QuietTest(absltest.TestCase):
     self.assertEmpty(noise)
     self.assertIn("Exported SavedModel:", result.stdout)
 
+  def test_study_prints_no_banner_or_cuda_errors(self):
+    # The study imports TensorFlow in its own modules, not through a CLI.
+    directory = _tempdir(self)
+    result = _run(
+        "escm2-study", f"--work_dir={directory}/work",
+        f"--output_dir={directory}/out", "--seeds=0,1", "--estimators=esmm",
+        "--regime=tiny:ctr=0.2,cvr=0.3,corr=0.5,train=600,test=300",
+        env={k: v for k, v in os.environ.items()
+             if k != "TF_CPP_MIN_LOG_LEVEL"})
+    self.assertEqual(result.returncode, 0, result.stderr)
+    noise = [line for line in (result.stdout + result.stderr).splitlines()
+             if _NOISE.search(line)]
+    self.assertEmpty(noise)
+    self.assertIn("[2/2] tiny seed 1 esmm", result.stdout)
 
-def _wait_for(process: subprocess.Popen, path: str, seconds: float) -> None:
-  deadline = time.monotonic() + seconds
-  while not os.path.exists(path) and time.monotonic() < deadline:
-    if process.poll() is not None:
-      raise AssertionError(f"exited early: {process.communicate()}")
-    time.sleep(0.2)
+
+def _read(path: str) -> str:
+  with open(path) as f:
+    return f.read()
 
 
 class InterruptTest(absltest.TestCase):
 
-  def _interrupt(self, args: list[str], started: str, after: float
-                 ) -> tuple[int, str]:
-    """Sends SIGINT ``after`` seconds past ``started`` appearing."""
-    with subprocess.Popen(args, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True) as process:
+  def _interrupt(self, args: list[str], reached: Callable[[str], Any],
+                 what: str) -> tuple[int, str]:
+    """Sends SIGINT once ``reached(stdout so far)`` holds.
+
+    Returns:
+      The exit status and stderr.
+    """
+    directory = _tempdir(self)
+    stdout, stderr = (os.path.join(directory, name) for name in ("out", "err"))
+    with open(stdout, "w") as out, open(stderr, "w") as err, subprocess.Popen(
+        args, stdout=out, stderr=err) as process:
       try:
-        _wait_for(process, started, _TIMEOUT)
-        time.sleep(after)
+        testing.wait_until(lambda: reached(_read(stdout)), what, [process])
         process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=_TIMEOUT)
+        process.wait(timeout=_TIMEOUT)
       finally:
         if process.poll() is None:
           process.kill()
-    return process.returncode, stderr
+    if process.returncode == 0:
+      self.fail(f"the run ended before SIGINT reached it, {what} being too "
+                f"close to its end:\n{_read(stdout)}")
+    return process.returncode, _read(stderr)
 
   def test_ctrl_c_during_conversion(self):
     directory = _tempdir(self)
@@ -172,11 +193,16 @@ class InterruptTest(absltest.TestCase):
                     "--num_test=10"], check=True,
                    capture_output=True, timeout=_TIMEOUT)
     out = os.path.join(directory, "out")
+    # One worker converts the eight shards one after the other: the signal
+    # comes when the first one's file appears in the run's temporary
+    # directory inside --output_dir, with most of the input still to go.
     status, stderr = self._interrupt(
         [testing.console_script("escm2-convert"),
          f"--skeleton={raw}/sample_skeleton_train.csv",
          f"--common_features={raw}/common_features_train.csv",
-         f"--output_dir={out}"], started=out, after=1.0)
+         f"--output_dir={out}", "--num_workers=1", "--num_shards=8"],
+        reached=lambda _: any(files for _, _, files in os.walk(out)),
+        what="the first shard's file")
     self.assertEqual(status, 130, stderr)
     self.assertNotIn("Traceback", stderr)
     self.assertEqual(stderr.splitlines()[-1], "escm2-convert: error: "
@@ -188,12 +214,16 @@ class InterruptTest(absltest.TestCase):
     data = datasets.make_synthetic_data(os.path.join(directory, "data"),
                                         num_train=2000, num_test=300)
     model_dir = os.path.join(directory, "model")
+    # The line the trainer prints after the first epoch's checkpoint. Early
+    # stopping is off, so 999 epochs remain when the signal comes.
     status, stderr = self._interrupt(
         [testing.console_script("escm2-train"), f"--train_data={data['train']}",
          f"--eval_data={data['test']}", f"--vocab_dir={data['vocab_dir']}",
          f"--model_dir={model_dir}", f"--export_dir={directory}/export",
-         "--epochs=1000", "--batch_size=64", "--verbose=0"],
-        started=os.path.join(model_dir, "checkpoints"), after=1.0)
+         "--epochs=1000", "--early_stopping_patience=0", "--batch_size=64",
+         "--verbose=1"],
+        reached=lambda stdout: re.search(r"(?m)^Epoch 1/1000: ", stdout),
+        what="the first epoch's line")
     self.assertEqual(status, 130, stderr)
     self.assertNotIn("Traceback", stderr)
     self.assertEqual(stderr.splitlines()[-1], "escm2-train: error: "

@@ -1,8 +1,8 @@
 """Tests of escm2_tf.losses against independent numpy transcriptions.
 
 The reference functions below are written from the formulas in NOTES.md (the
-paper's R_IPS, R_err, R_imp and PaddleRec's code as described there); they do
-not call the TensorFlow implementation.
+paper's R_IPS, R_err, R_imp, DR-JL's and MRDR's risks, and PaddleRec's code as
+described there); they do not call the TensorFlow implementation.
 """
 
 import escm2_tf  # pylint: disable=unused-import  # Legacy Keras before TF.
@@ -29,6 +29,9 @@ CVR = np.array([0.0, 0.1, 0.05, 0.7, 0.02, 0.3, 0.5, 0.01, 0.2, 0.4, 0.25,
                 0.9], np.float32)
 IMPUTATION = np.array([0.5, 0.1, 2.5, 0.2, 0.0, 1.2, 0.3, 0.05, 0.7, 0.0, 1.5,
                        3.0], np.float32)
+# dr_jl's and mrdr's imputation: a pseudo-label per impression, in [0, 1].
+PSEUDO_LABEL = np.array([0.9, 0.05, 0.3, 0.6, 0.0, 0.2, 0.7, 0.1, 0.4, 1.0,
+                         0.5, 0.15], np.float32)
 # Known click probabilities (propensity="label"), unlike CTR on every click.
 P_CLICK = np.array([0.3, 0.05, 0.004, 0.5, 0.1, 0.08, 0.2, 0.6, 0.1, 0.02,
                     0.15, 0.3], np.float32)
@@ -78,6 +81,13 @@ def reference_losses(config, click, conversion, ctr, cvr, imputation,
         return np.mean(click * w * values)
     if config.loss == "ipw":
       out["cvr_loss"] = ips_mean(delta)
+    elif config.loss in ("dr_jl", "mrdr"):
+      # The imputation is the pseudo-label; the imputed error its BCE.
+      e_hat = log_loss(imputation, cvr)
+      out["cvr_loss"] = np.mean(e_hat) + ips_mean(delta - e_hat)
+      extra = w - 1.0 if config.loss == "mrdr" else 1.0
+      out["imputation_loss"] = ips_mean(extra * (delta - e_hat)**2)
+      imputation_weight = config.lambda_imp
     else:
       e = delta - imputation
       out["cvr_loss"] = np.mean(imputation) + ips_mean(e)
@@ -110,12 +120,15 @@ def tf_inputs(click=CLICK, conversion=CONVERSION, ctr=CTR, cvr=CVR,
 
 def _all_modes():
   return [dict(testcase_name=f"{loss}_{compat}", loss=loss, compat=compat)
-          for loss in losses.LOSSES for compat in losses.COMPAT_MODES]
+          for loss in losses.LOSSES for compat in losses.COMPAT_MODES
+          if compat == "paper" or loss not in losses.JOINT_LEARNING_LOSSES]
 
 
 class LossValueTest(tf.test.TestCase, parameterized.TestCase):
 
   def assert_matches_reference(self, config, **arrays):
+    if config.loss in losses.JOINT_LEARNING_LOSSES:
+      arrays.setdefault("imputation", PSEUDO_LABEL)
     labels, outputs = tf_inputs(**arrays)
     got = losses.compute_losses(config, labels, outputs)
     ref = reference_losses(config, labels["click"].numpy(),
@@ -150,6 +163,17 @@ class LossValueTest(tf.test.TestCase, parameterized.TestCase):
        dict(self_normalized=True, propensity="label", max_ips_weight=40.0)),
       ("dr_snips_label_clip", "dr",
        dict(self_normalized=True, propensity="label", propensity_clip=0.1)),
+      ("dr_jl_clip_cap_weights", "dr_jl",
+       dict(propensity_clip=0.001, max_ips_weight=100.0, lambda_c=0.7,
+            lambda_g=2.0, lambda_imp=0.3)),
+      ("mrdr_clip_cap_weights", "mrdr",
+       dict(propensity_clip=0.001, max_ips_weight=100.0, lambda_c=0.7,
+            lambda_g=2.0, lambda_imp=0.3)),
+      ("dr_jl_snips_label", "dr_jl",
+       dict(self_normalized=True, propensity="label")),
+      ("mrdr_snips_label_clip", "mrdr",
+       dict(self_normalized=True, propensity="label", propensity_clip=0.1)),
+      ("mrdr_epsilon", "mrdr", dict(epsilon=1e-3)),
   )
   def test_options_match_reference(self, loss, options):
     self.assert_matches_reference(losses.LossConfig(loss=loss, **options))
@@ -176,7 +200,7 @@ class LossValueTest(tf.test.TestCase, parameterized.TestCase):
       losses.compute_losses(losses.LossConfig(propensity="label"), labels,
                             outputs)
 
-  @parameterized.parameters("ipw", "dr")
+  @parameterized.parameters("ipw", "dr", "dr_jl", "mrdr")
   def test_snips_batch_without_clicks_is_finite(self, loss):
     no_click = np.zeros_like(CLICK)
     labels, outputs = tf_inputs(click=no_click, conversion=no_click)
@@ -188,7 +212,7 @@ class LossValueTest(tf.test.TestCase, parameterized.TestCase):
     self.assertTrue(np.all(np.isfinite(tape.gradient(got["loss"], cvr))))
     self.assert_matches_reference(config, click=no_click, conversion=no_click)
 
-  @parameterized.parameters("ipw", "dr")
+  @parameterized.parameters("ipw", "dr", "dr_jl", "mrdr")
   def test_fixed_batch_exercises_clip_and_cap(self, loss):
     labels, outputs = tf_inputs()
     def cvr_loss(**options):
@@ -293,6 +317,8 @@ class LossInputTest(tf.test.TestCase, parameterized.TestCase):
        "self_normalized"),
       ("paddlerec_label", dict(compat="paddlerec", propensity="label"),
        "propensity"),
+      ("paddlerec_dr_jl", dict(compat="paddlerec", loss="dr_jl"), "loss"),
+      ("paddlerec_mrdr", dict(compat="paddlerec", loss="mrdr"), "loss"),
   )
   def test_invalid_config(self, options, field):
     with self.assertRaises(config_lib.ConfigError) as caught:
@@ -402,6 +428,123 @@ class GradientTest(tf.test.TestCase, parameterized.TestCase):
     d_delta = (-r / (p + 1e-4) + (1 - r) / (1 - p + 1e-4)) * p * (1 - p)
     expected = 0.5 * w * (1 + 2 * e) * d_delta / p.size
     self.assertAllClose(cvr_grad, expected, rtol=1e-4, atol=1e-7)
+
+
+class JointLearningGradientTest(tf.test.TestCase, parameterized.TestCase):
+  """dr_jl's and mrdr's gradients against finite differences of numpy.
+
+  The numpy reference differentiated here computes each risk with the other
+  model's output as a constant, as the papers' alternating steps do: R with
+  the pseudo-label fixed, R_imp with the pCVR fixed. TensorFlow must give the
+  same gradients in one step through its stop-gradients.
+  """
+
+  ctr = GradientTest.ctr
+  cvr = GradientTest.cvr
+  click = GradientTest.click
+  conversion = GradientTest.conversion
+  pseudo_label = np.array([0.6, 0.1, 0.35, 0.8, 0.05, 0.5, 0.25, 0.9],
+                          np.float32)
+  p_click = np.array([0.2, 0.3, 0.05, 0.4, 0.6, 0.03, 0.1, 0.7], np.float32)
+
+  def tape_gradients(self, config):
+    """d (loss, cvr_loss, imputation_loss) / d (cvr logits, imp. logits)."""
+    variables = [tf.Variable(logit(self.cvr)),
+                 tf.Variable(logit(self.pseudo_label))]
+    labels = {"click": tf.constant(self.click),
+              "conversion": tf.constant(self.conversion),
+              "p_click": tf.constant(self.p_click)}
+    with tf.GradientTape(persistent=True) as tape:
+      ctr = tf.constant(self.ctr)
+      cvr = tf.sigmoid(variables[0])
+      got = losses.compute_losses(config, labels, {
+          "ctr": ctr, "cvr": cvr, "ctcvr": ctr * cvr,
+          "imputation": tf.sigmoid(variables[1])})
+    return {key: [g.numpy() for g in tape.gradient(
+        got[key], variables,
+        unconnected_gradients=tf.UnconnectedGradients.ZERO)]
+            for key in ("loss", "cvr_loss", "imputation_loss") if key in got}
+
+  def reference(self, config, cvr_logits, pseudo_logits):
+    sigmoid = lambda x: 1.0 / (1.0 + np.exp(-x))
+    return reference_losses(config, self.click, self.conversion, self.ctr,
+                            sigmoid(cvr_logits), sigmoid(pseudo_logits),
+                            p_click=self.p_click)
+
+  def finite_differences(self, config, key, wrt, step=1e-5):
+    """Central differences of reference[key] in the logits of ``wrt``."""
+    base = [logit(self.cvr).astype(np.float64),
+            logit(self.pseudo_label).astype(np.float64)]
+    grad = np.zeros_like(base[wrt])
+    for i in range(grad.size):
+      values = []
+      for sign in (1.0, -1.0):
+        moved = [x.copy() for x in base]
+        moved[wrt][i] += sign * step
+        values.append(self.reference(config, *moved)[key])
+      grad[i] = (values[0] - values[1]) / (2 * step)
+    return grad
+
+  @parameterized.product(loss=("dr_jl", "mrdr"), self_normalized=(False, True),
+                         propensity=("model", "label"))
+  def test_gradients_match_numpy(self, loss, self_normalized, propensity):
+    config = losses.LossConfig(
+        loss=loss, lambda_c=0.6, lambda_g=0.7, lambda_imp=0.4,
+        self_normalized=self_normalized, propensity=propensity)
+    got = self.tape_gradients(config)
+    cvr_risks = (config.lambda_c * self.finite_differences(config, "cvr_loss", 0)
+                 + config.lambda_g *
+                 self.finite_differences(config, "ctcvr_loss", 0))
+    imputation_risk = config.lambda_imp * self.finite_differences(
+        config, "imputation_loss", 1)
+    self.assertAllClose(got["loss"][0], cvr_risks, rtol=1e-3, atol=1e-6)
+    self.assertAllClose(got["loss"][1], imputation_risk, rtol=1e-3, atol=1e-6)
+    # Each risk moves only its own model.
+    self.assertAllEqual(got["imputation_loss"][0], np.zeros_like(self.cvr))
+    self.assertAllEqual(got["cvr_loss"][1], np.zeros_like(self.cvr))
+
+  @parameterized.parameters("dr_jl", "mrdr")
+  def test_cvr_gradient_by_hand(self, loss):
+    # d R / d b = 1/|D| [(1 - o w)(r^ - r~) + o w (r^ - r)] with sigmoid r^.
+    config = losses.LossConfig(loss=loss, lambda_c=1.0, lambda_g=0.0)
+    w = 1.0 / np.maximum(self.ctr.astype(np.float64), config.propensity_clip)
+    ow = self.click * w
+    expected = ((1 - ow) * (self.cvr - self.pseudo_label)
+                + ow * (self.cvr - self.conversion)) / self.cvr.size
+    self.assertAllClose(self.tape_gradients(config)["cvr_loss"][0], expected,
+                        rtol=1e-4, atol=1e-7)
+
+  @parameterized.parameters("dr_jl", "mrdr")
+  def test_imputation_gradient_by_hand(self, loss):
+    # d e^ / d r~ = -logit(r^), d r~ / d a = r~ (1 - r~); R_imp's weight is
+    # o w, times (w - 1) for mrdr.
+    config = losses.LossConfig(loss=loss)
+    w = 1.0 / np.maximum(self.ctr.astype(np.float64), config.propensity_clip)
+    weight = self.click * w * ((w - 1.0) if loss == "mrdr" else 1.0)
+    delta = np_bce(self.conversion, self.cvr, config.epsilon)
+    e_hat = np_bce(self.pseudo_label, self.cvr, config.epsilon)
+    r_tilde = self.pseudo_label.astype(np.float64)
+    expected = (2 * weight * (delta - e_hat) * logit(self.cvr) * r_tilde *
+                (1 - r_tilde)) / self.cvr.size
+    self.assertAllClose(self.tape_gradients(config)["imputation_loss"][1],
+                        expected, rtol=1e-4, atol=1e-7)
+    if loss == "dr_jl":
+      mrdr = self.tape_gradients(dataclasses.replace(config, loss="mrdr"))
+      self.assertNotAllClose(mrdr["imputation_loss"][1], expected, atol=1e-3)
+
+  @parameterized.named_parameters(
+      ("ipw", "ipw", False), ("dr", "dr", False),
+      ("dr_jl", "dr_jl", True), ("mrdr", "mrdr", True))
+  def test_unclicked_impressions_move_the_cvr_tower(self, loss, moves):
+    # lambda_g = 0: only the CVR risk reaches the CVR logits.
+    config = losses.LossConfig(loss=loss, lambda_c=1.0, lambda_g=0.0)
+    cvr_grad = self.tape_gradients(config)["loss"][0]
+    unclicked = cvr_grad[self.click == 0]
+    if moves:
+      self.assertTrue(np.all(np.abs(unclicked) > 1e-4), unclicked)
+    else:
+      self.assertAllEqual(unclicked, np.zeros_like(unclicked))
+    self.assertTrue(np.all(np.abs(cvr_grad[self.click == 1]) > 1e-4))
 
 
 if __name__ == "__main__":

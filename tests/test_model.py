@@ -120,12 +120,20 @@ class HeadsTest(tf.test.TestCase):
     self.assertGreater(outputs["imputation"][0], 1.0)
     self.assertNotIn("imputation", model_lib.Heads(False)(logits))
 
+  def test_pseudo_label_is_a_probability(self):
+    logits = tf.constant([[0.0, 1.0, 3.0], [-2.0, 0.5, -4.0]])
+    outputs = model_lib.Heads(True, pseudo_label=True)(logits)
+    self.assertAllClose(outputs["imputation"], 1 / (1 + np.exp([-3.0, 4.0])))
+
   def test_config_round_trip(self):
     logits = tf.constant([[0.0, 1.0, 3.0], [-2.0, 0.5, -4.0]])
-    for with_imputation in (False, True):
+    for with_imputation, pseudo_label in ((False, False), (True, False),
+                                          (True, True)):
       rebuilt = layer_testing.assert_layer_serializes(
-          self, model_lib.Heads(with_imputation, name="heads"), logits)
+          self, model_lib.Heads(with_imputation, pseudo_label, name="heads"),
+          logits)
       self.assertEqual(rebuilt.with_imputation, with_imputation)
+      self.assertEqual(rebuilt.pseudo_label, pseudo_label)
 
   def test_network_config_rebuilds_the_network(self):
     model = _build("dr", use_weights=True, oov_buckets=2, dropout=0.1)

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from typing import Any, Callable, Mapping, Sequence
 from unittest import mock
 
@@ -151,3 +152,31 @@ def run_subprocess(command: Sequence[str], *,
   return subprocess.run(list(command), capture_output=True, text=True,
                         timeout=timeout, check=False, cwd=cwd,
                         env=environment)
+
+
+def wait_until(reached: Callable[[], Any], what: str,
+               processes: Sequence[subprocess.Popen] = (),
+               timeout: float = SUBPROCESS_TIMEOUT_S) -> None:
+  """Returns once ``reached()`` holds: a point the processes report.
+
+  A process reports the point itself (a line it prints, a file it writes),
+  so how fast the machine is changes only how long this waits.
+
+  Args:
+    reached: Whether the point has come.
+    what: The point, for the failure message.
+    processes: Those that must not end before it.
+    timeout: Seconds; a guard against a hang, never the trigger.
+
+  Raises:
+    AssertionError: when one of ``processes`` ends first, or at the timeout.
+  """
+  deadline = time.monotonic() + timeout
+  while not reached():
+    for process in processes:
+      if process.poll() is not None:
+        raise AssertionError(
+            f"{process.args[0]} exited {process.returncode} before {what}")
+    if time.monotonic() > deadline:
+      raise AssertionError(f"no {what} after {timeout:.0f}s")
+    time.sleep(0.01)

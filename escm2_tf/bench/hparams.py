@@ -1,7 +1,7 @@
 """The network, loss and schedule of an ``escm2-train`` flagfile.
 
 The benchmark trains with the hyperparameters of a training flagfile (by
-default ``configs/paddlerec.flags``), read with ``escm2-train``'s own flags
+default the shipped ``paddlerec`` config, ``configs/paddlerec.flags``), read with ``escm2-train``'s own flags
 (``flagbind.TRAIN_SECTIONS``), so the file means what it means to the trainer.
 Data and output flags of the flagfile are ignored: the benchmark brings its
 own data. Nothing here imports TensorFlow.
@@ -12,6 +12,7 @@ import dataclasses
 from absl import flags
 
 from escm2_tf import config as config_lib
+from escm2_tf import configs
 from escm2_tf import flagbind
 
 # The trainer's flags the benchmark takes besides the model and the loss.
@@ -46,14 +47,25 @@ def _line_of(path: str, text: str) -> int:
   return 0
 
 
+def flagfile_path(name_or_path: str) -> str:
+  """The file of a shipped config's name (``paddlerec``), else the path."""
+  if name_or_path in configs.names():
+    return configs.path(name_or_path)
+  return name_or_path
+
+
 def hparams_from_flagfile(path: str) -> HParams:
   """The network, loss and schedule of an ``escm2-train`` flagfile.
+
+  Args:
+    path: The flagfile, or the name of a shipped one (``flagfile_path``).
 
   Raises:
     FileNotFoundError: The flagfile does not exist.
     ValueError: A value that does not parse or that the configs refuse; the
       message names the file and the flag.
   """
+  path = flagfile_path(path)
   with open(path, encoding="utf-8"):
     pass
   flag_values = flags.FlagValues()

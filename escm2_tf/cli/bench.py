@@ -5,16 +5,15 @@ r"""escm2-bench: throughput, latency and memory from raw logs to serving.
   escm2-bench --work_dir=/tmp/bench         (keeps the data, then reuse it:)
   escm2-bench --data_dir=/tmp/bench/data --parts=train,eval
 
-Run it from the repository root, where --hparams finds configs/paddlerec.flags.
-
 Simulates Ali-CCP logs (escm2_tf.simulator), converts them (escm2-convert's
 pipeline), then measures, each part in its own process: conversion rows/s and
 peak RSS; the tf.data parse ceiling of the converted files; steady-state
-training examples/s (and peak RSS) of esmm, ipw and dr with the flagfile's
-hyperparameters (configs/paddlerec.flags); evaluation examples/s; and the
-serving latency of the exported SavedModel. --parts=quality also trains one
-pass with Keras' Adam and with LazyAdam and compares their exact test AUCs.
-Prints a table and, with --output_json, writes every figure as JSON.
+training examples/s (and peak RSS) of esmm, ipw and dr with the
+hyperparameters of --hparams (the shipped configs/paddlerec.flags);
+evaluation examples/s; and the serving latency of the exported SavedModel.
+--parts=quality also trains one pass with Keras' Adam and with LazyAdam and
+compares their exact test AUCs. Prints a table and, with --output_json,
+writes every figure as JSON.
 """
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
@@ -29,7 +28,7 @@ from typing import Any, Sequence
 from absl import flags
 
 from escm2_tf import config as config_lib
-from escm2_tf import console
+from escm2_tf import configs
 from escm2_tf import flagbind
 from escm2_tf import options
 from escm2_tf import simulator
@@ -67,7 +66,8 @@ class BenchFlags:
     losses: Estimators whose training is timed; eval and serve use the model
       of the last one.
     hparams: escm2-train flagfile whose model, loss and
-      batch_size/learning_rate/seed flags are used.
+      batch_size/learning_rate/seed flags are used, or the name of a shipped
+      one (demo, paddlerec, bigdata: configs/NAME.flags).
     train_optimizer: Optimizer of the timed training runs.
     train_steps_per_execution: Keras steps_per_execution.
     warmup_steps: Training steps before timing starts.
@@ -88,7 +88,7 @@ class BenchFlags:
   parts: tuple[str, ...] = option(_DEFAULT_PARTS, choices=PARTS)
   losses: tuple[str, ...] = option(("esmm", "ipw", "dr"),
                                    choices=config_lib.LOSSES)
-  hparams: str = option("configs/paddlerec.flags", group="training")
+  hparams: str = option("paddlerec", group="training")
   train_optimizer: str = option(config_lib.SPARSE_ADAM,
                                 choices=config_lib.OPTIMIZERS,
                                 group="training")
@@ -122,15 +122,17 @@ def _settings() -> dict[str, Any]:
   try:
     hparams = hparams_lib.hparams_from_flagfile(bench_flags.hparams)
   except FileNotFoundError:
-    raise ConfigError("hparams", f"{bench_flags.hparams} not found (run from "
-                      "the repository root or give its path)") from None
+    raise ConfigError("hparams", f"{bench_flags.hparams} not found (neither "
+                      "a file nor a shipped config: "
+                      f"{', '.join(configs.names())})") from None
   except ValueError as e:
     raise ConfigError("hparams", str(e)) from None
   settings = dataclasses.asdict(bench_flags)
   settings.update(parts=list(bench_flags.parts),
                   losses=list(bench_flags.losses),
                   serving_batch_sizes=list(bench_flags.serving_batch_sizes),
-                  hparams=hparams, hparams_file=bench_flags.hparams,
+                  hparams=hparams,
+                  hparams_file=hparams_lib.flagfile_path(bench_flags.hparams),
                   optimizer=bench_flags.train_optimizer)
   return settings
 
@@ -143,7 +145,6 @@ def main(argv: Sequence[str]) -> int:
     settings = _settings()
   except ConfigError as e:
     return flagbind.fail(_PROGRAM, flagbind.error_line(e))
-  console.load_tensorflow()
   # pylint: disable=g-import-not-at-top
   from escm2_tf.bench import harness
   from escm2_tf.bench import report as bench_report

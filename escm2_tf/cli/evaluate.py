@@ -19,7 +19,6 @@ import dataclasses
 import os
 from typing import Any, Sequence
 
-from escm2_tf import console
 from escm2_tf import flagbind
 from escm2_tf import options
 from escm2_tf.options import ConfigError
@@ -138,7 +137,6 @@ def main(argv: Sequence[str]) -> int:
     settings = _FLAGS.build(EvaluateFlags)
   except ConfigError as e:
     return flagbind.fail(_PROGRAM, flagbind.error_line(e))
-  console.load_tensorflow()
   from escm2_tf import evaluation  # pylint: disable=g-import-not-at-top
   try:
     saved_model, metrics = _evaluate(settings)

@@ -14,7 +14,6 @@ import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 import dataclasses
 from typing import Sequence
 
-from escm2_tf import console
 from escm2_tf import flagbind
 from escm2_tf.options import ConfigError
 from escm2_tf.options import option
@@ -59,7 +58,6 @@ def main(argv: Sequence[str]) -> int:
     settings = _FLAGS.build(ExportFlags)
   except ConfigError as error:
     return flagbind.fail(_PROGRAM, flagbind.error_line(error))
-  console.load_tensorflow()
   # pylint: disable=g-import-not-at-top
   from escm2_tf import export
   from escm2_tf import run_dir

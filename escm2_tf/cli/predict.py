@@ -24,7 +24,6 @@ from typing import Sequence
 
 from escm2_pipelines import config as convert_config
 from escm2_tf import config as config_lib
-from escm2_tf import console
 from escm2_tf import flagbind
 from escm2_tf import options
 from escm2_tf.options import ConfigError
@@ -82,7 +81,6 @@ def main(argv: Sequence[str]) -> int:
     settings = _FLAGS.build(PredictFlags)
   except ConfigError as error:
     return flagbind.fail(_PROGRAM, flagbind.error_line(error))
-  console.load_tensorflow()
   from escm2_tf import scoring  # pylint: disable=g-import-not-at-top
   try:
     files = scoring.files("data", settings.data)

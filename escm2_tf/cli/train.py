@@ -23,7 +23,6 @@ import time
 from typing import Any, Sequence
 
 from escm2_tf import config as config_lib
-from escm2_tf import console
 from escm2_tf import flagbind
 from escm2_tf.options import option
 
@@ -142,7 +141,6 @@ def main(argv: Sequence[str]) -> int:
     configs = _configs()
   except config_lib.ConfigError as e:
     return flagbind.fail(_PROGRAM, flagbind.error_line(e))
-  console.load_tensorflow()
   # Imported once the flags are known to be good: TensorFlow loads slowly.
   # pylint: disable=g-import-not-at-top
   from escm2_tf import distribute
