@@ -124,6 +124,25 @@ def run(directory: str, estimator: str) -> dict:
           "cvr_bias": result["metrics"]["cvr_bias"]}
 
 
+def reference(directory: str) -> dict[str, float]:
+  """What predicting the training data's rates scores on the test labels.
+
+  Recalibrated models aim at the training rates, so they land near these,
+  not at 1, when the two samples' rates differ.
+  """
+  rates = {}
+  for split in ("train", "test"):
+    with open(os.path.join(directory, split, "stats.json"),
+              encoding="utf-8") as f:
+      stats = json.load(f)
+    rates[split] = (stats["clicks"] / stats["rows_written"],
+                    stats["conversions"] / stats["clicks"])
+  ctr, cvr = (train / test for train, test in zip(rates["train"],
+                                                   rates["test"]))
+  return {"calibration_ctr": ctr, "calibration_cvr": cvr,
+          "calibration_ctcvr": ctr * cvr}
+
+
 def markdown(rows: list[dict]) -> str:
   lines = ["| world | estimator | kept epoch | shift ctr, cvr | "
            + " | ".join(c.replace("calibration_", "") for c in _COLUMNS)
@@ -145,6 +164,8 @@ def main(argv):
     name, config = parse_world(spec)
     directory = os.path.join(_WORK_DIR.value, name)
     prepare(directory, config)
+    print(json.dumps({"world": name, "reference": reference(directory)}),
+          flush=True)
     for estimator in _ESTIMATORS.value:
       row = {"world": name, **run(directory, estimator)}
       print(json.dumps(row), flush=True)

@@ -63,8 +63,8 @@ class LogitShiftTest(tf.test.TestCase):
         recalibration.logit_shift(np.zeros(3), rate)
 
 
-class RecalibrateTest(tf.test.TestCase):
-  """A model whose output biases are deliberately wrong is corrected."""
+class _SimulatedWorldTest(tf.test.TestCase):
+  """4,000 training and 4,000 test impressions, and the training rates."""
 
   @classmethod
   def setUpClass(cls):
@@ -73,6 +73,11 @@ class RecalibrateTest(tf.test.TestCase):
                                             num_train=4000, num_test=4000)
     cls.rates = base_rates.read_base_rates(
         base_rates.stats_path(cls.data["vocab_dir"]))
+
+
+class RecalibrateTest(_SimulatedWorldTest):
+  """A model whose output biases are deliberately wrong is corrected."""
+
 
   def test_mis_set_biases_are_corrected(self):
     wrong = base_rates.BaseRates(ctr=0.7, cvr=0.9)
@@ -105,16 +110,9 @@ class RecalibrateTest(tf.test.TestCase):
     self.assertLess(shifts["cvr"], 0.0)
 
 
-class TrainerRecalibrationTest(tf.test.TestCase):
+class TrainerRecalibrationTest(_SimulatedWorldTest):
   """escm2-train's default ends calibrated, in the saved weights."""
 
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    cls.data = datasets.make_synthetic_data(testing.new_dir(),
-                                            num_train=4000, num_test=4000)
-    cls.rates = base_rates.read_base_rates(
-        base_rates.stats_path(cls.data["vocab_dir"]))
 
   def train(self, **overrides):
     # Output biases started at 0 (pCTR 0.5) and a short, slow run: the mean
