@@ -46,11 +46,11 @@ import zlib
 from absl import app
 from absl import flags
 
+from escm2_tf.formats import encode
 from escm2_tf.formats import examples
 from escm2_tf import simulator
 from escm2_tf.bench import processes
 from escm2_pipelines import config as config_lib
-from escm2_pipelines import rows
 from escm2_pipelines import tally
 
 _NUM_IMPRESSIONS = flags.DEFINE_integer(
@@ -58,7 +58,7 @@ _NUM_IMPRESSIONS = flags.DEFINE_integer(
 _WORK_DIR = flags.DEFINE_string(
     "work_dir", "/tmp/escm2_convert_bench", "Raw data cache and outputs.")
 _MAX_VALUES_PER_FIELD = flags.DEFINE_integer(
-    "max_values_per_field", config_lib.DEFAULT_MAX_VALUES_PER_FIELD,
+    "max_values_per_field", encode.DEFAULT_MAX_VALUES_PER_FIELD,
     "Passed to escm2-convert.")
 _JOIN = flags.DEFINE_enum("join", "side_input", config_lib.JOINS,
                           "Passed to escm2-convert.")
@@ -149,7 +149,7 @@ def _calibrate_common(path: str, max_values: int) -> dict:
     lines = [next(f).rstrip("\n") for _ in range(_CALIBRATION_ROWS)]
   counts = tally.Tally()
   start = time.process_time()
-  encoded = [rows.encode_common(line, max_values)[1] for line in lines]
+  encoded = [encode.encode_common(line, max_values)[1] for line in lines]
   for entry in encoded:
     counts.ids(examples.int64_lists(entry.entries), times=2)
   cpu = (time.process_time() - start) / len(lines)

@@ -111,10 +111,8 @@ def main(argv):
   del argv
   rng = np.random.default_rng(0)
   with tempfile.TemporaryDirectory() as directory:
-    path = export.resolve_saved_model(
+    path, signature = export.load_serving_signature(
         _SAVED_MODEL.value or _export_default_model(directory))
-    signature = tf.saved_model.load(path).signatures[
-        serving.EXAMPLES_SIGNATURE]
     vocabularies = synthetic.vocabularies(_VOCAB_SCALE.value)
     print(f"SavedModel {path if _SAVED_MODEL.value else '(built)'}; "
           f"{os.cpu_count()} CPUs; {_REQUESTS.value} requests per size")
