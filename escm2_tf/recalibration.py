@@ -82,6 +82,8 @@ def held_out_logits(model: keras.Model, batches: Iterable
                     ) -> tuple[np.ndarray, np.ndarray]:
   """The CTR logits of every impression, the CVR logits of the clicked.
 
+  CTR and CVR are every estimator's first two logits (task.tower_names).
+
   Args:
     model: An ``ESCM2Model`` (or its network).
     batches: (features, labels) batches, e.g. ``data.make_dataset(...,
@@ -109,6 +111,7 @@ def shift_output_biases(model: keras.Model, shifts: dict[str, float]
   """Adds ``shifts["ctr"]`` and ``shifts["cvr"]`` to the output biases."""
   network = getattr(model, "network", model)
   bias = network.get_layer(TOWERS_LAYER).biases[-1]
+  # CTR and CVR are every estimator's first two logits (task.tower_names).
   delta = np.zeros(bias.shape, np.float32)
   delta[0, 0], delta[1, 0] = shifts["ctr"], shifts["cvr"]
   bias.assign_add(delta)
