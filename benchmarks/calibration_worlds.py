@@ -4,7 +4,7 @@ Simulates each world (``escm2-synth`` settings), converts it, trains every
 estimator with the library's defaults and prints, per estimator and world,
 calibration_ctr, calibration_ctcvr and calibration_cvr (mean pCVR over the
 test clicks / their conversion rate), each as trained and after the default
-recalibration of the output biases (``TrainConfig.recalibrate``): one run
+recalibration of the output biases (``TrainerConfig.recalibrate``): one run
 gives both, since the shift is added to the output logits only. The
 ``_truth`` columns divide by the simulator's expected labels instead of the
 test labels. docs/training.md, "Calibrated by default", was measured with:
@@ -29,7 +29,6 @@ import tf_keras as keras
 
 from escm2_tf import config as config_lib
 from escm2_tf import evaluation
-from escm2_tf import losses
 from escm2_tf import simulator
 from escm2_tf import training
 
@@ -99,22 +98,22 @@ def run(directory: str, estimator: str) -> dict:
   """One estimator with every default on one world's data."""
   model_dir = os.path.join(directory, "model", estimator)
   shutil.rmtree(model_dir, ignore_errors=True)
-  config = config_lib.TrainConfig(
+  config = config_lib.ExperimentConfig.create(
       train_data=os.path.join(directory, "train", "*.tfrecord.gz"),
       eval_data=os.path.join(directory, "test", "*.tfrecord.gz"),
       vocab_dir=os.path.join(directory, "train", "vocab"),
-      model_dir=model_dir, seed=_SEED.value,
-      ground_truth=os.path.join(directory, "raw", "ground_truth_test.csv"))
+      ground_truth=os.path.join(directory, "raw", "ground_truth_test.csv"),
+      model_dir=model_dir, seed=_SEED.value, loss=estimator)
   keep = _KeepModel()
   started = time.monotonic()
-  result = training.train(config, config_lib.ModelConfig(seed=_SEED.value),
-                          losses.LossConfig(loss=estimator),
-                          callbacks=[keep], verbose=0)
-  columns = evaluation.predict_keras_model(keep.trained, config.eval_data,
-                                           config.batch_size)
+  result = training.train(config, callbacks=[keep], verbose=0)
+  columns = evaluation.predict_keras_model(keep.trained,
+                                           config.data.eval_data,
+                                           config.trainer.batch_size)
   as_trained = evaluation.compute_metrics(
       _unshifted(columns, result["output_bias_shifts"]),
-      evaluation.read_ground_truth(config.ground_truth), config.ground_truth)
+      evaluation.read_ground_truth(config.data.ground_truth),
+      config.data.ground_truth)
   keras.backend.clear_session()
   return {"estimator": estimator, "best_epoch": result["best_epoch"],
           "epochs": result["epochs"], "shifts": result["output_bias_shifts"],

@@ -22,7 +22,7 @@ examples); the rates from all the training labels (``base_rates``), ten times
 as many as a held-out tenth holds. DR's imputation tower is left alone. The
 shift is part of the weights, so checkpoints, exports and serving see it.
 
-    rates = base_rates.read_base_rates(base_rates.stats_path(vocab_dir))
+    rates = base_rates.read_base_rates(layout.stats_beside(vocab_dir))
     shifts = recalibration.recalibrate(model, validation_dataset, rates)
 """
 

@@ -11,16 +11,16 @@ import tensorflow as tf
 import datasets
 import testing
 from escm2_tf import base_rates
+from escm2_tf import config as config_lib
 from escm2_tf import data
 from escm2_tf import evaluation
-from escm2_tf import losses
+from escm2_tf import layout
 from escm2_tf import model as model_lib
 from escm2_tf import recalibration
 from escm2_tf import run_dir
 from escm2_tf import training
 from escm2_tf import vocab
 
-MODEL = testing.tiny_model_config(seed=5)
 # Standard errors a calibrated model's mean may stray from a sample's rate.
 TOLERANCE_SE = 4.0
 
@@ -72,7 +72,7 @@ class _SimulatedWorldTest(tf.test.TestCase):
     cls.data = datasets.make_synthetic_data(testing.new_dir(),
                                             num_train=4000, num_test=4000)
     cls.rates = base_rates.read_base_rates(
-        base_rates.stats_path(cls.data["vocab_dir"]))
+        layout.stats_beside(cls.data["vocab_dir"]))
 
 
 class RecalibrateTest(_SimulatedWorldTest):
@@ -82,8 +82,9 @@ class RecalibrateTest(_SimulatedWorldTest):
   def test_mis_set_biases_are_corrected(self):
     wrong = base_rates.BaseRates(ctr=0.7, cvr=0.9)
     model = model_lib.build_model(
-        MODEL, losses.LossConfig(loss="esmm"),
-        vocab.load_vocabularies(self.data["vocab_dir"]), base_rates=wrong)
+        testing.TINY_MODEL, config_lib.LossConfig(loss="esmm"),
+        vocab.load_vocabularies(self.data["vocab_dir"]), base_rates=wrong,
+        seed=5)
     held_out = data.make_dataset(
         self.data["train"], 256, training=False,
         split=data.HashSplit(0.5, validation=True))
@@ -117,12 +118,11 @@ class TrainerRecalibrationTest(_SimulatedWorldTest):
   def train(self, **overrides):
     # Output biases started at 0 (pCTR 0.5) and a short, slow run: the mean
     # is far from the click rate unless it is recalibrated.
-    config = testing.tiny_train_config(
+    config = testing.tiny_config(
         self.data, os.path.join(testing.new_dir(), "model"), epochs=2,
         base_rate_init=False, learning_rate=1e-4, validation_fraction=0.5,
-        **overrides)
-    return config, training.train(config, MODEL,
-                                  losses.LossConfig(loss="ipw"), verbose=0)
+        loss="ipw", seed=5, **overrides)
+    return config, training.train(config, verbose=0)
 
   def test_final_model_is_calibrated_on_held_out_data(self):
     config, result = self.train()
@@ -135,10 +135,11 @@ class TrainerRecalibrationTest(_SimulatedWorldTest):
                                    round(self.rates.ctr * 4000)))
     # The shift is in the saved weights: the final checkpoint's output
     # biases are the best epoch's plus it.
-    checkpoints = os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR)
-    model = model_lib.build_model(
-        MODEL, losses.LossConfig(loss="ipw"),
-        vocab.load_vocabularies(config.vocab_dir))
+    checkpoints = os.path.join(config.trainer.model_dir,
+                               run_dir.CHECKPOINT_DIR)
+    model = model_lib.build_model(config.model, config.loss,
+                                  vocab.load_vocabularies(
+                                      config.data.vocab_dir))
     bias = {}
     for checkpoint in (f"epoch-{result['best_epoch']:03d}",
                        run_dir.FINAL_CHECKPOINT):
