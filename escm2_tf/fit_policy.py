@@ -1,7 +1,7 @@
 """``escm2-train``'s training policy, for ``model.fit`` users.
 
-Three things the trainer does around ``model.fit``, as the functions it calls
-itself, so that a notebook trains exactly as ``escm2-train`` does:
+What the trainer does around ``model.fit``, as the functions it calls itself,
+so that a notebook trains exactly as ``escm2-train`` does:
 
 - ``base_rates``: the towers' output biases start at the training data's base
   rates (``escm2_tf.base_rates``), not at 0.5;
@@ -10,19 +10,22 @@ itself, so that a notebook trains exactly as ``escm2-train`` does:
   validating on that slice; never on the test data, which must stay unseen
   until the end;
 - ``stopping_callbacks``: early stopping on ``val_ctr_ctcvr_loss``, ending on
-  the weights of the best epoch (``early_stopping.ResumableEarlyStopping``).
+  the weights of the best epoch (``early_stopping.ResumableEarlyStopping``);
+- then ``recalibration.recalibrate`` shifts the output biases so that the
+  mean predictions on the held-out slice meet the base rates.
 
 The defaults below are ``escm2-train``'s, read from its declarations::
 
+    rates = fit_policy.base_rates(vocab_dir)
     model = model_lib.build_model(model_config, loss_config, vocabularies,
-                                  base_rates=fit_policy.base_rates(vocab_dir),
-                                  seed=42)
+                                  base_rates=rates, seed=42)
     model.compile(optimizer=optimizers.make_optimizer(
         fit_policy.OPTIMIZER, fit_policy.LEARNING_RATE))
     training, validation = fit_policy.split_datasets(train_files, 1024,
                                                      seed=42)
     model.fit(training, validation_data=validation, epochs=fit_policy.EPOCHS,
               callbacks=fit_policy.stopping_callbacks(model_dir))
+    recalibration.recalibrate(model, validation, rates)
 """
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.

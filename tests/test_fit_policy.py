@@ -26,6 +26,7 @@ from escm2_tf import layout
 from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import optimizers
+from escm2_tf import recalibration
 from escm2_tf import run_dir
 from escm2_tf import schema
 from escm2_tf import vocab
@@ -162,12 +163,13 @@ class SameAsEscm2TrainTest(tf.test.TestCase):
     with open(os.path.join(model_dir, run_dir.METRICS_FILE)) as f:
       return json.load(f), stdout
 
-  def _fit_run(self, epochs: int, base_rates: bool = True
+  def _fit_run(self, epochs: int, rates_policy: bool = True
                ) -> tuple[dict[str, float], tuple[int, int]]:
     """The quickstart's way: its metrics, the epochs run, the best epoch."""
     keras.utils.set_random_seed(SEED)
     vocabularies = vocab.load_vocabularies(self.data["vocab_dir"], 1)
-    rates = fit_policy.base_rates(self.data["vocab_dir"]) if base_rates else None
+    rates = (fit_policy.base_rates(self.data["vocab_dir"]) if rates_policy
+             else None)
     model = model_lib.build_model(self.model_config, self.loss_config,
                                   vocabularies, base_rates=rates, seed=SEED)
     model.compile(optimizer=optimizers.make_optimizer(
@@ -177,6 +179,8 @@ class SameAsEscm2TrainTest(tf.test.TestCase):
     stopper, checkpoint = fit_policy.stopping_callbacks(new_dir())
     history = model.fit(training, validation_data=validation, epochs=epochs,
                         verbose=0, callbacks=[stopper, checkpoint])
+    if rates_policy:
+      recalibration.recalibrate(model, validation, rates)
     predictions = evaluation.predict_keras_model(model, self.data["test"],
                                                  BATCH_SIZE)
     ground_truth = self.data["ground_truth_test"]
@@ -196,9 +200,9 @@ class SameAsEscm2TrainTest(tf.test.TestCase):
     self.assertLess(epochs, EPOCHS)
     self.assertIn(f"Trained {epochs} epoch(s), ended with the weights of "
                   f"epoch {best_epoch};", printed)
-    # Without the base-rate start the same run ends elsewhere: the
-    # comparison above can tell a policy apart.
-    without, _ = self._fit_run(EPOCHS, base_rates=False)
+    # Without the base-rate start and the recalibration the same run ends
+    # elsewhere: the comparison above can tell a policy apart.
+    without, _ = self._fit_run(EPOCHS, rates_policy=False)
     self.assertNotEqual(without["cvr_bias"], expected["cvr_bias"])
 
 if __name__ == "__main__":
