@@ -205,5 +205,6 @@ class SameAsEscm2TrainTest(tf.test.TestCase):
     without, _ = self._fit_run(EPOCHS, rates_policy=False)
     self.assertNotEqual(without["cvr_bias"], expected["cvr_bias"])
 
+
 if __name__ == "__main__":
   tf.test.main()
