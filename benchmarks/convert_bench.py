@@ -48,6 +48,7 @@ from absl import flags
 
 from escm2_tf.formats import encode
 from escm2_tf.formats import examples
+from escm2_tf import layout
 from escm2_tf import simulator
 from escm2_tf.bench import processes
 from escm2_pipelines import config as config_lib
@@ -63,7 +64,7 @@ _MAX_VALUES_PER_FIELD = flags.DEFINE_integer(
 _JOIN = flags.DEFINE_enum("join", "side_input", config_lib.JOINS,
                           "Passed to escm2-convert.")
 _INPUT_FORMAT = flags.DEFINE_enum("input_format", "aliccp",
-                                  config_lib.INPUT_FORMATS,
+                                  layout.RAW_FORMATS,
                                   "Raw format simulated and converted.")
 _BEHAVIOUR_LENGTH = flags.DEFINE_integer(
     "behaviour_length", 510, "The simulator's ids per behaviour field and "

@@ -23,7 +23,6 @@ arguments after ``--`` are escm2-train flags that override the flagfile.
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from absl import app
 from absl import flags
 import tf_keras as keras
 
+from escm2_tf import layout
 from escm2_tf.bench import harness
 
 _FLAGFILE = flags.DEFINE_string("train_flagfile", "configs/paddlerec.flags",
@@ -90,8 +90,8 @@ def _train(argv: list[str], epochs: int) -> harness.Result:
   configs = train_cli._configs()  # pylint: disable=protected-access
   timeline = _Timeline()
   start, start_cpu = time.perf_counter(), time.process_time()
-  result = training.train(configs["train"], configs["model"], configs["loss"],
-                          callbacks=[timeline], verbose=0)
+  result = training.train(configs["experiment"], callbacks=[timeline],
+                          verbose=0)
   wall = time.perf_counter() - start
   cpu = time.process_time() - start_cpu
   shutil.rmtree(model_dir, ignore_errors=True)
@@ -109,11 +109,11 @@ def main(argv):
   data_dir = _DATA_DIR.value
   if not data_dir:
     sys.exit("epoch_time_bench: --data_dir is required")
-  train_files = harness.record_files(os.path.join(data_dir, "train"))
+  train_files = layout.examples(data_dir, layout.TRAIN)
   trainer_argv = [
       f"--flagfile={_FLAGFILE.value}", f"--train_data={train_files}",
-      f"--eval_data={harness.record_files(os.path.join(data_dir, 'test'))}",
-      f"--vocab_dir={os.path.join(data_dir, 'train', 'vocab')}", *overrides]
+      f"--eval_data={layout.examples(data_dir, layout.TEST)}",
+      f"--vocab_dir={layout.training_vocab_dir(data_dir)}", *overrides]
   num_train = sum(1 for _ in _records(train_files))
   parse = harness.run_isolated(harness.measure_parse, file_pattern=train_files,
                                batch_size=1024,

@@ -12,7 +12,6 @@ exactly (``metrics.json`` of the run). Each run is its own process.
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -20,6 +19,7 @@ import tempfile
 from absl import app
 from absl import flags
 
+from escm2_tf import layout
 from escm2_tf.bench import harness
 
 _FLAGFILE = flags.DEFINE_string("train_flagfile", "configs/paddlerec.flags",
@@ -41,8 +41,7 @@ def _train(argv: list[str]) -> harness.Result:
   flags.FLAGS([sys.argv[0], *argv, f"--model_dir={model_dir}",
                "--export_dir="], known_only=True)
   configs = train_cli._configs()  # pylint: disable=protected-access
-  result = training.train(configs["train"], configs["model"], configs["loss"],
-                          verbose=0)
+  result = training.train(configs["experiment"], verbose=0)
   shutil.rmtree(model_dir, ignore_errors=True)
   return {name: result["metrics"][name] for name in _METRICS}
 
@@ -52,9 +51,9 @@ def main(argv):
     sys.exit("optimizer_quality: --data_dir is required")
   data_dir = _DATA_DIR.value
   base = [f"--flagfile={_FLAGFILE.value}",
-          f"--train_data={harness.record_files(os.path.join(data_dir, 'train'))}",
-          f"--eval_data={harness.record_files(os.path.join(data_dir, 'test'))}",
-          f"--vocab_dir={os.path.join(data_dir, 'train', 'vocab')}",
+          f"--train_data={layout.examples(data_dir, layout.TRAIN)}",
+          f"--eval_data={layout.examples(data_dir, layout.TEST)}",
+          f"--vocab_dir={layout.training_vocab_dir(data_dir)}",
           *argv[1:]]
   rows = []
   for seed in _SEEDS.value:

@@ -16,12 +16,13 @@ import time
 from absl import app
 from absl import flags
 
+from escm2_tf import layout
 from escm2_tf import simulator
 
 _NUM_IMPRESSIONS = flags.DEFINE_integer(
     "num_impressions", 1_000_000, "Impressions in all (80% train, 20% test).",
     lower_bound=2)
-_FORMAT = flags.DEFINE_enum("format", "aliccp", simulator.FORMATS,
+_FORMAT = flags.DEFINE_enum("format", "aliccp", layout.RAW_FORMATS,
                             "Output format.")
 _SEED = flags.DEFINE_integer("seed", 0, "Simulator seed.")
 _OUTPUT_DIR = flags.DEFINE_string(
@@ -43,7 +44,7 @@ def _report(summary: dict, seconds: float, cpu_seconds: float,
     print(f"{os.path.basename(path):28s} {size / 2**20:10.1f} MiB")
   print(f"{'all files':28s} {total / 2**20:10.1f} MiB "
         f"({total / num:,.0f} bytes per impression)")
-  for split in simulator.SPLITS:
+  for split in layout.SPLITS:
     stats = summary[split]
     print(f"{split}: rows {stats['rows']}, clicks {stats['clicks']}, "
           f"conversions {stats['conversions']}, "

@@ -14,6 +14,7 @@ import datasets
 import testing
 from escm2_tf import evaluation
 from escm2_tf import export
+from escm2_tf import layout
 from escm2_tf import losses
 from escm2_tf import metrics
 from escm2_tf import model as model_lib
@@ -111,7 +112,7 @@ class MetricsTest(tf.test.TestCase):
         predictions[schema.CLICK], predictions[schema.CONVERSION],
         predictions["ctr"], predictions["cvr"], predictions["ctcvr"],
         ground_truth={name: table[name][rows]
-                      for name in evaluation.GROUND_TRUTH_COLUMNS})
+                      for name in layout.GROUND_TRUTH_COLUMNS})
     self.assertEqual(computed, expected)
     self.assertIn("cvr_bias", computed)
 
@@ -124,7 +125,8 @@ class MetricsTest(tf.test.TestCase):
     self.assertNotIn("NaN", text)
     self.assertEqual(json.loads(text), {"auc_cvr": None, "count": 3.0,
                                         "auc_ctr": 0.75})
-    self.assertFalse(os.path.exists(path + ".tmp"))
+    self.assertEqual(os.listdir(os.path.dirname(path)),
+                     [os.path.basename(path)])
 
   def test_format_table(self):
     table = evaluation.format_table({"auc_ctr": 0.7512345678, "count": 1500.0,
@@ -141,10 +143,10 @@ class ScoringTest(tf.test.TestCase):
     super().setUpClass()
     cls.data = datasets.make_synthetic_data(
         testing.new_dir())
-    model_config = testing.tiny_model_config(use_weights=True, seed=11)
+    model_config = testing.tiny_model_config(use_weights=True)
     cls.model = model_lib.build_model(
         model_config, losses.LossConfig(loss="ipw"),
-        vocab.load_vocabularies(cls.data["vocab_dir"]))
+        vocab.load_vocabularies(cls.data["vocab_dir"]), seed=11)
     export_path = export.export_saved_model(
         cls.model, testing.new_dir())
     cls.loaded = tf.saved_model.load(export_path)
@@ -191,8 +193,8 @@ class ScoringTest(tf.test.TestCase):
 
   def test_chosen_outputs(self):
     model = model_lib.build_model(
-        testing.tiny_model_config(seed=12), losses.LossConfig(loss="dr"),
-        vocab.load_vocabularies(self.data["vocab_dir"]))
+        testing.TINY_MODEL, losses.LossConfig(loss="dr"),
+        vocab.load_vocabularies(self.data["vocab_dir"]), seed=12)
     files = [self.data["test"]]  # A list of globs, as well as one glob.
     every = evaluation.predict_keras_model(model, files, 128, outputs=None)
     only_cvr = evaluation.predict_keras_model(model, files, 128,

@@ -1,7 +1,7 @@
 """Runs a study: every estimator on every (regime, seed), with the defaults.
 
-Each run calls ``training.train`` with ``TrainConfig``, ``ModelConfig`` and
-``LossConfig`` at their defaults except the paths, the seed and the loss:
+Each run calls ``training.train`` with an ``ExperimentConfig`` at its
+defaults except the paths, the seed and the loss:
 the study measures what a user of the library gets, not a tuned model. After
 training, the test set is scored once more to bin pCTR and pCVR against the
 true probabilities (the reliability curves of the report).
@@ -23,7 +23,7 @@ import tf_keras as keras
 
 from escm2_tf import config as config_lib
 from escm2_tf import evaluation
-from escm2_tf import losses
+from escm2_tf import layout
 from escm2_tf import metrics as metrics_lib
 from escm2_tf import training
 from escm2_tf.study import datasets
@@ -70,16 +70,15 @@ def train_one(dataset: datasets.Dataset, estimator: str, seed: int,
               model_dir: str) -> dict[str, Any]:
   """One estimator on one dataset with the library's defaults."""
   shutil.rmtree(model_dir, ignore_errors=True)
-  train_config = config_lib.TrainConfig(
+  config = config_lib.ExperimentConfig.create(
       train_data=dataset.train_data, eval_data=dataset.eval_data,
       vocab_dir=dataset.vocab_dir, model_dir=model_dir,
-      ground_truth=dataset.ground_truth, seed=seed)
+      ground_truth=dataset.ground_truth, seed=seed, loss=estimator)
   keep = _KeepModel()
   started = time.monotonic()
-  result = training.train(train_config, config_lib.ModelConfig(),
-                          losses.LossConfig(loss=estimator),
-                          callbacks=[keep], verbose=0)
-  reliability = _reliability(keep.trained, dataset, train_config.batch_size)
+  result = training.train(config, callbacks=[keep], verbose=0)
+  reliability = _reliability(keep.trained, dataset,
+                             config.trainer.batch_size)
   keras.backend.clear_session()
   shutil.rmtree(model_dir, ignore_errors=True)
   return {"metrics": result["metrics"], "epochs": result["epochs"],
@@ -114,11 +113,8 @@ def _load(path: str, config: grid.StudyConfig) -> dict[str, dict[str, Any]]:
 
 
 def _write_json(path: str, content: dict[str, Any]) -> None:
-  temporary = f"{path}.tmp"
-  with open(temporary, "w", encoding="utf-8") as f:
-    json.dump(content, f, indent=1, sort_keys=True, allow_nan=False)
-    f.write("\n")
-  os.replace(temporary, path)
+  layout.atomic_write(path, json.dumps(content, indent=1, sort_keys=True,
+                                       allow_nan=False) + "\n")
 
 
 def _clock(seconds: float) -> str:
