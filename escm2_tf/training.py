@@ -38,6 +38,7 @@ from escm2_tf import evaluation
 from escm2_tf import export
 from escm2_tf import model as model_lib
 from escm2_tf import optimizers
+from escm2_tf import recalibration
 from escm2_tf import run_dir
 from escm2_tf import schema
 from escm2_tf import validation
@@ -311,6 +312,20 @@ def _fit(model: keras.Model, config: config_lib.ExperimentConfig,
       **steps)
 
 
+def _recalibrate(model: keras.Model, config: config_lib.ExperimentConfig,
+                 rates: base_rates_lib.BaseRates) -> dict[str, float]:
+  """Shifts the output biases to the base rates on the validation data.
+
+  Without validation data (early stopping off), on the training data.
+  """
+  train_source, validation_source = _validation_source(config)
+  files, split = validation_source or train_source
+  batches = data.make_dataset(files, config.trainer.batch_size,
+                              training=False, split=split,
+                              with_weights=config.model.use_weights)
+  return recalibration.recalibrate(model, batches, rates)
+
+
 def _evaluate(model: keras.Model,
               config: config_lib.ExperimentConfig) -> dict[str, float | None]:
   """Scores the eval data exactly and writes ``metrics.json``."""
@@ -391,7 +406,9 @@ def train(config: config_lib.ExperimentConfig, *,
     on a worker that is not the chief), "epochs": the epochs this call ran,
     "best_epoch": the epoch (1-based) whose weights the run ended with, by
     early stopping's choice (None with early stopping off), "history":
-    Keras' per-epoch logs, "export_path": the SavedModel's
+    Keras' per-epoch logs, "output_bias_shifts": the logit shifts
+    ``recalibrate`` added to the CTR and CVR output biases (None when off),
+    "export_path": the SavedModel's
     directory or "", "task": this task ("local:0" without a cluster),
     "chief": whether it wrote the outputs, "variable_shards":
     ``distribute.variable_shards`` of the model}``.
@@ -403,8 +420,9 @@ def train(config: config_lib.ExperimentConfig, *,
   """
   validation.check_loss(config.loss)
   task, strategy, vocabularies = _set_up(config)
+  rates = validation.read_base_rates(config)
   model = _build_model(config, vocabularies, strategy,
-                       validation.read_base_rates(config))
+                       rates if config.trainer.base_rate_init else None)
   validation.check_monitor(config, model)
   if task.is_chief:
     tf.io.gfile.makedirs(config.trainer.model_dir)
@@ -417,6 +435,8 @@ def train(config: config_lib.ExperimentConfig, *,
                              verbose)
   history = _fit(model, config, strategy, run_callbacks,
                  callbacks, verbose)
+  shifts = (_recalibrate(model, config, rates)
+            if config.trainer.recalibrate else None)
   # Saving reads the metrics' sync-on-read variables, a collective: every
   # worker saves.
   with distribute.writer_dir(config.trainer.model_dir, task) as model_dir:
@@ -428,7 +448,8 @@ def train(config: config_lib.ExperimentConfig, *,
   best_epoch = stopper[0].best_epoch if stopper else None
   result = {"metrics": {}, "epochs": len(history.epoch),
             "best_epoch": None if best_epoch is None else best_epoch + 1,
-            "history": history.history, "export_path": "", "task": str(task),
+            "history": history.history, "output_bias_shifts": shifts,
+            "export_path": "", "task": str(task),
             "chief": task.is_chief,
             "variable_shards": distribute.variable_shards(model.variables)}
   if task.is_chief:
