@@ -29,6 +29,8 @@ import tf_keras as keras
 
 from escm2_tf import config as config_lib
 from escm2_tf import evaluation
+from escm2_tf import layout
+from escm2_tf import prepare as prepare_lib
 from escm2_tf import simulator
 from escm2_tf import training
 
@@ -62,18 +64,10 @@ def parse_world(spec: str) -> tuple[str, simulator.SimulatorConfig]:
 
 def prepare(directory: str, config: simulator.SimulatorConfig) -> None:
   """Simulates and converts once into ``directory``."""
-  from escm2_pipelines import convert  # pylint: disable=import-outside-toplevel
   if os.path.exists(os.path.join(directory, "done")):
     return
   shutil.rmtree(directory, ignore_errors=True)
-  simulator.simulate(config, os.path.join(directory, "raw"))
-  for split in ("train", "test"):
-    convert.convert(
-        os.path.join(directory, split), input_format="aliccp",
-        skeleton=os.path.join(directory, "raw",
-                              f"sample_skeleton_{split}.csv"),
-        common_features=os.path.join(directory, "raw",
-                                     f"common_features_{split}.csv"))
+  prepare_lib.prepare_dataset(directory, config)
   open(os.path.join(directory, "done"), "w", encoding="utf-8").close()
 
 
@@ -99,10 +93,10 @@ def run(directory: str, estimator: str) -> dict:
   model_dir = os.path.join(directory, "model", estimator)
   shutil.rmtree(model_dir, ignore_errors=True)
   config = config_lib.ExperimentConfig.create(
-      train_data=os.path.join(directory, "train", "*.tfrecord.gz"),
-      eval_data=os.path.join(directory, "test", "*.tfrecord.gz"),
-      vocab_dir=os.path.join(directory, "train", "vocab"),
-      ground_truth=os.path.join(directory, "raw", "ground_truth_test.csv"),
+      train_data=layout.examples(directory, layout.TRAIN),
+      eval_data=layout.examples(directory, layout.TEST),
+      vocab_dir=layout.training_vocab_dir(directory),
+      ground_truth=layout.ground_truth(directory, layout.TEST),
       model_dir=model_dir, seed=_SEED.value, loss=estimator)
   keep = _KeepModel()
   started = time.monotonic()
@@ -130,14 +124,14 @@ def reference(directory: str) -> dict[str, float]:
   not at 1, when the two samples' rates differ.
   """
   rates = {}
-  for split in ("train", "test"):
-    with open(os.path.join(directory, split, "stats.json"),
+  for split in layout.SPLITS:
+    with open(layout.stats_file(layout.split_dir(directory, split)),
               encoding="utf-8") as f:
       stats = json.load(f)
     rates[split] = (stats["clicks"] / stats["rows_written"],
                     stats["conversions"] / stats["clicks"])
-  ctr, cvr = (train / test for train, test in zip(rates["train"],
-                                                   rates["test"]))
+  ctr, cvr = (train / test for train, test in zip(rates[layout.TRAIN],
+                                                   rates[layout.TEST]))
   return {"calibration_ctr": ctr, "calibration_cvr": cvr,
           "calibration_ctcvr": ctr * cvr}
 
