@@ -90,8 +90,8 @@ def _train(argv: list[str], epochs: int) -> harness.Result:
   configs = train_cli._configs()  # pylint: disable=protected-access
   timeline = _Timeline()
   start, start_cpu = time.perf_counter(), time.process_time()
-  result = training.train(configs["train"], configs["model"], configs["loss"],
-                          callbacks=[timeline], verbose=0)
+  result = training.train(configs["experiment"], callbacks=[timeline],
+                          verbose=0)
   wall = time.perf_counter() - start
   cpu = time.process_time() - start_cpu
   shutil.rmtree(model_dir, ignore_errors=True)

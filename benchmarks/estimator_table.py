@@ -258,8 +258,8 @@ def run_row(label: str, loss_config: losses.LossConfig, files: dict[str, Any],
   """Trains one estimator for the fixed length; its test metrics."""
   seed, batch = _SEED.value, _BATCH_SIZE.value
   keras.utils.set_random_seed(seed)
-  estimator = model_lib.build_model(config_lib.ModelConfig(seed=seed),
-                                    loss_config, files["vocabularies"])
+  estimator = model_lib.build_model(config_lib.ModelConfig(), loss_config,
+                                    files["vocabularies"], seed=seed)
   if _BASE_RATE_INIT.value:
     init_output_biases(estimator, stats)
   num_rows = stats["rows_written"]

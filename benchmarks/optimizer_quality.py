@@ -41,8 +41,7 @@ def _train(argv: list[str]) -> harness.Result:
   flags.FLAGS([sys.argv[0], *argv, f"--model_dir={model_dir}",
                "--export_dir="], known_only=True)
   configs = train_cli._configs()  # pylint: disable=protected-access
-  result = training.train(configs["train"], configs["model"], configs["loss"],
-                          verbose=0)
+  result = training.train(configs["experiment"], verbose=0)
   shutil.rmtree(model_dir, ignore_errors=True)
   return {name: result["metrics"][name] for name in _METRICS}
 

@@ -1,8 +1,9 @@
 r"""How well the CTR tower serves as the propensity model, per setting.
 
 Simulates ``escm2-synth`` defaults (200k training, 50k test impressions, seed
-42) once, converts them, then trains ESMM once per variant (a ModelConfig or
-TrainConfig field changed from the defaults) and prints one JSON line each:
+42) once, converts them, then trains ESMM once per variant (an
+ExperimentConfig field changed from the defaults) and prints one JSON line
+each:
 the CTR tower's AUC against the oracle's (the true p_click as the score), its
 calibration against the true p_click in deciles, and ``ips_true_cvr``, the
 true CVR of the test clicks reweighted by 1/pCTR, i.e. the entire-space CVR
@@ -19,7 +20,6 @@ setting is the library's default.
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
-import dataclasses
 import json
 import os
 import shutil
@@ -29,15 +29,13 @@ from absl import app
 from absl import flags
 
 from escm2_tf import config as config_lib
-from escm2_tf import losses
 from escm2_tf import simulator
 from escm2_tf import training
 
 _WORK_DIR = flags.DEFINE_string("work_dir", None, "Data and models.",
                                 required=True)
 _VARIANTS = flags.DEFINE_multi_string(
-    "variant", ["default"], "'default' or FIELD=VALUE of ModelConfig or "
-    "TrainConfig.")
+    "variant", ["default"], "'default' or FIELD=VALUE of ExperimentConfig.")
 _LOSS = flags.DEFINE_string("loss", "esmm", "LossConfig.loss.")
 _KEYS = ("auc_ctr", "auc_ctr_oracle", "calibration_ctr",
          "ctr_calibration_error", "ips_true_cvr", "ips_true_cvr_oracle",
@@ -63,39 +61,33 @@ def _prepare(work_dir: str) -> str:
   return data
 
 
-def _parse(variant: str) -> tuple[dict, dict]:
-  """'field=value' (a JSON value) -> (ModelConfig, TrainConfig) changes."""
+def _parse(variant: str) -> dict:
+  """'field=value' (a JSON value) -> ExperimentConfig changes."""
   if variant == "default":
-    return {}, {}
+    return {}
   field, _, text = variant.partition("=")
-  for index, cls in enumerate((config_lib.ModelConfig,
-                               config_lib.TrainConfig)):
-    if field in {f.name for f in dataclasses.fields(cls)}:
-      changes = ({}, {})
-      changes[index][field] = json.loads(text)
-      return changes
-  raise app.UsageError(f"--variant={variant!r}: no ModelConfig or "
-                       "TrainConfig field of that name")
+  if field in config_lib.SECTION_OF:
+    return {field: json.loads(text)}
+  raise app.UsageError(f"--variant={variant!r}: no ExperimentConfig field "
+                       "of that name")
 
 
 def main(argv):
   del argv
   data = _prepare(_WORK_DIR.value)
   for variant in _VARIANTS.value:
-    model_changes, train_changes = _parse(variant)
+    changes = _parse(variant)
     model_dir = os.path.join(_WORK_DIR.value, "model")
     shutil.rmtree(model_dir, ignore_errors=True)
     started = time.monotonic()
     result = training.train(
-        config_lib.TrainConfig(
+        config_lib.ExperimentConfig.create(
             train_data=os.path.join(data, "train", "*.tfrecord.gz"),
             eval_data=os.path.join(data, "test", "*.tfrecord.gz"),
             vocab_dir=os.path.join(data, "train", "vocab"),
             model_dir=model_dir,
             ground_truth=os.path.join(data, "raw", "ground_truth_test.csv"),
-            **train_changes),
-        config_lib.ModelConfig(**model_changes),
-        losses.LossConfig(loss=_LOSS.value), verbose=0)
+            loss=_LOSS.value, **changes), verbose=0)
     metrics = result["metrics"]
     print(json.dumps({
         "variant": variant, "epochs": result["epochs"],

@@ -81,9 +81,9 @@ def _rows(vocabularies, count: int, rng: np.random.Generator) -> list[dict]:
 
 def _export_default_model(directory: str) -> str:
   vocabularies = synthetic.vocabularies(_VOCAB_SCALE.value)
-  model = model_lib.build_model(config_lib.ModelConfig(seed=0),
+  model = model_lib.build_model(config_lib.ModelConfig(),
                                 losses.LossConfig(loss=_LOSS.value),
-                                vocabularies)
+                                vocabularies, seed=0)
   return export.export_saved_model(model, directory)
 
 

@@ -159,9 +159,9 @@ def main(argv):
   model_config = config_lib.ModelConfig(
       embedding_dim=_EMBEDDING_DIM.value, backbone=_BACKBONE.value,
       num_experts=_NUM_EXPERTS.value, expert_units=(_EXPERT_UNITS.value,),
-      use_weights=_USE_WEIGHTS.value, seed=0)
+      use_weights=_USE_WEIGHTS.value)
   model = model_lib.build_model(model_config, losses.LossConfig(
-      loss=_LOSS.value), vocabularies)
+      loss=_LOSS.value), vocabularies, seed=0)
   model.compile(optimizer=_make_optimizer(_OPTIMIZER.value),
                 steps_per_execution=_STEPS_PER_EXECUTION.value)
   with tempfile.TemporaryDirectory() as directory:

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from escm2_tf import base_rates
 from escm2_tf import config as config_lib
+from escm2_tf import layout
 from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import schema
@@ -20,7 +21,7 @@ from escm2_tf import schema
 _VOCABULARIES = {field: 100 * (i + 1) + np.arange(6, dtype=np.int64)
                  for i, field in enumerate(schema.FIELD_NAMES)}
 _TINY = config_lib.ModelConfig(embedding_dim=4, num_experts=2,
-                               expert_units=(4,), tower_units=(3,), seed=0)
+                               expert_units=(4,), tower_units=(3,))
 RATES = base_rates.BaseRates(ctr=0.04, cvr=0.05)
 
 
@@ -70,7 +71,7 @@ class BaseRatesTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_reads_the_converters_stats(self):
     path = os.path.join(tempfile.mkdtemp(dir=self.get_temp_dir()),
-                        "stats.json")
+                        layout.STATS_FILE)
     with open(path, "w") as f:
       json.dump({"rows_written": 2000, "clicks": 80, "conversions": 4,
                  "rows_read": 2001}, f)
@@ -84,7 +85,7 @@ class BaseRatesTest(tf.test.TestCase, parameterized.TestCase):
        "no usable"))
   def test_bad_stats_name_the_file(self, content, message):
     path = os.path.join(tempfile.mkdtemp(dir=self.get_temp_dir()),
-                        "stats.json")
+                        layout.STATS_FILE)
     if content is not None:
       with open(path, "w") as f:
         f.write(content)
@@ -99,7 +100,7 @@ class ModelStartTest(tf.test.TestCase, parameterized.TestCase):
   def test_model_starts_at_the_base_rates(self, loss):
     loss_config = losses.LossConfig(loss=loss)
     model = model_lib.build_model(_TINY, loss_config, _VOCABULARIES,
-                                  base_rates=RATES)
+                                  base_rates=RATES, seed=0)
     outputs = model(_features())
     tasks = model.task.tower_names
     self.assertAllClose(_output_biases(model), RATES.output_biases(tasks))
@@ -111,7 +112,7 @@ class ModelStartTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_without_base_rates_the_biases_start_at_zero(self):
     model = model_lib.build_model(_TINY, losses.LossConfig(loss="dr"),
-                                  _VOCABULARIES)
+                                  _VOCABULARIES, seed=0)
     model(_features(8))
     self.assertAllEqual(_output_biases(model), np.zeros(3))
     self.assertAllClose(np.mean(model(_features())["ctr"]), 0.5, atol=0.1)

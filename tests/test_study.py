@@ -13,6 +13,7 @@ import testing
 from escm2_tf import layout
 from escm2_tf import simulator
 from escm2_tf.cli import study as study_cli
+from escm2_tf.study import datasets
 from escm2_tf.study import floor
 from escm2_tf.study import grid
 from escm2_tf.study import stats
@@ -306,7 +307,6 @@ class StudyCliTest(parameterized.TestCase):
     self.assertEqual(status, 0)
     self.assertIn("6 already in", stdout)
     self.assertIn("0 to train", stdout)
-    self._check_true_propensity_needs_ground_truth(settings)
 
   def _check_floor(self, results):
     """Each seed's floor is the simulator's world's, and the gap shares."""
@@ -325,18 +325,34 @@ class StudyCliTest(parameterized.TestCase):
     self.assertAlmostEqual(shares["mrdr"], (means["esmm"] - means["mrdr"]) /
                            (means["esmm"] - summary_floor["mean"]))
 
-  def _check_true_propensity_needs_ground_truth(self, settings):
-    """A reused dataset without the training split's truth: one line."""
-    data_dir = os.path.join(settings["work_dir"], "data", "tiny", "seed0")
-    os.remove(layout.ground_truth(data_dir, layout.TRAIN))
-    output_dir = os.path.join(testing.new_dir(), "out")
-    status, _, stderr = _run_cli(**dict(settings, output_dir=output_dir,
-                                        estimators=["esmm", "ipw_true"]))
-    self.assertEqual(status, 2)
-    self.assertLen(stderr.strip().splitlines(), 1)
-    self.assertIn("--estimators: ipw_true weigh clicks by the true p_click",
-                  stderr)
-    self.assertFalse(os.path.exists(output_dir))
+
+class DatasetsTest(absltest.TestCase):
+
+  def test_reuses_rebuilds_and_refuses(self):
+    regime = grid.parse_regime(_TINY)
+    directory = os.path.join(testing.new_dir(), "data")
+    dataset = datasets.prepare(regime, 0, directory)
+    self.assertEqual(dataset.ground_truth,
+                     layout.ground_truth(directory, layout.TEST))
+    self.assertCountEqual(os.listdir(layout.raw_dir(directory)),
+                          ["ground_truth_train.csv", "ground_truth_test.csv"])
+    # The converter drops the conversions logged without a click.
+    train = dataset.summary["train"]
+    self.assertEqual(train["rows"], 2000)
+    self.assertEqual(train["rows_written"],
+                     train["rows"] - train["unclicked_conversions"])
+    # Reused as it is.
+    written = os.stat(dataset.ground_truth).st_mtime_ns
+    reused = datasets.prepare(regime, 0, directory)
+    self.assertEqual(reused.ground_truth, dataset.ground_truth)
+    self.assertEqual(os.stat(dataset.ground_truth).st_mtime_ns, written)
+    # Without its ground truth it is made again.
+    os.remove(dataset.ground_truth)
+    rebuilt = datasets.prepare(regime, 0, directory)
+    self.assertEqual(rebuilt.eval_data, dataset.eval_data)
+    self.assertTrue(os.path.exists(dataset.ground_truth))
+    with self.assertRaisesRegex(grid.StudyError, "other settings"):
+      datasets.prepare(regime, 1, directory)
 
 
 if __name__ == "__main__":

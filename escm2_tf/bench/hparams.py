@@ -24,7 +24,7 @@ class HParams:
   """What a flagfile fixes: the network, the loss and the schedule.
 
   Attributes:
-    model: The network (seeded with the flagfile's seed).
+    model: The network.
     loss: The loss.
     batch_size: Examples per step.
     learning_rate: The optimizer's learning rate.
@@ -74,8 +74,9 @@ def hparams_from_flagfile(path: str) -> HParams:
   try:
     unknown = flag_values(["hparams", f"--flagfile={path}"],
                           known_only=True)[1:]
-    train = binding.values(config_lib.TrainConfig)
-    model = binding.build(config_lib.ModelConfig, seed=train["seed"])
+    train = {**binding.values(config_lib.TrainerConfig),
+             **binding.values(config_lib.RuntimeConfig)}
+    model = binding.build(config_lib.ModelConfig)
     loss = binding.build(config_lib.LossConfig)
   except flags.Error as e:
     raise ValueError(f"{path}: {flagbind.usage_error(e)}") from None

@@ -91,8 +91,6 @@ def main(argv: Sequence[str]) -> int:
         config, settings.work_dir, os.path.join(output_dir, JSON_NAME),
         progress=lambda line: print(line, flush=True),
         resume=settings.resume)
-  except ConfigError as error:
-    return flagbind.fail(_PROGRAM, flagbind.error_line(error))
   except grid.StudyError as error:
     return flagbind.fail(_PROGRAM, str(error))
   markdown = os.path.join(output_dir, MARKDOWN_NAME)

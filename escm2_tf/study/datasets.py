@@ -18,7 +18,6 @@ from typing import Any
 
 from escm2_tf import layout
 from escm2_tf import prepare as prepare_lib
-from escm2_tf.options import ConfigError
 from escm2_tf.study import floor
 from escm2_tf.study import grid
 
@@ -59,30 +58,12 @@ def _files(directory: str, summary: dict[str, Any]) -> Dataset:
       summary=summary)
 
 
-def check_reusable(regime: grid.Regime, seed: int, directory: str,
-                   estimators: tuple[str, ...]) -> None:
-  """Checks a dataset a study would reuse, before anything is written.
-
-  Raises:
-    grid.StudyError: It holds other settings.
-    ConfigError: A true-propensity estimator would train on it, but it has
-      no ground truth of its training split (made before it was kept).
-  """
-  stored = _stored(regime, seed, directory)
-  if stored is None:
-    return
-  truth = layout.ground_truth(directory, layout.TRAIN)
-  arms = [e for e in estimators if grid.estimator_loss(e)[1] == "label"]
-  if arms and not os.path.exists(truth):
-    raise ConfigError(
-        "estimators", f"{', '.join(arms)} weigh clicks by the true p_click "
-        f"of the training data, and {truth} is missing: use another "
-        "--work_dir")
-
-
 def _stored(regime: grid.Regime, seed: int, directory: str
             ) -> dict[str, Any] | None:
   """The marker of a finished dataset of ``regime`` and ``seed``, or None.
+
+  None too for a dataset without the ground truth of a split (laid out
+  otherwise, or partly deleted): it is made again.
 
   Raises:
     grid.StudyError: ``directory`` holds a dataset of other settings.
@@ -95,6 +76,9 @@ def _stored(regime: grid.Regime, seed: int, directory: str
   if stored["settings"] != _settings(regime, seed):
     raise grid.StudyError(f"{marker} holds a dataset of other settings; "
                           "use another --work_dir")
+  if not all(os.path.exists(layout.ground_truth(directory, split))
+             for split in (layout.TRAIN, layout.TEST)):
+    return None
   return stored
 
 
@@ -107,7 +91,8 @@ def prepare(regime: grid.Regime, seed: int, directory: str) -> Dataset:
   """Simulates and converts ``regime`` at ``seed`` into ``directory``.
 
   Reuses a finished dataset of the same settings; a directory without the
-  marker (an interrupted run) is rebuilt from scratch.
+  marker (an interrupted run) or without the test split's ground truth
+  (laid out otherwise, or partly deleted) is rebuilt from scratch.
 
   Raises:
     grid.StudyError: ``directory`` holds a dataset of other settings.

@@ -1,7 +1,7 @@
 """Runs a study: every estimator on every (regime, seed), with the defaults.
 
-Each run calls ``training.train`` with ``TrainConfig``, ``ModelConfig`` and
-``LossConfig`` at their defaults except the paths, the seed and the loss:
+Each run calls ``training.train`` with an ``ExperimentConfig`` at its
+defaults except the paths, the seed and the loss:
 the study measures what a user of the library gets, not a tuned model. After
 training, the test set is scored once more to bin pCTR and pCVR against the
 true probabilities (the reliability curves of the report).
@@ -24,7 +24,6 @@ import tf_keras as keras
 from escm2_tf import config as config_lib
 from escm2_tf import evaluation
 from escm2_tf import layout
-from escm2_tf import losses
 from escm2_tf import metrics as metrics_lib
 from escm2_tf import training
 from escm2_tf.study import datasets
@@ -71,20 +70,20 @@ def train_one(dataset: datasets.Dataset, estimator: str, seed: int,
               model_dir: str) -> dict[str, Any]:
   """One estimator on one dataset with the library's defaults."""
   shutil.rmtree(model_dir, ignore_errors=True)
-  train_config = config_lib.TrainConfig(
+  loss, propensity = grid.estimator_loss(estimator)
+  config = config_lib.ExperimentConfig.create(
       train_data=dataset.train_data, eval_data=dataset.eval_data,
       vocab_dir=dataset.vocab_dir, model_dir=model_dir,
-      ground_truth=dataset.ground_truth, seed=seed)
-  loss, propensity = grid.estimator_loss(estimator)
+      ground_truth=dataset.ground_truth, seed=seed, loss=loss,
+      propensity=propensity)
   keep = _KeepModel()
   started = time.monotonic()
   result = training.train(
-      train_config, config_lib.ModelConfig(),
-      losses.LossConfig(loss=loss, propensity=propensity),
-      callbacks=[keep], verbose=0,
+      config, callbacks=[keep], verbose=0,
       propensity_labels=(dataset.train_ground_truth
                          if propensity == "label" else ""))
-  reliability = _reliability(keep.trained, dataset, train_config.batch_size)
+  reliability = _reliability(keep.trained, dataset,
+                             config.trainer.batch_size)
   keras.backend.clear_session()
   shutil.rmtree(model_dir, ignore_errors=True)
   return {"metrics": result["metrics"], "epochs": result["epochs"],
@@ -118,10 +117,6 @@ def _load(path: str, config: grid.StudyConfig) -> dict[str, dict[str, Any]]:
   return kept
 
 
-def _data_dir(work_dir: str, regime: grid.Regime, seed: int) -> str:
-  return os.path.join(work_dir, "data", regime.name, f"seed{seed}")
-
-
 def _write_json(path: str, content: dict[str, Any]) -> None:
   layout.atomic_write(path, json.dumps(content, indent=1, sort_keys=True,
                                        allow_nan=False) + "\n")
@@ -144,13 +139,7 @@ def run_study(config: grid.StudyConfig, work_dir: str, output_json: str,
   Raises:
     grid.StudyError: The results file or a dataset belongs to something
       else, or ``work_dir`` cannot be written.
-    ConfigError: A dataset to reuse cannot serve a true-propensity
-      estimator (``datasets.check_reusable``); nothing is written then.
   """
-  for regime in config.regimes:
-    for seed in config.seeds:
-      datasets.check_reusable(regime, seed, _data_dir(work_dir, regime, seed),
-                              config.estimators)
   try:
     os.makedirs(work_dir, exist_ok=True)
     os.makedirs(os.path.dirname(os.path.abspath(output_json)), exist_ok=True)
@@ -171,8 +160,9 @@ def run_study(config: grid.StudyConfig, work_dir: str, output_json: str,
                  if run_key(regime, seed, e) not in runs]
       if not missing:
         continue
-      dataset = datasets.prepare(regime, seed,
-                                 _data_dir(work_dir, regime, seed))
+      dataset = datasets.prepare(
+          regime, seed, os.path.join(work_dir, "data", regime.name,
+                                     f"seed{seed}"))
       for estimator in missing:
         record = train_one(dataset, estimator, seed, os.path.join(
             work_dir, "models", regime.name, f"seed{seed}", estimator))
