@@ -76,8 +76,9 @@ class TruePropensityTrainingTest(tf.test.TestCase):
     ground_truth = evaluation.read_ground_truth(paths["ground_truth_train"])
     train = data.make_dataset(
         paths["train"], BATCH_SIZE, training=True, seed=1,
-        with_sample_id=True, with_weights=False).map(
-            with_true_propensity(ground_truth))
+        with_weights=False, label_table=data.LabelTable(
+            losses.PROPENSITY_LABEL, ground_truth[schema.SAMPLE_ID],
+            ground_truth["p_click"]))
     loss_config = losses.LossConfig(loss="dr_jl", propensity="label",
                                     lambda_c=1.0, lambda_g=0.0, lambda_imp=1.0)
     model = model_lib.build_model(

@@ -13,8 +13,11 @@ matplotlib). A line per finished run shows its numbers and the ETA. A study
 that is interrupted resumes: runs already in ``study.json`` are skipped and
 finished datasets in ``--work_dir`` are reused.
 
-Regimes are ``--regime=NAME:ctr=..,cvr=..,corr=..,train=..,test=..``
-(repeatable); without, the default design (``escm2_tf.study.grid``). A grid
+Regimes are ``--regime=NAME:ctr=..,cvr=..,corr=..,train=..,test=..``, with
+optional ``users=..,items=..`` (the world's ids; the simulator's defaults
+without), repeatable; without, the default design (``escm2_tf.study.grid``).
+An estimator ``<loss>_true`` (ipw, dr, dr_jl, mrdr) weighs clicks by the
+simulator's true p_click. A grid
 that cannot run exits with status 2 and one line, before writing anything.
 """
 
@@ -41,10 +44,12 @@ class StudyFlags:
   Attributes:
     work_dir: Datasets and model directories (reused on resume).
     output_dir: Where study.json, study.md and the figures go.
-    regime: NAME:ctr=F,cvr=F,corr=F,train=N,test=N; repeatable. Default: the
-      design of escm2_tf.study.grid.DEFAULT_REGIMES.
+    regime: NAME:ctr=F,cvr=F,corr=F,train=N,test=N[,users=N,items=N];
+      repeatable. Default: the design of
+      escm2_tf.study.grid.DEFAULT_REGIMES.
     seeds: Seeds (simulator and training); at least 2.
-    estimators: LossConfig.loss values to compare.
+    estimators: LossConfig.loss values to compare, and <loss>_true for a
+      counterfactual loss weighted by the true p_click.
     resume: Skip runs already in OUTPUT_DIR/study.json.
   """
   work_dir: str = option("", group="data")
