@@ -36,6 +36,7 @@ from escm2_tf import early_stopping
 from escm2_tf import evaluation
 from escm2_tf import export
 from escm2_tf import fit_policy
+from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import optimizers
 from escm2_tf import recalibration
