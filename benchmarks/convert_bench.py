@@ -48,10 +48,10 @@ from escm2_tf import flagbind
 from escm2_tf import options
 from escm2_tf import simulator
 from escm2_tf.bench import processes
+from escm2_tf.formats import encode
 from escm2_tf.formats import examples
 from escm2_tf.options import option
 from escm2_pipelines import config as config_lib
-from escm2_pipelines import rows
 from escm2_pipelines import tally
 
 _PROGRAM = "convert_bench"
@@ -77,7 +77,7 @@ class ConvertBenchFlags:
   """
   num_impressions: int = option(1_000_000, minimum=1, group="data")
   work_dir: str = option("/tmp/escm2_convert_bench", group="data")
-  max_values_per_field: int = option(config_lib.DEFAULT_MAX_VALUES_PER_FIELD,
+  max_values_per_field: int = option(encode.DEFAULT_MAX_VALUES_PER_FIELD,
                                      minimum=0)
   join: str = option("side_input", choices=config_lib.JOINS)
   input_format: str = option("aliccp", choices=config_lib.INPUT_FORMATS,
@@ -167,7 +167,7 @@ def _calibrate_common(path: str, max_values: int) -> dict:
     lines = [next(f).rstrip("\n") for _ in range(_CALIBRATION_ROWS)]
   counts = tally.Tally()
   start = time.process_time()
-  encoded = [rows.encode_common(line, max_values)[1] for line in lines]
+  encoded = [encode.encode_common(line, max_values)[1] for line in lines]
   for entry in encoded:
     counts.ids(examples.int64_lists(entry.entries), times=2)
   cpu = (time.process_time() - start) / len(lines)

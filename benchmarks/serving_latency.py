@@ -137,10 +137,8 @@ def main(argv):
   # pylint: enable=g-import-not-at-top
   rng = np.random.default_rng(0)
   with tempfile.TemporaryDirectory() as directory:
-    path = export.resolve_saved_model(
+    path, signature = export.load_serving_signature(
         settings.saved_model or _export_default_model(directory, settings))
-    signature = tf.saved_model.load(path).signatures[
-        serving.EXAMPLES_SIGNATURE]
     vocabularies = synthetic.vocabularies(settings.vocab_scale)
     print(f"SavedModel {path if settings.saved_model else '(built)'}; "
           f"{os.cpu_count()} CPUs; {settings.requests} requests per size")

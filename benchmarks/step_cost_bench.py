@@ -89,7 +89,7 @@ def main(argv):
     keras.utils.set_random_seed(1)
     model = model_lib.build_model(hparams.model, hparams.loss, vocabularies)
     if metrics == "none":
-      model.task_metrics = []
+      model.task.task_metrics = []
     model.compile(optimizer=optimizers.make_optimizer(
         optimizer, hparams.learning_rate),
                   steps_per_execution=int(steps_per_execution))

@@ -16,6 +16,8 @@ import json
 import math
 import os
 
+from escm2_tf import schema
+
 STATS_FILE = "stats.json"
 # A rate is kept this far from 0 and 1, so that its log-odds stay finite.
 _MIN_RATE = 1e-6
@@ -70,9 +72,9 @@ class BaseRates:
     ``pseudo_label`` (DR-JL and MRDR, a sigmoid): the CVR's log-odds, so the
     imputed conversion starts at the rate the CVR tower starts from.
     """
-    biases = {"ctr": _logit(self.ctr), "cvr": _logit(self.cvr),
-              "imputation": _inverse_softplus(_entropy(self.cvr)),
-              "pseudo_label": _logit(self.cvr)}
+    biases = {schema.CTR: _logit(self.ctr), schema.CVR: _logit(self.cvr),
+              schema.IMPUTATION: _inverse_softplus(_entropy(self.cvr)),
+              schema.PSEUDO_LABEL: _logit(self.cvr)}
     return [biases[task] for task in tasks]
 
 

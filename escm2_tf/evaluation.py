@@ -28,7 +28,6 @@ from escm2_tf import metrics as metrics_lib
 from escm2_tf import schema
 from escm2_tf import serving
 
-PREDICTION_NAMES = serving.OUTPUT_NAMES
 GROUND_TRUTH_COLUMNS = ("p_click", "p_conversion", "conversion_counterfactual")
 GROUND_TRUTH_HEADER = (schema.SAMPLE_ID,) + GROUND_TRUTH_COLUMNS
 
@@ -55,7 +54,7 @@ def _strings(values: tf.Tensor) -> np.ndarray:
 
 def _batch_columns(sample_id: tf.Tensor, labels: Mapping[str, tf.Tensor],
                    outputs: Mapping[str, tf.Tensor],
-                   names: Sequence[str] | None = PREDICTION_NAMES
+                   names: Sequence[str] | None = schema.OUTPUT_NAMES
                    ) -> dict[str, np.ndarray]:
   columns = {schema.SAMPLE_ID: _strings(sample_id)}
   for name in schema.LABELS:
@@ -67,7 +66,7 @@ def _batch_columns(sample_id: tf.Tensor, labels: Mapping[str, tf.Tensor],
 
 def predict_keras_model(model: keras.Model,
                         file_pattern: str | Sequence[str], batch_size: int, *,
-                        outputs: Sequence[str] | None = PREDICTION_NAMES
+                        outputs: Sequence[str] | None = schema.OUTPUT_NAMES
                         ) -> Columns:
   """Scores every example of the TFRecords matching ``file_pattern``.
 

@@ -26,7 +26,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -81,6 +81,35 @@ def resolve_saved_model(path: str) -> str:
       "integer version subdirectories holding saved_model.pb")
 
 
+def load_serving_signature(
+    path: str) -> tuple[str, Callable[..., dict[str, tf.Tensor]]]:
+  """Loads the ``serving_default`` signature, as serving clients call it.
+
+  Args:
+    path: A SavedModel directory, or a base directory whose newest version
+      is loaded.
+
+  Returns:
+    ``(directory loaded, signature)``.
+
+  Raises:
+    FileNotFoundError: if ``path`` holds no SavedModel.
+    ValueError: if it does not load or has no ``serving_default``
+      signature; the message is one line naming the directory.
+  """
+  directory = resolve_saved_model(path)
+  try:
+    signatures = tf.saved_model.load(directory).signatures
+  except (OSError, ValueError, tf.errors.OpError) as error:
+    reason = str(error).partition("\n")[0]
+    raise ValueError(f"cannot load {directory}: {reason}") from None
+  if serving.EXAMPLES_SIGNATURE not in signatures:
+    raise ValueError(
+        f"{directory} has no {serving.EXAMPLES_SIGNATURE} signature (it has "
+        f"{', '.join(signatures) or 'none'})")
+  return directory, signatures[serving.EXAMPLES_SIGNATURE]
+
+
 def schema_asset() -> dict[str, Any]:
   """The fields and signature inputs, as written to ``schema.json``."""
   fields = []
@@ -94,7 +123,7 @@ def schema_asset() -> dict[str, Any]:
       "fields": fields,
       "pad_id": schema.PAD_ID,
       "signatures": {
-          name: {"inputs": inputs, "outputs": list(serving.OUTPUT_NAMES)}
+          name: {"inputs": inputs, "outputs": list(schema.OUTPUT_NAMES)}
           for name, inputs in serving.signature_inputs().items()},
   }
 

@@ -25,14 +25,12 @@ LOSSES = config_lib.LOSSES
 COMPAT_MODES = config_lib.COMPAT_MODES
 PROPENSITIES = config_lib.PROPENSITIES
 JOINT_LEARNING_LOSSES = config_lib.JOINT_LEARNING_LOSSES
-# The estimators with an imputation tower (output ``IMPUTATION``): a predicted
-# error for dr, a pseudo-label for the joint-learning ones.
+# The estimators with an imputation tower (output ``schema.IMPUTATION``): a
+# predicted error for dr, a pseudo-label for the joint-learning ones.
 IMPUTATION_LOSSES = ("dr",) + JOINT_LEARNING_LOSSES
 # The label holding a known click propensity, for propensity="label" (the
 # simulator's true p_click: ground_truth_*.csv).
 PROPENSITY_LABEL = "p_click"
-OUTPUTS = ("ctr", "cvr", "ctcvr")
-IMPUTATION = "imputation"
 
 # Constants PaddleRec hard-codes (dygraph_model.py, static_model.py).
 PADDLEREC_EPSILON = 1e-4
@@ -139,8 +137,9 @@ def compute_losses(config: LossConfig, labels: Mapping[str, tf.Tensor],
   """
   click = _vector(labels, schema.CLICK, "labels")
   conversion = _vector(labels, schema.CONVERSION, "labels")
-  ctr, cvr, ctcvr = (_vector(outputs, key, "outputs") for key in OUTPUTS)
-  imputation = (_vector(outputs, IMPUTATION, "outputs")
+  ctr, cvr, ctcvr = (_vector(outputs, key, "outputs")
+                     for key in schema.OUTPUT_NAMES)
+  imputation = (_vector(outputs, schema.IMPUTATION, "outputs")
                 if config.loss in IMPUTATION_LOSSES else None)
   paddlerec = config.compat == "paddlerec"
   if paddlerec:

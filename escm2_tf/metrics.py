@@ -1,8 +1,9 @@
 """Exact evaluation metrics (numpy) and cheap streaming AUCs for progress bars.
 
 Final numbers come from ``evaluate_predictions``, which uses the exact,
-tie-aware ``exact_auc``. The Keras metrics of ``make_train_metrics`` are
-bucketed approximations, good enough to watch training, not to report.
+tie-aware ``exact_auc``. The Keras ``TaskAUC`` metrics (the task,
+``escm2_tf.task``, reports one per output) are bucketed approximations, good
+enough to watch training, not to report.
 
 Two CVR AUCs are reported because the literature mixes them: ``auc_cvr`` is
 the standard one, over clicked impressions against the conversion label;
@@ -20,7 +21,7 @@ from escm2_tf import schema
 
 _GROUND_TRUTH_KEYS = ("p_conversion", "conversion_counterfactual")
 _P_CLICK = "p_click"
-# make_train_metrics buckets log(score) evenly over [log(_MIN_SCORE), 0].
+# TaskAUC buckets log(score) evenly over [log(_MIN_SCORE), 0].
 _MIN_SCORE = 1e-7
 
 
@@ -298,7 +299,7 @@ class TaskAUC(keras.metrics.AUC):
   """
 
   def __init__(self, task: str, num_thresholds: int = 200, **kwargs):
-    if task not in ("ctr", "cvr", "ctcvr"):
+    if task not in schema.OUTPUT_NAMES:
       raise ValueError(f"TaskAUC task must be ctr, cvr or ctcvr; got {task!r}.")
     kwargs.setdefault("name", f"auc_{task}")
     super().__init__(num_thresholds=num_thresholds, **kwargs)
@@ -324,12 +325,3 @@ class TaskAUC(keras.metrics.AUC):
     config["task"] = self.task
     return config
 
-
-def make_train_metrics() -> list[keras.metrics.Metric]:
-  """``auc_ctr``, ``auc_cvr`` (clicked only) and ``auc_ctcvr`` for fit().
-
-  Update each with ``metric.update_state(labels, outputs)``, the dicts of
-  ``losses.compute_losses``. Bucketed approximations; final evaluation uses
-  ``exact_auc``.
-  """
-  return [TaskAUC("ctr"), TaskAUC("cvr"), TaskAUC("ctcvr")]

@@ -3,9 +3,10 @@
 ``build_model`` returns an ``ESCM2Model`` whose ``call`` takes a dict of raw-id
 ragged tensors (the vocabulary lookup is in the graph, so training and serving
 cannot skew) and returns ``{"ctr", "cvr", "ctcvr"}`` (+ ``"imputation"`` for
-the doubly robust losses), float32 [B]. Its ``train_step``/``test_step`` apply
-``escm2_tf.losses.compute_losses`` with the model's ``LossConfig``, so a plain
-``model.compile(optimizer=...)`` and ``model.fit(dataset)`` train it.
+the doubly robust losses), float32 [B]. Its ``train_step``/``test_step``
+call its ``task`` (``escm2_tf.task.ESCM2Task``: the estimator's risks and
+metrics), so a plain ``model.compile(optimizer=...)`` and
+``model.fit(dataset)`` train it.
 """
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
@@ -21,34 +22,11 @@ import tf_keras as keras
 from escm2_tf import base_rates as base_rates_lib
 from escm2_tf import config as config_lib
 from escm2_tf import layers
-from escm2_tf import losses
-from escm2_tf import metrics as metrics_lib
 from escm2_tf import schema
+from escm2_tf import task as task_lib
 
 Features = Mapping[str, tf.RaggedTensor | tf.Tensor]
 Outputs = dict[str, tf.Tensor]
-REGULARIZATION_LOSS = "regularization_loss"
-# L_ctr + L_ctcvr: the two risks every estimator fits on every impression,
-# free of any lambda and of the counterfactual weights. Early stopping
-# watches its validation value by default (docs/training.md).
-OBSERVED_LOSS = "ctr_ctcvr_loss"
-
-
-# The third tower of dr_jl and mrdr: a pseudo-label, output as "imputation".
-PSEUDO_LABEL = "pseudo_label"
-
-
-def task_names(loss_config: losses.LossConfig) -> tuple[str, ...]:
-  """The towers the loss needs: CTR, CVR and the imputation of DR's kinds.
-
-  ``dr``'s imputation predicts the CVR cross-entropy (``"imputation"``);
-  ``dr_jl``'s and ``mrdr``'s a pseudo-label (``"pseudo_label"``).
-  """
-  if loss_config.loss in losses.JOINT_LEARNING_LOSSES:
-    return ("ctr", "cvr", PSEUDO_LABEL)
-  if loss_config.loss == "dr":
-    return ("ctr", "cvr", losses.IMPUTATION)
-  return ("ctr", "cvr")
 
 
 def _embedding_initializer(config: config_lib.ModelConfig
@@ -97,37 +75,6 @@ def _backbone(config: config_lib.ModelConfig, num_tasks: int,
   return _mlp(config, crossed, seed_offset=200)
 
 
-@keras.saving.register_keras_serializable(package="escm2_tf")
-class Heads(keras.layers.Layer):
-  """Task logits [B, T] -> the named outputs.
-
-  ``ctr`` and ``cvr`` are sigmoids and ``ctcvr = ctr * cvr``. A third task
-  is the ``imputation``: by default the imputed CVR cross-entropy, a softplus
-  (non-negative but, unlike a probability, it may exceed 1); with
-  ``pseudo_label`` a pseudo-label of the conversion, a sigmoid.
-  """
-
-  def __init__(self, with_imputation: bool, pseudo_label: bool = False,
-               **kwargs):
-    super().__init__(**kwargs)
-    self.with_imputation = with_imputation
-    self.pseudo_label = pseudo_label
-
-  def call(self, logits: tf.Tensor) -> dict[str, tf.Tensor]:
-    # Unstacking differentiates to a stack, cheaper than strided slices.
-    tasks = tf.unstack(logits, axis=1)
-    ctr, cvr = tf.sigmoid(tasks[0]), tf.sigmoid(tasks[1])
-    outputs = {"ctr": ctr, "cvr": cvr, "ctcvr": ctr * cvr}
-    if self.with_imputation:
-      activation = tf.sigmoid if self.pseudo_label else tf.nn.softplus
-      outputs["imputation"] = activation(tasks[2])
-    return outputs
-
-  def get_config(self) -> dict[str, Any]:
-    return {**super().get_config(), "with_imputation": self.with_imputation,
-            "pseudo_label": self.pseudo_label}
-
-
 def model_inputs(config: config_lib.ModelConfig) -> dict[str, tf.Tensor]:
   """One ragged ``keras.Input`` per field, plus weights when they are used."""
   inputs = {field: keras.Input(shape=(None,), dtype=tf.int64, ragged=True,
@@ -141,7 +88,7 @@ def model_inputs(config: config_lib.ModelConfig) -> dict[str, tf.Tensor]:
 
 
 def build_network(model_config: config_lib.ModelConfig,
-                  loss_config: losses.LossConfig,
+                  loss_config: config_lib.LossConfig,
                   vocabularies: Mapping[str, np.ndarray],
                   base_rates: base_rates_lib.BaseRates | None = None
                   ) -> keras.Model:
@@ -153,8 +100,8 @@ def build_network(model_config: config_lib.ModelConfig,
   missing = [f for f in schema.FIELD_NAMES if f not in vocabularies]
   if missing:
     raise ValueError(f"No vocabulary for field(s) {', '.join(missing)}.")
-  tasks = task_names(loss_config)
-  num_tasks = len(tasks)
+  towers = task_lib.tower_names(loss_config)
+  num_tasks = len(towers)
   inputs = model_inputs(model_config)
   embedded = layers.FusedEmbedding(
       {f: vocabularies[f] for f in schema.FIELD_NAMES},
@@ -173,36 +120,40 @@ def build_network(model_config: config_lib.ModelConfig,
       dropout=model_config.dropout,
       seed=layers.offset_seed(model_config.seed, 300),
       output_biases=(None if base_rates is None else
-                     base_rates.output_biases(tasks)),
+                     base_rates.output_biases(towers)),
       name="towers")(hidden)
-  outputs = Heads(num_tasks == 3, pseudo_label=PSEUDO_LABEL in tasks,
-                  name="heads")(logits)
+  outputs = layers.Heads(num_tasks == 3,
+                         pseudo_label=schema.PSEUDO_LABEL in towers,
+                         name="heads")(logits)
   return keras.Model(inputs=inputs, outputs=outputs, name="escm2_network")
 
 
 class ESCM2Model(keras.Model):
   """The network plus ESCM2's training and evaluation steps.
 
+  ``train_step`` and ``test_step`` run the network and hand its outputs to
+  ``task``, which returns the losses and updates the metrics; ``call`` and
+  ``predict_step`` (and the serving signatures) run the network alone.
+
   Attributes:
     network: The functional graph that ``call`` runs.
     model_config: The ``ModelConfig`` it was built from.
-    loss_config: The ``LossConfig`` its steps minimise and report.
+    task: The ``ESCM2Task`` of its ``LossConfig``: the risks its steps
+      minimise and report, and the metrics.
   """
 
   def __init__(self, network: keras.Model,
                model_config: config_lib.ModelConfig,
-               loss_config: losses.LossConfig, **kwargs):
+               loss_config: config_lib.LossConfig, **kwargs):
     super().__init__(**kwargs)
     self.network = network
     self.model_config = model_config
-    self.loss_config = loss_config
-    loss_names = ["loss", "ctr_loss", "cvr_loss", "ctcvr_loss", OBSERVED_LOSS]
-    if loss_config.loss in losses.IMPUTATION_LOSSES:
-      loss_names.append("imputation_loss")
-    if model_config.embedding_l2:
-      loss_names.append(REGULARIZATION_LOSS)
-    self.loss_trackers = [keras.metrics.Mean(name) for name in loss_names]
-    self.task_metrics = list(metrics_lib.make_train_metrics())
+    self.task = task_lib.ESCM2Task(
+        loss_config, regularized=bool(model_config.embedding_l2))
+    # Checkpoints hold the metrics' state under these two names; keeping them
+    # keeps checkpoints written before the task existed restorable.
+    self.loss_trackers = self.task.loss_trackers
+    self.task_metrics = self.task.task_metrics
     # The save spec would otherwise be the first batch's structure, extra
     # features (sample_id, unused weights) included.
     self._set_save_spec({name: tensor.type_spec for name, tensor in
@@ -211,7 +162,12 @@ class ESCM2Model(keras.Model):
   @property
   def metrics(self) -> list[keras.metrics.Metric]:
     # Listing them is what makes fit/evaluate reset them every epoch.
-    return self.loss_trackers + self.task_metrics
+    return self.task.metrics
+
+  @property
+  def loss_config(self) -> config_lib.LossConfig:
+    """The estimator its steps minimise."""
+    return self.task.loss_config
 
   def call(self, features: Features, training: bool | None = None) -> Outputs:
     missing = [n for n in self.network.input_names if n not in features]
@@ -222,15 +178,19 @@ class ESCM2Model(keras.Model):
                          for name in self.network.input_names},
                         training=training)
 
-  def compute_all_losses(self, labels: Mapping[str, tf.Tensor],
-                         outputs: Outputs) -> dict[str, tf.Tensor]:
-    """``compute_losses``, its observed part, and the regularisation."""
-    values = losses.compute_losses(self.loss_config, labels, outputs)
-    values[OBSERVED_LOSS] = values["ctr_loss"] + values["ctcvr_loss"]
-    if self.model_config.embedding_l2:
-      values[REGULARIZATION_LOSS] = tf.add_n(self.losses)
-      values["loss"] += values[REGULARIZATION_LOSS]
-    return values
+  def compute_loss_values(self, data: Any, training: bool = False
+                          ) -> tuple[dict[str, tf.Tensor], Outputs]:
+    """The one step both ``train_step`` and ``test_step`` take.
+
+    Runs the network on a ``(features, labels)`` batch and its task on the
+    outputs, which updates the metrics.
+
+    Returns:
+      The task's values by name (``loss`` is the total) and the outputs.
+    """
+    features, labels = self._unpack(data)
+    outputs = self(features, training=training)
+    return self.task(labels, outputs, self.losses), outputs
 
   def _unpack(self, data: Any) -> tuple[Features, Mapping[str, tf.Tensor]]:
     features, labels, sample_weight = keras.utils.unpack_x_y_sample_weight(
@@ -241,31 +201,22 @@ class ESCM2Model(keras.Model):
                        "weights are not supported.")
     return features, labels
 
-  def _record(self, labels: Mapping[str, tf.Tensor], outputs: Outputs,
-              values: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    for tracker in self.loss_trackers:
-      tracker.update_state(values[tracker.name])
-    for metric in self.task_metrics:
-      metric.update_state(labels, outputs)
+  def _results(self) -> dict[str, tf.Tensor]:
     return {metric.name: metric.result() for metric in self.metrics}
 
   def train_step(self, data: Any) -> dict[str, tf.Tensor]:
-    features, labels = self._unpack(data)
     with tf.GradientTape() as tape:
-      outputs = self(features, training=True)
-      values = self.compute_all_losses(labels, outputs)
+      values, _ = self.compute_loss_values(data, training=True)
       # Synchronous replicas sum their gradients; scale so that the step is
       # the one-replica step of the global batch.
-      replica_loss = (values["loss"] /
+      replica_loss = (values[task_lib.TOTAL_LOSS] /
                       self.distribute_strategy.num_replicas_in_sync)
     self.optimizer.minimize(replica_loss, self.trainable_variables, tape=tape)
-    return self._record(labels, outputs, values)
+    return self._results()
 
   def test_step(self, data: Any) -> dict[str, tf.Tensor]:
-    features, labels = self._unpack(data)
-    outputs = self(features, training=False)
-    return self._record(labels, outputs,
-                        self.compute_all_losses(labels, outputs))
+    self.compute_loss_values(data, training=False)
+    return self._results()
 
   def predict_step(self, data: Any) -> Outputs:
     features, _, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -286,9 +237,8 @@ class ESCM2Model(keras.Model):
               jit_compile: bool | None = None, **kwargs):
     """``keras.Model.compile`` with the losses and metrics built in.
 
-    The loss comes from ``loss_config`` and the metrics from
-    ``metrics.make_train_metrics``; passing others would be silently ignored
-    by the custom steps, so it is an error. XLA is refused: the vocabulary
+    The loss and the metrics come from the model's ``task``; passing others
+    would be silently ignored by the custom steps, so it is an error. XLA is refused: the vocabulary
     lookup (a hash table) has no XLA kernel.
     """
     if loss is not None or metrics is not None:
@@ -303,7 +253,7 @@ class ESCM2Model(keras.Model):
 
 
 def build_model(model_config: config_lib.ModelConfig,
-                loss_config: losses.LossConfig,
+                loss_config: config_lib.LossConfig,
                 vocabularies: Mapping[str, np.ndarray], *,
                 base_rates: base_rates_lib.BaseRates | None = None
                 ) -> ESCM2Model:

@@ -100,6 +100,22 @@ CONVERSION = "conversion"
 LABELS: tuple[str, ...] = (CLICK, CONVERSION)
 SAMPLE_ID = "sample_id"
 
+# The model's outputs, float32 [B] each: what the heads emit, the risks read,
+# the serving signatures return and escm2-predict writes. They live here,
+# beside the labels, because the layers and the risk functions sit below the
+# task (``escm2_tf.task``), which decides which of them an estimator needs.
+CTR = "ctr"
+CVR = "cvr"
+CTCVR = "ctcvr"
+# The imputation tower's output, trained, never served: dr's imputed CVR
+# cross-entropy, dr_jl's and mrdr's pseudo-label of the conversion.
+IMPUTATION = "imputation"
+# The name of the joint-learning estimators' imputation tower (a sigmoid,
+# started at the CVR's log-odds); its output is still IMPUTATION.
+PSEUDO_LABEL = "pseudo_label"
+# The served probabilities, in the order of every output file.
+OUTPUT_NAMES: tuple[str, ...] = (CTR, CVR, CTCVR)
+
 # Id 0 never occurs in Ali-CCP; padded dense inputs use it for "no value".
 PAD_ID = 0
 

@@ -1,10 +1,11 @@
 """Batch scoring through an exported SavedModel, as ``escm2-predict`` runs it.
 
 Impressions are read from the converter's TFRecords or from the raw text
-formats, encoded as the converter encodes them (truncation included), and
-sent as serialized tf.Examples through the SavedModel's ``serving_default``
-signature, exactly what TF Serving runs. ``score`` writes
-``sample_id,ctr,cvr,ctcvr`` rows in input order, atomically.
+formats, encoded by the converter's own row encoder (``formats.encode``: the
+records the converter writes, truncation included), and sent as serialized
+tf.Examples through the SavedModel's ``serving_default`` signature, exactly
+what TF Serving runs. ``score`` writes ``sample_id,ctr,cvr,ctcvr`` rows in
+input order, atomically.
 """
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
@@ -21,16 +22,11 @@ from escm2_tf import export
 from escm2_tf import schema
 from escm2_tf import serving
 from escm2_tf.formats import aliccp
+from escm2_tf.formats import encode
 from escm2_tf.formats import examples
-from escm2_pipelines import config as convert_config
 
 INPUT_FORMATS = config_lib.SCORING_INPUT_FORMATS
-OUTPUT_HEADER = (schema.SAMPLE_ID,) + serving.OUTPUT_NAMES
-# The converter's truncation, so raw rows score as their TFRecords would.
-DEFAULT_MAX_VALUES = convert_config.DEFAULT_MAX_VALUES_PER_FIELD
-_COMMON_FIELDS = frozenset(schema.COMMON_FIELDS)
-_SAMPLE_FIELDS = frozenset(schema.SAMPLE_FIELDS)
-_ALL_FIELDS = frozenset(schema.FIELD_NAMES)
+OUTPUT_HEADER = (schema.SAMPLE_ID,) + schema.OUTPUT_NAMES
 # Lines of TensorFlow's errors that locate rather than explain.
 _ERROR_CONTEXT = ("Graph execution error", "Detected at node",
                   "<stack traces", "[[")
@@ -73,18 +69,6 @@ def _text_lines(path: str) -> Iterator[tuple[int, str]]:
                      f"{_reason(error)}") from None
 
 
-def _entries(features: aliccp.Features, sources: frozenset[str],
-             max_values: int, where: str) -> bytes:
-  """Encodes features as the converter does, truncation included."""
-  misplaced = sorted(set(features) - sources)
-  if misplaced:
-    # Both sides of the join would write the field; a parser keeps one.
-    raise InputError(f"{where}: field(s) {', '.join(misplaced)} belong to "
-                     "the other file of the Ali-CCP join")
-  return examples.field_entries(examples.limit_values(features,
-                                                      max_values)[0])
-
-
 def load_common_features(files: Sequence[str],
                          max_values: int) -> dict[str, bytes]:
   """The encoded user-side features of ``common_features_*.csv`` by index."""
@@ -93,14 +77,13 @@ def load_common_features(files: Sequence[str],
     for number, line in _text_lines(path):
       where = f"{path}:{number}"
       try:
-        row = aliccp.parse_common_line(line)
+        index, encoded = encode.encode_common(line, max_values)
       except aliccp.BadRowError as error:
         raise InputError(f"{where}: {error}") from None
-      if row.common_feature_index in common:
-        raise InputError(f"{where}: common_feature_index "
-                         f"{row.common_feature_index} appears twice")
-      common[row.common_feature_index] = _entries(
-          row.features, _COMMON_FIELDS, max_values, where)
+      if index in common:
+        raise InputError(f"{where}: common_feature_index {index} appears "
+                         "twice")
+      common[index] = encoded.entries
   return common
 
 
@@ -112,19 +95,18 @@ def _text_records(path: str, input_format: str, max_values: int,
     where = f"{path}:{number}"
     try:
       if input_format == "paddlerec":
-        row = aliccp.parse_paddlerec_line(line)
-        entries = _entries(row.features, _ALL_FIELDS, max_values, where)
+        row, encoded = encode.encode_paddlerec(line, max_values)
+        entries = (encoded.entries,)
       else:
-        row = aliccp.parse_skeleton_line(line)
+        row, encoded = encode.encode_skeleton(line, max_values)
         if row.common_feature_index not in common:
           raise InputError(f"{where}: common_feature_index "
                            f"{row.common_feature_index} is not in "
                            "--common_features")
-        entries = common[row.common_feature_index] + _entries(
-            row.features, _SAMPLE_FIELDS, max_values, where)
+        entries = (common[row.common_feature_index], encoded.entries)
     except aliccp.BadRowError as error:
       raise InputError(f"{where}: {error}") from None
-    yield row.sample_id, examples.example_from_entries(entries), where
+    yield row.sample_id, examples.example_from_entries(*entries), where
 
 
 def _batched(records: Iterator[tuple[str, bytes, str]],
@@ -168,9 +150,10 @@ def _tfrecord_batches(path: str, batch_size: int) -> Iterator[Batch]:
                      f"{_reason(error)}") from None
 
 
-def read_batches(files: Sequence[str], input_format: str, batch_size: int,
-                 common_files: Sequence[str] = (),
-                 max_values: int = DEFAULT_MAX_VALUES) -> Iterator[Batch]:
+def read_batches(
+    files: Sequence[str], input_format: str, batch_size: int,
+    common_files: Sequence[str] = (),
+    max_values: int = encode.DEFAULT_MAX_VALUES_PER_FIELD) -> Iterator[Batch]:
   """The batches to score, in file order."""
   if input_format not in INPUT_FORMATS:
     raise ValueError(f"input_format must be one of {', '.join(INPUT_FORMATS)}"
@@ -205,7 +188,7 @@ def score(signature: Callable[..., dict[str, tf.Tensor]],
         except tf.errors.InvalidArgumentError as error:
           raise InputError(
               f"{where}: the model rejected it: {_reason(error)}") from None
-        columns = [outputs[name].numpy() for name in serving.OUTPUT_NAMES]
+        columns = [outputs[name].numpy() for name in schema.OUTPUT_NAMES]
         for sample_id, *values in zip(ids, *columns):
           writer.writerow([sample_id] + [f"{v:.9g}" for v in values])
         count += len(ids)
@@ -227,12 +210,6 @@ def files(flag: str, pattern: str) -> list[str]:
 def load_signature(path: str) -> Callable[..., dict[str, tf.Tensor]]:
   """The ``serving_default`` signature of a SavedModel or export base."""
   try:
-    directory = export.resolve_saved_model(path)
-    signatures = tf.saved_model.load(directory).signatures
-  except (OSError, ValueError, tf.errors.OpError) as error:
+    return export.load_serving_signature(path)[1]
+  except (FileNotFoundError, ValueError) as error:
     raise InputError(f"--saved_model: {error}") from None
-  if serving.EXAMPLES_SIGNATURE not in signatures:
-    raise InputError(
-        f"--saved_model: {directory} has no {serving.EXAMPLES_SIGNATURE} "
-        f"signature (it has {', '.join(signatures) or 'none'})")
-  return signatures[serving.EXAMPLES_SIGNATURE]

@@ -36,7 +36,6 @@ DENSE_WEIGHTED_SIGNATURE = "predict_dense_weighted"
 SIGNATURE_NAMES = (EXAMPLES_SIGNATURE, DENSE_SIGNATURE,
                    DENSE_WEIGHTED_SIGNATURE)
 EXAMPLES_INPUT = "examples"
-OUTPUT_NAMES = ("ctr", "cvr", "ctcvr")
 
 Features = dict[str, tf.RaggedTensor]
 # One impression as a client holds it: feature name to its ids or weights.
@@ -126,7 +125,7 @@ class ServingModule(tf.Module):
     def predict(features: Features) -> dict[str, tf.Tensor]:
       outputs = model(features, training=False)
       return {name: tf.identity(tf.cast(outputs[name], tf.float32),
-                                name=name) for name in OUTPUT_NAMES}
+                                name=name) for name in schema.OUTPUT_NAMES}
 
     self.serve_examples = tf.function(
         lambda examples: predict(parse_examples(examples)),

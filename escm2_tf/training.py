@@ -40,6 +40,7 @@ from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import optimizers
 from escm2_tf import run_dir
+from escm2_tf import schema
 from escm2_tf import validation
 from escm2_tf import vocab
 
@@ -317,7 +318,7 @@ def _evaluate(model: keras.Model,
   """Scores the eval data exactly and writes ``metrics.json``."""
   predictions = evaluation.predict_keras_model(model, config.eval_data,
                                                config.batch_size)
-  for name in evaluation.PREDICTION_NAMES:
+  for name in schema.OUTPUT_NAMES:
     if not np.all(np.isfinite(predictions[name])):
       raise TrainingDivergedError(
           f"the final model predicts NaN or infinite {name} on eval_data")

@@ -4,18 +4,13 @@ import dataclasses
 from typing import Optional
 
 from escm2_tf import options
+from escm2_tf.formats import encode
 from escm2_tf.options import ConfigError
 from escm2_tf.options import option
 
 INPUT_FORMATS = ("aliccp", "paddlerec")
 JOINS = ("side_input", "cogroup")
 
-# A user's four behaviour fields carry ~500 ids. Measured on 100k simulated
-# impressions (gzip bytes / ids per example / tf.data parse rate on 2 cores):
-# all 182 B / 529 / 39k/s, 50: 89 B / 215 / 98k/s, 20: 67 B / 99 / 155k/s,
-# 10: 60 B / 59 / 154k/s. 20 keeps each user's 80 heaviest behaviours at the
-# parse rate of 10; more ids cost input rate and model time per example.
-DEFAULT_MAX_VALUES_PER_FIELD = 20
 DEFAULT_MAX_BAD_FRACTION = 0.01
 
 
@@ -51,7 +46,8 @@ class ConvertConfig:
   skeleton: Optional[str] = option(None, group="input")
   common_features: Optional[str] = option(None, group="input")
   input: Optional[str] = option(None, group="input")
-  max_values_per_field: int = option(DEFAULT_MAX_VALUES_PER_FIELD, minimum=0)
+  max_values_per_field: int = option(
+      encode.DEFAULT_MAX_VALUES_PER_FIELD, minimum=0)
   keep_unclicked_conversions: bool = False
   max_bad_fraction: float = option(DEFAULT_MAX_BAD_FRACTION, minimum=0.0,
                                    maximum=1.0)

@@ -16,8 +16,8 @@ from apache_beam import pvalue
 from apache_beam.transforms import window
 
 from escm2_tf.formats import aliccp
+from escm2_tf.formats import encode
 from escm2_tf.formats import examples
-from escm2_pipelines import rows
 from escm2_pipelines import tally as tally_lib
 
 REJECTED = "rejected"
@@ -92,7 +92,7 @@ class EncodeCommonFn(_CountingDoFn):
     source, line = element
     self._tally.counts[tally_lib.COMMON_ROWS_READ] += 1
     try:
-      index, encoded = rows.encode_common(_decoded(line), self._max_values)
+      index, encoded = encode.encode_common(_decoded(line), self._max_values)
     except aliccp.BadRowError as e:
       yield self._rejected(e.reason, source, line, common=True)
       return
@@ -112,14 +112,14 @@ class _ImpressionFn(_CountingDoFn):
                   missing_reason: str) -> bytes | pvalue.TaggedOutput | None:
     """The example of a line read, its rejection, or None if dropped."""
     try:
-      row, encoded = rows.encode_skeleton(line, self._max_values)
+      row, encoded = encode.encode_skeleton(line, self._max_values)
     except aliccp.BadRowError as e:
       return self._rejected(e.reason, source, line)
     self._tally.parsed(encoded.truncated, encoded.ignored,
                        encoded.unstored_values)
     if user_entries is None:
       return self._rejected(missing_reason, source, line)
-    if rows.is_unclicked_conversion(row) and not self._keep_unclicked:
+    if encode.is_unclicked_conversion(row) and not self._keep_unclicked:
       self._tally.counts[tally_lib.ROWS_DROPPED] += 1
       return None
     self._tally.written(row.click, row.conversion)
@@ -225,7 +225,7 @@ class EncodePaddleRecFn(_CountingDoFn):
     for source, line in lines:
       self._tally.counts[tally_lib.ROWS_READ] += 1
       try:
-        row, encoded = rows.encode_paddlerec(_decoded(line), self._max_values)
+        row, encoded = encode.encode_paddlerec(_decoded(line), self._max_values)
       except aliccp.BadRowError as e:
         yield self._rejected(e.reason, source, line)
         continue
@@ -234,7 +234,7 @@ class EncodePaddleRecFn(_CountingDoFn):
       if encoded.padding_ids:
         beam.metrics.Metrics.counter(METRICS_NAMESPACE, PADDING_IDS).inc(
             encoded.padding_ids)
-      if rows.is_unclicked_conversion(row) and not self._keep_unclicked:
+      if encode.is_unclicked_conversion(row) and not self._keep_unclicked:
         self._tally.counts[tally_lib.ROWS_DROPPED] += 1
         continue
       self._tally.written(row.click, row.conversion)

@@ -13,9 +13,9 @@ from typing import Optional
 
 from apache_beam.io.filesystems import FileSystems
 
+from escm2_tf.formats import encode
 from escm2_pipelines import config as config_lib
 from escm2_pipelines import ranges
-from escm2_pipelines import rows
 
 # A dict entry beyond its encoded bytes: key string, bytes header, hash slot,
 # and the row's share of the list that carries it to the main process.
@@ -84,7 +84,7 @@ def side_input_bytes(config: config_lib.ConvertConfig) -> tuple[int, int]:
   encoded = 0
   for line in sample:
     try:
-      _, row = rows.encode_common(line.decode().rstrip("\r\n"),
+      _, row = encode.encode_common(line.decode().rstrip("\r\n"),
                                   config.max_values_per_field)
       encoded += len(row.entries)
     except (ValueError, UnicodeDecodeError):

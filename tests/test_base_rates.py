@@ -106,7 +106,7 @@ class ModelStartTest(tf.test.TestCase, parameterized.TestCase):
     model = model_lib.build_model(_TINY, loss_config, _VOCABULARIES,
                                   base_rates=RATES)
     outputs = model(_features())
-    tasks = model_lib.task_names(loss_config)
+    tasks = model.task.tower_names
     self.assertAllClose(_output_biases(model), RATES.output_biases(tasks))
     # The hidden layers add a little spread around the biases.
     self.assertAllClose(np.mean(outputs["ctr"]), RATES.ctr, rtol=0.2)

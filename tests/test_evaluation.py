@@ -169,7 +169,7 @@ class ScoringTest(tf.test.TestCase):
     self.assertLen(np.unique(ids), len(ids))
     for name in schema.LABELS:
       self.assertAllEqual(keras_columns[name], saved_columns[name])
-    for name in evaluation.PREDICTION_NAMES:
+    for name in schema.OUTPUT_NAMES:
       self.assertAllClose(keras_columns[name], saved_columns[name],
                           atol=1e-6, rtol=0)
       self.assertAllInRange(keras_columns[name], 0.0, 1.0)
@@ -185,7 +185,7 @@ class ScoringTest(tf.test.TestCase):
               enumerate(columns[schema.SAMPLE_ID])}
     rows = [row_of[sample_id.decode()]
             for sample_id in features[schema.SAMPLE_ID].numpy()]
-    for name in evaluation.PREDICTION_NAMES:
+    for name in schema.OUTPUT_NAMES:
       self.assertAllClose(columns[name][rows], expected[name], atol=1e-6,
                           rtol=0)
 

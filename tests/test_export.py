@@ -92,7 +92,7 @@ def _ragged_features(rows, weights: bool = True) -> dict[str, tf.Tensor]:
 
 def _expected(model, rows, weights: bool = True) -> dict[str, np.ndarray]:
   outputs = model(_ragged_features(rows, weights), training=False)
-  return {name: outputs[name].numpy() for name in serving.OUTPUT_NAMES}
+  return {name: outputs[name].numpy() for name in schema.OUTPUT_NAMES}
 
 
 def _touch(path: str) -> str:
@@ -117,7 +117,7 @@ class ExportedModelTest(tf.test.TestCase):
     cls.loaded = tf.saved_model.load(cls.path)
 
   def _check_outputs(self, outputs, expected):
-    for name in serving.OUTPUT_NAMES:
+    for name in schema.OUTPUT_NAMES:
       self.assertEqual(outputs[name].dtype, np.float32)
       self.assertAllClose(outputs[name], expected[name], atol=_TOLERANCE,
                           rtol=0)
@@ -186,7 +186,7 @@ class ExportedModelTest(tf.test.TestCase):
       expected = _expected(self.model, self.rows,
                            weights=signature != serving.DENSE_SIGNATURE)
       self._check_outputs({name: results[f"{signature}/{name}"]
-                           for name in serving.OUTPUT_NAMES}, expected)
+                           for name in schema.OUTPUT_NAMES}, expected)
 
   def _saved_model_cli(self, signature: str, *arguments: str):
     outdir = testing.new_dir()
@@ -196,7 +196,7 @@ class ExportedModelTest(tf.test.TestCase):
          *arguments])
     self.assertEqual(process.returncode, 0, process.stderr[-2000:])
     return {name: np.load(os.path.join(outdir, f"{name}.npy"))
-            for name in serving.OUTPUT_NAMES}
+            for name in schema.OUTPUT_NAMES}
 
   def test_saved_model_cli_session_loader_examples(self):
     # saved_model_cli builds the tf.Examples itself from feature lists.
@@ -211,7 +211,7 @@ class ExportedModelTest(tf.test.TestCase):
       inputs = serving.signature_request(signature, [])
       outputs = self.loaded.signatures[signature](
           **{k: tf.constant(v) for k, v in inputs.items()})
-      for name in serving.OUTPUT_NAMES:
+      for name in schema.OUTPUT_NAMES:
         self.assertEqual(outputs[name].shape, (0,), signature)
 
   def test_bad_requests_raise_and_the_model_keeps_serving(self):
@@ -267,7 +267,7 @@ class ExportOptionsTest(tf.test.TestCase, parameterized.TestCase):
                                        for k, v in inputs.items()})
     expected = _expected(model, rows)
     self.assertNotIn("imputation", outputs)
-    for name in serving.OUTPUT_NAMES:
+    for name in schema.OUTPUT_NAMES:
       self.assertAllClose(outputs[name], expected[name], atol=_TOLERANCE,
                           rtol=0)
 

@@ -83,7 +83,7 @@ def _outputs(function, rows) -> dict[str, np.ndarray]:
         inputs[serving.EXAMPLES_INPUT], schema.serving_feature_spec()))
   else:
     outputs = function(**{k: tf.constant(v) for k, v in inputs.items()})
-  return {name: outputs[name].numpy() for name in serving.OUTPUT_NAMES}
+  return {name: outputs[name].numpy() for name in schema.OUTPUT_NAMES}
 
 
 class ExportCliTest(tf.test.TestCase, parameterized.TestCase):
@@ -124,7 +124,7 @@ class ExportCliTest(tf.test.TestCase, parameterized.TestCase):
     initial = _outputs(model_lib.build_model(
         _MODEL_CONFIG, _LOSS_CONFIG, vocab.load_vocabularies(self.vocab_dir)),
                        _rows())
-    for name in serving.OUTPUT_NAMES:
+    for name in schema.OUTPUT_NAMES:
       self.assertAllClose(served[name], trained[name], atol=_TOLERANCE,
                           rtol=0)
       # The checkpoint, not the seeded initialisation, was restored.

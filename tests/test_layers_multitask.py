@@ -12,7 +12,6 @@ import tf_keras as keras
 import layer_testing
 import testing
 from escm2_tf import layers
-from escm2_tf import model as model_lib
 
 class MMoETest(tf.test.TestCase, parameterized.TestCase):
 
@@ -117,7 +116,7 @@ class SerializationTest(tf.test.TestCase, parameterized.TestCase):
     inputs = keras.Input(shape=(6,))
     hidden = layers.MMoE(3, (8,), 3, dropout=0.1, seed=1)(inputs)
     logits = layers.TaskTowers(3, (4,), dropout=0.1, seed=2)(hidden)
-    model = keras.Model(inputs, model_lib.Heads(True)(logits))
+    model = keras.Model(inputs, layers.Heads(True)(logits))
     path = os.path.join(testing.new_dir(), "model.keras")
     model.save(path)
     loaded = keras.models.load_model(path)

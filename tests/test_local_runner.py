@@ -19,13 +19,13 @@ import tensorflow as tf
 
 import testing
 from escm2_tf import simulator
+from escm2_tf.formats import encode
 from escm2_pipelines import config as config_lib
 from escm2_pipelines import convert
 from escm2_pipelines import dofns
 from escm2_pipelines import local
 from escm2_pipelines import ranges
 from escm2_pipelines import resources
-from escm2_pipelines import rows
 from escm2_pipelines import sinks
 from escm2_pipelines import tfrecord
 from escm2_pipelines import transforms
@@ -303,7 +303,7 @@ class MemoryCheckTest(absltest.TestCase):
     text, estimate = resources.side_input_bytes(config)
     self.assertEqual(text, os.path.getsize(inputs["common_features"]))
     with open(inputs["common_features"]) as f:
-      encoded = sum(len(rows.encode_common(line.rstrip("\n"), 20)[1].entries)
+      encoded = sum(len(encode.encode_common(line.rstrip("\n"), 20)[1].entries)
                     for line in f)
     self.assertBetween(estimate, encoded, 3 * encoded)
 

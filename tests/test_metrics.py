@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 from escm2_tf import metrics
+from escm2_tf import schema
 
 
 def pairwise_auc(labels, scores):
@@ -260,7 +261,7 @@ class TrainMetricsTest(tf.test.TestCase, parameterized.TestCase):
   @parameterized.parameters(0, 1)
   def test_streaming_auc_approximates_exact(self, seed):
     batches = self.make_batches(seed)
-    train_metrics = metrics.make_train_metrics()
+    train_metrics = [metrics.TaskAUC(name) for name in schema.OUTPUT_NAMES]
     self.assertEqual([m.name for m in train_metrics],
                      ["auc_ctr", "auc_cvr", "auc_ctcvr"])
     for labels, outputs in batches:

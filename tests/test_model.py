@@ -13,7 +13,6 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-import layer_testing
 from escm2_tf import config as config_lib
 from escm2_tf import losses
 from escm2_tf import model as model_lib
@@ -109,31 +108,7 @@ class OutputsTest(tf.test.TestCase, parameterized.TestCase):
                             losses.LossConfig(), vocabularies)
 
 
-class HeadsTest(tf.test.TestCase):
-
-  def test_ctcvr_is_the_product_and_imputation_is_unbounded(self):
-    logits = tf.constant([[0.0, 1.0, 3.0], [-2.0, 0.5, -4.0]])
-    outputs = model_lib.Heads(with_imputation=True)(logits)
-    self.assertCountEqual(outputs, ["ctr", "cvr", "ctcvr", "imputation"])
-    self.assertAllClose(outputs["ctcvr"], outputs["ctr"] * outputs["cvr"])
-    self.assertAllClose(outputs["imputation"], np.log1p(np.exp([3.0, -4.0])))
-    self.assertGreater(outputs["imputation"][0], 1.0)
-    self.assertNotIn("imputation", model_lib.Heads(False)(logits))
-
-  def test_pseudo_label_is_a_probability(self):
-    logits = tf.constant([[0.0, 1.0, 3.0], [-2.0, 0.5, -4.0]])
-    outputs = model_lib.Heads(True, pseudo_label=True)(logits)
-    self.assertAllClose(outputs["imputation"], 1 / (1 + np.exp([-3.0, 4.0])))
-
-  def test_config_round_trip(self):
-    logits = tf.constant([[0.0, 1.0, 3.0], [-2.0, 0.5, -4.0]])
-    for with_imputation, pseudo_label in ((False, False), (True, False),
-                                          (True, True)):
-      rebuilt = layer_testing.assert_layer_serializes(
-          self, model_lib.Heads(with_imputation, pseudo_label, name="heads"),
-          logits)
-      self.assertEqual(rebuilt.with_imputation, with_imputation)
-      self.assertEqual(rebuilt.pseudo_label, pseudo_label)
+class NetworkConfigTest(tf.test.TestCase):
 
   def test_network_config_rebuilds_the_network(self):
     model = _build("dr", use_weights=True, oov_buckets=2, dropout=0.1)

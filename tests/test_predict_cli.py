@@ -84,7 +84,7 @@ def _expected(model, rows) -> np.ndarray:
       dtype=tf.float32 if name in schema.WEIGHT_NAMES else tf.int64,
       ragged_rank=1) for name in schema.FIELD_NAMES + schema.WEIGHT_NAMES}
   outputs = model(features, training=False)
-  return np.stack([outputs[name].numpy() for name in serving.OUTPUT_NAMES],
+  return np.stack([outputs[name].numpy() for name in schema.OUTPUT_NAMES],
                   axis=1)
 
 
@@ -214,7 +214,8 @@ class PredictCliTest(tf.test.TestCase, parameterized.TestCase):
     data = _write_lines(os.path.join(self.get_temp_dir(), "s.csv"), skeleton)
     common_path = _write_lines(os.path.join(self.get_temp_dir(), "c.csv"),
                                common)
-    self._failing_run(f"{data}:2: field(s) 101 belong to the other file",
+    self._failing_run(f"{data}:2: wrong_source_field: field(s) 101 belong "
+                      "to the other file of the Ali-CCP join",
                       data=data, input_format="aliccp",
                       common_features=common_path)
 

@@ -9,8 +9,8 @@ from absl.testing import parameterized
 import testing
 from escm2_tf import simulator
 from escm2_tf.formats import aliccp
+from escm2_tf.formats import encode
 from escm2_tf.formats import examples
-from escm2_pipelines import rows
 
 _DEMO = os.path.join(os.path.dirname(__file__), "testdata", "paddlerec_demo",
                      "train", "small.txt")
@@ -56,7 +56,7 @@ def _outcome(function, *args):
 
 
 def _cached(line, max_values):
-  row, encoded = rows.encode_paddlerec(line, max_values)
+  row, encoded = encode.encode_paddlerec(line, max_values)
   aliccp_row = aliccp.parse_paddlerec_line(line)
   assert (row.sample_id, row.click, row.conversion) == (
       aliccp_row.sample_id, aliccp_row.click, aliccp_row.conversion)

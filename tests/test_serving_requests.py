@@ -140,10 +140,10 @@ class ServingRequestsTest(tf.test.TestCase):
                   for row in rows]
     outputs = self.model(tf.io.parse_example(
         serialized, schema.serving_feature_spec()), training=False)
-    return {name: outputs[name].numpy() for name in serving.OUTPUT_NAMES}
+    return {name: outputs[name].numpy() for name in schema.OUTPUT_NAMES}
 
   def _check(self, outputs, expected):
-    for name in serving.OUTPUT_NAMES:
+    for name in schema.OUTPUT_NAMES:
       self.assertAllClose(outputs[name], expected[name], atol=_TOLERANCE,
                           rtol=0)
       self.assertAllInRange(outputs[name], 0.0, 1.0)
@@ -202,7 +202,7 @@ class ServingRequestsTest(tf.test.TestCase):
         request.inputs[name].CopyFrom(tf.make_tensor_proto(value))
       response = self._grpc_predict(request)
       outputs = {name: tf.make_ndarray(response.outputs[name])
-                 for name in serving.OUTPUT_NAMES}
+                 for name in schema.OUTPUT_NAMES}
       rows = self.rows if signature != serving.DENSE_SIGNATURE else [
           {k: v for k, v in row.items() if k in schema.FIELD_NAMES}
           for row in self.rows]
@@ -213,7 +213,7 @@ class ServingRequestsTest(tf.test.TestCase):
         serving.EXAMPLES_SIGNATURE,
         {serving.EXAMPLES_INPUT: np.array([], dtype=object)})
     response = self._grpc_predict(request)
-    for name in serving.OUTPUT_NAMES:
+    for name in schema.OUTPUT_NAMES:
       self.assertEqual(tf.make_ndarray(response.outputs[name]).shape, (0,))
 
   def test_grpc_wrong_dtype_is_an_error(self):
@@ -237,7 +237,7 @@ class ServingRequestsTest(tf.test.TestCase):
       request = log.predict_log.request
       batch = tf.make_ndarray(next(iter(request.inputs.values()))).shape[0]
       response = self._grpc_predict(request)
-      for name in serving.OUTPUT_NAMES:
+      for name in schema.OUTPUT_NAMES:
         values = tf.make_ndarray(response.outputs[name])
         self.assertEqual(values.shape, (batch,))
         self.assertAllInRange(values, 0.0, 1.0)

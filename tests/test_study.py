@@ -221,7 +221,7 @@ class StudyCliTest(parameterized.TestCase):
     with open(os.path.join(output_dir, "study.md")) as f:
       markdown = f.read()
     self.assertIn("| tiny | ESCM2-IPW |", markdown)
-    self.assertIn("## Target of issue 11", markdown)
+    self.assertIn("## Target: ESCM2 at most half of ESMM's bias", markdown)
     for name in ("bias.png", "reliability_tiny.png"):
       with open(os.path.join(output_dir, name), "rb") as f:
         self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")

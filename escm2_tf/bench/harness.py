@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from escm2_tf import data
+from escm2_tf import export
 from escm2_tf import schema
 from escm2_tf import serving
 
@@ -193,8 +194,7 @@ def measure_serving(saved_model: str, file_pattern: str,
   batch of serialized tf.Examples from ``file_pattern`` (parsing, lookup,
   network and the copy of the outputs to numpy are all timed).
   """
-  signature = tf.saved_model.load(saved_model).signatures[
-      serving.EXAMPLES_SIGNATURE]
+  signature = export.load_serving_signature(saved_model)[1]
   needed = 4 * max(batch_sizes)
   records = [record.numpy() for record in tf.data.TFRecordDataset(
       data.list_files(file_pattern), compression_type="GZIP").take(needed)]

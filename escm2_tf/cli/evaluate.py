@@ -79,20 +79,12 @@ def _check_flags(settings: EvaluateFlags) -> str:
 
 
 def _load(saved_model: str) -> Any:
-  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf
-  from escm2_tf import serving
-  # pylint: enable=g-import-not-at-top
+  """The ``serving_default`` signature of the SavedModel directory."""
+  from escm2_tf import export  # pylint: disable=g-import-not-at-top
   try:
-    loaded = tf.saved_model.load(saved_model)
-  except (OSError, ValueError, tf.errors.OpError) as e:
-    raise ConfigError("saved_model", f"cannot load {saved_model}: "
-                      f"{str(e).splitlines()[0]}") from None
-  if serving.EXAMPLES_SIGNATURE not in loaded.signatures:
-    raise ConfigError(
-        "saved_model", f"{saved_model} has no {serving.EXAMPLES_SIGNATURE} "
-        f"signature (it has {', '.join(loaded.signatures) or 'none'})")
-  return loaded
+    return export.load_serving_signature(saved_model)[1]
+  except (FileNotFoundError, ValueError) as e:
+    raise ConfigError("saved_model", str(e)) from None
 
 
 def _ground_truth(settings: EvaluateFlags) -> Any:
@@ -113,15 +105,13 @@ def _evaluate(settings: EvaluateFlags
   # pylint: disable=g-import-not-at-top
   import tensorflow as tf
   from escm2_tf import evaluation
-  from escm2_tf import serving
   # pylint: enable=g-import-not-at-top
   saved_model = _check_flags(settings)
   ground_truth = _ground_truth(settings)
-  loaded = _load(saved_model)
+  signature = _load(saved_model)
   try:
-    predictions = evaluation.predict_saved_model(
-        loaded.signatures[serving.EXAMPLES_SIGNATURE], settings.data,
-        settings.batch_size)
+    predictions = evaluation.predict_saved_model(signature, settings.data,
+                                                 settings.batch_size)
   except tf.errors.OpError as e:
     raise ConfigError("data", f"cannot score {settings.data!r}: "
                       f"{e.message.splitlines()[0]}") from None

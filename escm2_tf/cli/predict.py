@@ -22,10 +22,10 @@ import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 import dataclasses
 from typing import Sequence
 
-from escm2_pipelines import config as convert_config
 from escm2_tf import config as config_lib
 from escm2_tf import flagbind
 from escm2_tf import options
+from escm2_tf.formats import encode
 from escm2_tf.options import ConfigError
 from escm2_tf.options import option
 
@@ -56,7 +56,7 @@ class PredictFlags:
                              group="input")
   common_features: str | None = option(None, group="input")
   max_values_per_field: int = option(
-      convert_config.DEFAULT_MAX_VALUES_PER_FIELD, minimum=0, group="input")
+      encode.DEFAULT_MAX_VALUES_PER_FIELD, minimum=0, group="input")
   batch_size: int = option(4096, minimum=1, group="input")
   output: str = option("", group="output")
 

@@ -8,7 +8,7 @@ simulates one dataset per (regime, seed), trains every estimator on it with
 the library's default configuration, scores it against the simulator's truth
 and writes ``study.json`` (every run and the summary), ``study.md`` (tables
 of means and 95 % intervals over seeds, paired differences against ESMM and
-naive, the verdict on issue 11's target) and PNG figures (with the optional
+naive, the verdict on the study's target) and PNG figures (with the optional
 matplotlib). A line per finished run shows its numbers and the ETA. A study
 that is interrupted resumes: runs already in ``study.json`` are skipped and
 finished datasets in ``--work_dir`` are reused.

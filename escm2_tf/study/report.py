@@ -2,7 +2,7 @@
 
 Tables: per regime and estimator the mean and 95 % interval over seeds of the
 bias and quality metrics; the paired differences against ESMM and naive; the
-verdict on issue 11's target. Figures (``escm2_tf.plotting``, which needs the
+verdict on the study's target. Figures (``escm2_tf.plotting``, which needs the
 optional matplotlib): the entire-space bias with its intervals per regime, and
 reliability curves of pCTR and pCVR against the true probabilities, the
 deciles averaged over seeds.
@@ -104,7 +104,7 @@ def markdown(results: Mapping[str, Any]) -> str:
                      _cell(differences["bias"], "difference")])
   lines += _table(["regime", "estimator", "vs", "Δ\\|bias\\|", "Δbias"],
                   rows)
-  lines += ["", "## Target of issue 11", "",
+  lines += ["", "## Target: ESCM2 at most half of ESMM's bias", "",
             "Met when ESCM2-IPW and ESCM2-DR both have a paired Δ\\|bias\\| "
             "interval below zero against ESMM and against naive, and the "
             "better of them at most half of ESMM's mean |bias|.", ""]

@@ -1,6 +1,6 @@
 """The study's summary: intervals per estimator, paired differences, verdicts.
 
-The verdict follows issue 11's target for ESCM2: in a regime, IPW and DR each
+The verdict follows the study's target for ESCM2: in a regime, IPW and DR each
 have an entire-space |cvr_bias| below both ESMM's and the naive estimator's,
 with 95 % intervals of the paired |bias| difference that exclude zero, and the
 better of the two has at most half of ESMM's mean |bias|.
@@ -85,7 +85,7 @@ def _below(difference: Mapping[str, float | None] | None) -> bool:
 
 def verdict(metrics: Mapping[str, Mapping[str, Any]],
             paired: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-  """Whether ESCM2 meets issue 11's target in one regime.
+  """Whether ESCM2 meets the study's target in one regime.
 
   Returns:
     Per counterfactual estimator ``below_esmm``/``below_naive`` (its paired

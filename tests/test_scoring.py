@@ -1,0 +1,97 @@
+"""Tests of escm2_tf.scoring: raw rows become the converter's very records."""
+
+import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
+
+import glob
+import os
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import tensorflow as tf
+
+import testing
+from escm2_tf import scoring
+from escm2_tf import simulator
+from escm2_pipelines import convert
+
+_DEMO = os.path.join(os.path.dirname(__file__), "testdata", "paddlerec_demo",
+                     "train", "small.txt")
+
+
+def _simulate(input_format: str) -> dict[str, str]:
+  """Small raw files of ``input_format``; the converter's inputs."""
+  raw_dir = testing.new_dir()
+  simulator.simulate(simulator.SimulatorConfig(
+      num_train=400, num_test=1, num_users=30, num_items=300, seed=4,
+      behaviour_length=40, format=input_format), raw_dir)
+  if input_format == "paddlerec":
+    return {"input": os.path.join(raw_dir, "paddlerec_train.txt")}
+  return {"skeleton": os.path.join(raw_dir, "sample_skeleton_train.csv"),
+          "common_features": os.path.join(raw_dir,
+                                          "common_features_train.csv")}
+
+
+def _converted(input_format: str, inputs: dict[str, str],
+               max_values: int) -> list[bytes]:
+  output_dir = os.path.join(testing.new_dir(), "converted")
+  convert.convert(output_dir, input_format=input_format,
+                  max_values_per_field=max_values,
+                  keep_unclicked_conversions=True, num_workers=1, **inputs)
+  files = sorted(glob.glob(os.path.join(output_dir, "*.tfrecord.gz")))
+  return [record.numpy() for record in tf.data.TFRecordDataset(
+      files, compression_type="GZIP")]
+
+
+def _scored(input_format: str, inputs: dict[str, str],
+            max_values: int) -> tuple[list[str], list[bytes]]:
+  data = inputs.get("input") or inputs["skeleton"]
+  common = [inputs["common_features"]] if "common_features" in inputs else []
+  ids, records = [], []
+  for batch_ids, serialized, _ in scoring.read_batches(
+      [data], input_format, batch_size=64, common_files=common,
+      max_values=max_values):
+    ids += batch_ids
+    records += serialized
+  return ids, records
+
+
+class RawRowsTest(parameterized.TestCase):
+
+  @parameterized.product(input_format=("aliccp", "paddlerec"),
+                         max_values=(0, 3))
+  def test_encoded_as_the_converter_writes_them(self, input_format,
+                                                max_values):
+    inputs = _simulate(input_format)
+    ids, records = _scored(input_format, inputs, max_values)
+    with open(inputs.get("input") or inputs["skeleton"]) as f:
+      self.assertEqual(ids, [line.split(",", 1)[0] for line in f])
+    # The converter's shards need not keep the input's order.
+    self.assertEqual(sorted(records),
+                     sorted(_converted(input_format, inputs, max_values)))
+
+  def test_paddlerec_demo(self):
+    inputs = {"input": _DEMO}
+    self.assertEqual(sorted(_scored("paddlerec", inputs, 20)[1]),
+                     sorted(_converted("paddlerec", inputs, 20)))
+
+
+class LoadSignatureTest(absltest.TestCase):
+
+  def test_a_saved_model_that_does_not_load(self):
+    directory = testing.new_dir()
+    with open(os.path.join(directory, "saved_model.pb"), "wb") as f:
+      f.write(b"not a SavedModel")
+    with self.assertRaisesRegex(
+        scoring.InputError,
+        rf"^--saved_model: cannot load {directory}: [^\n]+$"):
+      scoring.load_signature(directory)
+
+  def test_no_saved_model(self):
+    with self.assertRaisesRegex(
+        scoring.InputError, "^--saved_model: /nonexistent is neither a "
+        "SavedModel directory"):
+      scoring.load_signature("/nonexistent")
+
+
+if __name__ == "__main__":
+  absltest.main()
