@@ -45,6 +45,7 @@ import time
 import zlib
 
 from escm2_tf import flagbind
+from escm2_tf import layout
 from escm2_tf import options
 from escm2_tf import simulator
 from escm2_tf.bench import processes
@@ -80,7 +81,7 @@ class ConvertBenchFlags:
   max_values_per_field: int = option(encode.DEFAULT_MAX_VALUES_PER_FIELD,
                                      minimum=0)
   join: str = option("side_input", choices=config_lib.JOINS)
-  input_format: str = option("aliccp", choices=config_lib.INPUT_FORMATS,
+  input_format: str = option("aliccp", choices=layout.RAW_FORMATS,
                              group="data")
   behaviour_length: int = option(510, minimum=1, group="data")
   baseline_pythonpath: str = ""

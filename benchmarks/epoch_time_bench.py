@@ -24,13 +24,13 @@ import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
 import dataclasses
 import json
-import os
 import shutil
 import tempfile
 import time
 from typing import Any
 
 from escm2_tf import flagbind
+from escm2_tf import layout
 from escm2_tf import options
 from escm2_tf.bench import hparams as hparams_lib
 from escm2_tf.options import ConfigError
@@ -141,12 +141,12 @@ def main(argv):
   overrides = argv[1:]
   data_dir = settings.data_dir
   short_epochs, long_epochs = settings.short_epochs, settings.long_epochs
-  train_files = harness.record_files(os.path.join(data_dir, "train"))
+  train_files = layout.examples(data_dir, layout.TRAIN)
   trainer_argv = [
       f"--flagfile={hparams_lib.flagfile_path(settings.train_flagfile)}",
       f"--train_data={train_files}",
-      f"--eval_data={harness.record_files(os.path.join(data_dir, 'test'))}",
-      f"--vocab_dir={os.path.join(data_dir, 'train', 'vocab')}", *overrides]
+      f"--eval_data={layout.examples(data_dir, layout.TEST)}",
+      f"--vocab_dir={layout.training_vocab_dir(data_dir)}", *overrides]
   num_train = sum(1 for _ in _records(train_files))
   parse = harness.run_isolated(harness.measure_parse, file_pattern=train_files,
                                batch_size=1024,

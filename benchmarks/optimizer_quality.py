@@ -16,13 +16,13 @@ import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
 import dataclasses
 import json
-import os
 import shutil
 import tempfile
 from typing import Any
 
 from escm2_tf import config as config_lib
 from escm2_tf import flagbind
+from escm2_tf import layout
 from escm2_tf import options
 from escm2_tf.bench import hparams as hparams_lib
 from escm2_tf.options import option
@@ -80,9 +80,9 @@ def main(argv):
   data_dir = settings.data_dir
   base = [
       f"--flagfile={hparams_lib.flagfile_path(settings.train_flagfile)}",
-      f"--train_data={harness.record_files(os.path.join(data_dir, 'train'))}",
-      f"--eval_data={harness.record_files(os.path.join(data_dir, 'test'))}",
-      f"--vocab_dir={os.path.join(data_dir, 'train', 'vocab')}", *argv[1:]]
+      f"--train_data={layout.examples(data_dir, layout.TRAIN)}",
+      f"--eval_data={layout.examples(data_dir, layout.TEST)}",
+      f"--vocab_dir={layout.training_vocab_dir(data_dir)}", *argv[1:]]
   for seed in settings.seeds:
     for epochs in settings.epoch_counts:
       for optimizer in settings.optimizers:

@@ -15,6 +15,7 @@ import tempfile
 import time
 
 from escm2_tf import flagbind
+from escm2_tf import layout
 from escm2_tf import options
 from escm2_tf import simulator
 from escm2_tf.options import option
@@ -34,7 +35,7 @@ class SynthBenchFlags:
       deleted afterwards.
   """
   num_impressions: int = option(1_000_000, minimum=2)
-  format: str = option("aliccp", choices=simulator.FORMATS)
+  format: str = option("aliccp", choices=layout.RAW_FORMATS)
   seed: int = option(0, minimum=0)
   output_dir: str = option("", group="output")
 
@@ -59,7 +60,7 @@ def _report(summary: dict, seconds: float, cpu_seconds: float,
     print(f"{os.path.basename(path):28s} {size / 2**20:10.1f} MiB")
   print(f"{'all files':28s} {total / 2**20:10.1f} MiB "
         f"({total / num:,.0f} bytes per impression)")
-  for split in simulator.SPLITS:
+  for split in layout.SPLITS:
     stats = summary[split]
     print(f"{split}: rows {stats['rows']}, clicks {stats['clicks']}, "
           f"conversions {stats['conversions']}, "

@@ -6,7 +6,7 @@ no steps (and no sparse-embedding updates) on moving the mean, and a run that
 stops early stops calibrated. ``escm2-convert`` counts the rates into
 ``stats.json`` beside ``vocab/``; ``read_base_rates`` reads them from there.
 
-    rates = base_rates.read_base_rates(base_rates.stats_path(vocab_dir))
+    rates = base_rates.read_base_rates(layout.stats_beside(vocab_dir))
     model = model_lib.build_model(model_config, loss_config, vocabularies,
                                   base_rates=rates)
 """
@@ -14,11 +14,10 @@ stops early stops calibrated. ``escm2-convert`` counts the rates into
 import dataclasses
 import json
 import math
-import os
 
+from escm2_tf import layout
 from escm2_tf import schema
 
-STATS_FILE = "stats.json"
 # A rate is kept this far from 0 and 1, so that its log-odds stay finite.
 _MIN_RATE = 1e-6
 
@@ -78,11 +77,6 @@ class BaseRates:
     return [biases[task] for task in tasks]
 
 
-def stats_path(vocab_dir: str) -> str:
-  """Where ``escm2-convert`` writes ``stats.json``: beside ``vocab/``."""
-  return os.path.join(os.path.dirname(os.path.normpath(vocab_dir)), STATS_FILE)
-
-
 def read_base_rates(path: str) -> BaseRates:
   """The base rates of the converter's ``stats.json`` at ``path``.
 
@@ -95,7 +89,7 @@ def read_base_rates(path: str) -> BaseRates:
 
   if not tf.io.gfile.exists(path):
     raise StatsError(f"{path} not found; escm2-convert writes it beside "
-                     "vocab/ of the data it converts")
+                     f"{layout.VOCAB_DIR}/ of the data it converts")
   try:
     with tf.io.gfile.GFile(path) as f:
       stats = json.load(f)

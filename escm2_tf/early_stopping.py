@@ -17,11 +17,12 @@ import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 import json
 import math
 import os
-import secrets
 from typing import Any, Callable
 
 import tensorflow as tf
 import tf_keras as keras
+
+from escm2_tf import layout
 
 STATE_FILE = "early_stopping.json"
 
@@ -172,12 +173,9 @@ class ResumableEarlyStopping(keras.callbacks.Callback):
       return
     content = {"monitor": self.monitor,
                "epochs": {str(e): s for e, s in sorted(self._history.items())}}
-    directory = os.path.dirname(self.state_path)
-    tf.io.gfile.makedirs(directory)
-    temporary = os.path.join(directory, f".{STATE_FILE}.{secrets.token_hex(4)}")
-    with tf.io.gfile.GFile(temporary, "w") as f:
-      json.dump(content, f, indent=1)
-    tf.io.gfile.rename(temporary, self.state_path, overwrite=True)
+    tf.io.gfile.makedirs(os.path.dirname(self.state_path))
+    layout.atomic_write(self.state_path, json.dumps(content, indent=1),
+                        layout.GFileSystem(tf.io.gfile))
 
 
 def restore_network(model: keras.Model, path: str) -> None:

@@ -24,12 +24,10 @@ import tensorflow as tf
 import tf_keras as keras
 
 from escm2_tf import data
+from escm2_tf import layout
 from escm2_tf import metrics as metrics_lib
 from escm2_tf import schema
 from escm2_tf import serving
-
-GROUND_TRUTH_COLUMNS = ("p_click", "p_conversion", "conversion_counterfactual")
-GROUND_TRUTH_HEADER = (schema.SAMPLE_ID,) + GROUND_TRUTH_COLUMNS
 
 Columns = dict[str, np.ndarray]
 
@@ -182,23 +180,24 @@ def read_ground_truth(path: str) -> Columns:
   """
   if not tf.io.gfile.exists(path):
     raise GroundTruthError(f"{path}: ground-truth file not found")
-  columns: dict[str, list[Any]] = {name: [] for name in GROUND_TRUTH_HEADER}
+  expected = layout.GROUND_TRUTH_HEADER
+  columns: dict[str, list[Any]] = {name: [] for name in expected}
   with tf.io.gfile.GFile(path, "r") as f:
     reader = csv.reader(f)
     header = tuple(next(reader, ()))
-    if header != GROUND_TRUTH_HEADER:
+    if header != expected:
       raise GroundTruthError(f"{path}:1: header is {','.join(header)!r}, "
-                             f"expected {','.join(GROUND_TRUTH_HEADER)!r}")
+                             f"expected {','.join(expected)!r}")
     for line_number, row in enumerate(reader, start=2):
-      if len(row) != len(GROUND_TRUTH_HEADER):
+      if len(row) != len(expected):
         raise GroundTruthError(f"{path}:{line_number}: {len(row)} columns, "
-                               f"expected {len(GROUND_TRUTH_HEADER)}")
+                               f"expected {len(expected)}")
       try:
         values = [float(value) for value in row[1:]]
       except ValueError:
         raise GroundTruthError(
             f"{path}:{line_number}: non-numeric value in {row!r}") from None
-      for name, value in zip(GROUND_TRUTH_HEADER, [row[0]] + values):
+      for name, value in zip(expected, [row[0]] + values):
         columns[name].append(value)
   return {name: np.asarray(values, dtype=str if name == schema.SAMPLE_ID
                            else np.float64)
@@ -235,7 +234,8 @@ def align_ground_truth(ground_truth: Columns, sample_ids: np.ndarray,
         f"ground-truth row (first sample_id {str(missing[0])!r}); is it the "
         "ground truth of this data?")
   rows = order[position]
-  return {name: ground_truth[name][rows] for name in GROUND_TRUTH_COLUMNS}
+  return {name: ground_truth[name][rows]
+          for name in layout.GROUND_TRUTH_COLUMNS}
 
 
 def compute_metrics(predictions: Columns, ground_truth: Columns | None = None,
@@ -277,12 +277,10 @@ def json_metrics(metrics: Mapping[str, int | float]
 
 
 def write_json(path: str, content: Mapping[str, Any]) -> None:
-  """Writes strict JSON atomically: a temporary file, then a rename."""
-  temporary = f"{path}.tmp"
-  with tf.io.gfile.GFile(temporary, "w") as f:
-    f.write(json.dumps(content, indent=2, sort_keys=True, allow_nan=False))
-    f.write("\n")
-  tf.io.gfile.rename(temporary, path, overwrite=True)
+  """Writes strict JSON atomically, on any ``tf.io.gfile`` file system."""
+  layout.atomic_write(
+      path, json.dumps(content, indent=2, sort_keys=True, allow_nan=False)
+      + "\n", layout.GFileSystem(tf.io.gfile))
 
 
 def write_metrics(path: str, metrics: Mapping[str, int | float]) -> None:

@@ -17,10 +17,11 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from escm2_tf import layout
 from escm2_tf import schema
 
-_GROUND_TRUTH_KEYS = ("p_conversion", "conversion_counterfactual")
-_P_CLICK = "p_click"
+_GROUND_TRUTH_KEYS = (layout.P_CONVERSION, layout.CONVERSION_COUNTERFACTUAL)
+_P_CLICK = layout.P_CLICK
 # TaskAUC buckets log(score) evenly over [log(_MIN_SCORE), 0].
 _MIN_SCORE = 1e-7
 

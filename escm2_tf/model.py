@@ -266,7 +266,7 @@ def build_model(model_config: config_lib.ModelConfig,
     vocabularies: Field name -> raw ids (``vocab.load_vocabularies``), for
       every field of ``schema.FIELD_NAMES``.
     base_rates: The training data's click and post-click conversion rates
-      (``base_rates.read_base_rates(base_rates.stats_path(vocab_dir))``):
+      (``base_rates.read_base_rates(layout.stats_beside(vocab_dir))``):
       the towers' output biases start at their log-odds, so the model starts
       calibrated (``escm2-train`` does this by default). ``None`` starts them
       at 0, a prediction of 0.5.

@@ -11,7 +11,6 @@ input order, atomically.
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
 import csv
-import os
 import re
 from typing import Callable, Iterator, Sequence
 
@@ -19,6 +18,7 @@ import tensorflow as tf
 
 from escm2_tf import config as config_lib
 from escm2_tf import export
+from escm2_tf import layout
 from escm2_tf import schema
 from escm2_tf import serving
 from escm2_tf.formats import aliccp
@@ -175,27 +175,21 @@ def score(signature: Callable[..., dict[str, tf.Tensor]],
   Returns:
     The number of rows written.
   """
-  temporary = f"{output}.tmp"
   count = 0
-  try:
-    with open(temporary, "w", newline="", encoding="utf-8") as f:
-      writer = csv.writer(f)
-      writer.writerow(OUTPUT_HEADER)
-      for ids, serialized, where in batches:
-        try:
-          outputs = signature(**{serving.EXAMPLES_INPUT: tf.constant(
-              serialized, dtype=tf.string)})
-        except tf.errors.InvalidArgumentError as error:
-          raise InputError(
-              f"{where}: the model rejected it: {_reason(error)}") from None
-        columns = [outputs[name].numpy() for name in schema.OUTPUT_NAMES]
-        for sample_id, *values in zip(ids, *columns):
-          writer.writerow([sample_id] + [f"{v:.9g}" for v in values])
-        count += len(ids)
-    os.replace(temporary, output)
-  finally:
-    if os.path.exists(temporary):
-      os.remove(temporary)
+  with layout.atomic_open(output) as f:
+    writer = csv.writer(f)
+    writer.writerow(OUTPUT_HEADER)
+    for ids, serialized, where in batches:
+      try:
+        outputs = signature(**{serving.EXAMPLES_INPUT: tf.constant(
+            serialized, dtype=tf.string)})
+      except tf.errors.InvalidArgumentError as error:
+        raise InputError(
+            f"{where}: the model rejected it: {_reason(error)}") from None
+      columns = [outputs[name].numpy() for name in schema.OUTPUT_NAMES]
+      for sample_id, *values in zip(ids, *columns):
+        writer.writerow([sample_id] + [f"{v:.9g}" for v in values])
+      count += len(ids)
   return count
 
 

@@ -20,6 +20,7 @@ from escm2_tf import base_rates as base_rates_lib
 from escm2_tf import config as config_lib
 from escm2_tf import data
 from escm2_tf import evaluation
+from escm2_tf import layout
 from escm2_tf import schema
 from escm2_tf import vocab
 
@@ -80,7 +81,7 @@ def read_base_rates(config: config_lib.TrainConfig
   """
   if not config.base_rate_init:
     return None
-  path = config.stats_file or base_rates_lib.stats_path(config.vocab_dir)
+  path = config.stats_file or layout.stats_beside(config.vocab_dir)
   try:
     return base_rates_lib.read_base_rates(path)
   except base_rates_lib.StatsError as e:
@@ -95,7 +96,7 @@ def _load_full_vocabularies(vocab_dir: str) -> dict[str, np.ndarray]:
   if not tf.io.gfile.isdir(vocab_dir):
     raise ConfigError("vocab_dir", f"directory {vocab_dir} not found")
   missing = [field for field in schema.FIELD_NAMES if not tf.io.gfile.exists(
-      vocab.vocabulary_path(vocab_dir, field))]
+      layout.vocabulary_file(vocab_dir, field))]
   if missing:
     raise ConfigError("vocab_dir", f"{vocab_dir} has no vocabulary file for "
                       f"field(s) {', '.join(missing)}")

@@ -8,11 +8,10 @@ in file order; the ids dropped here fall into the field's OOV rows.
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
-import os
-
 import numpy as np
 import tensorflow as tf
 
+from escm2_tf import layout
 from escm2_tf import schema
 
 # The model packs (field, id) into one int64 lookup key, leaving 56 bits for
@@ -22,11 +21,6 @@ MAX_ID = (1 << 56) - 1
 
 class VocabularyError(ValueError):
   """A vocabulary file that is missing or does not follow the format."""
-
-
-def vocabulary_path(vocab_dir: str, field: str) -> str:
-  """Where the converter writes the vocabulary of ``field``."""
-  return os.path.join(vocab_dir, f"{field}.tsv")
 
 
 def _parse_line(path: str, line_number: int, line: str) -> tuple[int, int]:
@@ -97,5 +91,6 @@ def load_vocabularies(vocab_dir: str, min_count: int = 1
   if isinstance(min_count, bool) or not isinstance(min_count, int) or (
       min_count < 1):
     raise ValueError(f"min_count must be an integer >= 1, got {min_count!r}.")
-  return {field: load_vocabulary(vocabulary_path(vocab_dir, field), min_count)
+  return {field: load_vocabulary(layout.vocabulary_file(vocab_dir, field),
+                                  min_count)
           for field in schema.FIELD_NAMES}

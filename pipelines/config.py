@@ -3,12 +3,12 @@
 import dataclasses
 from typing import Optional
 
+from escm2_tf import layout
 from escm2_tf import options
 from escm2_tf.formats import encode
 from escm2_tf.options import ConfigError
 from escm2_tf.options import option
 
-INPUT_FORMATS = ("aliccp", "paddlerec")
 JOINS = ("side_input", "cogroup")
 
 DEFAULT_MAX_BAD_FRACTION = 0.01
@@ -42,7 +42,8 @@ class ConvertConfig:
       when it runs this pipeline); 0 starts one per core.
   """
   output_dir: str = option(group="output")
-  input_format: str = option("aliccp", choices=INPUT_FORMATS, group="input")
+  input_format: str = option("aliccp", choices=layout.RAW_FORMATS,
+                             group="input")
   skeleton: Optional[str] = option(None, group="input")
   common_features: Optional[str] = option(None, group="input")
   input: Optional[str] = option(None, group="input")

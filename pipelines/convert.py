@@ -18,6 +18,7 @@ from escm2_pipelines import sinks
 from escm2_pipelines import tally as tally_lib
 from escm2_pipelines import transforms
 from escm2_tf import console
+from escm2_tf import layout
 
 # Without --runner, Beam's DirectRunner first tries to download the Prism
 # runner; the in-process FnApiRunner (which honours --direct_num_workers and
@@ -214,7 +215,7 @@ def run(config: config_lib.ConvertConfig,
           "directory") from e
     raise
   stats = json.loads(sinks.read_text(
-      FileSystems.join(output_dir, sinks.STATS_FILE)))
+      FileSystems.join(output_dir, layout.STATS_FILE)))
   if not tally_lib.reconciles(stats):
     raise RuntimeError(f"Row counts do not reconcile in {output_dir}: {stats}")
   if stats["rejected_fraction"] > config.max_bad_fraction:
@@ -222,5 +223,5 @@ def run(config: config_lib.ConvertConfig,
         f"{stats['rows_rejected']} of {stats['rows_read']} rows rejected "
         f"({stats['rejected_fraction']:.4%}), more than --max_bad_fraction="
         f"{config.max_bad_fraction}; reasons {stats['rejected_by_reason']}, "
-        f"rows in {FileSystems.join(output_dir, sinks.REJECTED_DIR)}", stats)
+        f"rows in {FileSystems.join(output_dir, layout.REJECTED_DIR)}", stats)
   return stats

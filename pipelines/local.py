@@ -31,6 +31,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils import windowed_value
 
 from escm2_tf import console
+from escm2_tf import layout
 from escm2_tf import schema
 from escm2_pipelines import config as config_lib
 from escm2_pipelines import dofns
@@ -293,8 +294,8 @@ def _convert(run: _Run) -> list[tuple[str, str]]:
   renames = []
   tasks = []
   for k, part in enumerate(ranges_lib.split(files, num_shards)):
-    name = (f"{sinks.EXAMPLES_PREFIX}-{k:05d}-of-{num_shards:05d}"
-            f"{sinks.EXAMPLES_SUFFIX}")
+    name = (f"{layout.EXAMPLES_PREFIX}-{k:05d}-of-{num_shards:05d}"
+            f"{layout.EXAMPLES_SUFFIX}")
     temporary = FileSystems.join(run.temp_dir, name)
     renames.append((temporary, FileSystems.join(config.output_dir, name)))
     tasks.append(run.task(kind, part, temporary))
@@ -306,7 +307,7 @@ def _convert(run: _Run) -> list[tuple[str, str]]:
     _side_input.clear()
   if config.input_format == "aliccp":
     run.counts[tally_lib.COMMON_ROWS_USED] += len(used)
-  rejected_dir = FileSystems.join(config.output_dir, sinks.REJECTED_DIR)
+  rejected_dir = FileSystems.join(config.output_dir, layout.REJECTED_DIR)
   for k, temporary in enumerate(sorted(run.rejected_files)):
     renames.append((temporary, FileSystems.join(
         rejected_dir,
@@ -330,15 +331,15 @@ def run(config: config_lib.ConvertConfig) -> None:
   _mkdirs(run_.temp_dir)
   try:
     renames = _convert(run_)
-    _mkdirs(FileSystems.join(config.output_dir, sinks.REJECTED_DIR))
+    _mkdirs(FileSystems.join(config.output_dir, layout.REJECTED_DIR))
     if renames:
       FileSystems.rename(*map(list, zip(*renames)))
-    vocab_dir = FileSystems.join(config.output_dir, sinks.VOCAB_DIR)
+    vocab_dir = FileSystems.join(config.output_dir, layout.VOCAB_DIR)
     _mkdirs(vocab_dir)
     for field in schema.FIELD_NAMES:
       sinks.write_vocabulary((field, run_.vocab.get(field, {})), vocab_dir)
     sinks.write_stats(run_.counts,
-                      FileSystems.join(config.output_dir, sinks.STATS_FILE),
+                      FileSystems.join(config.output_dir, layout.STATS_FILE),
                       config.input_format, dataclasses.asdict(config))
   finally:
     if FileSystems.exists(run_.temp_dir):

@@ -1,6 +1,6 @@
 """Where the converter's outputs go, on any Beam file system.
 
-Layout under the output directory:
+Layout under the output directory (names from ``escm2_tf.layout``):
 
 * ``part-SSSSS-of-NNNNN.tfrecord.gz``: GZIP TFRecord files of tf.train.Example.
 * ``vocab/<field>.tsv``: ``id<TAB>count`` lines, count descending, then id.
@@ -8,36 +8,38 @@ Layout under the output directory:
 * ``rejected/rejected-SSSSS-of-NNNNN.tsv``: ``reason<TAB>source<TAB>line``.
 """
 
+import io
 import json
-from typing import Any, Mapping
+from typing import IO, Any, Mapping
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from escm2_pipelines import tally as tally_lib
 from escm2_pipelines import tfrecord
-
-EXAMPLES_PREFIX = "part"
-EXAMPLES_SUFFIX = ".tfrecord.gz"
-VOCAB_DIR = "vocab"
-STATS_FILE = "stats.json"
-REJECTED_DIR = "rejected"
+from escm2_tf import layout
 
 
-def write_atomically(path: str, text: str) -> None:
-  """Writes ``text`` to a temporary name, then renames it to ``path``."""
-  temporary = path + ".tmp"
-  try:
-    with FileSystems.create(temporary) as f:
-      f.write(text.encode())
-  except BaseException:
-    # Out of disk, say: leave no half-written file behind either.
-    if FileSystems.exists(temporary):
-      FileSystems.delete([temporary])
-    raise
-  if FileSystems.exists(path):
+class BeamFileSystem:
+  """``layout.FileSystem`` on Beam's file systems (local, ``gs://``...)."""
+
+  def open_text(self, path: str) -> IO[str]:
+    return io.TextIOWrapper(FileSystems.create(path), encoding="utf-8")
+
+  def replace(self, source: str, target: str) -> None:
+    # Beam's rename does not replace an existing file everywhere.
+    if FileSystems.exists(target):
+      FileSystems.delete([target])
+    FileSystems.rename([source], [target])
+
+  def exists(self, path: str) -> bool:
+    return FileSystems.exists(path)
+
+  def remove(self, path: str) -> None:
     FileSystems.delete([path])
-  FileSystems.rename([temporary], [path])
+
+
+BEAM_FILE_SYSTEM = BeamFileSystem()
 
 
 def read_text(path: str) -> str:
@@ -56,12 +58,12 @@ class WriteExamples(beam.PTransform):
 
   def __init__(self, output_dir: str, num_shards: int):
     super().__init__()
-    self._prefix = FileSystems.join(output_dir, EXAMPLES_PREFIX)
+    self._prefix = FileSystems.join(output_dir, layout.EXAMPLES_PREFIX)
     self._num_shards = num_shards
 
   def expand(self, batches):
     return batches | "WriteTFRecords" >> tfrecord.WriteBatchesToTFRecord(
-        self._prefix, EXAMPLES_SUFFIX, self._num_shards)
+        self._prefix, layout.EXAMPLES_SUFFIX, self._num_shards)
 
 
 class WriteRejected(beam.PTransform):
@@ -69,7 +71,8 @@ class WriteRejected(beam.PTransform):
 
   def __init__(self, output_dir: str):
     super().__init__()
-    self._prefix = FileSystems.join(output_dir, REJECTED_DIR, "rejected")
+    self._prefix = FileSystems.join(output_dir, layout.REJECTED_DIR,
+                                    "rejected")
 
   def expand(self, lines):
     return lines | "WriteText" >> beam.io.WriteToText(
@@ -79,8 +82,8 @@ class WriteRejected(beam.PTransform):
 def write_vocabulary(field_counts, vocab_dir: str) -> str:
   """Writes one ``(field, counts)`` pair to ``vocab_dir/<field>.tsv``."""
   field, counts = field_counts
-  path = FileSystems.join(vocab_dir, f"{field}.tsv")
-  write_atomically(path, format_vocabulary(counts))
+  path = FileSystems.join(vocab_dir, field + layout.VOCAB_SUFFIX)
+  layout.atomic_write(path, format_vocabulary(counts), BEAM_FILE_SYSTEM)
   return path
 
 
@@ -89,7 +92,7 @@ class WriteVocabularies(beam.PTransform):
 
   def __init__(self, output_dir: str):
     super().__init__()
-    self._vocab_dir = FileSystems.join(output_dir, VOCAB_DIR)
+    self._vocab_dir = FileSystems.join(output_dir, layout.VOCAB_DIR)
 
   def expand(self, field_counts):
     return field_counts | "WriteFiles" >> beam.Map(write_vocabulary,
@@ -101,7 +104,8 @@ def write_stats(counts, path: str, input_format: str,
   """Builds ``stats.json`` from the summed counts and writes it to ``path``."""
   stats = tally_lib.build_stats(counts, input_format=input_format,
                                 settings=settings)
-  write_atomically(path, json.dumps(stats, indent=2, sort_keys=True) + "\n")
+  layout.atomic_write(path, json.dumps(stats, indent=2, sort_keys=True) + "\n",
+                      BEAM_FILE_SYSTEM)
   return stats
 
 
@@ -111,7 +115,7 @@ class WriteStats(beam.PTransform):
   def __init__(self, output_dir: str, input_format: str,
                settings: Mapping[str, Any]):
     super().__init__()
-    self._path = FileSystems.join(output_dir, STATS_FILE)
+    self._path = FileSystems.join(output_dir, layout.STATS_FILE)
     self._input_format = input_format
     self._settings = dict(settings)
 

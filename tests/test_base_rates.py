@@ -68,11 +68,6 @@ class BaseRatesTest(tf.test.TestCase, parameterized.TestCase):
     entropy = -(0.05 * np.log(0.05) + 0.95 * np.log(0.95))
     self.assertAllClose(np.log1p(np.exp(imputation)), entropy)
 
-  def test_stats_path_is_beside_vocab(self):
-    self.assertEqual(base_rates.stats_path("/data/train/vocab/"),
-                     "/data/train/stats.json")
-    self.assertEqual(base_rates.stats_path("data/vocab"), "data/stats.json")
-
   def test_reads_the_converters_stats(self):
     path = os.path.join(tempfile.mkdtemp(dir=self.get_temp_dir()),
                         "stats.json")

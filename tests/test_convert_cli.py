@@ -11,6 +11,7 @@ from absl.testing import absltest
 from absl.testing import flagsaver
 
 import testing
+from escm2_tf import layout
 from escm2_tf import simulator
 from escm2_pipelines import cli
 from escm2_pipelines import resources
@@ -68,7 +69,7 @@ class MainTest(absltest.TestCase):
       with contextlib.redirect_stdout(stdout):
         cli.main(["escm2-convert", "--direct_num_workers=1"])
     self.assertIn(f"10 of 10 rows written to {output_dir}", stdout.getvalue())
-    with open(os.path.join(output_dir, "stats.json")) as f:
+    with open(layout.stats_file(output_dir)) as f:
       stats = json.load(f)
     self.assertEqual(stats["settings"]["max_values_per_field"], 0)
     self.assertEqual(stats["rows_written"], 10)
@@ -142,7 +143,7 @@ class ConsoleScriptTest(absltest.TestCase):
     self.assertRegex(last_line, r"^escm2-convert: error: 2 of 12 rows "
                      r"rejected "
                      r"\(16\.6667%\), more than --max_bad_fraction=0\.1")
-    with open(os.path.join(output_dir, "stats.json")) as f:
+    with open(layout.stats_file(output_dir)) as f:
       stats = json.load(f)
     self.assertEqual(stats["rejected_by_reason"],
                      {"bad_label": 1, "column_count": 1})

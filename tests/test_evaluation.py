@@ -14,6 +14,7 @@ import datasets
 import testing
 from escm2_tf import evaluation
 from escm2_tf import export
+from escm2_tf import layout
 from escm2_tf import losses
 from escm2_tf import metrics
 from escm2_tf import model as model_lib
@@ -111,7 +112,7 @@ class MetricsTest(tf.test.TestCase):
         predictions[schema.CLICK], predictions[schema.CONVERSION],
         predictions["ctr"], predictions["cvr"], predictions["ctcvr"],
         ground_truth={name: table[name][rows]
-                      for name in evaluation.GROUND_TRUTH_COLUMNS})
+                      for name in layout.GROUND_TRUTH_COLUMNS})
     self.assertEqual(computed, expected)
     self.assertIn("cvr_bias", computed)
 
@@ -124,7 +125,8 @@ class MetricsTest(tf.test.TestCase):
     self.assertNotIn("NaN", text)
     self.assertEqual(json.loads(text), {"auc_cvr": None, "count": 3.0,
                                         "auc_ctr": 0.75})
-    self.assertFalse(os.path.exists(path + ".tmp"))
+    self.assertEqual(os.listdir(os.path.dirname(path)),
+                     [os.path.basename(path)])
 
   def test_format_table(self):
     table = evaluation.format_table({"auc_ctr": 0.7512345678, "count": 1500.0,

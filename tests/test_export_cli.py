@@ -15,6 +15,7 @@ import tf_keras as keras
 import testing
 from escm2_tf import config as config_lib
 from escm2_tf import export
+from escm2_tf import layout
 from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import schema
@@ -41,7 +42,7 @@ def setUpModule():
 def _write_vocabularies(vocab_dir: str) -> None:
   os.makedirs(vocab_dir)
   for index, field in enumerate(schema.FIELD_NAMES):
-    with open(vocab.vocabulary_path(vocab_dir, field), "w") as f:
+    with open(layout.vocabulary_file(vocab_dir, field), "w") as f:
       f.writelines(f"{i}\t{100 - i}\n" for i in range(1, 16 + index))
 
 
@@ -92,7 +93,7 @@ class ExportCliTest(tf.test.TestCase, parameterized.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     root = testing.new_dir()
-    cls.vocab_dir = os.path.join(root, "vocab")
+    cls.vocab_dir = layout.vocab_dir(root)
     cls.model_dir = os.path.join(root, "model")
     _write_vocabularies(cls.vocab_dir)
     cls.model = _write_model_dir(cls.model_dir, cls.vocab_dir, _MODEL_CONFIG)

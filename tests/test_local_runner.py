@@ -18,6 +18,7 @@ from apache_beam.testing import test_pipeline
 import tensorflow as tf
 
 import testing
+from escm2_tf import layout
 from escm2_tf import simulator
 from escm2_tf.formats import encode
 from escm2_pipelines import config as config_lib
@@ -26,7 +27,6 @@ from escm2_pipelines import dofns
 from escm2_pipelines import local
 from escm2_pipelines import ranges
 from escm2_pipelines import resources
-from escm2_pipelines import sinks
 from escm2_pipelines import tfrecord
 from escm2_pipelines import transforms
 
@@ -38,14 +38,14 @@ _BEAM_IN_MEMORY = ["--runner=FnApiRunner", "--direct_running_mode=in_memory"]
 
 def _records(output_dir):
   """The serialized records of every shard, as a multiset of bytes."""
-  files = glob.glob(os.path.join(output_dir, "*.tfrecord.gz"))
+  files = glob.glob(layout.examples_glob(output_dir))
   return collections.Counter(
       tf.data.TFRecordDataset(files, compression_type="GZIP")
       .as_numpy_iterator())
 
 
 def _stats(output_dir):
-  with open(os.path.join(output_dir, "stats.json")) as f:
+  with open(layout.stats_file(output_dir)) as f:
     stats = json.load(f)
   del stats["settings"]  # Names the output directory.
   return stats
@@ -135,12 +135,12 @@ class DefaultShardsTest(parameterized.TestCase):
       convert.convert(output_dir, input_format="paddlerec", input=_DEMO,
                       num_workers=2)
     names = sorted(os.path.basename(p) for p in
-                   glob.glob(os.path.join(output_dir, "*.tfrecord.gz")))
+                   glob.glob(layout.examples_glob(output_dir)))
     self.assertEqual(names, [f"part-{k:05d}-of-00005.tfrecord.gz"
                              for k in range(5)])
     self.assertEqual(sum(_records(output_dir).values()),
                      _stats(output_dir)["rows_written"])
-    self.assertEqual(os.listdir(output_dir).count("stats.json"), 1)
+    self.assertEqual(os.listdir(output_dir).count(layout.STATS_FILE), 1)
     self.assertEmpty([n for n in os.listdir(output_dir)
                       if n.startswith(".")])
 
@@ -162,9 +162,10 @@ class SameAsBeamTest(parameterized.TestCase):
     records = _records(local_dir)
     self.assertGreater(sum(records.values()), 10)
     self.assertEqual(records, _records(beam_dir))
-    vocab = _text_files(os.path.join(local_dir, "vocab", "*"))
+    vocab = _text_files(os.path.join(layout.vocab_dir(local_dir), "*"))
     self.assertNotEmpty(vocab)
-    self.assertEqual(vocab, _text_files(os.path.join(beam_dir, "vocab", "*")))
+    self.assertEqual(vocab, _text_files(os.path.join(layout.vocab_dir(beam_dir),
+                                                     "*")))
     self.assertEqual(_stats(local_dir), _stats(beam_dir))
     self.assertEqual(_rejected_lines(local_dir), _rejected_lines(beam_dir))
 
@@ -180,7 +181,7 @@ class SameAsBeamTest(parameterized.TestCase):
     local_dir, beam_dir = self._convert_both(
         num_shards, input_format="aliccp", skeleton=skeleton,
         common_features=os.path.join(raw_dir, "common_features_train.csv"))
-    self.assertLen(glob.glob(os.path.join(local_dir, "*.tfrecord.gz")),
+    self.assertLen(glob.glob(layout.examples_glob(local_dir)),
                    num_shards)
     self.assertEqual(_stats(local_dir)["rows_rejected"], 2)
     self._assert_same(local_dir, beam_dir)
@@ -265,7 +266,7 @@ class OutOfSpaceTest(parameterized.TestCase):
     real_create = beam.io.filesystems.FileSystems.create
 
     def create(path, *args, **kwargs):
-      if path.endswith(sinks.STATS_FILE + ".tmp"):
+      if os.path.basename(path).startswith(f".{layout.STATS_FILE}."):
         handle = real_create(path, *args, **kwargs)
         handle.write(b"{")
         handle.close()
@@ -278,8 +279,7 @@ class OutOfSpaceTest(parameterized.TestCase):
         convert.convert(output_dir, input_format="paddlerec", input=_DEMO,
                         num_workers=1)
     names = os.listdir(output_dir)
-    self.assertNotIn(sinks.STATS_FILE, names)
-    self.assertNotIn(sinks.STATS_FILE + ".tmp", names)
+    self.assertNotIn(layout.STATS_FILE, names)
     self.assertEmpty([n for n in names if n.startswith(".")])
 
 

@@ -9,7 +9,10 @@ propensity (``LossConfig(propensity="label")``). Its pCVR is then one number,
 its estimate of the mean CVR over all impressions; IPW and DR must recover the
 true mean within the 99 % confidence interval of the IPS estimate computed
 from the data, and the naive clicked-only risk must miss it. This separates
-"the estimator is coded right" from "the CTR tower is weak".
+"the estimator is coded right" from "the CTR tower is weak". Every trained
+value is also checked against its closed form in numpy: the weighted means
+that the risks' stationary points are, with the clip binding or not, and the
+imputations' targets.
 """
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
@@ -59,12 +62,21 @@ def weighted_mean(data: dict[str, np.ndarray], weights: np.ndarray
   return mean, error
 
 
+def imputation_output(config: losses.LossConfig,
+                      logit: tf.Tensor) -> tf.Tensor:
+  """The imputation tower's head: a pseudo-label or a predicted error."""
+  if config.loss in losses.JOINT_LEARNING_LOSSES:
+    return tf.sigmoid(logit)
+  return tf.nn.softplus(logit)
+
+
 def train_constant_cvr(config: losses.LossConfig,
                        data: dict[str, np.ndarray],
                        ctr: np.ndarray | None = None) -> float:
   """The pCVR of a one-logit CVR model trained through compute_losses.
 
-  The CTR output is ``ctr``, by default the true click probability.
+  The imputation, if any, is one logit too, trained in the same steps. The
+  CTR output is ``ctr``, by default the true click probability.
   """
   cvr_logit = tf.Variable(0.0)
   imputation_logit = tf.Variable(0.0)
@@ -79,7 +91,8 @@ def train_constant_cvr(config: losses.LossConfig,
     with tf.GradientTape() as tape:
       cvr = tf.sigmoid(cvr_logit) * ones
       outputs = {"ctr": ctr, "cvr": cvr, "ctcvr": ctr * cvr,
-                 "imputation": tf.nn.softplus(imputation_logit) * ones}
+                 "imputation": imputation_output(config, imputation_logit)
+                               * ones}
       loss = losses.compute_losses(config, labels, outputs)["loss"]
     variables = [cvr_logit, imputation_logit]
     optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
@@ -87,6 +100,46 @@ def train_constant_cvr(config: losses.LossConfig,
   for _ in range(STEPS):
     step()
   return float(tf.sigmoid(cvr_logit))
+
+
+def _imputation_weights(data: dict[str, np.ndarray], loss: str,
+                        clip: float) -> np.ndarray:
+  """How R_imp weighs each impression: o·w, or o·w·(w − 1) for mrdr."""
+  w = 1.0 / np.maximum(data["p_click"], clip)
+  return data["click"] * w * ((w - 1.0) if loss == "mrdr" else 1.0)
+
+
+def joint_learning_config(data: dict[str, np.ndarray], loss: str,
+                          clip: float = CLIP, **overrides) -> losses.LossConfig:
+  """``oracle_config`` with R_imp's weights scaled to mean 1.
+
+  MRDR's weights average about 12 here: at weight 1 the imputation's
+  gradient steps would overshoot into the sigmoid's flat tail. The scale
+  does not move the risk's minimiser.
+  """
+  scale = 1.0 / float(np.mean(_imputation_weights(data, loss, clip)))
+  return oracle_config(loss, propensity_clip=clip, lambda_imp=scale,
+                       **overrides)
+
+
+def joint_learning_target(data: dict[str, np.ndarray], loss: str,
+                          self_normalized: bool, clip: float = CLIP) -> float:
+  """Where a constant pCVR and pseudo-label trained by dr_jl or mrdr end.
+
+  With r̂ constant, δ − ê = (r̃ − r)·logit(r̂), so the imputation risk puts
+  r̃ at the mean conversion weighted as it weighs clicks: o·w (dr_jl) or
+  o·w·(w − 1) (mrdr). The prediction risk's stationary point is then
+  r̂ = (1 − mean(o·w))·r̃ + mean(o·w·r), or with SNIPS Σ o·w·r / Σ o·w
+  whatever r̃.
+  """
+  weighted = data["click"] / np.maximum(data["p_click"], clip)
+  if self_normalized:
+    return float(np.sum(weighted * data["conversion"]) / np.sum(weighted))
+  imputation_weights = _imputation_weights(data, loss, clip)
+  pseudo_label = (np.sum(imputation_weights * data["conversion"])
+                  / np.sum(imputation_weights))
+  return float((1.0 - weighted.mean()) * pseudo_label
+               + np.mean(weighted * data["conversion"]))
 
 
 def oracle_config(loss: str, **overrides) -> losses.LossConfig:
@@ -135,6 +188,43 @@ class OraclePropensityTest(tf.test.TestCase, parameterized.TestCase):
     self.assert_covers_truth(value)
     # Converged to the closed-form minimiser, not merely near the truth.
     self.assertAllClose(value, self.estimate, atol=1e-4)
+
+  @parameterized.product(loss=("dr_jl", "mrdr"), self_normalized=(False, True))
+  def test_joint_learning_recovers_the_true_mean_cvr(self, loss,
+                                                     self_normalized):
+    value = train_constant_cvr(
+        joint_learning_config(self.data, loss,
+                              self_normalized=self_normalized), self.data)
+    self.assert_covers_truth(value)
+    self.assertAllClose(value, joint_learning_target(
+        self.data, loss, self_normalized), atol=1e-4)
+
+  def test_mrdr_weighs_the_imputation_otherwise(self):
+    # The two closed forms differ by more than the tolerance above, so the
+    # recovery test tells MRDR's imputation weight from DR-JL's.
+    self.assertGreater(abs(joint_learning_target(self.data, "mrdr", False)
+                           - joint_learning_target(self.data, "dr_jl", False)),
+                       5e-4)
+
+  @parameterized.parameters("ipw", "dr", "dr_jl", "mrdr")
+  def test_a_binding_clip_moves_the_answer(self, loss):
+    # Clipped at 0.1, over 40 % of the propensities are raised: the risk
+    # aims at the clipped weights' answer, not at the truth.
+    clip = 0.1
+    self.assertGreater(np.mean(self.data["p_click"] < clip), 0.4)
+    if loss in losses.JOINT_LEARNING_LOSSES:
+      config = joint_learning_config(self.data, loss, clip)
+      expected = joint_learning_target(self.data, loss, False, clip)
+    else:
+      config = oracle_config(loss, propensity_clip=clip)
+      expected = weighted_mean(
+          self.data, 1.0 / np.maximum(self.data["p_click"], clip))[0]
+    value = train_constant_cvr(config, self.data)
+    self.assertAllClose(value, expected, atol=1e-4)
+    unclipped = (joint_learning_target(self.data, loss, False)
+                 if loss in losses.JOINT_LEARNING_LOSSES else self.estimate)
+    self.assertGreater(abs(value - unclipped), 0.01)
+    self.assert_misses_truth(value)
 
   def test_naive_is_biased(self):
     value = train_constant_cvr(oracle_config("naive"), self.data)

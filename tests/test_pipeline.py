@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from escm2_tf.formats import aliccp
+from escm2_tf import layout
 from escm2_tf import schema
 from escm2_tf import simulator
 from escm2_pipelines import config as config_lib
@@ -143,7 +144,7 @@ def _decode(serialized):
 
 def _read_output(output_dir):
   """Parses every written record with the schema's spec."""
-  files = sorted(glob.glob(os.path.join(output_dir, "*.tfrecord.gz")))
+  files = sorted(glob.glob(layout.examples_glob(output_dir)))
   records = list(tf.data.TFRecordDataset(files, compression_type="GZIP")
                  .as_numpy_iterator())
   parsed = tf.io.parse_example(records,
@@ -224,8 +225,8 @@ class ConvertTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(by_id, _expected_examples())
     self.assertLen(records, stats["rows_written"])
 
-    self.assertTrue(os.path.exists(os.path.join(output_dir, "stats.json")))
-    with open(os.path.join(output_dir, "stats.json")) as f:
+    self.assertTrue(os.path.exists(layout.stats_file(output_dir)))
+    with open(layout.stats_file(output_dir)) as f:
       self.assertEqual(json.load(f), stats)
     self.assertEqual(stats["rows_read"], stats["rows_written"]
                      + stats["rows_rejected"] + stats["rows_dropped"])
@@ -264,7 +265,8 @@ class ConvertTest(tf.test.TestCase, parameterized.TestCase):
     for field in schema.FIELD_NAMES:
       counts = collections.Counter(i for e in expected
                                    for i in e.get(field, []))
-      with open(os.path.join(output_dir, "vocab", f"{field}.tsv")) as f:
+      vocab_dir = layout.vocab_dir(output_dir)
+      with open(layout.vocabulary_file(vocab_dir, field)) as f:
         lines = f.read().splitlines()
       rows = [tuple(map(int, line.split("\t"))) for line in lines]
       self.assertEqual(dict(rows), dict(counts), msg=field)
@@ -293,7 +295,7 @@ class ConvertTest(tf.test.TestCase, parameterized.TestCase):
                                 ) as e:
       self._convert_aliccp(max_bad_fraction=0.4)
     output_dir = e.exception.stats["settings"]["output_dir"]
-    self.assertTrue(os.path.exists(os.path.join(output_dir, "stats.json")))
+    self.assertTrue(os.path.exists(layout.stats_file(output_dir)))
     by_id, _ = _read_output(output_dir)
     self.assertLen(by_id, 5)
 
@@ -305,7 +307,7 @@ class ConvertTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual((stats["rows_dropped"], stats["conversions"]), (0, 2))
     self.assertEqual(
         sorted(os.path.basename(p) for p in
-               glob.glob(os.path.join(output_dir, "*.tfrecord.gz"))),
+               glob.glob(layout.examples_glob(output_dir))),
         [f"part-0000{k}-of-00003.tfrecord.gz" for k in range(3)])
 
   def test_paddlerec_demo_keeps_every_id(self):
@@ -355,7 +357,7 @@ class ConvertTest(tf.test.TestCase, parameterized.TestCase):
       for line in f.read().splitlines():
         index, _, features = line.split(",", 2)
         users[index] = features
-    with open(os.path.join(raw_dir, "ground_truth_train.csv")) as f:
+    with open(os.path.join(raw_dir, layout.ground_truth_file("train"))) as f:
       truth_ids = [line.split(",")[0] for line in f.read().splitlines()[1:]]
     with open(os.path.join(raw_dir, "sample_skeleton_train.csv")) as f:
       skeleton = f.read().splitlines()

@@ -26,6 +26,7 @@ import tensorflow as tf
 
 import datasets
 import testing
+from escm2_tf import layout
 from escm2_pipelines import cli as convert_cli
 from escm2_pipelines import convert
 
@@ -116,7 +117,7 @@ class SdistTest(tf.test.TestCase):
 def read_examples(directory: str) -> collections.Counter:
   """Every tf.Example of the TFRecords, as a hashable value, counted."""
   examples = collections.Counter()
-  files = sorted(glob.glob(os.path.join(directory, "*.tfrecord.gz")))
+  files = sorted(glob.glob(layout.examples_glob(directory)))
   for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
     example = tf.train.Example.FromString(record.numpy())
     features = []
@@ -145,12 +146,13 @@ class MultiProcessingRunnerTest(tf.test.TestCase):
     # The fixture's training split was converted in memory, in this process.
     cls.in_memory = os.path.dirname(data["train"])
     cls.multi_processing = os.path.join(new_dir(), "train")
+    names = layout.raw_file_names("aliccp", layout.TRAIN)
     convert.convert(
         cls.multi_processing, input_format="aliccp",
-        skeleton=os.path.join(data["raw_dir"], "sample_skeleton_train.csv"),
-        common_features=os.path.join(data["raw_dir"],
-                                     "common_features_train.csv"),
-        num_shards=datasets.TRAIN_SHARDS, pipeline_args=MULTI_PROCESSING)
+        skeleton=os.path.join(data["raw_dir"], names["skeleton"]),
+        common_features=os.path.join(data["raw_dir"], names["common"]),
+        num_shards=datasets.NUM_SHARDS[layout.TRAIN],
+        pipeline_args=MULTI_PROCESSING)
 
   def test_same_examples(self):
     in_memory = read_examples(self.in_memory)
@@ -158,19 +160,20 @@ class MultiProcessingRunnerTest(tf.test.TestCase):
     self.assertEqual(read_examples(self.multi_processing), in_memory)
 
   def test_same_vocabularies(self):
-    names = sorted(os.listdir(os.path.join(self.in_memory, "vocab")))
+    in_memory = layout.vocab_dir(self.in_memory)
+    multi_processing = layout.vocab_dir(self.multi_processing)
+    names = sorted(os.listdir(in_memory))
     self.assertNotEmpty(names)
-    self.assertEqual(sorted(os.listdir(os.path.join(self.multi_processing,
-                                                    "vocab"))), names)
+    self.assertEqual(sorted(os.listdir(multi_processing)), names)
     for name in names:
-      with open(os.path.join(self.in_memory, "vocab", name)) as f:
+      with open(os.path.join(in_memory, name)) as f:
         expected = f.read()
-      with open(os.path.join(self.multi_processing, "vocab", name)) as f:
+      with open(os.path.join(multi_processing, name)) as f:
         self.assertEqual(f.read(), expected, name)
 
   def test_same_statistics_and_rejected_rows(self):
     def stats(directory):
-      with open(os.path.join(directory, "stats.json")) as f:
+      with open(layout.stats_file(directory)) as f:
         content = json.load(f)
       del content["settings"]  # Names the output directory.
       return content

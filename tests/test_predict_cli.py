@@ -164,7 +164,8 @@ class PredictCliTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(sample_ids, ids)
     self.assertAllClose(scores, expected, atol=_TOLERANCE, rtol=0)
     self.assertAllInRange(scores, 0.0, 1.0)
-    self.assertFalse(os.path.exists(output + ".tmp"))
+    self.assertEmpty([name for name in os.listdir(os.path.dirname(output))
+                      if name.startswith(".")])
 
   @parameterized.parameters(".tfrecord.gz", ".tfrecord")
   def test_tfrecords_in_file_order(self, suffix):
@@ -230,7 +231,8 @@ class PredictCliTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(stderr.count("\n"), 1, stderr)
     with open(output, encoding="utf-8") as f:
       self.assertEqual(f.read(), "previous results\n")
-    self.assertFalse(os.path.exists(output + ".tmp"))
+    self.assertEmpty([name for name in os.listdir(os.path.dirname(output))
+                      if name.startswith(".")])
 
   def test_bad_paddlerec_line_names_file_and_line(self):
     lines = _paddlerec_lines(self.rows[:3], self.ids[:3])

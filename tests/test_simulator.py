@@ -15,6 +15,7 @@ from absl.testing import parameterized
 import numpy as np
 
 from escm2_tf.formats import aliccp
+from escm2_tf import layout
 from escm2_tf import schema
 from escm2_tf import simulator
 from escm2_tf.simulator import io as simulator_io
@@ -126,7 +127,7 @@ class AliccpFilesTest(parameterized.TestCase):
   def test_files_and_summary(self):
     names = sorted(os.listdir(self.out))
     self.assertEqual(names, sorted(
-        f"{kind}_{split}.csv" for split in simulator.SPLITS
+        f"{kind}_{split}.csv" for split in layout.SPLITS
         for kind in ("sample_skeleton", "common_features", "ground_truth")))
     self.assertEqual(self.summary["files"],
                      [os.path.join(self.out, name) for name in names])
@@ -214,7 +215,7 @@ class AliccpFilesTest(parameterized.TestCase):
   def test_train_and_test_share_the_item_universe(self):
     item_rows = {}
     users = {}
-    for split in simulator.SPLITS:
+    for split in layout.SPLITS:
       skeleton, common, _, _ = self._split(split)
       users[split] = {_ids(row.features, "101")[0] for row in common}
       for row in skeleton:
@@ -228,7 +229,7 @@ class AliccpFilesTest(parameterized.TestCase):
   def test_ground_truth_aligns_with_the_skeleton(self, split):
     skeleton, _, _, truth = self._split(split)
     header, rows = _ground_truth(f"{self.out}/ground_truth_{split}.csv")
-    self.assertEqual(",".join(header), simulator_io.GROUND_TRUTH_HEADER)
+    self.assertEqual(tuple(header), layout.GROUND_TRUTH_HEADER)
     self.assertEqual([r[0] for r in rows], [s.sample_id for s in skeleton])
     p_click = np.array([float(r[1]) for r in rows])
     p_conversion = np.array([float(r[2]) for r in rows])
@@ -422,14 +423,14 @@ class PaddleRecTest(absltest.TestCase):
     self.assertCountEqual(os.listdir(self.paddle_dir), [
         "paddlerec_train.txt", "paddlerec_test.txt", "ground_truth_train.csv",
         "ground_truth_test.csv"])
-    for split in simulator.SPLITS:
+    for split in layout.SPLITS:
       self.assertTrue(filecmp.cmp(f"{self.paddle_dir}/ground_truth_{split}.csv",
                                   f"{self.aliccp_dir}/ground_truth_{split}.csv",
                                   shallow=False))
 
   def test_one_global_first_appearance_vocabulary(self):
     next_gid, gid_to_raw = 1, {}
-    for split in simulator.SPLITS:
+    for split in layout.SPLITS:
       lines = _lines(f"{self.paddle_dir}/paddlerec_{split}.txt")
       skeleton = [aliccp.parse_skeleton_line(line) for line in
                   _lines(f"{self.aliccp_dir}/sample_skeleton_{split}.csv")]

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 import datasets
 import testing
+from escm2_tf import layout
 from escm2_tf import losses
 from escm2_tf import schema
 from escm2_tf.cli import train as train_cli
@@ -234,13 +235,13 @@ class FlagErrorTest(tf.test.TestCase, parameterized.TestCase):
                          validation_data=self.data[split])
 
   def test_no_stats_beside_the_vocabulary(self):
-    vocab_dir = os.path.join(new_dir(), "vocab")
+    vocab_dir = layout.vocab_dir(new_dir())
     shutil.copytree(self.data["vocab_dir"], vocab_dir)
     self.assert_rejected("stats_file", vocab_dir=vocab_dir)
     # The message says where the file was looked for and how to do without.
     _, _, stderr = run_main(**run_flags(self.data, new_dir(),
                                         vocab_dir=vocab_dir))
-    self.assertIn(os.path.join(os.path.dirname(vocab_dir), "stats.json"),
+    self.assertIn(layout.stats_beside(vocab_dir),
                   stderr)
     self.assertIn("--nobase_rate_init", stderr)
 

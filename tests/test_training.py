@@ -20,10 +20,10 @@ import tf_keras as keras
 
 import datasets
 import testing
-from escm2_tf import base_rates
 from escm2_tf import config as config_lib
 from escm2_tf import early_stopping
 from escm2_tf import evaluation
+from escm2_tf import layout
 from escm2_tf import losses
 from escm2_tf import schema
 from escm2_tf import training
@@ -212,16 +212,16 @@ class CheckInputsTest(tf.test.TestCase, parameterized.TestCase):
 
   def copy_vocab(self, transform=lambda line: line, skip=()):
     """A converted directory's vocab/ (changed), with its stats.json."""
-    directory = os.path.join(new_dir(), "vocab")
+    directory = layout.vocab_dir(new_dir())
     os.makedirs(directory)
-    shutil.copy(base_rates.stats_path(self.data["vocab_dir"]),
+    shutil.copy(layout.stats_beside(self.data["vocab_dir"]),
                 os.path.dirname(directory))
     for field in schema.FIELD_NAMES:
       if field in skip:
         continue
-      with open(os.path.join(self.data["vocab_dir"], f"{field}.tsv")) as f:
+      with open(layout.vocabulary_file(self.data["vocab_dir"], field)) as f:
         lines = [transform(line) for line in f]
-      with open(os.path.join(directory, f"{field}.tsv"), "w") as f:
+      with open(layout.vocabulary_file(directory, field), "w") as f:
         f.writelines(lines)
     return directory
 
@@ -243,7 +243,7 @@ class CheckInputsTest(tf.test.TestCase, parameterized.TestCase):
                               "GZIP"):
       pass
     self.assert_rejected("eval_data", "hold no records",
-                         eval_data=os.path.join(directory, "*.tfrecord.gz"))
+                         eval_data=layout.examples_glob(directory))
 
   def test_train_data_not_gzip(self):
     path = new_file("plain text, not a GZIP TFRecord")
@@ -311,7 +311,7 @@ class CheckInputsTest(tf.test.TestCase, parameterized.TestCase):
   def test_separate_validation_data_accepted(self):
     directory = new_dir()
     shutil.copy(glob.glob(self.data["test"])[0], directory)
-    self.check(validation_data=os.path.join(directory, "*.tfrecord.gz"))
+    self.check(validation_data=layout.examples_glob(directory))
 
   def test_missing_stats_file(self):
     self.assert_rejected("stats_file", "nonexistent.json not found",
@@ -319,7 +319,7 @@ class CheckInputsTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_no_stats_beside_vocab_dir(self):
     directory = self.copy_vocab()
-    os.remove(base_rates.stats_path(directory))
+    os.remove(layout.stats_beside(directory))
     self.assert_rejected("stats_file", "stats.json not found.*escm2-convert",
                          vocab_dir=directory)
     # Without the base-rate start nothing needs it.

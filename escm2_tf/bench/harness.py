@@ -14,7 +14,6 @@ second.
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
 import multiprocessing
-import os
 import resource
 import time
 import traceback
@@ -107,11 +106,6 @@ def run_isolated(function: Callable[..., Result], **kwargs) -> Result:
   if status != "ok":
     raise PartError(f"{function.__name__} failed: {payload}")
   return payload
-
-
-def record_files(directory: str) -> str:
-  """The glob of the converter's TFRecords in ``directory``."""
-  return os.path.join(directory, "*.tfrecord.gz")
 
 
 def _parse_rate(files: list[str], batch_size: int, batches: int,

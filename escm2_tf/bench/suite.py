@@ -14,56 +14,43 @@ import platform
 from typing import Any
 
 from escm2_tf import config as config_lib
+from escm2_tf import layout
+from escm2_tf import prepare
 from escm2_tf import simulator
 from escm2_tf.bench import harness as benchmark
 from escm2_tf.bench import report as bench_report
 from escm2_tf.bench import training as training_bench
-from escm2_tf.simulator import io as simulator_io
-
-SPLITS = ("train", "test")
-# escm2_pipelines.sinks.STATS_FILE; importing it would load Beam into every
-# part.
-_STATS_FILE = "stats.json"
 
 
-def _simulate(raw_dir: str, settings: dict[str, Any]) -> benchmark.Result:
+def _simulate(data_dir: str, settings: dict[str, Any]) -> benchmark.Result:
   stopwatch = benchmark.Stopwatch()
-  summary = simulator.simulate(simulator.SimulatorConfig(
+  summary = prepare.simulate_raw(simulator.SimulatorConfig(
       num_train=settings["train_examples"],
       num_test=settings["test_examples"], seed=settings["data_seed"],
-      format=settings["raw_format"]), raw_dir)
-  rows = summary["train"]["rows"] + summary["test"]["rows"]
+      format=settings["raw_format"]), data_dir)
+  rows = sum(summary[split]["rows"] for split in layout.SPLITS)
   result = benchmark.rates(rows, *stopwatch.read(), "rows")
   result["rows"] = rows
   return result
 
 
-def _convert(raw_dir: str, data_dir: str,
-             settings: dict[str, Any]) -> benchmark.Result:
-  # Imported here: Beam is only needed in this part's process.
-  from escm2_pipelines import convert  # pylint: disable=g-import-not-at-top
-  raw_format = settings["raw_format"]
+def _convert(data_dir: str, settings: dict[str, Any]) -> benchmark.Result:
   result = {"rows_read": 0, "rows_written": 0}
   stopwatch = benchmark.Stopwatch()
-  for split in SPLITS:
-    names = simulator_io.file_names(raw_format, split)
-    inputs = ({"input": os.path.join(raw_dir, names["paddlerec"])}
-              if raw_format == "paddlerec" else
-              {"skeleton": os.path.join(raw_dir, names["skeleton"]),
-               "common_features": os.path.join(raw_dir, names["common"])})
-    stats = convert.convert(
-        os.path.join(data_dir, split), input_format=raw_format,
-        max_values_per_field=settings["max_ids_per_field"], **inputs)
-    result[f"{split}_rows_written"] = stats["rows_written"]
-    result["rows_read"] += stats["rows_read"]
-    result["rows_written"] += stats["rows_written"]
+  stats = prepare.convert_raw(
+      data_dir, settings["raw_format"],
+      max_values_per_field=settings["max_ids_per_field"])
+  for split in layout.SPLITS:
+    result[f"{split}_rows_written"] = stats[split]["rows_written"]
+    result["rows_read"] += stats[split]["rows_read"]
+    result["rows_written"] += stats[split]["rows_written"]
   result.update(benchmark.rates(result["rows_read"], *stopwatch.read(),
                                 "rows"))
   return result
 
 
 def _count_records(data_dir: str, split: str) -> int:
-  with open(os.path.join(data_dir, split, _STATS_FILE),
+  with open(layout.stats_file(layout.split_dir(data_dir, split)),
             encoding="utf-8") as f:
     return int(json.load(f)["rows_written"])
 
@@ -74,7 +61,7 @@ def _training_runs(data_dir: str, export_dir: str,
   parts = settings["parts"]
   hparams = settings["hparams"]
   timed = settings["train_steps"] or -(-_count_records(
-      data_dir, "train") // hparams.batch_size)
+      data_dir, layout.TRAIN) // hparams.batch_size)
   results = {}
   for index, loss in enumerate(settings["losses"]):
     last = index == len(settings["losses"]) - 1
@@ -83,7 +70,7 @@ def _training_runs(data_dir: str, export_dir: str,
     run = training_bench.TrainingRun(
         data_dir, hparams, loss, settings["optimizer"],
         settings["train_steps_per_execution"], settings["warmup_steps"],
-        timed, num_test=(_count_records(data_dir, "test")
+        timed, num_test=(_count_records(data_dir, layout.TEST)
                          if last and "eval" in parts else 0),
         export_dir=export_dir if last and "serve" in parts else "")
     results[loss] = benchmark.run_isolated(training_bench.measure_training,
@@ -99,7 +86,8 @@ def _quality(data_dir: str, settings: dict[str, Any]) -> dict[str, Any]:
       settings["train_steps_per_execution"], settings["warmup_steps"],
       settings["train_steps"]) for name in config_lib.OPTIMIZERS]
   return benchmark.run_isolated(training_bench.measure_quality, runs=runs,
-                                num_train=_count_records(data_dir, "train"))
+                                num_train=_count_records(data_dir,
+                                                         layout.TRAIN))
 
 
 def measure(work_dir: str, settings: dict[str, Any]) -> dict[str, Any]:
@@ -108,23 +96,22 @@ def measure(work_dir: str, settings: dict[str, Any]) -> dict[str, Any]:
   results: dict[str, Any] = {}
   data_dir = settings["data_dir"] or os.path.join(work_dir, "data")
   if not settings["data_dir"]:
-    raw_dir = os.path.join(work_dir, "raw")
-    results["simulate"] = benchmark.run_isolated(_simulate, raw_dir=raw_dir,
+    results["simulate"] = benchmark.run_isolated(_simulate, data_dir=data_dir,
                                                  settings=settings)
-    convert = benchmark.run_isolated(_convert, raw_dir=raw_dir,
-                                     data_dir=data_dir, settings=settings)
+    convert = benchmark.run_isolated(_convert, data_dir=data_dir,
+                                     settings=settings)
     if "convert" in parts:
       results["convert"] = convert
   results["data"] = {"dir": data_dir,
-                     "train_records": _count_records(data_dir, "train"),
-                     "test_records": _count_records(data_dir, "test")}
-  train_files = benchmark.record_files(os.path.join(data_dir, "train"))
+                     "train_records": _count_records(data_dir, layout.TRAIN),
+                     "test_records": _count_records(data_dir, layout.TEST)}
   batch_size = settings["hparams"].batch_size
   if "parse" in parts:
     results["parse"] = benchmark.run_isolated(
-        benchmark.measure_parse, file_pattern=train_files,
+        benchmark.measure_parse,
+        file_pattern=layout.examples(data_dir, layout.TRAIN),
         batch_size=batch_size,
-        num_examples=_count_records(data_dir, "train"))
+        num_examples=_count_records(data_dir, layout.TRAIN))
   if {"train", "eval", "serve"} & set(parts):
     results["training"] = _training_runs(
         data_dir, os.path.join(work_dir, "export"), settings)
@@ -132,7 +119,7 @@ def measure(work_dir: str, settings: dict[str, Any]) -> dict[str, Any]:
     saved_model = results["training"][settings["losses"][-1]]["saved_model"]
     results["serve"] = benchmark.run_isolated(
         benchmark.measure_serving, saved_model=saved_model,
-        file_pattern=benchmark.record_files(os.path.join(data_dir, "test")),
+        file_pattern=layout.examples(data_dir, layout.TEST),
         batch_sizes=settings["serving_batch_sizes"],
         requests=settings["serving_requests"], warmup=20)
   if "quality" in parts:

@@ -8,7 +8,6 @@ import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
 import dataclasses
 import math
-import os
 
 import tensorflow as tf
 import tf_keras as keras
@@ -18,6 +17,7 @@ from escm2_tf.bench import hparams as hparams_lib
 from escm2_tf import data
 from escm2_tf import evaluation
 from escm2_tf import export
+from escm2_tf import layout
 from escm2_tf import metrics as metrics_lib
 from escm2_tf import model as model_lib
 from escm2_tf import optimizers
@@ -78,17 +78,18 @@ def _compiled_model(hparams: HParams, loss: str, optimizer: str,
   keras.utils.set_random_seed(hparams.seed)
   model = model_lib.build_model(
       hparams.model, dataclasses.replace(hparams.loss, loss=loss),
-      vocab.load_vocabularies(os.path.join(data_dir, "train", "vocab")))
+      vocab.load_vocabularies(layout.training_vocab_dir(data_dir)))
   model.compile(
       optimizer=optimizers.make_optimizer(optimizer, hparams.learning_rate),
       steps_per_execution=steps_per_execution)
   return model
 
 
-def _dataset(split_dir: str, hparams: HParams,
+def _dataset(data_dir: str, hparams: HParams,
              training: bool) -> tf.data.Dataset:
+  split = layout.TRAIN if training else layout.TEST
   return data.make_dataset(
-      benchmark.record_files(split_dir), hparams.batch_size, training=training,
+      layout.examples(data_dir, split), hparams.batch_size, training=training,
       num_epochs=None if training else 1, seed=hparams.seed,
       with_weights=hparams.model.use_weights)
 
@@ -99,7 +100,7 @@ def measure_training(run: TrainingRun) -> benchmark.Result:
                           run.steps_per_execution, run.data_dir)
   timer = _EpochTimer()
   chunks = max(1, math.ceil(run.timed_steps / run.warmup_steps))
-  model.fit(_dataset(os.path.join(run.data_dir, "train"), run.hparams, True),
+  model.fit(_dataset(run.data_dir, run.hparams, True),
             epochs=1 + chunks, steps_per_epoch=run.warmup_steps, verbose=0,
             callbacks=[timer])
   examples = chunks * run.warmup_steps * run.hparams.batch_size
@@ -109,12 +110,11 @@ def measure_training(run: TrainingRun) -> benchmark.Result:
                          warmup_seconds=timer.wall[0],
                          peak_rss_mb=benchmark.peak_rss_mb())
   if run.num_test:
-    test_dir = os.path.join(run.data_dir, "test")
     steps = math.ceil(run.num_test / run.hparams.batch_size)
-    model.evaluate(_dataset(test_dir, run.hparams, False), steps=steps,
+    model.evaluate(_dataset(run.data_dir, run.hparams, False), steps=steps,
                    verbose=0)
     stopwatch = benchmark.Stopwatch()
-    model.evaluate(_dataset(test_dir, run.hparams, False), steps=steps,
+    model.evaluate(_dataset(run.data_dir, run.hparams, False), steps=steps,
                    verbose=0)
     result["eval"] = benchmark.rates(run.num_test, *stopwatch.read(),
                                      "examples")
@@ -128,11 +128,11 @@ def _quality(run: TrainingRun, num_train: int) -> benchmark.Result:
                           run.steps_per_execution, run.data_dir)
   steps = run.timed_steps or math.ceil(num_train / run.hparams.batch_size)
   stopwatch = benchmark.Stopwatch()
-  model.fit(_dataset(os.path.join(run.data_dir, "train"), run.hparams, True),
+  model.fit(_dataset(run.data_dir, run.hparams, True),
             epochs=1, steps_per_epoch=steps, verbose=0)
   wall, cpu = stopwatch.read()
   columns = evaluation.predict_keras_model(
-      model, benchmark.record_files(os.path.join(run.data_dir, "test")),
+      model, layout.examples(run.data_dir, layout.TEST),
       run.hparams.batch_size)
   values = metrics_lib.evaluate_predictions(
       columns["click"], columns["conversion"], columns["ctr"],

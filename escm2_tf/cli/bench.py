@@ -30,15 +30,14 @@ from absl import flags
 from escm2_tf import config as config_lib
 from escm2_tf import configs
 from escm2_tf import flagbind
+from escm2_tf import layout
 from escm2_tf import options
-from escm2_tf import simulator
 from escm2_tf.bench import hparams as hparams_lib
 from escm2_tf.options import ConfigError
 from escm2_tf.options import option
 
 PARTS = ("convert", "parse", "train", "eval", "serve", "quality")
 _DEFAULT_PARTS = ("convert", "parse", "train", "eval", "serve")
-_SPLITS = ("train", "test")
 _PROGRAM = "escm2-bench"
 _FAILED = 1
 # --small: sizes for a smoke run, applied to the flags not given explicitly.
@@ -83,7 +82,8 @@ class BenchFlags:
   train_examples: int = option(400_000, minimum=1, group="data")
   test_examples: int = option(50_000, minimum=1, group="data")
   data_seed: int = option(0, minimum=0, group="data")
-  raw_format: str = option("aliccp", choices=simulator.FORMATS, group="data")
+  raw_format: str = option("aliccp", choices=layout.RAW_FORMATS,
+                           group="data")
   max_ids_per_field: int = option(50, minimum=0, group="data")
   parts: tuple[str, ...] = option(_DEFAULT_PARTS, choices=PARTS)
   losses: tuple[str, ...] = option(("esmm", "ipw", "dr"),
@@ -103,8 +103,8 @@ class BenchFlags:
 
   def __post_init__(self):
     options.check_declared(self)
-    if self.data_dir and not all(os.path.isdir(os.path.join(
-        self.data_dir, split, "vocab")) for split in _SPLITS):
+    if self.data_dir and not all(os.path.isdir(layout.vocab_dir(
+        layout.split_dir(self.data_dir, split))) for split in layout.SPLITS):
       raise ConfigError("data_dir", f"{self.data_dir} lacks the converted "
                         "train/ and test/ (with vocab/) of an earlier run")
 

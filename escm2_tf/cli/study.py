@@ -31,6 +31,7 @@ import os
 from typing import Sequence
 
 from escm2_tf import flagbind
+from escm2_tf import layout
 from escm2_tf import options
 from escm2_tf.options import ConfigError
 from escm2_tf.options import option
@@ -92,13 +93,6 @@ def _config(settings: StudyFlags) -> grid.StudyConfig:
       arms=(*arms, *design.arms))
 
 
-def _write_text(path: str, text: str) -> None:
-  temporary = f"{path}.tmp"
-  with open(temporary, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(temporary, path)
-
-
 def main(argv: Sequence[str]) -> int:
   if len(argv) > 1:
     return flagbind.fail(_PROGRAM,
@@ -122,7 +116,7 @@ def main(argv: Sequence[str]) -> int:
   except grid.StudyError as error:
     return flagbind.fail(_PROGRAM, str(error))
   markdown = os.path.join(output_dir, MARKDOWN_NAME)
-  _write_text(markdown, report.markdown(results))
+  layout.atomic_write(markdown, report.markdown(results))
   print(f"escm2-study: wrote {os.path.join(output_dir, JSON_NAME)} and "
         f"{markdown}")
   try:

@@ -17,6 +17,7 @@ import sys
 from typing import Any, Sequence
 
 from escm2_tf import flagbind
+from escm2_tf import layout
 from escm2_tf import simulator
 from escm2_tf.options import ConfigError
 from escm2_tf.options import option
@@ -48,7 +49,7 @@ _FLAGS = flagbind.Binding(
 
 def _text_summary(summary: dict[str, Any], output_dir: str) -> str:
   lines = [f"{_PROGRAM}: wrote {len(summary['files'])} files to {output_dir}"]
-  for split in simulator.SPLITS:
+  for split in layout.SPLITS:
     part = summary[split]
     lines.append(
         f"  {split}: {part['rows']:,} impressions, {part['clicks']:,} clicks, "

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from escm2_tf import layout
 from escm2_tf import options
 from escm2_tf.options import ConfigError
 from escm2_tf.options import option
@@ -27,8 +28,6 @@ from escm2_tf.simulator import io as simulator_io
 from escm2_tf.simulator import traffic as simulator_traffic
 from escm2_tf.simulator import world as simulator_world
 
-FORMATS = ("aliccp", "paddlerec")
-SPLITS = ("train", "test")
 _CALIBRATION_IMPRESSIONS = 200_000
 
 
@@ -85,7 +84,7 @@ class SimulatorConfig:
   impressions_per_request: int = option(25, minimum=1)
   behaviour_length: int = option(510, minimum=1)
   unclicked_conversion_rate: float = 0.0005
-  format: str = option("aliccp", choices=FORMATS, group="output")
+  format: str = option("aliccp", choices=layout.RAW_FORMATS, group="output")
   click_conversion_correlation: float | None = None
 
   def __post_init__(self):
@@ -142,7 +141,7 @@ def _outcomes(truth: dict[str, np.ndarray], rate: float,
 
 def _rng(seed: int, stream: str) -> np.random.Generator:
   """Independent generators for the world, its calibration and each split."""
-  streams = ("world", "calibration") + SPLITS
+  streams = ("world", "calibration") + layout.SPLITS
   return np.random.default_rng(
       np.random.SeedSequence(seed).spawn(len(streams))[streams.index(stream)])
 
@@ -161,7 +160,7 @@ def sample_split(config: SimulatorConfig, world: simulator_world.World,
                  split: str) -> tuple[simulator_traffic.Impressions,
                                       dict[str, np.ndarray]]:
   """One split's impressions and their truth and labels, in file order."""
-  num = config.num_train if split == "train" else config.num_test
+  num = config.num_train if split == layout.TRAIN else config.num_test
   rng = _rng(config.seed, split)
   imp = simulator_traffic.sample_impressions(
       world, num, config.impressions_per_request, rng)
@@ -219,14 +218,15 @@ def simulate(config: SimulatorConfig, output_dir: str,
          f"{config.num_items:,} items")
   world = build_world(config)
   featurizer = simulator_io.Featurizer(world)
-  names = {split: simulator_io.file_names(config.format, split)
-           for split in SPLITS}
+  names = {split: layout.raw_file_names(config.format, split)
+           for split in layout.SPLITS}
   summary: dict[str, Any] = {"config": dataclasses.asdict(config)}
   user_text: dict[int, str] = {}
   vocabulary: dict[int, int] = {}
-  all_names = [name for split in SPLITS for name in names[split].values()]
+  all_names = [name for split in layout.SPLITS
+               for name in names[split].values()]
   with simulator_io.atomic_files(output_dir, all_names) as out:
-    for split in SPLITS:
+    for split in layout.SPLITS:
       report(f"simulating the {split} split ("
              f"{getattr(config, f'num_{split}'):,} impressions)")
       imp, truth = sample_split(config, world, split)

@@ -10,17 +10,16 @@ formatted once and reused by all of the user's requests; only the
 import contextlib
 import hashlib
 import os
-import secrets
 from typing import Iterator, Sequence, TextIO
 
 import numpy as np
 
 from escm2_tf.formats import aliccp
+from escm2_tf import layout
 from escm2_tf import schema
 from escm2_tf.simulator import traffic as simulator_traffic
 from escm2_tf.simulator import world as sw
 
-GROUND_TRUTH_HEADER = "sample_id,p_click,p_conversion,conversion_counterfactual"
 _BLOCK = 1 << 16  # Lines formatted per write.
 # Field order within rows, as in real Ali-CCP rows (PaddleRec's demo files):
 # item intentions and brand, position, item, category, shop, then crosses;
@@ -30,17 +29,6 @@ _USER_ORDER = ("121", "122", "101", "124", "125", "126", "127", "128", "129",
                "150_14", "127_14", "109_14", "110_14")
 
 Triple = tuple[str, int, float]
-
-
-def file_names(output_format: str, split: str) -> dict[str, str]:
-  """The files of one split, keyed by role."""
-  names = {"ground_truth": f"ground_truth_{split}.csv"}
-  if output_format == "paddlerec":
-    names["paddlerec"] = f"paddlerec_{split}.txt"
-  else:
-    names["skeleton"] = f"sample_skeleton_{split}.csv"
-    names["common"] = f"common_features_{split}.csv"
-  return names
 
 
 def field_sizes(world: sw.World) -> dict[str, int]:
@@ -142,8 +130,8 @@ def _write_lines(out: TextIO, lines: Sequence[str]) -> None:
 
 
 def write_ground_truth(out: TextIO, truth: dict[str, np.ndarray]) -> None:
-  """Writes ``GROUND_TRUTH_HEADER`` rows, sample ids 1..n."""
-  out.write(GROUND_TRUTH_HEADER + "\n")
+  """Writes ``layout.GROUND_TRUTH_HEADER`` rows, sample ids 1..n."""
+  out.write(",".join(layout.GROUND_TRUTH_HEADER) + "\n")
   columns = zip(truth["p_click"].tolist(), truth["p_conversion"].tolist(),
                 truth["conversion_counterfactual"].tolist())
   _write_lines(out, [f"{k},{pc:.8g},{pv:.8g},{cf}"
@@ -216,20 +204,6 @@ def atomic_files(output_dir: str, names: Sequence[str]):
   On any error the temporary files are deleted, so a final name only ever
   holds a complete file.
   """
-  temps, handles = {}, {}
-  try:
-    for name in names:
-      temps[name] = os.path.join(
-          output_dir, f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-      handles[name] = open(temps[name], "x", encoding="utf-8", newline="\n")
-    yield handles
-    for handle in handles.values():
-      handle.close()
-    for name, temp in temps.items():
-      os.replace(temp, os.path.join(output_dir, name))
-  finally:
-    for handle in handles.values():
-      handle.close()
-    for temp in temps.values():
-      if os.path.exists(temp):
-        os.remove(temp)
+  with contextlib.ExitStack() as stack:
+    yield {name: stack.enter_context(
+        layout.atomic_open(os.path.join(output_dir, name))) for name in names}

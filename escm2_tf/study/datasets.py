@@ -1,11 +1,11 @@
 """The study's data: one simulated and converted dataset per (regime, seed).
 
 Every estimator of a (regime, seed) trains and is scored on the same files,
-so their differences are paired. A dataset is simulated by
-``escm2_tf.simulator`` and converted by the converter in this process (the
-same code as ``escm2-synth`` then ``escm2-convert``); the raw text files are
-deleted afterwards except the test split's ground truth. A finished dataset
-carries a marker with its settings and is reused by a resumed study.
+so their differences are paired. A dataset is made by
+``escm2_tf.prepare.prepare_dataset`` (the same code as ``escm2-synth`` then
+``escm2-convert``), laid out as ``escm2_tf.layout`` says; the raw logs are
+deleted afterwards, the ground truth kept. A finished dataset carries a marker
+with its settings and is reused by a resumed study.
 """
 
 import dataclasses
@@ -14,6 +14,8 @@ import os
 import shutil
 from typing import Any
 
+from escm2_tf import layout
+from escm2_tf import prepare as prepare_lib
 from escm2_tf import simulator
 from escm2_tf.study import grid
 
@@ -30,7 +32,7 @@ class Dataset:
     train_data: Glob of the training TFRecords.
     eval_data: Glob of the test TFRecords (scored for the table).
     vocab_dir: The training data's vocabularies (``stats.json`` beside).
-    ground_truth: The test split's ``ground_truth_test.csv``.
+    ground_truth: The test split's ground truth.
     summary: The simulator's summary of both splits and the converter's
       row counts.
   """
@@ -52,10 +54,10 @@ def simulator_config(regime: grid.Regime, seed: int
 
 def _files(directory: str, summary: dict[str, Any]) -> Dataset:
   return Dataset(
-      train_data=os.path.join(directory, "train", "*.tfrecord.gz"),
-      eval_data=os.path.join(directory, "test", "*.tfrecord.gz"),
-      vocab_dir=os.path.join(directory, "train", "vocab"),
-      ground_truth=os.path.join(directory, "ground_truth_test.csv"),
+      train_data=layout.examples(directory, layout.TRAIN),
+      eval_data=layout.examples(directory, layout.TEST),
+      vocab_dir=layout.training_vocab_dir(directory),
+      ground_truth=layout.ground_truth(directory, layout.TEST),
       summary=summary)
 
 
@@ -68,8 +70,6 @@ def prepare(regime: grid.Regime, seed: int, directory: str) -> Dataset:
   Raises:
     grid.StudyError: ``directory`` holds a dataset of other settings.
   """
-  # Imported here: Beam takes seconds to load, and only this step needs it.
-  from escm2_pipelines import convert  # pylint: disable=import-outside-toplevel
   config = simulator_config(regime, seed)
   settings = {"simulator": dataclasses.asdict(config),
               "train_shards": TRAIN_SHARDS, "test_shards": TEST_SHARDS}
@@ -82,21 +82,9 @@ def prepare(regime: grid.Regime, seed: int, directory: str) -> Dataset:
                             "use another --work_dir")
     return _files(directory, stored["summary"])
   shutil.rmtree(directory, ignore_errors=True)
-  raw = os.path.join(directory, "raw")
-  summary = simulator.simulate(config, raw)
-  summary.pop("files")
-  for split, shards in (("train", TRAIN_SHARDS), ("test", TEST_SHARDS)):
-    stats = convert.convert(
-        os.path.join(directory, split), input_format="aliccp",
-        skeleton=os.path.join(raw, f"sample_skeleton_{split}.csv"),
-        common_features=os.path.join(raw, f"common_features_{split}.csv"),
-        num_shards=shards)
-    summary[split]["rows_written"] = stats["rows_written"]
-  os.replace(os.path.join(raw, "ground_truth_test.csv"),
-             os.path.join(directory, "ground_truth_test.csv"))
-  shutil.rmtree(raw)
-  temporary = marker + ".tmp"
-  with open(temporary, "w", encoding="utf-8") as f:
-    json.dump({"settings": settings, "summary": summary}, f, indent=1)
-  os.replace(temporary, marker)
+  summary = prepare_lib.prepare_dataset(
+      directory, config, {layout.TRAIN: TRAIN_SHARDS, layout.TEST: TEST_SHARDS},
+      keep_raw_logs=False)
+  layout.atomic_write(marker, json.dumps(
+      {"settings": settings, "summary": summary}, indent=1))
   return _files(directory, summary)

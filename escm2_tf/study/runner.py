@@ -24,6 +24,7 @@ import tf_keras as keras
 
 from escm2_tf import config as config_lib
 from escm2_tf import evaluation
+from escm2_tf import layout
 from escm2_tf import metrics as metrics_lib
 from escm2_tf import training
 from escm2_tf.study import datasets
@@ -129,11 +130,8 @@ def _load(path: str, config: grid.StudyConfig) -> dict[str, dict[str, Any]]:
 
 
 def _write_json(path: str, content: dict[str, Any]) -> None:
-  temporary = f"{path}.tmp"
-  with open(temporary, "w", encoding="utf-8") as f:
-    json.dump(content, f, indent=1, sort_keys=True, allow_nan=False)
-    f.write("\n")
-  os.replace(temporary, path)
+  layout.atomic_write(path, json.dumps(content, indent=1, sort_keys=True,
+                                       allow_nan=False) + "\n")
 
 
 def _clock(seconds: float) -> str:
