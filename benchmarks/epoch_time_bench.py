@@ -112,13 +112,12 @@ def _train(args: list[str], epochs: int) -> dict[str, Any]:
   """One trainer run in this (fresh) process; its wall time and timeline."""
   from escm2_tf import training  # pylint: disable=g-import-not-at-top
   model_dir = tempfile.mkdtemp(prefix="escm2_epoch_bench_")
-  train, model, loss = hparams_lib.train_configs(
+  config = hparams_lib.experiment_config(
       [*args, f"--epochs={epochs}", f"--model_dir={model_dir}",
        f"--export_dir={model_dir}/export"])
   timeline = _timeline()
   start, start_cpu = time.perf_counter(), time.process_time()
-  result = training.train(train, model, loss, callbacks=[timeline],
-                          verbose=0)
+  result = training.train(config, callbacks=[timeline], verbose=0)
   wall = time.perf_counter() - start
   cpu = time.process_time() - start_cpu
   shutil.rmtree(model_dir, ignore_errors=True)

@@ -63,9 +63,9 @@ def _train(args: list[str]) -> dict[str, Any]:
   """One trainer run in this (fresh) process; its exact test metrics."""
   from escm2_tf import training  # pylint: disable=g-import-not-at-top
   model_dir = tempfile.mkdtemp(prefix="escm2_quality_")
-  train, model, loss = hparams_lib.train_configs(
+  config = hparams_lib.experiment_config(
       [*args, f"--model_dir={model_dir}", "--export_dir="])
-  result = training.train(train, model, loss, verbose=0)
+  result = training.train(config, verbose=0)
   shutil.rmtree(model_dir, ignore_errors=True)
   return {name: result["metrics"][name] for name in _METRICS}
 

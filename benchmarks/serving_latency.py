@@ -97,9 +97,9 @@ def _export_default_model(directory: str, settings: LatencyFlags) -> str:
   from escm2_tf.bench import synthetic
   # pylint: enable=g-import-not-at-top
   vocabularies = synthetic.vocabularies(settings.vocab_scale)
-  model = model_lib.build_model(config_lib.ModelConfig(seed=0),
+  model = model_lib.build_model(config_lib.ModelConfig(),
                                 config_lib.LossConfig(loss=settings.loss),
-                                vocabularies)
+                                vocabularies, seed=0)
   return export.export_saved_model(model, directory)
 
 

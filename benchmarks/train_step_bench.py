@@ -197,9 +197,9 @@ def main(argv):
   model_config = config_lib.ModelConfig(
       embedding_dim=settings.embedding_dim, backbone=settings.backbone,
       num_experts=settings.num_experts, expert_units=(settings.expert_units,),
-      use_weights=settings.use_weights, seed=0)
+      use_weights=settings.use_weights)
   model = model_lib.build_model(model_config, config_lib.LossConfig(
-      loss=settings.loss), vocabularies)
+      loss=settings.loss), vocabularies, seed=0)
   model.compile(optimizer=_make_optimizer(settings.optimizer),
                 steps_per_execution=settings.steps_per_execution)
   with tempfile.TemporaryDirectory() as directory:

@@ -1,16 +1,18 @@
-"""Configuration: the network, the loss and the run.
+"""Configuration: one experiment, in sections.
 
-``ModelConfig`` describes only the network, ``LossConfig`` how
-``escm2_tf.losses.compute_losses`` weighs the risks, ``TrainConfig`` what
-``escm2-train`` runs. Each field is declared once (``escm2_tf.options``);
-``escm2_tf.flagbind`` derives the flags from them. Nothing here imports
-TensorFlow, so the CLIs check their flags before it loads.
-The trainer writes ``ModelConfig.to_dict()`` into ``model_dir/config.json`` and
-the exporter rebuilds the network from it with ``ModelConfig.from_dict``.
+An ``ExperimentConfig`` is what ``escm2-train`` runs: ``RuntimeConfig`` (seed,
+determinism, distribution strategy), ``DataConfig`` (the data), ``ModelConfig``
+(only the network), ``LossConfig`` (how ``escm2_tf.losses.compute_losses``
+weighs the risks) and ``TrainerConfig`` (outputs, schedule, optimizer). Each
+field is declared once (``escm2_tf.options``) and is the flag of its name
+(``escm2_tf.flagbind``). Nothing here imports TensorFlow, so the CLIs check
+their flags before it loads. The trainer writes ``ExperimentConfig.to_dict()``
+into ``model_dir/config.json``; export reads it back with ``from_dict``.
 """
 
 import dataclasses
 import math
+import typing
 from typing import Any, Mapping
 
 from escm2_tf import options
@@ -51,15 +53,6 @@ _PAPER_ONLY_FIELDS = ("lambda_imp", "propensity_clip", "max_ips_weight",
                       "self_normalized")
 # Holding out more than half of the training data leaves too little to train.
 MAX_VALIDATION_FRACTION = 0.5
-
-
-def dataclass_from_dict(cls: type, values: Mapping[str, Any]) -> Any:
-  """Builds the dataclass ``cls`` from a dict; unknown keys are an error."""
-  known = {field.name for field in dataclasses.fields(cls)}
-  unknown = sorted(set(values) - known)
-  if unknown:
-    raise ValueError(f"Unknown {cls.__name__} field(s): {', '.join(unknown)}.")
-  return cls(**values)
 
 
 def _check_units(name: str, value: Any, allow_empty: bool) -> tuple[int, ...]:
@@ -113,8 +106,6 @@ class ModelConfig:
     embedding_dropout: Dropout rate on the pooled field embeddings.
     dropout: Dropout rate after every hidden layer of backbone and towers.
     activation: Hidden-layer activation.
-    seed: Seeds the initialisers and dropout, so equal seeds give equal
-      weights; ``None`` leaves them to the global random state.
   """
   embedding_dim: int = option(12, minimum=1)
   backbone: str = option("mmoe", choices=BACKBONES)
@@ -136,7 +127,6 @@ class ModelConfig:
   embedding_dropout: float = 0.0
   dropout: float = 0.0
   activation: str = option("relu", choices=ACTIVATIONS)
-  seed: int | None = option(None, minimum=0)
 
   def __post_init__(self):
     options.check_declared(self)
@@ -152,16 +142,6 @@ class ModelConfig:
                         f"got {self.embedding_init_scale!r}")
     _check_fraction("embedding_dropout", self.embedding_dropout)
     _check_fraction("dropout", self.dropout)
-
-  def to_dict(self) -> dict[str, Any]:
-    """A JSON-ready dict (tuples become lists)."""
-    return {name: list(value) if isinstance(value, tuple) else value
-            for name, value in dataclasses.asdict(self).items()}
-
-  @classmethod
-  def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
-    """The inverse of ``to_dict``; unknown keys are an error, not ignored."""
-    return dataclass_from_dict(cls, values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,7 +195,10 @@ class LossConfig:
   propensity_clip: float = option(0.01, minimum=0.0, maximum=1.0)
   max_ips_weight: float | None = option(None, minimum=1.0)
   stop_ips_gradient: bool = True
-  propensity: str = option("model", choices=PROPENSITIES)
+  propensity: str = option(
+      "model", choices=PROPENSITIES,
+      help="The IPS weight's click propensity: the CTR tower's pCTR (model) "
+      "or a known p_click label (label; escm2-train's data carry none).")
   self_normalized: bool = False
   compat: str = option("paper", choices=COMPAT_MODES,
                        help="The paper's losses, or PaddleRec's escm2 losses.")
@@ -240,28 +223,41 @@ class LossConfig:
               f"{field.default!r} or use --compat=paper")
 
 
-def _check_train_config(config: "TrainConfig") -> None:
-  """What the declarations cannot say: required inputs, the monitor."""
-  for name in ("train_data", "eval_data", "vocab_dir", "model_dir"):
+
+def _check_required(config: Any, names: tuple[str, ...]) -> None:
+  for name in names:
     if not getattr(config, name):
       raise ConfigError(name, "is required")
-  if not 0.0 < config.learning_rate < math.inf:
-    raise ConfigError("learning_rate", "must be a positive finite number, "
-                      f"got {config.learning_rate!r}")
-  if not config.early_stopping_monitor.startswith("val_"):
-    raise ConfigError("early_stopping_monitor",
-                      "must name a validation quantity (val_...), got "
-                      f"{config.early_stopping_monitor!r}")
-  if (not options.is_number(config.validation_fraction)
-      or not 0.0 < config.validation_fraction <= MAX_VALIDATION_FRACTION):
-    raise ConfigError("validation_fraction", "must be in (0, "
-                      f"{MAX_VALIDATION_FRACTION}], got "
-                      f"{config.validation_fraction!r}")
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
-  """What to train on, where to write, and how long.
+class RuntimeConfig:
+  """Where and how reproducibly a run executes.
+
+  Attributes:
+    seed: Seeds the weights, dropout and shuffles: equal seeds, equal models.
+    deterministic: Also makes TensorFlow's ops deterministic (process-wide).
+    distribution_strategy: ``default`` (this process), ``mirrored`` (this
+      machine's devices), or ``multi_worker_mirrored`` or
+      ``parameter_server``, which read their cluster from ``TF_CONFIG``.
+    ps_min_shard_bytes: Under ``parameter_server``, a variable larger than
+      this is split into ``min(servers, ceil(bytes / ps_min_shard_bytes))``
+      shards, one per parameter server.
+  """
+  seed: int = option(42, minimum=0)
+  deterministic: bool = True
+  distribution_strategy: str = option(DEFAULT_STRATEGY, choices=STRATEGIES,
+                                      group="distribution")
+  ps_min_shard_bytes: int = option(DEFAULT_MIN_SHARD_BYTES, minimum=1,
+                                   group="distribution")
+
+  def __post_init__(self):
+    options.check_declared(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """What a run trains, validates and is scored on, and how it reads it.
 
   Attributes:
     train_data: Glob of the training TFRecords (the converter's output).
@@ -269,9 +265,6 @@ class TrainConfig:
       Never used to choose the stopping epoch: that is ``validation_data``'s
       job.
     vocab_dir: The converter's ``vocab/`` directory of the training data.
-    model_dir: Where checkpoints, the backup, logs and the configs go.
-    export_dir: Where to export the final SavedModel (``<version>/``); empty
-      for no export.
     ground_truth: The simulator's ``ground_truth_*.csv`` of ``eval_data``; adds
       the bias metrics. Empty when the data is not simulated.
     validation_data: Glob of the TFRecords validated on after every epoch,
@@ -282,6 +275,60 @@ class TrainConfig:
       training records held out for validation, in (0, 0.5]: those whose
       ``sample_id`` hashes into it (``data.HashSplit``), the same records on
       every run and every worker; they are never trained on.
+    min_count: Ids seen fewer times in the training data share OOV rows.
+      Rare ids are memorised, not learnt: on ``escm2-synth`` defaults
+      (200k impressions), raising it from 1 to 100 lifted the CTR tower's
+      AUC from 0.626 to 0.692 (the true p_click's: 0.776), made its
+      propensities correct the clicks' CVR from 0.0353 to 0.0240 (truth
+      0.0168) and lowered the validation loss (docs/results.md). Lower it
+      for data where most ids are frequent.
+    stats_file: The converter's ``stats.json`` of the training data; empty
+      for the one beside ``vocab_dir`` (``<vocab_dir>/../stats.json``).
+    vocab_check_examples: Training examples read up front to check that the
+      vocabulary belongs to the data; 0 skips the check.
+    max_unknown_id_fraction: The largest share of a field's ids, in that
+      sample, that may be missing from its vocabulary.
+    input_cache_mb: Memory for parsed batches kept from one epoch to the
+      next, which later epochs then neither read nor parse: the validation
+      data's when their estimate (``data.parsed_bytes_estimate``) fits, then,
+      with ``cache_training_batches``, the training data's if they fit the
+      rest. 0 keeps nothing.
+    cache_training_batches: Also keep the training batches when they fit
+      ``input_cache_mb``: later epochs reuse the first epoch's batches in a
+      new order instead of reshuffling the records.
+  """
+  train_data: str = option(group="data")
+  eval_data: str = option(group="data")
+  vocab_dir: str = option(group="data")
+  ground_truth: str = option("", group="data")
+  validation_data: str = option("", group="data")
+  validation_fraction: float = option(0.1, group="data")
+  min_count: int = option(100, minimum=1, group="data")
+  stats_file: str = option("", group="data")
+  vocab_check_examples: int = option(1000, minimum=0, group="data")
+  max_unknown_id_fraction: float = option(0.5, minimum=0.0, maximum=1.0,
+                                          group="data")
+  input_cache_mb: int = option(2048, minimum=0, group="training")
+  cache_training_batches: bool = option(False, group="training")
+
+  def __post_init__(self):
+    _check_required(self, ("train_data", "eval_data", "vocab_dir"))
+    if (not options.is_number(self.validation_fraction)
+        or not 0.0 < self.validation_fraction <= MAX_VALIDATION_FRACTION):
+      raise ConfigError("validation_fraction", "must be in (0, "
+                        f"{MAX_VALIDATION_FRACTION}], got "
+                        f"{self.validation_fraction!r}")
+    options.check_declared(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerConfig:
+  """Where a run writes, how long it trains, and the optimizer.
+
+  Attributes:
+    model_dir: Where checkpoints, the backup, logs and the configs go.
+    export_dir: Where to export the final SavedModel (``<version>/``); empty
+      for no export.
     epochs: The most passes over the training data. Sparse id embeddings
       overfit after one or two; early stopping usually ends the run sooner.
     batch_size: Examples per training step.
@@ -299,15 +346,6 @@ class TrainConfig:
       Adam, which updates every row at every step) or ``"lazy_adam"``
       (row-wise without the catch-up: a little faster, measurably less
       accurate); docs/benchmarks.md.
-    seed: Seeds the weights, dropout and shuffles: equal seeds, equal models.
-    deterministic: Also makes TensorFlow's ops deterministic (process-wide).
-    min_count: Ids seen fewer times in the training data share OOV rows.
-      Rare ids are memorised, not learnt: on ``escm2-synth`` defaults
-      (200k impressions), raising it from 1 to 100 lifted the CTR tower's
-      AUC from 0.626 to 0.692 (the true p_click's: 0.776), made its
-      propensities correct the clicks' CVR from 0.0353 to 0.0240 (truth
-      0.0168) and lowered the validation loss (docs/results.md). Lower it
-      for data where most ids are frequent.
     steps_per_execution: Training steps per call into the graph; more is
       faster for small models (32 saves about a seventh of a step's CPU
       against 1; the shipped flagfiles set it), with coarser progress
@@ -318,14 +356,9 @@ class TrainConfig:
       and ``multi_worker_mirrored`` fails (TF's collective gather of the
       embedding's sparse gradients inside the multi-step loop), so that
       strategy refuses it.
-    input_cache_mb: Memory for parsed batches kept from one epoch to the
-      next, which later epochs then neither read nor parse: the validation
-      data's when their estimate (``data.parsed_bytes_estimate``) fits, then,
-      with ``cache_training_batches``, the training data's if they fit the
-      rest. 0 keeps nothing.
-    cache_training_batches: Also keep the training batches when they fit
-      ``input_cache_mb``: later epochs reuse the first epoch's batches in a
-      new order instead of reshuffling the records.
+    steps_per_epoch: Training steps per epoch (of ``batch_size`` examples
+      each); 0 for one pass over ``train_data``, counted up front when Keras
+      must know it (cluster strategies, grouped steps).
     early_stopping_patience: Epochs without improvement of
       ``early_stopping_monitor`` before stopping; the run then ends with the
       weights of its best epoch (also after a resume). 0 turns it off: the
@@ -343,66 +376,128 @@ class TrainConfig:
       the imputation tower of the doubly robust losses) at the training
       data's base rates, read from ``stats_file``: every prediction starts
       calibrated (``base_rates``).
-    stats_file: The converter's ``stats.json`` of the training data; empty
-      for the one beside ``vocab_dir`` (``<vocab_dir>/../stats.json``).
-    vocab_check_examples: Training examples read up front to check that the
-      vocabulary belongs to the data; 0 skips the check.
-    max_unknown_id_fraction: The largest share of a field's ids, in that
-      sample, that may be missing from its vocabulary.
-    distribution_strategy: ``default`` (this process), ``mirrored`` (this
-      machine's devices), or ``multi_worker_mirrored`` or
-      ``parameter_server``, which read their cluster from ``TF_CONFIG``.
-    steps_per_epoch: Training steps per epoch (of ``batch_size`` examples
-      each); 0 for one pass over ``train_data``, counted up front when Keras
-      must know it (cluster strategies, grouped steps).
-    ps_min_shard_bytes: Under ``parameter_server``, a variable larger than
-      this is split into ``min(servers, ceil(bytes / ps_min_shard_bytes))``
-      shards, one per parameter server.
   """
-  train_data: str = option(group="data")
-  eval_data: str = option(group="data")
-  vocab_dir: str = option(group="data")
   model_dir: str = option(group="output")
   export_dir: str = option("", group="output")
-  ground_truth: str = option("", group="data")
-  validation_data: str = option("", group="data")
-  validation_fraction: float = option(0.1, group="data")
   epochs: int = option(10, minimum=1)
   batch_size: int = option(1024, minimum=1)
   learning_rate: float = 3e-4
   optimizer: str = option(SPARSE_ADAM, choices=OPTIMIZERS)
-  seed: int = option(42, minimum=0)
-  deterministic: bool = True
-  min_count: int = option(100, minimum=1, group="data")
   steps_per_execution: int = option(1, minimum=1)
-  input_cache_mb: int = option(2048, minimum=0)
-  cache_training_batches: bool = False
+  steps_per_epoch: int = option(0, minimum=0)
   early_stopping_patience: int = option(1, minimum=0)
   early_stopping_monitor: str = "val_ctr_ctcvr_loss"
   base_rate_init: bool = option(True, group="model")
-  stats_file: str = option("", group="data")
-  vocab_check_examples: int = option(1000, minimum=0, group="data")
-  max_unknown_id_fraction: float = option(0.5, minimum=0.0, maximum=1.0,
-                                          group="data")
-  distribution_strategy: str = option(DEFAULT_STRATEGY, choices=STRATEGIES,
-                                      group="distribution")
-  steps_per_epoch: int = option(0, minimum=0)
-  ps_min_shard_bytes: int = option(DEFAULT_MIN_SHARD_BYTES, minimum=1,
-                                   group="distribution")
 
   def __post_init__(self):
-    _check_train_config(self)
+    _check_required(self, ("model_dir",))
+    if not 0.0 < self.learning_rate < math.inf:
+      raise ConfigError("learning_rate", "must be a positive finite number, "
+                        f"got {self.learning_rate!r}")
+    if not self.early_stopping_monitor.startswith("val_"):
+      raise ConfigError("early_stopping_monitor",
+                        "must name a validation quantity (val_...), got "
+                        f"{self.early_stopping_monitor!r}")
     options.check_declared(self)
-    if (self.distribution_strategy == MULTI_WORKER_MIRRORED
-        and self.steps_per_execution > 1):
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ExperimentConfig:
+  """One training run, whole: what ``escm2-train`` runs and writes down.
+
+  Each section is a frozen dataclass whose fields are ``escm2-train``'s flags
+  of the same names (``escm2_tf.flagbind``); a field name is used in one
+  section only, so ``replace`` and the flags need no section prefix. The
+  trainer writes ``to_dict()`` into ``model_dir/config.json``; ``from_dict``
+  reads it back (``escm2_tf.run_dir.load_config``).
+
+  Attributes:
+    runtime: The seed, op determinism and the distribution strategy.
+    data: The training, validation and evaluation data.
+    model: The network.
+    loss: The estimator and how it weighs the risks.
+    trainer: The outputs, the schedule and the optimizer.
+  """
+  runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+  data: DataConfig
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  loss: LossConfig = dataclasses.field(default_factory=LossConfig)
+  trainer: TrainerConfig
+
+  def __post_init__(self):
+    for field in dataclasses.fields(self):
+      if not isinstance(getattr(self, field.name), SECTIONS[field.name]):
+        raise TypeError(f"ExperimentConfig.{field.name} must be a "
+                        f"{SECTIONS[field.name].__name__}")
+    if (self.runtime.distribution_strategy == MULTI_WORKER_MIRRORED
+        and self.trainer.steps_per_execution > 1):
       raise ConfigError("steps_per_execution", "must be 1 with "
                         "multi_worker_mirrored (TF's collective gather of "
                         "sparse gradients fails inside a multi-step loop)")
 
+  @classmethod
+  def create(cls, **values: Any) -> "ExperimentConfig":
+    """A config from field values by their (flag) names, e.g. ``seed=1``."""
+    by_section = _by_section(values)
+    return cls(**{name: section(**by_section[name])
+                  for name, section in SECTIONS.items()})
+
+  def replace(self, **values: Any) -> "ExperimentConfig":
+    """This config with the fields named by their (flag) names replaced."""
+    return dataclasses.replace(self, **{
+        name: dataclasses.replace(getattr(self, name), **section_values)
+        for name, section_values in _by_section(values).items()
+        if section_values})
+
   def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+    """A JSON-ready dict, one key per section (tuples become lists)."""
+    return options.json_ready(self)
 
   @classmethod
-  def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
-    """The inverse of ``to_dict``; unknown keys are an error."""
-    return dataclass_from_dict(cls, values)
+  def from_dict(cls, values: Mapping[str, Any]) -> "ExperimentConfig":
+    """The inverse of ``to_dict``.
+
+    Raises:
+      ValueError: An unknown key, or a value the config refuses
+        (``ConfigError``, which names the field).
+      TypeError: A section that is not a mapping, or a missing required
+        field.
+    """
+    return _from_dict(cls, values)
+
+
+# ExperimentConfig's fields and their types.
+SECTIONS = {"runtime": RuntimeConfig, "data": DataConfig,
+            "model": ModelConfig, "loss": LossConfig,
+            "trainer": TrainerConfig}
+# Field name -> its section; unique, as each is the flag of its name.
+SECTION_OF = {field.name: section for section, cls in SECTIONS.items()
+              for field in dataclasses.fields(cls)}
+
+
+def _by_section(values: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+  grouped: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+  for name, value in values.items():
+    if name not in SECTION_OF:
+      raise ConfigError(name, "is not a field of ExperimentConfig")
+    grouped[SECTION_OF[name]][name] = value
+  return grouped
+
+
+def _from_dict(cls: type, values: Mapping[str, Any]) -> Any:
+  if not isinstance(values, Mapping):
+    raise TypeError(f"{cls.__name__} must be a JSON object, got "
+                    f"{type(values).__name__}")
+  fields = {field.name: field for field in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - set(fields))
+  if unknown:
+    raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}")
+  typed = {}
+  for name, value in values.items():
+    kind, _ = options.field_type(cls, name)
+    if dataclasses.is_dataclass(kind):
+      value = _from_dict(kind, value)
+    elif typing.get_origin(kind) is tuple and isinstance(value, list):
+      value = tuple(value)
+    typed[name] = value
+  return cls(**typed)

@@ -58,13 +58,14 @@ class Section:
             if field.name not in self.exclude]
 
 
-# escm2-train's flags; a training flagfile holds these (the benchmark reads
-# one too). The network takes the trainer's --seed; the trainer's records
-# carry no known propensities (LossConfig.propensity="label").
+# escm2-train's flags, one per field of ExperimentConfig's sections; a
+# training flagfile holds these (the benchmark reads one too).
 TRAIN_SECTIONS = (
-    Section(config_lib.TrainConfig, "training"),
-    Section(config_lib.LossConfig, "loss", exclude=("propensity",)),
-    Section(config_lib.ModelConfig, "model", exclude=("seed",)))
+    Section(config_lib.DataConfig, "data"),
+    Section(config_lib.TrainerConfig, "training"),
+    Section(config_lib.RuntimeConfig, "training"),
+    Section(config_lib.LossConfig, "loss"),
+    Section(config_lib.ModelConfig, "model"))
 
 
 def _flag_default(field: dataclasses.Field, kind: type) -> Any:
@@ -134,10 +135,17 @@ class Binding:
   def build(self, config: type, **overrides: Any) -> Any:
     """``config`` from the flags and ``overrides``.
 
+    A field whose type is a dataclass (a section of ``ExperimentConfig``) is
+    built from its own bound flags.
+
     Raises:
       ConfigError: A value the dataclass refuses; names the field (= flag).
     """
-    return config(**{**self.values(config), **overrides})
+    if any(section.config is config for section in self.sections):
+      return config(**{**self.values(config), **overrides})
+    return config(**{
+        field.name: self.build(options.field_type(config, field.name)[0])
+        for field in dataclasses.fields(config)}, **overrides)
 
   def names(self) -> list[str]:
     """The names of the bound flags."""

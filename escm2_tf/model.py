@@ -11,7 +11,6 @@ metrics), so a plain ``model.compile(optimizer=...)`` and
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
-import dataclasses
 from typing import Any, Mapping
 
 import numpy as np
@@ -22,6 +21,7 @@ import tf_keras as keras
 from escm2_tf import base_rates as base_rates_lib
 from escm2_tf import config as config_lib
 from escm2_tf import layers
+from escm2_tf import options
 from escm2_tf import schema
 from escm2_tf import task as task_lib
 
@@ -29,9 +29,9 @@ Features = Mapping[str, tf.RaggedTensor | tf.Tensor]
 Outputs = dict[str, tf.Tensor]
 
 
-def _embedding_initializer(config: config_lib.ModelConfig
+def _embedding_initializer(config: config_lib.ModelConfig, seed: int | None
                            ) -> keras.initializers.Initializer:
-  scale, seed = config.embedding_init_scale, config.seed
+  scale = config.embedding_init_scale
   if config.embedding_initializer == "uniform":
     return keras.initializers.RandomUniform(-scale, scale, seed=seed)
   if config.embedding_initializer == "normal":
@@ -39,40 +39,40 @@ def _embedding_initializer(config: config_lib.ModelConfig
   return keras.initializers.TruncatedNormal(stddev=scale, seed=seed)
 
 
-def _mlp(config: config_lib.ModelConfig, inputs: tf.Tensor,
+def _mlp(config: config_lib.ModelConfig, inputs: tf.Tensor, seed: int | None,
          seed_offset: int) -> tf.Tensor:
   hidden = inputs
   for index, units in enumerate(config.bottom_units):
     hidden = keras.layers.Dense(
         units, activation=config.activation, name=f"bottom_{index}",
         kernel_initializer=keras.initializers.GlorotUniform(
-            layers.offset_seed(config.seed, seed_offset + 2 * index)))(hidden)
+            layers.offset_seed(seed, seed_offset + 2 * index)))(hidden)
     if config.dropout:
       hidden = keras.layers.Dropout(
           config.dropout,
-          seed=layers.offset_seed(config.seed, seed_offset + 2 * index + 1),
+          seed=layers.offset_seed(seed, seed_offset + 2 * index + 1),
           name=f"bottom_dropout_{index}")(hidden)
   return hidden
 
 
 def _backbone(config: config_lib.ModelConfig, num_tasks: int,
-              inputs: tf.Tensor) -> tf.Tensor:
+              inputs: tf.Tensor, seed: int | None) -> tf.Tensor:
   """[B, I] -> [B, num_tasks, H] (mmoe) or [B, H] (shared by all towers)."""
   if config.backbone == "mmoe":
     return layers.MMoE(config.num_experts, config.expert_units, num_tasks,
                        activation=config.activation, dropout=config.dropout,
-                       seed=layers.offset_seed(config.seed, 100),
+                       seed=layers.offset_seed(seed, 100),
                        name="mmoe")(inputs)
   if config.backbone == "shared_bottom":
-    return _mlp(config, inputs, seed_offset=100)
+    return _mlp(config, inputs, seed, seed_offset=100)
   crossed = inputs
   for index in range(config.num_cross_layers):
     crossed = tfrs.layers.dcn.Cross(
         projection_dim=config.cross_projection_dim, name=f"cross_{index}",
         kernel_initializer=keras.initializers.TruncatedNormal(
-            stddev=0.05, seed=layers.offset_seed(config.seed, 100 + index)))(
+            stddev=0.05, seed=layers.offset_seed(seed, 100 + index)))(
                 inputs, crossed)
-  return _mlp(config, crossed, seed_offset=200)
+  return _mlp(config, crossed, seed, seed_offset=200)
 
 
 def model_inputs(config: config_lib.ModelConfig) -> dict[str, tf.Tensor]:
@@ -90,12 +90,13 @@ def model_inputs(config: config_lib.ModelConfig) -> dict[str, tf.Tensor]:
 def build_network(model_config: config_lib.ModelConfig,
                   loss_config: config_lib.LossConfig,
                   vocabularies: Mapping[str, np.ndarray],
-                  base_rates: base_rates_lib.BaseRates | None = None
-                  ) -> keras.Model:
+                  base_rates: base_rates_lib.BaseRates | None = None,
+                  seed: int | None = None) -> keras.Model:
   """The functional graph: raw ids -> lookup, pooling, backbone, towers.
 
   With ``base_rates`` the towers' output biases start at
-  ``base_rates.output_biases``; without, at 0.
+  ``base_rates.output_biases``; without, at 0. ``seed`` seeds the
+  initialisers and dropout (``build_model``).
   """
   missing = [f for f in schema.FIELD_NAMES if f not in vocabularies]
   if missing:
@@ -107,18 +108,18 @@ def build_network(model_config: config_lib.ModelConfig,
       {f: vocabularies[f] for f in schema.FIELD_NAMES},
       model_config.embedding_dim, oov_buckets=model_config.oov_buckets,
       pooling=model_config.pooling, use_weights=model_config.use_weights,
-      initializer=_embedding_initializer(model_config),
+      initializer=_embedding_initializer(model_config, seed),
       l2=model_config.embedding_l2, name="embedding")(inputs)
   if model_config.embedding_dropout:
     embedded = keras.layers.Dropout(
         model_config.embedding_dropout,
-        seed=layers.offset_seed(model_config.seed, 1),
+        seed=layers.offset_seed(seed, 1),
         name="embedding_dropout")(embedded)
-  hidden = _backbone(model_config, num_tasks, embedded)
+  hidden = _backbone(model_config, num_tasks, embedded, seed)
   logits = layers.TaskTowers(
       num_tasks, model_config.tower_units, activation=model_config.activation,
       dropout=model_config.dropout,
-      seed=layers.offset_seed(model_config.seed, 300),
+      seed=layers.offset_seed(seed, 300),
       output_biases=(None if base_rates is None else
                      base_rates.output_biases(towers)),
       name="towers")(hidden)
@@ -223,15 +224,16 @@ class ESCM2Model(keras.Model):
     return self(features, training=False)
 
   def get_config(self) -> dict[str, Any]:
-    return {"model_config": self.model_config.to_dict(),
-            "loss_config": dataclasses.asdict(self.loss_config)}
+    return {"model_config": options.json_ready(self.model_config),
+            "loss_config": options.json_ready(self.loss_config)}
 
   @classmethod
   def from_config(cls, config: Mapping[str, Any], custom_objects=None):
     raise NotImplementedError(
         "An ESCM2Model cannot be rebuilt from its config alone: it needs the "
-        "vocabularies. Call build_model(ModelConfig.from_dict(...), ..., "
-        "vocab.load_vocabularies(...)) and restore the weights.")
+        "vocabularies. Call build_model(config.model, config.loss, "
+        "vocab.load_vocabularies(...)) with the run's config "
+        "(run_dir.load_config) and restore the weights.")
 
   def compile(self, optimizer="rmsprop", loss=None, metrics=None,
               jit_compile: bool | None = None, **kwargs):
@@ -255,8 +257,8 @@ class ESCM2Model(keras.Model):
 def build_model(model_config: config_lib.ModelConfig,
                 loss_config: config_lib.LossConfig,
                 vocabularies: Mapping[str, np.ndarray], *,
-                base_rates: base_rates_lib.BaseRates | None = None
-                ) -> ESCM2Model:
+                base_rates: base_rates_lib.BaseRates | None = None,
+                seed: int | None = None) -> ESCM2Model:
   """The ESCM2 model for these configs and per-field vocabularies.
 
   Args:
@@ -270,10 +272,12 @@ def build_model(model_config: config_lib.ModelConfig,
       the towers' output biases start at their log-odds, so the model starts
       calibrated (``escm2-train`` does this by default). ``None`` starts them
       at 0, a prediction of 0.5.
+    seed: Seeds the initialisers and dropout, so equal seeds give equal
+      weights; ``None`` leaves them to the global random state.
 
   Returns:
     An ``ESCM2Model``, ready for ``compile(optimizer=...)`` and ``fit``.
   """
   network = build_network(model_config, loss_config, vocabularies,
-                          base_rates)
+                          base_rates, seed)
   return ESCM2Model(network, model_config, loss_config, name="escm2")

@@ -1,15 +1,14 @@
 """A training run's directory: its layout, and restoring a model from it.
 
-``model_dir`` holds ``config.json`` (the three configs, for ``escm2-export`` to
-rebuild the model), ``checkpoints/`` (Keras weights, ``epoch-NNN`` per epoch,
-then ``final``, which the checkpoint state names as the latest), ``backup/``
-(``BackupAndRestore``; removed when a run completes), ``logs/`` (TensorBoard)
-and ``metrics.json``.
+``model_dir`` holds ``config.json`` (the run's ``ExperimentConfig``, for
+``escm2-export`` to rebuild the model), ``checkpoints/`` (Keras weights,
+``epoch-NNN`` per epoch, then ``final``, which the checkpoint state names as
+the latest), ``backup/`` (``BackupAndRestore``; removed when a run completes),
+``logs/`` (TensorBoard) and ``metrics.json``.
 """
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
-import dataclasses
 import json
 import os
 from typing import Any
@@ -18,7 +17,6 @@ import tensorflow as tf
 import tf_keras as keras
 
 from escm2_tf import config as config_lib
-from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import vocab
 
@@ -30,26 +28,22 @@ LOG_DIR = "logs"
 FINAL_CHECKPOINT = "final"
 
 
-def configs_dict(train_config: config_lib.TrainConfig,
-                 model_config: config_lib.ModelConfig,
-                 loss_config: losses.LossConfig) -> dict[str, Any]:
-  """The content of ``config.json``."""
-  return {"model": model_config.to_dict(),
-          "loss": dataclasses.asdict(loss_config),
-          "train": train_config.to_dict()}
+def load_config(model_dir: str) -> config_lib.ExperimentConfig:
+  """The ``ExperimentConfig`` of the run in ``model_dir``.
 
-
-def load_configs(model_dir: str) -> dict[str, Any]:
-  """Reads ``model_dir/config.json`` back into the three configs.
-
-  Returns:
-    ``{"model": ModelConfig, "loss": LossConfig, "train": config_lib.TrainConfig}``.
+  Raises:
+    FileNotFoundError: ``model_dir/config.json`` does not exist.
+    ValueError: It is not an ``ExperimentConfig``'s JSON; the message names
+      the file and says why, in one line.
   """
-  with tf.io.gfile.GFile(os.path.join(model_dir, CONFIG_FILE)) as f:
-    content = json.load(f)
-  return {"model": config_lib.ModelConfig.from_dict(content["model"]),
-          "loss": losses.LossConfig(**content["loss"]),
-          "train": config_lib.TrainConfig.from_dict(content["train"])}
+  path = os.path.join(model_dir, CONFIG_FILE)
+  if not tf.io.gfile.exists(path):
+    raise FileNotFoundError(f"{path} not found")
+  try:
+    return config_lib.ExperimentConfig.from_dict(_read_json(path))
+  except (TypeError, ValueError) as error:
+    raise ValueError(f"{path}: not an escm2-train config "
+                     f"({str(error).splitlines()[0]})") from None
 
 
 def _read_json(path: str) -> Any:
@@ -64,17 +58,12 @@ def restore_model(model_dir: str) -> keras.Model:
     FileNotFoundError: config.json or every checkpoint is missing.
     ValueError: a config or the checkpoint does not fit (names the file).
   """
+  config = load_config(model_dir)
   config_path = os.path.join(model_dir, CONFIG_FILE)
-  if not tf.io.gfile.exists(config_path):
-    raise FileNotFoundError(f"{config_path} not found")
-  try:
-    configs = load_configs(model_dir)
-  except (KeyError, TypeError, ValueError) as error:
-    raise ValueError(f"{config_path}: {error}") from None
-  vocabularies = vocab.load_vocabularies(configs["train"].vocab_dir,
-                                         configs["train"].min_count)
-  model = model_lib.build_model(configs["model"], configs["loss"],
-                                vocabularies)
+  vocabularies = vocab.load_vocabularies(config.data.vocab_dir,
+                                         config.data.min_count)
+  model = model_lib.build_model(config.model, config.loss, vocabularies,
+                                seed=config.runtime.seed)
   checkpoint_dir = os.path.join(model_dir, CHECKPOINT_DIR)
   checkpoint = tf.train.latest_checkpoint(checkpoint_dir)
   if checkpoint is None:

@@ -1,4 +1,4 @@
-"""Training: ``TrainConfig`` and ``train``, the library behind ``escm2-train``.
+"""Training: ``train``, the library behind ``escm2-train``.
 
 ``train`` checks its inputs before doing any work, then fits the model with the
 callbacks a long run needs: a progress bar, TensorBoard logs, a checkpoint per
@@ -23,7 +23,7 @@ import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 import functools
 import math
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -36,7 +36,6 @@ from escm2_tf import distribute
 from escm2_tf import early_stopping
 from escm2_tf import evaluation
 from escm2_tf import export
-from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import optimizers
 from escm2_tf import run_dir
@@ -45,15 +44,12 @@ from escm2_tf import validation
 from escm2_tf import vocab
 
 
-ConfigError = config_lib.ConfigError
-TrainConfig = config_lib.TrainConfig
-
 
 class TrainingDivergedError(RuntimeError):
   """The loss became NaN or infinite; training stopped."""
 
 
-def check_inputs(config: TrainConfig, configs: Mapping[str, Any]
+def check_inputs(config: config_lib.ExperimentConfig
                  ) -> dict[str, np.ndarray]:
   """``validation.check_inputs`` against ``model_dir``'s layout.
 
@@ -64,9 +60,9 @@ def check_inputs(config: TrainConfig, configs: Mapping[str, Any]
     ConfigError: The first problem found, naming the field.
   """
   return validation.check_inputs(
-      config, configs,
-      stored_config=os.path.join(config.model_dir, run_dir.CONFIG_FILE),
-      backup_dir=os.path.join(config.model_dir, run_dir.BACKUP_DIR))
+      config,
+      stored_config=os.path.join(config.trainer.model_dir, run_dir.CONFIG_FILE),
+      backup_dir=os.path.join(config.trainer.model_dir, run_dir.BACKUP_DIR))
 
 
 class _StopOnNaN(keras.callbacks.TerminateOnNaN):
@@ -109,14 +105,15 @@ class _StopOnNaNLoss(keras.callbacks.Callback):
           "try a lower learning rate")
 
 
-def _checkpoint_path(config: TrainConfig, epoch: int) -> str:
+def _checkpoint_path(config: config_lib.ExperimentConfig, epoch: int) -> str:
   """Where ModelCheckpoint saves the weights after ``epoch`` (0-based)."""
-  return os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR,
+  return os.path.join(config.trainer.model_dir, run_dir.CHECKPOINT_DIR,
                       f"epoch-{epoch + 1:03d}")
 
 
-def _callbacks(config: TrainConfig, parameter_server: bool = False,
-               is_chief: bool = True, verbose: int = 0
+def _callbacks(config: config_lib.ExperimentConfig,
+               parameter_server: bool = False, is_chief: bool = True,
+               verbose: int = 0
                ) -> list[keras.callbacks.Callback]:
   """The run's callbacks.
 
@@ -124,47 +121,49 @@ def _callbacks(config: TrainConfig, parameter_server: bool = False,
   epoch's checkpoint are written before the epoch's backup: a run resumed
   from a backup finds both (a kill in between redoes the epoch).
   """
-  backup_dir = os.path.join(config.model_dir, run_dir.BACKUP_DIR)
+  backup_dir = os.path.join(config.trainer.model_dir, run_dir.BACKUP_DIR)
   callbacks = [_StopOnNaNLoss() if parameter_server else _StopOnNaN()]
-  if config.early_stopping_patience:
+  if config.trainer.early_stopping_patience:
     callbacks.append(early_stopping.ResumableEarlyStopping(
-        config.early_stopping_monitor, config.early_stopping_patience,
+        config.trainer.early_stopping_monitor,
+        config.trainer.early_stopping_patience,
         os.path.join(backup_dir, early_stopping.STATE_FILE),
         functools.partial(_checkpoint_path, config), write_state=is_chief,
         verbose=verbose))
   callbacks += [
       keras.callbacks.ModelCheckpoint(
-          os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR, "epoch-{epoch:03d}"),
+          os.path.join(config.trainer.model_dir, run_dir.CHECKPOINT_DIR,
+                       "epoch-{epoch:03d}"),
           save_weights_only=True),
       keras.callbacks.BackupAndRestore(backup_dir),
-      keras.callbacks.TensorBoard(os.path.join(config.model_dir, run_dir.LOG_DIR)),
+      keras.callbacks.TensorBoard(
+          os.path.join(config.trainer.model_dir, run_dir.LOG_DIR)),
   ]
   return callbacks
 
 
-def _build_model(config: TrainConfig, model_config: config_lib.ModelConfig,
-                 loss_config: losses.LossConfig,
+def _build_model(config: config_lib.ExperimentConfig,
                  vocabularies: dict[str, np.ndarray],
                  strategy: tf.distribute.Strategy,
                  base_rates: base_rates_lib.BaseRates | None
                  ) -> keras.Model:
   with strategy.scope():
-    model = model_lib.build_model(model_config, loss_config, vocabularies,
-                                  base_rates=base_rates)
-    model.compile(optimizer=optimizers.make_optimizer(config.optimizer,
-                                                      config.learning_rate),
-                  steps_per_execution=config.steps_per_execution)
+    model = model_lib.build_model(config.model, config.loss, vocabularies,
+                                  base_rates=base_rates,
+                                  seed=config.runtime.seed)
+    model.compile(optimizer=optimizers.make_optimizer(
+        config.trainer.optimizer, config.trainer.learning_rate),
+                  steps_per_execution=config.trainer.steps_per_execution)
     # BackupAndRestore restores into existing variables only: build them by
     # calling the model once.
     features, _ = next(iter(data.make_dataset(
-        config.eval_data, 1, training=False,
-        with_weights=model_config.use_weights)))
+        config.data.eval_data, 1, training=False,
+        with_weights=config.model.use_weights)))
     model(features, training=False)
   return model
 
 
-def _local_copy(model_config: config_lib.ModelConfig,
-                loss_config: losses.LossConfig,
+def _local_copy(config: config_lib.ExperimentConfig,
                 vocabularies: dict[str, np.ndarray],
                 checkpoint: str) -> keras.Model:
   """The trained parameter-server model, whole, on the coordinator.
@@ -173,7 +172,7 @@ def _local_copy(model_config: config_lib.ModelConfig,
   servers, and the export holds plain variables, as TF Serving loads them in
   one process anyway; the coordinator needs the memory of the whole model.
   """
-  model = model_lib.build_model(model_config, loss_config, vocabularies)
+  model = model_lib.build_model(config.model, config.loss, vocabularies)
   # The checkpoint also holds the optimizer, which the copy does not need.
   model.load_weights(checkpoint).expect_partial()
   return model
@@ -185,7 +184,7 @@ def _num_batches(file_pattern: str, batch_size: int,
                           / batch_size))
 
 
-def _fixed_steps(config: TrainConfig,
+def _fixed_steps(config: config_lib.ExperimentConfig,
                  train_source: tuple[str, data.HashSplit | None],
                  validation_source: tuple[str, data.HashSplit | None] | None
                  ) -> dict[str, int]:
@@ -193,16 +192,16 @@ def _fixed_steps(config: TrainConfig,
 
   A held-out slice and the rest of the same files are counted in one read.
   """
-  batch_size = config.batch_size
+  batch_size = config.trainer.batch_size
   train_files, train_split = train_source
   if (validation_source and train_split is not None
       and validation_source[0] == train_files):
     training, validation = data.count_split_records(train_files,
                                                     train_split.fraction)
-    return {"steps_per_epoch": config.steps_per_epoch or max(
+    return {"steps_per_epoch": config.trainer.steps_per_epoch or max(
         1, math.ceil(training / batch_size)),
             "validation_steps": max(1, math.ceil(validation / batch_size))}
-  steps = {"steps_per_epoch": config.steps_per_epoch or _num_batches(
+  steps = {"steps_per_epoch": config.trainer.steps_per_epoch or _num_batches(
       train_files, batch_size, train_split)}
   if validation_source:
     validation_files, validation_split = validation_source
@@ -211,7 +210,7 @@ def _fixed_steps(config: TrainConfig,
   return steps
 
 
-def _validation_source(config: TrainConfig
+def _validation_source(config: config_lib.ExperimentConfig
                        ) -> tuple[tuple[str, data.HashSplit | None],
                                   tuple[str, data.HashSplit | None] | None]:
   """(files, split) of the training data and of the validation data.
@@ -219,14 +218,13 @@ def _validation_source(config: TrainConfig
   Without early stopping and without ``validation_data`` nothing is held
   out and nothing validated: the run trains on all of ``train_data``.
   """
-  if config.validation_data:
-    return (config.train_data, None), (config.validation_data, None)
-  if not config.early_stopping_patience:
-    return (config.train_data, None), None
-  return ((config.train_data, data.HashSplit(config.validation_fraction,
-                                             validation=False)),
-          (config.train_data, data.HashSplit(config.validation_fraction,
-                                             validation=True)))
+  if config.data.validation_data:
+    return (config.data.train_data, None), (config.data.validation_data, None)
+  if not config.trainer.early_stopping_patience:
+    return (config.data.train_data, None), None
+  fraction = config.data.validation_fraction
+  return ((config.data.train_data, data.HashSplit(fraction, validation=False)),
+          (config.data.train_data, data.HashSplit(fraction, validation=True)))
 
 
 def _parsed_bytes(source: tuple[str, data.HashSplit | None]) -> float:
@@ -238,7 +236,7 @@ def _parsed_bytes(source: tuple[str, data.HashSplit | None]) -> float:
   return share * data.parsed_bytes_estimate(files)
 
 
-def _cached(config: TrainConfig,
+def _cached(config: config_lib.ExperimentConfig,
             train_source: tuple[str, data.HashSplit | None],
             validation_source: tuple[str, data.HashSplit | None] | None
             ) -> tuple[bool, bool]:
@@ -248,19 +246,18 @@ def _cached(config: TrainConfig,
   cost, and a held-out slice of the training data otherwise means reading
   all the training files again every epoch.
   """
-  budget = config.input_cache_mb << 20
+  budget = config.data.input_cache_mb << 20
   cache_validation = False
   if validation_source:
     validation_bytes = _parsed_bytes(validation_source)
     cache_validation = validation_bytes <= budget
     budget -= validation_bytes if cache_validation else 0
-  cache_training = (config.cache_training_batches and
+  cache_training = (config.data.cache_training_batches and
                     _parsed_bytes(train_source) <= budget)
   return cache_training, cache_validation
 
 
-def _fit(model: keras.Model, config: TrainConfig,
-         model_config: config_lib.ModelConfig,
+def _fit(model: keras.Model, config: config_lib.ExperimentConfig,
          strategy: tf.distribute.Strategy,
          run_callbacks: Sequence[keras.callbacks.Callback],
          callbacks: Sequence[keras.callbacks.Callback],
@@ -271,7 +268,8 @@ def _fit(model: keras.Model, config: TrainConfig,
   training data, which is then left out of training.
   """
   cluster = distribute.needs_fixed_steps(strategy)
-  fixed_steps = bool(config.steps_per_epoch or config.steps_per_execution > 1
+  fixed_steps = bool(config.trainer.steps_per_epoch
+                     or config.trainer.steps_per_execution > 1
                      or cluster)
   (train_files, train_split), validation_source = _validation_source(config)
   steps = {}
@@ -287,18 +285,18 @@ def _fit(model: keras.Model, config: TrainConfig,
   # Every parameter-server worker runs the same dataset function: one seed
   # would give them all the same order, so each shuffles its own way.
   inputs = functools.partial(
-      data.make_dataset, train_files, config.batch_size, training=True,
-      seed=None if parameter_server else config.seed,
+      data.make_dataset, train_files, config.trainer.batch_size, training=True,
+      seed=None if parameter_server else config.runtime.seed,
       num_epochs=None if fixed_steps else 1, split=train_split,
-      with_weights=model_config.use_weights, cache=cache_training)
+      with_weights=config.model.use_weights, cache=cache_training)
   validation_inputs = None
   if validation_source:
     validation_inputs = functools.partial(
-        data.make_dataset, validation_source[0], config.batch_size,
+        data.make_dataset, validation_source[0], config.trainer.batch_size,
         training=False, num_epochs=None if cluster else 1,
-        split=validation_source[1], with_weights=model_config.use_weights,
+        split=validation_source[1], with_weights=config.model.use_weights,
         cache=cache_validation)
-  if config.distribution_strategy == distribute.DEFAULT:
+  if config.runtime.distribution_strategy == distribute.DEFAULT:
     inputs = inputs()
     if validation_inputs:
       validation_inputs = validation_inputs()
@@ -308,42 +306,43 @@ def _fit(model: keras.Model, config: TrainConfig,
       validation_inputs = distribute.distribute_dataset(strategy,
                                                         validation_inputs)
   return model.fit(
-      inputs, validation_data=validation_inputs, epochs=config.epochs,
+      inputs, validation_data=validation_inputs, epochs=config.trainer.epochs,
       verbose=verbose, callbacks=list(run_callbacks) + list(callbacks),
       **steps)
 
 
 def _evaluate(model: keras.Model,
-              config: TrainConfig) -> dict[str, float | None]:
+              config: config_lib.ExperimentConfig) -> dict[str, float | None]:
   """Scores the eval data exactly and writes ``metrics.json``."""
-  predictions = evaluation.predict_keras_model(model, config.eval_data,
-                                               config.batch_size)
+  predictions = evaluation.predict_keras_model(model, config.data.eval_data,
+                                               config.trainer.batch_size)
   for name in schema.OUTPUT_NAMES:
     if not np.all(np.isfinite(predictions[name])):
       raise TrainingDivergedError(
           f"the final model predicts NaN or infinite {name} on eval_data")
-  ground_truth = (evaluation.read_ground_truth(config.ground_truth)
-                  if config.ground_truth else None)
+  ground_truth = (evaluation.read_ground_truth(config.data.ground_truth)
+                  if config.data.ground_truth else None)
   metrics = evaluation.compute_metrics(predictions, ground_truth,
-                                       config.ground_truth)
+                                       config.data.ground_truth)
   metrics = evaluation.json_metrics(metrics)
-  evaluation.write_json(os.path.join(config.model_dir, run_dir.METRICS_FILE), metrics)
+  evaluation.write_json(
+      os.path.join(config.trainer.model_dir, run_dir.METRICS_FILE), metrics)
   return metrics
 
 
-def _score_and_export(model: keras.Model, config: TrainConfig,
-                      configs: Mapping[str, Any]) -> dict[str, Any]:
+def _score_and_export(model: keras.Model, config: config_lib.ExperimentConfig
+                      ) -> dict[str, Any]:
   """The chief's ``metrics.json`` and export."""
   metrics = _evaluate(model, config)
   export_path = ""
-  if config.export_dir:
+  if config.trainer.export_dir:
     export_path = export.export_saved_model(
-        model, config.export_dir,
-        extra_assets={"config": configs, "metrics": metrics})
+        model, config.trainer.export_dir,
+        extra_assets={"config": config.to_dict(), "metrics": metrics})
   return {"metrics": metrics, "export_path": export_path}
 
 
-def _set_up(config: TrainConfig, configs: Mapping[str, Any]
+def _set_up(config: config_lib.ExperimentConfig
             ) -> tuple[distribute.Task, tf.distribute.Strategy,
                        dict[str, np.ndarray]]:
   """This task, its strategy, and the vocabularies, after every check.
@@ -351,25 +350,24 @@ def _set_up(config: TrainConfig, configs: Mapping[str, Any]
   The base rates are checked here too, and read again by ``train``.
   """
   task = distribute.read_task()
-  distribute.check_task(config.distribution_strategy, task)
+  distribute.check_task(config.runtime.distribution_strategy, task)
   # Collective ops must be set up before TensorFlow runs anything.
   strategy = distribute.make_strategy(
-      config.distribution_strategy, task,
-      min_shard_bytes=config.ps_min_shard_bytes)
-  full_vocabularies = check_inputs(config, configs)
-  validation.check_batch_size(config.batch_size,
+      config.runtime.distribution_strategy, task,
+      min_shard_bytes=config.runtime.ps_min_shard_bytes)
+  full_vocabularies = check_inputs(config)
+  validation.check_batch_size(config.trainer.batch_size,
                               strategy.num_replicas_in_sync)
-  keras.utils.set_random_seed(config.seed)
-  if config.deterministic:
+  keras.utils.set_random_seed(config.runtime.seed)
+  if config.runtime.deterministic:
     tf.config.experimental.enable_op_determinism()
-  if config.min_count == 1:
+  if config.data.min_count == 1:
     return task, strategy, full_vocabularies
-  return task, strategy, vocab.load_vocabularies(config.vocab_dir,
-                                                 config.min_count)
+  return task, strategy, vocab.load_vocabularies(config.data.vocab_dir,
+                                                 config.data.min_count)
 
 
-def train(train_config: TrainConfig, model_config: config_lib.ModelConfig,
-          loss_config: losses.LossConfig, *,
+def train(config: config_lib.ExperimentConfig, *,
           callbacks: Sequence[keras.callbacks.Callback] = (),
           verbose: int = 1) -> dict[str, Any]:
   """Checks the inputs, trains, evaluates, and exports.
@@ -384,9 +382,7 @@ def train(train_config: TrainConfig, model_config: config_lib.ModelConfig,
   workers and servers run ``distribute.run_server`` instead).
 
   Args:
-    train_config: Data, output paths, the schedule and the strategy.
-    model_config: The network.
-    loss_config: The objective (naive, ESMM, ESCM2-IPW or ESCM2-DR).
+    config: The run: data, network, estimator, schedule, outputs, strategy.
     callbacks: Extra Keras callbacks, run after the built-in ones.
     verbose: Keras' verbosity: 0 silent, 1 progress bar, 2 a line per epoch.
 
@@ -394,7 +390,8 @@ def train(train_config: TrainConfig, model_config: config_lib.ModelConfig,
     ``{"metrics": as written to metrics.json (undefined values None; empty
     on a worker that is not the chief), "epochs": the epochs this call ran,
     "best_epoch": the epoch (1-based) whose weights the run ended with, by
-    early stopping's choice (None with early stopping off), "history": Keras' per-epoch logs, "export_path": the SavedModel's
+    early stopping's choice (None with early stopping off), "history":
+    Keras' per-epoch logs, "export_path": the SavedModel's
     directory or "", "task": this task ("local:0" without a cluster),
     "chief": whether it wrote the outputs, "variable_shards":
     ``distribute.variable_shards`` of the model}``.
@@ -404,26 +401,27 @@ def train(train_config: TrainConfig, model_config: config_lib.ModelConfig,
     distribute.ClusterError: TF_CONFIG does not fit the strategy.
     TrainingDivergedError: The loss became NaN or infinite.
   """
-  validation.check_loss(loss_config)
-  configs = run_dir.configs_dict(train_config, model_config, loss_config)
-  task, strategy, vocabularies = _set_up(train_config, configs)
-  model = _build_model(train_config, model_config, loss_config, vocabularies,
-                       strategy, validation.read_base_rates(train_config))
-  validation.check_monitor(train_config, model)
+  validation.check_loss(config.loss)
+  task, strategy, vocabularies = _set_up(config)
+  model = _build_model(config, vocabularies, strategy,
+                       validation.read_base_rates(config))
+  validation.check_monitor(config, model)
   if task.is_chief:
-    tf.io.gfile.makedirs(train_config.model_dir)
-    evaluation.write_json(os.path.join(train_config.model_dir, run_dir.CONFIG_FILE),
-                          configs)
+    tf.io.gfile.makedirs(config.trainer.model_dir)
+    evaluation.write_json(
+        os.path.join(config.trainer.model_dir, run_dir.CONFIG_FILE),
+        config.to_dict())
   parameter_server = isinstance(strategy,
                                 tf.distribute.ParameterServerStrategy)
-  run_callbacks = _callbacks(train_config, parameter_server, task.is_chief,
+  run_callbacks = _callbacks(config, parameter_server, task.is_chief,
                              verbose)
-  history = _fit(model, train_config, model_config, strategy, run_callbacks,
+  history = _fit(model, config, strategy, run_callbacks,
                  callbacks, verbose)
   # Saving reads the metrics' sync-on-read variables, a collective: every
   # worker saves.
-  with distribute.writer_dir(train_config.model_dir, task) as model_dir:
-    final = os.path.join(model_dir, run_dir.CHECKPOINT_DIR, run_dir.FINAL_CHECKPOINT)
+  with distribute.writer_dir(config.trainer.model_dir, task) as model_dir:
+    final = os.path.join(model_dir, run_dir.CHECKPOINT_DIR,
+                         run_dir.FINAL_CHECKPOINT)
     model.save_weights(final)
   stopper = [c for c in run_callbacks
              if isinstance(c, early_stopping.ResumableEarlyStopping)]
@@ -435,6 +433,6 @@ def train(train_config: TrainConfig, model_config: config_lib.ModelConfig,
             "variable_shards": distribute.variable_shards(model.variables)}
   if task.is_chief:
     if isinstance(strategy, tf.distribute.ParameterServerStrategy):
-      model = _local_copy(model_config, loss_config, vocabularies, final)
-    result.update(_score_and_export(model, train_config, configs))
+      model = _local_copy(config, vocabularies, final)
+    result.update(_score_and_export(model, config))
   return result

@@ -3,7 +3,7 @@
 A training run that fails after an hour because its vocabulary came from other
 data, or its ground truth misses a row, wastes the hour. ``check_inputs``
 reads a little of every input first and fails with a ``ConfigError`` naming
-the ``TrainConfig`` field (the CLI flag of the same name) at fault.
+the ``ExperimentConfig`` field (the CLI flag of the same name) at fault.
 """
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
@@ -23,23 +23,23 @@ from escm2_tf import evaluation
 from escm2_tf import layout
 from escm2_tf import schema
 from escm2_tf import vocab
+from escm2_tf.options import ConfigError
 
-ConfigError = config_lib.ConfigError
 
-
-def _check_files(config: config_lib.TrainConfig) -> None:
+def _check_files(config: config_lib.ExperimentConfig) -> None:
   for name in ("train_data", "eval_data"):
     try:
-      evaluation.check_readable(getattr(config, name))
+      evaluation.check_readable(getattr(config.data, name))
     except FileNotFoundError:
-      raise ConfigError(name, f"no files match {getattr(config, name)!r}"
+      raise ConfigError(name, f"no files match {getattr(config.data, name)!r}"
                         ) from None
     except ValueError as e:
       raise ConfigError(name, str(e)) from None
-  if config.ground_truth and not tf.io.gfile.exists(config.ground_truth):
-    raise ConfigError("ground_truth", f"{config.ground_truth} not found")
+  ground_truth = config.data.ground_truth
+  if ground_truth and not tf.io.gfile.exists(ground_truth):
+    raise ConfigError("ground_truth", f"{ground_truth} not found")
   for name in ("model_dir", "export_dir"):
-    path = getattr(config, name)
+    path = getattr(config.trainer, name)
     if path and tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path):
       raise ConfigError(name, f"{path} exists and is not a directory")
 
@@ -49,29 +49,29 @@ def _real_path(path: str) -> str:
   return path if "://" in path else os.path.realpath(path)
 
 
-def _check_validation_data(config: config_lib.TrainConfig) -> None:
+def _check_validation_data(config: config_lib.ExperimentConfig) -> None:
   """Validation files exist and are neither trained on nor evaluated on."""
-  if not config.validation_data:
+  if not config.data.validation_data:
     return
   try:
-    evaluation.check_readable(config.validation_data)
+    evaluation.check_readable(config.data.validation_data)
   except FileNotFoundError:
     raise ConfigError("validation_data", "no files match "
-                      f"{config.validation_data!r}") from None
+                      f"{config.data.validation_data!r}") from None
   except ValueError as e:
     raise ConfigError("validation_data", str(e)) from None
-  files = {_real_path(f) for f in data.list_files(config.validation_data)}
+  files = {_real_path(f) for f in data.list_files(config.data.validation_data)}
   for name in ("train_data", "eval_data"):
     shared = files & {_real_path(f)
-                      for f in data.list_files(getattr(config, name))}
+                      for f in data.list_files(getattr(config.data, name))}
     if shared:
       raise ConfigError(
-          "validation_data", f"{config.validation_data!r} shares "
+          "validation_data", f"{config.data.validation_data!r} shares "
           f"{len(shared)} file(s) with {name}, e.g. {min(shared)}: the "
           "validation data must be held out from both")
 
 
-def read_base_rates(config: config_lib.TrainConfig
+def read_base_rates(config: config_lib.ExperimentConfig
                     ) -> base_rates_lib.BaseRates | None:
   """The base rates the output biases start at; None when turned off.
 
@@ -79,9 +79,10 @@ def read_base_rates(config: config_lib.TrainConfig
     ConfigError: ``stats_file`` (or the ``stats.json`` beside ``vocab_dir``)
       is missing or holds no counts.
   """
-  if not config.base_rate_init:
+  if not config.trainer.base_rate_init:
     return None
-  path = config.stats_file or layout.stats_beside(config.vocab_dir)
+  path = (config.data.stats_file
+          or layout.stats_beside(config.data.vocab_dir))
   try:
     return base_rates_lib.read_base_rates(path)
   except base_rates_lib.StatsError as e:
@@ -121,7 +122,7 @@ def _sample_ids(file_pattern: str, num_examples: int) -> dict[str, np.ndarray]:
           for field in schema.FIELD_NAMES}
 
 
-def check_vocabulary(config: config_lib.TrainConfig,
+def check_vocabulary(config: config_lib.ExperimentConfig,
                      vocabularies: Mapping[str, np.ndarray]) -> None:
   """Fails when many ids of the training data are not in the vocabulary.
 
@@ -129,58 +130,63 @@ def check_vocabulary(config: config_lib.TrainConfig,
   few unknown ids are suspicious; most of a field's ids unknown means the
   vocabulary came from other data (or another id space, e.g. PaddleRec's).
   """
-  if not config.vocab_check_examples:
+  if not config.data.vocab_check_examples:
     return
   worst_field, worst = "", 0.0
-  for field, ids in _sample_ids(config.train_data,
-                                config.vocab_check_examples).items():
+  for field, ids in _sample_ids(config.data.train_data,
+                                config.data.vocab_check_examples).items():
     if ids.size:
       unknown = 1.0 - np.isin(ids, vocabularies[field]).mean()
       if unknown > worst:
         worst_field, worst = field, unknown
-  if worst > config.max_unknown_id_fraction:
+  if worst > config.data.max_unknown_id_fraction:
     raise ConfigError(
         "vocab_dir", f"{worst:.0%} of the ids of field {worst_field} in the "
-        f"first {config.vocab_check_examples} examples of train_data are "
-        f"not in {config.vocab_dir} (at most "
-        f"{config.max_unknown_id_fraction:.0%} allowed): the vocabulary does "
+        f"first {config.data.vocab_check_examples} examples of train_data are "
+        f"not in {config.data.vocab_dir} (at most "
+        f"{config.data.max_unknown_id_fraction:.0%} allowed): the vocabulary "
+        "does "
         "not belong to this data")
 
 
-def _check_ground_truth(config: config_lib.TrainConfig) -> None:
+def _check_ground_truth(config: config_lib.ExperimentConfig) -> None:
   try:
     evaluation.align_ground_truth(
-        evaluation.read_ground_truth(config.ground_truth),
-        evaluation.read_sample_ids(config.eval_data), config.ground_truth)
+        evaluation.read_ground_truth(config.data.ground_truth),
+        evaluation.read_sample_ids(config.data.eval_data),
+        config.data.ground_truth)
   except evaluation.GroundTruthError as e:
     raise ConfigError("ground_truth", str(e)) from None
 
 
-def _check_resume(config: config_lib.TrainConfig, configs: Mapping[str, Any],
-                  stored_config: str, backup_dir: str) -> None:
-  """A backup can only be resumed by the same model and loss."""
+def _check_resume(config: config_lib.ExperimentConfig, stored_config: str,
+                  backup_dir: str) -> None:
+  """A backup can only be resumed by the same model, loss and seed."""
   # BackupAndRestore leaves its directory, emptied, after a finished run.
   if not (tf.io.gfile.exists(stored_config) and tf.io.gfile.isdir(backup_dir)
           and tf.io.gfile.listdir(backup_dir)):
     return
   with tf.io.gfile.GFile(stored_config) as f:
     stored = json.load(f)
-  for part in ("model", "loss"):
-    if stored.get(part) != configs[part]:
+  current = config.to_dict()
+  for part, key in (("model", None), ("loss", None), ("runtime", "seed")):
+    stored_part, current_part = stored.get(part), current[part]
+    if key and isinstance(stored_part, dict):
+      stored_part, current_part = stored_part.get(key), current_part[key]
+    if stored_part != current_part:
       raise ConfigError(
-          "model_dir", f"{config.model_dir} holds the backup of an unfinished "
-          f"run with another {part} configuration; resume it with the same "
-          f"flags, or use a new --model_dir")
+          "model_dir", f"{config.trainer.model_dir} holds the backup of an "
+          f"unfinished run with another {key or part} configuration; resume "
+          "it with the same flags, or use a new --model_dir")
 
 
-def check_inputs(config: config_lib.TrainConfig, configs: Mapping[str, Any],
-                 *, stored_config: str, backup_dir: str
+def check_inputs(config: config_lib.ExperimentConfig, *, stored_config: str,
+                 backup_dir: str
                  ) -> dict[str, np.ndarray]:
   """Checks everything a run needs, cheaply, before it starts.
 
   Args:
     config: The run.
-    configs: ``run_dir.configs_dict(...)`` of the run.
     stored_config: Where an earlier run in ``model_dir`` left its configs.
     backup_dir: Where an unfinished earlier run left its backup.
 
@@ -192,12 +198,12 @@ def check_inputs(config: config_lib.TrainConfig, configs: Mapping[str, Any],
   """
   _check_files(config)
   _check_validation_data(config)
-  vocabularies = _load_full_vocabularies(config.vocab_dir)
+  vocabularies = _load_full_vocabularies(config.data.vocab_dir)
   check_vocabulary(config, vocabularies)
   read_base_rates(config)
-  if config.ground_truth:
+  if config.data.ground_truth:
     _check_ground_truth(config)
-  _check_resume(config, configs, stored_config, backup_dir)
+  _check_resume(config, stored_config, backup_dir)
   return vocabularies
 
 
@@ -218,10 +224,11 @@ def check_batch_size(batch_size: int, num_replicas: int) -> None:
                       f"multiple of {num_replicas}")
 
 
-def check_monitor(config: config_lib.TrainConfig, model: keras.Model) -> None:
+def check_monitor(config: config_lib.ExperimentConfig,
+                  model: keras.Model) -> None:
   """Early stopping must watch a quantity the built model reports."""
   names = [f"val_{metric.name}" for metric in model.metrics]
-  if config.early_stopping_monitor not in names:
+  if config.trainer.early_stopping_monitor not in names:
     raise ConfigError("early_stopping_monitor", f"this model reports "
                       f"{', '.join(names)}, not "
-                      f"{config.early_stopping_monitor!r}")
+                      f"{config.trainer.early_stopping_monitor!r}")

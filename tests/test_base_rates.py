@@ -20,7 +20,7 @@ from escm2_tf import schema
 _VOCABULARIES = {field: 100 * (i + 1) + np.arange(6, dtype=np.int64)
                  for i, field in enumerate(schema.FIELD_NAMES)}
 _TINY = config_lib.ModelConfig(embedding_dim=4, num_experts=2,
-                               expert_units=(4,), tower_units=(3,), seed=0)
+                               expert_units=(4,), tower_units=(3,))
 RATES = base_rates.BaseRates(ctr=0.04, cvr=0.05)
 
 
@@ -99,7 +99,7 @@ class ModelStartTest(tf.test.TestCase, parameterized.TestCase):
   def test_model_starts_at_the_base_rates(self, loss):
     loss_config = losses.LossConfig(loss=loss)
     model = model_lib.build_model(_TINY, loss_config, _VOCABULARIES,
-                                  base_rates=RATES)
+                                  base_rates=RATES, seed=0)
     outputs = model(_features())
     tasks = model.task.tower_names
     self.assertAllClose(_output_biases(model), RATES.output_biases(tasks))
@@ -111,7 +111,7 @@ class ModelStartTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_without_base_rates_the_biases_start_at_zero(self):
     model = model_lib.build_model(_TINY, losses.LossConfig(loss="dr"),
-                                  _VOCABULARIES)
+                                  _VOCABULARIES, seed=0)
     model(_features(8))
     self.assertAllEqual(_output_biases(model), np.zeros(3))
     self.assertAllClose(np.mean(model(_features())["ctr"]), 0.5, atol=0.1)

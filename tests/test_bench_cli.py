@@ -154,7 +154,6 @@ class HParamsTest(absltest.TestCase):
     self.assertEqual(hparams.model.embedding_dim, 6)
     self.assertEqual(hparams.model.expert_units, (12, 4))
     self.assertFalse(hparams.model.use_weights)
-    self.assertEqual(hparams.model.seed, 7)
     self.assertEqual((hparams.batch_size, hparams.learning_rate,
                       hparams.seed), (256, 0.02, 7))
     self.assertEqual(hparams.ignored, ("train_data",))

@@ -20,6 +20,7 @@ from tensorflow.python.distribute import sharded_variable
 
 import datasets
 import testing
+from escm2_tf import config as config_lib
 from escm2_tf import distribute
 from escm2_tf import layers
 from escm2_tf import losses
@@ -28,6 +29,7 @@ from escm2_tf import training
 from escm2_tf import schema
 from escm2_tf import validation
 from escm2_tf.cli import train as train_cli
+from escm2_tf.options import ConfigError
 
 REPO = testing.REPO
 SCALING_DOC = os.path.join(REPO, "docs", "scaling.md")
@@ -50,8 +52,8 @@ def update(strategy):
   with strategy.scope():
     network = model.build_model(
         config.ModelConfig(embedding_dim=4, num_experts=2, expert_units=(8,),
-                           tower_units=(4,), seed=7),
-        losses.LossConfig(loss="esmm"), vocabularies)
+                           tower_units=(4,)),
+        losses.LossConfig(loss="esmm"), vocabularies, seed=7)
     network.compile(optimizer=keras.optimizers.SGD(0.1))
     network(batch[0])
   before = [v.numpy() for v in network.trainable_variables]
@@ -280,14 +282,15 @@ class ConfigTest(tf.test.TestCase, parameterized.TestCase):
       ("steps_per_epoch", -1, "integer >= 0"),
       ("ps_min_shard_bytes", 0, "integer >= 1"))
   def test_rejects(self, field, value, pattern):
-    with self.assertRaisesRegex(training.ConfigError, pattern) as raised:
-      training.TrainConfig(train_data="a", eval_data="b", vocab_dir="v",
-                           model_dir="m", **{field: value})
+    with self.assertRaisesRegex(ConfigError, pattern) as raised:
+      config_lib.ExperimentConfig.create(
+          train_data="a", eval_data="b", vocab_dir="v", model_dir="m",
+          **{field: value})
     self.assertEqual(raised.exception.field, field)
 
   def test_batch_must_split_over_the_replicas(self):
     validation.check_batch_size(256, 2)
-    with self.assertRaisesRegex(validation.ConfigError,
+    with self.assertRaisesRegex(ConfigError,
                                 "256 does not split evenly over the "
                                 "strategy's 3 replicas") as raised:
       validation.check_batch_size(256, 3)
@@ -298,19 +301,19 @@ class MirroredTrainingTest(tf.test.TestCase):
 
   def test_trains_the_given_steps_and_writes_the_outputs(self):
     data = datasets.make_synthetic_data(new_dir())
-    config = testing.tiny_train_config(
+    config = testing.tiny_config(
         data, new_dir(), epochs=2, batch_size=128, steps_per_epoch=3,
-        distribution_strategy=distribute.MIRRORED)
-    result = training.train(config, testing.TINY_MODEL,
-                            losses.LossConfig(loss="dr"), verbose=0)
+        distribution_strategy=distribute.MIRRORED, loss="dr")
+    result = training.train(config, verbose=0)
     self.assertEqual((result["epochs"], result["chief"], result["task"]),
                      (2, True, "local:0"))
     self.assertEmpty(result["variable_shards"])
-    final = os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR,
+    final = os.path.join(config.trainer.model_dir, run_dir.CHECKPOINT_DIR,
                          run_dir.FINAL_CHECKPOINT)
     self.assertEqual(tf.train.load_checkpoint(final).get_tensor(
         ITERATIONS_KEY), 2 * 3)
-    with open(os.path.join(config.model_dir, run_dir.METRICS_FILE)) as f:
+    with open(os.path.join(config.trainer.model_dir,
+                           run_dir.METRICS_FILE)) as f:
       self.assertEqual(json.load(f)["count"], result["metrics"]["count"])
 
 

@@ -22,14 +22,12 @@ import tf_keras as keras
 
 import datasets
 import testing
-from escm2_tf import losses
 from escm2_tf import training
 
 # Per-epoch work that scales with the data stays below half an epoch. Small
 # fixed per-epoch costs (a checkpoint of a small model) stay well below it.
 MAX_RATIO = 1.5
-MODEL = testing.tiny_model_config(seed=7)
-LOSS = losses.LossConfig(loss="dr")
+MODEL = testing.TINY_MODEL
 
 
 class _LoopTimer(keras.callbacks.Callback):
@@ -62,13 +60,12 @@ class EpochTimeTest(tf.test.TestCase):
       # Early stopping validates every epoch on a held-out slice of the
       # training data, as by default; a patience above the epochs keeps the
       # runs at 1 and 3 epochs.
-      config = testing.tiny_train_config(paths, testing.new_dir(),
-                                         epochs=epochs, batch_size=32, seed=3,
-                                         early_stopping_patience=5)
+      config = testing.tiny_config(paths, testing.new_dir(), model=MODEL,
+                                   loss="dr", epochs=epochs, batch_size=32,
+                                   seed=3, early_stopping_patience=5)
       timer = _LoopTimer()
       start = time.process_time()
-      result = training.train(config, MODEL, LOSS, callbacks=[timer],
-                              verbose=0)
+      result = training.train(config, callbacks=[timer], verbose=0)
       self.assertEqual(result["epochs"], epochs)
       return time.process_time() - start, timer.seconds
 

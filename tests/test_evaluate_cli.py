@@ -31,13 +31,11 @@ class EvaluateTest(tf.test.TestCase, parameterized.TestCase):
   def setUpClass(cls):
     super().setUpClass()
     cls.data = datasets.make_synthetic_data(new_dir())
-    config = testing.tiny_train_config(
+    config = testing.tiny_config(
         cls.data, new_dir(), export_dir=os.path.join(new_dir(), "export"),
-        ground_truth=cls.data["ground_truth_test"])
-    model = testing.tiny_model_config(seed=2)
-    cls.trained = training.train(config, model, losses.LossConfig(loss="ipw"),
-                                 verbose=0)["metrics"]
-    cls.export_dir = config.export_dir
+        ground_truth=cls.data["ground_truth_test"], loss="ipw")
+    cls.trained = training.train(config, verbose=0)["metrics"]
+    cls.export_dir = config.trainer.export_dir
 
   def evaluate(self, **overrides):
     output = os.path.join(new_dir(), "metrics.json")

@@ -143,10 +143,10 @@ class ScoringTest(tf.test.TestCase):
     super().setUpClass()
     cls.data = datasets.make_synthetic_data(
         testing.new_dir())
-    model_config = testing.tiny_model_config(use_weights=True, seed=11)
+    model_config = testing.tiny_model_config(use_weights=True)
     cls.model = model_lib.build_model(
         model_config, losses.LossConfig(loss="ipw"),
-        vocab.load_vocabularies(cls.data["vocab_dir"]))
+        vocab.load_vocabularies(cls.data["vocab_dir"]), seed=11)
     export_path = export.export_saved_model(
         cls.model, testing.new_dir())
     cls.loaded = tf.saved_model.load(export_path)
@@ -193,8 +193,8 @@ class ScoringTest(tf.test.TestCase):
 
   def test_chosen_outputs(self):
     model = model_lib.build_model(
-        testing.tiny_model_config(seed=12), losses.LossConfig(loss="dr"),
-        vocab.load_vocabularies(self.data["vocab_dir"]))
+        testing.TINY_MODEL, losses.LossConfig(loss="dr"),
+        vocab.load_vocabularies(self.data["vocab_dir"]), seed=12)
     files = [self.data["test"]]  # A list of globs, as well as one glob.
     every = evaluation.predict_keras_model(model, files, 128, outputs=None)
     only_cvr = evaluation.predict_keras_model(model, files, 128,

@@ -2,6 +2,7 @@
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
+import dataclasses
 import importlib
 import json
 import os
@@ -20,13 +21,13 @@ from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import schema
 from escm2_tf import serving
-from escm2_tf import training
 from escm2_tf import vocab
 from escm2_tf.cli import export as export_cli
 from escm2_tf import run_dir
 
 _TOLERANCE = 1e-6
-_MODEL_CONFIG = testing.tiny_model_config(use_weights=True, seed=9)
+_MODEL_CONFIG = testing.tiny_model_config(use_weights=True)
+_SEED = 9
 _LOSS_CONFIG = losses.LossConfig(loss="dr")
 _METRICS = {"auc_ctr": 0.75, "count": 12}
 
@@ -49,17 +50,17 @@ def _write_vocabularies(vocab_dir: str) -> None:
 def _write_model_dir(model_dir: str, vocab_dir: str,
                      model_config: config_lib.ModelConfig) -> keras.Model:
   """A model_dir as escm2-train leaves it, with weights moved off their init."""
-  train_config = training.TrainConfig(
+  config = config_lib.ExperimentConfig.create(
       train_data="unused", eval_data="unused", vocab_dir=vocab_dir,
-      model_dir=model_dir, min_count=1)
+      model_dir=model_dir, min_count=1, seed=_SEED)
+  config = dataclasses.replace(config, model=model_config, loss=_LOSS_CONFIG)
   os.makedirs(model_dir)
   with open(os.path.join(model_dir, run_dir.CONFIG_FILE), "w") as f:
-    json.dump(run_dir.configs_dict(train_config, model_config,
-                                    _LOSS_CONFIG), f)
+    json.dump(config.to_dict(), f)
   with open(os.path.join(model_dir, run_dir.METRICS_FILE), "w") as f:
     json.dump(_METRICS, f)
   model = model_lib.build_model(model_config, _LOSS_CONFIG,
-                                vocab.load_vocabularies(vocab_dir))
+                                vocab.load_vocabularies(vocab_dir), seed=_SEED)
   model.compile(optimizer=keras.optimizers.Adam())
   model.optimizer.build(model.trainable_variables)
   rng = np.random.default_rng(0)
@@ -123,7 +124,8 @@ class ExportCliTest(tf.test.TestCase, parameterized.TestCase):
         serving.EXAMPLES_SIGNATURE], _rows())
     trained = _outputs(self.model, _rows())
     initial = _outputs(model_lib.build_model(
-        _MODEL_CONFIG, _LOSS_CONFIG, vocab.load_vocabularies(self.vocab_dir)),
+        _MODEL_CONFIG, _LOSS_CONFIG, vocab.load_vocabularies(self.vocab_dir),
+        seed=_SEED),
                        _rows())
     for name in schema.OUTPUT_NAMES:
       self.assertAllClose(served[name], trained[name], atol=_TOLERANCE,
@@ -172,6 +174,20 @@ class ExportCliTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(stderr, "escm2-export: error: --model_dir: "
                      f"{model_dir}/checkpoints holds no checkpoint\n")
 
+  def test_config_of_an_older_trainer_is_one_line(self):
+    model_dir = self._broken_model_dir("old_config")
+    path = os.path.join(model_dir, run_dir.CONFIG_FILE)
+    with open(path) as f:
+      content = json.load(f)
+    content["train"] = {**content.pop("data"), **content.pop("trainer")}
+    with open(path, "w") as f:
+      json.dump(content, f)
+    code, stderr = self._main(model_dir=model_dir, export_dir="unused")
+    self.assertEqual(code, 2)
+    self.assertEqual(stderr, f"escm2-export: error: --model_dir: {path}: not "
+                     "an escm2-train config (unknown ExperimentConfig "
+                     "field(s): train)\n")
+
   def test_checkpoint_of_another_network(self):
     model_dir = self._broken_model_dir("other_network")
     path = os.path.join(model_dir, run_dir.CONFIG_FILE)
@@ -193,7 +209,7 @@ class ExportCliTest(tf.test.TestCase, parameterized.TestCase):
     path = os.path.join(model_dir, run_dir.CONFIG_FILE)
     with open(path) as f:
       content = json.load(f)
-    content["train"]["vocab_dir"] = os.path.join(model_dir, "missing")
+    content["data"]["vocab_dir"] = os.path.join(model_dir, "missing")
     with open(path, "w") as f:
       json.dump(content, f)
     code, stderr = self._main(model_dir=model_dir, export_dir="unused")

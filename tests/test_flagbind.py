@@ -49,6 +49,13 @@ class _Example:
     options.check_declared(self)
 
 
+def _flag_value(default):
+  """A field's default as its flag holds it (lists of strings)."""
+  if isinstance(default, tuple):
+    return [str(value) for value in default]
+  return default
+
+
 def _binding(*sections):
   flag_values = flags.FlagValues()
   return flagbind.Binding(*sections, flag_values=flag_values), flag_values
@@ -77,20 +84,23 @@ class FieldToFlagTest(absltest.TestCase):
                      {"minimum": 0, "maximum": 0.0})
 
   def test_every_config_field_has_help(self):
-    for config in (config_lib.ModelConfig, config_lib.LossConfig,
-                   config_lib.TrainConfig, simulator.SimulatorConfig,
+    for config in (*config_lib.SECTIONS.values(), simulator.SimulatorConfig,
                    convert_config.ConvertConfig):
       for field in dataclasses.fields(config):
         self.assertNotEmpty(options.one_line_help(config, field),
                             f"{config.__name__}.{field.name}")
 
-  def test_excluded_fields_get_no_flag(self):
-    _, flag_values = _binding(*flagbind.TRAIN_SECTIONS)
-    # --seed is the trainer's; the network takes it from there.
-    self.assertEqual(flag_values["seed"].default, 42)
-    self.assertIn("--seed", flagbind.Binding.help(
-        flagbind.Binding(*flagbind.TRAIN_SECTIONS,
-                         flag_values=flags.FlagValues()), "x", ""))
+  def test_every_experiment_field_is_a_flag_of_its_name(self):
+    binding, flag_values = _binding(*flagbind.TRAIN_SECTIONS)
+    help_text = binding.help("x", "")
+    for section in dataclasses.fields(config_lib.ExperimentConfig):
+      section_type = config_lib.SECTIONS[section.name]
+      for field in dataclasses.fields(section_type):
+        self.assertIn(field.name, flag_values, f"{section.name}.{field.name}")
+        self.assertIn(f"--{field.name}", help_text)
+        if field.default is not dataclasses.MISSING:
+          self.assertEqual(flag_values[field.name].value,
+                           _flag_value(field.default), field.name)
 
 
 class RoundTripTest(parameterized.TestCase):
@@ -99,14 +109,10 @@ class RoundTripTest(parameterized.TestCase):
     binding, flag_values = _binding(*flagbind.TRAIN_SECTIONS)
     flag_values(["prog", "--train_data=t", "--eval_data=e", "--vocab_dir=v",
                  "--model_dir=m"])
-    self.assertEqual(binding.build(config_lib.ModelConfig, seed=None),
-                     config_lib.ModelConfig())
-    self.assertEqual(binding.build(config_lib.LossConfig),
-                     config_lib.LossConfig())
     self.assertEqual(
-        binding.build(config_lib.TrainConfig),
-        config_lib.TrainConfig(train_data="t", eval_data="e", vocab_dir="v",
-                               model_dir="m"))
+        binding.build(config_lib.ExperimentConfig),
+        config_lib.ExperimentConfig.create(train_data="t", eval_data="e",
+                                           vocab_dir="v", model_dir="m"))
 
   def test_flags_build_the_config(self):
     binding, flag_values = _binding(flagbind.Section(_Example, "example"))
@@ -130,10 +136,7 @@ class RoundTripTest(parameterized.TestCase):
   def test_users_flagfiles_still_parse(self, name):
     binding, flag_values = _binding(*flagbind.TRAIN_SECTIONS)
     flag_values(["prog", f"--flagfile={os.path.join(_REPO, 'configs', name)}"])
-    train = binding.build(config_lib.TrainConfig)
-    self.assertEqual(binding.build(config_lib.ModelConfig,
-                                   seed=train.seed).seed, train.seed)
-    binding.build(config_lib.LossConfig)
+    binding.build(config_lib.ExperimentConfig)
     self.assertContainsSubset({"train_data", "loss"}, binding.present())
 
 

@@ -22,7 +22,7 @@ _VOCAB_SIZE = 6
 _VOCABULARIES = {field: 100 * (i + 1) + np.arange(_VOCAB_SIZE, dtype=np.int64)
                  for i, field in enumerate(schema.FIELD_NAMES)}
 _TINY = dict(embedding_dim=4, num_experts=2, expert_units=(4,),
-             bottom_units=(4,), tower_units=(3,), seed=0)
+             bottom_units=(4,), tower_units=(3,))
 
 
 def _batch(num_examples: int, seed: int):
@@ -56,10 +56,10 @@ def _dataset(num_examples=256, batch_size=64, seed=0):
       batch_size)
 
 
-def _build(loss="dr", **overrides):
+def _build(loss="dr", seed=0, **overrides):
   model_config = config_lib.ModelConfig(**{**_TINY, **overrides})
   return model_lib.build_model(model_config, losses.LossConfig(loss=loss),
-                               _VOCABULARIES)
+                               _VOCABULARIES, seed=seed)
 
 
 class OutputsTest(tf.test.TestCase, parameterized.TestCase):
@@ -225,7 +225,7 @@ class GradientTest(tf.test.TestCase):
       model = model_lib.build_model(
           config_lib.ModelConfig(**_TINY),
           losses.LossConfig(loss="ipw", stop_ips_gradient=stop),
-          _VOCABULARIES)
+          _VOCABULARIES, seed=0)
       lambda_g = model.loss_config.lambda_g
       gradients = self._tower_gradients(model, lambda v: {
           "total": v["loss"],

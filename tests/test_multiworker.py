@@ -41,15 +41,15 @@ STEPS_PER_EPOCH = 4
 MODEL = testing.TINY_MODEL
 ITERATIONS_KEY = "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
 # A coordinator whose worker and parameter server are servers in its own
-# process: argv[1] is {"train": TrainConfig, "model": ModelConfig} as dicts.
+# process: argv[1] is an ExperimentConfig as a dict.
 # Prints {"error": the TrainingDivergedError's message, or null}.
 PS_NAN_SCRIPT = """
 import escm2_tf
 import json, os, sys
 import portpicker
 import tensorflow as tf
-from escm2_tf import config, distribute, losses, training
-configs = json.loads(sys.argv[1])
+from escm2_tf import config, distribute, training
+values = json.loads(sys.argv[1])
 cluster = {job: [f"localhost:{portpicker.pick_unused_port()}"]
            for job in (distribute.CHIEF, distribute.WORKER, distribute.PS)}
 servers = [tf.distribute.Server(tf.train.ClusterSpec(cluster), job_name=job,
@@ -58,9 +58,7 @@ servers = [tf.distribute.Server(tf.train.ClusterSpec(cluster), job_name=job,
 os.environ[distribute.TF_CONFIG] = json.dumps(
     {"cluster": cluster, "task": {"type": distribute.CHIEF, "index": 0}})
 try:
-  training.train(config.TrainConfig.from_dict(configs["train"]),
-                 config.ModelConfig.from_dict(configs["model"]),
-                 losses.LossConfig(loss="dr"), verbose=0)
+  training.train(config.ExperimentConfig.from_dict(values), verbose=0)
   error = None
 except training.TrainingDivergedError as diverged:
   error = str(diverged)
@@ -301,13 +299,12 @@ class ParameterServerNanTest(tf.test.TestCase):
   def test_nan_loss_stops_before_anything_is_saved(self):
     data = datasets.make_synthetic_data(new_dir())
     model_dir = os.path.join(new_dir(), "model")
-    config = testing.tiny_train_config(
+    config = testing.tiny_config(
         data, model_dir, epochs=2, steps_per_epoch=STEPS_PER_EPOCH,
         batch_size=128, learning_rate=1e38,
-        distribution_strategy=distribute.PARAMETER_SERVER)
+        distribution_strategy=distribute.PARAMETER_SERVER, loss="dr")
     result = testing.run_subprocess(testing.python_command(
-        PS_NAN_SCRIPT, json.dumps({"train": config.to_dict(),
-                                   "model": MODEL.to_dict()})),
+        PS_NAN_SCRIPT, json.dumps(config.to_dict())),
                                     timeout=PROCESS_TIMEOUT)
     self.assertEqual(result.returncode, 0, result.stderr[-4000:])
     outcome = json.loads(result.stdout.strip().splitlines()[-1])

@@ -102,7 +102,7 @@ def train_constant_cvr(config: losses.LossConfig,
   return float(tf.sigmoid(cvr_logit))
 
 
-def _imputation_weights(data: dict[str, np.ndarray], loss: str,
+def imputation_weights(data: dict[str, np.ndarray], loss: str,
                         clip: float) -> np.ndarray:
   """How R_imp weighs each impression: o·w, or o·w·(w − 1) for mrdr."""
   w = 1.0 / np.maximum(data["p_click"], clip)
@@ -117,7 +117,7 @@ def joint_learning_config(data: dict[str, np.ndarray], loss: str,
   gradient steps would overshoot into the sigmoid's flat tail. The scale
   does not move the risk's minimiser.
   """
-  scale = 1.0 / float(np.mean(_imputation_weights(data, loss, clip)))
+  scale = 1.0 / float(np.mean(imputation_weights(data, loss, clip)))
   return oracle_config(loss, propensity_clip=clip, lambda_imp=scale,
                        **overrides)
 
@@ -135,9 +135,8 @@ def joint_learning_target(data: dict[str, np.ndarray], loss: str,
   weighted = data["click"] / np.maximum(data["p_click"], clip)
   if self_normalized:
     return float(np.sum(weighted * data["conversion"]) / np.sum(weighted))
-  imputation_weights = _imputation_weights(data, loss, clip)
-  pseudo_label = (np.sum(imputation_weights * data["conversion"])
-                  / np.sum(imputation_weights))
+  weights = imputation_weights(data, loss, clip)
+  pseudo_label = np.sum(weights * data["conversion"]) / np.sum(weights)
   return float((1.0 - weighted.mean()) * pseudo_label
                + np.mean(weighted * data["conversion"]))
 

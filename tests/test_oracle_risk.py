@@ -22,6 +22,7 @@ from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
 
+import test_oracle_propensity
 from escm2_tf import losses
 from escm2_tf import simulator
 
@@ -166,9 +167,8 @@ class ImputationTargetTest(tf.test.TestCase, parameterized.TestCase):
     return float(np.sum(weights * self.delta) / np.sum(weights))
 
   def imputation_weights(self, loss: str) -> np.ndarray:
-    w = 1.0 / np.maximum(self.truth["p_click"],
-                         losses.LossConfig.propensity_clip)
-    return self.truth["click"] * w * ((w - 1.0) if loss == "mrdr" else 1.0)
+    return test_oracle_propensity.imputation_weights(
+        self.truth, loss, losses.LossConfig.propensity_clip)
 
   @parameterized.parameters("dr", "dr_jl", "mrdr")
   def test_imputation_converges_to_the_weighted_mean_error(self, loss):

@@ -34,9 +34,9 @@ def setUpModule():
 def _build_model():
   vocabularies = {field: np.arange(1, 41, dtype=np.int64)
                   for field in schema.FIELD_NAMES}
-  model_config = testing.tiny_model_config(use_weights=True, seed=5)
+  model_config = testing.tiny_model_config(use_weights=True)
   return model_lib.build_model(model_config, losses.LossConfig(loss="dr"),
-                               vocabularies)
+                               vocabularies, seed=5)
 
 
 def _rows(count: int) -> list[dict[str, list]]:

@@ -37,9 +37,9 @@ _TOLERANCE = 1e-6
 def _build_model():
   vocabularies = {field: np.arange(1, 31, dtype=np.int64) * 3
                   for field in schema.FIELD_NAMES}
-  model_config = testing.tiny_model_config(use_weights=True, seed=3)
+  model_config = testing.tiny_model_config(use_weights=True)
   return model_lib.build_model(model_config, losses.LossConfig(loss="ipw"),
-                               vocabularies)
+                               vocabularies, seed=3)
 
 
 def _rows() -> list[dict[str, list]]:

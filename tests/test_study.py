@@ -161,8 +161,8 @@ class DesignTest(parameterized.TestCase):
   @parameterized.parameters(
       ("a:min_count", "not field=value"),
       ("a:min_count=0", "min_count: must be an integer >= 1"),
-      ("a:seed=3", "'seed' is no"),
-      ("a:bogus=1", "'bogus' is no"),
+      ("a:seed=3", "seed is set by the study"),
+      ("a:bogus=1", "bogus: is not a field"),
       ("a b:min_count=5", "arm name"))
   def test_bad_arm_spec(self, spec, message):
     with self.assertRaisesRegex(grid.StudyError, message):

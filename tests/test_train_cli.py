@@ -16,8 +16,8 @@ import tensorflow as tf
 
 import datasets
 import testing
+from escm2_tf import config as config_lib
 from escm2_tf import layout
-from escm2_tf import losses
 from escm2_tf import schema
 from escm2_tf.cli import train as train_cli
 from escm2_tf import run_dir
@@ -114,12 +114,12 @@ class CompleteRunTest(tf.test.TestCase):
       self.assertEqual(tags.count("epoch_loss"), EPOCHS, split)
 
   def test_config_json_holds_the_flags(self):
-    configs = run_dir.load_configs(self.model_dir)
-    self.assertEqual(configs["model"].expert_units, (8,))
-    self.assertEqual(configs["model"].seed, self.flags["seed"])
-    self.assertEqual(configs["loss"], losses.LossConfig(loss="dr"))
-    self.assertEqual(configs["train"].eval_data, self.data["test"])
-    self.assertEqual(configs["train"].epochs, EPOCHS)
+    config = run_dir.load_config(self.model_dir)
+    self.assertEqual(config.model.expert_units, (8,))
+    self.assertEqual(config.runtime.seed, self.flags["seed"])
+    self.assertEqual(config.loss, config_lib.LossConfig(loss="dr"))
+    self.assertEqual(config.data.eval_data, self.data["test"])
+    self.assertEqual(config.trainer.epochs, EPOCHS)
 
   def test_metrics_keys_and_ranges(self):
     self.assertSetEqual(set(self.metrics), METRIC_KEYS | GROUND_TRUTH_KEYS)
@@ -148,7 +148,7 @@ class CompleteRunTest(tf.test.TestCase):
         self.flags, model_dir=model_dir, export_dir="", optimizer="lazy_adam"))
     self.assertEqual(status, 0, stderr)
     with open(os.path.join(model_dir, "config.json")) as f:
-      self.assertEqual(json.load(f)["train"]["optimizer"], "lazy_adam")
+      self.assertEqual(json.load(f)["trainer"]["optimizer"], "lazy_adam")
     with open(os.path.join(model_dir, run_dir.METRICS_FILE)) as f:
       metrics = json.load(f)
     # The same seed and data as Adam's run: other weights, so the optimizer
@@ -222,6 +222,8 @@ class FlagErrorTest(tf.test.TestCase, parameterized.TestCase):
        {"validation_data": "/nonexistent/*.gz"}),
       ("missing_stats_file", "stats_file",
        {"stats_file": "/nonexistent/stats.json"}),
+      ("label_propensities", "propensity", {"propensity": "label"}),
+      ("negative_seed", "seed", {"seed": -1}),
   )
   def test_rejected(self, flag, overrides):
     self.assert_rejected(flag, **overrides)
@@ -304,13 +306,13 @@ class FlagfileTest(tf.test.TestCase, parameterized.TestCase):
 
   @parameterized.parameters("demo.flags", "bigdata.flags", "paddlerec.flags")
   def test_parses_into_configs(self, name):
-    configs = self.parse(name)
-    self.assertEqual(configs["loss"].loss, "dr")
-    self.assertNotEmpty(configs["train"].export_dir)
+    config = self.parse(name)["experiment"]
+    self.assertEqual(config.loss.loss, "dr")
+    self.assertNotEmpty(config.trainer.export_dir)
 
   def test_paddlerec_hyperparameters(self):
-    configs = self.parse("paddlerec.flags")
-    train, model, loss = configs["train"], configs["model"], configs["loss"]
+    config = self.parse("paddlerec.flags")["experiment"]
+    train, model, loss = config.trainer, config.model, config.loss
     self.assertEqual((train.batch_size, train.epochs, train.learning_rate),
                      (1024, 10, 1e-3))
     self.assertEqual((model.embedding_dim, model.backbone, model.num_experts,
@@ -321,17 +323,17 @@ class FlagfileTest(tf.test.TestCase, parameterized.TestCase):
     # PaddleRec trains every epoch on all the data from zero output biases,
     # with a row for every id.
     self.assertEqual((train.early_stopping_patience, train.base_rate_init,
-                      train.min_count), (0, False, 1))
+                      config.data.min_count), (0, False, 1))
 
   def test_demo_stops_early_on_held_out_training_data(self):
-    train = self.parse("demo.flags")["train"]
+    config = self.parse("demo.flags")["experiment"]
     # Early stopping ends the run; the validation slice comes out of the
     # training data, never the evaluation data.
-    self.assertGreater(train.early_stopping_patience, 0)
-    self.assertEqual(train.validation_data, "")
-    self.assertTrue(train.base_rate_init)
-    self.assertStartsWith(train.train_data, "demo_output/")
-    self.assertNotEmpty(train.ground_truth)
+    self.assertGreater(config.trainer.early_stopping_patience, 0)
+    self.assertEqual(config.data.validation_data, "")
+    self.assertTrue(config.trainer.base_rate_init)
+    self.assertStartsWith(config.data.train_data, "demo_output/")
+    self.assertNotEmpty(config.data.ground_truth)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Tests of escm2_tf.training: TrainConfig, the input checks, resuming.
+"""Tests of escm2_tf.training: the input checks, resuming, early stopping.
 
 A complete run, determinism and the NaN stop are tested through the CLI, in
 test_train_cli.py.
@@ -24,23 +24,22 @@ from escm2_tf import config as config_lib
 from escm2_tf import early_stopping
 from escm2_tf import evaluation
 from escm2_tf import layout
-from escm2_tf import losses
 from escm2_tf import schema
 from escm2_tf import training
+from escm2_tf.options import ConfigError
 from escm2_tf import run_dir
 
 BATCH_SIZE = 256
 # A small network: the tests are about the loop around it.
-MODEL = testing.tiny_model_config(seed=7)
-LOSS = losses.LossConfig(loss="dr")
+MODEL = testing.TINY_MODEL
 ITERATIONS_KEY = "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 def train_config(data: dict[str, str], model_dir: str = "model",
-                 **overrides) -> training.TrainConfig:
-  return testing.tiny_train_config(
-      data, model_dir, **{"epochs": 2, "batch_size": BATCH_SIZE, "seed": 3,
-                          **overrides})
+                 **overrides) -> config_lib.ExperimentConfig:
+  return testing.tiny_config(
+      data, model_dir, model=MODEL, loss="dr",
+      **{"epochs": 2, "batch_size": BATCH_SIZE, "seed": 3, **overrides})
 
 
 new_dir = testing.new_dir
@@ -104,26 +103,20 @@ class TrainConfigTest(tf.test.TestCase, parameterized.TestCase):
   def test_config_json_round_trip(self):
     model_dir = new_dir()
     config = train_config({"train": "a", "test": "b", "vocab_dir": "v"},
-                          model_dir, ground_truth="g.csv")
-    model = config_lib.ModelConfig(backbone="dcn", bottom_units=(5, 3))
-    evaluation.write_json(
-        os.path.join(model_dir, run_dir.CONFIG_FILE),
-        run_dir.configs_dict(config, model, LOSS))
-    self.assertEqual(run_dir.load_configs(model_dir),
-                     {"train": config, "model": model, "loss": LOSS})
+                          model_dir, ground_truth="g.csv", backbone="dcn",
+                          bottom_units=(5, 3))
+    evaluation.write_json(os.path.join(model_dir, run_dir.CONFIG_FILE),
+                          config.to_dict())
+    self.assertEqual(run_dir.load_config(model_dir), config)
 
-  def test_dict_round_trip(self):
-    config = train_config({"train": "a", "test": "b", "vocab_dir": "v"}, "m",
-                          export_dir="e", early_stopping_patience=2)
-    self.assertEqual(training.TrainConfig.from_dict(
-        json.loads(json.dumps(config.to_dict()))), config)
-
-  def test_from_dict_rejects_unknown_keys(self):
-    values = train_config({"train": "a", "test": "b", "vocab_dir": "v"},
-                          "m").to_dict()
-    values["epoch"] = 3
-    with self.assertRaisesRegex(ValueError, "epoch"):
-      training.TrainConfig.from_dict(values)
+  def test_config_of_another_version_is_one_line(self):
+    model_dir = new_dir()
+    evaluation.write_json(os.path.join(model_dir, run_dir.CONFIG_FILE),
+                          {"model": {}, "loss": {}, "train": {}})
+    with self.assertRaisesRegex(
+        ValueError, r"config\.json: not an escm2-train config \(unknown "
+        r"ExperimentConfig field\(s\): train\)$"):
+      run_dir.load_config(model_dir)
 
   def test_early_stopping_watches_the_monitor(self):
     for monitor, mode in (("val_ctcvr_loss", "min"), ("val_auc_cvr", "max")):
@@ -144,12 +137,13 @@ class TrainConfigTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_early_stopping_on_by_default(self):
     config = train_config({"train": "a", "test": "b", "vocab_dir": "v"},
-                          epochs=training.TrainConfig.epochs)
-    self.assertGreater(config.early_stopping_patience, 0)
-    self.assertGreater(config.epochs, config.early_stopping_patience)
-    self.assertTrue(config.base_rate_init)
-    self.assertEqual(config.validation_data, "")
-    self.assertBetween(config.validation_fraction, 0.01, 0.5)
+                          epochs=config_lib.TrainerConfig.epochs)
+    self.assertGreater(config.trainer.early_stopping_patience, 0)
+    self.assertGreater(config.trainer.epochs,
+                       config.trainer.early_stopping_patience)
+    self.assertTrue(config.trainer.base_rate_init)
+    self.assertEqual(config.data.validation_data, "")
+    self.assertBetween(config.data.validation_fraction, 0.01, 0.5)
 
   def test_validation_is_never_the_evaluation_data(self):
     data = {"train": "a", "test": "b", "vocab_dir": "v"}
@@ -185,7 +179,7 @@ class TrainConfigTest(tf.test.TestCase, parameterized.TestCase):
       ("validation_fraction", 0.51), ("validation_fraction", 1.0),
       ("validation_fraction", True))
   def test_rejects_bad_value(self, field, value):
-    with self.assertRaises(training.ConfigError) as raised:
+    with self.assertRaises(ConfigError) as raised:
       train_config({"train": "a", "test": "b", "vocab_dir": "v"}, "m",
                    **{field: value})
     self.assertEqual(raised.exception.field, field)
@@ -198,15 +192,14 @@ class CheckInputsTest(tf.test.TestCase, parameterized.TestCase):
     super().setUpClass()
     cls.data = datasets.make_synthetic_data(
         new_dir())
-    cls.configs = {"model": MODEL.to_dict(), "loss": {}}
 
   def check(self, **overrides):
     overrides.setdefault("model_dir", new_dir())
     config = train_config(self.data, **overrides)
-    return training.check_inputs(config, self.configs)
+    return training.check_inputs(config)
 
   def assert_rejected(self, field, pattern, **overrides):
-    with self.assertRaisesRegex(training.ConfigError, pattern) as raised:
+    with self.assertRaisesRegex(ConfigError, pattern) as raised:
       self.check(**overrides)
     self.assertEqual(raised.exception.field, field)
 
@@ -331,9 +324,9 @@ class CheckInputsTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_trainer_refuses_label_propensities(self):
     model_dir = os.path.join(new_dir(), "model")
-    with self.assertRaisesRegex(training.ConfigError, "p_click") as raised:
-      training.train(train_config(self.data, model_dir), MODEL,
-                     losses.LossConfig(propensity="label"), verbose=0)
+    with self.assertRaisesRegex(ConfigError, "p_click") as raised:
+      training.train(train_config(self.data, model_dir, propensity="label"),
+                     verbose=0)
     self.assertEqual(raised.exception.field, "propensity")
     self.assertFalse(os.path.exists(model_dir))
 
@@ -352,7 +345,7 @@ class CheckInputsTest(tf.test.TestCase, parameterized.TestCase):
 # A learning rate at which the id embeddings memorise the small training set
 # within an epoch or two: the validation loss then rises.
 OVERFIT = dict(learning_rate=0.03, epochs=8, early_stopping_patience=2)
-MONITOR = training.TrainConfig.early_stopping_monitor
+MONITOR = config_lib.TrainerConfig.early_stopping_monitor
 
 
 class EarlyStoppingTest(tf.test.TestCase):
@@ -380,36 +373,37 @@ class EarlyStoppingTest(tf.test.TestCase):
   def test_restores_the_best_epoch(self):
     config = train_config(self.data, new_dir(), **OVERFIT)
     record = _Record()
-    result = training.train(config, MODEL, LOSS, callbacks=[record],
+    result = training.train(config, callbacks=[record],
                             verbose=0)
     monitored = [logs[MONITOR] for logs in record.logs]
     best = int(np.argmin(monitored)) + 1
     # It overfit, stopped patience epochs after the best, and kept the best.
-    self.assertLess(len(monitored), config.epochs)
-    self.assertLen(monitored, best + config.early_stopping_patience)
+    self.assertLess(len(monitored), config.trainer.epochs)
+    self.assertLen(monitored, best + config.trainer.early_stopping_patience)
     self.assertEqual(result["best_epoch"], best)
-    self.assert_ends_on_epoch(config.model_dir, best, len(monitored))
+    self.assert_ends_on_epoch(config.trainer.model_dir, best, len(monitored))
     # The evaluation scored the restored weights, not the last epoch's.
     self.assertEqual(result["epochs"], len(monitored))
     self.assertFalse(os.path.exists(os.path.join(
-        config.model_dir, run_dir.BACKUP_DIR, early_stopping.STATE_FILE)))
+        config.trainer.model_dir, run_dir.BACKUP_DIR,
+        early_stopping.STATE_FILE)))
 
   def test_resume_keeps_the_early_stopping_state(self):
     config = train_config(self.data, new_dir(), **OVERFIT)
     before = _Record(interrupt_after=2)
     with self.assertRaisesRegex(KeyboardInterrupt, "after epoch 2"):
-      training.train(config, MODEL, LOSS, callbacks=[before], verbose=0)
+      training.train(config, callbacks=[before], verbose=0)
     monitored = [logs[MONITOR] for logs in before.logs]
     # The premise: the best epoch is behind the kill, and one more bad
     # epoch exhausts the patience.
     self.assertEqual(int(np.argmin(monitored)), 0, monitored)
-    state = os.path.join(config.model_dir, run_dir.BACKUP_DIR,
+    state = os.path.join(config.trainer.model_dir, run_dir.BACKUP_DIR,
                          early_stopping.STATE_FILE)
     with open(state) as f:
       self.assertEqual(json.load(f)["epochs"]["1"]["best_epoch"], 0)
 
     after = _Record()
-    result = training.train(config, MODEL, LOSS, callbacks=[after],
+    result = training.train(config, callbacks=[after],
                             verbose=0)
 
     monitored += [logs[MONITOR] for logs in after.logs]
@@ -419,26 +413,27 @@ class EarlyStoppingTest(tf.test.TestCase):
     # and end on one of its own epochs.
     self.assertEqual(result["epochs"], 1)
     self.assertEqual(result["best_epoch"], best)
-    self.assert_ends_on_epoch(config.model_dir, best, len(monitored))
+    self.assert_ends_on_epoch(config.trainer.model_dir, best, len(monitored))
 
   def test_kill_after_stopping_still_ends_on_the_best_epoch(self):
     config = train_config(self.data, new_dir(), **OVERFIT)
     before = _KillWhenStopping()
     with self.assertRaisesRegex(KeyboardInterrupt, "after stopping"):
-      training.train(config, MODEL, LOSS, callbacks=[before], verbose=0)
+      training.train(config, callbacks=[before], verbose=0)
     monitored = [logs[MONITOR] for logs in before.logs]
     best = int(np.argmin(monitored)) + 1
-    result = training.train(config, MODEL, LOSS, verbose=0)
+    result = training.train(config, verbose=0)
     # Keras runs one batch before it sees the stop; that epoch counts for
     # nothing and the run ends as the uninterrupted one would have.
     self.assertEqual(result["epochs"], 1)
     self.assertEqual(result["best_epoch"], best)
-    self.assert_ends_on_epoch(config.model_dir, best, len(monitored) + 1)
+    self.assert_ends_on_epoch(config.trainer.model_dir, best,
+                              len(monitored) + 1)
 
   def test_off_trains_every_epoch_on_all_the_data(self):
     config = train_config(self.data, new_dir(), early_stopping_patience=0,
                           epochs=2)
-    result = training.train(config, MODEL, LOSS, verbose=0)
+    result = training.train(config, verbose=0)
     self.assertEqual(result["epochs"], 2)
     self.assertIsNone(result["best_epoch"])
     self.assertFalse([name for name in result["history"]
@@ -449,9 +444,8 @@ class EarlyStoppingTest(tf.test.TestCase):
     # the resumed run redoes the epoch from the state before it.
     config = train_config(self.data, new_dir(), **OVERFIT)
     with self.assertRaises(KeyboardInterrupt):
-      training.train(config, MODEL, LOSS,
-                     callbacks=[_Record(interrupt_after=1)], verbose=0)
-    state = os.path.join(config.model_dir, run_dir.BACKUP_DIR,
+      training.train(config, callbacks=[_Record(interrupt_after=1)], verbose=0)
+    state = os.path.join(config.trainer.model_dir, run_dir.BACKUP_DIR,
                          early_stopping.STATE_FILE)
     with open(state) as f:
       content = json.load(f)
@@ -460,7 +454,7 @@ class EarlyStoppingTest(tf.test.TestCase):
     with open(state, "w") as f:
       json.dump(content, f)
     record = _Record()
-    result = training.train(config, MODEL, LOSS, callbacks=[record],
+    result = training.train(config, callbacks=[record],
                             verbose=0)
     # Had the forged state been used, nothing would have beaten its -1.0
     # and the run would end on epoch 2.
@@ -481,16 +475,16 @@ class ResumeTest(tf.test.TestCase):
     # Grouped steps also exercise the counted, repeated input.
     config = train_config(self.data, new_dir(), steps_per_execution=2)
     with self.assertRaisesRegex(KeyboardInterrupt, "after epoch 1"):
-      training.train(config, MODEL, LOSS, callbacks=[_Interrupt()], verbose=0)
-    checkpoints = os.path.join(config.model_dir, run_dir.CHECKPOINT_DIR)
+      training.train(config, callbacks=[_Interrupt()], verbose=0)
+    checkpoints = os.path.join(config.trainer.model_dir, run_dir.CHECKPOINT_DIR)
     self.assertTrue(os.path.exists(os.path.join(checkpoints,
                                                 "epoch-001.index")))
     self.assertFalse(os.path.exists(os.path.join(checkpoints,
                                                  "epoch-002.index")))
-    self.assertNotEmpty(os.listdir(os.path.join(config.model_dir,
+    self.assertNotEmpty(os.listdir(os.path.join(config.trainer.model_dir,
                                                 run_dir.BACKUP_DIR)))
 
-    result = training.train(config, MODEL, LOSS, verbose=0)
+    result = training.train(config, verbose=0)
 
     self.assertEqual(result["epochs"], 1)  # Only the second one was left.
     self.assertTrue(os.path.exists(os.path.join(checkpoints,
@@ -502,7 +496,7 @@ class ResumeTest(tf.test.TestCase):
     self.assertGreater(iterations("epoch-001"), 0)
     self.assertEqual(iterations(run_dir.FINAL_CHECKPOINT),
                      2 * iterations("epoch-001"))
-    self.assertTrue(os.path.exists(os.path.join(config.model_dir,
+    self.assertTrue(os.path.exists(os.path.join(config.trainer.model_dir,
                                                 run_dir.METRICS_FILE)))
 
 
@@ -520,11 +514,11 @@ class NanPredictionTest(tf.test.TestCase):
     with self.assertRaisesWithLiteralMatch(
         training.TrainingDivergedError,
         "the final model predicts NaN or infinite cvr on eval_data"):
-      training.train(config, MODEL, LOSS, callbacks=[_BreakTheCvrTower()],
+      training.train(config, callbacks=[_BreakTheCvrTower()],
                      verbose=0)
-    self.assertFalse(os.path.exists(os.path.join(config.model_dir,
+    self.assertFalse(os.path.exists(os.path.join(config.trainer.model_dir,
                                                  run_dir.METRICS_FILE)))
-    self.assertFalse(os.path.exists(config.export_dir))
+    self.assertFalse(os.path.exists(config.trainer.export_dir))
 
 
 if __name__ == "__main__":

@@ -75,9 +75,17 @@ def tiny_model_config(**overrides: Any) -> config_lib.ModelConfig:
   return dataclasses.replace(TINY_MODEL, **overrides)
 
 
-def tiny_train_config(data: Mapping[str, str], model_dir: str,
-                      **overrides: Any) -> config_lib.TrainConfig:
+def tiny_config(data: Mapping[str, str], model_dir: str, *,
+                model: config_lib.ModelConfig = TINY_MODEL,
+                **overrides: Any) -> config_lib.ExperimentConfig:
   """A one-epoch run on ``datasets.make_synthetic_data``'s ``data``.
+
+  Args:
+    data: The data's paths.
+    model_dir: The run's directory.
+    model: The network.
+    **overrides: Other fields, by their flag names (``epochs=2``, ``seed=3``,
+      ``loss="dr"``).
 
   Op determinism is left off: it is process-wide, the CPU kernels here are
   deterministic without it, and other tests share the process.
@@ -87,7 +95,8 @@ def tiny_train_config(data: Mapping[str, str], model_dir: str,
                 batch_size=256, deterministic=False,
                 # Every id of the tiny data is rarer than the default.
                 min_count=1)
-  return config_lib.TrainConfig(**{**values, **overrides})
+  config = config_lib.ExperimentConfig.create(**values)
+  return dataclasses.replace(config, model=model).replace(**overrides)
 
 
 def run_main(main: Callable[[Sequence[str]], int], program: str, *,

@@ -25,7 +25,7 @@ class HParams:
   """What a flagfile fixes: the network, the loss and the schedule.
 
   Attributes:
-    model: The network (seeded with the flagfile's seed).
+    model: The network.
     loss: The loss.
     batch_size: Examples per step.
     learning_rate: The optimizer's learning rate.
@@ -54,19 +54,16 @@ def _train_binding() -> flagbind.Binding:
                           flag_values=flags.FlagValues())
 
 
-def train_configs(args: Sequence[str]) -> tuple[
-    config_lib.TrainConfig, config_lib.ModelConfig, config_lib.LossConfig]:
-  """The configs of an ``escm2-train`` command line (``--flagfile=``, ...).
+def experiment_config(args: Sequence[str]) -> config_lib.ExperimentConfig:
+  """The config of an ``escm2-train`` command line (``--flagfile=``, ...).
 
   Raises:
-    ValueError: A flag that does not parse or a value the configs refuse.
+    ValueError: A flag that does not parse or a value the config refuses.
   """
   binding = _train_binding()
   try:
     binding.flag_values(["escm2-train", *args])
-    train = binding.build(config_lib.TrainConfig)
-    return (train, binding.build(config_lib.ModelConfig, seed=train.seed),
-            binding.build(config_lib.LossConfig))
+    return binding.build(config_lib.ExperimentConfig)
   except flags.Error as e:
     raise ValueError(flagbind.usage_error(e)) from None
   except config_lib.ConfigError as e:
@@ -98,8 +95,9 @@ def hparams_from_flagfile(path: str) -> HParams:
   try:
     unknown = binding.flag_values(["hparams", f"--flagfile={path}"],
                                   known_only=True)[1:]
-    train = binding.values(config_lib.TrainConfig)
-    model = binding.build(config_lib.ModelConfig, seed=train["seed"])
+    train = {**binding.values(config_lib.TrainerConfig),
+             **binding.values(config_lib.RuntimeConfig)}
+    model = binding.build(config_lib.ModelConfig)
     loss = binding.build(config_lib.LossConfig)
   except flags.Error as e:
     raise ValueError(f"{path}: {flagbind.usage_error(e)}") from None

@@ -78,7 +78,8 @@ def _compiled_model(hparams: HParams, loss: str, optimizer: str,
   keras.utils.set_random_seed(hparams.seed)
   model = model_lib.build_model(
       hparams.model, dataclasses.replace(hparams.loss, loss=loss),
-      vocab.load_vocabularies(layout.training_vocab_dir(data_dir)))
+      vocab.load_vocabularies(layout.training_vocab_dir(data_dir)),
+      seed=hparams.seed)
   model.compile(
       optimizer=optimizers.make_optimizer(optimizer, hparams.learning_rate),
       steps_per_execution=steps_per_execution)

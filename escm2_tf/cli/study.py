@@ -19,7 +19,7 @@ and PaddleRec's losses on 1M impressions), ``propensity_sweep`` (ESMM with
 ``min_count`` 1, 100 and 20). ``--regime=NAME:ctr=..,cvr=..,corr=..,train=..,
 test=..`` (repeatable) replaces the design's regimes, ``--estimators`` its
 estimators; ``--arm=NAME:field=value,...`` (repeatable) adds an estimator
-with LossConfig, ModelConfig or TrainConfig settings of its own. A grid that
+with ExperimentConfig settings of its own (by flag name). A grid that
 cannot run exits with status 2 and one line, before writing anything.
 
   escm2-study --design=propensity_sweep --work_dir=/tmp/ps \
@@ -56,7 +56,7 @@ class StudyFlags:
     seeds: Seeds (simulator and training); at least 2.
     estimators: LossConfig.loss values or --arm names to compare. Default:
       the design's.
-    arm: NAME:field=value,... of LossConfig, ModelConfig or TrainConfig, an
+    arm: NAME:field=value,... of ExperimentConfig fields (flag names), an
       estimator of its own; repeatable.
     resume: Skip runs already in OUTPUT_DIR/study.json.
   """

@@ -49,10 +49,7 @@ _FLAGS = flagbind.Binding(*flagbind.TRAIN_SECTIONS,
 
 def _configs() -> dict[str, Any]:
   """The configs from the flags; raises ConfigError naming the field."""
-  train = _FLAGS.build(config_lib.TrainConfig)
-  return {"train": train,
-          "model": _FLAGS.build(config_lib.ModelConfig, seed=train.seed),
-          "loss": _FLAGS.build(config_lib.LossConfig),
+  return {"experiment": _FLAGS.build(config_lib.ExperimentConfig),
           "display": _FLAGS.build(_Display)}
 
 
@@ -96,18 +93,18 @@ def _display(configs: dict[str, Any]) -> dict[str, Any]:
     # Keras redraws its bar with backspaces, which fill a log file, and its
     # epoch lines list every metric.
     return {"verbose": 0, "callbacks": [
-        _epoch_line(configs["train"].early_stopping_monitor)]}
+        _epoch_line(configs["experiment"].trainer.early_stopping_monitor)]}
   return {"verbose": verbose}
 
 
-def _announce(configs: dict[str, Any]) -> None:
-  train = configs["train"]
-  print(f"{_PROGRAM}: training {configs['loss'].loss} on a "
-        f"{configs['model'].backbone} network for {train.epochs} epoch(s) of "
-        f"{train.train_data}, into {train.model_dir}", flush=True)
+def _announce(config: config_lib.ExperimentConfig) -> None:
+  print(f"{_PROGRAM}: training {config.loss.loss} on a "
+        f"{config.model.backbone} network for {config.trainer.epochs} "
+        f"epoch(s) of {config.data.train_data}, into "
+        f"{config.trainer.model_dir}", flush=True)
 
 
-def _report(result: dict[str, Any], train_config: config_lib.TrainConfig
+def _report(result: dict[str, Any], config: config_lib.ExperimentConfig
             ) -> None:
   """Where split variables went, then the chief's outputs and metrics."""
   for name, shards in result["variable_shards"].items():
@@ -123,14 +120,14 @@ def _report(result: dict[str, Any], train_config: config_lib.TrainConfig
   best = (f", ended with the weights of epoch {result['best_epoch']}"
           if result.get("best_epoch") else "")
   print(f"Trained {result['epochs']} epoch(s){best}; model_dir: "
-        f"{train_config.model_dir}")
+        f"{config.trainer.model_dir}")
   if result["export_path"]:
     print(f"Exported SavedModel: {result['export_path']}")
   headline = "  ".join(f"{name} {metrics[name]:.6f}" for name in _HEADLINE
                        if name in metrics)
-  print(f"On {int(metrics['count']):,} examples of {train_config.eval_data}: "
+  print(f"On {int(metrics['count']):,} examples of {config.data.eval_data}: "
         f"{headline}; every metric in "
-        f"{os.path.join(train_config.model_dir, run_dir.METRICS_FILE)}")
+        f"{os.path.join(config.trainer.model_dir, run_dir.METRICS_FILE)}")
 
 
 def main(argv: Sequence[str]) -> int:
@@ -147,18 +144,18 @@ def main(argv: Sequence[str]) -> int:
   from escm2_tf import training
   # pylint: enable=g-import-not-at-top
   try:
-    if _serve_if_server(configs["train"].distribution_strategy):
+    experiment = configs["experiment"]
+    if _serve_if_server(experiment.runtime.distribution_strategy):
       return 0
-    _announce(configs)
-    result = training.train(configs["train"], configs["model"],
-                            configs["loss"], **_display(configs))
+    _announce(experiment)
+    result = training.train(experiment, **_display(configs))
   except config_lib.ConfigError as e:
     return flagbind.fail(_PROGRAM, flagbind.error_line(e))
   except distribute.ClusterError as e:
     return flagbind.fail(_PROGRAM, str(e))
   except training.TrainingDivergedError as e:
     return flagbind.fail(_PROGRAM, f"training stopped: {e}", _DIVERGED)
-  _report(result, configs["train"])
+  _report(result, configs["experiment"])
   return 0
 
 

@@ -1,8 +1,8 @@
 """What a study runs: regimes of the simulator, seeds and estimators.
 
 An estimator is a ``LossConfig.loss`` value trained with the library's
-defaults, or an ``Arm``: a name for settings of ``LossConfig``,
-``ModelConfig`` or ``TrainConfig`` that differ from the defaults
+defaults, or an ``Arm``: a name for ``ExperimentConfig`` settings that
+differ from the defaults
 (``escm2_tf.study.designs`` holds the named designs that use them).
 
 A regime fixes the simulator's click rate, post-click conversion rate, the
@@ -68,8 +68,8 @@ class Arm:
 
   Attributes:
     name: Names it in the outputs (letters, digits, ``_.-``).
-    settings: ``(field, value)`` pairs of ``LossConfig``, ``ModelConfig`` or
-      ``TrainConfig`` (not the paths or the seed, which the study sets);
+    settings: ``(field, value)`` pairs of ``ExperimentConfig`` fields by
+      their flag names (not the paths or the seed, which the study sets);
       ``loss`` defaults to ``esmm``.
   """
   name: str
@@ -216,32 +216,17 @@ _STUDY_FIELDS = ("train_data", "eval_data", "vocab_dir", "model_dir",
                  "ground_truth", "seed", "export_dir")
 
 
-def split_settings(settings: dict[str, Any]) -> dict[type, dict[str, Any]]:
-  """An arm's settings per config class; raises StudyError for others."""
-  out: dict[type, dict[str, Any]] = {}
-  for field, value in settings.items():
-    owner = next((cls for cls in (config_lib.LossConfig,
-                                  config_lib.ModelConfig,
-                                  config_lib.TrainConfig)
-                  if field in {f.name for f in dataclasses.fields(cls)}),
-                 None)
-    if owner is None or field in _STUDY_FIELDS:
-      raise StudyError(f"{field!r} is no LossConfig, ModelConfig or "
-                       "TrainConfig field an arm may set")
-    out.setdefault(owner, {})[field] = value
-  return out
-
-
 def check_arm(arm: Arm) -> None:
-  """Raises StudyError if the configs refuse the arm's settings."""
+  """Raises StudyError if the config refuses the arm's settings."""
   if not _NAME.match(arm.name):
     raise StudyError(f"arm name {arm.name!r}: letters, digits or _.- only")
+  settings = {"loss": "esmm", **dict(arm.settings)}
+  for field in settings:
+    if field in _STUDY_FIELDS:
+      raise StudyError(f"arm {arm.name}: {field} is set by the study")
   try:
-    parts = split_settings({"loss": "esmm", **dict(arm.settings)})
-    config_lib.LossConfig(**parts[config_lib.LossConfig])
-    config_lib.ModelConfig(**parts.get(config_lib.ModelConfig, {}))
-    config_lib.TrainConfig(train_data="-", eval_data="-", vocab_dir="-",
-                           model_dir="-",
-                           **parts.get(config_lib.TrainConfig, {}))
-  except (StudyError, config_lib.ConfigError) as error:
+    config_lib.ExperimentConfig.create(
+        train_data="-", eval_data="-", vocab_dir="-", model_dir="-",
+        **settings)
+  except config_lib.ConfigError as error:
     raise StudyError(f"arm {arm.name}: {error}") from None

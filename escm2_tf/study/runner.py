@@ -1,9 +1,9 @@
 """Runs a study: every estimator on every (regime, seed), with the defaults.
 
-Each run calls ``training.train`` with ``TrainConfig``, ``ModelConfig`` and
-``LossConfig`` at their defaults except the paths, the seed and the
-estimator's settings (its loss, or an arm's fields): the study measures what
-a user of the library gets, not a tuned model. After
+Each run calls ``training.train`` with an ``ExperimentConfig`` at its
+defaults except the paths, the seed and the estimator's settings (its loss,
+or an arm's fields): the study measures what a user of the library gets, not
+a tuned model. After
 training, the test set is scored once more to bin pCTR and pCVR against the
 true probabilities (the reliability curves of the report).
 
@@ -78,20 +78,15 @@ def train_one(dataset: datasets.Dataset, settings: dict[str, Any],
     model_dir: Where it trains (removed afterwards).
   """
   shutil.rmtree(model_dir, ignore_errors=True)
-  parts = grid.split_settings(settings)
-  train_config = config_lib.TrainConfig(
+  config = config_lib.ExperimentConfig.create(
       train_data=dataset.train_data, eval_data=dataset.eval_data,
       vocab_dir=dataset.vocab_dir, model_dir=model_dir,
-      ground_truth=dataset.ground_truth, seed=seed,
-      **parts.get(config_lib.TrainConfig, {}))
+      ground_truth=dataset.ground_truth, seed=seed, **settings)
   keep = _KeepModel()
   started = time.monotonic()
-  result = training.train(
-      train_config, config_lib.ModelConfig(
-          **parts.get(config_lib.ModelConfig, {})),
-      config_lib.LossConfig(**parts[config_lib.LossConfig]),
-      callbacks=[keep], verbose=0)
-  reliability = _reliability(keep.trained, dataset, train_config.batch_size)
+  result = training.train(config, callbacks=[keep], verbose=0)
+  reliability = _reliability(keep.trained, dataset,
+                             config.trainer.batch_size)
   keras.backend.clear_session()
   shutil.rmtree(model_dir, ignore_errors=True)
   return {"metrics": result["metrics"], "epochs": result["epochs"],
