@@ -107,7 +107,8 @@ def _simulate(settings: ConvertBenchFlags) -> str:
   raw_dir = os.path.join(
       settings.work_dir, f"raw_{settings.input_format}_{num_impressions}_"
       f"{seed}_{settings.behaviour_length}")
-  if not os.path.exists(os.path.join(raw_dir, "ground_truth_train.csv")):
+  if not os.path.exists(os.path.join(raw_dir,
+                                     layout.ground_truth_file(layout.TRAIN))):
     # Users and items grow with the data, as in a longer log.
     scale = max(1, num_impressions // 100_000)
     start = time.time()
@@ -223,15 +224,18 @@ def _project(run: dict, stats: dict, calibration: dict, workers: int,
   }
 
 
+def _raw_file(raw_dir: str, input_format: str, role: str) -> str:
+  return os.path.join(raw_dir, layout.raw_file_names(
+      input_format, layout.TRAIN)[role])
+
+
 def _inputs(raw_dir: str, input_format: str) -> list[str]:
   if input_format == "paddlerec":
     return ["--input_format=paddlerec",
-            f"--input={os.path.join(raw_dir, 'paddlerec_train.txt')}"]
-  return [
-      "--input_format=aliccp",
-      f"--skeleton={os.path.join(raw_dir, 'sample_skeleton_train.csv')}",
-      f"--common_features="
-      f"{os.path.join(raw_dir, 'common_features_train.csv')}"]
+            f"--input={_raw_file(raw_dir, input_format, 'paddlerec')}"]
+  return ["--input_format=aliccp",
+          f"--skeleton={_raw_file(raw_dir, input_format, 'skeleton')}",
+          f"--common_features={_raw_file(raw_dir, input_format, 'common')}"]
 
 
 def _convert_once(raw_dir: str, convert_args: list[str], pythonpath: str,
@@ -241,7 +245,7 @@ def _convert_once(raw_dir: str, convert_args: list[str], pythonpath: str,
   run = _run_convert([*_inputs(raw_dir, settings.input_format),
                       f"--output_dir={output_dir}",
                       *convert_args], pythonpath)
-  with open(os.path.join(output_dir, "stats.json")) as f:
+  with open(layout.stats_file(output_dir)) as f:
     stats = json.load(f)
   compressed, uncompressed = _output_bytes(output_dir)
   run["shards"] = len([n for n in os.listdir(output_dir)
@@ -300,7 +304,7 @@ def main(argv):
   calibration = {}
   if settings.input_format == "aliccp":
     calibration = _calibrate_common(
-        os.path.join(raw_dir, "common_features_train.csv"),
+        _raw_file(raw_dir, settings.input_format, "common"),
         settings.max_values_per_field)
   variants = [("current", "")]
   if settings.baseline_pythonpath:

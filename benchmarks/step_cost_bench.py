@@ -15,12 +15,12 @@ import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
 import dataclasses
 import json
-import os
 import re
 import time
 
 from escm2_tf import config as config_lib
 from escm2_tf import flagbind
+from escm2_tf import layout
 from escm2_tf import options
 from escm2_tf.bench import hparams as hparams_lib
 from escm2_tf.options import ConfigError
@@ -76,10 +76,10 @@ def main(argv):
   from escm2_tf import optimizers
   from escm2_tf import vocab
   # pylint: enable=g-import-not-at-top
-  train_dir = os.path.join(settings.data_dir, "train")
-  vocabularies = vocab.load_vocabularies(os.path.join(train_dir, "vocab"))
+  vocabularies = vocab.load_vocabularies(
+      layout.training_vocab_dir(settings.data_dir))
   batches = data.make_dataset(
-      os.path.join(train_dir, "*.tfrecord.gz"), hparams.batch_size,
+      layout.examples(settings.data_dir, layout.TRAIN), hparams.batch_size,
       training=True, seed=1, with_weights=hparams.model.use_weights
   ).take(64).cache().repeat()
   for _ in batches.take(64):

@@ -24,7 +24,6 @@ Example:
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
-import dataclasses
 from typing import Any, Mapping, Sequence
 
 import tensorflow as tf
@@ -33,6 +32,7 @@ import tf_keras as keras
 from escm2_tf import config as config_lib
 from escm2_tf import losses
 from escm2_tf import metrics as metrics_lib
+from escm2_tf import options
 from escm2_tf import schema
 
 TOTAL_LOSS = "loss"
@@ -172,7 +172,7 @@ class ESCM2Task(keras.layers.Layer):
 
   def get_config(self) -> dict[str, Any]:
     return {**super().get_config(),
-            "loss_config": dataclasses.asdict(self.loss_config),
+            "loss_config": options.json_ready(self.loss_config),
             "regularized": self.regularized}
 
   @classmethod
