@@ -20,6 +20,7 @@ from escm2_tf import base_rates as base_rates_lib
 from escm2_tf import config as config_lib
 from escm2_tf import data
 from escm2_tf import evaluation
+from escm2_tf import fit_policy
 from escm2_tf import layout
 from escm2_tf import schema
 from escm2_tf import vocab
@@ -84,10 +85,9 @@ def read_base_rates(config: config_lib.ExperimentConfig
   """
   if not (config.trainer.base_rate_init or config.trainer.recalibrate):
     return None
-  path = (config.data.stats_file
-          or layout.stats_beside(config.data.vocab_dir))
   try:
-    return base_rates_lib.read_base_rates(path)
+    return fit_policy.base_rates(config.data.vocab_dir,
+                                 config.data.stats_file)
   except base_rates_lib.StatsError as e:
     raise ConfigError(
         "stats_file", f"{e}; set --stats_file to the converter's stats.json "
