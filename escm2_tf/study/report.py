@@ -14,10 +14,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from escm2_tf.study import grid as study_grid
+from escm2_tf.study import grid as grid_lib
 
 NAMES = {"naive": "naive", "esmm": "ESMM", "ipw": "ESCM2-IPW",
-         "dr": "ESCM2-DR", "dr_jl": "DR-JL", "mrdr": "MRDR"}
+         "dr": "ESCM2-DR", "dr_jl": "DR-JL", "mrdr": "MRDR",
+         "ipw_paddlerec": "ESCM2-IPW (PaddleRec)",
+         "dr_paddlerec": "ESCM2-DR (PaddleRec)"}
 BIAS_COLUMNS = ("cvr_bias", "abs_cvr_bias", "cvr_bias_clicked",
                 "calibration_cvr")
 QUALITY_COLUMNS = ("auc_cvr", "auc_cvr_truth", "auc_ctr", "auc_ctr_oracle",
@@ -27,7 +29,7 @@ _SIGNED = ("cvr_bias", "cvr_bias_clicked")
 
 
 def _name(estimator: str) -> str:
-  loss, propensity = study_grid.estimator_loss(estimator)
+  loss, propensity = grid_lib.estimator_loss(estimator)
   name = NAMES.get(loss, loss)
   return f"{name} (true p_click)" if propensity == "label" else name
 
@@ -69,7 +71,7 @@ def markdown(results: Mapping[str, Any]) -> str:
     data = runs[0]["data"] if runs else {}
     train, test = data.get("train", {}), data.get("test", {})
     rows.append([regime["name"], f"{regime['ctr']:g}", f"{regime['cvr']:g}",
-                 f"{regime['correlation']:g}",
+                 grid_lib.correlation_text(regime["correlation"]),
                  f"{regime['num_train']:,}", f"{regime.get('num_users', 0):,}",
                  f"{regime.get('num_items', 0):,}",
                  str(train.get("clicks", "")),
@@ -195,7 +197,7 @@ def write_figures(results: Mapping[str, Any], directory: str) -> list[str]:
   for regime in grid["regimes"]:
     name = regime["name"]
     panels[f"{name}: CTR {regime['ctr']:g}, CVR {regime['cvr']:g}, "
-           f"corr {regime['correlation']:g}"] = {
+           f"corr {grid_lib.correlation_text(regime['correlation'])}"] = {
                _name(e): summary["metrics"][name][e]["cvr_bias"]
                for e in grid["estimators"]}
   figure = plotting.plot_intervals(
