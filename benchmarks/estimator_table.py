@@ -272,8 +272,8 @@ def run_row(label: str, loss_config: losses.LossConfig, files: dict[str, Any],
     # Every output, the imputation included, with labels and ids.
     columns = evaluation.predict_keras_model(estimator, files[split], batch,
                                              outputs=None)
-    aligned = evaluation.align_ground_truth(truth, columns[schema.SAMPLE_ID],
-                                            "ground_truth_test.csv")
+    aligned = evaluation.align_ground_truth(truth, columns,
+                                            "ground_truth_test.csv", split)
     result = metrics_lib.evaluate_predictions(
         columns[schema.CLICK], columns[schema.CONVERSION], columns["ctr"],
         columns["cvr"], columns["ctcvr"], ground_truth=aligned)

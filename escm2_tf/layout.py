@@ -39,11 +39,14 @@ EXAMPLES_PREFIX = "part"
 EXAMPLES_SUFFIX = ".tfrecord.gz"
 
 # The simulator's ground truth: one row per impression, joined by sample id.
+# It repeats the impression's logged labels, so that a join with other data
+# (another split or seed) is detected: the labels of joined rows must agree.
 P_CLICK = "p_click"
 P_CONVERSION = "p_conversion"
 CONVERSION_COUNTERFACTUAL = "conversion_counterfactual"
 GROUND_TRUTH_COLUMNS = (P_CLICK, P_CONVERSION, CONVERSION_COUNTERFACTUAL)
-GROUND_TRUTH_HEADER = (schema.SAMPLE_ID,) + GROUND_TRUTH_COLUMNS
+GROUND_TRUTH_HEADER = ((schema.SAMPLE_ID,) + GROUND_TRUTH_COLUMNS
+                       + schema.LABELS)
 
 
 def raw_file_names(raw_format: str, split: str) -> dict[str, str]:
