@@ -307,7 +307,7 @@ def _rehearse(size: int, settings: RehearsalFlags) -> dict:
 # The release: 42.3M training and 43.0M test impressions (NOTES.md).
 RELEASE = {"train": 42_300_135, "test": 43_016_840}
 # What each stage reads: the training split, the test split, or both.
-_STAGE_SPLITS = {"synth": ("train", "test"), "convert_train": ("train",),
+_STAGE_SPLITS = {"synth": layout.SPLITS, "convert_train": ("train",),
                  "convert_test": ("test",), "train": ("train",),
                  "evaluate": ("test",), "predict": ("test",)}
 
