@@ -63,7 +63,8 @@ def _stored(regime: grid.Regime, seed: int, directory: str
   """The marker of a finished dataset of ``regime`` and ``seed``, or None.
 
   None too for a dataset without the ground truth of a split (laid out
-  otherwise, or partly deleted): it is made again.
+  otherwise, or partly deleted) or with an earlier simulator's columns: it
+  is made again.
 
   Raises:
     grid.StudyError: ``directory`` holds a dataset of other settings.
@@ -76,7 +77,7 @@ def _stored(regime: grid.Regime, seed: int, directory: str
   if stored["settings"] != _settings(regime, seed):
     raise grid.StudyError(f"{marker} holds a dataset of other settings; "
                           "use another --work_dir")
-  if not all(os.path.exists(layout.ground_truth(directory, split))
+  if not all(_has_current_ground_truth(layout.ground_truth(directory, split))
              for split in (layout.TRAIN, layout.TEST)):
     return None
   return stored
@@ -87,12 +88,20 @@ def _settings(regime: grid.Regime, seed: int) -> dict[str, Any]:
           "train_shards": TRAIN_SHARDS, "test_shards": TEST_SHARDS}
 
 
+def _has_current_ground_truth(path: str) -> bool:
+  if not os.path.exists(path):
+    return False
+  with open(path, encoding="utf-8") as f:
+    return f.readline().rstrip("\n") == ",".join(layout.GROUND_TRUTH_HEADER)
+
+
 def prepare(regime: grid.Regime, seed: int, directory: str) -> Dataset:
   """Simulates and converts ``regime`` at ``seed`` into ``directory``.
 
   Reuses a finished dataset of the same settings; a directory without the
-  marker (an interrupted run) or without the test split's ground truth
-  (laid out otherwise, or partly deleted) is rebuilt from scratch.
+  marker (an interrupted run) or without the test split's ground truth in
+  ``layout.GROUND_TRUTH_HEADER`` (laid out otherwise, written by an earlier
+  simulator, or partly deleted) is rebuilt from scratch.
 
   Raises:
     grid.StudyError: ``directory`` holds a dataset of other settings.
