@@ -84,10 +84,11 @@ def _train(argv: list[str], epochs: int) -> harness.Result:
   from escm2_tf.cli import train as train_cli  # pylint: disable=g-import-not-at-top
   from escm2_tf import training  # pylint: disable=g-import-not-at-top
   model_dir = tempfile.mkdtemp(prefix="escm2_epoch_bench_")
+  binding = train_cli.TOOL.binding.define()
   flags.FLAGS([sys.argv[0], *argv, f"--epochs={epochs}",
                f"--model_dir={model_dir}", f"--export_dir={model_dir}/export"],
               known_only=True)
-  configs = train_cli._configs()  # pylint: disable=protected-access
+  configs = train_cli.TOOL.build(binding)
   timeline = _Timeline()
   start, start_cpu = time.perf_counter(), time.process_time()
   result = training.train(configs["experiment"], callbacks=[timeline],

@@ -101,14 +101,14 @@ def _value(key: str, text: str) -> str | float | bool:
   return float(text)
 
 
-def parse_row(spec: str) -> tuple[str, losses.LossConfig]:
+def parse_row(spec: str) -> tuple[str, config_lib.LossConfig]:
   """'LABEL|loss=dr,lambda_c=0.5' -> (label, LossConfig).
 
   Raises:
     ValueError: An unknown field or a bad value; the message names the row.
   """
   label, _, settings = spec.partition("|")
-  fields = {f.name for f in dataclasses.fields(losses.LossConfig)}
+  fields = {f.name for f in dataclasses.fields(config_lib.LossConfig)}
   try:
     values = {}
     for item in filter(None, settings.split(",")):
@@ -116,7 +116,7 @@ def parse_row(spec: str) -> tuple[str, losses.LossConfig]:
       if key not in fields:
         raise ValueError(f"{key!r} is no LossConfig field")
       values[key] = _value(key, text)
-    return label, losses.LossConfig(**values)
+    return label, config_lib.LossConfig(**values)
   except ValueError as e:
     raise ValueError(f"--row={spec!r}: {e}") from None
 
@@ -147,7 +147,7 @@ def prepare_data(work_dir: str, config: simulator.SimulatorConfig,
     return json.load(f)
 
 
-def inverse_propensity(loss_config: losses.LossConfig,
+def inverse_propensity(loss_config: config_lib.LossConfig,
                        ctr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """The per-click weight the estimator uses, and whether it was clipped."""
   if loss_config.compat == "paddlerec":
@@ -163,13 +163,14 @@ def inverse_propensity(loss_config: losses.LossConfig,
 
 
 def bce(label: np.ndarray, prob: np.ndarray,
-        eps: float = losses.LossConfig.epsilon) -> np.ndarray:
+        eps: float = config_lib.LossConfig.epsilon) -> np.ndarray:
   """Per-impression cross-entropy in float64, clipped as the losses clip."""
   prob = np.clip(prob.astype(np.float64), eps, 1 - eps)
   return -(label * np.log(prob) + (1 - label) * np.log(1 - prob))
 
 
-def diagnostics(loss_config: losses.LossConfig, columns: dict[str, np.ndarray],
+def diagnostics(loss_config: config_lib.LossConfig,
+                columns: dict[str, np.ndarray],
                 truth: dict[str, np.ndarray]) -> dict[str, float]:
   """Propensity, weight and imputation measurements on held-out data."""
   click = columns[schema.CLICK] == 1
@@ -252,7 +253,8 @@ def init_output_biases(estimator: keras.Model, stats: dict[str, Any]) -> None:
   bias.assign(values)
 
 
-def run_row(label: str, loss_config: losses.LossConfig, files: dict[str, Any],
+def run_row(label: str, loss_config: config_lib.LossConfig,
+            files: dict[str, Any],
             truth: dict[str, np.ndarray], stats: dict[str, Any]
             ) -> dict[str, Any]:
   """Trains one estimator for the fixed length; its test metrics."""

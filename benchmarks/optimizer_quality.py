@@ -38,9 +38,10 @@ def _train(argv: list[str]) -> harness.Result:
   from escm2_tf.cli import train as train_cli  # pylint: disable=g-import-not-at-top
   from escm2_tf import training  # pylint: disable=g-import-not-at-top
   model_dir = tempfile.mkdtemp(prefix="escm2_quality_")
+  binding = train_cli.TOOL.binding.define()
   flags.FLAGS([sys.argv[0], *argv, f"--model_dir={model_dir}",
                "--export_dir="], known_only=True)
-  configs = train_cli._configs()  # pylint: disable=protected-access
+  configs = train_cli.TOOL.build(binding)
   result = training.train(configs["experiment"], verbose=0)
   shutil.rmtree(model_dir, ignore_errors=True)
   return {name: result["metrics"][name] for name in _METRICS}

@@ -50,7 +50,7 @@ _VOCAB_SCALE = flags.DEFINE_float(
     "built model (1.0: about 740k rows).")
 _MAX_BEHAVIOUR_IDS = flags.DEFINE_integer(
     "max_behaviour_ids", 50, "Most ids per user-behaviour field.")
-_LOSS = flags.DEFINE_enum("loss", "dr", list(losses.LOSSES),
+_LOSS = flags.DEFINE_enum("loss", "dr", list(config_lib.LOSSES),
                           "Estimator of the built model (dr adds a tower).")
 
 _FEW_IDS = {"210": 4, "853": 4}
@@ -82,7 +82,7 @@ def _rows(vocabularies, count: int, rng: np.random.Generator) -> list[dict]:
 def _export_default_model(directory: str) -> str:
   vocabularies = synthetic.vocabularies(_VOCAB_SCALE.value)
   model = model_lib.build_model(config_lib.ModelConfig(),
-                                losses.LossConfig(loss=_LOSS.value),
+                                config_lib.LossConfig(loss=_LOSS.value),
                                 vocabularies, seed=0)
   return export.export_saved_model(model, directory)
 

@@ -34,7 +34,7 @@ from escm2_tf.bench import synthetic
 
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 1024, "Examples per step.")
 _STEPS = flags.DEFINE_integer("steps", 200, "Timed steps (after warm-up).")
-_LOSS = flags.DEFINE_enum("loss", "dr", list(losses.LOSSES), "Estimator.")
+_LOSS = flags.DEFINE_enum("loss", "dr", list(config_lib.LOSSES), "Estimator.")
 _BACKBONE = flags.DEFINE_enum("backbone", "mmoe", ["mmoe", "shared_bottom",
                                                    "dcn"], "Backbone.")
 _EMBEDDING_DIM = flags.DEFINE_integer("embedding_dim", 12, "Embedding width.")
@@ -119,7 +119,7 @@ def _tfrecord_dataset(vocabularies, batch_size, rng, directory):
 
 
 def _make_optimizer(name: str) -> keras.optimizers.Optimizer:
-  if name in optimizers.OPTIMIZERS:
+  if name in config_lib.OPTIMIZERS:
     return optimizers.make_optimizer(name, 1e-3)
   if name == "adam_no_xla":
     return keras.optimizers.Adam(1e-3, jit_compile=False)
@@ -160,7 +160,7 @@ def main(argv):
       embedding_dim=_EMBEDDING_DIM.value, backbone=_BACKBONE.value,
       num_experts=_NUM_EXPERTS.value, expert_units=(_EXPERT_UNITS.value,),
       use_weights=_USE_WEIGHTS.value)
-  model = model_lib.build_model(model_config, losses.LossConfig(
+  model = model_lib.build_model(model_config, config_lib.LossConfig(
       loss=_LOSS.value), vocabularies, seed=0)
   model.compile(optimizer=_make_optimizer(_OPTIMIZER.value),
                 steps_per_execution=_STEPS_PER_EXECUTION.value)

@@ -24,7 +24,6 @@ Example:
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
-import dataclasses
 from typing import Any, Mapping, Sequence
 
 import tensorflow as tf
@@ -172,11 +171,12 @@ class ESCM2Task(keras.layers.Layer):
 
   def get_config(self) -> dict[str, Any]:
     return {**super().get_config(),
-            "loss_config": dataclasses.asdict(self.loss_config),
+            "loss_config": config_lib.to_dict(self.loss_config),
             "regularized": self.regularized}
 
   @classmethod
   def from_config(cls, config: Mapping[str, Any]) -> "ESCM2Task":
     config = dict(config)
-    config["loss_config"] = config_lib.LossConfig(**config["loss_config"])
+    config["loss_config"] = config_lib.from_dict(config_lib.LossConfig,
+                                                 config["loss_config"])
     return cls(**config)

@@ -296,7 +296,7 @@ def _fit(model: keras.Model, config: config_lib.ExperimentConfig,
         training=False, num_epochs=None if cluster else 1,
         split=validation_source[1], with_weights=config.model.use_weights,
         cache=cache_validation)
-  if config.runtime.distribution_strategy == distribute.DEFAULT:
+  if config.runtime.distribution_strategy == config_lib.DEFAULT_STRATEGY:
     inputs = inputs()
     if validation_inputs:
       validation_inputs = validation_inputs()

@@ -97,7 +97,7 @@ class ModelStartTest(tf.test.TestCase, parameterized.TestCase):
 
   @parameterized.parameters("naive", "esmm", "ipw", "dr", "dr_jl", "mrdr")
   def test_model_starts_at_the_base_rates(self, loss):
-    loss_config = losses.LossConfig(loss=loss)
+    loss_config = config_lib.LossConfig(loss=loss)
     model = model_lib.build_model(_TINY, loss_config, _VOCABULARIES,
                                   base_rates=RATES, seed=0)
     outputs = model(_features())
@@ -110,7 +110,7 @@ class ModelStartTest(tf.test.TestCase, parameterized.TestCase):
                         rtol=0.3)
 
   def test_without_base_rates_the_biases_start_at_zero(self):
-    model = model_lib.build_model(_TINY, losses.LossConfig(loss="dr"),
+    model = model_lib.build_model(_TINY, config_lib.LossConfig(loss="dr"),
                                   _VOCABULARIES, seed=0)
     model(_features(8))
     self.assertAllEqual(_output_biases(model), np.zeros(3))

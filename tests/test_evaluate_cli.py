@@ -19,10 +19,8 @@ from escm2_tf.cli import evaluate as evaluate_cli
 GROUND_TRUTH_KEYS = testing.GROUND_TRUTH_METRICS
 
 
-setUpModule = testing.mark_flags_parsed
 new_dir = testing.new_dir
-run_main = functools.partial(testing.run_main, evaluate_cli.main,
-                             "escm2-evaluate")
+run_main = functools.partial(testing.run_main, evaluate_cli.TOOL)
 
 
 class EvaluateTest(tf.test.TestCase, parameterized.TestCase):

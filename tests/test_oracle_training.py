@@ -27,6 +27,7 @@ import tf_keras as keras
 
 import datasets
 import testing
+from escm2_tf import config as config_lib
 from escm2_tf import base_rates
 from escm2_tf import data
 from escm2_tf import evaluation
@@ -95,7 +96,7 @@ class TruePropensityTrainingTest(tf.test.TestCase):
         paths["train"], BATCH_SIZE, training=True, seed=1,
         with_sample_id=True, with_weights=False).map(
             with_true_propensity(ground_truth))
-    loss_config = losses.LossConfig(loss="dr_jl", propensity="label",
+    loss_config = config_lib.LossConfig(loss="dr_jl", propensity="label",
                                     lambda_c=1.0, lambda_g=0.0, lambda_imp=1.0)
     model = model_lib.build_model(
         testing.TINY_MODEL, loss_config,

@@ -10,11 +10,11 @@ import numpy as np
 import testing
 
 from escm2_tf.cli import study as study_cli
+from escm2_tf.options import ConfigError
 from escm2_tf.study import grid
 from escm2_tf.study import stats
 from escm2_tf.study import summary
 
-setUpModule = testing.mark_flags_parsed
 # Two seeds of a tiny, high-rate regime: every metric is defined, and the
 # whole study takes seconds per run.
 _TINY = "tiny:ctr=0.25,cvr=0.3,corr=0.9,train=2000,test=1000"
@@ -110,21 +110,23 @@ class GridTest(parameterized.TestCase):
       ("tiny:ctr=high,cvr=0.2,corr=0.9,train=3000,test=10", "not a float"),
       ("ti ny:ctr=0.2,cvr=0.2,corr=0.9,train=3000,test=10", "the name"))
   def test_bad_regime_spec(self, spec, message):
-    with self.assertRaisesRegex(grid.StudyError, message):
+    with self.assertRaisesRegex(ConfigError, f"^regime: .*{message}"):
       grid.parse_regime(spec)
 
   @parameterized.parameters(
-      (dict(seeds=(0,)), "at least 2 seeds"),
-      (dict(seeds=(0, 0)), "repeated seed"),
-      (dict(estimators=("esmm", "mmoe")), "unknown estimator"),
-      (dict(regimes=()), "no regime"),
+      (dict(seeds=(0,)), "seeds", "at least 2 seeds"),
+      (dict(seeds=(0, 0)), "seeds", "repeated 0"),
+      (dict(seeds=(0, -1)), "seeds", "integer >= 0"),
+      (dict(estimators=("esmm", "mmoe")), "estimators", "must be one of"),
+      (dict(regimes=()), "regime", "at least one"),
       (dict(regimes=(grid.Regime("r", 0.01, 0.01, 0.5, 1000, 100),)),
-       "training conversions"),
+       "regime", "training conversions"),
       (dict(regimes=(grid.Regime("r", 0.1, 0.1, 1.5, 10_000, 100),)),
-       "click_conversion_correlation"))
-  def test_grid_that_cannot_run(self, settings, message):
-    with self.assertRaisesRegex(grid.StudyError, message):
+       "regime", "click_conversion_correlation"))
+  def test_grid_that_cannot_run(self, settings, flag, message):
+    with self.assertRaisesRegex(ConfigError, message) as caught:
       grid.StudyConfig(**settings)
+    self.assertEqual(caught.exception.field, flag)
 
   def test_default_design_covers_every_level(self):
     regimes = grid.DEFAULT_REGIMES
@@ -135,17 +137,19 @@ class GridTest(parameterized.TestCase):
 
 
 def _run_cli(**overrides):
-  return testing.run_main(study_cli.main, "escm2-study", **overrides)
+  return testing.run_main(study_cli.TOOL, **overrides)
 
 
 class StudyCliTest(parameterized.TestCase):
 
   @parameterized.parameters(
-      (dict(seeds=["0"]), "--seeds needs at least 2 seeds"),
+      (dict(seeds=["0"]), "--seeds: needs at least 2 seeds"),
       (dict(seeds=["0", "x"]),
        "--seeds: expected comma-separated integers, got '0,x'"),
-      (dict(estimators=["esmm", "bogus"]), "unknown estimator 'bogus'"),
-      (dict(regime=["r:ctr=0.2,cvr=0.2"]), "missing corr"))
+      (dict(estimators=["esmm", "bogus"]),
+       "--estimators: must be one of naive, esmm"),
+      (dict(regime=["r:ctr=0.2,cvr=0.2"]),
+       "--regime: 'r:ctr=0.2,cvr=0.2': missing corr"))
   def test_bad_grid_is_one_line_and_writes_nothing(self, overrides, message):
     root = testing.new_dir()
     output_dir = os.path.join(root, "out")

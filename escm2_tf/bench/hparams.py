@@ -70,7 +70,7 @@ def hparams_from_flagfile(path: str) -> HParams:
     pass
   flag_values = flags.FlagValues()
   binding = flagbind.Binding(*flagbind.TRAIN_SECTIONS,
-                             flag_values=flag_values)
+                             flag_values=flag_values).define()
   try:
     unknown = flag_values(["hparams", f"--flagfile={path}"],
                           known_only=True)[1:]

@@ -17,6 +17,7 @@ from typing import Any
 from escm2_tf import layout
 from escm2_tf import prepare as prepare_lib
 from escm2_tf import simulator
+from escm2_tf.options import ConfigError
 from escm2_tf.study import grid
 
 _MARKER = "dataset.json"
@@ -68,7 +69,8 @@ def prepare(regime: grid.Regime, seed: int, directory: str) -> Dataset:
   marker (an interrupted run) is rebuilt from scratch.
 
   Raises:
-    grid.StudyError: ``directory`` holds a dataset of other settings.
+    ConfigError: ``directory`` holds a dataset of other settings
+      (``work_dir``).
   """
   config = simulator_config(regime, seed)
   settings = {"simulator": dataclasses.asdict(config),
@@ -78,8 +80,8 @@ def prepare(regime: grid.Regime, seed: int, directory: str) -> Dataset:
     with open(marker, encoding="utf-8") as f:
       stored = json.load(f)
     if stored["settings"] != settings:
-      raise grid.StudyError(f"{marker} holds a dataset of other settings; "
-                            "use another --work_dir")
+      raise ConfigError("work_dir", f"{marker} holds a dataset of other "
+                        "settings; use another --work_dir")
     return _files(directory, stored["summary"])
   shutil.rmtree(directory, ignore_errors=True)
   summary = prepare_lib.prepare_dataset(

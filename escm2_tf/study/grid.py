@@ -14,17 +14,17 @@ import re
 from typing import Any, Sequence
 
 from escm2_tf import config as config_lib
+from escm2_tf import options
+from escm2_tf.options import ConfigError
 
 ESTIMATORS = config_lib.LOSSES
 WEAK_CORRELATION = 0.2
 STRONG_CORRELATION = 0.9
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+# The flag a regime comes from.
+REGIME = "regime"
 _KEYS = {"ctr": float, "cvr": float, "corr": float, "train": int,
          "test": int}
-
-
-class StudyError(ValueError):
-  """A study that cannot run: a bad grid, file or directory (one line)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,33 +72,33 @@ def parse_regime(spec: str) -> Regime:
   """``NAME:ctr=0.08,cvr=0.04,corr=0.9,train=300000,test=100000``.
 
   Raises:
-    StudyError: A missing or unknown key, a bad value or name.
+    ConfigError: A missing or unknown key, a bad value or name (``regime``).
   """
   name, _, settings = spec.partition(":")
   if not _NAME.match(name):
-    raise StudyError(f"--regime={spec!r}: the name must be letters, digits "
-                     "or _.- before the ':'")
+    raise ConfigError(REGIME, f"{spec!r}: the name must be letters, digits "
+                      "or _.- before the ':'")
   values: dict[str, Any] = {}
   for item in filter(None, settings.split(",")):
     key, _, text = item.partition("=")
     if key not in _KEYS:
-      raise StudyError(f"--regime={spec!r}: unknown key {key!r}; keys are "
-                       f"{', '.join(_KEYS)}")
+      raise ConfigError(REGIME, f"{spec!r}: unknown key {key!r}; keys are "
+                        f"{', '.join(_KEYS)}")
     try:
       values[key] = _KEYS[key](text)
     except ValueError:
-      raise StudyError(f"--regime={spec!r}: {key}={text!r} is not a "
-                       f"{_KEYS[key].__name__}") from None
+      raise ConfigError(REGIME, f"{spec!r}: {key}={text!r} is not a "
+                        f"{_KEYS[key].__name__}") from None
   missing = [key for key in _KEYS if key not in values]
   if missing:
-    raise StudyError(f"--regime={spec!r}: missing {', '.join(missing)}")
+    raise ConfigError(REGIME, f"{spec!r}: missing {', '.join(missing)}")
   return Regime(name, values["ctr"], values["cvr"], values["corr"],
                 values["train"], values["test"])
 
 
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
-  """A grid of regimes x seeds x estimators; invalid grids raise StudyError.
+  """A grid of regimes x seeds x estimators; invalid grids raise ConfigError.
 
   Attributes:
     regimes: The simulated worlds.
@@ -127,27 +127,24 @@ def _duplicates(values: Sequence[Any]) -> list[Any]:
 
 
 def check(config: StudyConfig) -> None:
-  """Raises StudyError for the first reason the grid cannot run."""
-  if not config.regimes:
-    raise StudyError("the grid has no regime")
-  if not config.estimators:
-    raise StudyError("the grid has no estimator")
+  """Raises ConfigError, naming the flag, for the first reason it cannot run."""
+  for name, values in ((REGIME, config.regimes), ("seeds", config.seeds),
+                       ("estimators", config.estimators)):
+    if not values:
+      raise ConfigError(name, "must name at least one value")
   if len(config.seeds) < 2:
-    raise StudyError(f"--seeds needs at least 2 seeds for an interval, got "
-                     f"{list(config.seeds)}")
-  for what, values in (("seed", config.seeds),
-                       ("regime name", [r.name for r in config.regimes]),
-                       ("estimator", config.estimators)):
+    raise ConfigError("seeds", "needs at least 2 seeds for an interval, got "
+                      f"{list(config.seeds)}")
+  for name, values in (("seeds", config.seeds),
+                       (REGIME, [r.name for r in config.regimes]),
+                       ("estimators", config.estimators)):
     repeated = _duplicates(values)
     if repeated:
-      raise StudyError(f"repeated {what}: {', '.join(map(str, repeated))}")
+      raise ConfigError(name, f"repeated {', '.join(map(str, repeated))}")
   for seed in config.seeds:
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-      raise StudyError(f"--seeds: {seed!r} is not a non-negative integer")
+    options.check_range("seeds", seed, minimum=0, integer=True)
   for estimator in config.estimators:
-    if estimator not in config_lib.LOSSES:
-      raise StudyError(f"--estimators: unknown estimator {estimator!r}; "
-                       f"known: {', '.join(config_lib.LOSSES)}")
+    options.check_choice("estimators", estimator, config_lib.LOSSES)
   for regime in config.regimes:
     _check_regime(regime)
 
@@ -156,17 +153,17 @@ def _check_regime(regime: Regime) -> None:
   # The simulator checks its settings; say which regime is at fault.
   from escm2_tf import simulator  # pylint: disable=import-outside-toplevel
   if not _NAME.match(regime.name):
-    raise StudyError(f"regime name {regime.name!r}: letters, digits or _.- "
-                     "only")
+    raise ConfigError(REGIME, f"name {regime.name!r}: letters, digits or _.- "
+                      "only")
   try:
     simulator.SimulatorConfig(
         num_train=regime.num_train, num_test=regime.num_test, ctr=regime.ctr,
         cvr=regime.cvr, click_conversion_correlation=regime.correlation)
-  except simulator.ConfigError as error:
-    raise StudyError(f"regime {regime.name}: {error}") from None
+  except ConfigError as error:
+    raise ConfigError(REGIME, f"{regime.name}: {error}") from None
   expected = regime.num_train * regime.ctr * regime.cvr
   if expected < 20:
-    raise StudyError(
-        f"regime {regime.name}: about {expected:.0f} training conversions "
+    raise ConfigError(
+        REGIME, f"{regime.name}: about {expected:.0f} training conversions "
         f"expected ({regime.num_train:,} x CTR {regime.ctr} x CVR "
         f"{regime.cvr}); at least 20 are needed to train a CVR tower")
