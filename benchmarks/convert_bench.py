@@ -89,7 +89,8 @@ def _simulate(num_impressions: int, seed: int) -> str:
   raw_dir = os.path.join(
       _WORK_DIR.value, f"raw_{_INPUT_FORMAT.value}_{num_impressions}_{seed}_"
       f"{_BEHAVIOUR_LENGTH.value}")
-  if not os.path.exists(os.path.join(raw_dir, "ground_truth_train.csv")):
+  if not os.path.exists(os.path.join(raw_dir,
+                                     layout.ground_truth_file(layout.TRAIN))):
     # Users and items grow with the data, as in a longer log.
     scale = max(1, num_impressions // 100_000)
     start = time.time()
@@ -204,15 +205,18 @@ def _project(run: dict, stats: dict, calibration: dict, workers: int) -> dict:
   }
 
 
+def _raw_file(raw_dir: str, role: str) -> str:
+  return os.path.join(raw_dir, layout.raw_file_names(
+      _INPUT_FORMAT.value, layout.TRAIN)[role])
+
+
 def _inputs(raw_dir: str) -> list[str]:
   if _INPUT_FORMAT.value == "paddlerec":
     return ["--input_format=paddlerec",
-            f"--input={os.path.join(raw_dir, 'paddlerec_train.txt')}"]
-  return [
-      "--input_format=aliccp",
-      f"--skeleton={os.path.join(raw_dir, 'sample_skeleton_train.csv')}",
-      f"--common_features="
-      f"{os.path.join(raw_dir, 'common_features_train.csv')}"]
+            f"--input={_raw_file(raw_dir, 'paddlerec')}"]
+  return ["--input_format=aliccp",
+          f"--skeleton={_raw_file(raw_dir, 'skeleton')}",
+          f"--common_features={_raw_file(raw_dir, 'common')}"]
 
 
 def _convert_once(raw_dir: str, convert_args: list[str],
@@ -221,7 +225,7 @@ def _convert_once(raw_dir: str, convert_args: list[str],
   output_dir = os.path.join(_WORK_DIR.value, f"out_{os.getpid()}")
   run = _run_convert([*_inputs(raw_dir), f"--output_dir={output_dir}",
                       *convert_args], pythonpath)
-  with open(os.path.join(output_dir, "stats.json")) as f:
+  with open(layout.stats_file(output_dir)) as f:
     stats = json.load(f)
   compressed, uncompressed = _output_bytes(output_dir)
   run["shards"] = len([n for n in os.listdir(output_dir)
@@ -274,7 +278,7 @@ def main(argv):
   calibration = {}
   if _INPUT_FORMAT.value == "aliccp":
     calibration = _calibrate_common(
-        os.path.join(raw_dir, "common_features_train.csv"),
+        _raw_file(raw_dir, "common"),
         _MAX_VALUES_PER_FIELD.value)
   variants = [("current", "")]
   if _BASELINE_PYTHONPATH.value:

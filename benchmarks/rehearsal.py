@@ -43,6 +43,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from escm2_tf import layout
 from escm2_tf.bench import processes
 
 _WORK_DIR = flags.DEFINE_string("work_dir", "/tmp/escm2_rehearsal",
@@ -162,10 +163,10 @@ def _vocabulary(data_dir: str, min_count: int, sample: int) -> dict:
   # escm2_tf first: it selects Keras 2 before TensorFlow loads.
   from escm2_tf import schema  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  vocab_dir = os.path.join(data_dir, "train", "vocab")
+  vocab_dir = layout.training_vocab_dir(data_dir)
   kept, counts = {}, {}
   for field in schema.FIELD_NAMES:
-    table = np.loadtxt(os.path.join(vocab_dir, f"{field}.tsv"),
+    table = np.loadtxt(layout.vocabulary_file(vocab_dir, field),
                        dtype=np.int64, ndmin=2)
     counts[field] = table
     kept[field] = np.sort(table[table[:, 1] >= min_count, 0])
@@ -173,7 +174,7 @@ def _vocabulary(data_dir: str, min_count: int, sample: int) -> dict:
   test_unknown = {f: 0 for f in schema.FIELD_NAMES}
   test_absent = {f: 0 for f in schema.FIELD_NAMES}
   spec = {f: tf.io.RaggedFeature(tf.int64) for f in schema.FIELD_NAMES}
-  files = tf.io.gfile.glob(os.path.join(data_dir, "test", "*.tfrecord.gz"))
+  files = tf.io.gfile.glob(layout.examples(data_dir, layout.TEST))
   dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").take(
       sample).batch(4096).map(lambda s: tf.io.parse_example(s, spec))
   all_ids = {f: np.sort(counts[f][:, 0]) for f in schema.FIELD_NAMES}
@@ -231,13 +232,15 @@ def _rehearse(size: int) -> dict:
       f"--num_items={max(1000, round(size * _ITEMS_PER_IMPRESSION.value))}",
       f"--impressions_per_request={_IMPRESSIONS_PER_REQUEST.value}"],
       [raw], os.path.join(logs, "synth.log"))
-  for split in ("train", "test"):
+  for split in layout.SPLITS:
+    names = layout.raw_file_names("aliccp", split)
+    output_dir = layout.split_dir(data_dir, split)
     stages[f"convert_{split}"] = _run(f"convert_{split}", [
         _script("escm2-convert"), "--input_format=aliccp",
-        f"--skeleton={raw}/sample_skeleton_{split}.csv",
-        f"--common_features={raw}/common_features_{split}.csv",
-        f"--output_dir={data_dir}/{split}"],
-        [os.path.join(data_dir, split)], os.path.join(logs, f"convert_{split}.log"))
+        f"--skeleton={os.path.join(raw, names['skeleton'])}",
+        f"--common_features={os.path.join(raw, names['common'])}",
+        f"--output_dir={output_dir}"],
+        [output_dir], os.path.join(logs, f"convert_{split}.log"))
   export_dir = os.path.join(run_dir, "export")
   train = _run("train", [
       _script("escm2-train"), f"--flagfile={_FLAGFILE.value}",
@@ -261,7 +264,7 @@ def _rehearse(size: int) -> dict:
       [os.path.join(root, "scores.csv")], os.path.join(logs, "predict.log"))
   for stage in stages.values():
     stage.pop("_lines")
-  with open(os.path.join(data_dir, "train", "stats.json")) as f:
+  with open(layout.stats_file(layout.split_dir(data_dir, layout.TRAIN))) as f:
     train_stats = json.load(f)
   with open(os.path.join(run_dir, "metrics.json")) as f:
     metrics = json.load(f)

@@ -30,7 +30,6 @@ import tensorflow as tf
 
 from escm2_tf import config as config_lib
 from escm2_tf import export
-from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import schema
 from escm2_tf import serving

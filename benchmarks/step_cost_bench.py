@@ -14,7 +14,6 @@ on a shared machine do not inflate them as they do wall time.
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
 import json
-import os
 import time
 
 from absl import app
@@ -22,6 +21,7 @@ from absl import flags
 import tf_keras as keras
 
 from escm2_tf import data
+from escm2_tf import layout
 from escm2_tf import model as model_lib
 from escm2_tf import optimizers
 from escm2_tf import vocab
@@ -40,10 +40,10 @@ _STEPS = flags.DEFINE_integer("steps", 256, "Timed steps per run.")
 def main(argv):
   del argv
   hparams = training_bench.hparams_from_flagfile(_FLAGFILE.value)
-  train_dir = os.path.join(_DATA_DIR.value, "train")
-  vocabularies = vocab.load_vocabularies(os.path.join(train_dir, "vocab"))
+  vocabularies = vocab.load_vocabularies(
+      layout.training_vocab_dir(_DATA_DIR.value))
   batches = data.make_dataset(
-      os.path.join(train_dir, "*.tfrecord.gz"), hparams.batch_size,
+      layout.examples(_DATA_DIR.value, layout.TRAIN), hparams.batch_size,
       training=True, seed=1, with_weights=hparams.model.use_weights
   ).take(64).cache().repeat()
   for _ in batches.take(64):

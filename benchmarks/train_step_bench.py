@@ -26,7 +26,6 @@ import tf_keras as keras
 
 from escm2_tf import config as config_lib
 from escm2_tf import data
-from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import optimizers
 from escm2_tf import schema

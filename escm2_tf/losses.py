@@ -19,14 +19,15 @@ from typing import Mapping
 import tensorflow as tf
 
 from escm2_tf import config as config_lib
+from escm2_tf import layout
 from escm2_tf import schema
 
 # The estimators with an imputation tower (output ``schema.IMPUTATION``): a
 # predicted error for dr, a pseudo-label for the joint-learning ones.
 IMPUTATION_LOSSES = ("dr",) + config_lib.JOINT_LEARNING_LOSSES
-# The label holding a known click propensity, for propensity="label" (the
-# simulator's true p_click: ground_truth_*.csv).
-PROPENSITY_LABEL = "p_click"
+# The label holding a known click propensity, for propensity="label": the
+# simulator's true click probability, its ground truth's column.
+PROPENSITY_LABEL = layout.P_CLICK
 
 # Constants PaddleRec hard-codes (dygraph_model.py, static_model.py).
 PADDLEREC_EPSILON = 1e-4

@@ -20,7 +20,6 @@ own, deleted afterwards, and Keras' callbacks do the same for theirs.
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
-import functools
 import math
 import os
 from typing import Any, Sequence
@@ -36,8 +35,10 @@ from escm2_tf import distribute
 from escm2_tf import early_stopping
 from escm2_tf import evaluation
 from escm2_tf import export
+from escm2_tf import fit_policy
 from escm2_tf import model as model_lib
 from escm2_tf import optimizers
+from escm2_tf import recalibration
 from escm2_tf import run_dir
 from escm2_tf import schema
 from escm2_tf import validation
@@ -105,12 +106,6 @@ class _StopOnNaNLoss(keras.callbacks.Callback):
           "try a lower learning rate")
 
 
-def _checkpoint_path(config: config_lib.ExperimentConfig, epoch: int) -> str:
-  """Where ModelCheckpoint saves the weights after ``epoch`` (0-based)."""
-  return os.path.join(config.trainer.model_dir, run_dir.CHECKPOINT_DIR,
-                      f"epoch-{epoch + 1:03d}")
-
-
 def _callbacks(config: config_lib.ExperimentConfig,
                parameter_server: bool = False, is_chief: bool = True,
                verbose: int = 0
@@ -121,23 +116,17 @@ def _callbacks(config: config_lib.ExperimentConfig,
   epoch's checkpoint are written before the epoch's backup: a run resumed
   from a backup finds both (a kill in between redoes the epoch).
   """
-  backup_dir = os.path.join(config.trainer.model_dir, run_dir.BACKUP_DIR)
+  trainer = config.trainer
   callbacks = [_StopOnNaNLoss() if parameter_server else _StopOnNaN()]
-  if config.trainer.early_stopping_patience:
-    callbacks.append(early_stopping.ResumableEarlyStopping(
-        config.trainer.early_stopping_monitor,
-        config.trainer.early_stopping_patience,
-        os.path.join(backup_dir, early_stopping.STATE_FILE),
-        functools.partial(_checkpoint_path, config), write_state=is_chief,
-        verbose=verbose))
+  callbacks += fit_policy.stopping_callbacks(
+      trainer.model_dir, patience=trainer.early_stopping_patience,
+      monitor=trainer.early_stopping_monitor, write_state=is_chief,
+      verbose=verbose)
   callbacks += [
-      keras.callbacks.ModelCheckpoint(
-          os.path.join(config.trainer.model_dir, run_dir.CHECKPOINT_DIR,
-                       "epoch-{epoch:03d}"),
-          save_weights_only=True),
-      keras.callbacks.BackupAndRestore(backup_dir),
+      keras.callbacks.BackupAndRestore(
+          os.path.join(trainer.model_dir, run_dir.BACKUP_DIR)),
       keras.callbacks.TensorBoard(
-          os.path.join(config.trainer.model_dir, run_dir.LOG_DIR)),
+          os.path.join(trainer.model_dir, run_dir.LOG_DIR)),
   ]
   return callbacks
 
@@ -222,9 +211,10 @@ def _validation_source(config: config_lib.ExperimentConfig
     return (config.data.train_data, None), (config.data.validation_data, None)
   if not config.trainer.early_stopping_patience:
     return (config.data.train_data, None), None
-  fraction = config.data.validation_fraction
-  return ((config.data.train_data, data.HashSplit(fraction, validation=False)),
-          (config.data.train_data, data.HashSplit(fraction, validation=True)))
+  training_split, validation_split = fit_policy.held_out_split(
+      config.data.validation_fraction)
+  return ((config.data.train_data, training_split),
+          (config.data.train_data, validation_split))
 
 
 def _parsed_bytes(source: tuple[str, data.HashSplit | None]) -> float:
@@ -284,18 +274,15 @@ def _fit(model: keras.Model, config: config_lib.ExperimentConfig,
       config, (train_files, train_split), validation_source)
   # Every parameter-server worker runs the same dataset function: one seed
   # would give them all the same order, so each shuffles its own way.
-  inputs = functools.partial(
-      data.make_dataset, train_files, config.trainer.batch_size, training=True,
+  inputs, validation_inputs = fit_policy.dataset_fns(
+      train_files, config.trainer.batch_size,
       seed=None if parameter_server else config.runtime.seed,
-      num_epochs=None if fixed_steps else 1, split=train_split,
-      with_weights=config.model.use_weights, cache=cache_training)
-  validation_inputs = None
-  if validation_source:
-    validation_inputs = functools.partial(
-        data.make_dataset, validation_source[0], config.trainer.batch_size,
-        training=False, num_epochs=None if cluster else 1,
-        split=validation_source[1], with_weights=config.model.use_weights,
-        cache=cache_validation)
+      validation_fraction=train_split.fraction if train_split else 0.0,
+      validation_data=config.data.validation_data,
+      with_weights=config.model.use_weights,
+      num_epochs=None if fixed_steps else 1,
+      validation_num_epochs=None if cluster else 1,
+      cache_training=cache_training, cache_validation=cache_validation)
   if config.runtime.distribution_strategy == config_lib.DEFAULT_STRATEGY:
     inputs = inputs()
     if validation_inputs:
@@ -309,6 +296,20 @@ def _fit(model: keras.Model, config: config_lib.ExperimentConfig,
       inputs, validation_data=validation_inputs, epochs=config.trainer.epochs,
       verbose=verbose, callbacks=list(run_callbacks) + list(callbacks),
       **steps)
+
+
+def _recalibrate(model: keras.Model, config: config_lib.ExperimentConfig,
+                 rates: base_rates_lib.BaseRates) -> dict[str, float]:
+  """Shifts the output biases to the base rates on the validation data.
+
+  Without validation data (early stopping off), on the training data.
+  """
+  train_source, validation_source = _validation_source(config)
+  files, split = validation_source or train_source
+  batches = data.make_dataset(files, config.trainer.batch_size,
+                              training=False, split=split,
+                              with_weights=config.model.use_weights)
+  return recalibration.recalibrate(model, batches, rates)
 
 
 def _evaluate(model: keras.Model,
@@ -391,7 +392,9 @@ def train(config: config_lib.ExperimentConfig, *,
     on a worker that is not the chief), "epochs": the epochs this call ran,
     "best_epoch": the epoch (1-based) whose weights the run ended with, by
     early stopping's choice (None with early stopping off), "history":
-    Keras' per-epoch logs, "export_path": the SavedModel's
+    Keras' per-epoch logs, "output_bias_shifts": the logit shifts
+    ``recalibrate`` added to the CTR and CVR output biases (None when off),
+    "export_path": the SavedModel's
     directory or "", "task": this task ("local:0" without a cluster),
     "chief": whether it wrote the outputs, "variable_shards":
     ``distribute.variable_shards`` of the model}``.
@@ -403,8 +406,9 @@ def train(config: config_lib.ExperimentConfig, *,
   """
   validation.check_loss(config.loss)
   task, strategy, vocabularies = _set_up(config)
+  rates = validation.read_base_rates(config)
   model = _build_model(config, vocabularies, strategy,
-                       validation.read_base_rates(config))
+                       rates if config.trainer.base_rate_init else None)
   validation.check_monitor(config, model)
   if task.is_chief:
     tf.io.gfile.makedirs(config.trainer.model_dir)
@@ -417,6 +421,8 @@ def train(config: config_lib.ExperimentConfig, *,
                              verbose)
   history = _fit(model, config, strategy, run_callbacks,
                  callbacks, verbose)
+  shifts = (_recalibrate(model, config, rates)
+            if config.trainer.recalibrate else None)
   # Saving reads the metrics' sync-on-read variables, a collective: every
   # worker saves.
   with distribute.writer_dir(config.trainer.model_dir, task) as model_dir:
@@ -428,7 +434,8 @@ def train(config: config_lib.ExperimentConfig, *,
   best_epoch = stopper[0].best_epoch if stopper else None
   result = {"metrics": {}, "epochs": len(history.epoch),
             "best_epoch": None if best_epoch is None else best_epoch + 1,
-            "history": history.history, "export_path": "", "task": str(task),
+            "history": history.history, "output_bias_shifts": shifts,
+            "export_path": "", "task": str(task),
             "chief": task.is_chief,
             "variable_shards": distribute.variable_shards(model.variables)}
   if task.is_chief:

@@ -20,6 +20,7 @@ from escm2_tf import base_rates as base_rates_lib
 from escm2_tf import config as config_lib
 from escm2_tf import data
 from escm2_tf import evaluation
+from escm2_tf import fit_policy
 from escm2_tf import layout
 from escm2_tf import schema
 from escm2_tf import vocab
@@ -73,23 +74,25 @@ def _check_validation_data(config: config_lib.ExperimentConfig) -> None:
 
 def read_base_rates(config: config_lib.ExperimentConfig
                     ) -> base_rates_lib.BaseRates | None:
-  """The base rates the output biases start at; None when turned off.
+  """The training data's base rates; None when nothing uses them.
+
+  The output biases start at them (``base_rate_init``) and are recalibrated
+  to them after training (``recalibrate``).
 
   Raises:
     ConfigError: ``stats_file`` (or the ``stats.json`` beside ``vocab_dir``)
       is missing or holds no counts.
   """
-  if not config.trainer.base_rate_init:
+  if not (config.trainer.base_rate_init or config.trainer.recalibrate):
     return None
-  path = (config.data.stats_file
-          or layout.stats_beside(config.data.vocab_dir))
   try:
-    return base_rates_lib.read_base_rates(path)
+    return fit_policy.base_rates(config.data.vocab_dir,
+                                 config.data.stats_file)
   except base_rates_lib.StatsError as e:
     raise ConfigError(
         "stats_file", f"{e}; set --stats_file to the converter's stats.json "
-        "of --train_data, or --nobase_rate_init to start the output biases "
-        "at 0") from None
+        "of --train_data, or --nobase_rate_init --norecalibrate to start the "
+        "output biases at 0 and leave them as trained") from None
 
 
 def _load_full_vocabularies(vocab_dir: str) -> dict[str, np.ndarray]:

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from escm2_tf import base_rates
 from escm2_tf import config as config_lib
-from escm2_tf import losses
+from escm2_tf import layout
 from escm2_tf import model as model_lib
 from escm2_tf import schema
 
@@ -70,7 +70,7 @@ class BaseRatesTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_reads_the_converters_stats(self):
     path = os.path.join(tempfile.mkdtemp(dir=self.get_temp_dir()),
-                        "stats.json")
+                        layout.STATS_FILE)
     with open(path, "w") as f:
       json.dump({"rows_written": 2000, "clicks": 80, "conversions": 4,
                  "rows_read": 2001}, f)
@@ -84,7 +84,7 @@ class BaseRatesTest(tf.test.TestCase, parameterized.TestCase):
        "no usable"))
   def test_bad_stats_name_the_file(self, content, message):
     path = os.path.join(tempfile.mkdtemp(dir=self.get_temp_dir()),
-                        "stats.json")
+                        layout.STATS_FILE)
     if content is not None:
       with open(path, "w") as f:
         f.write(content)

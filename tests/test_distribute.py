@@ -23,7 +23,6 @@ import testing
 from escm2_tf import config as config_lib
 from escm2_tf import distribute
 from escm2_tf import layers
-from escm2_tf import losses
 from escm2_tf import run_dir
 from escm2_tf import training
 from escm2_tf import schema
@@ -53,7 +52,7 @@ def update(strategy):
     network = model.build_model(
         config.ModelConfig(embedding_dim=4, num_experts=2, expert_units=(8,),
                            tower_units=(4,)),
-        config_lib.LossConfig(loss="esmm"), vocabularies, seed=7)
+        config.LossConfig(loss="esmm"), vocabularies, seed=7)
     network.compile(optimizer=keras.optimizers.SGD(0.1))
     network(batch[0])
   before = [v.numpy() for v in network.trainable_variables]

@@ -12,7 +12,6 @@ import tensorflow as tf
 
 import datasets
 import testing
-from escm2_tf import losses
 from escm2_tf import training
 from escm2_tf.cli import evaluate as evaluate_cli
 

@@ -71,6 +71,7 @@ class FusedEmbeddingTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_rows_follow_field_blocks_and_oov_buckets(self):
     layer = self._layer(oov_buckets=3)
+    layer.build()
     # Blocks: 109_14 rows 0-2 (+ OOV 3-5), 205 rows 6-7 (+ OOV 8-10),
     # 150_14 OOV rows 11-13.
     self.assertEqual(layer.num_rows, 14)
@@ -81,10 +82,37 @@ class FusedEmbeddingTest(tf.test.TestCase, parameterized.TestCase):
         [1, 3 + 99 % 3, 3 + (-5 % 3), 3 + ((1 << 60) + 1) % 3, 7,
          8 + 11 % 3, 11 + 4 % 3, 8 + 13 % 3])
 
+  def test_weights_are_made_in_build(self):
+    layer = self._layer()
+    self.assertEmpty(layer.weights)
+    self.assertFalse(hasattr(layer, "embeddings"))
+    layer(_inputs()[2])
+    self.assertEqual([w.name for w in layer.weights], ["embeddings:0"])
+    self.assertEqual(layer.embeddings.shape, (layer.num_rows, 4))
+    self.assertLen(layer.tables, 3)
+
+  def test_docstring_example(self):
+    embedding = layers.FusedEmbedding({"205": np.array([21, 22]),
+                                       "150_14": np.array([7])},
+                                      embedding_dim=4)
+    outputs = embedding({"205": _ragged([[21], [99]], tf.int64),
+                         "150_14": _ragged([[7, 7], []], tf.int64)})
+    table = embedding.embeddings.numpy()
+    self.assertEqual(table.shape, (5, 4))
+    self.assertAllClose(outputs, [np.r_[table[0], 2 * table[3]],
+                                  np.r_[table[2], np.zeros(4)]])
+
+  def test_missing_fields_are_named(self):
+    inputs = _inputs()[2]
+    del inputs["205"]
+    with self.assertRaisesRegex(ValueError, "lack field.* 205"):
+      self._layer()(inputs)
+
   @parameterized.product(pooling=("sum", "mean"), use_weights=(False, True))
   def test_output_matches_numpy(self, pooling, use_weights):
     layer = self._layer(pooling=pooling, use_weights=use_weights)
     ids, weights, inputs = _inputs()
+    outputs = layer(inputs)
     table = layer.embeddings.numpy()
     offsets = {"109_14": 0, "205": 4, "150_14": 7}
     expected = np.zeros((4, 3, 4), np.float32)
@@ -102,7 +130,7 @@ class FusedEmbeddingTest(tf.test.TestCase, parameterized.TestCase):
           expected[b, f] = (w[:, None] * table[rows]).sum(0)
           if pooling == "mean":
             expected[b, f] /= w.sum()
-    self.assertAllClose(layer(inputs), expected.reshape(4, 12), atol=1e-6)
+    self.assertAllClose(outputs, expected.reshape(4, 12), atol=1e-6)
 
   @parameterized.parameters(False, True)
   def test_gradient_holds_each_row_once(self, use_weights):
@@ -200,6 +228,8 @@ class FusedEmbeddingSerializationTest(tf.test.TestCase,
     initializer = keras.initializers.RandomUniform(-0.5, 0.5, seed=4)
     layer = layers.FusedEmbedding(_VOCABULARIES, 3, initializer=initializer)
     rebuilt = layers.FusedEmbedding.from_config(layer.get_config())
+    layer.build()
+    rebuilt.build()
     # Same seeded initializer, same table, without copying weights.
     self.assertAllEqual(rebuilt.embeddings, layer.embeddings)
 

@@ -21,7 +21,6 @@ import testing
 from escm2_tf import config as config_lib
 from escm2_tf import data
 from escm2_tf import evaluation
-from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import run_dir
 from escm2_tf import schema

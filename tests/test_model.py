@@ -65,12 +65,12 @@ def _build(loss="dr", seed=0, **overrides):
 class OutputsTest(tf.test.TestCase, parameterized.TestCase):
 
   @parameterized.product(backbone=("mmoe", "shared_bottom", "dcn"),
-                         loss=("esmm", "dr"))
+                         loss=("esmm", "dr", "dr_jl"))
   def test_names_shapes_and_ranges(self, backbone, loss):
     model = _build(loss, backbone=backbone)
     features, _ = _batch(9, seed=1)
     outputs = model(features)
-    expected = {"ctr", "cvr", "ctcvr"} | ({"imputation"} if loss == "dr"
+    expected = {"ctr", "cvr", "ctcvr"} | ({"imputation"} if loss != "esmm"
                                            else set())
     self.assertEqual(set(outputs), expected)
     for name, value in outputs.items():
@@ -82,6 +82,9 @@ class OutputsTest(tf.test.TestCase, parameterized.TestCase):
     self.assertAllClose(outputs["ctcvr"], outputs["ctr"] * outputs["cvr"])
     if loss == "dr":
       self.assertTrue(np.all(outputs["imputation"] >= 0))
+    if loss == "dr_jl":  # A pseudo-label.
+      self.assertTrue(np.all((outputs["imputation"] > 0)
+                             & (outputs["imputation"] < 1)))
 
   def test_weights_change_outputs_only_when_used(self):
     features, _ = _batch(8, seed=2)
@@ -190,7 +193,7 @@ class FitTest(tf.test.TestCase, parameterized.TestCase):
       model.fit(weighted, verbose=0)
 
 
-class GradientTest(tf.test.TestCase):
+class GradientTest(tf.test.TestCase, parameterized.TestCase):
   """The loss's gradient contract, seen on the towers' variables.
 
   The towers are stacked [task, in, out]; slice t belongs to task t only
@@ -209,8 +212,9 @@ class GradientTest(tf.test.TestCase):
     self.assertGreater(float(tf.reduce_sum(labels[schema.CLICK])), 0.0)
     return gradients
 
-  def test_dr_imputation_tower_is_moved_by_r_imp_only(self):
-    model = _build("dr")
+  @parameterized.parameters("dr", "dr_jl", "mrdr")
+  def test_imputation_tower_is_moved_by_r_imp_only(self, loss):
+    model = _build(loss)
     lambda_imp = model.loss_config.lambda_imp
     gradients = self._tower_gradients(model, lambda v: {
         "total": v["loss"], "imp": lambda_imp * v["imputation_loss"]})

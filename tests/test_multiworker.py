@@ -29,7 +29,6 @@ from escm2_tf import config as config_lib
 from escm2_tf import distribute
 from escm2_tf import evaluation
 from escm2_tf import export
-from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import vocab
 from escm2_tf import run_dir

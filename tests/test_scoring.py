@@ -10,6 +10,7 @@ from absl.testing import parameterized
 import tensorflow as tf
 
 import testing
+from escm2_tf import layout
 from escm2_tf import scoring
 from escm2_tf import simulator
 from escm2_tf.options import ConfigError
@@ -25,11 +26,11 @@ def _simulate(input_format: str) -> dict[str, str]:
   simulator.simulate(simulator.SimulatorConfig(
       num_train=400, num_test=1, num_users=30, num_items=300, seed=4,
       behaviour_length=40, format=input_format), raw_dir)
+  names = {role: os.path.join(raw_dir, name) for role, name in
+           layout.raw_file_names(input_format, layout.TRAIN).items()}
   if input_format == "paddlerec":
-    return {"input": os.path.join(raw_dir, "paddlerec_train.txt")}
-  return {"skeleton": os.path.join(raw_dir, "sample_skeleton_train.csv"),
-          "common_features": os.path.join(raw_dir,
-                                          "common_features_train.csv")}
+    return {"input": names["paddlerec"]}
+  return {"skeleton": names["skeleton"], "common_features": names["common"]}
 
 
 def _converted(input_format: str, inputs: dict[str, str],
@@ -38,7 +39,7 @@ def _converted(input_format: str, inputs: dict[str, str],
   convert.convert(output_dir, input_format=input_format,
                   max_values_per_field=max_values,
                   keep_unclicked_conversions=True, num_workers=1, **inputs)
-  files = sorted(glob.glob(os.path.join(output_dir, "*.tfrecord.gz")))
+  files = sorted(glob.glob(layout.examples_glob(output_dir)))
   return [record.numpy() for record in tf.data.TFRecordDataset(
       files, compression_type="GZIP")]
 

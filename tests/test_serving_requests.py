@@ -27,7 +27,6 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 import testing
 from escm2_tf import config as config_lib
 from escm2_tf import export
-from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import schema
 from escm2_tf import serving

@@ -9,8 +9,10 @@ from absl.testing import parameterized
 import numpy as np
 import testing
 
+from escm2_tf import layout
 from escm2_tf.cli import study as study_cli
 from escm2_tf.options import ConfigError
+from escm2_tf.study import datasets
 from escm2_tf.study import grid
 from escm2_tf.study import stats
 from escm2_tf.study import summary
@@ -197,6 +199,35 @@ class StudyCliTest(parameterized.TestCase):
     self.assertEqual(status, 0)
     self.assertIn("4 already in", stdout)
     self.assertIn("0 to train", stdout)
+
+
+class DatasetsTest(absltest.TestCase):
+
+  def test_reuses_rebuilds_and_refuses(self):
+    regime = grid.parse_regime(_TINY)
+    directory = os.path.join(testing.new_dir(), "data")
+    dataset = datasets.prepare(regime, 0, directory)
+    self.assertEqual(dataset.ground_truth,
+                     layout.ground_truth(directory, layout.TEST))
+    self.assertCountEqual(os.listdir(layout.raw_dir(directory)),
+                          ["ground_truth_train.csv", "ground_truth_test.csv"])
+    # The converter drops the conversions logged without a click.
+    train = dataset.summary["train"]
+    self.assertEqual(train["rows"], 2000)
+    self.assertEqual(train["rows_written"],
+                     train["rows"] - train["unclicked_conversions"])
+    # Reused as it is.
+    written = os.stat(dataset.ground_truth).st_mtime_ns
+    reused = datasets.prepare(regime, 0, directory)
+    self.assertEqual(reused.ground_truth, dataset.ground_truth)
+    self.assertEqual(os.stat(dataset.ground_truth).st_mtime_ns, written)
+    # Without its ground truth it is made again.
+    os.remove(dataset.ground_truth)
+    rebuilt = datasets.prepare(regime, 0, directory)
+    self.assertEqual(rebuilt.eval_data, dataset.eval_data)
+    self.assertTrue(os.path.exists(dataset.ground_truth))
+    with self.assertRaisesRegex(ConfigError, "^work_dir: .*other settings"):
+      datasets.prepare(regime, 1, directory)
 
 
 if __name__ == "__main__":

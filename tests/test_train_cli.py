@@ -244,7 +244,7 @@ class FlagErrorTest(tf.test.TestCase, parameterized.TestCase):
                                         vocab_dir=vocab_dir))
     self.assertIn(layout.stats_beside(vocab_dir),
                   stderr)
-    self.assertIn("--nobase_rate_init", stderr)
+    self.assertIn("--nobase_rate_init --norecalibrate", stderr)
 
   def test_vocab_missing_a_field(self):
     vocab_dir = new_dir()
@@ -313,9 +313,10 @@ class FlagfileTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual((loss.compat, loss.lambda_g, loss.lambda_c),
                      ("paddlerec", 0.5, 0.5))
     # PaddleRec trains every epoch on all the data from zero output biases,
-    # with a row for every id.
+    # keeps the biases it trained, and has a row for every id.
     self.assertEqual((train.early_stopping_patience, train.base_rate_init,
-                      config.data.min_count), (0, False, 1))
+                      train.recalibrate, config.data.min_count),
+                     (0, False, False, 1))
 
   def test_demo_stops_early_on_held_out_training_data(self):
     config = self.parse("demo.flags")["experiment"]

@@ -315,8 +315,10 @@ class CheckInputsTest(tf.test.TestCase, parameterized.TestCase):
     os.remove(layout.stats_beside(directory))
     self.assert_rejected("stats_file", "stats.json not found.*escm2-convert",
                          vocab_dir=directory)
-    # Without the base-rate start nothing needs it.
-    self.check(vocab_dir=directory, base_rate_init=False)
+    # Without the base-rate start and the recalibration nothing needs it.
+    self.assert_rejected("stats_file", "stats.json not found",
+                         vocab_dir=directory, base_rate_init=False)
+    self.check(vocab_dir=directory, base_rate_init=False, recalibrate=False)
 
   def test_stats_file_without_counts(self):
     self.assert_rejected("stats_file", "no usable",

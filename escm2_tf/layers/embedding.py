@@ -142,6 +142,28 @@ class FusedEmbedding(keras.layers.Layer):
   the config as large as the vocabularies (one JSON number per id);
   ``ESCM2Model`` itself is rebuilt from its ``ModelConfig`` and the
   vocabulary files instead (``run_dir.restore_model``).
+
+  Example:
+
+    embedding = FusedEmbedding({"205": np.array([21, 22]),
+                                "150_14": np.array([7])}, embedding_dim=4)
+    embedding({"205": tf.ragged.constant([[21], [99]], tf.int64),
+               "150_14": tf.ragged.constant([[7, 7], []], tf.int64)})
+    # [2, 8]: per row, the field 205 embedding then 150_14's (summed);
+    # 99 is unknown (205's OOV row) and the empty 150_14 row pools to 0.
+    embedding.embeddings.shape   # [(2 + 1) + (1 + 1), 4]: one OOV row each
+
+  Args:
+    vocabularies: Field name -> its raw ids in [0, ``vocab.MAX_ID``], in
+      row order; the fields' order is the output's.
+    embedding_dim: D, the width of every field's embedding.
+    oov_buckets: OOV rows per field.
+    pooling: ``"sum"`` or ``"mean"`` of a row's (weighted) embeddings.
+    use_weights: Whether ``schema.WEIGHTED_FIELDS`` weigh their ids by their
+      ``<field>_w`` input.
+    initializer: The table's initializer.
+    l2: The L2 penalty per use of a row, averaged over the batch
+      (``layer.losses``).
   """
 
   def __init__(self, vocabularies: Mapping[str, np.ndarray],
@@ -170,14 +192,27 @@ class FusedEmbedding(keras.layers.Layer):
     if self.num_rows > _MAX_ROWS:
       raise ValueError(f"FusedEmbedding holds at most {_MAX_ROWS} rows, the "
                        f"vocabularies need {self.num_rows}.")
+    for field, ids in self.vocabularies.items():
+      if ids.size and (ids.min() < 0 or ids.max() > vocab.MAX_ID):
+        raise ValueError(f"Vocabulary of field {field} has ids outside "
+                         f"[0, {vocab.MAX_ID}].")
+    self._offsets = offsets[:-1]
     self._oov_start = offsets[1:] - oov_buckets
-    self.tables = [self._field_table(field, self.vocabularies[field], start,
-                                     oov)
-                   for field, start, oov in zip(self.fields, offsets,
+
+  def build(self, input_shape: Any = None):
+    """The lookup tables and the embedding table; the inputs do not matter."""
+    del input_shape  # Every size follows from the vocabularies.
+    self.tables = [self._field_table(self.vocabularies[field], start, oov)
+                   for field, start, oov in zip(self.fields, self._offsets,
                                                 self._oov_start)]
-    self.embeddings = self.add_weight(
-        "embeddings", shape=(self.num_rows, embedding_dim),
-        initializer=self.initializer, trainable=True)
+    # Outside the layer's name scope, as when it was made in the
+    # constructor: parameter-server shards and the trainer's report name it
+    # "embeddings".
+    with tf.name_scope(""):
+      self.embeddings = self.add_weight(
+          "embeddings", shape=(self.num_rows, self.embedding_dim),
+          initializer=self.initializer, trainable=True)
+    super().build(None)
 
   def get_config(self) -> dict[str, Any]:
     return {**super().get_config(),
@@ -189,13 +224,9 @@ class FusedEmbedding(keras.layers.Layer):
             "initializer": keras.initializers.serialize(self.initializer),
             "l2": self.l2}
 
-  def _field_table(self, field: str, ids: np.ndarray, start: int,
+  def _field_table(self, ids: np.ndarray, start: int,
                    oov_start: int) -> tf.lookup.StaticHashTable:
     """Raw id -> row of one field; unknown ids get ``default_value``."""
-    ids = np.asarray(ids, dtype=np.int64)
-    if ids.size and (ids.min() < 0 or ids.max() > vocab.MAX_ID):
-      raise ValueError(f"Vocabulary of field {field} has ids outside "
-                       f"[0, {vocab.MAX_ID}].")
     rows = start + np.arange(ids.size, dtype=np.int64)
     if not ids.size:
       # TensorFlow refuses empty tables. -1 is never a vocabulary id; it
@@ -229,6 +260,10 @@ class FusedEmbedding(keras.layers.Layer):
         positions, [self.field_rows(f, part) for f, part in enumerate(parts)])
 
   def call(self, inputs: Mapping[str, tf.RaggedTensor]) -> tf.Tensor:
+    missing = [f for f in self.fields if f not in inputs]
+    if missing:
+      raise ValueError(f"FusedEmbedding's inputs lack field(s) "
+                       f"{', '.join(missing)}.")
     ragged = [inputs[f] for f in self.fields]
     batch_size = ragged[0].nrows(out_type=tf.int64)
     # Field-major segments: segment s = field * B + example.

@@ -66,7 +66,8 @@ def prepare(regime: grid.Regime, seed: int, directory: str) -> Dataset:
   """Simulates and converts ``regime`` at ``seed`` into ``directory``.
 
   Reuses a finished dataset of the same settings; a directory without the
-  marker (an interrupted run) is rebuilt from scratch.
+  marker (an interrupted run) or without the test split's ground truth
+  (laid out otherwise, or partly deleted) is rebuilt from scratch.
 
   Raises:
     ConfigError: ``directory`` holds a dataset of other settings
@@ -82,7 +83,9 @@ def prepare(regime: grid.Regime, seed: int, directory: str) -> Dataset:
     if stored["settings"] != settings:
       raise ConfigError("work_dir", f"{marker} holds a dataset of other "
                         "settings; use another --work_dir")
-    return _files(directory, stored["summary"])
+    dataset = _files(directory, stored["summary"])
+    if os.path.exists(dataset.ground_truth):
+      return dataset
   shutil.rmtree(directory, ignore_errors=True)
   summary = prepare_lib.prepare_dataset(
       directory, config, {layout.TRAIN: TRAIN_SHARDS, layout.TEST: TEST_SHARDS},

@@ -1,0 +1,172 @@
+r"""Calibration of every estimator on worlds of different shapes.
+
+Simulates each world (``escm2-synth`` settings), converts it, trains every
+estimator with the library's defaults and prints, per estimator and world,
+calibration_ctr, calibration_ctcvr and calibration_cvr (mean pCVR over the
+test clicks / their conversion rate), each as trained and after the default
+recalibration of the output biases (``TrainerConfig.recalibrate``): one run
+gives both, since the shift is added to the output logits only. The
+``_truth`` columns divide by the simulator's expected labels instead of the
+test labels. docs/training.md, "Calibrated by default", was measured with:
+
+  .venv/bin/python benchmarks/calibration_worlds.py --work_dir=/tmp/calworlds
+
+A world is ``NAME`` or ``NAME:field=value,...`` of ``SimulatorConfig``;
+``--num_train``, ``--num_test`` and ``--seed`` apply to every world.
+"""
+
+import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
+
+import json
+import os
+import shutil
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+import tf_keras as keras
+
+from escm2_tf import config as config_lib
+from escm2_tf import evaluation
+from escm2_tf import layout
+from escm2_tf import prepare as prepare_lib
+from escm2_tf import simulator
+from escm2_tf import training
+
+_WORK_DIR = flags.DEFINE_string("work_dir", None, "Data and models.",
+                                required=True)
+_WORLDS = flags.DEFINE_multi_string(
+    "world", ["dense:num_users=1000,num_items=2000,"
+              "click_conversion_correlation=0.9",
+              "longtail:num_users=500,num_items=50000", "default"],
+    "NAME or NAME:field=value,... of SimulatorConfig.")
+_ESTIMATORS = flags.DEFINE_list("estimators", ["naive", "esmm", "ipw", "dr"],
+                                "LossConfig.loss values.")
+_NUM_TRAIN = flags.DEFINE_integer("num_train", 200_000, "Per world.")
+_NUM_TEST = flags.DEFINE_integer("num_test", 50_000, "Per world.")
+_SEED = flags.DEFINE_integer("seed", 0, "The simulator's and training's.")
+_OUTPUT_JSON = flags.DEFINE_string("output_json", "", "Also write rows here.")
+_COLUMNS = ("calibration_ctr", "calibration_ctcvr", "calibration_cvr",
+            "calibration_ctr_truth", "calibration_ctcvr_truth",
+            "calibration_cvr_truth")
+
+
+def parse_world(spec: str) -> tuple[str, simulator.SimulatorConfig]:
+  name, _, settings = spec.partition(":")
+  values = {"num_train": _NUM_TRAIN.value, "num_test": _NUM_TEST.value,
+            "seed": _SEED.value}
+  for item in filter(None, settings.split(",")):
+    field, _, text = item.partition("=")
+    values[field] = json.loads(text)
+  return name, simulator.SimulatorConfig(**values)
+
+
+def prepare(directory: str, config: simulator.SimulatorConfig) -> None:
+  """Simulates and converts once into ``directory``."""
+  if os.path.exists(os.path.join(directory, "done")):
+    return
+  shutil.rmtree(directory, ignore_errors=True)
+  prepare_lib.prepare_dataset(directory, config)
+  open(os.path.join(directory, "done"), "w", encoding="utf-8").close()
+
+
+class _KeepModel(keras.callbacks.Callback):
+
+  def on_train_end(self, logs=None):
+    self.trained = self.model
+
+
+def _unshifted(columns: dict[str, np.ndarray], shifts: dict[str, float]
+               ) -> dict[str, np.ndarray]:
+  """The predictions before the recalibration's logit shifts."""
+  result = dict(columns)
+  for task in ("ctr", "cvr"):
+    p = np.clip(columns[task].astype(np.float64), 1e-7, 1 - 1e-7)
+    result[task] = 1 / (1 + np.exp(shifts[task] - np.log(p / (1 - p))))
+  result["ctcvr"] = result["ctr"] * result["cvr"]
+  return result
+
+
+def run(directory: str, estimator: str) -> dict:
+  """One estimator with every default on one world's data."""
+  model_dir = os.path.join(directory, "model", estimator)
+  shutil.rmtree(model_dir, ignore_errors=True)
+  config = config_lib.ExperimentConfig.create(
+      train_data=layout.examples(directory, layout.TRAIN),
+      eval_data=layout.examples(directory, layout.TEST),
+      vocab_dir=layout.training_vocab_dir(directory),
+      ground_truth=layout.ground_truth(directory, layout.TEST),
+      model_dir=model_dir, seed=_SEED.value, loss=estimator)
+  keep = _KeepModel()
+  started = time.monotonic()
+  result = training.train(config, callbacks=[keep], verbose=0)
+  columns = evaluation.predict_keras_model(keep.trained,
+                                           config.data.eval_data,
+                                           config.trainer.batch_size)
+  as_trained = evaluation.compute_metrics(
+      _unshifted(columns, result["output_bias_shifts"]),
+      evaluation.read_ground_truth(config.data.ground_truth),
+      config.data.ground_truth)
+  keras.backend.clear_session()
+  return {"estimator": estimator, "best_epoch": result["best_epoch"],
+          "epochs": result["epochs"], "shifts": result["output_bias_shifts"],
+          "seconds": round(time.monotonic() - started),
+          "as_trained": {k: float(as_trained[k]) for k in _COLUMNS},
+          "recalibrated": {k: result["metrics"][k] for k in _COLUMNS},
+          "cvr_bias": result["metrics"]["cvr_bias"]}
+
+
+def reference(directory: str) -> dict[str, float]:
+  """What predicting the training data's rates scores on the test labels.
+
+  Recalibrated models aim at the training rates, so they land near these,
+  not at 1, when the two samples' rates differ.
+  """
+  rates = {}
+  for split in layout.SPLITS:
+    with open(layout.stats_file(layout.split_dir(directory, split)),
+              encoding="utf-8") as f:
+      stats = json.load(f)
+    rates[split] = (stats["clicks"] / stats["rows_written"],
+                    stats["conversions"] / stats["clicks"])
+  ctr, cvr = (train / test for train, test in zip(rates[layout.TRAIN],
+                                                   rates[layout.TEST]))
+  return {"calibration_ctr": ctr, "calibration_cvr": cvr,
+          "calibration_ctcvr": ctr * cvr}
+
+
+def markdown(rows: list[dict]) -> str:
+  lines = ["| world | estimator | kept epoch | shift ctr, cvr | "
+           + " | ".join(c.replace("calibration_", "") for c in _COLUMNS)
+           + " | cvr_bias |", "|---" * (5 + len(_COLUMNS)) + "|"]
+  for row in rows:
+    cells = [f"{row['as_trained'][c]:.3f} → {row['recalibrated'][c]:.3f}"
+             for c in _COLUMNS]
+    lines.append(f"| {row['world']} | {row['estimator']} | "
+                 f"{row['best_epoch']} of {row['epochs']} | "
+                 f"{row['shifts']['ctr']:+.3f}, {row['shifts']['cvr']:+.3f} | "
+                 + " | ".join(cells) + f" | {row['cvr_bias']:+.4f} |")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  rows = []
+  for spec in _WORLDS.value:
+    name, config = parse_world(spec)
+    directory = os.path.join(_WORK_DIR.value, name)
+    prepare(directory, config)
+    print(json.dumps({"world": name, "reference": reference(directory)}),
+          flush=True)
+    for estimator in _ESTIMATORS.value:
+      row = {"world": name, **run(directory, estimator)}
+      print(json.dumps(row), flush=True)
+      rows.append(row)
+  print(markdown(rows))
+  if _OUTPUT_JSON.value:
+    evaluation.write_json(_OUTPUT_JSON.value, {"rows": rows})
+
+
+if __name__ == "__main__":
+  app.run(main)
