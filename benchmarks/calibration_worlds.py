@@ -17,64 +17,104 @@ A world is ``NAME`` or ``NAME:field=value,...`` of ``SimulatorConfig``;
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
+import dataclasses
 import json
 import os
 import shutil
 import time
+from typing import Any
 
-from absl import app
-from absl import flags
 import numpy as np
-import tf_keras as keras
 
 from escm2_tf import config as config_lib
-from escm2_tf import evaluation
+from escm2_tf import flagbind
+from escm2_tf import tool
 from escm2_tf import layout
-from escm2_tf import prepare as prepare_lib
+from escm2_tf import options
 from escm2_tf import simulator
-from escm2_tf import training
+from escm2_tf.options import ConfigError
+from escm2_tf.options import option
 
-_WORK_DIR = flags.DEFINE_string("work_dir", None, "Data and models.",
-                                required=True)
-_WORLDS = flags.DEFINE_multi_string(
-    "world", ["dense:num_users=1000,num_items=2000,"
-              "click_conversion_correlation=0.9",
-              "longtail:num_users=500,num_items=50000", "default"],
-    "NAME or NAME:field=value,... of SimulatorConfig.")
-_ESTIMATORS = flags.DEFINE_list("estimators", ["naive", "esmm", "ipw", "dr"],
-                                "LossConfig.loss values.")
-_NUM_TRAIN = flags.DEFINE_integer("num_train", 200_000, "Per world.")
-_NUM_TEST = flags.DEFINE_integer("num_test", 50_000, "Per world.")
-_SEED = flags.DEFINE_integer("seed", 0, "The simulator's and training's.")
-_OUTPUT_JSON = flags.DEFINE_string("output_json", "", "Also write rows here.")
+_PROGRAM = "calibration_worlds"
+
+
+@dataclasses.dataclass(frozen=True)
+class WorldsFlags:
+  """The worlds, the estimators and where they go.
+
+  Attributes:
+    work_dir: Data and models.
+    world: NAME or NAME:field=value,... of SimulatorConfig; repeatable.
+    estimators: LossConfig.loss values.
+    num_train: Training impressions per world.
+    num_test: Test impressions per world.
+    seed: The simulator's and training's.
+    output_json: Also write the rows here.
+  """
+  work_dir: str = option("", group="data")
+  world: tuple[str, ...] = option(
+      ("dense:num_users=1000,num_items=2000,click_conversion_correlation=0.9",
+       "longtail:num_users=500,num_items=50000", "default"),
+      group="data", repeatable=True)
+  estimators: tuple[str, ...] = option(("naive", "esmm", "ipw", "dr"),
+                                       choices=config_lib.LOSSES,
+                                       group="loss")
+  num_train: int = option(200_000, minimum=1, group="data")
+  num_test: int = option(50_000, minimum=1, group="data")
+  seed: int = option(0, minimum=0, group="data")
+  output_json: str = option("", group="output")
+
+  def __post_init__(self):
+    if not self.work_dir:
+      raise ConfigError("work_dir", "is required")
+    options.check_declared(self)
+
+
+_FLAGS = flagbind.Binding(flagbind.Section(WorldsFlags, "benchmark"))
 _COLUMNS = ("calibration_ctr", "calibration_ctcvr", "calibration_cvr",
             "calibration_ctr_truth", "calibration_ctcvr_truth",
             "calibration_cvr_truth")
 
 
-def parse_world(spec: str) -> tuple[str, simulator.SimulatorConfig]:
-  name, _, settings = spec.partition(":")
-  values = {"num_train": _NUM_TRAIN.value, "num_test": _NUM_TEST.value,
-            "seed": _SEED.value}
-  for item in filter(None, settings.split(",")):
-    field, _, text = item.partition("=")
-    values[field] = json.loads(text)
-  return name, simulator.SimulatorConfig(**values)
+def parse_world(spec: str, settings: WorldsFlags
+                ) -> tuple[str, simulator.SimulatorConfig]:
+  """``NAME:field=value,...`` (JSON values) and the sizes and seed.
+
+  Raises:
+    ConfigError: A field or value SimulatorConfig refuses; names --world.
+  """
+  name, _, fields = spec.partition(":")
+  values = {"num_train": settings.num_train, "num_test": settings.num_test,
+            "seed": settings.seed}
+  try:
+    for item in filter(None, fields.split(",")):
+      field, _, text = item.partition("=")
+      values[field] = json.loads(text)
+    return name, simulator.SimulatorConfig(**values)
+  except (ValueError, TypeError) as error:
+    raise ConfigError("world", f"{spec!r}: {error}") from None
 
 
 def prepare(directory: str, config: simulator.SimulatorConfig) -> None:
   """Simulates and converts once into ``directory``."""
   if os.path.exists(os.path.join(directory, "done")):
     return
+  from escm2_tf import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
   shutil.rmtree(directory, ignore_errors=True)
   prepare_lib.prepare_dataset(directory, config)
   open(os.path.join(directory, "done"), "w", encoding="utf-8").close()
 
 
-class _KeepModel(keras.callbacks.Callback):
+def _keep_model() -> Any:
+  """A callback holding on to the trained model (best weights restored)."""
+  import tf_keras as keras  # pylint: disable=g-import-not-at-top
 
-  def on_train_end(self, logs=None):
-    self.trained = self.model
+  class KeepModel(keras.callbacks.Callback):
+
+    def on_train_end(self, logs=None):
+      self.trained = self.model
+
+  return KeepModel()
 
 
 def _unshifted(columns: dict[str, np.ndarray], shifts: dict[str, float]
@@ -88,8 +128,13 @@ def _unshifted(columns: dict[str, np.ndarray], shifts: dict[str, float]
   return result
 
 
-def run(directory: str, estimator: str) -> dict:
+def run(directory: str, estimator: str, seed: int) -> dict:
   """One estimator with every default on one world's data."""
+  # pylint: disable=g-import-not-at-top
+  import tf_keras as keras
+  from escm2_tf import evaluation
+  from escm2_tf import training
+  # pylint: enable=g-import-not-at-top
   model_dir = os.path.join(directory, "model", estimator)
   shutil.rmtree(model_dir, ignore_errors=True)
   config = config_lib.ExperimentConfig.create(
@@ -97,8 +142,8 @@ def run(directory: str, estimator: str) -> dict:
       eval_data=layout.examples(directory, layout.TEST),
       vocab_dir=layout.training_vocab_dir(directory),
       ground_truth=layout.ground_truth(directory, layout.TEST),
-      model_dir=model_dir, seed=_SEED.value, loss=estimator)
-  keep = _KeepModel()
+      model_dir=model_dir, seed=seed, loss=estimator)
+  keep = _keep_model()
   started = time.monotonic()
   result = training.train(config, callbacks=[keep], verbose=0)
   columns = evaluation.predict_keras_model(keep.trained,
@@ -152,21 +197,27 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv):
   del argv
+  try:
+    settings = _FLAGS.build(WorldsFlags)
+    worlds = [parse_world(spec, settings) for spec in settings.world]
+  except ConfigError as e:
+    return tool.fail(_PROGRAM, flagbind.error_line(e))
+  from escm2_tf import evaluation  # pylint: disable=g-import-not-at-top
   rows = []
-  for spec in _WORLDS.value:
-    name, config = parse_world(spec)
-    directory = os.path.join(_WORK_DIR.value, name)
+  for name, config in worlds:
+    directory = os.path.join(settings.work_dir, name)
     prepare(directory, config)
     print(json.dumps({"world": name, "reference": reference(directory)}),
           flush=True)
-    for estimator in _ESTIMATORS.value:
-      row = {"world": name, **run(directory, estimator)}
+    for estimator in settings.estimators:
+      row = {"world": name, **run(directory, estimator, settings.seed)}
       print(json.dumps(row), flush=True)
       rows.append(row)
   print(markdown(rows))
-  if _OUTPUT_JSON.value:
-    evaluation.write_json(_OUTPUT_JSON.value, {"rows": rows})
+  if settings.output_json:
+    evaluation.write_json(settings.output_json, {"rows": rows})
+  return 0
 
 
 if __name__ == "__main__":
-  app.run(main)
+  tool.run_script(main, _PROGRAM, _FLAGS, __doc__)

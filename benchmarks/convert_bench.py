@@ -35,6 +35,7 @@ peak is scaled linearly with the impressions.
 Arguments after ``--`` go to escm2-convert unchanged.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -43,40 +44,57 @@ import sys
 import time
 import zlib
 
-from absl import app
-from absl import flags
-
-from escm2_tf.formats import encode
-from escm2_tf.formats import examples
+from escm2_tf import flagbind
+from escm2_tf import tool
 from escm2_tf import layout
+from escm2_tf import options
 from escm2_tf import simulator
 from escm2_tf.bench import processes
+from escm2_tf.formats import encode
+from escm2_tf.formats import examples
+from escm2_tf.options import option
 from escm2_pipelines import config as config_lib
 from escm2_pipelines import tally
 
-_NUM_IMPRESSIONS = flags.DEFINE_integer(
-    "num_impressions", 1_000_000, "Simulated training impressions.")
-_WORK_DIR = flags.DEFINE_string(
-    "work_dir", "/tmp/escm2_convert_bench", "Raw data cache and outputs.")
-_MAX_VALUES_PER_FIELD = flags.DEFINE_integer(
-    "max_values_per_field", encode.DEFAULT_MAX_VALUES_PER_FIELD,
-    "Passed to escm2-convert.")
-_JOIN = flags.DEFINE_enum("join", "side_input", config_lib.JOINS,
-                          "Passed to escm2-convert.")
-_INPUT_FORMAT = flags.DEFINE_enum("input_format", "aliccp",
-                                  layout.RAW_FORMATS,
-                                  "Raw format simulated and converted.")
-_BEHAVIOUR_LENGTH = flags.DEFINE_integer(
-    "behaviour_length", 510, "The simulator's ids per behaviour field and "
-    "user (510: Ali-CCP's ~518 common items; 60: ~90 ids per PaddleRec "
-    "line).")
-_BASELINE_PYTHONPATH = flags.DEFINE_string(
-    "baseline_pythonpath", "", "Also run the converter found under this "
-    "directory, alternating with the current one.")
-_REPEATS = flags.DEFINE_integer("repeats", 1, "Runs of each variant.")
-_SEED = flags.DEFINE_integer("seed", 0, "Simulator seed.")
-_KEEP_OUTPUT = flags.DEFINE_bool("keep_output", False,
-                                 "Keep the converted files.")
+_PROGRAM = "convert_bench"
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertBenchFlags:
+  """The simulated input and the converter's settings.
+
+  Attributes:
+    num_impressions: Simulated training impressions.
+    work_dir: Raw data cache and outputs.
+    max_values_per_field: Passed to escm2-convert.
+    join: Passed to escm2-convert.
+    input_format: Raw format simulated and converted.
+    behaviour_length: The simulator's ids per behaviour field and user (510:
+      Ali-CCP's ~518 common items; 60: ~90 ids per PaddleRec line).
+    baseline_pythonpath: Also run the converter found under this directory,
+      alternating with the current one.
+    repeats: Runs of each variant.
+    seed: Simulator seed.
+    keep_output: Keep the converted files.
+  """
+  num_impressions: int = option(1_000_000, minimum=1, group="data")
+  work_dir: str = option("/tmp/escm2_convert_bench", group="data")
+  max_values_per_field: int = option(encode.DEFAULT_MAX_VALUES_PER_FIELD,
+                                     minimum=0)
+  join: str = option("side_input", choices=config_lib.JOINS)
+  input_format: str = option("aliccp", choices=layout.RAW_FORMATS,
+                             group="data")
+  behaviour_length: int = option(510, minimum=1, group="data")
+  baseline_pythonpath: str = ""
+  repeats: int = option(1, minimum=1)
+  seed: int = option(0, minimum=0, group="data")
+  keep_output: bool = option(False, group="output")
+
+  def __post_init__(self):
+    options.check_declared(self)
+
+
+_FLAGS = flagbind.Binding(flagbind.Section(ConvertBenchFlags, "benchmark"))
 
 FULL_IMPRESSIONS = 85_000_000
 FULL_COMMON_ROWS = 730_000
@@ -85,10 +103,11 @@ _DICT_ENTRY_OVERHEAD = 200
 _CALIBRATION_ROWS = 2000
 
 
-def _simulate(num_impressions: int, seed: int) -> str:
+def _simulate(settings: ConvertBenchFlags) -> str:
+  num_impressions, seed = settings.num_impressions, settings.seed
   raw_dir = os.path.join(
-      _WORK_DIR.value, f"raw_{_INPUT_FORMAT.value}_{num_impressions}_{seed}_"
-      f"{_BEHAVIOUR_LENGTH.value}")
+      settings.work_dir, f"raw_{settings.input_format}_{num_impressions}_"
+      f"{seed}_{settings.behaviour_length}")
   if not os.path.exists(os.path.join(raw_dir,
                                      layout.ground_truth_file(layout.TRAIN))):
     # Users and items grow with the data, as in a longer log.
@@ -97,8 +116,8 @@ def _simulate(num_impressions: int, seed: int) -> str:
     simulator.simulate(simulator.SimulatorConfig(
         num_train=num_impressions, num_test=1, seed=seed,
         num_users=10_000 * scale, num_items=20_000 * scale,
-        behaviour_length=_BEHAVIOUR_LENGTH.value,
-        format=_INPUT_FORMAT.value), raw_dir)
+        behaviour_length=settings.behaviour_length,
+        format=settings.input_format), raw_dir)
     print(f"simulated {num_impressions} impressions in "
           f"{time.time() - start:.0f}s")
   return raw_dir
@@ -181,13 +200,14 @@ def _workers(convert_args: list[str]) -> int:
   return os.cpu_count() or 1
 
 
-def _project(run: dict, stats: dict, calibration: dict, workers: int) -> dict:
+def _project(run: dict, stats: dict, calibration: dict, workers: int,
+             join: str) -> dict:
   """The full release's CPU, wall time and peak memory (see the docstring)."""
   impressions, commons = stats["rows_read"], stats["common_rows_read"]
   per_impression = (run["cpu_s"] - calibration["cpu_s"] * commons) / impressions
   cpu = (per_impression * FULL_IMPRESSIONS
          + calibration["cpu_s"] * FULL_COMMON_ROWS)
-  if _JOIN.value == "side_input":
+  if join == "side_input":
     rss = run["peak_rss_bytes"] + (1 + workers) * max(
         0, FULL_COMMON_ROWS - commons) * (calibration["bytes"]
                                          + _DICT_ENTRY_OVERHEAD)
@@ -205,43 +225,45 @@ def _project(run: dict, stats: dict, calibration: dict, workers: int) -> dict:
   }
 
 
-def _raw_file(raw_dir: str, role: str) -> str:
+def _raw_file(raw_dir: str, input_format: str, role: str) -> str:
   return os.path.join(raw_dir, layout.raw_file_names(
-      _INPUT_FORMAT.value, layout.TRAIN)[role])
+      input_format, layout.TRAIN)[role])
 
 
-def _inputs(raw_dir: str) -> list[str]:
-  if _INPUT_FORMAT.value == "paddlerec":
+def _inputs(raw_dir: str, input_format: str) -> list[str]:
+  if input_format == "paddlerec":
     return ["--input_format=paddlerec",
-            f"--input={_raw_file(raw_dir, 'paddlerec')}"]
+            f"--input={_raw_file(raw_dir, input_format, 'paddlerec')}"]
   return ["--input_format=aliccp",
-          f"--skeleton={_raw_file(raw_dir, 'skeleton')}",
-          f"--common_features={_raw_file(raw_dir, 'common')}"]
+          f"--skeleton={_raw_file(raw_dir, input_format, 'skeleton')}",
+          f"--common_features={_raw_file(raw_dir, input_format, 'common')}"]
 
 
-def _convert_once(raw_dir: str, convert_args: list[str],
-                  pythonpath: str) -> dict:
+def _convert_once(raw_dir: str, convert_args: list[str], pythonpath: str,
+                  settings: ConvertBenchFlags) -> dict:
   """One measured conversion into a fresh directory, which it removes."""
-  output_dir = os.path.join(_WORK_DIR.value, f"out_{os.getpid()}")
-  run = _run_convert([*_inputs(raw_dir), f"--output_dir={output_dir}",
+  output_dir = os.path.join(settings.work_dir, f"out_{os.getpid()}")
+  run = _run_convert([*_inputs(raw_dir, settings.input_format),
+                      f"--output_dir={output_dir}",
                       *convert_args], pythonpath)
   with open(layout.stats_file(output_dir)) as f:
     stats = json.load(f)
   compressed, uncompressed = _output_bytes(output_dir)
   run["shards"] = len([n for n in os.listdir(output_dir)
                        if n.endswith(".tfrecord.gz")])
-  if not _KEEP_OUTPUT.value:
+  if not settings.keep_output:
     shutil.rmtree(output_dir)
   return {"run": run, "stats": stats, "compressed": compressed,
           "uncompressed": uncompressed}
 
 
-def _report(result: dict, calibration: dict, convert_args: list[str]) -> dict:
+def _report(result: dict, calibration: dict, convert_args: list[str],
+            settings: ConvertBenchFlags) -> dict:
   run, stats = result["run"], result["stats"]
   written = stats["rows_written"]
   report = {
       "impressions": stats["rows_read"],
-      "input_format": _INPUT_FORMAT.value,
+      "input_format": settings.input_format,
       "convert_args": convert_args,
       "shards": run["shards"],
       "wall_s": round(run["wall_s"], 1), "cpu_s": round(run["cpu_s"], 1),
@@ -258,12 +280,13 @@ def _report(result: dict, calibration: dict, convert_args: list[str]) -> dict:
       "full_release_output_gb": round(
           result["compressed"] / written * FULL_IMPRESSIONS / 1e9, 1),
   }
-  if _INPUT_FORMAT.value == "aliccp":
+  if settings.input_format == "aliccp":
     report.update({
         "common_rows": stats["common_rows_read"],
         "common_row_cpu_ms": round(calibration["cpu_s"] * 1e3, 3),
         "common_row_encoded_bytes": round(calibration["bytes"]),
-        **_project(run, stats, calibration, _workers(convert_args)),
+        **_project(run, stats, calibration, _workers(convert_args),
+                   settings.join),
     })
   else:
     report["full_release_wall_min_at_this_rate"] = round(
@@ -272,23 +295,27 @@ def _report(result: dict, calibration: dict, convert_args: list[str]) -> dict:
 
 
 def main(argv):
-  raw_dir = _simulate(_NUM_IMPRESSIONS.value, _SEED.value)
-  convert_args = [f"--max_values_per_field={_MAX_VALUES_PER_FIELD.value}",
-                  f"--join={_JOIN.value}", *argv[1:]]
+  try:
+    settings = _FLAGS.build(ConvertBenchFlags)
+  except options.ConfigError as e:
+    return tool.fail(_PROGRAM, flagbind.error_line(e))
+  raw_dir = _simulate(settings)
+  convert_args = [f"--max_values_per_field={settings.max_values_per_field}",
+                  f"--join={settings.join}", *argv[1:]]
   calibration = {}
-  if _INPUT_FORMAT.value == "aliccp":
+  if settings.input_format == "aliccp":
     calibration = _calibrate_common(
-        _raw_file(raw_dir, "common"),
-        _MAX_VALUES_PER_FIELD.value)
+        _raw_file(raw_dir, settings.input_format, "common"),
+        settings.max_values_per_field)
   variants = [("current", "")]
-  if _BASELINE_PYTHONPATH.value:
-    variants.insert(0, ("baseline", _BASELINE_PYTHONPATH.value))
+  if settings.baseline_pythonpath:
+    variants.insert(0, ("baseline", settings.baseline_pythonpath))
   reports = []
-  for repeat in range(_REPEATS.value):
+  for repeat in range(settings.repeats):
     for name, pythonpath in variants:
-      result = _convert_once(raw_dir, convert_args, pythonpath)
+      result = _convert_once(raw_dir, convert_args, pythonpath, settings)
       report = {"variant": name, "repeat": repeat,
-                **_report(result, calibration, convert_args)}
+                **_report(result, calibration, convert_args, settings)}
       print(json.dumps(report, indent=2), flush=True)
       reports.append(report)
   if len(variants) > 1:
@@ -301,7 +328,8 @@ def main(argv):
         "speedup_cpu": round(mean("baseline", "cpu_s")
                              / mean("current", "cpu_s"), 2),
     }, indent=2))
+  return 0
 
 
 if __name__ == "__main__":
-  app.run(main)
+  tool.run_script(main, _PROGRAM, _FLAGS, __doc__)

@@ -22,77 +22,103 @@ arguments after ``--`` are escm2-train flags that override the flagfile.
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
+import dataclasses
 import json
 import shutil
-import sys
 import tempfile
 import time
+from typing import Any
 
-from absl import app
-from absl import flags
-import tf_keras as keras
-
+from escm2_tf import flagbind
+from escm2_tf import tool
 from escm2_tf import layout
-from escm2_tf.bench import harness
+from escm2_tf import options
+from escm2_tf.bench import hparams as hparams_lib
+from escm2_tf.options import ConfigError
+from escm2_tf.options import option
 
-_FLAGFILE = flags.DEFINE_string("train_flagfile", "configs/paddlerec.flags",
-                                "The escm2-train flagfile.")
-_DATA_DIR = flags.DEFINE_string("data_dir", "", "Converted train/ and test/.")
-_SHORT = flags.DEFINE_integer("short_epochs", 1, "Epochs of the short run.")
-_LONG = flags.DEFINE_integer("long_epochs", 3, "Epochs of the long run.")
-_PARSE_BATCHES = flags.DEFINE_integer("parse_batches", 200,
-                                      "Batches timed for the parse ceiling.")
+_PROGRAM = "epoch_time_bench"
 
 
-class _Timeline(keras.callbacks.Callback):
-  """Wall and CPU seconds of every epoch's training loop and validation.
+@dataclasses.dataclass(frozen=True)
+class EpochTimeFlags:
+  """The data, the trainer's settings and the two run lengths.
 
-  ``epoch`` runs from the epoch's start to this callback's ``on_epoch_end``,
-  which runs after the trainer's own callbacks (checkpoints, backup).
+  Attributes:
+    data_dir: Converted train/ and test/ (as escm2-convert writes them).
+    train_flagfile: The escm2-train flagfile, or a shipped config's name.
+    short_epochs: Epochs of the short run.
+    long_epochs: Epochs of the long run.
+    parse_batches: Batches timed for the parse ceiling.
   """
+  data_dir: str = option("", group="data")
+  train_flagfile: str = option("paddlerec", group="training")
+  short_epochs: int = option(1, minimum=1)
+  long_epochs: int = option(3, minimum=2)
+  parse_batches: int = option(200, minimum=1)
 
-  def __init__(self):
-    super().__init__()
-    self.train, self.validation, self.epoch, self.steps = [], [], [], []
-    self.train_cpu, self.epoch_cpu = [], []
-
-  def on_epoch_begin(self, epoch, logs=None):
-    self._start = self._last = time.perf_counter()
-    self._start_cpu = self._last_cpu = time.process_time()
-    self._steps = 0
-
-  def on_train_batch_end(self, batch, logs=None):
-    self._last, self._last_cpu = time.perf_counter(), time.process_time()
-    self._steps = batch + 1
-
-  def on_test_begin(self, logs=None):
-    self._test_start = time.perf_counter()
-
-  def on_test_end(self, logs=None):
-    self.validation.append(time.perf_counter() - self._test_start)
-
-  def on_epoch_end(self, epoch, logs=None):
-    self.train.append(self._last - self._start)
-    self.train_cpu.append(self._last_cpu - self._start_cpu)
-    self.epoch.append(time.perf_counter() - self._start)
-    self.epoch_cpu.append(time.process_time() - self._start_cpu)
-    self.steps.append(self._steps)
+  def __post_init__(self):
+    if not self.data_dir:
+      raise ConfigError("data_dir", "is required")
+    options.check_declared(self)
+    if self.long_epochs <= self.short_epochs:
+      raise ConfigError("long_epochs", "must be more than --short_epochs")
 
 
-def _train(argv: list[str], epochs: int) -> harness.Result:
+_FLAGS = flagbind.Binding(flagbind.Section(EpochTimeFlags, "benchmark"))
+
+
+def _timeline() -> Any:
+  """A callback keeping the wall and CPU seconds of every epoch's training
+  loop and validation.
+
+  ``epoch`` runs from the epoch's start to its ``on_epoch_end``, which runs
+  after the trainer's own callbacks (checkpoints, backup).
+  """
+  import tf_keras as keras  # pylint: disable=g-import-not-at-top
+
+  class Timeline(keras.callbacks.Callback):
+
+    def __init__(self):
+      super().__init__()
+      self.train, self.validation, self.epoch, self.steps = [], [], [], []
+      self.train_cpu, self.epoch_cpu = [], []
+
+    def on_epoch_begin(self, epoch, logs=None):
+      self._start = self._last = time.perf_counter()
+      self._start_cpu = self._last_cpu = time.process_time()
+      self._steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+      self._last, self._last_cpu = time.perf_counter(), time.process_time()
+      self._steps = batch + 1
+
+    def on_test_begin(self, logs=None):
+      self._test_start = time.perf_counter()
+
+    def on_test_end(self, logs=None):
+      self.validation.append(time.perf_counter() - self._test_start)
+
+    def on_epoch_end(self, epoch, logs=None):
+      self.train.append(self._last - self._start)
+      self.train_cpu.append(self._last_cpu - self._start_cpu)
+      self.epoch.append(time.perf_counter() - self._start)
+      self.epoch_cpu.append(time.process_time() - self._start_cpu)
+      self.steps.append(self._steps)
+
+  return Timeline()
+
+
+def _train(args: list[str], epochs: int) -> dict[str, Any]:
   """One trainer run in this (fresh) process; its wall time and timeline."""
-  from escm2_tf.cli import train as train_cli  # pylint: disable=g-import-not-at-top
   from escm2_tf import training  # pylint: disable=g-import-not-at-top
   model_dir = tempfile.mkdtemp(prefix="escm2_epoch_bench_")
-  binding = train_cli.TOOL.binding.define()
-  flags.FLAGS([sys.argv[0], *argv, f"--epochs={epochs}",
-               f"--model_dir={model_dir}", f"--export_dir={model_dir}/export"],
-              known_only=True)
-  configs = train_cli.TOOL.build(binding)
-  timeline = _Timeline()
+  config = hparams_lib.experiment_config(
+      [*args, f"--epochs={epochs}", f"--model_dir={model_dir}",
+       f"--export_dir={model_dir}/export"])
+  timeline = _timeline()
   start, start_cpu = time.perf_counter(), time.process_time()
-  result = training.train(configs["experiment"], callbacks=[timeline],
-                          verbose=0)
+  result = training.train(config, callbacks=[timeline], verbose=0)
   wall = time.perf_counter() - start
   cpu = time.process_time() - start_cpu
   shutil.rmtree(model_dir, ignore_errors=True)
@@ -106,31 +132,37 @@ def _train(argv: list[str], epochs: int) -> harness.Result:
 
 
 def main(argv):
+  try:
+    settings = _FLAGS.build(EpochTimeFlags)
+  except ConfigError as e:
+    return tool.fail(_PROGRAM, flagbind.error_line(e))
+  # Imports TensorFlow, which the tool's quiet start-up filters.
+  from escm2_tf.bench import harness  # pylint: disable=g-import-not-at-top
   overrides = argv[1:]
-  data_dir = _DATA_DIR.value
-  if not data_dir:
-    sys.exit("epoch_time_bench: --data_dir is required")
+  data_dir = settings.data_dir
+  short_epochs, long_epochs = settings.short_epochs, settings.long_epochs
   train_files = layout.examples(data_dir, layout.TRAIN)
   trainer_argv = [
-      f"--flagfile={_FLAGFILE.value}", f"--train_data={train_files}",
+      f"--flagfile={hparams_lib.flagfile_path(settings.train_flagfile)}",
+      f"--train_data={train_files}",
       f"--eval_data={layout.examples(data_dir, layout.TEST)}",
       f"--vocab_dir={layout.training_vocab_dir(data_dir)}", *overrides]
   num_train = sum(1 for _ in _records(train_files))
   parse = harness.run_isolated(harness.measure_parse, file_pattern=train_files,
                                batch_size=1024,
-                               num_examples=_PARSE_BATCHES.value * 1024)
-  runs = {epochs: harness.run_isolated(_train, argv=trainer_argv,
+                               num_examples=settings.parse_batches * 1024)
+  runs = {epochs: harness.run_isolated(_train, args=trainer_argv,
                                        epochs=epochs)
-          for epochs in (_SHORT.value, _LONG.value)}
-  short, long = runs[_SHORT.value], runs[_LONG.value]
+          for epochs in (short_epochs, long_epochs)}
+  short, long = runs[short_epochs], runs[long_epochs]
   whole_run_epoch = (long["wall_s"] - short["wall_s"]) / (
-      _LONG.value - _SHORT.value)
+      long_epochs - short_epochs)
   # Later epochs: the first one also traces the graph.
   keras_epoch = sum(long["train_loop_s"][1:]) / (len(long["train_loop_s"]) - 1)
   keras_epoch_cpu = sum(long["train_loop_cpu_s"][1:]) / (
       len(long["train_loop_cpu_s"]) - 1)
   whole_run_epoch_cpu = (long["cpu_s"] - short["cpu_s"]) / (
-      _LONG.value - _SHORT.value)
+      long_epochs - short_epochs)
   ceiling = parse["ceiling"]["examples_per_s"]
   ceiling_cpu = parse["ceiling"]["examples_per_cpu_s"]
   report = {
@@ -157,6 +189,7 @@ def main(argv):
       "runs": {str(k): v for k, v in runs.items()},
   }
   print(json.dumps(report, indent=1))
+  return 0
 
 
 def _records(pattern):
@@ -167,4 +200,4 @@ def _records(pattern):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  tool.run_script(main, _PROGRAM, _FLAGS, __doc__)

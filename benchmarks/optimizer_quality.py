@@ -1,74 +1,99 @@
 r"""Test AUCs of Keras' Adam and LazyAdam after the same training, per seed.
 
 For every seed and optimizer, trains with a flagfile's settings (by default
-``configs/paddlerec.flags``) for each of ``--epochs`` (each a fresh run from
-the seed's initial weights, on the same batches) and scores the test split
-exactly (``metrics.json`` of the run). Each run is its own process.
+the shipped ``configs/paddlerec.flags``) for each of ``--epoch_counts`` (each
+a fresh run from the seed's initial weights, on the same batches) and scores
+the test split exactly (``metrics.json`` of the run). Each run is its own
+process.
 
   .venv/bin/python benchmarks/optimizer_quality.py --data_dir=/tmp/pr \
       --seeds=1,2 --epoch_counts=1,2
+
+Arguments after ``--`` are escm2-train flags that override the flagfile.
 """
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
+import dataclasses
 import json
 import shutil
-import sys
 import tempfile
+from typing import Any
 
-from absl import app
-from absl import flags
-
+from escm2_tf import config as config_lib
+from escm2_tf import flagbind
+from escm2_tf import tool
 from escm2_tf import layout
-from escm2_tf.bench import harness
+from escm2_tf import options
+from escm2_tf.bench import hparams as hparams_lib
+from escm2_tf.options import option
 
-_FLAGFILE = flags.DEFINE_string("train_flagfile", "configs/paddlerec.flags",
-                                "The escm2-train flagfile.")
-_DATA_DIR = flags.DEFINE_string("data_dir", "", "Converted train/ and test/.")
-_SEEDS = flags.DEFINE_list("seeds", ["1", "2"], "Seeds.")
-_EPOCHS = flags.DEFINE_list("epoch_counts", ["1", "2"], "Epochs of each run.")
-_OPTIMIZERS = flags.DEFINE_list("optimizers", ["adam", "lazy_adam"],
-                                "Optimizers.")
+_PROGRAM = "optimizer_quality"
 _METRICS = ("auc_ctr", "auc_cvr", "auc_ctcvr", "logloss_ctr", "logloss_cvr",
             "logloss_ctcvr")
 
 
-def _train(argv: list[str]) -> harness.Result:
+@dataclasses.dataclass(frozen=True)
+class QualityFlags:
+  """The runs to compare.
+
+  Attributes:
+    data_dir: Converted train/ and test/ (as escm2-convert writes them).
+    train_flagfile: The escm2-train flagfile, or a shipped config's name.
+    seeds: Seeds.
+    epoch_counts: Epochs of each run.
+    optimizers: Optimizers.
+  """
+  data_dir: str = option("", group="data")
+  train_flagfile: str = option("paddlerec", group="training")
+  seeds: tuple[int, ...] = option((1, 2), minimum=0)
+  epoch_counts: tuple[int, ...] = option((1, 2), minimum=1)
+  optimizers: tuple[str, ...] = option(("adam", "lazy_adam"),
+                                       choices=config_lib.OPTIMIZERS)
+
+  def __post_init__(self):
+    if not self.data_dir:
+      raise options.ConfigError("data_dir", "is required")
+    options.check_declared(self)
+
+
+_FLAGS = flagbind.Binding(flagbind.Section(QualityFlags, "benchmark"))
+
+
+def _train(args: list[str]) -> dict[str, Any]:
   """One trainer run in this (fresh) process; its exact test metrics."""
-  from escm2_tf.cli import train as train_cli  # pylint: disable=g-import-not-at-top
   from escm2_tf import training  # pylint: disable=g-import-not-at-top
   model_dir = tempfile.mkdtemp(prefix="escm2_quality_")
-  binding = train_cli.TOOL.binding.define()
-  flags.FLAGS([sys.argv[0], *argv, f"--model_dir={model_dir}",
-               "--export_dir="], known_only=True)
-  configs = train_cli.TOOL.build(binding)
-  result = training.train(configs["experiment"], verbose=0)
+  config = hparams_lib.experiment_config(
+      [*args, f"--model_dir={model_dir}", "--export_dir="])
+  result = training.train(config, verbose=0)
   shutil.rmtree(model_dir, ignore_errors=True)
   return {name: result["metrics"][name] for name in _METRICS}
 
 
 def main(argv):
-  if not _DATA_DIR.value:
-    sys.exit("optimizer_quality: --data_dir is required")
-  data_dir = _DATA_DIR.value
-  base = [f"--flagfile={_FLAGFILE.value}",
-          f"--train_data={layout.examples(data_dir, layout.TRAIN)}",
-          f"--eval_data={layout.examples(data_dir, layout.TEST)}",
-          f"--vocab_dir={layout.training_vocab_dir(data_dir)}",
-          *argv[1:]]
-  rows = []
-  for seed in _SEEDS.value:
-    for epochs in _EPOCHS.value:
-      for optimizer in _OPTIMIZERS.value:
-        metrics = harness.run_isolated(_train, argv=base + [
+  try:
+    settings = _FLAGS.build(QualityFlags)
+  except options.ConfigError as e:
+    return tool.fail(_PROGRAM, flagbind.error_line(e))
+  # Imports TensorFlow, which the tool's quiet start-up filters.
+  from escm2_tf.bench import harness  # pylint: disable=g-import-not-at-top
+  data_dir = settings.data_dir
+  base = [
+      f"--flagfile={hparams_lib.flagfile_path(settings.train_flagfile)}",
+      f"--train_data={layout.examples(data_dir, layout.TRAIN)}",
+      f"--eval_data={layout.examples(data_dir, layout.TEST)}",
+      f"--vocab_dir={layout.training_vocab_dir(data_dir)}", *argv[1:]]
+  for seed in settings.seeds:
+    for epochs in settings.epoch_counts:
+      for optimizer in settings.optimizers:
+        metrics = harness.run_isolated(_train, args=base + [
             f"--seed={seed}", f"--epochs={epochs}",
             f"--optimizer={optimizer}"])
-        row = {"seed": int(seed), "epochs": int(epochs),
-               "optimizer": optimizer,
-               **{name: metrics[name] for name in _METRICS}}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        print(json.dumps({"seed": seed, "epochs": epochs,
+                          "optimizer": optimizer, **metrics}), flush=True)
+  return 0
 
 
 if __name__ == "__main__":
-  app.run(main)
+  tool.run_script(main, _PROGRAM, _FLAGS, __doc__)

@@ -31,6 +31,7 @@ It prints one JSON report (also written to ``--report``); docs/rehearsal.md
 is written from it.
 """
 
+import dataclasses
 import json
 import os
 import re
@@ -39,46 +40,66 @@ import subprocess
 import sys
 import time
 
-from absl import app
-from absl import flags
 import numpy as np
 
+from escm2_tf import flagbind
+from escm2_tf import tool
 from escm2_tf import layout
+from escm2_tf import options
+from escm2_tf.bench import hparams as hparams_lib
 from escm2_tf.bench import processes
+from escm2_tf.options import option
 
-_WORK_DIR = flags.DEFINE_string("work_dir", "/tmp/escm2_rehearsal",
-                                "Where every size's data and runs go.")
-_SIZES = flags.DEFINE_list("sizes", ["1000000", "10000000"],
-                           "Training impressions of each rehearsal.")
-_TEST_FRACTION = flags.DEFINE_float(
-    "test_fraction", 0.2, "Test impressions per training impression.")
-_USERS_PER_IMPRESSION = flags.DEFINE_float(
-    "users_per_impression", 0.009,
-    "Users per training impression (about 90K per 10M).")
-_ITEMS_PER_IMPRESSION = flags.DEFINE_float(
-    "items_per_impression", 0.05,
-    "Items per training impression (the simulator's default world holds "
-    "one per 10 of its default 200K impressions).")
-_IMPRESSIONS_PER_REQUEST = flags.DEFINE_integer(
-    "impressions_per_request", 58,
-    "Impressions per common row: 42.3M / 730K in the release.")
-_MIN_COUNT = flags.DEFINE_integer("min_count", 5,
-                                  "As in configs/bigdata.flags.")
-_OOV_SAMPLE = flags.DEFINE_integer(
-    "oov_sample", 200_000, "Test records read for the test OOV rates.")
-_FLAGFILE = flags.DEFINE_string("train_flagfile", "configs/bigdata.flags",
-                                "The escm2-train flagfile.")
-_REPORT = flags.DEFINE_string("report", "", "Also write the JSON here.")
-_MARKDOWN = flags.DEFINE_string(
-    "markdown", "", "Also write the tables as Markdown here (or, with "
-    "--from_report, only that).")
-_PREVIOUS_RUNS = flags.DEFINE_string(
-    "previous_runs", "", "JSON of {size: run} from an earlier rehearsal of "
-    "the same code (as it prints each size); those sizes are not rerun.")
-_FROM_REPORT = flags.DEFINE_string(
-    "from_report", "", "Write --markdown from this JSON report, run nothing.")
-_KEEP = flags.DEFINE_bool("keep_data", False,
-                          "Keep the data of every size (they are large).")
+_PROGRAM = "rehearsal"
+
+
+@dataclasses.dataclass(frozen=True)
+class RehearsalFlags:
+  """The sizes to rehearse, the simulated world's shape and the outputs.
+
+  Attributes:
+    work_dir: Where every size's data and runs go.
+    sizes: Training impressions of each rehearsal.
+    test_fraction: Test impressions per training impression.
+    users_per_impression: Users per training impression (about 90K per 10M).
+    items_per_impression: Items per training impression (the simulator's
+      default world holds one per 10 of its default 200K impressions).
+    impressions_per_request: Impressions per common row: 42.3M / 730K in the
+      release.
+    min_count: As in configs/bigdata.flags.
+    oov_sample: Test records read for the test OOV rates.
+    train_flagfile: The escm2-train flagfile, or a shipped config's name.
+    report: Also write the JSON here.
+    markdown: Also write the tables as Markdown here (or, with
+      --from_report, only that).
+    previous_runs: JSON of {size: run} from an earlier rehearsal of the same
+      code (as it prints each size); those sizes are not rerun.
+    from_report: Write --markdown from this JSON report, run nothing.
+    keep_data: Keep the data of every size (they are large).
+  """
+  work_dir: str = option("/tmp/escm2_rehearsal", group="data")
+  sizes: tuple[int, ...] = option((1_000_000, 10_000_000), minimum=1,
+                                  group="data")
+  test_fraction: float = option(0.2, minimum=0.0, group="data")
+  users_per_impression: float = option(0.009, minimum=0.0, group="data")
+  items_per_impression: float = option(0.05, minimum=0.0, group="data")
+  impressions_per_request: int = option(58, minimum=1, group="data")
+  min_count: int = option(5, minimum=1)
+  oov_sample: int = option(200_000, minimum=1)
+  train_flagfile: str = option("bigdata", group="training")
+  report: str = option("", group="output")
+  markdown: str = option("", group="output")
+  previous_runs: str = option("", group="input")
+  from_report: str = option("", group="input")
+  keep_data: bool = option(False, group="output")
+
+  def __post_init__(self):
+    options.check_declared(self)
+    if self.from_report and not self.markdown:
+      raise options.ConfigError("from_report", "needs --markdown")
+
+
+_FLAGS = flagbind.Binding(flagbind.Section(RehearsalFlags, "benchmark"))
 
 FULL_IMPRESSIONS = 85_000_000
 
@@ -215,22 +236,22 @@ def _member(values: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:
   return sorted_ids[positions] == values
 
 
-def _rehearse(size: int) -> dict:
-  root = os.path.join(_WORK_DIR.value, f"n{size}")
+def _rehearse(size: int, settings: RehearsalFlags) -> dict:
+  root = os.path.join(settings.work_dir, f"n{size}")
   shutil.rmtree(root, ignore_errors=True)
   os.makedirs(root)
   raw, data_dir, run_dir = (os.path.join(root, name)
                             for name in ("raw", "data", "run"))
-  num_test = max(1, int(size * _TEST_FRACTION.value))
+  num_test = max(1, int(size * settings.test_fraction))
   logs = os.path.join(root, "logs")
   os.makedirs(logs)
   stages = {}
   stages["synth"] = _run("synth", [
       _script("escm2-synth"), f"--output_dir={raw}", f"--num_train={size}",
       f"--num_test={num_test}", "--seed=0",
-      f"--num_users={max(1, round(size * _USERS_PER_IMPRESSION.value))}",
-      f"--num_items={max(1000, round(size * _ITEMS_PER_IMPRESSION.value))}",
-      f"--impressions_per_request={_IMPRESSIONS_PER_REQUEST.value}"],
+      f"--num_users={max(1, round(size * settings.users_per_impression))}",
+      f"--num_items={max(1000, round(size * settings.items_per_impression))}",
+      f"--impressions_per_request={settings.impressions_per_request}"],
       [raw], os.path.join(logs, "synth.log"))
   for split in layout.SPLITS:
     names = layout.raw_file_names("aliccp", split)
@@ -243,7 +264,8 @@ def _rehearse(size: int) -> dict:
         [output_dir], os.path.join(logs, f"convert_{split}.log"))
   export_dir = os.path.join(run_dir, "export")
   train = _run("train", [
-      _script("escm2-train"), f"--flagfile={_FLAGFILE.value}",
+      _script("escm2-train"),
+      f"--flagfile={hparams_lib.flagfile_path(settings.train_flagfile)}",
       f"--train_data={data_dir}/train/*.tfrecord.gz",
       f"--eval_data={data_dir}/test/*.tfrecord.gz",
       f"--vocab_dir={data_dir}/train/vocab", f"--model_dir={run_dir}",
@@ -271,12 +293,13 @@ def _rehearse(size: int) -> dict:
   result = {
       "train_impressions": size, "test_impressions": num_test,
       "stages": stages,
-      "vocabulary": _vocabulary(data_dir, _MIN_COUNT.value, _OOV_SAMPLE.value),
+      "vocabulary": _vocabulary(data_dir, settings.min_count,
+                                settings.oov_sample),
       "train_rows_written": train_stats.get("rows_written"),
       "metrics": {k: v for k, v in metrics.items()
                   if k.startswith(("auc", "logloss", "count"))},
       "disk_mb": round(processes.dir_bytes(root) / 2**20)}
-  if not _KEEP.value:
+  if not settings.keep_data:
     shutil.rmtree(raw, ignore_errors=True)
     shutil.rmtree(data_dir, ignore_errors=True)
   return result
@@ -285,7 +308,7 @@ def _rehearse(size: int) -> dict:
 # The release: 42.3M training and 43.0M test impressions (NOTES.md).
 RELEASE = {"train": 42_300_135, "test": 43_016_840}
 # What each stage reads: the training split, the test split, or both.
-_STAGE_SPLITS = {"synth": ("train", "test"), "convert_train": ("train",),
+_STAGE_SPLITS = {"synth": layout.SPLITS, "convert_train": ("train",),
                  "convert_test": ("test",), "train": ("train",),
                  "evaluate": ("test",), "predict": ("test",)}
 
@@ -399,26 +422,30 @@ def _markdown(report: dict) -> str:
 
 def main(argv):
   del argv
-  if _FROM_REPORT.value:
-    with open(_FROM_REPORT.value) as f:
+  try:
+    settings = _FLAGS.build(RehearsalFlags)
+  except options.ConfigError as e:
+    return tool.fail(_PROGRAM, flagbind.error_line(e))
+  if settings.from_report:
+    with open(settings.from_report) as f:
       report = json.load(f)
-    with open(_MARKDOWN.value, "w") as f:
+    with open(settings.markdown, "w") as f:
       f.write(_markdown(report))
-    return
-  sizes = sorted(int(size) for size in _SIZES.value)
+    return 0
+  sizes = sorted(settings.sizes)
   started = time.time()
   report = {"sizes": sizes, "started_utc": time.strftime(
       "%Y-%m-%d %H:%M:%S", time.gmtime(started)),
             "load_average_at_start": os.getloadavg(),
             "cpus": os.cpu_count(), "runs": {}}
-  if _PREVIOUS_RUNS.value:
-    with open(_PREVIOUS_RUNS.value) as f:
+  if settings.previous_runs:
+    with open(settings.previous_runs) as f:
       report["runs"].update(json.load(f))
     sizes = sorted(set(sizes) | {int(size) for size in report["runs"]})
   for size in sizes:
     if str(size) in report["runs"]:
       continue
-    report["runs"][str(size)] = _rehearse(size)
+    report["runs"][str(size)] = _rehearse(size, settings)
     print(json.dumps(report["runs"][str(size)], indent=1), flush=True)
   if len(sizes) >= 2:
     report["projection"] = _project(report["runs"][str(sizes[-2])],
@@ -427,13 +454,14 @@ def main(argv):
   report["total_wall_s"] = round(time.time() - started)
   text = json.dumps(report, indent=1)
   print(text)
-  if _REPORT.value:
-    with open(_REPORT.value, "w") as f:
+  if settings.report:
+    with open(settings.report, "w") as f:
       f.write(text + "\n")
-  if _MARKDOWN.value:
-    with open(_MARKDOWN.value, "w") as f:
+  if settings.markdown:
+    with open(settings.markdown, "w") as f:
       f.write(_markdown(report))
+  return 0
 
 
 if __name__ == "__main__":
-  app.run(main)
+  tool.run_script(main, _PROGRAM, _FLAGS, __doc__)

@@ -8,26 +8,43 @@ grow with N.
   .venv/bin/python benchmarks/synth_bench.py --num_impressions=1000000
 """
 
+import dataclasses
 import os
 import shutil
 import tempfile
 import time
 
-from absl import app
-from absl import flags
-
+from escm2_tf import flagbind
+from escm2_tf import tool
 from escm2_tf import layout
+from escm2_tf import options
 from escm2_tf import simulator
+from escm2_tf.options import option
 
-_NUM_IMPRESSIONS = flags.DEFINE_integer(
-    "num_impressions", 1_000_000, "Impressions in all (80% train, 20% test).",
-    lower_bound=2)
-_FORMAT = flags.DEFINE_enum("format", "aliccp", layout.RAW_FORMATS,
-                            "Output format.")
-_SEED = flags.DEFINE_integer("seed", 0, "Simulator seed.")
-_OUTPUT_DIR = flags.DEFINE_string(
-    "output_dir", None, "Where to write; by default a temporary directory "
-    "that is deleted afterwards.")
+_PROGRAM = "synth_bench"
+
+
+@dataclasses.dataclass(frozen=True)
+class SynthBenchFlags:
+  """How much to simulate.
+
+  Attributes:
+    num_impressions: Impressions in all (80 % train, 20 % test).
+    format: Output format.
+    seed: Simulator seed.
+    output_dir: Where to write; by default a temporary directory that is
+      deleted afterwards.
+  """
+  num_impressions: int = option(1_000_000, minimum=2)
+  format: str = option("aliccp", choices=layout.RAW_FORMATS)
+  seed: int = option(0, minimum=0)
+  output_dir: str = option("", group="output")
+
+  def __post_init__(self):
+    options.check_declared(self)
+
+
+_FLAGS = flagbind.Binding(flagbind.Section(SynthBenchFlags, "benchmark"))
 
 
 def _report(summary: dict, seconds: float, cpu_seconds: float,
@@ -54,15 +71,19 @@ def _report(summary: dict, seconds: float, cpu_seconds: float,
 
 def main(argv):
   del argv
-  num = _NUM_IMPRESSIONS.value
+  try:
+    settings = _FLAGS.build(SynthBenchFlags)
+  except options.ConfigError as e:
+    return tool.fail(_PROGRAM, flagbind.error_line(e))
+  num = settings.num_impressions
   num_test = num // 5
   config = simulator.SimulatorConfig(num_train=num - num_test,
-                                     num_test=num_test, seed=_SEED.value,
-                                     format=_FORMAT.value)
+                                     num_test=num_test, seed=settings.seed,
+                                     format=settings.format)
   start = time.perf_counter()
   simulator.build_world(config)
   world_seconds = time.perf_counter() - start
-  output_dir = _OUTPUT_DIR.value or tempfile.mkdtemp(prefix="synth_bench_")
+  output_dir = settings.output_dir or tempfile.mkdtemp(prefix="synth_bench_")
   try:
     start, cpu_start = time.perf_counter(), time.process_time()
     summary = simulator.simulate(config, output_dir)
@@ -70,9 +91,10 @@ def main(argv):
     cpu_seconds = time.process_time() - cpu_start
     _report(summary, seconds, cpu_seconds, world_seconds, num)
   finally:
-    if not _OUTPUT_DIR.value:
+    if not settings.output_dir:
       shutil.rmtree(output_dir)
+  return 0
 
 
 if __name__ == "__main__":
-  app.run(main)
+  tool.run_script(main, _PROGRAM, _FLAGS, __doc__)

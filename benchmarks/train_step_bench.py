@@ -13,46 +13,66 @@ The whole path, from raw logs to serving, is measured by ``escm2-bench``
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
+import dataclasses
 import os
 import resource
 import tempfile
 import time
+from typing import Any
 
-from absl import app
-from absl import flags
 import numpy as np
-import tensorflow as tf
-import tf_keras as keras
 
 from escm2_tf import config as config_lib
-from escm2_tf import data
-from escm2_tf import model as model_lib
-from escm2_tf import optimizers
+from escm2_tf import flagbind
+from escm2_tf import tool
+from escm2_tf import options
 from escm2_tf import schema
-from escm2_tf.bench import synthetic
+from escm2_tf.options import option
 
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 1024, "Examples per step.")
-_STEPS = flags.DEFINE_integer("steps", 200, "Timed steps (after warm-up).")
-_LOSS = flags.DEFINE_enum("loss", "dr", list(config_lib.LOSSES), "Estimator.")
-_BACKBONE = flags.DEFINE_enum("backbone", "mmoe", ["mmoe", "shared_bottom",
-                                                   "dcn"], "Backbone.")
-_EMBEDDING_DIM = flags.DEFINE_integer("embedding_dim", 12, "Embedding width.")
-_NUM_EXPERTS = flags.DEFINE_integer("num_experts", 8, "MMoE experts.")
-_EXPERT_UNITS = flags.DEFINE_integer("expert_units", 16, "Expert width.")
-_STEPS_PER_EXECUTION = flags.DEFINE_integer("steps_per_execution", 16,
-                                            "Keras steps_per_execution.")
-_USE_WEIGHTS = flags.DEFINE_bool("use_weights", False, "Weighted pooling.")
-_INPUT = flags.DEFINE_enum("input", "memory", ["memory", "tfrecord"],
-                           "Where batches come from.")
-_OPTIMIZER = flags.DEFINE_enum(
-    "optimizer", "lazy_adam",
-    ["lazy_adam", "sparse_adam", "adam", "adam_no_xla", "legacy_adam",
-     "adagrad"],
-    "Optimizer; Keras' Adam updates the whole embedding table every step, "
-    "LazyAdam only the rows of the batch.")
-_VOCAB_SCALE = flags.DEFINE_float(
-    "vocab_scale", 1.0, "Multiplies the per-field vocabulary sizes "
-    "(1.0 gives about 740k rows, PaddleRec's table).")
+_PROGRAM = "train_step_bench"
+# Keras' Adam without XLA, its legacy Adam and Adagrad, besides the library's.
+_OPTIMIZERS = (*config_lib.OPTIMIZERS, "adam_no_xla", "legacy_adam",
+               "adagrad")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFlags:
+  """The network, the batches and the optimizer timed.
+
+  Attributes:
+    batch_size: Examples per step.
+    steps: Timed steps (after warm-up).
+    loss: Estimator.
+    backbone: Backbone.
+    embedding_dim: Embedding width.
+    num_experts: MMoE experts.
+    expert_units: Expert width.
+    steps_per_execution: Keras steps_per_execution.
+    use_weights: Weighted pooling.
+    input: Where batches come from.
+    optimizer: Optimizer; Keras' Adam updates the whole embedding table every
+      step, LazyAdam only the rows of the batch.
+    vocab_scale: Multiplies the per-field vocabulary sizes (1.0 gives about
+      740k rows, PaddleRec's table).
+  """
+  batch_size: int = option(1024, minimum=1)
+  steps: int = option(200, minimum=1)
+  loss: str = option("dr", choices=config_lib.LOSSES, group="model")
+  backbone: str = option("mmoe", choices=config_lib.BACKBONES, group="model")
+  embedding_dim: int = option(12, minimum=1, group="model")
+  num_experts: int = option(8, minimum=1, group="model")
+  expert_units: int = option(16, minimum=1, group="model")
+  steps_per_execution: int = option(16, minimum=1)
+  use_weights: bool = option(False, group="model")
+  input: str = option("memory", choices=("memory", "tfrecord"))
+  optimizer: str = option("lazy_adam", choices=_OPTIMIZERS)
+  vocab_scale: float = option(1.0, minimum=1e-6, group="model")
+
+  def __post_init__(self):
+    options.check_declared(self)
+
+
+_FLAGS = flagbind.Binding(flagbind.Section(StepFlags, "benchmark"))
 
 # Rough Ali-CCP shape: ids per impression of each field (behaviour fields
 # truncated to 10 ids, as a converter would).
@@ -78,6 +98,7 @@ def _columns(vocabularies, batch_size, rng):
 
 
 def _memory_dataset(vocabularies, batch_size, rng):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   batches = []
   for _ in range(8):
     columns, labels = _columns(vocabularies, batch_size, rng)
@@ -88,13 +109,17 @@ def _memory_dataset(vocabularies, batch_size, rng):
 
 
 def _cycle(batches):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   dataset = tf.data.Dataset.from_tensors(batches[0])
   for batch in batches[1:]:
     dataset = dataset.concatenate(tf.data.Dataset.from_tensors(batch))
   return dataset.cache().repeat()
 
 
-def _tfrecord_dataset(vocabularies, batch_size, rng, directory):
+def _tfrecord_dataset(vocabularies, batch_size, rng, directory,
+                      use_weights):
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from escm2_tf import data  # pylint: disable=g-import-not-at-top
   for shard in range(4):
     path = os.path.join(directory, f"part-{shard}.tfrecord.gz")
     with tf.io.TFRecordWriter(path, options="GZIP") as writer:
@@ -114,11 +139,13 @@ def _tfrecord_dataset(vocabularies, batch_size, rng, directory):
             feature=feature)).SerializeToString())
   return data.make_dataset(os.path.join(directory, "*.tfrecord.gz"),
                            batch_size, training=True, num_epochs=None, seed=1,
-                           with_weights=_USE_WEIGHTS.value)
+                           with_weights=use_weights)
 
 
-def _make_optimizer(name: str) -> keras.optimizers.Optimizer:
-  if name in config_lib.OPTIMIZERS:
+def _make_optimizer(name: str) -> Any:
+  import tf_keras as keras  # pylint: disable=g-import-not-at-top
+  from escm2_tf import optimizers  # pylint: disable=g-import-not-at-top
+  if name in optimizers.OPTIMIZERS:
     return optimizers.make_optimizer(name, 1e-3)
   if name == "adam_no_xla":
     return keras.optimizers.Adam(1e-3, jit_compile=False)
@@ -132,59 +159,73 @@ def _cpu_seconds() -> float:
   return usage.ru_utime + usage.ru_stime
 
 
-class _EpochTimer(keras.callbacks.Callback):
-  """Wall and CPU seconds of every epoch.
+def _epoch_timer() -> Any:
+  """A callback keeping the wall and CPU seconds of every epoch.
 
   On a shared machine the wall time also counts other processes; the CPU
   time (all threads of this process) does not.
   """
+  import tf_keras as keras  # pylint: disable=g-import-not-at-top
 
-  def __init__(self):
-    super().__init__()
-    self.seconds, self.cpu_seconds = [], []
+  class EpochTimer(keras.callbacks.Callback):
 
-  def on_epoch_begin(self, epoch, logs=None):
-    self._start, self._cpu_start = time.perf_counter(), _cpu_seconds()
+    def __init__(self):
+      super().__init__()
+      self.seconds, self.cpu_seconds = [], []
 
-  def on_epoch_end(self, epoch, logs=None):
-    self.seconds.append(time.perf_counter() - self._start)
-    self.cpu_seconds.append(_cpu_seconds() - self._cpu_start)
+    def on_epoch_begin(self, epoch, logs=None):
+      self._start, self._cpu_start = time.perf_counter(), _cpu_seconds()
+
+    def on_epoch_end(self, epoch, logs=None):
+      self.seconds.append(time.perf_counter() - self._start)
+      self.cpu_seconds.append(_cpu_seconds() - self._cpu_start)
+
+  return EpochTimer()
 
 
 def main(argv):
   del argv
+  try:
+    settings = _FLAGS.build(StepFlags)
+  except options.ConfigError as e:
+    return tool.fail(_PROGRAM, flagbind.error_line(e))
+  # pylint: disable=g-import-not-at-top
+  from escm2_tf import model as model_lib
+  from escm2_tf.bench import synthetic
+  # pylint: enable=g-import-not-at-top
   rng = np.random.default_rng(0)
-  vocabularies = synthetic.vocabularies(_VOCAB_SCALE.value)
+  vocabularies = synthetic.vocabularies(settings.vocab_scale)
   model_config = config_lib.ModelConfig(
-      embedding_dim=_EMBEDDING_DIM.value, backbone=_BACKBONE.value,
-      num_experts=_NUM_EXPERTS.value, expert_units=(_EXPERT_UNITS.value,),
-      use_weights=_USE_WEIGHTS.value)
+      embedding_dim=settings.embedding_dim, backbone=settings.backbone,
+      num_experts=settings.num_experts, expert_units=(settings.expert_units,),
+      use_weights=settings.use_weights)
   model = model_lib.build_model(model_config, config_lib.LossConfig(
-      loss=_LOSS.value), vocabularies, seed=0)
-  model.compile(optimizer=_make_optimizer(_OPTIMIZER.value),
-                steps_per_execution=_STEPS_PER_EXECUTION.value)
+      loss=settings.loss), vocabularies, seed=0)
+  model.compile(optimizer=_make_optimizer(settings.optimizer),
+                steps_per_execution=settings.steps_per_execution)
   with tempfile.TemporaryDirectory() as directory:
-    dataset = (_memory_dataset(vocabularies, _BATCH_SIZE.value, rng)
-               if _INPUT.value == "memory" else
-               _tfrecord_dataset(vocabularies, _BATCH_SIZE.value, rng,
-                                 directory))
-    timer = _EpochTimer()
-    model.fit(dataset, epochs=2, steps_per_epoch=_STEPS.value, verbose=0,
+    dataset = (_memory_dataset(vocabularies, settings.batch_size, rng)
+               if settings.input == "memory" else
+               _tfrecord_dataset(vocabularies, settings.batch_size, rng,
+                                 directory, settings.use_weights))
+    timer = _epoch_timer()
+    model.fit(dataset, epochs=2, steps_per_epoch=settings.steps, verbose=0,
               callbacks=[timer])
   rows = sum(v.size for v in vocabularies.values())
   seconds = timer.seconds[-1]
-  print(f"input={_INPUT.value} loss={_LOSS.value} backbone={_BACKBONE.value} "
-        f"batch={_BATCH_SIZE.value} embedding={_EMBEDDING_DIM.value} "
-        f"experts={_NUM_EXPERTS.value}x{_EXPERT_UNITS.value} "
-        f"optimizer={_OPTIMIZER.value} "
+  print(f"input={settings.input} loss={settings.loss} backbone={settings.backbone} "
+        f"batch={settings.batch_size} embedding={settings.embedding_dim} "
+        f"experts={settings.num_experts}x{settings.expert_units} "
+        f"optimizer={settings.optimizer} "
         f"vocabulary_rows={rows} threads={os.cpu_count()}")
   cpu_seconds = timer.cpu_seconds[-1]
-  print(f"{_STEPS.value} steps in {seconds:.2f} s: "
-        f"{1000 * seconds / _STEPS.value:.2f} ms/step, "
-        f"{_STEPS.value * _BATCH_SIZE.value / seconds:,.0f} examples/s; "
-        f"CPU {1000 * cpu_seconds / _STEPS.value:.2f} ms/step "
+  print(f"{settings.steps} steps in {seconds:.2f} s: "
+        f"{1000 * seconds / settings.steps:.2f} ms/step, "
+        f"{settings.steps * settings.batch_size / seconds:,.0f} examples/s; "
+        f"CPU {1000 * cpu_seconds / settings.steps:.2f} ms/step "
         f"({cpu_seconds / seconds:.2f} cores busy)")
+  return 0
 
 
 if __name__ == "__main__":
-  app.run(main)
+  tool.run_script(main, _PROGRAM, _FLAGS, __doc__)

@@ -41,6 +41,8 @@ _NOISE = re.compile(
 _LIBRARY_LOGGERS = ("tensorflow", "absl", "apache_beam", "h5py")
 # Warnings libraries log through the root logger, which has no name to mute.
 _ROOT_NOISE = ("apitools not found",)
+# Set by a quiet tool for the Python processes it starts.
+QUIET_ENV = "ESCM2_QUIET_TENSORFLOW"
 
 
 def _wanted(record: logging.LogRecord) -> bool:
@@ -60,7 +62,15 @@ def configure(verbosity: int) -> None:
     # On the handlers, which every record reaches whatever its logger's level.
     for handler in logging.getLogger().handlers:
       handler.addFilter(_wanted)
-    _quiet_tensorflow_import()
+    # Processes the tool spawns (the benchmarks' parts) inherit it, and
+    # escm2_tf's import installs the filter there before they load anything.
+    os.environ[QUIET_ENV] = "1"
+    quiet_tensorflow_import()
+  else:
+    # A verbose tool started by a quiet one shows everything too.
+    os.environ.pop(QUIET_ENV, None)
+    sys.meta_path[:] = [finder for finder in sys.meta_path
+                        if not isinstance(finder, _QuietTensorFlowFinder)]
 
 
 @contextlib.contextmanager
@@ -114,7 +124,7 @@ class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
     return spec
 
 
-def _quiet_tensorflow_import() -> None:
+def quiet_tensorflow_import() -> None:
   """The next ``import tensorflow`` (by anyone) drops the noise lines.
 
   A tool's code imports TensorFlow wherever it first needs it (after its

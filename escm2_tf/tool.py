@@ -108,16 +108,34 @@ class Tool:
     except flags.Error as error:
       sys.exit(fail(self.program, flagbind.usage_error(error)))
 
-  def run(self) -> None:
-    """The console script: defines the flags, parses, runs ``main``."""
-    self.binding.define()
+  def run(self, main: Callable[[list[str]], int | None] | None = None
+          ) -> None:
+    """The console script: defines the flags, parses, runs ``main``.
 
-    def guarded(argv: list[str]) -> int:
+    Args:
+      main: What runs once the flags are parsed; ``Tool.main`` by default.
+        A script whose ``main(argv)`` builds its own settings passes it
+        (``run_script``).
+    """
+    self.binding.define()
+    main = main or self.main
+
+    def guarded(argv: list[str]) -> int | None:
       # Here, not in the parser: app.run resets absl's logger after parsing.
       console.configure(flags.FLAGS["verbosity"].value)
       try:
-        return self.main(argv)
+        return main(argv)
       except KeyboardInterrupt:
         return fail(self.program, self.interrupted, INTERRUPTED)
 
     app.run(guarded, flags_parser=self.parse)
+
+
+def run_script(main: Callable[[list[str]], int | None], program: str,
+               binding: flagbind.Binding, doc: str) -> None:
+  """``Tool.run`` for a script whose ``main(argv)`` builds its own settings.
+
+  ``main`` reads ``binding`` (``binding.build``) and reports a
+  ``ConfigError`` with ``fail(program, flagbind.error_line(error))``.
+  """
+  Tool(program, doc, binding, build=lambda _: None, body=main).run(main)

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The demo behind `make demo`, from raw logs to an evaluated SavedModel:
+# The demo behind `make demo`, from raw logs to evaluated SavedModels:
 #   1. escm2-synth     simulated Ali-CCP logs plus the true rates behind them
 #   2. escm2-convert   raw logs -> TFRecords and vocabularies (train and test)
-#   3. escm2-train     ESCM2-DR with configs/demo.flags, exported at the end
-#   4. escm2-evaluate  the export, scored against the simulator's ground truth
+#   3. escm2-train     the estimator chosen below, with configs/demo.flags
+#   4. escm2-train     ESMM, the same way on the same data, for comparison
+#   5. escm2-evaluate  both exports, scored against the simulator's ground truth
 #
 #   bash scripts/demo.sh [OUTPUT_DIR]     (default: demo_output)
 #
@@ -17,18 +18,41 @@ out="${1:-demo_output}"
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 num_train="${DEMO_NUM_TRAIN:-200000}"
 num_test="${DEMO_NUM_TEST:-50000}"
+# The estimator the committed study finds least biased (an escm2-train
+# --loss value): ESCM2-DR keeps the smallest share of ESMM's entire-space CVR
+# bias in 4 of the study's 5 regimes (docs/results.md, column "better / ESMM
+# mean |bias|"; docs/study/study.md). A study of more estimators may name
+# another.
+estimator="dr"
 
 step() {
   printf '\n==== [%4ss] %s\n' "${SECONDS}" "$*"
 }
 
-step "1/4 Simulating ${num_train} training and ${num_test} test impressions" \
+# train LOSS MODEL_DIR EXPORT_DIR
+train() {
+  escm2-train --flagfile="${repo}/configs/demo.flags" --loss="$1" \
+    --train_data="${out}/data/train/*.tfrecord.gz" \
+    --eval_data="${out}/data/test/*.tfrecord.gz" \
+    --vocab_dir="${out}/data/train/vocab" \
+    --ground_truth="${out}/raw/ground_truth_test.csv" \
+    --model_dir="$2" --export_dir="$3"
+}
+
+# evaluate EXPORT_DIR OUTPUT_JSON
+evaluate() {
+  escm2-evaluate --data="${out}/data/test/*.tfrecord.gz" \
+    --saved_model="$1" --ground_truth="${out}/raw/ground_truth_test.csv" \
+    --output="$2"
+}
+
+step "1/5 Simulating ${num_train} training and ${num_test} test impressions" \
   "into ${out}/raw"
 escm2-synth --output_dir="${out}/raw" --num_train="${num_train}" \
   --num_test="${num_test}" --seed=0
 
 for split in train test; do
-  step "2/4 Converting the ${split} split into ${out}/data/${split}"
+  step "2/5 Converting the ${split} split into ${out}/data/${split}"
   # The converter refuses a non-empty output directory.
   rm -rf "${out}/data/${split}"
   escm2-convert --input_format=aliccp \
@@ -37,40 +61,47 @@ for split in train test; do
     --output_dir="${out}/data/${split}"
 done
 
-step "3/4 Training ESCM2-DR with configs/demo.flags into ${out}/model"
-escm2-train --flagfile="${repo}/configs/demo.flags" \
-  --train_data="${out}/data/train/*.tfrecord.gz" \
-  --eval_data="${out}/data/test/*.tfrecord.gz" \
-  --vocab_dir="${out}/data/train/vocab" \
-  --ground_truth="${out}/raw/ground_truth_test.csv" \
-  --model_dir="${out}/model" --export_dir="${out}/export"
+step "3/5 Training --loss=${estimator} with configs/demo.flags into" \
+  "${out}/model"
+train "${estimator}" "${out}/model" "${out}/export"
 
-step "4/4 Evaluating the newest export in ${out}/export against the ground truth"
-escm2-evaluate --data="${out}/data/test/*.tfrecord.gz" \
-  --saved_model="${out}/export" \
-  --ground_truth="${out}/raw/ground_truth_test.csv" \
-  --output="${out}/evaluation.json"
+step "4/5 Training ESMM the same way into ${out}/esmm/model"
+train esmm "${out}/esmm/model" "${out}/esmm/export"
+
+step "5/5 Evaluating the newest exports against the ground truth"
+evaluate "${out}/export" "${out}/evaluation.json"
+evaluate "${out}/esmm/export" "${out}/esmm/evaluation.json"
 
 step "Done"
-python3 - "${out}/evaluation.json" <<'EOF'
+python3 - "${estimator}" "${out}/evaluation.json" \
+  "${out}/esmm/evaluation.json" <<'EOF'
 import json
 import sys
 
-with open(sys.argv[1]) as f:
+NAMES = {"naive": "naive", "esmm": "ESMM", "ipw": "ESCM2-IPW",
+         "dr": "ESCM2-DR", "dr_jl": "DR-JL", "mrdr": "MRDR"}
+name = NAMES.get(sys.argv[1], sys.argv[1])
+with open(sys.argv[2]) as f:
   m = json.load(f)
+with open(sys.argv[3]) as f:
+  esmm = json.load(f)
 print(f"Test impressions {m['count']:.0f}, clicks {m['clicks']:.0f}, "
       f"conversions {m['conversions']:.0f}.")
-print(f"AUC: CTR {m['auc_ctr']:.4f}, CVR on clicks {m['auc_cvr']:.4f}, "
-      f"CTCVR {m['auc_ctcvr']:.4f}; CVR against the true post-click "
-      f"conversion of every impression {m['auc_cvr_truth']:.4f}.")
-print(f"Mean pCVR over all impressions minus the true mean CVR "
-      f"({m['true_cvr_mean']:.4f}): {m['cvr_bias']:+.4f} "
-      f"(on clicked impressions: {m['cvr_bias_clicked']:+.4f}).")
-print(f"Calibration, mean prediction / mean label (/ expected label): "
-      f"CTR {m['calibration_ctr']:.3f} ({m['calibration_ctr_truth']:.3f}), "
-      f"CVR on clicks {m['calibration_cvr']:.3f} "
-      f"({m['calibration_cvr_truth']:.3f}), CTCVR "
+print(f"{name}: AUC: CTR {m['auc_ctr']:.4f}, CVR on clicks "
+      f"{m['auc_cvr']:.4f}, CTCVR {m['auc_ctcvr']:.4f}; CVR against the true "
+      f"post-click conversion of every impression {m['auc_cvr_truth']:.4f}.")
+print(f"{name}: calibration, mean prediction / mean label (/ expected "
+      f"label): CTR {m['calibration_ctr']:.3f} "
+      f"({m['calibration_ctr_truth']:.3f}), CVR on clicks "
+      f"{m['calibration_cvr']:.3f} ({m['calibration_cvr_truth']:.3f}), CTCVR "
       f"{m['calibration_ctcvr']:.3f} ({m['calibration_ctcvr_truth']:.3f}).")
+print(f"Entire-space CVR: the true mean over all test impressions is "
+      f"{m['true_cvr_mean']:.4f}; mean pCVR and its bias:")
+for label, metrics in (("ESMM", esmm), (name, m)):
+  print(f"  {label:<10} {metrics['true_cvr_mean'] + metrics['cvr_bias']:.4f}"
+        f"  bias {metrics['cvr_bias']:+.4f} (on clicked impressions: "
+        f"{metrics['cvr_bias_clicked']:+.4f})")
 EOF
-echo "Model: ${out}/model (TensorBoard logs in ${out}/model/logs)," \
-  "SavedModel: ${out}/export, metrics: ${out}/evaluation.json."
+echo "Models: ${out}/model and ${out}/esmm/model (TensorBoard logs in their" \
+  "logs/), SavedModels: ${out}/export and ${out}/esmm/export, metrics:" \
+  "${out}/evaluation.json and ${out}/esmm/evaluation.json."

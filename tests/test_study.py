@@ -13,6 +13,7 @@ from escm2_tf import layout
 from escm2_tf.cli import study as study_cli
 from escm2_tf.options import ConfigError
 from escm2_tf.study import datasets
+from escm2_tf.study import designs
 from escm2_tf.study import grid
 from escm2_tf.study import stats
 from escm2_tf.study import summary
@@ -138,6 +139,40 @@ class GridTest(parameterized.TestCase):
                      {grid.WEAK_CORRELATION, grid.STRONG_CORRELATION})
 
 
+class DesignTest(parameterized.TestCase):
+
+  @parameterized.parameters(*designs.DESIGNS)
+  def test_every_design_is_a_grid_that_can_run(self, name):
+    design = designs.DESIGNS[name]
+    config = grid.StudyConfig(regimes=design.regimes,
+                              estimators=design.estimators, arms=design.arms)
+    for estimator in config.estimators:
+      self.assertIn("loss", config.settings(estimator))
+
+  def test_estimator_table_compares_paper_and_paddlerec_losses(self):
+    design = designs.DESIGNS["estimator_table"]
+    config = grid.StudyConfig(regimes=design.regimes,
+                              estimators=design.estimators, arms=design.arms)
+    self.assertEqual(config.settings("dr_paddlerec"),
+                     {"loss": "dr", "compat": "paddlerec"})
+    self.assertEqual(config.settings("dr"), {"loss": "dr"})
+
+  def test_parses_an_arm(self):
+    arm = designs.parse_arm("mc5:min_count=5,loss=ipw,self_normalized=true")
+    self.assertEqual(arm, grid.Arm("mc5", (("min_count", 5), ("loss", "ipw"),
+                                           ("self_normalized", True))))
+
+  @parameterized.parameters(
+      ("a:min_count", "not field=value"),
+      ("a:min_count=0", "min_count: must be an integer >= 1"),
+      ("a:seed=3", "seed is set by the study"),
+      ("a:bogus=1", "bogus: is not a field"),
+      ("a b:min_count=5", "arm name"))
+  def test_bad_arm_spec(self, spec, message):
+    with self.assertRaisesRegex(ConfigError, f"^arm: .*{message}"):
+      designs.parse_arm(spec)
+
+
 def _run_cli(**overrides):
   return testing.run_main(study_cli.TOOL, **overrides)
 
@@ -149,9 +184,11 @@ class StudyCliTest(parameterized.TestCase):
       (dict(seeds=["0", "x"]),
        "--seeds: expected comma-separated integers, got '0,x'"),
       (dict(estimators=["esmm", "bogus"]),
-       "--estimators: must be one of naive, esmm"),
+       "--estimators: unknown estimator 'bogus'"),
       (dict(regime=["r:ctr=0.2,cvr=0.2"]),
-       "--regime: 'r:ctr=0.2,cvr=0.2': missing corr"))
+       "--regime: 'r:ctr=0.2,cvr=0.2': missing corr"),
+      (dict(arm=["mc:min_count=x"]), "--arm: 'mc:min_count=x': arm mc: "),
+      (dict(design="nope"), "--design"))
   def test_bad_grid_is_one_line_and_writes_nothing(self, overrides, message):
     root = testing.new_dir()
     output_dir = os.path.join(root, "out")
@@ -199,6 +236,31 @@ class StudyCliTest(parameterized.TestCase):
     self.assertEqual(status, 0)
     self.assertIn("4 already in", stdout)
     self.assertIn("0 to train", stdout)
+
+  def test_an_arm_trains_with_its_settings_and_resumes(self):
+    root = testing.new_dir()
+    output_dir = os.path.join(root, "out")
+    settings = dict(work_dir=os.path.join(root, "work"),
+                    output_dir=output_dir, regime=[_TINY], seeds=["0", "1"],
+                    estimators=["esmm"], arm=["mc3:min_count=3"])
+    status, stdout, stderr = _run_cli(**settings)
+    self.assertEqual(status, 0, stderr)
+    self.assertRegex(stdout, r"\[4/4\] tiny seed 1 mc3: ")
+    with open(os.path.join(output_dir, "study.json")) as f:
+      results = json.load(f)
+    self.assertEqual(results["grid"]["estimators"], ["esmm", "mc3"])
+    by_estimator = {run["estimator"]: run["settings"]
+                    for run in results["runs"]}
+    self.assertEqual(by_estimator, {"esmm": {"loss": "esmm"},
+                                    "mc3": {"loss": "esmm", "min_count": 3}})
+    with open(os.path.join(output_dir, "study.md")) as f:
+      self.assertIn("| tiny | mc3 |", f.read())
+    status, stdout, _ = _run_cli(**settings)
+    self.assertIn("4 already in", stdout)
+    # Other settings under the same name are other runs.
+    status, stdout, _ = _run_cli(**{**settings, "arm": ["mc3:min_count=4"]})
+    self.assertEqual(status, 0)
+    self.assertIn("2 already in", stdout)
 
 
 class DatasetsTest(absltest.TestCase):

@@ -8,6 +8,7 @@ own data. Nothing here imports TensorFlow.
 """
 
 import dataclasses
+from typing import Sequence
 
 from absl import flags
 
@@ -47,6 +48,28 @@ def _line_of(path: str, text: str) -> int:
   return 0
 
 
+def _train_binding() -> flagbind.Binding:
+  """``escm2-train``'s flags, apart from the process's own."""
+  return flagbind.Binding(*flagbind.TRAIN_SECTIONS,
+                          flag_values=flags.FlagValues()).define()
+
+
+def experiment_config(args: Sequence[str]) -> config_lib.ExperimentConfig:
+  """The config of an ``escm2-train`` command line (``--flagfile=``, ...).
+
+  Raises:
+    ValueError: A flag that does not parse or a value the config refuses.
+  """
+  binding = _train_binding()
+  try:
+    binding.flag_values(["escm2-train", *args])
+    return binding.build(config_lib.ExperimentConfig)
+  except flags.Error as e:
+    raise ValueError(flagbind.usage_error(e)) from None
+  except config_lib.ConfigError as e:
+    raise ValueError(flagbind.error_line(e)) from None
+
+
 def flagfile_path(name_or_path: str) -> str:
   """The file of a shipped config's name (``paddlerec``), else the path."""
   if name_or_path in configs.names():
@@ -68,12 +91,10 @@ def hparams_from_flagfile(path: str) -> HParams:
   path = flagfile_path(path)
   with open(path, encoding="utf-8"):
     pass
-  flag_values = flags.FlagValues()
-  binding = flagbind.Binding(*flagbind.TRAIN_SECTIONS,
-                             flag_values=flag_values).define()
+  binding = _train_binding()
   try:
-    unknown = flag_values(["hparams", f"--flagfile={path}"],
-                          known_only=True)[1:]
+    unknown = binding.flag_values(["hparams", f"--flagfile={path}"],
+                                  known_only=True)[1:]
     train = {**binding.values(config_lib.TrainerConfig),
              **binding.values(config_lib.RuntimeConfig)}
     model = binding.build(config_lib.ModelConfig)

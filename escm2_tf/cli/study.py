@@ -13,9 +13,17 @@ matplotlib). A line per finished run shows its numbers and the ETA. A study
 that is interrupted resumes: runs already in ``study.json`` are skipped and
 finished datasets in ``--work_dir`` are reused.
 
-Regimes are ``--regime=NAME:ctr=..,cvr=..,corr=..,train=..,test=..``
-(repeatable); without, the default design (``escm2_tf.study.grid``). A grid
-that cannot run exits with status 2 and one line, before writing anything.
+``--design=NAME`` picks regimes and estimators (escm2_tf.study.designs):
+``default``, ``estimator_table`` (ESMM, naive, IPW and DR with the paper's
+and PaddleRec's losses on 1M impressions), ``propensity_sweep`` (ESMM with
+``min_count`` 1, 100 and 20). ``--regime=NAME:ctr=..,cvr=..,corr=..,train=..,
+test=..`` (repeatable) replaces the design's regimes, ``--estimators`` its
+estimators; ``--arm=NAME:field=value,...`` (repeatable) adds an estimator
+with ExperimentConfig settings of its own (by flag name). A grid that
+cannot run exits with status 2 and one line, before writing anything.
+
+  escm2-study --design=propensity_sweep --work_dir=/tmp/ps \
+      --output_dir=/tmp/ps/out
 """
 
 import dataclasses
@@ -27,6 +35,7 @@ from escm2_tf import options
 from escm2_tf import tool
 from escm2_tf.options import ConfigError
 from escm2_tf.options import option
+from escm2_tf.study import designs
 from escm2_tf.study import grid
 
 _PROGRAM = "escm2-study"
@@ -41,17 +50,24 @@ class StudyFlags:
   Attributes:
     work_dir: Datasets and model directories (reused on resume).
     output_dir: Where study.json, study.md and the figures go.
+    design: The regimes and estimators to run (escm2_tf.study.designs).
     regime: NAME:ctr=F,cvr=F,corr=F,train=N,test=N; repeatable. Default: the
-      design of escm2_tf.study.grid.DEFAULT_REGIMES.
+      design's.
     seeds: Seeds (simulator and training); at least 2.
-    estimators: LossConfig.loss values to compare.
+    estimators: LossConfig.loss values or --arm names to compare. Default:
+      the design's.
+    arm: NAME:field=value,... of ExperimentConfig fields (flag names), an
+      estimator of its own; repeatable.
     resume: Skip runs already in OUTPUT_DIR/study.json.
   """
   work_dir: str = option("", group="data")
   output_dir: str = option("", group="output")
+  design: str = option("default", choices=tuple(designs.DESIGNS),
+                       group="data")
   regime: tuple[str, ...] = option((), group="data", repeatable=True)
   seeds: tuple[int, ...] = option(grid.DEFAULT_SEEDS, group="data")
-  estimators: tuple[str, ...] = option(tuple(grid.ESTIMATORS), group="loss")
+  estimators: tuple[str, ...] = option((), group="loss")
+  arm: tuple[str, ...] = option((), group="loss", repeatable=True)
   resume: bool = option(True, group="output")
 
   def __post_init__(self):
@@ -62,10 +78,16 @@ class StudyFlags:
 
 
 def _config(settings: StudyFlags) -> grid.StudyConfig:
+  design = designs.DESIGNS[settings.design]
   regimes = (tuple(grid.parse_regime(spec) for spec in settings.regime)
-             or grid.DEFAULT_REGIMES)
-  return grid.StudyConfig(regimes=regimes, seeds=tuple(settings.seeds),
-                          estimators=tuple(settings.estimators))
+             or design.regimes)
+  arms = tuple(designs.parse_arm(spec) for spec in settings.arm)
+  estimators = settings.estimators or (
+      () if settings.arm else design.estimators)
+  return grid.StudyConfig(
+      regimes=regimes, seeds=tuple(settings.seeds),
+      estimators=(*estimators, *(arm.name for arm in arms)),
+      arms=(*arms, *design.arms))
 
 
 def _settings(binding: flagbind.Binding

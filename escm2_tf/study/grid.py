@@ -1,5 +1,10 @@
 """What a study runs: regimes of the simulator, seeds and estimators.
 
+An estimator is a ``LossConfig.loss`` value trained with the library's
+defaults, or an ``Arm``: a name for ``ExperimentConfig`` settings that
+differ from the defaults
+(``escm2_tf.study.designs`` holds the named designs that use them).
+
 A regime fixes the simulator's click rate, post-click conversion rate, the
 correlation of click and conversion propensities, and the data sizes. The
 default design varies one factor at a time around a base regime in which the
@@ -35,21 +40,43 @@ class Regime:
     name: Names the regime in the outputs (letters, digits, ``_.-``).
     ctr: The simulator's mean click probability.
     cvr: Its mean conversion probability among clicks.
-    correlation: ``SimulatorConfig.click_conversion_correlation``.
+    correlation: ``SimulatorConfig.click_conversion_correlation`` (None:
+      the simulator's own, about 0.66 between the logits).
     num_train: Training impressions.
     num_test: Test impressions (the scored set).
   """
   name: str
   ctr: float
   cvr: float
-  correlation: float
+  correlation: float | None
   num_train: int
   num_test: int
 
   def describe(self) -> str:
     return (f"CTR {self.ctr:.0%}, CVR {self.cvr:.0%}, correlation "
-            f"{self.correlation:g}, {self.num_train:,} train / "
-            f"{self.num_test:,} test impressions")
+            f"{correlation_text(self.correlation)}, {self.num_train:,} train "
+            f"/ {self.num_test:,} test impressions")
+
+
+def correlation_text(correlation: float | None) -> str:
+  return "natural" if correlation is None else f"{correlation:g}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+  """A named estimator: settings that differ from the library's defaults.
+
+  Attributes:
+    name: Names it in the outputs (letters, digits, ``_.-``).
+    settings: ``(field, value)`` pairs of ``ExperimentConfig`` fields by
+      their flag names (not the paths or the seed, which the study sets);
+      ``loss`` defaults to ``esmm``.
+  """
+  name: str
+  settings: tuple[tuple[str, Any], ...] = ()
+
+  def to_dict(self) -> dict[str, Any]:
+    return {"name": self.name, "settings": dict(self.settings)}
 
 
 # Sizes: the low-rate regimes get more impressions (about 200 or more
@@ -104,22 +131,31 @@ class StudyConfig:
     regimes: The simulated worlds.
     seeds: Seeds of the simulator and of the training (weights, order);
       every (regime, seed) is one dataset shared by the estimators.
-    estimators: ``LossConfig.loss`` values, each trained with the library's
-      defaults otherwise.
+    estimators: Names of ``arms``, or ``LossConfig.loss`` values, each
+      trained with the library's defaults otherwise.
+    arms: The estimators that are not a bare loss.
   """
   regimes: tuple[Regime, ...] = DEFAULT_REGIMES
   seeds: tuple[int, ...] = DEFAULT_SEEDS
   estimators: tuple[str, ...] = ESTIMATORS
+  arms: tuple[Arm, ...] = ()
 
   def __post_init__(self):
-    object.__setattr__(self, "regimes", tuple(self.regimes))
-    object.__setattr__(self, "seeds", tuple(self.seeds))
-    object.__setattr__(self, "estimators", tuple(self.estimators))
+    for name in ("regimes", "seeds", "estimators", "arms"):
+      object.__setattr__(self, name, tuple(getattr(self, name)))
     check(self)
+
+  def settings(self, estimator: str) -> dict[str, Any]:
+    """The config fields ``estimator`` sets (a bare loss: ``loss``)."""
+    for arm in self.arms:
+      if arm.name == estimator:
+        return {"loss": "esmm", **dict(arm.settings)}
+    return {"loss": estimator}
 
   def to_dict(self) -> dict[str, Any]:
     return {"regimes": [dataclasses.asdict(r) for r in self.regimes],
-            "seeds": list(self.seeds), "estimators": list(self.estimators)}
+            "seeds": list(self.seeds), "estimators": list(self.estimators),
+            "arms": [arm.to_dict() for arm in self.arms]}
 
 
 def _duplicates(values: Sequence[Any]) -> list[Any]:
@@ -143,8 +179,13 @@ def check(config: StudyConfig) -> None:
       raise ConfigError(name, f"repeated {', '.join(map(str, repeated))}")
   for seed in config.seeds:
     options.check_range("seeds", seed, minimum=0, integer=True)
+  arms = {arm.name for arm in config.arms}
   for estimator in config.estimators:
-    options.check_choice("estimators", estimator, config_lib.LOSSES)
+    if estimator not in config_lib.LOSSES and estimator not in arms:
+      raise ConfigError("estimators", f"unknown estimator {estimator!r}; "
+                        f"known: {', '.join(config_lib.LOSSES)}")
+  for arm in config.arms:
+    check_arm(arm)
   for regime in config.regimes:
     _check_regime(regime)
 
@@ -167,3 +208,25 @@ def _check_regime(regime: Regime) -> None:
         REGIME, f"{regime.name}: about {expected:.0f} training conversions "
         f"expected ({regime.num_train:,} x CTR {regime.ctr} x CVR "
         f"{regime.cvr}); at least 20 are needed to train a CVR tower")
+
+
+# What the study sets itself, so no arm may.
+_STUDY_FIELDS = ("train_data", "eval_data", "vocab_dir", "model_dir",
+                 "ground_truth", "seed", "export_dir")
+
+
+def check_arm(arm: Arm) -> None:
+  """Raises ConfigError (``arm``) if the config refuses the arm's settings."""
+  if not _NAME.match(arm.name):
+    raise ConfigError("arm", f"arm name {arm.name!r}: letters, digits or _.- "
+                      "only")
+  settings = {"loss": "esmm", **dict(arm.settings)}
+  for field in settings:
+    if field in _STUDY_FIELDS:
+      raise ConfigError("arm", f"arm {arm.name}: {field} is set by the study")
+  try:
+    config_lib.ExperimentConfig.create(
+        train_data="-", eval_data="-", vocab_dir="-", model_dir="-",
+        **settings)
+  except ConfigError as error:
+    raise ConfigError("arm", f"arm {arm.name}: {error}") from None

@@ -14,8 +14,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from escm2_tf.study import grid as grid_lib
+
 NAMES = {"naive": "naive", "esmm": "ESMM", "ipw": "ESCM2-IPW",
-         "dr": "ESCM2-DR"}
+         "dr": "ESCM2-DR", "ipw_paddlerec": "ESCM2-IPW (PaddleRec)",
+         "dr_paddlerec": "ESCM2-DR (PaddleRec)"}
 BIAS_COLUMNS = ("cvr_bias", "abs_cvr_bias", "cvr_bias_clicked",
                 "calibration_cvr")
 QUALITY_COLUMNS = ("auc_cvr", "auc_cvr_truth", "auc_ctr", "auc_ctr_oracle",
@@ -65,7 +68,7 @@ def markdown(results: Mapping[str, Any]) -> str:
     data = runs[0]["data"] if runs else {}
     train, test = data.get("train", {}), data.get("test", {})
     rows.append([regime["name"], f"{regime['ctr']:g}", f"{regime['cvr']:g}",
-                 f"{regime['correlation']:g}",
+                 grid_lib.correlation_text(regime["correlation"]),
                  f"{regime['num_train']:,}", str(train.get("clicks", "")),
                  str(train.get("conversions", "")),
                  f"{regime['num_test']:,}",
@@ -160,7 +163,7 @@ def write_figures(results: Mapping[str, Any], directory: str) -> list[str]:
   for regime in grid["regimes"]:
     name = regime["name"]
     panels[f"{name}: CTR {regime['ctr']:g}, CVR {regime['cvr']:g}, "
-           f"corr {regime['correlation']:g}"] = {
+           f"corr {grid_lib.correlation_text(regime['correlation'])}"] = {
                _name(e): summary["metrics"][name][e]["cvr_bias"]
                for e in grid["estimators"]}
   figure = plotting.plot_intervals(

@@ -1,8 +1,9 @@
 """Runs a study: every estimator on every (regime, seed), with the defaults.
 
 Each run calls ``training.train`` with an ``ExperimentConfig`` at its
-defaults except the paths, the seed and the loss:
-the study measures what a user of the library gets, not a tuned model. After
+defaults except the paths, the seed and the estimator's settings (its loss,
+or an arm's fields): the study measures what a user of the library gets, not
+a tuned model. After
 training, the test set is scored once more to bin pCTR and pCVR against the
 true probabilities (the reliability curves of the report).
 
@@ -67,14 +68,21 @@ def _reliability(model: keras.Model, dataset: datasets.Dataset,
   return out
 
 
-def train_one(dataset: datasets.Dataset, estimator: str, seed: int,
-              model_dir: str) -> dict[str, Any]:
-  """One estimator on one dataset with the library's defaults."""
+def train_one(dataset: datasets.Dataset, settings: dict[str, Any],
+              seed: int, model_dir: str) -> dict[str, Any]:
+  """One estimator on one dataset with the library's defaults otherwise.
+
+  Args:
+    dataset: The files to train and score on.
+    settings: The estimator's config fields (``StudyConfig.settings``).
+    seed: Seeds the weights and the order.
+    model_dir: Where it trains (removed afterwards).
+  """
   shutil.rmtree(model_dir, ignore_errors=True)
   config = config_lib.ExperimentConfig.create(
       train_data=dataset.train_data, eval_data=dataset.eval_data,
       vocab_dir=dataset.vocab_dir, model_dir=model_dir,
-      ground_truth=dataset.ground_truth, seed=seed, loss=estimator)
+      ground_truth=dataset.ground_truth, seed=seed, **settings)
   keep = _KeepModel()
   started = time.monotonic()
   result = training.train(config, callbacks=[keep], verbose=0)
@@ -106,9 +114,13 @@ def _load(path: str, config: grid.StudyConfig) -> dict[str, dict[str, Any]]:
   kept = {}
   for run in runs:
     regime = regimes.get(run.get("regime"))
+    estimator = run.get("estimator")
     if (regime is not None and run.get("seed") in config.seeds
-        and run.get("estimator") in config.estimators
-        and run.get("regime_settings") == dataclasses.asdict(regime)):
+        and estimator in config.estimators
+        and run.get("regime_settings") == dataclasses.asdict(regime)
+        # Runs written before arms existed trained a bare loss.
+        and run.get("settings", {"loss": estimator})
+        == config.settings(estimator)):
       kept[run_key(regime, run["seed"], run["estimator"])] = run
   return kept
 
@@ -161,9 +173,11 @@ def run_study(config: grid.StudyConfig, work_dir: str, output_json: str,
           regime, seed, os.path.join(work_dir, "data", regime.name,
                                      f"seed{seed}"))
       for estimator in missing:
-        record = train_one(dataset, estimator, seed, os.path.join(
+        settings = config.settings(estimator)
+        record = train_one(dataset, settings, seed, os.path.join(
             work_dir, "models", regime.name, f"seed{seed}", estimator))
         record.update(regime=regime.name, seed=seed, estimator=estimator,
+                      settings=settings,
                       regime_settings=dataclasses.asdict(regime),
                       data=dataset.summary)
         runs[run_key(regime, seed, estimator)] = record
