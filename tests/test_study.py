@@ -120,7 +120,7 @@ class GridTest(parameterized.TestCase):
       (dict(seeds=(0,)), "seeds", "at least 2 seeds"),
       (dict(seeds=(0, 0)), "seeds", "repeated 0"),
       (dict(seeds=(0, -1)), "seeds", "integer >= 0"),
-      (dict(estimators=("esmm", "mmoe")), "estimators", "must be one of"),
+      (dict(estimators=("esmm", "mmoe")), "estimators", "unknown estimator"),
       (dict(regimes=()), "regime", "at least one"),
       (dict(regimes=(grid.Regime("r", 0.01, 0.01, 0.5, 1000, 100),)),
        "regime", "training conversions"),
