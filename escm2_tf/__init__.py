@@ -32,4 +32,4 @@ _select_legacy_keras()
 if os.environ.get("ESCM2_QUIET_TENSORFLOW") == "1":
   # A process a quiet tool started (escm2_tf.console.QUIET_ENV).
   from escm2_tf import console  # pylint: disable=g-import-not-at-top
-  console.quiet_tensorflow_import()
+  console.quiet_child()

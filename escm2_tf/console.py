@@ -124,6 +124,19 @@ class _QuietTensorFlowFinder(importlib.abc.MetaPathFinder):
     return spec
 
 
+def quiet_child() -> None:
+  """In a process a quiet tool started: its libraries' noise hidden too.
+
+  Runs at escm2_tf's import, before the process sets up any log handler, so
+  the filters go on the loggers: the root one, which libraries call directly
+  (``logging.warning``), and the libraries' own.
+  """
+  logging.getLogger().addFilter(_wanted)
+  for name in _LIBRARY_LOGGERS:
+    logging.getLogger(name).setLevel(logging.ERROR)
+  quiet_tensorflow_import()
+
+
 def quiet_tensorflow_import() -> None:
   """The next ``import tensorflow`` (by anyone) drops the noise lines.
 

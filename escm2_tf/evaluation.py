@@ -9,7 +9,8 @@ exported SavedModel are measured by the same code:
   TFRecords, to the ``serving_default`` signature, as a client would.
 
 The simulator's ground truth (``ground_truth_*.csv``) is joined by
-``sample_id``; every scored example must have exactly one ground-truth row.
+``sample_id``; every scored example must have exactly one ground-truth row,
+which logs the example's labels.
 """
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
@@ -159,20 +160,21 @@ def check_readable(file_pattern: str) -> None:
     raise ValueError(f"the files matching {file_pattern!r} hold no records")
 
 
-def read_sample_ids(file_pattern: str, batch_size: int = 4096) -> np.ndarray:
-  """The ``sample_id`` of every example, in file order."""
-  spec = {schema.SAMPLE_ID: _labels_spec()[schema.SAMPLE_ID]}
+def read_labels(file_pattern: str, batch_size: int = 4096) -> Columns:
+  """The ``sample_id`` and labels of every example, in file order."""
   dataset = tf.data.TFRecordDataset(data.list_files(file_pattern),
                                     compression_type="GZIP").batch(batch_size)
-  dataset = dataset.map(lambda serialized: tf.io.parse_example(serialized,
-                                                               spec))
+  dataset = dataset.map(lambda serialized: tf.io.parse_example(
+      serialized, _labels_spec()))
   return _concatenate(
-      {schema.SAMPLE_ID: _strings(batch[schema.SAMPLE_ID])}
-      for batch in dataset)[schema.SAMPLE_ID]
+      {schema.SAMPLE_ID: _strings(batch[schema.SAMPLE_ID]),
+       **{name: batch[name].numpy().astype(np.float32)
+          for name in schema.LABELS}}
+      for batch in dataset)
 
 
 def read_ground_truth(path: str) -> Columns:
-  """Reads a ``sample_id,p_click,p_conversion,conversion_counterfactual`` CSV.
+  """Reads a ground-truth CSV of ``layout.GROUND_TRUTH_HEADER``.
 
   Raises:
     GroundTruthError: Missing file, wrong header or a bad line (the message
@@ -204,42 +206,79 @@ def read_ground_truth(path: str) -> Columns:
           for name, values in columns.items()}
 
 
-def align_ground_truth(ground_truth: Columns, sample_ids: np.ndarray,
-                       path: str) -> Columns:
-  """Reorders the ground truth to follow ``sample_ids``.
+def align_ground_truth(ground_truth: Columns,
+                       examples: Mapping[str, np.ndarray], path: str,
+                       data_source: str = "the data") -> Columns:
+  """Reorders the ground truth to follow the examples, checking it is theirs.
 
   Ground-truth rows of examples absent from the data (e.g. rows the converter
-  rejected) are left out; a scored example without a row, or a sample_id that
-  appears twice, is an error.
+  rejected) are left out; a scored example without a row, a sample_id that
+  appears twice, or a joined row whose logged click or conversion differs
+  from the example's is an error: the ground truth then belongs to other data
+  (another split, seed or simulation).
+
+  Args:
+    ground_truth: From ``read_ground_truth``.
+    examples: ``sample_id``, ``click`` and ``conversion`` of the examples,
+      e.g. the columns of ``predict_keras_model`` or ``read_labels``.
+    path: Names the ground truth in errors.
+    data_source: Names the examples' files in errors.
+
+  Returns:
+    ``layout.GROUND_TRUTH_COLUMNS``, one row per example, in their order.
 
   Raises:
-    GroundTruthError: The ids do not match (the message names the file).
+    GroundTruthError: The ground truth is not that of the examples (the
+      message names both files).
   """
+  sample_ids = examples[schema.SAMPLE_ID]
   truth_ids = ground_truth[schema.SAMPLE_ID]
   order = np.argsort(truth_ids, kind="stable")
   sorted_ids = truth_ids[order]
   if len(sorted_ids) > 1 and np.any(sorted_ids[1:] == sorted_ids[:-1]):
     raise GroundTruthError(f"{path}: sample_id values repeat")
   if len(np.unique(sample_ids)) != len(sample_ids):
-    raise GroundTruthError(f"{path}: the data repeats sample_id values, so "
-                           "it cannot be joined with the ground truth")
+    raise GroundTruthError(f"{data_source} repeats sample_id values, so it "
+                           f"cannot be joined with {path}")
   position = np.searchsorted(sorted_ids, sample_ids)
   position = np.minimum(position, max(len(sorted_ids) - 1, 0))
   found = (sorted_ids[position] == sample_ids if len(sorted_ids)
            else np.zeros(len(sample_ids), bool))
+  mismatch = f"{path} is not the ground truth of {data_source}"
   if not np.all(found):
     missing = sample_ids[~found]
     raise GroundTruthError(
-        f"{path}: {len(missing)} of {len(sample_ids)} scored examples have no "
-        f"ground-truth row (first sample_id {str(missing[0])!r}); is it the "
-        "ground truth of this data?")
+        f"{mismatch}: {len(missing)} of {len(sample_ids)} examples have no "
+        f"row in it (first sample_id {str(missing[0])!r})")
   rows = order[position]
+  _check_labels(ground_truth, rows, examples, mismatch)
   return {name: ground_truth[name][rows]
           for name in layout.GROUND_TRUTH_COLUMNS}
 
 
+def _check_labels(ground_truth: Columns, rows: np.ndarray,
+                  examples: Mapping[str, np.ndarray], mismatch: str) -> None:
+  """Every joined row logs the example's click and conversion."""
+  differs = np.zeros(len(rows), bool)
+  for name in schema.LABELS:
+    differs |= ground_truth[name][rows] != examples[name]
+  if np.any(differs):
+    first = np.flatnonzero(differs)[0]
+    raise GroundTruthError(
+        f"{mismatch}: {int(differs.sum())} of {len(rows)} joined rows log "
+        f"other labels (first sample_id "
+        f"{str(examples[schema.SAMPLE_ID][first])!r}: click/conversion "
+        f"{_logged(examples, first)} in the data, "
+        f"{_logged(ground_truth, rows[first])} in the ground truth)")
+
+
+def _logged(columns: Mapping[str, np.ndarray], row: int) -> str:
+  return "/".join(str(int(columns[name][row])) for name in schema.LABELS)
+
+
 def compute_metrics(predictions: Columns, ground_truth: Columns | None = None,
-                    ground_truth_source: str = "ground truth"
+                    ground_truth_source: str = "ground truth",
+                    data_source: str = "the data"
                     ) -> dict[str, int | float]:
   """The exact metrics of ``metrics.evaluate_predictions`` on the columns.
 
@@ -247,14 +286,14 @@ def compute_metrics(predictions: Columns, ground_truth: Columns | None = None,
     predictions: From ``predict_keras_model`` or ``predict_saved_model``.
     ground_truth: From ``read_ground_truth``; joined by ``sample_id``.
     ground_truth_source: Names the ground truth in errors (its path).
+    data_source: Names the scored files in errors.
 
   Raises:
-    GroundTruthError: The ground truth does not cover the predictions.
+    GroundTruthError: The ground truth is not that of the predictions.
   """
   if ground_truth is not None:
-    ground_truth = align_ground_truth(ground_truth,
-                                      predictions[schema.SAMPLE_ID],
-                                      ground_truth_source)
+    ground_truth = align_ground_truth(ground_truth, predictions,
+                                      ground_truth_source, data_source)
   result = metrics_lib.evaluate_predictions(
       predictions[schema.CLICK], predictions[schema.CONVERSION],
       predictions["ctr"], predictions["cvr"], predictions["ctcvr"],

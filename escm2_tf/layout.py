@@ -11,6 +11,8 @@ A data directory, as ``escm2-synth`` then ``escm2-convert`` (or
     DIR/{split}/vocab/<field>.tsv
     DIR/{split}/stats.json
     DIR/{split}/rejected/rejected-SSSSS-of-NNNNN.tsv
+    DIR/{split}/FAILED.json                 instead of shards, vocab/ and
+                                            stats.json, after a failed run
 
 for ``split`` in ``SPLITS``. The simulator, the converter, training, the study,
 the bench and the tests all take these names from here. This module imports
@@ -35,15 +37,20 @@ VOCAB_DIR = "vocab"
 VOCAB_SUFFIX = ".tsv"
 STATS_FILE = "stats.json"
 REJECTED_DIR = "rejected"
+# Left by a conversion that failed on its rejected rows, beside them.
+FAILED_FILE = "FAILED.json"
 EXAMPLES_PREFIX = "part"
 EXAMPLES_SUFFIX = ".tfrecord.gz"
 
 # The simulator's ground truth: one row per impression, joined by sample id.
+# It repeats the impression's logged labels, so that a join with other data
+# (another split or seed) is detected: the labels of joined rows must agree.
 P_CLICK = "p_click"
 P_CONVERSION = "p_conversion"
 CONVERSION_COUNTERFACTUAL = "conversion_counterfactual"
 GROUND_TRUTH_COLUMNS = (P_CLICK, P_CONVERSION, CONVERSION_COUNTERFACTUAL)
-GROUND_TRUTH_HEADER = (schema.SAMPLE_ID,) + GROUND_TRUTH_COLUMNS
+GROUND_TRUTH_HEADER = ((schema.SAMPLE_ID,) + GROUND_TRUTH_COLUMNS
+                       + schema.LABELS)
 
 
 def raw_file_names(raw_format: str, split: str) -> dict[str, str]:
@@ -116,6 +123,11 @@ def vocabulary_file(vocab_directory: str, field: str) -> str:
 def stats_file(output_dir: str) -> str:
   """The ``stats.json`` the converter writes into ``output_dir``."""
   return os.path.join(output_dir, STATS_FILE)
+
+
+def failed_file(output_dir: str) -> str:
+  """What a failed conversion leaves in ``output_dir``: its error, stats."""
+  return os.path.join(output_dir, FAILED_FILE)
 
 
 def stats_beside(vocab_directory: str) -> str:

@@ -324,7 +324,8 @@ def _evaluate(model: keras.Model,
   ground_truth = (evaluation.read_ground_truth(config.data.ground_truth)
                   if config.data.ground_truth else None)
   metrics = evaluation.compute_metrics(predictions, ground_truth,
-                                       config.data.ground_truth)
+                                       config.data.ground_truth,
+                                       config.data.eval_data)
   metrics = evaluation.json_metrics(metrics)
   evaluation.write_json(
       os.path.join(config.trainer.model_dir, run_dir.METRICS_FILE), metrics)

@@ -156,8 +156,8 @@ def _check_ground_truth(config: config_lib.ExperimentConfig) -> None:
   try:
     evaluation.align_ground_truth(
         evaluation.read_ground_truth(config.data.ground_truth),
-        evaluation.read_sample_ids(config.data.eval_data),
-        config.data.ground_truth)
+        evaluation.read_labels(config.data.eval_data),
+        config.data.ground_truth, config.data.eval_data)
   except evaluation.GroundTruthError as e:
     raise ConfigError("ground_truth", str(e)) from None
 

@@ -15,8 +15,9 @@ without --runner on Beam's FnApiRunner, multi-processing with one worker per
 core unless --direct_running_mode says otherwise.
 
 Writes DIR/part-*.tfrecord.gz, DIR/vocab/<field>.tsv, DIR/stats.json and
-DIR/rejected/; exits non-zero when more than --max_bad_fraction of the rows
-is rejected (after writing everything).
+DIR/rejected/. When more than --max_bad_fraction of the rows is rejected it
+exits non-zero leaving only DIR/rejected/ and DIR/FAILED.json (the error and
+the counts), so that no later glob of DIR's shards finds the failed run.
 """
 
 import sys

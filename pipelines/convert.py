@@ -4,6 +4,7 @@ import dataclasses
 import errno
 import json
 import os
+import uuid
 from typing import Any, Optional, Sequence
 
 import apache_beam as beam
@@ -26,6 +27,9 @@ from escm2_tf import layout
 DEFAULT_RUNNER = "FnApiRunner"
 # Beam's runners in this process, which honour --direct_running_mode.
 LOCAL_BEAM_RUNNERS = ("FnApiRunner", "DirectRunner")
+# Every output is written here, inside --output_dir, and moved out only once
+# the run has passed its checks. Hidden: no glob of the directory matches it.
+_STAGING_DIR = ".escm2-convert-staging"
 
 
 class OutOfSpaceError(RuntimeError):
@@ -42,7 +46,8 @@ class TooManyBadRowsError(RuntimeError):
   """More rows were rejected than ``max_bad_fraction`` allows.
 
   Attributes:
-    stats: The run's statistics; every output was written.
+    stats: The run's statistics. Only the rejected rows and
+      ``layout.FAILED_FILE`` were left in the output directory.
   """
 
   def __init__(self, message: str, stats: dict[str, Any]):
@@ -88,6 +93,41 @@ def _remove_partial(output_dir: str) -> None:
     FileSystems.delete([output_dir])
 
 
+def _move(staging: str, output_dir: str, names: Sequence[str]) -> None:
+  """Moves the files matching ``names`` (globs) from staging to output."""
+  sources = [metadata.path for result in FileSystems.match(
+      [FileSystems.join(staging, name) for name in names])
+             for metadata in result.metadata_list]
+  for directory in {os.path.dirname(os.path.relpath(path, staging))
+                    for path in sources}:
+    target = FileSystems.join(output_dir, directory)
+    if directory and not FileSystems.exists(target):
+      FileSystems.mkdirs(target)
+  if sources:
+    FileSystems.rename(sources, [
+        FileSystems.join(output_dir, os.path.relpath(path, staging))
+        for path in sources])
+
+
+def _keep_rejected(staging: str, output_dir: str, message: str,
+                   stats: dict[str, Any]) -> None:
+  """What a failed run leaves: its rejected rows and ``FAILED.json``."""
+  _move(staging, output_dir, [FileSystems.join(layout.REJECTED_DIR, "*.tsv")])
+  layout.atomic_write(
+      layout.failed_file(output_dir),
+      json.dumps({"error": message, "stats": stats}, indent=2,
+                 sort_keys=True) + "\n", sinks.BEAM_FILE_SYSTEM)
+
+
+def _publish(staging: str, output_dir: str) -> None:
+  """Moves every output to its final name, ``stats.json`` last."""
+  _move(staging, output_dir, [
+      "*" + layout.EXAMPLES_SUFFIX,
+      FileSystems.join(layout.VOCAB_DIR, "*" + layout.VOCAB_SUFFIX),
+      FileSystems.join(layout.REJECTED_DIR, "*.tsv")])
+  _move(staging, output_dir, [layout.STATS_FILE])
+
+
 def _has_option(args: Sequence[str], name: str) -> bool:
   return any(a == f"--{name}" or a.startswith(f"--{name}=") for a in args)
 
@@ -118,9 +158,9 @@ def uses_local_runner(config: config_lib.ConvertConfig,
   return config.join == "side_input" and not pipeline_args
 
 
-def build_pipeline(pipeline: beam.Pipeline,
-                   config: config_lib.ConvertConfig) -> None:
-  """Adds the whole conversion of ``config`` to ``pipeline``."""
+def build_pipeline(pipeline: beam.Pipeline, config: config_lib.ConvertConfig,
+                   out: str) -> None:
+  """Adds the whole conversion of ``config``, into ``out``, to ``pipeline``."""
   def read(pattern):
     label = f"escm2-convert: reading {pattern}"
     return (beam.io.ReadFromTextWithFilename(pattern,
@@ -140,7 +180,6 @@ def build_pipeline(pipeline: beam.Pipeline,
     lines = pipeline | "ReadPaddleRec" >> read(config.input)
     outputs = lines | "ConvertPaddleRec" >> transforms.ConvertPaddleRec(
         config.max_values_per_field, config.keep_unclicked_conversions)
-  out = config.output_dir
   _ = outputs["examples"] | "WriteExamples" >> sinks.WriteExamples(
       out, config.num_shards)
   _ = outputs["rejected"] | "WriteRejected" >> sinks.WriteRejected(out)
@@ -177,9 +216,11 @@ def run(config: config_lib.ConvertConfig,
       features too large for this machine's memory with the side-input join
       on a local runner (checked before any work).
     TooManyBadRowsError: when the rejected fraction exceeds
-      ``max_bad_fraction``; all outputs have been written.
-    OutOfSpaceError: when the output's disk fills up (the local runner
-      removes its partial files; Beam's sinks write to temporary names).
+      ``max_bad_fraction``; only the rejected rows and ``FAILED.json`` (the
+      error and the statistics) are left in ``config.output_dir``, so that
+      no glob of shards, vocabularies or ``stats.json`` finds the run.
+    OutOfSpaceError: when the output's disk fills up; nothing is left
+      under a final name.
     KeyboardInterrupt: on Ctrl-C, after removing what the run wrote.
   """
   output_dir = config.output_dir
@@ -195,13 +236,16 @@ def run(config: config_lib.ConvertConfig,
       on_local_runner or options.view_as(
           pipeline_options.StandardOptions).runner in LOCAL_BEAM_RUNNERS)):
     resources.check_side_input_fits(config, workers)
+  staging = FileSystems.join(output_dir,
+                             f"{_STAGING_DIR}-{uuid.uuid4().hex[:8]}")
   try:
     with console.interruptible():
       if on_local_runner:
-        local.run(config)
+        local.run(config, staging)
       else:
         with beam.Pipeline(options=options) as pipeline:
-          build_pipeline(pipeline, config)
+          build_pipeline(pipeline, config, staging)
+    return _finish(config, staging)
   except KeyboardInterrupt:
     # output_dir was empty or absent: everything in it is this run's.
     _remove_partial(output_dir)
@@ -214,14 +258,25 @@ def run(config: config_lib.ConvertConfig,
           "name. Free space or choose a larger disk, and rerun into an empty "
           "directory") from e
     raise
+  finally:
+    _remove_partial(staging)
+
+
+def _finish(config: config_lib.ConvertConfig, staging: str) -> dict[str, Any]:
+  """Checks the staged run; publishes it, or keeps only its rejected rows."""
+  output_dir = config.output_dir
   stats = json.loads(sinks.read_text(
-      FileSystems.join(output_dir, layout.STATS_FILE)))
+      FileSystems.join(staging, layout.STATS_FILE)))
   if not tally_lib.reconciles(stats):
     raise RuntimeError(f"Row counts do not reconcile in {output_dir}: {stats}")
   if stats["rejected_fraction"] > config.max_bad_fraction:
-    raise TooManyBadRowsError(
+    message = (
         f"{stats['rows_rejected']} of {stats['rows_read']} rows rejected "
         f"({stats['rejected_fraction']:.4%}), more than --max_bad_fraction="
         f"{config.max_bad_fraction}; reasons {stats['rejected_by_reason']}, "
-        f"rows in {FileSystems.join(output_dir, layout.REJECTED_DIR)}", stats)
+        f"rows in {FileSystems.join(output_dir, layout.REJECTED_DIR)}; "
+        f"no example was kept")
+    _keep_rejected(staging, output_dir, message, stats)
+    raise TooManyBadRowsError(message, stats)
+  _publish(staging, output_dir)
   return stats

@@ -222,10 +222,12 @@ def _map(tasks: list[_Task], config: config_lib.ConvertConfig,
 class _Run:
   """One local conversion: its temporary files and summed counts."""
 
-  def __init__(self, config: config_lib.ConvertConfig, workers: int):
+  def __init__(self, config: config_lib.ConvertConfig, output_dir: str,
+               workers: int):
     self.config = config
+    self.output_dir = output_dir
     self.workers = workers
-    self.temp_dir = FileSystems.join(config.output_dir,
+    self.temp_dir = FileSystems.join(output_dir,
                                      f"{_TEMP_DIR}-{uuid.uuid4().hex[:8]}")
     self.counts: collections.Counter = collections.Counter()
     self.vocab: dict[str, dict[int, int]] = {}
@@ -297,7 +299,7 @@ def _convert(run: _Run) -> list[tuple[str, str]]:
     name = (f"{layout.EXAMPLES_PREFIX}-{k:05d}-of-{num_shards:05d}"
             f"{layout.EXAMPLES_SUFFIX}")
     temporary = FileSystems.join(run.temp_dir, name)
-    renames.append((temporary, FileSystems.join(config.output_dir, name)))
+    renames.append((temporary, FileSystems.join(run.output_dir, name)))
     tasks.append(run.task(kind, part, temporary))
   used: set[str] = set()
   try:
@@ -307,7 +309,7 @@ def _convert(run: _Run) -> list[tuple[str, str]]:
     _side_input.clear()
   if config.input_format == "aliccp":
     run.counts[tally_lib.COMMON_ROWS_USED] += len(used)
-  rejected_dir = FileSystems.join(config.output_dir, layout.REJECTED_DIR)
+  rejected_dir = FileSystems.join(run.output_dir, layout.REJECTED_DIR)
   for k, temporary in enumerate(sorted(run.rejected_files)):
     renames.append((temporary, FileSystems.join(
         rejected_dir,
@@ -320,26 +322,27 @@ def _mkdirs(path: str) -> None:
     FileSystems.mkdirs(path)
 
 
-def run(config: config_lib.ConvertConfig) -> None:
-  """Writes every output of ``config`` (see ``sinks``), stats.json last.
+def run(config: config_lib.ConvertConfig, output_dir: str) -> None:
+  """Writes every output of ``config`` (see ``sinks``) into ``output_dir``.
 
   Shards and rejected rows are written under a temporary directory inside
-  ``config.output_dir`` and renamed when all are complete, so a failed run
-  (out of disk, say) leaves no partial file under a final name.
+  ``output_dir`` and renamed when all are complete, so a failed run
+  (out of disk, say) leaves no partial file under a final name; stats.json
+  is written last.
   """
-  run_ = _Run(config, num_workers(config))
+  run_ = _Run(config, output_dir, num_workers(config))
   _mkdirs(run_.temp_dir)
   try:
     renames = _convert(run_)
-    _mkdirs(FileSystems.join(config.output_dir, layout.REJECTED_DIR))
+    _mkdirs(FileSystems.join(output_dir, layout.REJECTED_DIR))
     if renames:
       FileSystems.rename(*map(list, zip(*renames)))
-    vocab_dir = FileSystems.join(config.output_dir, layout.VOCAB_DIR)
+    vocab_dir = FileSystems.join(output_dir, layout.VOCAB_DIR)
     _mkdirs(vocab_dir)
     for field in schema.FIELD_NAMES:
       sinks.write_vocabulary((field, run_.vocab.get(field, {})), vocab_dir)
     sinks.write_stats(run_.counts,
-                      FileSystems.join(config.output_dir, layout.STATS_FILE),
+                      FileSystems.join(output_dir, layout.STATS_FILE),
                       config.input_format, dataclasses.asdict(config))
   finally:
     if FileSystems.exists(run_.temp_dir):

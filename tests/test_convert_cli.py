@@ -126,7 +126,7 @@ class ConsoleScriptTest(absltest.TestCase):
     self.assertTrue(os.path.exists(_SCRIPT), _SCRIPT)
     return testing.run_subprocess([_SCRIPT, *args], tf_log_level=None)
 
-  def test_too_many_bad_rows_exits_non_zero_after_writing(self):
+  def test_too_many_bad_rows_exits_non_zero_keeping_the_rejected_rows(self):
     directory = testing.new_dir()
     output_dir = os.path.join(directory, "out")
     result = self._run(
@@ -139,11 +139,22 @@ class ConsoleScriptTest(absltest.TestCase):
     self.assertRegex(last_line, r"^escm2-convert: error: 2 of 12 rows "
                      r"rejected "
                      r"\(16\.6667%\), more than --max_bad_fraction=0\.1")
-    with open(layout.stats_file(output_dir)) as f:
-      stats = json.load(f)
-    self.assertEqual(stats["rejected_by_reason"],
+    self.assertEqual(sorted(os.listdir(output_dir)),
+                     [layout.FAILED_FILE, layout.REJECTED_DIR])
+    rejected = os.path.join(output_dir, layout.REJECTED_DIR)
+    lines = []
+    for name in os.listdir(rejected):
+      with open(os.path.join(rejected, name)) as f:
+        lines += f.read().splitlines()
+    self.assertCountEqual([line.split("\t")[0] for line in lines],
+                          ["column_count", "bad_label"])
+    with open(layout.failed_file(output_dir)) as f:
+      failed = json.load(f)
+    self.assertEqual(failed["error"],
+                     last_line.removeprefix("escm2-convert: error: "))
+    self.assertEqual(failed["stats"]["rejected_by_reason"],
                      {"bad_label": 1, "column_count": 1})
-    self.assertEqual(stats["rows_written"], 10)
+    self.assertEqual(failed["stats"]["rows_written"], 10)
 
   def test_succeeds_below_the_threshold(self):
     directory = testing.new_dir()

@@ -103,6 +103,23 @@ class EvaluateTest(tf.test.TestCase, parameterized.TestCase):
     self.assert_rejected("ground_truth",
                          ground_truth=self.ground_truth_without_one_row())
 
+  def test_ground_truth_of_the_training_split(self):
+    ground_truth = self.data["ground_truth_train"]
+    line = self.assert_rejected("ground_truth", ground_truth=ground_truth)
+    self.assertIn(f"{ground_truth} is not the ground truth of "
+                  f"{self.data['test']}", line)
+
+  def test_ground_truth_with_other_labels(self):
+    path = os.path.join(new_dir(), "ground_truth.csv")
+    with open(self.data["ground_truth_test"]) as source, open(path, "w") as f:
+      rows = list(csv.reader(source))
+      rows[1][-2] = str(1 - int(rows[1][-2]))  # The click of the first row.
+      csv.writer(f).writerows(rows)
+    line = self.assert_rejected("ground_truth", ground_truth=path)
+    # Rows the converter dropped (unclicked conversions) are not joined.
+    self.assertRegex(line, r": 1 of \d+ joined rows log other labels \(first "
+                     f"sample_id '{rows[1][0]}': ")
+
   def test_malformed_ground_truth(self):
     self.assert_rejected("ground_truth", ground_truth=self.bad_header())
 
@@ -113,6 +130,7 @@ class EvaluateTest(tf.test.TestCase, parameterized.TestCase):
     self.assertLen(lines, 1, stderr)
     self.assertStartsWith(lines[0], f"escm2-evaluate: error: --{flag}:")
     self.assertFalse(os.path.exists(output))
+    return lines[0]
 
 
 if __name__ == "__main__":

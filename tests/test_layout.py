@@ -48,7 +48,8 @@ class NamesTest(absltest.TestCase):
 
   def test_ground_truth_header(self):
     self.assertEqual(",".join(layout.GROUND_TRUTH_HEADER),
-                     "sample_id,p_click,p_conversion,conversion_counterfactual")
+                     "sample_id,p_click,p_conversion,conversion_counterfactual,"
+                     "click,conversion")
 
   def test_imports_neither_tensorflow_nor_beam(self):
     loaded = subprocess.run(

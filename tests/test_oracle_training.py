@@ -74,9 +74,10 @@ def ips_interval(paths: dict[str, str]) -> tuple[float, float]:
     for name in ("click", "conversion"):
       columns[name].append(labels[name].numpy())
   columns = {name: np.concatenate(values) for name, values in columns.items()}
+  columns["sample_id"] = columns["sample_id"].astype(str)
   truth = evaluation.align_ground_truth(
-      evaluation.read_ground_truth(paths["ground_truth_train"]),
-      columns["sample_id"].astype(str), "train")
+      evaluation.read_ground_truth(paths["ground_truth_train"]), columns,
+      paths["ground_truth_train"], paths["train"])
   weighted = columns["click"] / truth["p_click"]
   conversion = columns["conversion"]
   mean = np.sum(weighted * conversion) / np.sum(weighted)
@@ -109,8 +110,8 @@ class TruePropensityTrainingTest(tf.test.TestCase):
 
     predictions = evaluation.predict_keras_model(model, paths["test"], 4096)
     test_truth = evaluation.align_ground_truth(
-        evaluation.read_ground_truth(paths["ground_truth_test"]),
-        predictions[schema.SAMPLE_ID], "test")
+        evaluation.read_ground_truth(paths["ground_truth_test"]), predictions,
+        paths["ground_truth_test"], paths["test"])
     truth = float(test_truth["p_conversion"].mean())
     _, error = ips_interval(paths)
     half_width = Z * error

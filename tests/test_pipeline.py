@@ -289,15 +289,27 @@ class ConvertTest(tf.test.TestCase, parameterized.TestCase):
                       if s.endswith("common.csv")},
                      {(r, line) for line, r in _BAD_COMMON.items()})
 
-  def test_too_many_bad_rows_fails_after_writing(self):
+  @parameterized.parameters(*config_lib.JOINS)
+  def test_too_many_bad_rows_leaves_only_the_rejected_rows(self, join):
     with self.assertRaisesRegex(convert.TooManyBadRowsError,
                                 r"7 of 13 rows rejected .*max_bad_fraction"
                                 ) as e:
-      self._convert_aliccp(max_bad_fraction=0.4)
+      self._convert_aliccp(join, max_bad_fraction=0.4)
     output_dir = e.exception.stats["settings"]["output_dir"]
-    self.assertTrue(os.path.exists(layout.stats_file(output_dir)))
-    by_id, _ = _read_output(output_dir)
-    self.assertLen(by_id, 5)
+    self.assertCountEqual(os.listdir(output_dir),
+                          [layout.FAILED_FILE, layout.REJECTED_DIR])
+    self.assertEmpty(glob.glob(layout.examples_glob(output_dir)))
+    rejected = []
+    for path in glob.glob(os.path.join(output_dir, layout.REJECTED_DIR, "*")):
+      with open(path) as f:
+        rejected += [line.split("\t")[2] for line in f.read().splitlines()
+                     if line.split("\t")[1].endswith("skeleton.csv")]
+    self.assertCountEqual(rejected, list(_BAD_SKELETON))
+    with open(layout.failed_file(output_dir)) as f:
+      failed = json.load(f)
+    self.assertEqual(failed["error"], str(e.exception))
+    self.assertEqual(failed["stats"], e.exception.stats)
+    self.assertEqual(failed["stats"]["rows_rejected"], 7)
 
   def test_keep_unclicked_conversions(self):
     output_dir, stats = self._convert_aliccp(keep_unclicked_conversions=True,

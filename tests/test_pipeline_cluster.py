@@ -31,7 +31,9 @@ from escm2_pipelines import cli as convert_cli
 from escm2_pipelines import convert
 
 REPO = testing.REPO
-PACKAGES = ("escm2_tf", "pipelines")
+# The folders setup.cfg installs as packages (escm2_tf, escm2_pipelines and
+# escm2_tf.configs).
+PACKAGES = ("escm2_tf", "pipelines", "configs")
 # What setuptools reads to build the sdist, as far as the project has it.
 PACKAGING_FILES = ("setup.py", "setup.cfg", "pyproject.toml", "README.md",
                    "MANIFEST.in", "LICENSE")

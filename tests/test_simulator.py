@@ -152,7 +152,7 @@ class AliccpFilesTest(parameterized.TestCase):
     skeleton, _, imp, truth = self._split(split)
     items = self.world.item_fields
     for k, row in enumerate(skeleton):
-      self.assertEqual(row.sample_id, str(k + 1))
+      self.assertEqual(row.sample_id, f"{split}-{_SMALL.seed}-{k + 1}")
       self.assertEqual((row.click, row.conversion),
                        (truth["click"][k], truth["conversion"][k]))
       self.assertContainsSubset(set(_ALWAYS_IN_SAMPLE), set(row.features))
@@ -243,6 +243,8 @@ class AliccpFilesTest(parameterized.TestCase):
     self.assertTrue(clicked.any())
     np.testing.assert_array_equal(counterfactual[clicked], conversion[clicked])
     self.assertGreater(counterfactual[~clicked].sum(), 0)
+    self.assertEqual([(int(r[4]), int(r[5])) for r in rows],
+                     [(s.click, s.conversion) for s in skeleton])
 
 
 class DeterminismTest(absltest.TestCase):
@@ -260,6 +262,10 @@ class DeterminismTest(absltest.TestCase):
     match, mismatch, errors = filecmp.cmpfiles(first, other, names,
                                                shallow=False)
     self.assertEqual((match, errors), ([], []))
+    ids = [set(row[0] for row in _ground_truth(
+        os.path.join(directory, layout.ground_truth_file(split)))[1])
+           for directory in (first, other) for split in layout.SPLITS]
+    self.assertLen(set().union(*ids), sum(len(part) for part in ids))
 
   def test_world_does_not_depend_on_split_sizes(self):
     bigger = dataclasses.replace(_SMALL, num_train=3 * _SMALL.num_train)
@@ -274,11 +280,17 @@ class DeterminismTest(absltest.TestCase):
 
 
 class GoldenFilesTest(absltest.TestCase):
-  """The knobs added later leave the files of existing seeds unchanged."""
+  """The knobs added later leave the files of existing seeds unchanged.
+
+  So do the sample ids, once unique across splits and seeds, but for the
+  ids themselves: without their ``{split}-{seed}-`` prefix the files are
+  those of before.
+  """
 
   # sha256 of the files of _SMALL as written before the correlation knob
-  # existed. Only integer-valued files: the ground truth's printed floats may
-  # differ in the last digit between CPUs' vectorised math.
+  # existed, sample ids numbered from 1 in each split. Only integer-valued
+  # files: the ground truth's printed floats may differ in the last digit
+  # between CPUs' vectorised math.
   _DIGESTS = {
       "common_features_test.csv":
           "e44839c8eed23ee95a498fe302df61215687a3826c4fe203736cc6dcb068b1dd",
@@ -295,7 +307,14 @@ class GoldenFilesTest(absltest.TestCase):
     simulator.simulate(_SMALL, out)
     for name, digest in self._DIGESTS.items():
       with open(os.path.join(out, name), "rb") as f:
-        self.assertEqual(hashlib.sha256(f.read()).hexdigest(), digest, name)
+        content = f.read()
+      if name.startswith("sample_skeleton_"):
+        split = name.removeprefix("sample_skeleton_").removesuffix(".csv")
+        prefix = f"{split}-{_SMALL.seed}-".encode()
+        lines = content.splitlines(keepends=True)
+        self.assertTrue(all(line.startswith(prefix) for line in lines), name)
+        content = b"".join(line[len(prefix):] for line in lines)
+      self.assertEqual(hashlib.sha256(content).hexdigest(), digest, name)
 
 
 class UnclickedConversionTest(parameterized.TestCase):

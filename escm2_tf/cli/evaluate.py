@@ -86,14 +86,14 @@ def _load(saved_model: str) -> Any:
 
 
 def _ground_truth(settings: EvaluateFlags) -> Any:
-  """The ground truth, checked against the data's sample ids up front."""
+  """The ground truth, checked against the data's ids and labels up front."""
   from escm2_tf import evaluation  # pylint: disable=g-import-not-at-top
   if not settings.ground_truth:
     return None
   ground_truth = evaluation.read_ground_truth(settings.ground_truth)
   evaluation.align_ground_truth(ground_truth,
-                                evaluation.read_sample_ids(settings.data),
-                                settings.ground_truth)
+                                evaluation.read_labels(settings.data),
+                                settings.ground_truth, settings.data)
   return ground_truth
 
 
@@ -114,7 +114,7 @@ def _evaluate(settings: EvaluateFlags
     raise ConfigError("data", f"cannot score {settings.data!r}: "
                       f"{e.message.splitlines()[0]}") from None
   return saved_model, evaluation.compute_metrics(
-      predictions, ground_truth, settings.ground_truth)
+      predictions, ground_truth, settings.ground_truth, settings.data)
 
 
 def _run(settings: EvaluateFlags) -> int:

@@ -231,15 +231,17 @@ def simulate(config: SimulatorConfig, output_dir: str,
              f"{getattr(config, f'num_{split}'):,} impressions)")
       imp, truth = sample_split(config, world, split)
       files = {role: out[name] for role, name in names[split].items()}
+      id_prefix = simulator_io.sample_id_prefix(config.seed, split)
       if config.format == "paddlerec":
         simulator_io.write_paddlerec(featurizer, imp, truth, files["paddlerec"],
-                                     vocabulary, user_text)
+                                     vocabulary, user_text, id_prefix)
       else:
         indexes = simulator_io.request_indexes(config.seed, split,
                                                len(imp.request_size))
         simulator_io.write_aliccp(featurizer, imp, truth, indexes,
-                                  files["skeleton"], files["common"], user_text)
-      simulator_io.write_ground_truth(files["ground_truth"], truth)
+                                  files["skeleton"], files["common"], user_text,
+                                  id_prefix)
+      simulator_io.write_ground_truth(files["ground_truth"], truth, id_prefix)
       summary[split] = _summary(truth)
   summary["files"] = sorted(os.path.join(output_dir, n) for n in all_names)
   return summary

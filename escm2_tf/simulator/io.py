@@ -129,22 +129,35 @@ def _write_lines(out: TextIO, lines: Sequence[str]) -> None:
     out.write("\n".join(lines) + "\n")
 
 
-def write_ground_truth(out: TextIO, truth: dict[str, np.ndarray]) -> None:
-  """Writes ``layout.GROUND_TRUTH_HEADER`` rows, sample ids 1..n."""
+def sample_id_prefix(seed: int, split: str) -> str:
+  """What precedes the row number (from 1) in the sample ids of a split.
+
+  Ids are thus unique across splits and seeds: the ground truth of one split
+  or seed shares no id with the data of another, so it cannot be joined to
+  it. (Real Ali-CCP files number their rows 1..n in every split.)
+  """
+  return f"{split}-{seed}-"
+
+
+def write_ground_truth(out: TextIO, truth: dict[str, np.ndarray],
+                       id_prefix: str) -> None:
+  """Writes ``layout.GROUND_TRUTH_HEADER`` rows, sample ids ``id_prefix``+k."""
   out.write(",".join(layout.GROUND_TRUTH_HEADER) + "\n")
   columns = zip(truth["p_click"].tolist(), truth["p_conversion"].tolist(),
-                truth["conversion_counterfactual"].tolist())
-  _write_lines(out, [f"{k},{pc:.8g},{pv:.8g},{cf}"
-                     for k, (pc, pv, cf) in enumerate(columns, start=1)])
+                truth["conversion_counterfactual"].tolist(),
+                truth["click"].tolist(), truth["conversion"].tolist())
+  _write_lines(out, [f"{id_prefix}{k},{pc:.8g},{pv:.8g},{cf},{c},{v}"
+                     for k, (pc, pv, cf, c, v) in enumerate(columns, start=1)])
 
 
 def write_aliccp(featurizer: Featurizer, imp: simulator_traffic.Impressions,
                  labels: dict[str, np.ndarray], indexes: Sequence[str],
                  skeleton: TextIO, common: TextIO,
-                 user_text: dict[int, str]) -> None:
+                 user_text: dict[int, str], id_prefix: str) -> None:
   """Writes a split's skeleton and common rows, grouped by request.
 
   Args:
+    id_prefix: Precedes the row number in each sample id.
     user_text: A user's common line after its index, shared by all splits:
       the index is all that differs between a user's requests, so the long
       rest is formatted once per user.
@@ -159,7 +172,8 @@ def write_aliccp(featurizer: Featurizer, imp: simulator_traffic.Impressions,
   for block in _blocks(len(imp.item)):
     rows = featurizer.sample_items(imp, block)
     _write_lines(skeleton, [
-        aliccp.format_skeleton_line(str(k + 1), c, v, indexes[r], items)
+        aliccp.format_skeleton_line(f"{id_prefix}{k + 1}", c, v, indexes[r],
+                                    items)
         for k, c, v, r, items in zip(
             range(block.start, block.stop), labels["click"][block].tolist(),
             labels["conversion"][block].tolist(),
@@ -169,7 +183,7 @@ def write_aliccp(featurizer: Featurizer, imp: simulator_traffic.Impressions,
 def write_paddlerec(featurizer: Featurizer, imp: simulator_traffic.Impressions,
                     labels: dict[str, np.ndarray], out: TextIO,
                     vocabulary: dict[int, int],
-                    user_text: dict[int, str]) -> None:
+                    user_text: dict[int, str], id_prefix: str) -> None:
   """Writes PaddleRec lines: impression features, then the user's.
 
   Args:
@@ -188,7 +202,8 @@ def write_paddlerec(featurizer: Featurizer, imp: simulator_traffic.Impressions,
         labels["conversion"][block].tolist(), imp.user[block].tolist(),
         featurizer.sample_items(imp, block)):
       line = aliccp.format_paddlerec_line(
-          str(k + 1), c, v, [(f, gid(raw)) for f, raw, _ in items])
+          f"{id_prefix}{k + 1}", c, v,
+          [(f, gid(raw)) for f, raw, _ in items])
       if user not in user_text:
         pairs = [(f, gid(raw)) for f, raw, _ in featurizer.user_items(user)]
         user_text[user] = aliccp.format_paddlerec_line(

@@ -58,8 +58,8 @@ def _reliability(model: keras.Model, dataset: datasets.Dataset,
   columns = evaluation.predict_keras_model(model, dataset.eval_data,
                                            batch_size)
   truth = evaluation.align_ground_truth(
-      evaluation.read_ground_truth(dataset.ground_truth),
-      columns["sample_id"], dataset.ground_truth)
+      evaluation.read_ground_truth(dataset.ground_truth), columns,
+      dataset.ground_truth, dataset.eval_data)
   out = {}
   for output, true_name in (("ctr", "p_click"), ("cvr", "p_conversion")):
     curve = metrics_lib.reliability_curve(columns[output], truth[true_name],
