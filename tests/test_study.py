@@ -288,6 +288,15 @@ class DatasetsTest(absltest.TestCase):
     rebuilt = datasets.prepare(regime, 0, directory)
     self.assertEqual(rebuilt.eval_data, dataset.eval_data)
     self.assertTrue(os.path.exists(dataset.ground_truth))
+    # So it is when its ground truth has the columns of an earlier simulator.
+    with open(dataset.ground_truth) as f:
+      lines = f.read().splitlines()
+    with open(dataset.ground_truth, "w") as f:
+      f.write("\n".join(",".join(line.split(",")[:4]) for line in lines))
+    datasets.prepare(regime, 0, directory)
+    with open(dataset.ground_truth) as f:
+      self.assertEqual(f.readline().rstrip("\n"),
+                       ",".join(layout.GROUND_TRUTH_HEADER))
     with self.assertRaisesRegex(ConfigError, "^work_dir: .*other settings"):
       datasets.prepare(regime, 1, directory)
 

@@ -62,12 +62,20 @@ def _files(directory: str, summary: dict[str, Any]) -> Dataset:
       summary=summary)
 
 
+def _has_current_ground_truth(dataset: Dataset) -> bool:
+  if not os.path.exists(dataset.ground_truth):
+    return False
+  with open(dataset.ground_truth, encoding="utf-8") as f:
+    return f.readline().rstrip("\n") == ",".join(layout.GROUND_TRUTH_HEADER)
+
+
 def prepare(regime: grid.Regime, seed: int, directory: str) -> Dataset:
   """Simulates and converts ``regime`` at ``seed`` into ``directory``.
 
   Reuses a finished dataset of the same settings; a directory without the
-  marker (an interrupted run) or without the test split's ground truth
-  (laid out otherwise, or partly deleted) is rebuilt from scratch.
+  marker (an interrupted run) or without the test split's ground truth in
+  ``layout.GROUND_TRUTH_HEADER`` (laid out otherwise, written by an earlier
+  simulator, or partly deleted) is rebuilt from scratch.
 
   Raises:
     ConfigError: ``directory`` holds a dataset of other settings
@@ -84,7 +92,7 @@ def prepare(regime: grid.Regime, seed: int, directory: str) -> Dataset:
       raise ConfigError("work_dir", f"{marker} holds a dataset of other "
                         "settings; use another --work_dir")
     dataset = _files(directory, stored["summary"])
-    if os.path.exists(dataset.ground_truth):
+    if _has_current_ground_truth(dataset):
       return dataset
   shutil.rmtree(directory, ignore_errors=True)
   summary = prepare_lib.prepare_dataset(
