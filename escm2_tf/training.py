@@ -286,7 +286,7 @@ def _fit(model: keras.Model, config: config_lib.ExperimentConfig,
       validation_num_epochs=None if cluster else 1,
       cache_training=cache_training, cache_validation=cache_validation,
       label_table=label_table)
-  if config.runtime.distribution_strategy == distribute.DEFAULT:
+  if config.runtime.distribution_strategy == config_lib.DEFAULT_STRATEGY:
     inputs = inputs()
     if validation_inputs:
       validation_inputs = validation_inputs()

@@ -27,11 +27,11 @@ import tf_keras as keras
 
 import datasets
 import testing
+from escm2_tf import config as config_lib
 from escm2_tf import base_rates
 from escm2_tf import data
 from escm2_tf import evaluation
 from escm2_tf import layout
-from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import schema
 from escm2_tf import vocab
@@ -80,7 +80,7 @@ class TruePropensityTrainingTest(tf.test.TestCase):
         with_weights=False, label_table=data.LabelTable(
             losses.PROPENSITY_LABEL, ground_truth[schema.SAMPLE_ID],
             ground_truth["p_click"]))
-    loss_config = losses.LossConfig(loss="dr_jl", propensity="label",
+    loss_config = config_lib.LossConfig(loss="dr_jl", propensity="label",
                                     lambda_c=1.0, lambda_g=0.0, lambda_imp=1.0)
     model = model_lib.build_model(
         testing.TINY_MODEL, loss_config,

@@ -13,6 +13,7 @@ import testing
 from escm2_tf import layout
 from escm2_tf import simulator
 from escm2_tf.cli import study as study_cli
+from escm2_tf.options import ConfigError
 from escm2_tf.study import datasets
 from escm2_tf.study import designs
 from escm2_tf.study import floor
@@ -20,7 +21,6 @@ from escm2_tf.study import grid
 from escm2_tf.study import stats
 from escm2_tf.study import summary
 
-setUpModule = testing.mark_flags_parsed
 # Two seeds of a tiny, high-rate regime: every metric is defined, and the
 # whole study takes seconds per run.
 _TINY = "tiny:ctr=0.25,cvr=0.3,corr=0.9,train=2000,test=1000"
@@ -132,26 +132,28 @@ class GridTest(parameterized.TestCase):
       ("tiny:ctr=high,cvr=0.2,corr=0.9,train=3000,test=10", "not a float"),
       ("ti ny:ctr=0.2,cvr=0.2,corr=0.9,train=3000,test=10", "the name"))
   def test_bad_regime_spec(self, spec, message):
-    with self.assertRaisesRegex(grid.StudyError, message):
+    with self.assertRaisesRegex(ConfigError, f"^regime: .*{message}"):
       grid.parse_regime(spec)
 
   @parameterized.parameters(
-      (dict(seeds=(0,)), "at least 2 seeds"),
-      (dict(seeds=(0, 0)), "repeated seed"),
-      (dict(estimators=("esmm", "mmoe")), "unknown estimator"),
-      (dict(regimes=()), "no regime"),
+      (dict(seeds=(0,)), "seeds", "at least 2 seeds"),
+      (dict(seeds=(0, 0)), "seeds", "repeated 0"),
+      (dict(seeds=(0, -1)), "seeds", "integer >= 0"),
+      (dict(estimators=("esmm", "mmoe")), "estimators", "unknown estimator"),
+      (dict(regimes=()), "regime", "at least one"),
       (dict(regimes=(grid.Regime("r", 0.01, 0.01, 0.5, 1000, 100),)),
-       "training conversions"),
+       "regime", "training conversions"),
       (dict(regimes=(grid.Regime("r", 0.1, 0.1, 1.5, 10_000, 100),)),
-       "click_conversion_correlation"),
+       "regime", "click_conversion_correlation"),
       (dict(regimes=(grid.Regime("r", 0.1, 0.1, 0.5, 10_000, 100,
                                  num_users=20, num_items=500),)),
-       "--regime r: users x items = 10,000 .* pairs for 10,100 impressions"),
+       "regime", "r: users x items = 10,000 .* pairs for 10,100 impressions"),
       (dict(regimes=(grid.Regime("r", 0.1, 0.1, 0.5, 10_000, 100,
-                                 num_items=10),)), "num_items"))
-  def test_grid_that_cannot_run(self, settings, message):
-    with self.assertRaisesRegex(grid.StudyError, message):
+                                 num_items=10),)), "regime", "num_items"))
+  def test_grid_that_cannot_run(self, settings, flag, message):
+    with self.assertRaisesRegex(ConfigError, message) as caught:
       grid.StudyConfig(**settings)
+    self.assertEqual(caught.exception.field, flag)
 
   def test_default_design_covers_every_level(self):
     regimes = grid.DEFAULT_REGIMES
@@ -264,23 +266,25 @@ class DesignTest(parameterized.TestCase):
       ("a:bogus=1", "bogus: is not a field"),
       ("a b:min_count=5", "arm name"))
   def test_bad_arm_spec(self, spec, message):
-    with self.assertRaisesRegex(grid.StudyError, message):
+    with self.assertRaisesRegex(ConfigError, f"^arm: .*{message}"):
       designs.parse_arm(spec)
 
 
 def _run_cli(**overrides):
-  return testing.run_main(study_cli.main, "escm2-study", **overrides)
+  return testing.run_main(study_cli.TOOL, **overrides)
 
 
 class StudyCliTest(parameterized.TestCase):
 
   @parameterized.parameters(
-      (dict(seeds=["0"]), "--seeds needs at least 2 seeds"),
+      (dict(seeds=["0"]), "--seeds: needs at least 2 seeds"),
       (dict(seeds=["0", "x"]),
        "--seeds: expected comma-separated integers, got '0,x'"),
-      (dict(estimators=["esmm", "bogus"]), "unknown estimator 'bogus'"),
-      (dict(regime=["r:ctr=0.2,cvr=0.2"]), "missing corr"),
-      (dict(arm=["mc:min_count=x"]), "--arm='mc:min_count=x': arm mc: "),
+      (dict(estimators=["esmm", "bogus"]),
+       "--estimators: unknown estimator 'bogus'"),
+      (dict(regime=["r:ctr=0.2,cvr=0.2"]),
+       "--regime: 'r:ctr=0.2,cvr=0.2': missing corr"),
+      (dict(arm=["mc:min_count=x"]), "--arm: 'mc:min_count=x': arm mc: "),
       (dict(design="nope"), "--design"))
   def test_bad_grid_is_one_line_and_writes_nothing(self, overrides, message):
     root = testing.new_dir()
@@ -301,7 +305,7 @@ class StudyCliTest(parameterized.TestCase):
         regime=[_TINY + ",users=5,items=300"])
     self.assertEqual(status, 2)
     self.assertLen(stderr.strip().splitlines(), 1)
-    self.assertIn("--regime tiny: users x items = 1,500", stderr)
+    self.assertIn("--regime: tiny: users x items = 1,500", stderr)
     self.assertEqual(os.listdir(root), [])
 
   def test_tiny_study_writes_results_and_resumes(self):
@@ -422,7 +426,7 @@ class DatasetsTest(absltest.TestCase):
     with open(dataset.ground_truth) as f:
       self.assertEqual(f.readline().rstrip("\n"),
                        ",".join(layout.GROUND_TRUTH_HEADER))
-    with self.assertRaisesRegex(grid.StudyError, "other settings"):
+    with self.assertRaisesRegex(ConfigError, "^work_dir: .*other settings"):
       datasets.prepare(regime, 1, directory)
 
 

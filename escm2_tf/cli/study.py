@@ -30,11 +30,11 @@ cannot run exits with status 2 and one line, before writing anything.
 
 import dataclasses
 import os
-from typing import Sequence
 
 from escm2_tf import flagbind
 from escm2_tf import layout
 from escm2_tf import options
+from escm2_tf import tool
 from escm2_tf.options import ConfigError
 from escm2_tf.options import option
 from escm2_tf.study import designs
@@ -79,9 +79,6 @@ class StudyFlags:
     options.check_declared(self)
 
 
-_FLAGS = flagbind.Binding(flagbind.Section(StudyFlags, "data"))
-
-
 def _config(settings: StudyFlags) -> grid.StudyConfig:
   design = designs.DESIGNS[settings.design]
   regimes = (tuple(grid.parse_regime(spec) for spec in settings.regime)
@@ -95,28 +92,22 @@ def _config(settings: StudyFlags) -> grid.StudyConfig:
       arms=(*arms, *design.arms))
 
 
-def main(argv: Sequence[str]) -> int:
-  if len(argv) > 1:
-    return flagbind.fail(_PROGRAM,
-                         f"unexpected arguments {' '.join(argv[1:])!r}")
-  try:
-    settings = _FLAGS.build(StudyFlags)
-    config = _config(settings)
-  except ConfigError as error:
-    return flagbind.fail(_PROGRAM, flagbind.error_line(error))
-  except grid.StudyError as error:
-    return flagbind.fail(_PROGRAM, str(error))
+def _settings(binding: flagbind.Binding
+              ) -> tuple[StudyFlags, grid.StudyConfig]:
+  settings = binding.build(StudyFlags)
+  return settings, _config(settings)
+
+
+def _study(settings: tuple[StudyFlags, grid.StudyConfig]) -> int:
+  flag_settings, config = settings
   # TensorFlow and Beam load only for a grid that can run.
   from escm2_tf.study import report  # pylint: disable=import-outside-toplevel
   from escm2_tf.study import runner  # pylint: disable=import-outside-toplevel
-  output_dir = settings.output_dir
-  try:
-    results = runner.run_study(
-        config, settings.work_dir, os.path.join(output_dir, JSON_NAME),
-        progress=lambda line: print(line, flush=True),
-        resume=settings.resume)
-  except grid.StudyError as error:
-    return flagbind.fail(_PROGRAM, str(error))
+  output_dir = flag_settings.output_dir
+  results = runner.run_study(
+      config, flag_settings.work_dir, os.path.join(output_dir, JSON_NAME),
+      progress=lambda line: print(line, flush=True),
+      resume=flag_settings.resume)
   markdown = os.path.join(output_dir, MARKDOWN_NAME)
   layout.atomic_write(markdown, report.markdown(results))
   print(f"escm2-study: wrote {os.path.join(output_dir, JSON_NAME)} and "
@@ -133,8 +124,13 @@ def main(argv: Sequence[str]) -> int:
   return 0
 
 
+TOOL = tool.Tool(_PROGRAM, __doc__,
+                 flagbind.Binding(flagbind.Section(StudyFlags, "data")),
+                 build=_settings, body=_study)
+
+
 def run() -> None:
-  flagbind.run(main, _PROGRAM, _FLAGS, __doc__)
+  TOOL.run()
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from typing import Any
 
 from escm2_tf import layout
 from escm2_tf import prepare as prepare_lib
+from escm2_tf.options import ConfigError
 from escm2_tf.study import floor
 from escm2_tf.study import grid
 
@@ -67,7 +68,7 @@ def _stored(regime: grid.Regime, seed: int, directory: str
   is made again.
 
   Raises:
-    grid.StudyError: ``directory`` holds a dataset of other settings.
+    ConfigError: ``directory`` holds a dataset of other settings.
   """
   marker = os.path.join(directory, _MARKER)
   if not os.path.exists(marker):
@@ -75,8 +76,8 @@ def _stored(regime: grid.Regime, seed: int, directory: str
   with open(marker, encoding="utf-8") as f:
     stored = json.load(f)
   if stored["settings"] != _settings(regime, seed):
-    raise grid.StudyError(f"{marker} holds a dataset of other settings; "
-                          "use another --work_dir")
+    raise ConfigError("work_dir", f"{marker} holds a dataset of other "
+                      "settings; use another --work_dir")
   if not all(_has_current_ground_truth(layout.ground_truth(directory, split))
              for split in (layout.TRAIN, layout.TEST)):
     return None
@@ -104,7 +105,8 @@ def prepare(regime: grid.Regime, seed: int, directory: str) -> Dataset:
   simulator, or partly deleted) is rebuilt from scratch.
 
   Raises:
-    grid.StudyError: ``directory`` holds a dataset of other settings.
+    ConfigError: ``directory`` holds a dataset of other settings
+      (``work_dir``).
   """
   config = regime.simulator_config(seed)
   marker = os.path.join(directory, _MARKER)

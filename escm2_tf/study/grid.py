@@ -28,6 +28,7 @@ import re
 from typing import Any, Sequence
 
 from escm2_tf import config as config_lib
+from escm2_tf import options
 from escm2_tf import simulator
 from escm2_tf.options import ConfigError
 
@@ -46,15 +47,13 @@ _SIMULATOR_DEFAULTS = simulator.SimulatorConfig()
 WEAK_CORRELATION = 0.2
 STRONG_CORRELATION = 0.9
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+# The flag a regime comes from.
+REGIME = "regime"
 _KEYS = {"ctr": float, "cvr": float, "corr": float, "train": int,
          "test": int, "users": int, "items": int}
 # Keys a --regime may leave out: the simulator's own default.
 _OPTIONAL = {"users": _SIMULATOR_DEFAULTS.num_users,
              "items": _SIMULATOR_DEFAULTS.num_items}
-
-
-class StudyError(ValueError):
-  """A study that cannot run: a bad grid, file or directory (one line)."""
 
 
 def estimator_loss(estimator: str) -> tuple[str, str]:
@@ -161,27 +160,27 @@ def parse_regime(spec: str) -> Regime:
   ``users=N`` and ``items=N`` are optional (the simulator's defaults).
 
   Raises:
-    StudyError: A missing or unknown key, a bad value or name.
+    ConfigError: A missing or unknown key, a bad value or name (``regime``).
   """
   name, _, settings = spec.partition(":")
   if not _NAME.match(name):
-    raise StudyError(f"--regime={spec!r}: the name must be letters, digits "
-                     "or _.- before the ':'")
+    raise ConfigError(REGIME, f"{spec!r}: the name must be letters, digits "
+                      "or _.- before the ':'")
   values: dict[str, Any] = {}
   for item in filter(None, settings.split(",")):
     key, _, text = item.partition("=")
     if key not in _KEYS:
-      raise StudyError(f"--regime={spec!r}: unknown key {key!r}; keys are "
-                       f"{', '.join(_KEYS)}")
+      raise ConfigError(REGIME, f"{spec!r}: unknown key {key!r}; keys are "
+                        f"{', '.join(_KEYS)}")
     try:
       values[key] = _KEYS[key](text)
     except ValueError:
-      raise StudyError(f"--regime={spec!r}: {key}={text!r} is not a "
-                       f"{_KEYS[key].__name__}") from None
+      raise ConfigError(REGIME, f"{spec!r}: {key}={text!r} is not a "
+                        f"{_KEYS[key].__name__}") from None
   missing = [key for key in _KEYS
               if key not in values and key not in _OPTIONAL]
   if missing:
-    raise StudyError(f"--regime={spec!r}: missing {', '.join(missing)}")
+    raise ConfigError(REGIME, f"{spec!r}: missing {', '.join(missing)}")
   values = {**_OPTIONAL, **values}
   return Regime(name, values["ctr"], values["cvr"], values["corr"],
                 values["train"], values["test"], num_users=values["users"],
@@ -190,7 +189,7 @@ def parse_regime(spec: str) -> Regime:
 
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
-  """A grid of regimes x seeds x estimators; invalid grids raise StudyError.
+  """A grid of regimes x seeds x estimators; invalid grids raise ConfigError.
 
   Attributes:
     regimes: The simulated worlds.
@@ -230,28 +229,27 @@ def _duplicates(values: Sequence[Any]) -> list[Any]:
 
 
 def check(config: StudyConfig) -> None:
-  """Raises StudyError for the first reason the grid cannot run."""
-  if not config.regimes:
-    raise StudyError("the grid has no regime")
-  if not config.estimators:
-    raise StudyError("the grid has no estimator")
+  """Raises ConfigError, naming the flag, for the first reason it cannot run."""
+  for name, values in ((REGIME, config.regimes), ("seeds", config.seeds),
+                       ("estimators", config.estimators)):
+    if not values:
+      raise ConfigError(name, "must name at least one value")
   if len(config.seeds) < 2:
-    raise StudyError(f"--seeds needs at least 2 seeds for an interval, got "
-                     f"{list(config.seeds)}")
-  for what, values in (("seed", config.seeds),
-                       ("regime name", [r.name for r in config.regimes]),
-                       ("estimator", config.estimators)):
+    raise ConfigError("seeds", "needs at least 2 seeds for an interval, got "
+                      f"{list(config.seeds)}")
+  for name, values in (("seeds", config.seeds),
+                       (REGIME, [r.name for r in config.regimes]),
+                       ("estimators", config.estimators)):
     repeated = _duplicates(values)
     if repeated:
-      raise StudyError(f"repeated {what}: {', '.join(map(str, repeated))}")
+      raise ConfigError(name, f"repeated {', '.join(map(str, repeated))}")
   for seed in config.seeds:
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-      raise StudyError(f"--seeds: {seed!r} is not a non-negative integer")
+    options.check_range("seeds", seed, minimum=0, integer=True)
   arms = {arm.name for arm in config.arms}
   for estimator in config.estimators:
     if estimator not in ESTIMATORS and estimator not in arms:
-      raise StudyError(f"--estimators: unknown estimator {estimator!r}; "
-                       f"known: {', '.join(ESTIMATORS)}")
+      raise ConfigError("estimators", f"unknown estimator {estimator!r}; "
+                        f"known: {', '.join(ESTIMATORS)}")
   for arm in config.arms:
     check_arm(arm)
   for regime in config.regimes:
@@ -261,24 +259,24 @@ def check(config: StudyConfig) -> None:
 def _check_regime(regime: Regime) -> None:
   # The simulator checks its settings; say which regime is at fault.
   if not _NAME.match(regime.name):
-    raise StudyError(f"regime name {regime.name!r}: letters, digits or _.- "
-                     "only")
+    raise ConfigError(REGIME, f"name {regime.name!r}: letters, digits or _.- "
+                      "only")
   try:
     regime.simulator_config(seed=0)
   except ConfigError as error:
-    raise StudyError(f"--regime {regime.name}: {error}") from None
+    raise ConfigError(REGIME, f"{regime.name}: {error}") from None
   pairs = regime.num_users * regime.num_items
   impressions = regime.num_train + regime.num_test
   if pairs < MIN_PAIRS_PER_IMPRESSION * impressions:
-    raise StudyError(
-        f"--regime {regime.name}: users x items = {pairs:,} (user, item) "
+    raise ConfigError(
+        REGIME, f"{regime.name}: users x items = {pairs:,} (user, item) "
         f"pairs for {impressions:,} impressions; with fewer pairs than "
         "impressions the test split repeats the training pairs, so give it "
         "more users or items")
   expected = regime.num_train * regime.ctr * regime.cvr
   if expected < 20:
-    raise StudyError(
-        f"--regime {regime.name}: about {expected:.0f} training conversions "
+    raise ConfigError(
+        REGIME, f"{regime.name}: about {expected:.0f} training conversions "
         f"expected ({regime.num_train:,} x CTR {regime.ctr} x CVR "
         f"{regime.cvr}); at least 20 are needed to train a CVR tower")
 
@@ -289,16 +287,17 @@ _STUDY_FIELDS = ("train_data", "eval_data", "vocab_dir", "model_dir",
 
 
 def check_arm(arm: Arm) -> None:
-  """Raises StudyError if the config refuses the arm's settings."""
+  """Raises ConfigError (``arm``) if the config refuses the arm's settings."""
   if not _NAME.match(arm.name):
-    raise StudyError(f"arm name {arm.name!r}: letters, digits or _.- only")
+    raise ConfigError("arm", f"arm name {arm.name!r}: letters, digits or _.- "
+                      "only")
   settings = {"loss": "esmm", **dict(arm.settings)}
   for field in settings:
     if field in _STUDY_FIELDS:
-      raise StudyError(f"arm {arm.name}: {field} is set by the study")
+      raise ConfigError("arm", f"arm {arm.name}: {field} is set by the study")
   try:
     config_lib.ExperimentConfig.create(
         train_data="-", eval_data="-", vocab_dir="-", model_dir="-",
         **settings)
-  except config_lib.ConfigError as error:
-    raise StudyError(f"arm {arm.name}: {error}") from None
+  except ConfigError as error:
+    raise ConfigError("arm", f"arm {arm.name}: {error}") from None
