@@ -32,6 +32,7 @@ from escm2_tf import base_rates
 from escm2_tf import data
 from escm2_tf import evaluation
 from escm2_tf import layout
+from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import schema
 from escm2_tf import vocab
