@@ -79,6 +79,23 @@ class VerdictTest(parameterized.TestCase):
         seeds=tuple(range(len(biases["esmm"]))))
     return summary.summarise(config, _runs(biases))["verdicts"]["r"]
 
+  def test_gap_closed_is_the_share_of_esmm_bias_above_the_floor(self):
+    config = grid.StudyConfig(
+        regimes=(grid.Regime("r", 0.1, 0.1, 0.5, 10_000, 100),),
+        seeds=(0, 1), estimators=("esmm", "ipw"))
+    runs = _runs({"esmm": [0.010, 0.012], "ipw": [0.004, 0.006]})
+    # Results written before the floor existed keep their summary's keys.
+    self.assertNotIn("floors", summary.summarise(config, runs))
+    for run in runs:
+      run["data"] = {"floor": {"floor": 0.002 + 0.001 * run["seed"],
+                               "floor_without_ids": 0.008,
+                               "floor_true_propensity": 0.0}}
+    result = summary.summarise(config, runs)
+    self.assertAlmostEqual(result["floors"]["r"]["floor"]["mean"], 0.0025)
+    # (0.011 - 0.005) / (0.011 - 0.0025)
+    self.assertAlmostEqual(result["gap_closed"]["r"]["ipw"], 0.006 / 0.0085)
+    self.assertAlmostEqual(result["gap_closed"]["r"]["esmm"], 0.0)
+
   def test_met_when_both_are_clearly_less_biased(self):
     verdict = self._verdict({
         "naive": [0.030, 0.020, 0.025], "esmm": [0.010, 0.012, 0.008],

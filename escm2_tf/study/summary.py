@@ -78,8 +78,11 @@ def summarise(config: grid.StudyConfig,
     floors[name] = {kind: _json(stats.interval(
         _floors(runs, name, kind).values())) for kind in FLOORS}
     gaps[name] = gap_closed(metrics[name], floors[name]["floor"]["mean"])
-  return {"metrics": metrics, "paired": paired, "verdicts": verdicts,
-          "floors": floors, "gap_closed": gaps}
+  out = {"metrics": metrics, "paired": paired, "verdicts": verdicts}
+  if any("floor" in run.get("data", {}) for run in runs):
+    # Results of studies before the floor existed keep their summary.
+    out.update(floors=floors, gap_closed=gaps)
+  return out
 
 
 def _floors(runs: Sequence[Mapping[str, Any]], regime: str,
