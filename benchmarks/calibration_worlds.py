@@ -28,6 +28,7 @@ import numpy as np
 
 from escm2_tf import config as config_lib
 from escm2_tf import flagbind
+from escm2_tf import tool
 from escm2_tf import layout
 from escm2_tf import options
 from escm2_tf import simulator
@@ -200,7 +201,7 @@ def main(argv):
     settings = _FLAGS.build(WorldsFlags)
     worlds = [parse_world(spec, settings) for spec in settings.world]
   except ConfigError as e:
-    return flagbind.fail(_PROGRAM, flagbind.error_line(e))
+    return tool.fail(_PROGRAM, flagbind.error_line(e))
   from escm2_tf import evaluation  # pylint: disable=g-import-not-at-top
   rows = []
   for name, config in worlds:
@@ -219,4 +220,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flagbind.run(main, _PROGRAM, _FLAGS, __doc__)
+  tool.run_script(main, _PROGRAM, _FLAGS, __doc__)

@@ -45,6 +45,7 @@ import time
 import zlib
 
 from escm2_tf import flagbind
+from escm2_tf import tool
 from escm2_tf import layout
 from escm2_tf import options
 from escm2_tf import simulator
@@ -297,7 +298,7 @@ def main(argv):
   try:
     settings = _FLAGS.build(ConvertBenchFlags)
   except options.ConfigError as e:
-    return flagbind.fail(_PROGRAM, flagbind.error_line(e))
+    return tool.fail(_PROGRAM, flagbind.error_line(e))
   raw_dir = _simulate(settings)
   convert_args = [f"--max_values_per_field={settings.max_values_per_field}",
                   f"--join={settings.join}", *argv[1:]]
@@ -331,4 +332,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flagbind.run(main, _PROGRAM, _FLAGS, __doc__)
+  tool.run_script(main, _PROGRAM, _FLAGS, __doc__)

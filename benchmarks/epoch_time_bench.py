@@ -30,6 +30,7 @@ import time
 from typing import Any
 
 from escm2_tf import flagbind
+from escm2_tf import tool
 from escm2_tf import layout
 from escm2_tf import options
 from escm2_tf.bench import hparams as hparams_lib
@@ -134,7 +135,7 @@ def main(argv):
   try:
     settings = _FLAGS.build(EpochTimeFlags)
   except ConfigError as e:
-    return flagbind.fail(_PROGRAM, flagbind.error_line(e))
+    return tool.fail(_PROGRAM, flagbind.error_line(e))
   # Imports TensorFlow, which the tool's quiet start-up filters.
   from escm2_tf.bench import harness  # pylint: disable=g-import-not-at-top
   overrides = argv[1:]
@@ -199,4 +200,4 @@ def _records(pattern):
 
 
 if __name__ == "__main__":
-  flagbind.run(main, _PROGRAM, _FLAGS, __doc__)
+  tool.run_script(main, _PROGRAM, _FLAGS, __doc__)

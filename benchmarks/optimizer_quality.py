@@ -22,6 +22,7 @@ from typing import Any
 
 from escm2_tf import config as config_lib
 from escm2_tf import flagbind
+from escm2_tf import tool
 from escm2_tf import layout
 from escm2_tf import options
 from escm2_tf.bench import hparams as hparams_lib
@@ -74,7 +75,7 @@ def main(argv):
   try:
     settings = _FLAGS.build(QualityFlags)
   except options.ConfigError as e:
-    return flagbind.fail(_PROGRAM, flagbind.error_line(e))
+    return tool.fail(_PROGRAM, flagbind.error_line(e))
   # Imports TensorFlow, which the tool's quiet start-up filters.
   from escm2_tf.bench import harness  # pylint: disable=g-import-not-at-top
   data_dir = settings.data_dir
@@ -95,4 +96,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flagbind.run(main, _PROGRAM, _FLAGS, __doc__)
+  tool.run_script(main, _PROGRAM, _FLAGS, __doc__)

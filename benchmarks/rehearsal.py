@@ -43,6 +43,7 @@ import time
 import numpy as np
 
 from escm2_tf import flagbind
+from escm2_tf import tool
 from escm2_tf import layout
 from escm2_tf import options
 from escm2_tf.bench import hparams as hparams_lib
@@ -424,7 +425,7 @@ def main(argv):
   try:
     settings = _FLAGS.build(RehearsalFlags)
   except options.ConfigError as e:
-    return flagbind.fail(_PROGRAM, flagbind.error_line(e))
+    return tool.fail(_PROGRAM, flagbind.error_line(e))
   if settings.from_report:
     with open(settings.from_report) as f:
       report = json.load(f)
@@ -463,4 +464,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flagbind.run(main, _PROGRAM, _FLAGS, __doc__)
+  tool.run_script(main, _PROGRAM, _FLAGS, __doc__)

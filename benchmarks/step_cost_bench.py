@@ -20,6 +20,7 @@ import time
 
 from escm2_tf import config as config_lib
 from escm2_tf import flagbind
+from escm2_tf import tool
 from escm2_tf import layout
 from escm2_tf import options
 from escm2_tf.bench import hparams as hparams_lib
@@ -66,9 +67,9 @@ def main(argv):
     settings = _FLAGS.build(StepCostFlags)
     hparams = hparams_lib.hparams_from_flagfile(settings.train_flagfile)
   except ConfigError as e:
-    return flagbind.fail(_PROGRAM, flagbind.error_line(e))
+    return tool.fail(_PROGRAM, flagbind.error_line(e))
   except (OSError, ValueError) as e:
-    return flagbind.fail(_PROGRAM, f"--train_flagfile: {e}")
+    return tool.fail(_PROGRAM, f"--train_flagfile: {e}")
   # pylint: disable=g-import-not-at-top
   import tf_keras as keras
   from escm2_tf import data
@@ -108,4 +109,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flagbind.run(main, _PROGRAM, _FLAGS, __doc__)
+  tool.run_script(main, _PROGRAM, _FLAGS, __doc__)

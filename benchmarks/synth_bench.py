@@ -15,6 +15,7 @@ import tempfile
 import time
 
 from escm2_tf import flagbind
+from escm2_tf import tool
 from escm2_tf import layout
 from escm2_tf import options
 from escm2_tf import simulator
@@ -73,7 +74,7 @@ def main(argv):
   try:
     settings = _FLAGS.build(SynthBenchFlags)
   except options.ConfigError as e:
-    return flagbind.fail(_PROGRAM, flagbind.error_line(e))
+    return tool.fail(_PROGRAM, flagbind.error_line(e))
   num = settings.num_impressions
   num_test = num // 5
   config = simulator.SimulatorConfig(num_train=num - num_test,
@@ -96,4 +97,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flagbind.run(main, _PROGRAM, _FLAGS, __doc__)
+  tool.run_script(main, _PROGRAM, _FLAGS, __doc__)

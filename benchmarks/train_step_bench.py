@@ -24,6 +24,7 @@ import numpy as np
 
 from escm2_tf import config as config_lib
 from escm2_tf import flagbind
+from escm2_tf import tool
 from escm2_tf import options
 from escm2_tf import schema
 from escm2_tf.options import option
@@ -187,7 +188,7 @@ def main(argv):
   try:
     settings = _FLAGS.build(StepFlags)
   except options.ConfigError as e:
-    return flagbind.fail(_PROGRAM, flagbind.error_line(e))
+    return tool.fail(_PROGRAM, flagbind.error_line(e))
   # pylint: disable=g-import-not-at-top
   from escm2_tf import model as model_lib
   from escm2_tf.bench import synthetic
@@ -227,4 +228,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flagbind.run(main, _PROGRAM, _FLAGS, __doc__)
+  tool.run_script(main, _PROGRAM, _FLAGS, __doc__)

@@ -461,7 +461,7 @@ class ExperimentConfig:
 
   def to_dict(self) -> dict[str, Any]:
     """A JSON-ready dict, one key per section (tuples become lists)."""
-    return options.json_ready(self)
+    return to_dict(self)
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "ExperimentConfig":
@@ -473,7 +473,7 @@ class ExperimentConfig:
       TypeError: A section that is not a mapping, or a missing required
         field.
     """
-    return _from_dict(cls, values)
+    return from_dict(cls, values)
 
 
 # ExperimentConfig's fields and their types.
@@ -494,7 +494,18 @@ def _by_section(values: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
   return grouped
 
 
-def _from_dict(cls: type, values: Mapping[str, Any]) -> Any:
+def to_dict(config: Any) -> dict[str, Any]:
+  """A config dataclass (or ``ExperimentConfig``) as a JSON-ready dict."""
+  return options.json_ready(config)
+
+
+def from_dict(cls: type, values: Mapping[str, Any]) -> Any:
+  """The config ``cls`` from ``to_dict``'s output; unknown keys are an error.
+
+  Raises:
+    ValueError: An unknown key, or a value the config refuses.
+    TypeError: A section that is not a mapping, or a missing required field.
+  """
   if not isinstance(values, Mapping):
     raise TypeError(f"{cls.__name__} must be a JSON object, got "
                     f"{type(values).__name__}")
@@ -506,7 +517,7 @@ def _from_dict(cls: type, values: Mapping[str, Any]) -> Any:
   for name, value in values.items():
     kind, _ = options.field_type(cls, name)
     if dataclasses.is_dataclass(kind):
-      value = _from_dict(kind, value)
+      value = from_dict(kind, value)
     elif typing.get_origin(kind) is tuple and isinstance(value, list):
       value = tuple(value)
     typed[name] = value

@@ -118,6 +118,31 @@ def parse_batch(serialized: tf.Tensor, with_sample_id: bool = False,
   return parsed, labels
 
 
+class LabelTable:
+  """A label known outside the records, looked up by ``sample_id``.
+
+  The simulator's true ``p_click`` is one: the study trains estimators with
+  it as their propensity. A record without a row gets NaN, which stops
+  training rather than weighting it by a made-up value.
+  """
+
+  def __init__(self, name: str, sample_ids: np.ndarray, values: np.ndarray):
+    self.name = name
+    self._table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(
+            tf.constant(np.asarray(sample_ids).astype(str)),
+            tf.constant(values, tf.float32)),
+        default_value=float("nan"))
+
+  def add(self, features: Features, labels: Labels,
+          keep_sample_id: bool) -> tuple[Features, Labels]:
+    features = dict(features)
+    sample_ids = (features[schema.SAMPLE_ID] if keep_sample_id
+                  else features.pop(schema.SAMPLE_ID))
+    return features, dict(labels, **{self.name: self._table.lookup(
+        sample_ids)})
+
+
 def make_dataset(file_pattern: str | Sequence[str], batch_size: int, *,
                  training: bool, num_epochs: int | None = 1,
                  seed: int | None = None,
@@ -127,7 +152,8 @@ def make_dataset(file_pattern: str | Sequence[str], batch_size: int, *,
                  drop_remainder: bool = False,
                  with_weights: bool = True,
                  split: HashSplit | None = None,
-                 cache: bool = False) -> tf.data.Dataset:
+                 cache: bool = False,
+                 label_table: LabelTable | None = None) -> tf.data.Dataset:
   """A dataset of ``(features, labels)`` batches over GZIP TFRecord files.
 
   Args:
@@ -155,12 +181,13 @@ def make_dataset(file_pattern: str | Sequence[str], batch_size: int, *,
       memory is about that of the parsed data (``parsed_bytes_estimate``).
       When training, later passes keep the first pass's batches and only
       reshuffle their order.
+    label_table: Adds its label to every batch.
 
   Returns:
     A ``tf.data.Dataset`` of ``(features, labels)``: features maps every
     schema field to an int64 ``tf.RaggedTensor`` [B, None] and, with
     ``with_weights``, every weight feature to a float32 one; labels maps
-    ``click`` and ``conversion`` to float32 [B].
+    ``click`` and ``conversion`` (and ``label_table``'s) to float32 [B].
 
   Raises:
     FileNotFoundError: The pattern matches nothing.
@@ -198,9 +225,13 @@ def make_dataset(file_pattern: str | Sequence[str], batch_size: int, *,
     # Batches may span passes: no short batch at every pass's end.
     dataset = dataset.repeat(num_epochs)
   dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-  dataset = dataset.map(
-      lambda serialized: parse_batch(serialized, with_sample_id, with_weights),
-      num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+  def parse(serialized):
+    parsed = parse_batch(serialized, with_sample_id or bool(label_table),
+                         with_weights)
+    return label_table.add(*parsed, with_sample_id) if label_table else parsed
+
+  dataset = dataset.map(parse, num_parallel_calls=tf.data.AUTOTUNE,
+                        deterministic=deterministic)
   if cache:
     dataset = dataset.cache()
     if training:

@@ -1,6 +1,7 @@
 """Distribution strategies for training: a name and the cluster in TF_CONFIG.
 
-``escm2-train --distribution_strategy=NAME`` picks one of ``STRATEGIES``:
+``escm2-train --distribution_strategy=NAME`` picks one of
+``config.STRATEGIES``:
 
 * ``default``: this process alone, on its first device.
 * ``mirrored``: synchronous data parallelism over this machine's devices.
@@ -38,18 +39,13 @@ import tf_keras as keras
 
 from escm2_tf import config as config_lib
 
-DEFAULT = config_lib.DEFAULT_STRATEGY
-MIRRORED = config_lib.MIRRORED
-MULTI_WORKER_MIRRORED = config_lib.MULTI_WORKER_MIRRORED
-PARAMETER_SERVER = config_lib.PARAMETER_SERVER
-STRATEGIES = config_lib.STRATEGIES
-DEFAULT_MIN_SHARD_BYTES = config_lib.DEFAULT_MIN_SHARD_BYTES
 TF_CONFIG = "TF_CONFIG"
 CHIEF, WORKER, PS = "chief", "worker", "ps"
 # The jobs each cluster strategy accepts, and which of them run ``train``.
-_JOBS = {MULTI_WORKER_MIRRORED: (CHIEF, WORKER),
-         PARAMETER_SERVER: (CHIEF, WORKER, PS)}
-_TRAINERS = {MULTI_WORKER_MIRRORED: (CHIEF, WORKER), PARAMETER_SERVER: (CHIEF,)}
+_JOBS = {config_lib.MULTI_WORKER_MIRRORED: (CHIEF, WORKER),
+         config_lib.PARAMETER_SERVER: (CHIEF, WORKER, PS)}
+_TRAINERS = {config_lib.MULTI_WORKER_MIRRORED: (CHIEF, WORKER),
+             config_lib.PARAMETER_SERVER: (CHIEF,)}
 _SHARD_NAME = re.compile(r"^(.*)/part_(\d+):\d+$")
 # gRPC then fails a call to a lost task at once, so the coordinator sees the
 # loss and reschedules that worker's steps instead of waiting.
@@ -150,14 +146,15 @@ def check_task(strategy: str, task: Task) -> None:
       single-machine strategy, a job the strategy has no use for, or a
       parameter-server cluster without its chief, worker and ps jobs.
   """
-  if strategy not in STRATEGIES:
+  if strategy not in config_lib.STRATEGIES:
     raise ClusterError(f"--distribution_strategy must be one of "
-                       f"{', '.join(STRATEGIES)}, got {strategy!r}")
-  if strategy in (DEFAULT, MIRRORED):
+                       f"{', '.join(config_lib.STRATEGIES)}, got {strategy!r}")
+  if strategy in (config_lib.DEFAULT_STRATEGY, config_lib.MIRRORED):
     if task.num_tasks > 1:
       raise _fail(f"describes a cluster of {task.num_tasks} tasks, but "
                   f"--distribution_strategy={strategy} trains in this process "
-                  f"alone; use {MULTI_WORKER_MIRRORED} or {PARAMETER_SERVER}, "
+                  f"alone; use {config_lib.MULTI_WORKER_MIRRORED} or "
+                  f"{config_lib.PARAMETER_SERVER}, "
                   f"or unset {TF_CONFIG}")
     return
   unknown = sorted(set(task.cluster) - set(_JOBS[strategy]))
@@ -165,11 +162,11 @@ def check_task(strategy: str, task: Task) -> None:
     raise _fail(f"job(s) {', '.join(unknown)} have no role under "
                 f"--distribution_strategy={strategy} (jobs: "
                 f"{', '.join(_JOBS[strategy])})")
-  if strategy == PARAMETER_SERVER:
-    for job in _JOBS[PARAMETER_SERVER]:
+  if strategy == config_lib.PARAMETER_SERVER:
+    for job in _JOBS[config_lib.PARAMETER_SERVER]:
       if job not in task.cluster:
-        raise _fail(f"--distribution_strategy={PARAMETER_SERVER} needs a "
-                    f"cluster with {CHIEF} (the coordinator), {WORKER} and "
+        raise _fail(f"--distribution_strategy={config_lib.PARAMETER_SERVER} "
+                    f"needs a cluster with {CHIEF} (the coordinator), {WORKER} and "
                     f"{PS} jobs; it has none for {job}")
     if len(task.cluster[CHIEF]) != 1:
       raise _fail(f"the {CHIEF} job must have exactly one task")
@@ -177,7 +174,8 @@ def check_task(strategy: str, task: Task) -> None:
 
 def is_server(strategy: str, task: Task) -> bool:
   """Whether this task only serves the cluster (parameter-server training)."""
-  return strategy == PARAMETER_SERVER and task.task_type in (WORKER, PS)
+  return (strategy == config_lib.PARAMETER_SERVER
+          and task.task_type in (WORKER, PS))
 
 
 def run_server(task: Task) -> None:
@@ -191,12 +189,12 @@ def run_server(task: Task) -> None:
 
 
 def make_strategy(strategy: str, task: Task, *,
-                  min_shard_bytes: int = DEFAULT_MIN_SHARD_BYTES
+                  min_shard_bytes: int = config_lib.DEFAULT_MIN_SHARD_BYTES
                   ) -> tf.distribute.Strategy:
   """The strategy ``strategy`` for ``task`` (``check_task`` it first).
 
   Args:
-    strategy: One of ``STRATEGIES``.
+    strategy: One of ``config_lib.STRATEGIES``.
     task: This process's task, from ``read_task``.
     min_shard_bytes: Under ``parameter_server``, a variable larger than
       this is split into ``min(servers, ceil(bytes / min_shard_bytes))``
@@ -207,15 +205,15 @@ def make_strategy(strategy: str, task: Task, *,
       for a multi-worker strategy's collective ops; or this task does not
       run the trainer.
   """
-  if strategy == DEFAULT:
+  if strategy == config_lib.DEFAULT_STRATEGY:
     return tf.distribute.get_strategy()
-  if strategy == MIRRORED:
+  if strategy == config_lib.MIRRORED:
     return tf.distribute.MirroredStrategy()
   if task.task_type is not None and task.task_type not in _TRAINERS[strategy]:
     raise _fail(f"task {task} does not train under --distribution_strategy="
                 f"{strategy}; start it with the same command and TF_CONFIG")
   resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
-  if strategy == MULTI_WORKER_MIRRORED:
+  if strategy == config_lib.MULTI_WORKER_MIRRORED:
     try:
       return tf.distribute.MultiWorkerMirroredStrategy(
           cluster_resolver=resolver)

@@ -91,7 +91,8 @@ def dataset_fns(train_data: str, batch_size: int, *, seed: int | None,
                 validation_data: str = "", with_weights: bool = False,
                 num_epochs: int | None = 1,
                 validation_num_epochs: int | None = 1,
-                cache_training: bool = False, cache_validation: bool = False
+                cache_training: bool = False, cache_validation: bool = False,
+                label_table: data.LabelTable | None = None
                 ) -> tuple[DatasetFn, DatasetFn | None]:
   """``split_datasets`` as functions of ``input_context`` (tf.distribute).
 
@@ -100,7 +101,7 @@ def dataset_fns(train_data: str, batch_size: int, *, seed: int | None,
   ``validation_data``) it trains on all and validates on nothing (None).
   The other arguments are ``data.make_dataset``'s: ``num_epochs`` and
   ``cache_training`` of the training side, ``validation_num_epochs`` and
-  ``cache_validation`` of the validation side.
+  ``cache_validation`` of the validation side; ``label_table`` of both.
   """
   training_split, validation_split = None, None
   if not validation_data and validation_fraction:
@@ -108,14 +109,14 @@ def dataset_fns(train_data: str, batch_size: int, *, seed: int | None,
   training = functools.partial(
       data.make_dataset, train_data, batch_size, training=True, seed=seed,
       num_epochs=num_epochs, split=training_split, with_weights=with_weights,
-      cache=cache_training)
+      cache=cache_training, label_table=label_table)
   if not (validation_data or validation_fraction):
     return training, None
   return training, functools.partial(
       data.make_dataset, validation_data or train_data, batch_size,
       training=False, num_epochs=validation_num_epochs,
       split=validation_split, with_weights=with_weights,
-      cache=cache_validation)
+      cache=cache_validation, label_table=label_table)
 
 
 def split_datasets(train_data: str, batch_size: int, *, seed: int | None,

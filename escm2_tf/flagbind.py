@@ -1,38 +1,55 @@
 """Command-line flags derived from the configuration dataclasses.
 
-Every CLI declares its flags as the fields of frozen dataclasses
-(``escm2_tf.options``); a ``Binding`` defines one absl flag per field, of the
-same name, type, default and accepted values, with the field's docstring entry
-as help. It builds the dataclasses back from the parsed flags (``build``),
-so a flagfile is just those flags, and reports a ``ConfigError`` as one line
-naming the flag (``error_line``). ``run`` is every CLI's ``app.run``: its own
-grouped ``--help``, one-line usage errors with exit status 2 before TensorFlow
-or Beam load, the log levels of ``--verbosity``, and Ctrl-C without a
-traceback.
+Every tool declares its flags as the fields of frozen dataclasses
+(``escm2_tf.options``); a ``Binding`` of ``Section``s defines one absl flag
+per field (``define``), of the same name, type, default and accepted values,
+with the field's docstring entry as help. It builds the dataclasses back from
+the parsed flags (``build``; a dataclass of bound dataclasses, such as
+``ExperimentConfig``, section by section), so a flagfile is just those flags,
+and reports a ``ConfigError`` as one line naming the flag (``error_line``).
+Nothing is defined at import: a tool defines its flags when it runs
+(``escm2_tf.tool``), so tools and tests share one process without clashes.
 
-  _FLAGS = flagbind.Binding(flagbind.Section(config.ModelConfig, "model"))
-  def main(argv):
-    model_config = _FLAGS.build(config.ModelConfig)
-  flagbind.run(main, "escm2-x", _FLAGS, __doc__)
+A script (``benchmarks/``) binds its own flags the same way:
+
+  @dataclasses.dataclass(frozen=True)
+  class SweepFlags:
+    \"\"\"What to sweep.
+
+    Attributes:
+      work_dir: Where the data go.
+      seeds: Seeds to run.
+    \"\"\"
+    work_dir: str = option("/tmp/sweep", group="data")
+    seeds: tuple[int, ...] = (0, 1)
+
+  TOOL = tool.Tool(
+      "sweep", __doc__,
+      flagbind.Binding(flagbind.Section(SweepFlags, "benchmark"),
+                       *flagbind.TRAIN_SECTIONS),
+      build=lambda binding: (binding.build(SweepFlags),
+                             binding.build(config.ExperimentConfig)),
+      body=_sweep)  # _sweep(settings) -> exit status
+
+  if __name__ == "__main__":
+    TOOL.run()
+
+``TRAIN_SECTIONS`` are ``escm2-train``'s flags (every ``ExperimentConfig``
+field); leave them out, or ``exclude`` fields of a ``Section``, for a script
+that fixes them itself.
 """
 
 import dataclasses
 import re
-import sys
 import textwrap
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-from absl import app
 from absl import flags
 
 from escm2_tf import config as config_lib
-from escm2_tf import console
 from escm2_tf import options
 from escm2_tf.options import ConfigError
 
-USAGE_ERROR = 2
-INTERRUPTED = 130
-_HELP_ARGS = ("-h", "-?", "-help", "--help", "-helpshort", "--helpshort")
 # Help groups in this order; others in the order they appear.
 _GROUPS = ("input", "data", "size", "world", "conversion", "benchmark",
            "model", "loss", "training", "distribution", "serving", "output")
@@ -82,9 +99,7 @@ def _define(section: Section, field: dataclasses.Field,
   kind = tuple if getattr(kind, "__origin__", kind) is tuple else kind
   default = _flag_default(field, kind)
   text = options.one_line_help(section.config, field)
-  # The test suite imports every CLI into one process, where flags of the same
-  # name (--seed, --output_dir, ...) must replace each other.
-  common = {"flag_values": flag_values, "allow_override": True}
+  common = {"flag_values": flag_values}
   choices = field.metadata.get(options.CHOICES)
   if choices and kind is str:
     flags.DEFINE_enum(field.name, default, choices, text, **common)
@@ -109,9 +124,17 @@ class Binding:
                flag_values: flags.FlagValues = flags.FLAGS):
     self.sections = sections
     self.flag_values = flag_values
-    for section in sections:
+
+  def define(self) -> "Binding":
+    """Defines the flags in ``flag_values``; returns the binding.
+
+    Raises:
+      absl.flags.DuplicateFlagError: A flag of that name is defined already.
+    """
+    for section in self.sections:
       for field in section.fields():
-        _define(section, field, flag_values)
+        _define(section, field, self.flag_values)
+    return self
 
   def _section(self, config: type) -> Section:
     for section in self.sections:
@@ -227,55 +250,3 @@ def usage_error(error: flags.Error) -> str:
                    "expected a number", message)
   return message.replace("ERROR:: Unable to open flagfile: ",
                          "--flagfile: cannot open: ")
-
-
-def fail(program: str, message: str, status: int = USAGE_ERROR) -> int:
-  """Prints ``program: error: message`` to stderr; returns ``status``."""
-  print(f"{program}: error: {message}", file=sys.stderr)
-  return status
-
-
-def parser(program: str, binding: Binding, doc: str,
-           known_only: bool = False) -> Callable[[list[str]], list[str]]:
-  """An ``app.run`` flags parser: its own help, one-line errors."""
-
-  def parse(argv: list[str]) -> list[str]:
-    if any(arg in _HELP_ARGS for arg in argv[1:]):
-      print(binding.help(program, doc))
-      sys.exit(0)
-    if any(arg in ("-helpfull", "--helpfull") for arg in argv[1:]):
-      # absl's own --helpfull, with exit status 0 like --help.
-      print(binding.flag_values.get_help())
-      sys.exit(0)
-    try:
-      rest = binding.flag_values(argv, known_only=known_only)
-    except flags.Error as error:
-      sys.exit(fail(program, usage_error(error)))
-    return rest
-
-  return parse
-
-
-def run(main: Callable[[list[str]], int | None], program: str,
-        binding: Binding, doc: str, known_only: bool = False,
-        interrupted: str = "interrupted") -> None:
-  """``app.run(main)`` with ``parser``'s flags, and a clean Ctrl-C.
-
-  Args:
-    main: The CLI's main.
-    program: The CLI's name, which starts its error lines.
-    binding: The CLI's flags.
-    doc: The text ``--help`` starts with (the CLI's docstring).
-    known_only: Leave unknown flags in argv for main (Beam's options).
-    interrupted: The message of a Ctrl-C (exit status 130).
-  """
-
-  def guarded(argv: list[str]) -> int | None:
-    # Here, not in the parser: app.run resets absl's logger after parsing.
-    console.configure(flags.FLAGS["verbosity"].value)
-    try:
-      return main(argv)
-    except KeyboardInterrupt:
-      return fail(program, interrupted, INTERRUPTED)
-
-  app.run(guarded, flags_parser=parser(program, binding, doc, known_only))

@@ -22,13 +22,9 @@ from escm2_tf import config as config_lib
 from escm2_tf import layout
 from escm2_tf import schema
 
-LOSSES = config_lib.LOSSES
-COMPAT_MODES = config_lib.COMPAT_MODES
-PROPENSITIES = config_lib.PROPENSITIES
-JOINT_LEARNING_LOSSES = config_lib.JOINT_LEARNING_LOSSES
 # The estimators with an imputation tower (output ``schema.IMPUTATION``): a
 # predicted error for dr, a pseudo-label for the joint-learning ones.
-IMPUTATION_LOSSES = ("dr",) + JOINT_LEARNING_LOSSES
+IMPUTATION_LOSSES = ("dr",) + config_lib.JOINT_LEARNING_LOSSES
 # The label holding a known click propensity, for propensity="label": the
 # simulator's true click probability, its ground truth's column.
 PROPENSITY_LABEL = layout.P_CLICK
@@ -37,9 +33,6 @@ PROPENSITY_LABEL = layout.P_CLICK
 PADDLEREC_EPSILON = 1e-4
 PADDLEREC_MIN_PROPENSITY = 1e-6
 PADDLEREC_MAX_WEIGHT = 15.0
-
-# Declared with the other configurations, where no TensorFlow loads.
-LossConfig = config_lib.LossConfig
 
 
 def _vector(tensors: Mapping[str, tf.Tensor], key: str,
@@ -69,7 +62,8 @@ def paddle_log_loss(labels: tf.Tensor, probs: tf.Tensor) -> tf.Tensor:
            (1.0 - labels) * tf.math.log(1.0 - probs + PADDLEREC_EPSILON))
 
 
-def inverse_propensity(config: LossConfig, propensity: tf.Tensor) -> tf.Tensor:
+def inverse_propensity(config: config_lib.LossConfig,
+                       propensity: tf.Tensor) -> tf.Tensor:
   """1 / max(ô, propensity_clip), capped and stop-gradient as configured."""
   weight = 1.0 / tf.maximum(propensity, config.propensity_clip)
   if config.max_ips_weight is not None:
@@ -85,7 +79,8 @@ def _clicked_mean(click: tf.Tensor, delta: tf.Tensor) -> tf.Tensor:
                                tf.reduce_sum(click))
 
 
-def compute_losses(config: LossConfig, labels: Mapping[str, tf.Tensor],
+def compute_losses(config: config_lib.LossConfig,
+                   labels: Mapping[str, tf.Tensor],
                    outputs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
   """The total loss and its parts for one batch.
 
@@ -159,7 +154,7 @@ def compute_losses(config: LossConfig, labels: Mapping[str, tf.Tensor],
   else:
     propensity = (ctr if config.propensity == "model" else
                   _vector(labels, PROPENSITY_LABEL, "labels"))
-    if config.loss in JOINT_LEARNING_LOSSES:
+    if config.loss in config_lib.JOINT_LEARNING_LOSSES:
       result = joint_learning_risks(config, click, propensity, conversion,
                                     cvr, imputation)
     else:
@@ -179,7 +174,7 @@ def compute_losses(config: LossConfig, labels: Mapping[str, tf.Tensor],
   return result
 
 
-def _ips_mean_fn(config: LossConfig, click: tf.Tensor,
+def _ips_mean_fn(config: config_lib.LossConfig, click: tf.Tensor,
                  propensity: tf.Tensor):
   """o·w, and Σ o·w·values over |D| (or over Σ o·w with SNIPS) as a function.
 
@@ -199,7 +194,7 @@ def _ips_mean_fn(config: LossConfig, click: tf.Tensor,
   return weighted_click, ips_mean
 
 
-def _paper_counterfactual(config: LossConfig, click: tf.Tensor,
+def _paper_counterfactual(config: config_lib.LossConfig, click: tf.Tensor,
                           propensity: tf.Tensor, delta: tf.Tensor,
                           imputation: tf.Tensor | None) -> dict[str, tf.Tensor]:
   """R_IPS, or R_err and R_imp with the decoupling stop-gradients."""
@@ -215,7 +210,7 @@ def _paper_counterfactual(config: LossConfig, click: tf.Tensor,
   }
 
 
-def joint_learning_risks(config: LossConfig, click: tf.Tensor,
+def joint_learning_risks(config: config_lib.LossConfig, click: tf.Tensor,
                          propensity: tf.Tensor, conversion: tf.Tensor,
                          cvr: tf.Tensor, pseudo_label: tf.Tensor
                          ) -> dict[str, tf.Tensor]:

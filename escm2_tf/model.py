@@ -21,7 +21,6 @@ import tf_keras as keras
 from escm2_tf import base_rates as base_rates_lib
 from escm2_tf import config as config_lib
 from escm2_tf import layers
-from escm2_tf import options
 from escm2_tf import schema
 from escm2_tf import task as task_lib
 
@@ -224,8 +223,8 @@ class ESCM2Model(keras.Model):
     return self(features, training=False)
 
   def get_config(self) -> dict[str, Any]:
-    return {"model_config": options.json_ready(self.model_config),
-            "loss_config": options.json_ready(self.loss_config)}
+    return {"model_config": config_lib.to_dict(self.model_config),
+            "loss_config": config_lib.to_dict(self.loss_config)}
 
   @classmethod
   def from_config(cls, config: Mapping[str, Any], custom_objects=None):

@@ -42,10 +42,6 @@ import tf_keras as keras
 
 from escm2_tf import config as config_lib
 
-ADAM = config_lib.ADAM
-LAZY_ADAM = config_lib.LAZY_ADAM
-SPARSE_ADAM = config_lib.SPARSE_ADAM
-OPTIMIZERS = config_lib.OPTIMIZERS
 
 
 def _sum_duplicates(gradient: tf.IndexedSlices) -> tf.IndexedSlices:
@@ -178,7 +174,7 @@ class LazyAdam(keras.optimizers.Adam):
 
 def make_optimizer(name: str, learning_rate: float
                    ) -> keras.optimizers.Optimizer:
-  """The optimizer ``name`` (one of ``OPTIMIZERS``) at ``learning_rate``.
+  """The optimizer ``name`` (one of ``config.OPTIMIZERS``) at ``learning_rate``.
 
   ``"lazy_adam"`` is ``LazyAdam``; ``"sparse_adam"`` is
   ``LazyAdam(catch_up=True)``; ``"adam"`` is Keras' Adam, whose sparse
@@ -187,14 +183,14 @@ def make_optimizer(name: str, learning_rate: float
   Raises:
     ValueError: An unknown name or a non-positive learning rate.
   """
-  if name not in OPTIMIZERS:
+  if name not in config_lib.OPTIMIZERS:
     raise ValueError(f"Unknown optimizer {name!r}; expected one of "
-                     f"{', '.join(OPTIMIZERS)}.")
+                     f"{', '.join(config_lib.OPTIMIZERS)}.")
   if not 0.0 < learning_rate < float("inf"):
     raise ValueError(f"learning_rate must be a positive finite number, got "
                      f"{learning_rate!r}.")
-  if name == LAZY_ADAM:
+  if name == config_lib.LAZY_ADAM:
     return LazyAdam(learning_rate)
-  if name == SPARSE_ADAM:
+  if name == config_lib.SPARSE_ADAM:
     return LazyAdam(learning_rate, catch_up=True, name="SparseAdam")
   return keras.optimizers.Adam(learning_rate)

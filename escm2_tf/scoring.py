@@ -24,16 +24,13 @@ from escm2_tf import serving
 from escm2_tf.formats import aliccp
 from escm2_tf.formats import encode
 from escm2_tf.formats import examples
+from escm2_tf.options import ConfigError
 
 INPUT_FORMATS = config_lib.SCORING_INPUT_FORMATS
 OUTPUT_HEADER = (schema.SAMPLE_ID,) + schema.OUTPUT_NAMES
 # Lines of TensorFlow's errors that locate rather than explain.
 _ERROR_CONTEXT = ("Graph execution error", "Detected at node",
                   "<stack traces", "[[")
-
-
-class InputError(ValueError):
-  """Input that cannot be scored; the message names the file and line."""
 
 
 # A batch to score: sample ids, serialized examples, and where they came from.
@@ -55,7 +52,7 @@ def _not_text(error: UnicodeDecodeError) -> str:
           f"column {error.start + 1}")
 
 
-def _text_lines(path: str) -> Iterator[tuple[int, str]]:
+def _text_lines(flag: str, path: str) -> Iterator[tuple[int, str]]:
   number = 0
   try:
     with tf.io.gfile.GFile(path) as f:
@@ -63,10 +60,11 @@ def _text_lines(path: str) -> Iterator[tuple[int, str]]:
         yield number, line
   except UnicodeDecodeError as error:
     # GFile decodes line by line: the failing line is the next one.
-    raise InputError(f"{path}:{number + 1}: {_not_text(error)}") from None
+    raise ConfigError(flag, f"{path}:{number + 1}: {_not_text(error)}"
+                      ) from None
   except tf.errors.OpError as error:
-    raise InputError(f"{path}:{number + 1}: cannot read: "
-                     f"{_reason(error)}") from None
+    raise ConfigError(flag, f"{path}:{number + 1}: cannot read: "
+                      f"{_reason(error)}") from None
 
 
 def load_common_features(files: Sequence[str],
@@ -74,15 +72,15 @@ def load_common_features(files: Sequence[str],
   """The encoded user-side features of ``common_features_*.csv`` by index."""
   common = {}
   for path in files:
-    for number, line in _text_lines(path):
+    for number, line in _text_lines("common_features", path):
       where = f"{path}:{number}"
       try:
         index, encoded = encode.encode_common(line, max_values)
       except aliccp.BadRowError as error:
-        raise InputError(f"{where}: {error}") from None
+        raise ConfigError("common_features", f"{where}: {error}") from None
       if index in common:
-        raise InputError(f"{where}: common_feature_index {index} appears "
-                         "twice")
+        raise ConfigError("common_features", f"{where}: common_feature_index "
+                          f"{index} appears twice")
       common[index] = encoded.entries
   return common
 
@@ -91,7 +89,7 @@ def _text_records(path: str, input_format: str, max_values: int,
                   common: dict[str, bytes] | None
                   ) -> Iterator[tuple[str, bytes, str]]:
   """``(sample_id, serialized example, location)`` per line of a text file."""
-  for number, line in _text_lines(path):
+  for number, line in _text_lines("data", path):
     where = f"{path}:{number}"
     try:
       if input_format == "paddlerec":
@@ -100,12 +98,12 @@ def _text_records(path: str, input_format: str, max_values: int,
       else:
         row, encoded = encode.encode_skeleton(line, max_values)
         if row.common_feature_index not in common:
-          raise InputError(f"{where}: common_feature_index "
-                           f"{row.common_feature_index} is not in "
-                           "--common_features")
+          raise ConfigError("data", f"{where}: common_feature_index "
+                            f"{row.common_feature_index} is not in "
+                            "--common_features")
         entries = (common[row.common_feature_index], encoded.entries)
     except aliccp.BadRowError as error:
-      raise InputError(f"{where}: {error}") from None
+      raise ConfigError("data", f"{where}: {error}") from None
     yield row.sample_id, examples.example_from_entries(*entries), where
 
 
@@ -135,19 +133,19 @@ def _tfrecord_batches(path: str, batch_size: int) -> Iterator[Batch]:
       try:
         parsed = tf.io.parse_example(serialized, spec)
       except tf.errors.InvalidArgumentError as error:
-        raise InputError(f"{where}: not tf.Examples with a string "
-                         f"sample_id: {_reason(error)}") from None
+        raise ConfigError("data", f"{where}: not tf.Examples with a string "
+                          f"sample_id: {_reason(error)}") from None
       try:
         ids = [s.decode("utf-8") for s in parsed[schema.SAMPLE_ID].numpy()]
       except UnicodeDecodeError as error:
-        raise InputError(f"{where}: sample_id is not UTF-8 text: "
-                         f"{error.object!r}") from None
+        raise ConfigError("data", f"{where}: sample_id is not UTF-8 text: "
+                          f"{error.object!r}") from None
       yield ids, list(serialized.numpy()), where
       start += len(serialized)
   except tf.errors.DataLossError as error:
-    raise InputError(f"{path}: corrupt or not a{' GZIP' if compression else ''}"
-                     f" TFRecord file after record {start}: "
-                     f"{_reason(error)}") from None
+    raise ConfigError(
+        "data", f"{path}: corrupt or not a{' GZIP' if compression else ''} "
+        f"TFRecord file after record {start}: {_reason(error)}") from None
 
 
 def read_batches(
@@ -184,8 +182,9 @@ def score(signature: Callable[..., dict[str, tf.Tensor]],
         outputs = signature(**{serving.EXAMPLES_INPUT: tf.constant(
             serialized, dtype=tf.string)})
       except tf.errors.InvalidArgumentError as error:
-        raise InputError(
-            f"{where}: the model rejected it: {_reason(error)}") from None
+        raise ConfigError(
+            "data", f"{where}: the model rejected it: {_reason(error)}"
+        ) from None
       columns = [outputs[name].numpy() for name in schema.OUTPUT_NAMES]
       for sample_id, *values in zip(ids, *columns):
         writer.writerow([sample_id] + [f"{v:.9g}" for v in values])
@@ -194,10 +193,10 @@ def score(signature: Callable[..., dict[str, tf.Tensor]],
 
 
 def files(flag: str, pattern: str) -> list[str]:
-  """The files ``pattern`` matches, sorted; none is an ``InputError``."""
+  """The files ``pattern`` matches, sorted; none is a ``ConfigError``."""
   files = sorted(tf.io.gfile.glob(pattern))
   if not files:
-    raise InputError(f"--{flag}: no files match {pattern!r}")
+    raise ConfigError(flag, f"no files match {pattern!r}")
   return files
 
 
@@ -206,4 +205,4 @@ def load_signature(path: str) -> Callable[..., dict[str, tf.Tensor]]:
   try:
     return export.load_serving_signature(path)[1]
   except (FileNotFoundError, ValueError) as error:
-    raise InputError(f"--saved_model: {error}") from None
+    raise ConfigError("saved_model", str(error)) from None

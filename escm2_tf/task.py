@@ -32,7 +32,6 @@ import tf_keras as keras
 from escm2_tf import config as config_lib
 from escm2_tf import losses
 from escm2_tf import metrics as metrics_lib
-from escm2_tf import options
 from escm2_tf import schema
 
 TOTAL_LOSS = "loss"
@@ -172,11 +171,12 @@ class ESCM2Task(keras.layers.Layer):
 
   def get_config(self) -> dict[str, Any]:
     return {**super().get_config(),
-            "loss_config": options.json_ready(self.loss_config),
+            "loss_config": config_lib.to_dict(self.loss_config),
             "regularized": self.regularized}
 
   @classmethod
   def from_config(cls, config: Mapping[str, Any]) -> "ESCM2Task":
     config = dict(config)
-    config["loss_config"] = config_lib.LossConfig(**config["loss_config"])
+    config["loss_config"] = config_lib.from_dict(config_lib.LossConfig,
+                                                 config["loss_config"])
     return cls(**config)

@@ -36,6 +36,7 @@ from escm2_tf import early_stopping
 from escm2_tf import evaluation
 from escm2_tf import export
 from escm2_tf import fit_policy
+from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import optimizers
 from escm2_tf import recalibration
@@ -251,7 +252,8 @@ def _fit(model: keras.Model, config: config_lib.ExperimentConfig,
          strategy: tf.distribute.Strategy,
          run_callbacks: Sequence[keras.callbacks.Callback],
          callbacks: Sequence[keras.callbacks.Callback],
-         verbose: int) -> keras.callbacks.History:
+         verbose: int,
+         label_table: data.LabelTable | None) -> keras.callbacks.History:
   """Runs ``fit``, by default one pass over the training data per epoch.
 
   It validates on ``validation_data``, or on the held-out slice of the
@@ -282,8 +284,9 @@ def _fit(model: keras.Model, config: config_lib.ExperimentConfig,
       with_weights=config.model.use_weights,
       num_epochs=None if fixed_steps else 1,
       validation_num_epochs=None if cluster else 1,
-      cache_training=cache_training, cache_validation=cache_validation)
-  if config.runtime.distribution_strategy == distribute.DEFAULT:
+      cache_training=cache_training, cache_validation=cache_validation,
+      label_table=label_table)
+  if config.runtime.distribution_strategy == config_lib.DEFAULT_STRATEGY:
     inputs = inputs()
     if validation_inputs:
       validation_inputs = validation_inputs()
@@ -371,7 +374,8 @@ def _set_up(config: config_lib.ExperimentConfig
 
 def train(config: config_lib.ExperimentConfig, *,
           callbacks: Sequence[keras.callbacks.Callback] = (),
-          verbose: int = 1) -> dict[str, Any]:
+          verbose: int = 1,
+          propensity_labels: str = "") -> dict[str, Any]:
   """Checks the inputs, trains, evaluates, and exports.
 
   The model is validated after every epoch on ``validation_data`` or on the
@@ -387,6 +391,10 @@ def train(config: config_lib.ExperimentConfig, *,
     config: The run: data, network, estimator, schedule, outputs, strategy.
     callbacks: Extra Keras callbacks, run after the built-in ones.
     verbose: Keras' verbosity: 0 silent, 1 progress bar, 2 a line per epoch.
+    propensity_labels: A ground-truth CSV of the training data (the
+      simulator's ``ground_truth_train.csv``) whose ``p_click`` every
+      training and validation batch carries, for
+      ``LossConfig(propensity="label")``; only the study has one.
 
   Returns:
     ``{"metrics": as written to metrics.json (undefined values None; empty
@@ -405,7 +413,12 @@ def train(config: config_lib.ExperimentConfig, *,
     distribute.ClusterError: TF_CONFIG does not fit the strategy.
     TrainingDivergedError: The loss became NaN or infinite.
   """
-  validation.check_loss(config.loss)
+  validation.check_loss(config.loss, propensity_labels)
+  label_table = None
+  if config.loss.propensity == "label":
+    truth = evaluation.read_ground_truth(propensity_labels)
+    label_table = data.LabelTable(losses.PROPENSITY_LABEL,
+                                  truth[schema.SAMPLE_ID], truth["p_click"])
   task, strategy, vocabularies = _set_up(config)
   rates = validation.read_base_rates(config)
   model = _build_model(config, vocabularies, strategy,
@@ -421,7 +434,7 @@ def train(config: config_lib.ExperimentConfig, *,
   run_callbacks = _callbacks(config, parameter_server, task.is_chief,
                              verbose)
   history = _fit(model, config, strategy, run_callbacks,
-                 callbacks, verbose)
+                 callbacks, verbose, label_table)
   shifts = (_recalibrate(model, config, rates)
             if config.trainer.recalibrate else None)
   # Saving reads the metrics' sync-on-read variables, a collective: every

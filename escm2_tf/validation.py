@@ -210,9 +210,13 @@ def check_inputs(config: config_lib.ExperimentConfig, *, stored_config: str,
   return vocabularies
 
 
-def check_loss(loss_config: Any) -> None:
-  """The trainer's data carry no known propensity to weigh clicks by."""
-  if loss_config.propensity != "model":
+def check_loss(loss_config: Any, propensity_labels: str = "") -> None:
+  """The trainer's data carry no known propensity to weigh clicks by.
+
+  Only a caller with the training data's ground truth (``propensity_labels``,
+  the study's) may train with ``propensity="label"``.
+  """
+  if loss_config.propensity != "model" and not propensity_labels:
     raise ConfigError(
         "propensity", f"{loss_config.propensity!r} reads a p_click label, "
         "which the converter's TFRecords do not carry; escm2-train weighs "

@@ -21,54 +21,47 @@ the counts), so that no later glob of DIR's shards finds the failed run.
 """
 
 import sys
-from typing import Sequence
 
 from escm2_pipelines import config as config_lib
 from escm2_tf import flagbind
+from escm2_tf import tool
 
 _PROGRAM = "escm2-convert"
 _FAILED = 1
-_FLAGS = flagbind.Binding(flagbind.Section(config_lib.ConvertConfig,
-                                           "conversion"))
 
 
-def parse_flags(argv: Sequence[str]) -> list[str]:
-  """Parses the converter's flags; returns argv[0] and the Beam options."""
-  return flagbind.parser(_PROGRAM, _FLAGS, __doc__, known_only=True)(
-      list(argv))
-
-
-def main(argv: Sequence[str]) -> int:
-  if len(argv) == 1:
-    try:
-      config = _FLAGS.build(config_lib.ConvertConfig)
-    except config_lib.ConfigError as e:
-      return flagbind.fail(_PROGRAM, flagbind.error_line(e))
+def _check_beam_args(args: list[str]) -> None:
   # Imported once the flags are known to be good: Beam loads slowly. Flags
   # left over are Beam's, or typos, which are the likelier mistake to report.
   from escm2_pipelines import convert  # pylint: disable=g-import-not-at-top
-  try:
-    convert.check_pipeline_args(argv[1:])
-    config = _FLAGS.build(config_lib.ConvertConfig)
-  except config_lib.ConfigError as e:
-    return flagbind.fail(_PROGRAM, flagbind.error_line(e))
+  convert.check_pipeline_args(args)
+
+
+def _convert(config: config_lib.ConvertConfig, args: list[str]) -> int:
+  from escm2_pipelines import convert  # pylint: disable=g-import-not-at-top
   print(f"{_PROGRAM}: converting {config.input_format} logs into "
         f"{config.output_dir}", file=sys.stderr, flush=True)
   try:
-    stats = convert.run(config, pipeline_args=argv[1:])
-  except config_lib.ConfigError as e:
-    return flagbind.fail(_PROGRAM, flagbind.error_line(e))
+    stats = convert.run(config, pipeline_args=args)
   except (convert.TooManyBadRowsError, convert.OutOfSpaceError) as e:
-    return flagbind.fail(_PROGRAM, str(e), _FAILED)
+    return tool.fail(_PROGRAM, str(e), _FAILED)
   print(f"{_PROGRAM}: {stats['rows_written']:,} of {stats['rows_read']:,} "
         f"rows written to {config.output_dir} ({stats['rows_rejected']:,} "
         f"rejected, {stats['rows_dropped']:,} dropped; vocab/, stats.json)")
   return 0
 
 
+TOOL = tool.Tool(
+    _PROGRAM, __doc__,
+    flagbind.Binding(flagbind.Section(config_lib.ConvertConfig,
+                                      "conversion")),
+    build=lambda binding: binding.build(config_lib.ConvertConfig),
+    body=_convert, known_only=True, check_args=_check_beam_args,
+    interrupted="interrupted; nothing was left in --output_dir")
+
+
 def run() -> None:
-  flagbind.run(main, _PROGRAM, _FLAGS, __doc__, known_only=True,
-               interrupted="interrupted; nothing was left in --output_dir")
+  TOOL.run()
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import tensorflow as tf
 from escm2_tf import base_rates
 from escm2_tf import config as config_lib
 from escm2_tf import layout
-from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import schema
 
@@ -98,7 +97,7 @@ class ModelStartTest(tf.test.TestCase, parameterized.TestCase):
 
   @parameterized.parameters("naive", "esmm", "ipw", "dr", "dr_jl", "mrdr")
   def test_model_starts_at_the_base_rates(self, loss):
-    loss_config = losses.LossConfig(loss=loss)
+    loss_config = config_lib.LossConfig(loss=loss)
     model = model_lib.build_model(_TINY, loss_config, _VOCABULARIES,
                                   base_rates=RATES, seed=0)
     outputs = model(_features())
@@ -111,7 +110,7 @@ class ModelStartTest(tf.test.TestCase, parameterized.TestCase):
                         rtol=0.3)
 
   def test_without_base_rates_the_biases_start_at_zero(self):
-    model = model_lib.build_model(_TINY, losses.LossConfig(loss="dr"),
+    model = model_lib.build_model(_TINY, config_lib.LossConfig(loss="dr"),
                                   _VOCABULARIES, seed=0)
     model(_features(8))
     self.assertAllEqual(_output_biases(model), np.zeros(3))

@@ -24,9 +24,8 @@ from escm2_tf.cli import bench
 _PADDLEREC_FLAGS = os.path.join(testing.REPO, "configs", "paddlerec.flags")
 
 
-setUpModule = testing.mark_flags_parsed
 # Runs escm2-bench's main with these flags; returns status, out, err.
-_run = functools.partial(testing.run_main, bench.main, "escm2-bench")
+_run = functools.partial(testing.run_main, bench.TOOL)
 
 
 class SmokeRunTest(absltest.TestCase):

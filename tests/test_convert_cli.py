@@ -8,7 +8,6 @@ from unittest import mock
 
 from absl import flags
 from absl.testing import absltest
-from absl.testing import flagsaver
 
 import testing
 from escm2_tf import layout
@@ -19,8 +18,6 @@ from escm2_pipelines import resources
 _DEMO = os.path.join(os.path.dirname(__file__), "testdata", "paddlerec_demo",
                      "train", "small.txt")
 _SCRIPT = testing.console_script("escm2-convert")
-
-setUpModule = testing.mark_flags_parsed
 
 
 def _write_paddlerec_with_bad_rows(directory):
@@ -35,25 +32,24 @@ def _write_paddlerec_with_bad_rows(directory):
 
 class ParseFlagsTest(absltest.TestCase):
 
-  @flagsaver.flagsaver
   def test_beam_options_pass_through(self):
-    rest = cli.parse_flags([
-        "escm2-convert", "--input_format=paddlerec", "--input=a.txt",
-        "--runner=FnApiRunner", "--output_dir=out",
-        "--direct_running_mode=multi_processing", "--direct_num_workers=2",
-        "--max_values_per_field=7"])
+    with testing.tool_flags(cli.TOOL):
+      rest = cli.TOOL.parse([
+          "escm2-convert", "--input_format=paddlerec", "--input=a.txt",
+          "--runner=FnApiRunner", "--output_dir=out",
+          "--direct_running_mode=multi_processing", "--direct_num_workers=2",
+          "--max_values_per_field=7"])
+      self.assertEqual(flags.FLAGS.output_dir, "out")
+      self.assertEqual(flags.FLAGS.max_values_per_field, 7)
     self.assertEqual(rest, ["escm2-convert", "--runner=FnApiRunner",
                             "--direct_running_mode=multi_processing",
                             "--direct_num_workers=2"])
-    self.assertEqual(flags.FLAGS.output_dir, "out")
-    self.assertEqual(flags.FLAGS.max_values_per_field, 7)
 
-  @flagsaver.flagsaver
   def test_bad_flag_value_exits_with_one_line(self):
     stderr = io.StringIO()
     with self.assertRaises(SystemExit) as e, contextlib.redirect_stderr(
-        stderr):
-      cli.parse_flags(["escm2-convert", "--max_values_per_field=x"])
+        stderr), testing.tool_flags(cli.TOOL):
+      cli.TOOL.parse(["escm2-convert", "--max_values_per_field=x"])
     self.assertEqual(e.exception.code, 2)
     self.assertEqual(stderr.getvalue(), "escm2-convert: error: "
                      "--max_values_per_field=x: expected an integer\n")
@@ -64,10 +60,10 @@ class MainTest(absltest.TestCase):
   def test_converts_and_reports(self):
     output_dir = os.path.join(testing.new_dir(), "out")
     stdout = io.StringIO()
-    with flagsaver.flagsaver(input_format="paddlerec", input=_DEMO,
-                             output_dir=output_dir, max_values_per_field=0):
+    with testing.tool_flags(cli.TOOL, input_format="paddlerec", input=_DEMO,
+                            output_dir=output_dir, max_values_per_field=0):
       with contextlib.redirect_stdout(stdout):
-        cli.main(["escm2-convert", "--direct_num_workers=1"])
+        cli.TOOL.main(["escm2-convert", "--direct_num_workers=1"])
     self.assertIn(f"10 of 10 rows written to {output_dir}", stdout.getvalue())
     with open(layout.stats_file(output_dir)) as f:
       stats = json.load(f)
@@ -76,9 +72,9 @@ class MainTest(absltest.TestCase):
 
   def _failing_main(self, *args: str, **flag_values) -> str:
     stderr = io.StringIO()
-    with flagsaver.flagsaver(**flag_values), contextlib.redirect_stderr(
-        stderr):
-      self.assertEqual(cli.main(["escm2-convert", *args]), 2)
+    with testing.tool_flags(cli.TOOL, **flag_values), \
+        contextlib.redirect_stderr(stderr):
+      self.assertEqual(cli.TOOL.main(["escm2-convert", *args]), 2)
     return stderr.getvalue()
 
   def test_missing_output_dir_names_the_flag(self):
@@ -102,15 +98,15 @@ class MainTest(absltest.TestCase):
         num_train=200, num_test=1, num_users=20, num_items=400, seed=1),
         raw_dir)
     output_dir = os.path.join(testing.new_dir(), "out")
-    with flagsaver.flagsaver(
-        input_format="aliccp", output_dir=output_dir,
+    with testing.tool_flags(
+        cli.TOOL, input_format="aliccp", output_dir=output_dir,
         skeleton=os.path.join(raw_dir, "sample_skeleton_train.csv"),
         common_features=os.path.join(raw_dir, "common_features_train.csv")):
       with mock.patch.object(resources, "available_memory_bytes",
                              return_value=1000):
         stderr = io.StringIO()
         with contextlib.redirect_stderr(stderr):
-          self.assertEqual(cli.main(["escm2-convert"]), 2)
+          self.assertEqual(cli.TOOL.main(["escm2-convert"]), 2)
     # One error line, after the line saying what the run was to do.
     errors = [line for line in stderr.getvalue().splitlines()
               if line.startswith("escm2-convert: error:")]

@@ -23,7 +23,6 @@ import testing
 from escm2_tf import config as config_lib
 from escm2_tf import distribute
 from escm2_tf import layers
-from escm2_tf import losses
 from escm2_tf import run_dir
 from escm2_tf import training
 from escm2_tf import schema
@@ -53,7 +52,7 @@ def update(strategy):
     network = model.build_model(
         config.ModelConfig(embedding_dim=4, num_experts=2, expert_units=(8,),
                            tower_units=(4,)),
-        losses.LossConfig(loss="esmm"), vocabularies, seed=7)
+        config.LossConfig(loss="esmm"), vocabularies, seed=7)
     network.compile(optimizer=keras.optimizers.SGD(0.1))
     network(batch[0])
   before = [v.numpy() for v in network.trainable_variables]
@@ -69,7 +68,6 @@ PS_CLUSTER = {"chief": ["localhost:1110"], "worker": ["localhost:1111"],
               "ps": ["localhost:1112", "localhost:1113"]}
 
 
-setUpModule = testing.mark_flags_parsed
 new_dir = testing.new_dir
 
 
@@ -303,7 +301,7 @@ class MirroredTrainingTest(tf.test.TestCase):
     data = datasets.make_synthetic_data(new_dir())
     config = testing.tiny_config(
         data, new_dir(), epochs=2, batch_size=128, steps_per_epoch=3,
-        distribution_strategy=distribute.MIRRORED, loss="dr")
+        distribution_strategy=config_lib.MIRRORED, loss="dr")
     result = training.train(config, verbose=0)
     self.assertEqual((result["epochs"], result["chief"], result["task"]),
                      (2, True, "local:0"))
@@ -322,8 +320,8 @@ class CommandLineTest(tf.test.TestCase, parameterized.TestCase):
   def run_main(self, environ, **flag_values) -> tuple[int, str]:
     flag_values = {"train_data": "a", "eval_data": "b", "vocab_dir": "v",
                    "model_dir": new_dir(), **flag_values}
-    status, _, stderr = testing.run_main(train_cli.main, "escm2-train",
-                                         environ=environ, **flag_values)
+    status, _, stderr = testing.run_main(train_cli.TOOL, environ=environ,
+                                         **flag_values)
     return status, stderr
 
   @parameterized.named_parameters(
@@ -359,16 +357,15 @@ class ScalingDocTest(tf.test.TestCase):
     strategies = set()
     for block in blocks:
       this = distribute.read_task({distribute.TF_CONFIG: block})
-      strategy = (distribute.PARAMETER_SERVER if distribute.PS in this.cluster
-                  else distribute.MULTI_WORKER_MIRRORED)
+      strategy = (config_lib.PARAMETER_SERVER if distribute.PS in this.cluster
+                  else config_lib.MULTI_WORKER_MIRRORED)
       distribute.check_task(strategy, this)
       strategies.add(strategy)
-    self.assertEqual(strategies, {distribute.PARAMETER_SERVER,
-                                  distribute.MULTI_WORKER_MIRRORED})
+    self.assertEqual(strategies, {config_lib.PARAMETER_SERVER,
+                                  config_lib.MULTI_WORKER_MIRRORED})
 
   def test_training_commands_use_escm2_train_flags(self):
-    own = set(train_cli._FLAGS.names()) | {  # pylint: disable=protected-access
-        "flagfile"}
+    own = set(train_cli.TOOL.binding.names()) | {"flagfile"}
     commands = [line for block in _doc_blocks("sh") for line in
                 block.replace("\\\n", " ").splitlines()
                 if "escm2-train" in line]

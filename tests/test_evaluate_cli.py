@@ -12,17 +12,14 @@ import tensorflow as tf
 
 import datasets
 import testing
-from escm2_tf import losses
 from escm2_tf import training
 from escm2_tf.cli import evaluate as evaluate_cli
 
 GROUND_TRUTH_KEYS = testing.GROUND_TRUTH_METRICS
 
 
-setUpModule = testing.mark_flags_parsed
 new_dir = testing.new_dir
-run_main = functools.partial(testing.run_main, evaluate_cli.main,
-                             "escm2-evaluate")
+run_main = functools.partial(testing.run_main, evaluate_cli.TOOL)
 
 
 class EvaluateTest(tf.test.TestCase, parameterized.TestCase):

@@ -12,10 +12,10 @@ import tensorflow as tf
 
 import datasets
 import testing
+from escm2_tf import config as config_lib
 from escm2_tf import evaluation
 from escm2_tf import export
 from escm2_tf import layout
-from escm2_tf import losses
 from escm2_tf import metrics
 from escm2_tf import model as model_lib
 from escm2_tf import schema
@@ -175,7 +175,7 @@ class ScoringTest(tf.test.TestCase):
         testing.new_dir())
     model_config = testing.tiny_model_config(use_weights=True)
     cls.model = model_lib.build_model(
-        model_config, losses.LossConfig(loss="ipw"),
+        model_config, config_lib.LossConfig(loss="ipw"),
         vocab.load_vocabularies(cls.data["vocab_dir"]), seed=11)
     export_path = export.export_saved_model(
         cls.model, testing.new_dir())
@@ -223,7 +223,7 @@ class ScoringTest(tf.test.TestCase):
 
   def test_chosen_outputs(self):
     model = model_lib.build_model(
-        testing.TINY_MODEL, losses.LossConfig(loss="dr"),
+        testing.TINY_MODEL, config_lib.LossConfig(loss="dr"),
         vocab.load_vocabularies(self.data["vocab_dir"]), seed=12)
     files = [self.data["test"]]  # A list of globs, as well as one glob.
     every = evaluation.predict_keras_model(model, files, 128, outputs=None)

@@ -15,7 +15,6 @@ import tf_keras as keras
 import testing
 from escm2_tf import config as config_lib
 from escm2_tf import export
-from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import schema
 from escm2_tf import serving
@@ -53,7 +52,7 @@ def _build_model(loss: str = "dr", use_weights: bool = True,
       embedding_dim=4, backbone=backbone, num_experts=2, expert_units=(8,),
       bottom_units=(8,), tower_units=(4,), use_weights=use_weights,
       oov_buckets=2)
-  return model_lib.build_model(model_config, losses.LossConfig(loss=loss),
+  return model_lib.build_model(model_config, config_lib.LossConfig(loss=loss),
                                _vocabularies(), seed=7)
 
 

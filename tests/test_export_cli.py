@@ -3,7 +3,6 @@
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
 import dataclasses
-import importlib
 import json
 import os
 import shutil
@@ -17,7 +16,6 @@ import testing
 from escm2_tf import config as config_lib
 from escm2_tf import export
 from escm2_tf import layout
-from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import schema
 from escm2_tf import serving
@@ -28,16 +26,9 @@ from escm2_tf import run_dir
 _TOLERANCE = 1e-6
 _MODEL_CONFIG = testing.tiny_model_config(use_weights=True)
 _SEED = 9
-_LOSS_CONFIG = losses.LossConfig(loss="dr")
+_LOSS_CONFIG = config_lib.LossConfig(loss="dr")
 _METRICS = {"auc_ctr": 0.75, "count": 12}
 
-
-def setUpModule():
-  # Other CLIs define some of the same flag names; whichever module was
-  # imported last owns them. Defining this CLI's flags again makes its own
-  # definitions (enum values, defaults) the ones in force.
-  importlib.reload(export_cli)
-  testing.mark_flags_parsed()
 
 
 def _write_vocabularies(vocab_dir: str) -> None:
@@ -102,8 +93,7 @@ class ExportCliTest(tf.test.TestCase, parameterized.TestCase):
   def _main(self, **flag_values) -> tuple[int, str]:
     values = {"model_dir": self.model_dir, "version": None,
               "overwrite": False, **flag_values}
-    code, _, stderr = testing.run_main(export_cli.main, "escm2-export",
-                                       **values)
+    code, _, stderr = testing.run_main(export_cli.TOOL, **values)
     return code, stderr
 
   def test_console_script_restores_and_exports(self):
@@ -228,8 +218,7 @@ class ExportCliTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(stderr, f"escm2-export: error: {message}\n")
 
   def test_unexpected_arguments(self):
-    code, _, stderr = testing.run_main(
-        export_cli.main, "escm2-export", argv=["extra"],
+    code, _, stderr = testing.run_main(export_cli.TOOL, argv=["extra"],
         model_dir=self.model_dir, export_dir="x")
     self.assertEqual(code, 2)
     self.assertIn("unexpected arguments 'extra'", stderr)

@@ -23,7 +23,6 @@ from escm2_tf import early_stopping
 from escm2_tf import evaluation
 from escm2_tf import fit_policy
 from escm2_tf import layout
-from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import optimizers
 from escm2_tf import recalibration
@@ -32,7 +31,6 @@ from escm2_tf import schema
 from escm2_tf import vocab
 from escm2_tf.cli import train as train_cli
 
-setUpModule = testing.mark_flags_parsed
 new_dir = testing.new_dir
 BATCH_SIZE = 256
 SEED = 2
@@ -141,14 +139,14 @@ class SameAsEscm2TrainTest(tf.test.TestCase):
     super().setUpClass()
     cls.data = datasets.make_synthetic_data(new_dir())
     cls.model_config = testing.TINY_MODEL
-    cls.loss_config = losses.LossConfig(loss="ipw")
+    cls.loss_config = config_lib.LossConfig(loss="ipw")
 
   def _cli_run(self, epochs: int) -> tuple[dict[str, float], str]:
     """escm2-train's metrics.json and what it printed."""
     model_dir = new_dir()
     model = self.model_config
     status, stdout, stderr = testing.run_main(
-        train_cli.main, "escm2-train", train_data=self.data["train"],
+        train_cli.TOOL, train_data=self.data["train"],
         eval_data=self.data["test"], vocab_dir=self.data["vocab_dir"],
         ground_truth=self.data["ground_truth_test"], model_dir=model_dir,
         loss=self.loss_config.loss, epochs=epochs, batch_size=BATCH_SIZE,

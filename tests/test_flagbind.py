@@ -1,17 +1,22 @@
-"""Tests of escm2_tf/flagbind.py: config fields -> flags -> configs."""
+"""Tests of escm2_tf/flagbind.py and tool.py: fields -> flags -> configs."""
 
+import contextlib
 import dataclasses
+import io
 import os
+from unittest import mock
 
 from absl import flags
 from absl.testing import absltest
 from absl.testing import parameterized
 
+import testing
 from escm2_pipelines import config as convert_config
 from escm2_tf import config as config_lib
 from escm2_tf import flagbind
 from escm2_tf import options
 from escm2_tf import simulator
+from escm2_tf import tool
 from escm2_tf.options import ConfigError
 from escm2_tf.options import option
 
@@ -58,7 +63,8 @@ def _flag_value(default):
 
 def _binding(*sections):
   flag_values = flags.FlagValues()
-  return flagbind.Binding(*sections, flag_values=flag_values), flag_values
+  return (flagbind.Binding(*sections, flag_values=flag_values).define(),
+          flag_values)
 
 
 class FieldToFlagTest(absltest.TestCase):
@@ -175,6 +181,70 @@ class ErrorTest(parameterized.TestCase):
                      "--backbone: must be one of mmoe, shared_bottom, dcn; "
                      "got 'transformer'")
     self.assertEqual(caught.exception.choices, config_lib.BACKBONES)
+
+
+def _tool(body=lambda settings: 0, **options_):
+  binding, _ = _binding(flagbind.Section(_Example, "example"))
+  return tool.Tool("escm2-x", "escm2-x: does x.", binding,
+                   build=lambda flags_: flags_.build(_Example), body=body,
+                   **options_)
+
+
+class ToolTest(parameterized.TestCase):
+
+  def run_main(self, tool_, argv, *flag_args):
+    tool_.binding.flag_values(["escm2-x", *flag_args])
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+      status = tool_.main(["escm2-x", *argv])
+    return status, stderr.getvalue()
+
+  def test_builds_the_settings_and_runs_the_body(self):
+    seen = []
+    status, stderr = self.run_main(
+        _tool(lambda settings: seen.append(settings) or 3), [], "--path=p",
+        "--count=5")
+    self.assertEqual((status, stderr), (3, ""))
+    self.assertEqual(seen, [_Example(path="p", count=5)])
+
+  def test_config_error_of_the_settings_is_one_line(self):
+    body = mock.Mock()
+    status, stderr = self.run_main(_tool(body), [])
+    self.assertEqual((status, stderr),
+                     (2, "escm2-x: error: --path: is required\n"))
+    body.assert_not_called()
+
+  def test_config_error_of_the_body_is_one_line(self):
+    def body(settings):
+      raise ConfigError("count", f"{settings.count} is too many")
+    status, stderr = self.run_main(_tool(body), [], "--path=p")
+    self.assertEqual((status, stderr),
+                     (2, "escm2-x: error: --count: 3 is too many\n"))
+
+  def test_arguments_are_refused_unless_known_only(self):
+    status, stderr = self.run_main(_tool(), ["a", "b"], "--path=p")
+    self.assertEqual((status, stderr),
+                     (2, "escm2-x: error: unexpected arguments 'a b'\n"))
+    seen = []
+    status, _ = self.run_main(
+        _tool(lambda settings, args: seen.append(args), known_only=True,
+              check_args=seen.append), ["--runner=x"], "--path=p")
+    self.assertEqual((status, seen), (0, [["--runner=x"], ["--runner=x"]]))
+
+  def test_cli_modules_define_no_flags_at_import(self):
+    modules = ["escm2_pipelines.cli"] + [
+        f"escm2_tf.cli.{name}" for name in ("bench", "evaluate", "export",
+                                             "predict", "study", "synth",
+                                             "train")]
+    code = ("import importlib, sys\nfrom absl import flags\n"
+            "names = set()\nfor name in sys.argv[1:]:\n"
+            "  names |= set(importlib.import_module(name).TOOL.binding.names())"
+            "\nprint(len(names), sorted(names & set(flags.FLAGS)))")
+    result = testing.run_subprocess(testing.python_command(code, *modules))
+    self.assertEqual(result.returncode, 0, result.stderr)
+    count, defined = result.stdout.split(" ", 1)
+    self.assertGreater(int(count), 100)
+    self.assertEqual(defined.strip(), "[]")
 
 
 class HelpTest(absltest.TestCase):

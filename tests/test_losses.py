@@ -120,14 +120,14 @@ def tf_inputs(click=CLICK, conversion=CONVERSION, ctr=CTR, cvr=CVR,
 
 def _all_modes():
   return [dict(testcase_name=f"{loss}_{compat}", loss=loss, compat=compat)
-          for loss in losses.LOSSES for compat in losses.COMPAT_MODES
-          if compat == "paper" or loss not in losses.JOINT_LEARNING_LOSSES]
+          for loss in config_lib.LOSSES for compat in config_lib.COMPAT_MODES
+          if compat == "paper" or loss not in config_lib.JOINT_LEARNING_LOSSES]
 
 
 class LossValueTest(tf.test.TestCase, parameterized.TestCase):
 
   def assert_matches_reference(self, config, **arrays):
-    if config.loss in losses.JOINT_LEARNING_LOSSES:
+    if config.loss in config_lib.JOINT_LEARNING_LOSSES:
       arrays.setdefault("imputation", PSEUDO_LABEL)
     labels, outputs = tf_inputs(**arrays)
     got = losses.compute_losses(config, labels, outputs)
@@ -143,7 +143,8 @@ class LossValueTest(tf.test.TestCase, parameterized.TestCase):
 
   @parameterized.named_parameters(*_all_modes())
   def test_defaults_match_reference(self, loss, compat):
-    self.assert_matches_reference(losses.LossConfig(loss=loss, compat=compat))
+    self.assert_matches_reference(
+        config_lib.LossConfig(loss=loss, compat=compat))
 
   @parameterized.named_parameters(
       ("ipw_cap", "ipw", dict(max_ips_weight=30.0)),
@@ -176,7 +177,7 @@ class LossValueTest(tf.test.TestCase, parameterized.TestCase):
       ("mrdr_epsilon", "mrdr", dict(epsilon=1e-3)),
   )
   def test_options_match_reference(self, loss, options):
-    self.assert_matches_reference(losses.LossConfig(loss=loss, **options))
+    self.assert_matches_reference(config_lib.LossConfig(loss=loss, **options))
 
   def test_snips_by_hand(self):
     # Clicks with weights 2 and 4: R = (2 ln 2 + 4 ln 4) / 6; IPS would
@@ -187,7 +188,7 @@ class LossValueTest(tf.test.TestCase, parameterized.TestCase):
                "cvr": tf.constant([0.5, 0.25, 0.1]),
                "ctcvr": tf.constant([0.25, 0.0625, 0.01])}
     for self_normalized, normalizer in ((True, 6.0), (False, 3.0)):
-      config = losses.LossConfig(loss="ipw",
+      config = config_lib.LossConfig(loss="ipw",
                                  self_normalized=self_normalized)
       got = losses.compute_losses(config, labels, outputs)
       self.assertAllClose(got["cvr_loss"],
@@ -197,14 +198,14 @@ class LossValueTest(tf.test.TestCase, parameterized.TestCase):
     labels, outputs = tf_inputs()
     del labels["p_click"]
     with self.assertRaisesRegex(ValueError, "p_click"):
-      losses.compute_losses(losses.LossConfig(propensity="label"), labels,
+      losses.compute_losses(config_lib.LossConfig(propensity="label"), labels,
                             outputs)
 
   @parameterized.parameters("ipw", "dr", "dr_jl", "mrdr")
   def test_snips_batch_without_clicks_is_finite(self, loss):
     no_click = np.zeros_like(CLICK)
     labels, outputs = tf_inputs(click=no_click, conversion=no_click)
-    config = losses.LossConfig(loss=loss, self_normalized=True)
+    config = config_lib.LossConfig(loss=loss, self_normalized=True)
     cvr = tf.Variable(outputs["cvr"])
     with tf.GradientTape() as tape:
       outputs.update(cvr=cvr, ctcvr=outputs["ctr"] * cvr)
@@ -216,7 +217,7 @@ class LossValueTest(tf.test.TestCase, parameterized.TestCase):
   def test_fixed_batch_exercises_clip_and_cap(self, loss):
     labels, outputs = tf_inputs()
     def cvr_loss(**options):
-      config = losses.LossConfig(loss=loss, **options)
+      config = config_lib.LossConfig(loss=loss, **options)
       return float(losses.compute_losses(config, labels, outputs)["cvr_loss"])
     self.assertNotAlmostEqual(cvr_loss(), cvr_loss(propensity_clip=1e-3),
                               places=3)
@@ -225,7 +226,7 @@ class LossValueTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_ipw_by_hand(self):
     # delta_1 = ln 2 on the one click, weight 1 / 0.5, |D| = 2.
-    config = losses.LossConfig(loss="ipw", lambda_c=0.5, lambda_g=1.0)
+    config = config_lib.LossConfig(loss="ipw", lambda_c=0.5, lambda_g=1.0)
     got = losses.compute_losses(
         config, {"click": tf.constant([1.0, 0.0]),
                  "conversion": tf.constant([1.0, 0.0])},
@@ -240,7 +241,7 @@ class LossValueTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_paddlerec_ipw_by_hand(self):
     # One click of two: weight min(1 / (0.5 * 1), 15) * 2 = 4.
-    config = losses.LossConfig(loss="ipw", compat="paddlerec")
+    config = config_lib.LossConfig(loss="ipw", compat="paddlerec")
     got = losses.compute_losses(
         config, {"click": tf.constant([1.0, 0.0]),
                  "conversion": tf.constant([1.0, 0.0])},
@@ -250,7 +251,7 @@ class LossValueTest(tf.test.TestCase, parameterized.TestCase):
 
   @parameterized.named_parameters(*_all_modes())
   def test_batch_without_clicks_is_finite(self, loss, compat):
-    config = losses.LossConfig(loss=loss, compat=compat)
+    config = config_lib.LossConfig(loss=loss, compat=compat)
     no_click = np.zeros_like(CLICK)
     labels, outputs = tf_inputs(click=no_click, conversion=no_click)
     variables = [tf.Variable(outputs[key]) for key in ("ctr", "cvr")]
@@ -268,7 +269,7 @@ class LossValueTest(tf.test.TestCase, parameterized.TestCase):
 
   @parameterized.named_parameters(*_all_modes())
   def test_xla_matches_eager(self, loss, compat):
-    config = losses.LossConfig(loss=loss, compat=compat)
+    config = config_lib.LossConfig(loss=loss, compat=compat)
     labels, outputs = tf_inputs()
     compiled = tf.function(functools.partial(losses.compute_losses, config),
                            jit_compile=True)
@@ -283,13 +284,13 @@ class LossInputTest(tf.test.TestCase, parameterized.TestCase):
     labels, outputs = tf_inputs()
     labels["click"] = labels["click"][:, None]
     with self.assertRaisesRegex(ValueError, r"labels\['click'\].*shape \[B\]"):
-      losses.compute_losses(losses.LossConfig(), labels, outputs)
+      losses.compute_losses(config_lib.LossConfig(), labels, outputs)
 
   def test_dr_without_imputation_rejected(self):
     labels, outputs = tf_inputs()
     del outputs["imputation"]
     with self.assertRaisesRegex(ValueError, "outputs lack 'imputation'"):
-      losses.compute_losses(losses.LossConfig(loss="dr"), labels, outputs)
+      losses.compute_losses(config_lib.LossConfig(loss="dr"), labels, outputs)
 
   @parameterized.named_parameters(
       ("loss", dict(loss="dcmt"), "loss"),
@@ -322,7 +323,7 @@ class LossInputTest(tf.test.TestCase, parameterized.TestCase):
   )
   def test_invalid_config(self, options, field):
     with self.assertRaises(config_lib.ConfigError) as caught:
-      losses.LossConfig(**options)
+      config_lib.LossConfig(**options)
     self.assertEqual(caught.exception.field, field)
 
 
@@ -366,7 +367,7 @@ class GradientTest(tf.test.TestCase, parameterized.TestCase):
 
   @parameterized.parameters("ipw", "dr")
   def test_ips_weight_passes_no_gradient_to_ctr(self, loss):
-    config = losses.LossConfig(loss=loss, lambda_c=1.0, lambda_g=0.7)
+    config = config_lib.LossConfig(loss=loss, lambda_c=1.0, lambda_g=0.7)
     ctr_grad = self.gradients(config)[0]
     # d mean BCE(o, s(a)) / da = (s(a) - o) / B.
     expected = ((self.ctr - self.click) / self.ctr.size +
@@ -376,7 +377,7 @@ class GradientTest(tf.test.TestCase, parameterized.TestCase):
     self.assertNotAllClose(self.gradients(free)[0], expected, atol=1e-4)
 
   def test_dr_decoupling(self):
-    config = losses.LossConfig(loss="dr", lambda_c=0.6, lambda_g=0.7,
+    config = config_lib.LossConfig(loss="dr", lambda_c=0.6, lambda_g=0.7,
                                lambda_imp=0.4)
     _, cvr_grad, imputation_grad = self.gradients(config)
     w = 1.0 / np.maximum(self.ctr.astype(np.float64), config.propensity_clip)
@@ -396,7 +397,7 @@ class GradientTest(tf.test.TestCase, parameterized.TestCase):
     self.assertAllClose(cvr_grad, expected_cvr, rtol=1e-4, atol=1e-7)
 
   def test_esmm_moves_cvr_through_ctcvr_only(self):
-    config = losses.LossConfig(loss="esmm", lambda_c=5.0, lambda_g=0.7)
+    config = config_lib.LossConfig(loss="esmm", lambda_c=5.0, lambda_g=0.7)
     self.assertAllClose(self.gradients(config)[1], self.ctcvr_grads(0.7)[1],
                         rtol=1e-4, atol=1e-7)
     # The reported cvr_loss is a monitor only.
@@ -404,7 +405,7 @@ class GradientTest(tf.test.TestCase, parameterized.TestCase):
                         np.zeros_like(self.cvr))
 
   def test_paddlerec_dr_trains_imputation_with_both_terms(self):
-    config = losses.LossConfig(loss="dr", compat="paddlerec", lambda_c=0.5)
+    config = config_lib.LossConfig(loss="dr", compat="paddlerec", lambda_c=0.5)
     imputation_grad = self.gradients(config)[2]
     w = np.minimum(self.click / np.maximum(self.ctr.astype(np.float64), 1e-6),
                    15)
@@ -417,7 +418,7 @@ class GradientTest(tf.test.TestCase, parameterized.TestCase):
                            atol=1e-4)
 
   def test_paddlerec_dr_trains_cvr_with_both_terms(self):
-    config = losses.LossConfig(loss="dr", compat="paddlerec", lambda_c=0.5,
+    config = config_lib.LossConfig(loss="dr", compat="paddlerec", lambda_c=0.5,
                                lambda_g=0.0)
     cvr_grad = self.gradients(config)[1]
     w = np.minimum(self.click / np.maximum(self.ctr.astype(np.float64), 1e-6),
@@ -488,7 +489,7 @@ class JointLearningGradientTest(tf.test.TestCase, parameterized.TestCase):
   @parameterized.product(loss=("dr_jl", "mrdr"), self_normalized=(False, True),
                          propensity=("model", "label"))
   def test_gradients_match_numpy(self, loss, self_normalized, propensity):
-    config = losses.LossConfig(
+    config = config_lib.LossConfig(
         loss=loss, lambda_c=0.6, lambda_g=0.7, lambda_imp=0.4,
         self_normalized=self_normalized, propensity=propensity)
     got = self.tape_gradients(config)
@@ -506,7 +507,7 @@ class JointLearningGradientTest(tf.test.TestCase, parameterized.TestCase):
   @parameterized.parameters("dr_jl", "mrdr")
   def test_cvr_gradient_by_hand(self, loss):
     # d R / d b = 1/|D| [(1 - o w)(r^ - r~) + o w (r^ - r)] with sigmoid r^.
-    config = losses.LossConfig(loss=loss, lambda_c=1.0, lambda_g=0.0)
+    config = config_lib.LossConfig(loss=loss, lambda_c=1.0, lambda_g=0.0)
     w = 1.0 / np.maximum(self.ctr.astype(np.float64), config.propensity_clip)
     ow = self.click * w
     expected = ((1 - ow) * (self.cvr - self.pseudo_label)
@@ -518,7 +519,7 @@ class JointLearningGradientTest(tf.test.TestCase, parameterized.TestCase):
   def test_imputation_gradient_by_hand(self, loss):
     # d e^ / d r~ = -logit(r^), d r~ / d a = r~ (1 - r~); R_imp's weight is
     # o w, times (w - 1) for mrdr.
-    config = losses.LossConfig(loss=loss)
+    config = config_lib.LossConfig(loss=loss)
     w = 1.0 / np.maximum(self.ctr.astype(np.float64), config.propensity_clip)
     weight = self.click * w * ((w - 1.0) if loss == "mrdr" else 1.0)
     delta = np_bce(self.conversion, self.cvr, config.epsilon)
@@ -537,7 +538,7 @@ class JointLearningGradientTest(tf.test.TestCase, parameterized.TestCase):
       ("dr_jl", "dr_jl", True), ("mrdr", "mrdr", True))
   def test_unclicked_impressions_move_the_cvr_tower(self, loss, moves):
     # lambda_g = 0: only the CVR risk reaches the CVR logits.
-    config = losses.LossConfig(loss=loss, lambda_c=1.0, lambda_g=0.0)
+    config = config_lib.LossConfig(loss=loss, lambda_c=1.0, lambda_g=0.0)
     cvr_grad = self.tape_gradients(config)["loss"][0]
     unclicked = cvr_grad[self.click == 0]
     if moves:

@@ -11,7 +11,6 @@ OOV rows were trained and are what the OOV ids are scored with.
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
 import csv
-import importlib
 import os
 
 import numpy as np
@@ -19,9 +18,9 @@ import tensorflow as tf
 
 import datasets
 import testing
+from escm2_tf import config as config_lib
 from escm2_tf import data
 from escm2_tf import evaluation
-from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import run_dir
 from escm2_tf import schema
@@ -32,16 +31,10 @@ from escm2_tf.cli import predict
 MIN_COUNT = 5
 OOV_BUCKETS = 4
 MODEL = testing.tiny_model_config(oov_buckets=OOV_BUCKETS)
-LOSS = losses.LossConfig(loss="dr")
+LOSS = config_lib.LossConfig(loss="dr")
 # The run's seed, which also seeds the initial weights.
 SEED = 3
 
-
-def setUpModule():
-  # Other CLIs define some of the same flag names; reloading makes
-  # escm2-predict's definitions the ones in force.
-  importlib.reload(predict)
-  testing.mark_flags_parsed()
 
 
 def _oov_rows(vocabularies: dict[str, np.ndarray]) -> np.ndarray:
@@ -130,7 +123,7 @@ class MinCountRoundTripTest(tf.test.TestCase):
   def test_predict_scores_the_export_like_the_trained_model(self):
     output = os.path.join(self.get_temp_dir(), "scores.csv")
     status, _, stderr = testing.run_main(
-        predict.main, "escm2-predict", saved_model=self.result["export_path"],
+        predict.TOOL, saved_model=self.result["export_path"],
         data=self.paths["test"], output=output, input_format="tfrecord",
         common_features="", batch_size=128, max_values_per_field=50)
     self.assertEqual(status, 0, stderr)

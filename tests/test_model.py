@@ -58,7 +58,7 @@ def _dataset(num_examples=256, batch_size=64, seed=0):
 
 def _build(loss="dr", seed=0, **overrides):
   model_config = config_lib.ModelConfig(**{**_TINY, **overrides})
-  return model_lib.build_model(model_config, losses.LossConfig(loss=loss),
+  return model_lib.build_model(model_config, config_lib.LossConfig(loss=loss),
                                _VOCABULARIES, seed=seed)
 
 
@@ -108,7 +108,7 @@ class OutputsTest(tf.test.TestCase, parameterized.TestCase):
     del vocabularies["702"]
     with self.assertRaisesRegex(ValueError, "702"):
       model_lib.build_model(config_lib.ModelConfig(**_TINY),
-                            losses.LossConfig(), vocabularies)
+                            config_lib.LossConfig(), vocabularies)
 
 
 class NetworkConfigTest(tf.test.TestCase):
@@ -228,7 +228,7 @@ class GradientTest(tf.test.TestCase, parameterized.TestCase):
     for stop in (True, False):
       model = model_lib.build_model(
           config_lib.ModelConfig(**_TINY),
-          losses.LossConfig(loss="ipw", stop_ips_gradient=stop),
+          config_lib.LossConfig(loss="ipw", stop_ips_gradient=stop),
           _VOCABULARIES, seed=0)
       lambda_g = model.loss_config.lambda_g
       gradients = self._tower_gradients(model, lambda v: {

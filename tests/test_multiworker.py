@@ -25,10 +25,10 @@ import tensorflow as tf
 
 import datasets
 import testing
+from escm2_tf import config as config_lib
 from escm2_tf import distribute
 from escm2_tf import evaluation
 from escm2_tf import export
-from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import vocab
 from escm2_tf import run_dir
@@ -216,7 +216,7 @@ class MultiWorkerMirroredTest(tf.test.TestCase):
     # backup is redone; early stopping's state still crosses the restart and
     # every worker ends on the best epoch's weights.
     cls.flags = train_flags(cls.data, cls.work_dir,
-                            distribute.MULTI_WORKER_MIRRORED,
+                            config_lib.MULTI_WORKER_MIRRORED,
                             early_stopping_patience=EPOCHS)
     cls.model_dir = os.path.join(cls.work_dir, "model")
     cls.export_dir = os.path.join(cls.work_dir, "export")
@@ -302,7 +302,7 @@ class ParameterServerNanTest(tf.test.TestCase):
     config = testing.tiny_config(
         data, model_dir, epochs=2, steps_per_epoch=STEPS_PER_EPOCH,
         batch_size=128, learning_rate=1e38,
-        distribution_strategy=distribute.PARAMETER_SERVER, loss="dr")
+        distribution_strategy=config_lib.PARAMETER_SERVER, loss="dr")
     result = testing.run_subprocess(testing.python_command(
         PS_NAN_SCRIPT, json.dumps(config.to_dict())),
                                     timeout=PROCESS_TIMEOUT)
@@ -329,7 +329,7 @@ class ParameterServerTest(tf.test.TestCase):
     cls.work_dir = new_dir()
     # The tiny data's ids are rare: the default min_count would leave the
     # table only its OOV rows, too small to split across the servers.
-    flags = train_flags(cls.data, cls.work_dir, distribute.PARAMETER_SERVER,
+    flags = train_flags(cls.data, cls.work_dir, config_lib.PARAMETER_SERVER,
                         ps_min_shard_bytes=MIN_SHARD_BYTES, min_count=1)
     spec = cluster_spec(chief=1, worker=2, ps=2)
     with Cluster(spec, cls.work_dir) as cluster:
@@ -375,7 +375,7 @@ class ParameterServerTest(tf.test.TestCase):
 
   def test_export_has_the_signatures_of_an_unpartitioned_model(self):
     unpartitioned = model_lib.build_model(
-        MODEL, losses.LossConfig(loss="dr"),
+        MODEL, config_lib.LossConfig(loss="dr"),
         vocab.load_vocabularies(self.data["vocab_dir"], 1))
     reference = export.export_saved_model(unpartitioned, new_dir())
     self.assertEqual(signature_structures(self.export_path),

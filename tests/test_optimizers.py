@@ -11,6 +11,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from escm2_tf import config as config_lib
 from escm2_tf import optimizers
 
 _LR, _BETA_1, _BETA_2, _EPSILON = 0.01, 0.9, 0.999, 1e-7
@@ -227,7 +228,7 @@ class MakeOptimizerTest(tf.test.TestCase):
     self.assertIsInstance(sparse, optimizers.LazyAdam)
     self.assertTrue(sparse.catch_up)
     self.assertFalse(lazy.catch_up)
-    self.assertEqual(set(optimizers.OPTIMIZERS),
+    self.assertEqual(set(config_lib.OPTIMIZERS),
                      {"adam", "lazy_adam", "sparse_adam"})
 
   def test_errors_name_the_problem(self):

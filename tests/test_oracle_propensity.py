@@ -21,6 +21,7 @@ from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
 
+from escm2_tf import config as config_lib
 from escm2_tf import losses
 
 NUM_IMPRESSIONS = 100_000
@@ -62,15 +63,15 @@ def weighted_mean(data: dict[str, np.ndarray], weights: np.ndarray
   return mean, error
 
 
-def imputation_output(config: losses.LossConfig,
+def imputation_output(config: config_lib.LossConfig,
                       logit: tf.Tensor) -> tf.Tensor:
   """The imputation tower's head: a pseudo-label or a predicted error."""
-  if config.loss in losses.JOINT_LEARNING_LOSSES:
+  if config.loss in config_lib.JOINT_LEARNING_LOSSES:
     return tf.sigmoid(logit)
   return tf.nn.softplus(logit)
 
 
-def train_constant_cvr(config: losses.LossConfig,
+def train_constant_cvr(config: config_lib.LossConfig,
                        data: dict[str, np.ndarray],
                        ctr: np.ndarray | None = None) -> float:
   """The pCVR of a one-logit CVR model trained through compute_losses.
@@ -110,7 +111,8 @@ def imputation_weights(data: dict[str, np.ndarray], loss: str,
 
 
 def joint_learning_config(data: dict[str, np.ndarray], loss: str,
-                          clip: float = CLIP, **overrides) -> losses.LossConfig:
+                          clip: float = CLIP, **overrides
+                          ) -> config_lib.LossConfig:
   """``oracle_config`` with R_imp's weights scaled to mean 1.
 
   MRDR's weights average about 12 here: at weight 1 the imputation's
@@ -141,13 +143,13 @@ def joint_learning_target(data: dict[str, np.ndarray], loss: str,
                + np.mean(weighted * data["conversion"]))
 
 
-def oracle_config(loss: str, **overrides) -> losses.LossConfig:
+def oracle_config(loss: str, **overrides) -> config_lib.LossConfig:
   # lambda_g = 0: the CTCVR risk would pull the CVR logit too (ESMM's way);
   # the check is of the CVR risk alone.
   values = dict(loss=loss, propensity="label", lambda_c=1.0, lambda_g=0.0,
                 propensity_clip=CLIP)
   values.update(overrides)
-  return losses.LossConfig(**values)
+  return config_lib.LossConfig(**values)
 
 
 class OraclePropensityTest(tf.test.TestCase, parameterized.TestCase):
@@ -211,7 +213,7 @@ class OraclePropensityTest(tf.test.TestCase, parameterized.TestCase):
     # aims at the clipped weights' answer, not at the truth.
     clip = 0.1
     self.assertGreater(np.mean(self.data["p_click"] < clip), 0.4)
-    if loss in losses.JOINT_LEARNING_LOSSES:
+    if loss in config_lib.JOINT_LEARNING_LOSSES:
       config = joint_learning_config(self.data, loss, clip)
       expected = joint_learning_target(self.data, loss, False, clip)
     else:
@@ -221,7 +223,7 @@ class OraclePropensityTest(tf.test.TestCase, parameterized.TestCase):
     value = train_constant_cvr(config, self.data)
     self.assertAllClose(value, expected, atol=1e-4)
     unclipped = (joint_learning_target(self.data, loss, False)
-                 if loss in losses.JOINT_LEARNING_LOSSES else self.estimate)
+                 if loss in config_lib.JOINT_LEARNING_LOSSES else self.estimate)
     self.assertGreater(abs(value - unclipped), 0.01)
     self.assert_misses_truth(value)
 

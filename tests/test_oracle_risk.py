@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 import test_oracle_propensity
+from escm2_tf import config as config_lib
 from escm2_tf import losses
 from escm2_tf import simulator
 
@@ -60,7 +61,7 @@ def simulated_truth() -> dict[str, np.ndarray]:
           for name, values in truth.items()}
 
 
-def compute(config: losses.LossConfig, click: np.ndarray,
+def compute(config: config_lib.LossConfig, click: np.ndarray,
             conversion: np.ndarray, propensity: np.ndarray, cvr: np.ndarray,
             imputation: np.ndarray) -> dict[str, float]:
   """compute_losses on numpy columns (the CTR output is the propensity)."""
@@ -104,7 +105,7 @@ class TrueRiskTest(tf.test.TestCase, parameterized.TestCase):
     propensity = np.full_like(self.click, FLAT_PROPENSITY)
     imputation = (_bce(self.pseudo_label, self.cvr) if loss == "dr"
                   else self.pseudo_label)
-    config = losses.LossConfig(loss=loss, propensity="label")
+    config = config_lib.LossConfig(loss=loss, propensity="label")
     return compute(config, self.click, self.conversion, propensity, self.cvr,
                    imputation)["cvr_loss"]
 
@@ -125,7 +126,7 @@ class TrueRiskTest(tf.test.TestCase, parameterized.TestCase):
     self.assertGreater(abs(unweighted - self.true_risk), half_width)
 
 
-def train_constant_imputation(config: losses.LossConfig,
+def train_constant_imputation(config: config_lib.LossConfig,
                               truth: dict[str, np.ndarray]) -> float:
   """The imputed error of a one-logit imputation, the pCVR held fixed."""
   imputation_logit = tf.Variable(0.0)
@@ -133,7 +134,7 @@ def train_constant_imputation(config: losses.LossConfig,
             for name in ("click", "conversion", "p_click")}
   ctr = labels["p_click"]
   cvr = tf.fill(tf.shape(ctr), FIXED_CVR)
-  activation = (tf.sigmoid if config.loss in losses.JOINT_LEARNING_LOSSES
+  activation = (tf.sigmoid if config.loss in config_lib.JOINT_LEARNING_LOSSES
                 else tf.nn.softplus)
   optimizer = tf.keras.optimizers.SGD(LEARNING_RATE)
 
@@ -149,7 +150,7 @@ def train_constant_imputation(config: losses.LossConfig,
   for _ in range(STEPS):
     step()
   imputation = float(activation(imputation_logit))
-  if config.loss in losses.JOINT_LEARNING_LOSSES:
+  if config.loss in config_lib.JOINT_LEARNING_LOSSES:
     return float(_bce(imputation, FIXED_CVR))
   return imputation
 
@@ -168,13 +169,13 @@ class ImputationTargetTest(tf.test.TestCase, parameterized.TestCase):
 
   def imputation_weights(self, loss: str) -> np.ndarray:
     return test_oracle_propensity.imputation_weights(
-        self.truth, loss, losses.LossConfig.propensity_clip)
+        self.truth, loss, config_lib.LossConfig.propensity_clip)
 
   @parameterized.parameters("dr", "dr_jl", "mrdr")
   def test_imputation_converges_to_the_weighted_mean_error(self, loss):
     weights = self.imputation_weights(loss)
     # R_imp scaled to weights of mean 1: the same minimiser, one step size.
-    config = losses.LossConfig(loss=loss, propensity="label", lambda_c=0.0,
+    config = config_lib.LossConfig(loss=loss, propensity="label", lambda_c=0.0,
                                lambda_g=0.0,
                                lambda_imp=1.0 / float(np.mean(weights)))
     value = train_constant_imputation(config, self.truth)

@@ -27,6 +27,7 @@ import tf_keras as keras
 
 import datasets
 import testing
+from escm2_tf import config as config_lib
 from escm2_tf import base_rates
 from escm2_tf import data
 from escm2_tf import evaluation
@@ -45,23 +46,6 @@ BATCH_SIZE = 512
 EPOCHS = 3
 LEARNING_RATE = 3e-3
 Z = 3.0
-
-
-def with_true_propensity(ground_truth: evaluation.Columns):
-  """A dataset map adding labels["p_click"], looked up by sample_id."""
-  table = tf.lookup.StaticHashTable(
-      tf.lookup.KeyValueTensorInitializer(
-          tf.constant(ground_truth[schema.SAMPLE_ID].astype(str)),
-          tf.constant(ground_truth["p_click"], tf.float32)),
-      default_value=-1.0)
-
-  def add(features, labels):
-    features = dict(features)
-    labels = dict(labels, p_click=table.lookup(
-        features.pop(schema.SAMPLE_ID)))
-    return features, labels
-
-  return add
 
 
 def ips_interval(paths: dict[str, str]) -> tuple[float, float]:
@@ -94,9 +78,10 @@ class TruePropensityTrainingTest(tf.test.TestCase):
     ground_truth = evaluation.read_ground_truth(paths["ground_truth_train"])
     train = data.make_dataset(
         paths["train"], BATCH_SIZE, training=True, seed=1,
-        with_sample_id=True, with_weights=False).map(
-            with_true_propensity(ground_truth))
-    loss_config = losses.LossConfig(loss="dr_jl", propensity="label",
+        with_weights=False, label_table=data.LabelTable(
+            losses.PROPENSITY_LABEL, ground_truth[schema.SAMPLE_ID],
+            ground_truth["p_click"]))
+    loss_config = config_lib.LossConfig(loss="dr_jl", propensity="label",
                                     lambda_c=1.0, lambda_g=0.0, lambda_imp=1.0)
     model = model_lib.build_model(
         testing.TINY_MODEL, loss_config,

@@ -208,7 +208,7 @@ class ClusterCommandsTest(tf.test.TestCase):
                                "SparkRunner"}, runners)
 
   def test_beam_options_exist(self):
-    own = set(convert_cli._FLAGS.names())  # pylint: disable=protected-access
+    own = set(convert_cli.TOOL.binding.names())
     for command in self.commands():
       beam_args = [word for word in command if word.startswith("--")
                    and word[2:].split("=")[0] not in own]

@@ -4,7 +4,6 @@ import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
 import csv
 import gzip
-import importlib
 import os
 
 from absl.testing import parameterized
@@ -12,9 +11,9 @@ import numpy as np
 import tensorflow as tf
 
 import testing
+from escm2_tf import config as config_lib
 from escm2_tf.formats import aliccp
 from escm2_tf import export
-from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import schema
 from escm2_tf import serving
@@ -23,19 +22,12 @@ from escm2_tf.cli import predict
 _TOLERANCE = 1e-6
 
 
-def setUpModule():
-  # Other CLIs define some of the same flag names; whichever module was
-  # imported last owns them. Defining this CLI's flags again makes its own
-  # definitions (enum values, defaults) the ones in force.
-  importlib.reload(predict)
-  testing.mark_flags_parsed()
-
 
 def _build_model():
   vocabularies = {field: np.arange(1, 41, dtype=np.int64)
                   for field in schema.FIELD_NAMES}
   model_config = testing.tiny_model_config(use_weights=True)
-  return model_lib.build_model(model_config, losses.LossConfig(loss="dr"),
+  return model_lib.build_model(model_config, config_lib.LossConfig(loss="dr"),
                                vocabularies, seed=5)
 
 
@@ -154,8 +146,7 @@ class PredictCliTest(tf.test.TestCase, parameterized.TestCase):
     values = {"saved_model": self.export_dir, "input_format": "tfrecord",
               "common_features": "", "batch_size": 4,
               "max_values_per_field": 50, **flag_values}
-    code, _, stderr = testing.run_main(predict.main, "escm2-predict",
-                                       **values)
+    code, _, stderr = testing.run_main(predict.TOOL, **values)
     return code, stderr
 
   def _check_scores(self, output: str, ids, expected) -> None:
@@ -215,7 +206,8 @@ class PredictCliTest(tf.test.TestCase, parameterized.TestCase):
     data = _write_lines(os.path.join(self.get_temp_dir(), "s.csv"), skeleton)
     common_path = _write_lines(os.path.join(self.get_temp_dir(), "c.csv"),
                                common)
-    self._failing_run(f"{data}:2: wrong_source_field: field(s) 101 belong "
+    self._failing_run(f"--data: {data}:2: wrong_source_field: field(s) 101 "
+                      "belong "
                       "to the other file of the Ali-CCP join",
                       data=data, input_format="aliccp",
                       common_features=common_path)
@@ -238,7 +230,7 @@ class PredictCliTest(tf.test.TestCase, parameterized.TestCase):
     lines = _paddlerec_lines(self.rows[:3], self.ids[:3])
     lines[2] = lines[2].replace(":", ";", 1)
     data = _write_lines(os.path.join(self.get_temp_dir(), "bad.txt"), lines)
-    self._failing_run(f"{data}:3: broken_separator", data=data,
+    self._failing_run(f"--data: {data}:3: broken_separator", data=data,
                       input_format="paddlerec")
 
   def test_unknown_common_feature_index(self):
@@ -246,7 +238,8 @@ class PredictCliTest(tf.test.TestCase, parameterized.TestCase):
     data = _write_lines(os.path.join(self.get_temp_dir(), "s.csv"), skeleton)
     common_path = _write_lines(os.path.join(self.get_temp_dir(), "c.csv"),
                                common[:3])
-    self._failing_run(f"{data}:4: common_feature_index u1003 is not in",
+    self._failing_run(f"--data: {data}:4: common_feature_index u1003 is "
+                      "not in",
                       data=data, input_format="aliccp",
                       common_features=common_path)
 
@@ -254,7 +247,8 @@ class PredictCliTest(tf.test.TestCase, parameterized.TestCase):
     path = os.path.join(self.get_temp_dir(), "broken.tfrecord.gz")
     with gzip.open(path, "wb") as f:
       f.write(b"not a record at all")
-    self._failing_run(f"{path}: corrupt or not a GZIP TFRecord file after "
+    self._failing_run(f"--data: {path}: corrupt or not a GZIP TFRecord file "
+                      "after "
                       "record 0: corrupted record", data=path)
 
   def test_misaligned_weights_name_the_records(self):
@@ -263,7 +257,8 @@ class PredictCliTest(tf.test.TestCase, parameterized.TestCase):
     rows[1]["109_14"] = [1, 2]
     rows[1]["109_14_w"] = [1.0]
     _write_tfrecord(path, rows, self.ids[:2])
-    self._failing_run(f"{path}, records 1 to 2: the model rejected it: "
+    self._failing_run(f"--data: {path}, records 1 to 2: the model rejected "
+                      "it: "
                       "assertion failed: [Every row of 109_14_w", data=path)
 
   def test_repeated_common_feature_index(self):
@@ -271,7 +266,8 @@ class PredictCliTest(tf.test.TestCase, parameterized.TestCase):
     data = _write_lines(os.path.join(testing.new_dir(), "s.csv"), skeleton)
     common_path = _write_lines(os.path.join(testing.new_dir(), "c.csv"),
                                common + common[1:2])
-    self._failing_run(f"{common_path}:4: common_feature_index u1001 appears "
+    self._failing_run(f"--common_features: {common_path}:4: "
+                      "common_feature_index u1001 appears "
                       "twice", data=data, input_format="aliccp",
                       common_features=common_path)
 
@@ -318,7 +314,8 @@ class PredictCliTest(tf.test.TestCase, parameterized.TestCase):
   def test_sample_id_that_is_not_text(self):
     path = os.path.join(testing.new_dir(), "ids.tfrecord")
     _write_tfrecord(path, self.rows[:3], [b"1", b"\xff\xfe", b"3"])
-    self._failing_run(f"{path}, records 1 to 3: sample_id is not UTF-8 text",
+    self._failing_run(f"--data: {path}, records 1 to 3: sample_id is not "
+                      "UTF-8 text",
                       data=path)
 
   @parameterized.parameters("data", "common_features")
@@ -336,7 +333,7 @@ class PredictCliTest(tf.test.TestCase, parameterized.TestCase):
             b"1002", b"1002\xe9", 1)])
       with open(paths[name], "wb") as f:
         f.write(content)
-    self._failing_run(f"{paths[flag]}:3: not UTF-8 text: byte 0xe9",
+    self._failing_run(f"--{flag}: {paths[flag]}:3: not UTF-8 text: byte 0xe9",
                       data=paths["data"], input_format="aliccp",
                       common_features=paths["common_features"])
 

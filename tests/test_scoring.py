@@ -13,6 +13,7 @@ import testing
 from escm2_tf import layout
 from escm2_tf import scoring
 from escm2_tf import simulator
+from escm2_tf.options import ConfigError
 from escm2_pipelines import convert
 
 _DEMO = os.path.join(os.path.dirname(__file__), "testdata", "paddlerec_demo",
@@ -83,13 +84,12 @@ class LoadSignatureTest(absltest.TestCase):
     with open(os.path.join(directory, "saved_model.pb"), "wb") as f:
       f.write(b"not a SavedModel")
     with self.assertRaisesRegex(
-        scoring.InputError,
-        rf"^--saved_model: cannot load {directory}: [^\n]+$"):
+        ConfigError, rf"^saved_model: cannot load {directory}: [^\n]+$"):
       scoring.load_signature(directory)
 
   def test_no_saved_model(self):
     with self.assertRaisesRegex(
-        scoring.InputError, "^--saved_model: /nonexistent is neither a "
+        ConfigError, "^saved_model: /nonexistent is neither a "
         "SavedModel directory"):
       scoring.load_signature("/nonexistent")
 

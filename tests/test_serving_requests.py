@@ -25,8 +25,8 @@ from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 import testing
+from escm2_tf import config as config_lib
 from escm2_tf import export
-from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import schema
 from escm2_tf import serving
@@ -38,7 +38,7 @@ def _build_model():
   vocabularies = {field: np.arange(1, 31, dtype=np.int64) * 3
                   for field in schema.FIELD_NAMES}
   model_config = testing.tiny_model_config(use_weights=True)
-  return model_lib.build_model(model_config, losses.LossConfig(loss="ipw"),
+  return model_lib.build_model(model_config, config_lib.LossConfig(loss="ipw"),
                                vocabularies, seed=3)
 
 

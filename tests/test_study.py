@@ -1,5 +1,6 @@
 """Tests of escm2-study: the statistics, the verdict, bad grids, a tiny run."""
 
+import dataclasses
 import json
 import math
 import os
@@ -10,14 +11,16 @@ import numpy as np
 import testing
 
 from escm2_tf import layout
+from escm2_tf import simulator
 from escm2_tf.cli import study as study_cli
+from escm2_tf.options import ConfigError
 from escm2_tf.study import datasets
 from escm2_tf.study import designs
+from escm2_tf.study import floor
 from escm2_tf.study import grid
 from escm2_tf.study import stats
 from escm2_tf.study import summary
 
-setUpModule = testing.mark_flags_parsed
 # Two seeds of a tiny, high-rate regime: every metric is defined, and the
 # whole study takes seconds per run.
 _TINY = "tiny:ctr=0.25,cvr=0.3,corr=0.9,train=2000,test=1000"
@@ -106,6 +109,22 @@ class GridTest(parameterized.TestCase):
   def test_parses_a_regime(self):
     regime = grid.parse_regime(_TINY)
     self.assertEqual(regime, grid.Regime("tiny", 0.25, 0.3, 0.9, 2000, 1000))
+    defaults = simulator.SimulatorConfig()
+    self.assertEqual((regime.num_users, regime.num_items),
+                     (defaults.num_users, defaults.num_items))
+    dense = grid.parse_regime(_TINY + ",users=50,items=400")
+    self.assertEqual((dense.num_users, dense.num_items), (50, 400))
+    config = dense.simulator_config(seed=3)
+    self.assertEqual((config.num_users, config.num_items, config.seed,
+                      config.click_conversion_correlation), (50, 400, 3, 0.9))
+
+  def test_true_propensity_estimators(self):
+    self.assertEqual(grid.estimator_loss("dr_jl_true"), ("dr_jl", "label"))
+    self.assertEqual(grid.estimator_loss("mrdr"), ("mrdr", "model"))
+    self.assertEqual(
+        {grid.estimator_loss(e)[0] for e in grid.ESTIMATORS
+         if grid.estimator_loss(e)[1] == "label"},
+        {"ipw", "dr", "dr_jl", "mrdr"})
 
   @parameterized.parameters(
       ("tiny:ctr=0.2,cvr=0.2,corr=0.9,train=3000", "missing test"),
@@ -113,21 +132,28 @@ class GridTest(parameterized.TestCase):
       ("tiny:ctr=high,cvr=0.2,corr=0.9,train=3000,test=10", "not a float"),
       ("ti ny:ctr=0.2,cvr=0.2,corr=0.9,train=3000,test=10", "the name"))
   def test_bad_regime_spec(self, spec, message):
-    with self.assertRaisesRegex(grid.StudyError, message):
+    with self.assertRaisesRegex(ConfigError, f"^regime: .*{message}"):
       grid.parse_regime(spec)
 
   @parameterized.parameters(
-      (dict(seeds=(0,)), "at least 2 seeds"),
-      (dict(seeds=(0, 0)), "repeated seed"),
-      (dict(estimators=("esmm", "mmoe")), "unknown estimator"),
-      (dict(regimes=()), "no regime"),
+      (dict(seeds=(0,)), "seeds", "at least 2 seeds"),
+      (dict(seeds=(0, 0)), "seeds", "repeated 0"),
+      (dict(seeds=(0, -1)), "seeds", "integer >= 0"),
+      (dict(estimators=("esmm", "mmoe")), "estimators", "unknown estimator"),
+      (dict(regimes=()), "regime", "at least one"),
       (dict(regimes=(grid.Regime("r", 0.01, 0.01, 0.5, 1000, 100),)),
-       "training conversions"),
+       "regime", "training conversions"),
       (dict(regimes=(grid.Regime("r", 0.1, 0.1, 1.5, 10_000, 100),)),
-       "click_conversion_correlation"))
-  def test_grid_that_cannot_run(self, settings, message):
-    with self.assertRaisesRegex(grid.StudyError, message):
+       "regime", "click_conversion_correlation"),
+      (dict(regimes=(grid.Regime("r", 0.1, 0.1, 0.5, 10_000, 100,
+                                 num_users=20, num_items=500),)),
+       "regime", "r: users x items = 10,000 .* pairs for 10,100 impressions"),
+      (dict(regimes=(grid.Regime("r", 0.1, 0.1, 0.5, 10_000, 100,
+                                 num_items=10),)), "regime", "num_items"))
+  def test_grid_that_cannot_run(self, settings, flag, message):
+    with self.assertRaisesRegex(ConfigError, message) as caught:
       grid.StudyConfig(**settings)
+    self.assertEqual(caught.exception.field, flag)
 
   def test_default_design_covers_every_level(self):
     regimes = grid.DEFAULT_REGIMES
@@ -135,6 +161,79 @@ class GridTest(parameterized.TestCase):
     self.assertEqual({r.ctr for r in regimes}, {0.02, 0.08})
     self.assertEqual({r.correlation for r in regimes},
                      {grid.WEAK_CORRELATION, grid.STRONG_CORRELATION})
+    self.assertGreaterEqual(len(grid.DEFAULT_SEEDS), 3)
+
+  def test_default_design_has_the_release_density_and_a_dense_world(self):
+    regimes = {r.name: r for r in grid.DEFAULT_REGIMES}
+    release = regimes["release"]
+    self.assertAlmostEqual(release.num_train / release.num_users, 60)
+    self.assertAlmostEqual(release.num_train / release.num_items, 90)
+    dense = regimes["dense"]
+    self.assertGreater(dense.num_train / dense.num_users,
+                       release.num_train / release.num_users)
+    self.assertGreaterEqual(max(r.num_train for r in regimes.values()),
+                            1_000_000)
+
+
+def _small_world(num_train: int, **world):
+  """A calibrated small world, its training clicks and its test truth."""
+  config = simulator.SimulatorConfig(
+      num_train=num_train, num_test=5_000, seed=0, ctr=0.2, cvr=0.2,
+      click_conversion_correlation=0.9, num_categories=10, num_shops=40,
+      num_brands=40, num_intentions=40, behaviour_length=40, **world)
+  return config, simulator.build_world(config)
+
+
+def _floor(config, world, clip=1e-6):
+  train_imp, train_truth = simulator.sample_split(config, world, "train")
+  test_imp, test_truth = simulator.sample_split(config, world, "test")
+  return floor.identifiable_floor(world, (train_imp, train_truth["click"]),
+                                  (test_imp, test_truth), clip)
+
+
+class FloorTest(absltest.TestCase):
+
+  def test_no_latent_no_floor(self):
+    # Click propensities from observed ids alone: the item's click quality
+    # gone, the user's click bias a function of a profile field.
+    config, world = _small_world(5_000, num_users=200, num_items=300)
+    world = dataclasses.replace(
+        world, item_click_quality=np.zeros(300),
+        user_click_bias=0.5 * (world.user_profile["124"] == 1))
+    result = _floor(config, world)
+    self.assertAlmostEqual(result["item_latent_std"], 0.0)
+    self.assertAlmostEqual(result["user_latent_std"], 0.0, places=6)
+    for kind in ("floor", "floor_without_ids", "floor_true_propensity"):
+      self.assertLess(abs(result[kind]), 1e-6, kind)
+
+  def test_without_training_impressions_no_id_is_learnt(self):
+    config, world = _small_world(1, num_users=200, num_items=300)
+    result = _floor(config, world)
+    self.assertGreater(result["floor_without_ids"], 0.005)
+    self.assertAlmostEqual(result["floor"], result["floor_without_ids"],
+                           delta=0.05 * result["floor_without_ids"])
+
+  def test_many_impressions_per_id_reveal_the_latents(self):
+    # 2,000 training impressions per item and 400 per user.
+    config, world = _small_world(100_000, num_users=250, num_items=50)
+    result = _floor(config, world)
+    self.assertGreater(result["floor_without_ids"], 0.005)
+    self.assertLess(abs(result["floor"]), 0.15 * result["floor_without_ids"])
+
+  def test_posterior_matches_direct_integration(self):
+    rng = np.random.default_rng(0)
+    rest = rng.normal(-1.0, 1.0, 30)
+    clicks = (rng.random(30) < 0.4).astype(np.int64)
+    values, log_prior = floor._grid(0.7)  # pylint: disable=protected-access
+    weights = floor.posterior(np.zeros(30, np.int64), 1, rest, clicks,
+                              values, log_prior)
+    fine = np.linspace(-4 * 0.7, 4 * 0.7, 4001)
+    logits = rest[None, :] + fine[:, None]
+    likelihood = np.prod(np.where(clicks == 1, 1 / (1 + np.exp(-logits)),
+                                  1 / (1 + np.exp(logits))), axis=1)
+    density = likelihood * np.exp(-0.5 * (fine / 0.7) ** 2)
+    direct = np.sum(fine * density) / np.sum(density)
+    self.assertAlmostEqual(float(weights[0] @ values), direct, places=3)
 
 
 class DesignTest(parameterized.TestCase):
@@ -167,23 +266,25 @@ class DesignTest(parameterized.TestCase):
       ("a:bogus=1", "bogus: is not a field"),
       ("a b:min_count=5", "arm name"))
   def test_bad_arm_spec(self, spec, message):
-    with self.assertRaisesRegex(grid.StudyError, message):
+    with self.assertRaisesRegex(ConfigError, f"^arm: .*{message}"):
       designs.parse_arm(spec)
 
 
 def _run_cli(**overrides):
-  return testing.run_main(study_cli.main, "escm2-study", **overrides)
+  return testing.run_main(study_cli.TOOL, **overrides)
 
 
 class StudyCliTest(parameterized.TestCase):
 
   @parameterized.parameters(
-      (dict(seeds=["0"]), "--seeds needs at least 2 seeds"),
+      (dict(seeds=["0"]), "--seeds: needs at least 2 seeds"),
       (dict(seeds=["0", "x"]),
        "--seeds: expected comma-separated integers, got '0,x'"),
-      (dict(estimators=["esmm", "bogus"]), "unknown estimator 'bogus'"),
-      (dict(regime=["r:ctr=0.2,cvr=0.2"]), "missing corr"),
-      (dict(arm=["mc:min_count=x"]), "--arm='mc:min_count=x': arm mc: "),
+      (dict(estimators=["esmm", "bogus"]),
+       "--estimators: unknown estimator 'bogus'"),
+      (dict(regime=["r:ctr=0.2,cvr=0.2"]),
+       "--regime: 'r:ctr=0.2,cvr=0.2': missing corr"),
+      (dict(arm=["mc:min_count=x"]), "--arm: 'mc:min_count=x': arm mc: "),
       (dict(design="nope"), "--design"))
   def test_bad_grid_is_one_line_and_writes_nothing(self, overrides, message):
     root = testing.new_dir()
@@ -196,33 +297,48 @@ class StudyCliTest(parameterized.TestCase):
     self.assertFalse(os.path.exists(output_dir))
     self.assertFalse(os.path.exists(os.path.join(root, "work")))
 
+  def test_regime_with_too_few_ids_is_one_line(self):
+    root = testing.new_dir()
+    status, _, stderr = _run_cli(
+        work_dir=os.path.join(root, "work"),
+        output_dir=os.path.join(root, "out"),
+        regime=[_TINY + ",users=5,items=300"])
+    self.assertEqual(status, 2)
+    self.assertLen(stderr.strip().splitlines(), 1)
+    self.assertIn("--regime: tiny: users x items = 1,500", stderr)
+    self.assertEqual(os.listdir(root), [])
+
   def test_tiny_study_writes_results_and_resumes(self):
     root = testing.new_dir()
     output_dir = os.path.join(root, "out")
+    estimators = ["esmm", "ipw_true", "mrdr"]
     settings = dict(work_dir=os.path.join(root, "work"),
                     output_dir=output_dir, regime=[_TINY], seeds=["0", "1"],
-                    estimators=["esmm", "ipw"])
+                    estimators=estimators)
     status, stdout, stderr = _run_cli(**settings)
     self.assertEqual(status, 0, stderr)
-    self.assertRegex(stdout, r"\[4/4\] tiny seed 1 ipw: .* ETA 0:00:00")
+    self.assertRegex(stdout, r"\[6/6\] tiny seed 1 mrdr: .* ETA 0:00:00")
     with open(os.path.join(output_dir, "study.json")) as f:
       results = json.load(f)
-    self.assertLen(results["runs"], 4)
+    self.assertLen(results["runs"], 6)
     for run in results["runs"]:
       self.assertLen(run["reliability"]["ctr"]["predicted"],
                      len(run["reliability"]["ctr"]["true"]))
       self.assertIn("cvr_bias", run["metrics"])
-    cell = results["summary"]["metrics"]["tiny"]["ipw"]["cvr_bias"]
+    cell = results["summary"]["metrics"]["tiny"]["mrdr"]["cvr_bias"]
     biases = [run["metrics"]["cvr_bias"] for run in results["runs"]
-              if run["estimator"] == "ipw"]
+              if run["estimator"] == "mrdr"]
     self.assertAlmostEqual(cell["mean"], np.mean(biases))
     self.assertEqual(cell["n"], 2)
-    self.assertIn("vs_esmm", results["summary"]["paired"]["tiny"]["ipw"])
+    self.assertIn("vs_esmm", results["summary"]["paired"]["tiny"]["mrdr"])
     # Without naive and DR the target cannot be judged.
     self.assertIsNone(results["summary"]["verdicts"]["tiny"]["met"])
+    self._check_floor(results)
     with open(os.path.join(output_dir, "study.md")) as f:
       markdown = f.read()
-    self.assertIn("| tiny | ESCM2-IPW |", markdown)
+    self.assertIn("| tiny | ESCM2-IPW (true p_click) |", markdown)
+    self.assertIn("| tiny | MRDR |", markdown)
+    self.assertIn("## Identifiable floor and the achievable gap", markdown)
     self.assertIn("## Target: ESCM2 at most half of ESMM's bias", markdown)
     for name in ("bias.png", "reliability_tiny.png"):
       with open(os.path.join(output_dir, name), "rb") as f:
@@ -230,8 +346,25 @@ class StudyCliTest(parameterized.TestCase):
     # A second run finds every run done and trains nothing.
     status, stdout, _ = _run_cli(**settings)
     self.assertEqual(status, 0)
-    self.assertIn("4 already in", stdout)
+    self.assertIn("6 already in", stdout)
     self.assertIn("0 to train", stdout)
+
+  def _check_floor(self, results):
+    """Each seed's floor is the simulator's world's, and the gap shares."""
+    floors = {run["seed"]: run["data"]["floor"]["floor"]
+              for run in results["runs"]}
+    regime = grid.parse_regime(_TINY)
+    self.assertAlmostEqual(
+        floors[1], floor.regime_floor(regime.simulator_config(1))["floor"])
+    summary_floor = results["summary"]["floors"]["tiny"]["floor"]
+    self.assertAlmostEqual(summary_floor["mean"], np.mean(list(
+        floors.values())))
+    shares = results["summary"]["gap_closed"]["tiny"]
+    means = {e: results["summary"]["metrics"]["tiny"][e]["cvr_bias"]["mean"]
+             for e in ("esmm", "mrdr")}
+    self.assertAlmostEqual(shares["esmm"], 0.0)
+    self.assertAlmostEqual(shares["mrdr"], (means["esmm"] - means["mrdr"]) /
+                           (means["esmm"] - summary_floor["mean"]))
 
   def test_an_arm_trains_with_its_settings_and_resumes(self):
     root = testing.new_dir()
@@ -293,7 +426,7 @@ class DatasetsTest(absltest.TestCase):
     with open(dataset.ground_truth) as f:
       self.assertEqual(f.readline().rstrip("\n"),
                        ",".join(layout.GROUND_TRUTH_HEADER))
-    with self.assertRaisesRegex(grid.StudyError, "other settings"):
+    with self.assertRaisesRegex(ConfigError, "^work_dir: .*other settings"):
       datasets.prepare(regime, 1, directory)
 
 

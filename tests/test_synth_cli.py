@@ -9,7 +9,6 @@ import sys
 
 from absl import flags
 from absl.testing import absltest
-from absl.testing import flagsaver
 from absl.testing import parameterized
 
 import testing
@@ -26,28 +25,23 @@ _SMALL = dict(num_train=600, num_test=300, seed=5, num_users=80,
 
 
 # Runs main in-process with the flags as set; returns (code, stdout, stderr).
-_run_main = functools.partial(testing.run_main, synth.main, "escm2-synth")
+_run_main = functools.partial(testing.run_main, synth.TOOL)
 
 
 class SynthMainTest(parameterized.TestCase):
 
-  @classmethod
-  def setUpClass(cls):
-    super().setUpClass()
-    testing.mark_flags_parsed()
-
   def test_every_setting_has_a_flag_with_its_default(self):
     # Also guards --seed, which escm2-train defines with the same default.
     defaults = simulator.SimulatorConfig()
-    for field in dataclasses.fields(simulator.SimulatorConfig):
-      self.assertIn(field.name, FLAGS)
-      self.assertEqual(FLAGS[field.name].default,
-                       getattr(defaults, field.name), field.name)
+    with testing.tool_flags(synth.TOOL):
+      for field in dataclasses.fields(simulator.SimulatorConfig):
+        self.assertIn(field.name, FLAGS)
+        self.assertEqual(FLAGS[field.name].default,
+                         getattr(defaults, field.name), field.name)
 
   def test_writes_what_the_library_writes(self):
     cli_dir, library_dir = testing.new_dir(), testing.new_dir()
-    with flagsaver.flagsaver(output_dir=cli_dir, json=True, **_SMALL):
-      code, stdout, stderr = _run_main()
+    code, stdout, stderr = _run_main(output_dir=cli_dir, json=True, **_SMALL)
     self.assertEqual(code, 0)
     # What it is doing, step by step, on stderr.
     self.assertEqual(stderr.splitlines(), [
@@ -69,8 +63,7 @@ class SynthMainTest(parameterized.TestCase):
 
   def test_paddlerec_format(self):
     out = testing.new_dir()
-    with flagsaver.flagsaver(output_dir=out, format="paddlerec", **_SMALL):
-      code, stdout, _ = _run_main()
+    code, stdout, _ = _run_main(output_dir=out, format="paddlerec", **_SMALL)
     self.assertEqual(code, 0)
     # The text summary: where the files went, then one line per split.
     lines = stdout.splitlines()
@@ -87,8 +80,7 @@ class SynthMainTest(parameterized.TestCase):
       ("impressions_per_request", 0))
   def test_impossible_flag_fails_with_one_line_naming_it(self, flag, value):
     out = os.path.join(testing.new_dir(), "out")
-    with flagsaver.flagsaver(output_dir=out, **{**_SMALL, flag: value}):
-      code, stdout, stderr = _run_main()
+    code, stdout, stderr = _run_main(output_dir=out, **{**_SMALL, flag: value})
     self.assertEqual(code, 2)
     self.assertEqual(stdout, "")
     self.assertLen(stderr.splitlines(), 1)
@@ -99,16 +91,14 @@ class SynthMainTest(parameterized.TestCase):
     blocker = os.path.join(testing.new_dir(), "file")
     with open(blocker, "w", encoding="utf-8"):
       pass
-    with flagsaver.flagsaver(output_dir=os.path.join(blocker, "out"),
-                             **_SMALL):
-      code, _, stderr = _run_main()
+    code, _, stderr = _run_main(output_dir=os.path.join(blocker, "out"),
+                                **_SMALL)
     self.assertEqual(code, 2)
     self.assertStartsWith(stderr, "escm2-synth: error: --output_dir: ")
     self.assertLen(stderr.splitlines(), 1)
 
   def test_missing_output_dir(self):
-    with flagsaver.flagsaver(output_dir=None):
-      code, _, stderr = _run_main()
+    code, _, stderr = _run_main(output_dir=None)
     self.assertEqual(code, 2)
     self.assertIn("--output_dir", stderr)
 

@@ -9,7 +9,6 @@ import os
 import shutil
 
 from absl import flags
-from absl.testing import flagsaver
 from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
@@ -17,6 +16,7 @@ import tensorflow as tf
 import datasets
 import testing
 from escm2_tf import config as config_lib
+from escm2_tf import flagbind
 from escm2_tf import layout
 from escm2_tf import schema
 from escm2_tf.cli import train as train_cli
@@ -33,10 +33,9 @@ METRIC_KEYS = {
 GROUND_TRUTH_KEYS = testing.GROUND_TRUTH_METRICS
 
 
-setUpModule = testing.mark_flags_parsed
 new_dir = testing.new_dir
 # Runs escm2-train's main; returns its status, stdout and stderr.
-run_main = functools.partial(testing.run_main, train_cli.main, "escm2-train")
+run_main = functools.partial(testing.run_main, train_cli.TOOL)
 
 
 def run_flags(data: dict[str, str], model_dir: str, **overrides):
@@ -255,7 +254,7 @@ class FlagErrorTest(tf.test.TestCase, parameterized.TestCase):
     self.assert_rejected("vocab_dir", vocab_dir=vocab_dir)
 
   def test_unknown_loss_is_refused_by_the_flag_parser(self):
-    with flagsaver.flagsaver():
+    with testing.tool_flags(train_cli.TOOL):
       with self.assertRaisesRegex(flags.IllegalFlagValueError, "--loss"):
         FLAGS["loss"].parse("esmm2")
 
@@ -291,18 +290,11 @@ class FlagfileTest(tf.test.TestCase, parameterized.TestCase):
 
   def parse(self, name: str) -> dict:
     """The configs of escm2-train --flagfile=configs/<name>."""
-    # Parsing a whole command line would also run the validators of other
-    # CLIs' flags in this process; each flag of the file is parsed instead.
-    own = set(train_cli._FLAGS.names())  # pylint: disable=protected-access
-    flagfile = os.path.join(REPO, "configs", name)
-    values = {}
-    for argument in FLAGS.read_flags_from_files([f"--flagfile={flagfile}"],
-                                                force_gnu=True):
-      flag_name, _, text = argument.removeprefix("--").partition("=")
-      self.assertIn(flag_name, own, argument)
-      values[flag_name] = FLAGS[flag_name].parser.parse(text)
-    with flagsaver.flagsaver(**values):
-      return train_cli._configs()  # pylint: disable=protected-access
+    binding = flagbind.Binding(*train_cli.TOOL.binding.sections,
+                               flag_values=flags.FlagValues()).define()
+    binding.flag_values(["escm2-train", "--flagfile=" + os.path.join(
+        REPO, "configs", name)])
+    return train_cli.TOOL.build(binding)
 
   @parameterized.parameters("demo.flags", "bigdata.flags", "paddlerec.flags")
   def test_parses_into_configs(self, name):

@@ -5,9 +5,7 @@ Keras layer checks in ``layer_testing.py``.
 
     import testing
 
-    setUpModule = testing.mark_flags_parsed
-
-    status, stdout, stderr = testing.run_main(train_cli.main, "escm2-train",
+    status, stdout, stderr = testing.run_main(train_cli.TOOL,
                                               model_dir=testing.new_dir())
     result = testing.run_subprocess([testing.console_script("escm2-export"),
                                      "--model_dir=..."])
@@ -23,15 +21,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 from unittest import mock
 
-from absl import flags
 from absl.testing import flagsaver
 
 # Imports neither TensorFlow nor Keras, so that tests of the tools that start
 # without them (escm2-synth, escm2-convert) stay that way.
 from escm2_tf import config as config_lib
+from escm2_tf import tool as tool_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Far above any healthy run of a test's subprocess on two shared cores, far
@@ -49,14 +47,13 @@ TINY_MODEL = config_lib.ModelConfig(embedding_dim=4, num_experts=2,
                                     expert_units=(8,), tower_units=(4,))
 
 
-def mark_flags_parsed() -> None:
-  """Lets tests read absl flags without parsing a command line.
-
-  Under pytest nobody parses the flags; ``flagsaver`` sets the ones a test
-  uses. Use as ``setUpModule = testing.mark_flags_parsed``.
-  """
-  if not flags.FLAGS.is_parsed():
-    flags.FLAGS.mark_as_parsed()
+@contextlib.contextmanager
+def tool_flags(tool: tool_lib.Tool, **flag_values: Any) -> Iterator[None]:
+  """A tool's flags, defined and set for the block only (``flagsaver``)."""
+  with flagsaver.flagsaver():
+    tool.binding.define()
+    with flagsaver.flagsaver(**flag_values):
+      yield
 
 
 _root: list[str] = []
@@ -99,18 +96,16 @@ def tiny_config(data: Mapping[str, str], model_dir: str, *,
   return dataclasses.replace(config, model=model).replace(**overrides)
 
 
-def run_main(main: Callable[[Sequence[str]], int], program: str, *,
-             argv: Sequence[str] = (),
+def run_main(tool: tool_lib.Tool, *, argv: Sequence[str] = (),
              environ: Mapping[str, str] | None = None,
              **flag_values: Any) -> tuple[int, str, str]:
-  """Runs a CLI's ``main`` in this process with these flag values.
+  """Runs a CLI's opening and body in this process with these flag values.
 
   Args:
-    main: The CLI's ``main(argv)``.
-    program: Its name, ``argv[0]``.
+    tool: The CLI's ``TOOL``.
     argv: Further positional arguments.
     environ: Environment variables set for the run only.
-    **flag_values: Flags set for the run only (``flagsaver``).
+    **flag_values: Flags set for the run only (``tool_flags``).
 
   Returns:
     The exit status, and what it wrote to stdout and to stderr.
@@ -118,10 +113,10 @@ def run_main(main: Callable[[Sequence[str]], int], program: str, *,
   stdout, stderr = io.StringIO(), io.StringIO()
   with contextlib.ExitStack() as stack:
     stack.enter_context(mock.patch.dict(os.environ, environ or {}))
-    stack.enter_context(flagsaver.flagsaver(**flag_values))
+    stack.enter_context(tool_flags(tool, **flag_values))
     stack.enter_context(contextlib.redirect_stdout(stdout))
     stack.enter_context(contextlib.redirect_stderr(stderr))
-    status = main([program, *argv])
+    status = tool.main([tool.program, *argv])
   return status, stdout.getvalue(), stderr.getvalue()
 
 

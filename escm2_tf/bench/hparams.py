@@ -51,7 +51,7 @@ def _line_of(path: str, text: str) -> int:
 def _train_binding() -> flagbind.Binding:
   """``escm2-train``'s flags, apart from the process's own."""
   return flagbind.Binding(*flagbind.TRAIN_SECTIONS,
-                          flag_values=flags.FlagValues())
+                          flag_values=flags.FlagValues()).define()
 
 
 def experiment_config(args: Sequence[str]) -> config_lib.ExperimentConfig:

@@ -12,6 +12,7 @@ import math
 import tensorflow as tf
 import tf_keras as keras
 
+from escm2_tf import config as config_lib
 from escm2_tf.bench import harness as benchmark
 from escm2_tf.bench import hparams as hparams_lib
 from escm2_tf import data
@@ -38,7 +39,7 @@ class TrainingRun:
     hparams: Network, loss (its ``loss`` is replaced by ``loss`` here) and
       schedule.
     loss: ``esmm``, ``ipw``, ``dr`` or ``naive``.
-    optimizer: One of ``optimizers.OPTIMIZERS``.
+    optimizer: One of ``config_lib.OPTIMIZERS``.
     steps_per_execution: Keras' training steps per call into the graph.
     warmup_steps: Steps run before timing starts (tracing, first steps).
     timed_steps: Steps timed, rounded up to whole ``warmup_steps`` chunks.

@@ -23,15 +23,14 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Sequence
-
-from absl import flags
+from typing import Any
 
 from escm2_tf import config as config_lib
 from escm2_tf import configs
 from escm2_tf import flagbind
 from escm2_tf import layout
 from escm2_tf import options
+from escm2_tf import tool
 from escm2_tf.bench import hparams as hparams_lib
 from escm2_tf.options import ConfigError
 from escm2_tf.options import option
@@ -109,15 +108,13 @@ class BenchFlags:
                         "train/ and test/ (with vocab/) of an earlier run")
 
 
-_FLAGS = flagbind.Binding(flagbind.Section(BenchFlags, "benchmark"))
-
-
-def _settings() -> dict[str, Any]:
+def _settings(binding: flagbind.Binding) -> dict[str, Any]:
   """The run's settings from the flags; raises ConfigError naming one."""
-  values = _FLAGS.values(BenchFlags)
+  values = binding.values(BenchFlags)
   if values["small"]:
+    given = binding.present()
     values.update({name: value for name, value in _SMALL.items()
-                   if not flags.FLAGS[name].present})
+                   if name not in given})
   bench_flags = BenchFlags(**values)
   try:
     hparams = hparams_lib.hparams_from_flagfile(bench_flags.hparams)
@@ -137,14 +134,7 @@ def _settings() -> dict[str, Any]:
   return settings
 
 
-def main(argv: Sequence[str]) -> int:
-  if len(argv) > 1:
-    return flagbind.fail(_PROGRAM,
-                         f"unexpected arguments {' '.join(argv[1:])!r}")
-  try:
-    settings = _settings()
-  except ConfigError as e:
-    return flagbind.fail(_PROGRAM, flagbind.error_line(e))
+def _bench(settings: dict[str, Any]) -> int:
   # pylint: disable=g-import-not-at-top
   from escm2_tf.bench import harness
   from escm2_tf.bench import report as bench_report
@@ -155,7 +145,7 @@ def main(argv: Sequence[str]) -> int:
   try:
     results = suite.measure(work_dir, settings)
   except harness.PartError as e:
-    return flagbind.fail(_PROGRAM, str(e), _FAILED)
+    return tool.fail(_PROGRAM, str(e), _FAILED)
   finally:
     if not settings["work_dir"]:
       shutil.rmtree(work_dir, ignore_errors=True)
@@ -169,8 +159,13 @@ def main(argv: Sequence[str]) -> int:
   return 0
 
 
+TOOL = tool.Tool(_PROGRAM, __doc__,
+                 flagbind.Binding(flagbind.Section(BenchFlags, "benchmark")),
+                 build=_settings, body=_bench)
+
+
 def run() -> None:
-  flagbind.run(main, _PROGRAM, _FLAGS, __doc__)
+  TOOL.run()
 
 
 if __name__ == "__main__":

@@ -17,9 +17,10 @@ import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
 import dataclasses
 import os
-from typing import Any, Sequence
+from typing import Any
 
 from escm2_tf import flagbind
+from escm2_tf import tool
 from escm2_tf import options
 from escm2_tf.options import ConfigError
 from escm2_tf.options import option
@@ -50,9 +51,6 @@ class EvaluateFlags:
       if not getattr(self, name):
         raise ConfigError(name, "is required")
     options.check_declared(self)
-
-
-_FLAGS = flagbind.Binding(flagbind.Section(EvaluateFlags, "input"))
 
 
 def _check_flags(settings: EvaluateFlags) -> str:
@@ -119,21 +117,12 @@ def _evaluate(settings: EvaluateFlags
       predictions, ground_truth, settings.ground_truth, settings.data)
 
 
-def main(argv: Sequence[str]) -> int:
-  if len(argv) > 1:
-    return flagbind.fail(_PROGRAM,
-                         f"unexpected arguments {' '.join(argv[1:])!r}")
-  try:
-    settings = _FLAGS.build(EvaluateFlags)
-  except ConfigError as e:
-    return flagbind.fail(_PROGRAM, flagbind.error_line(e))
+def _run(settings: EvaluateFlags) -> int:
   from escm2_tf import evaluation  # pylint: disable=g-import-not-at-top
   try:
     saved_model, metrics = _evaluate(settings)
-  except ConfigError as e:
-    return flagbind.fail(_PROGRAM, flagbind.error_line(e))
   except evaluation.GroundTruthError as e:
-    return flagbind.fail(_PROGRAM, f"--ground_truth: {e}")
+    return tool.fail(_PROGRAM, f"--ground_truth: {e}")
   evaluation.write_metrics(settings.output, metrics)
   print(f"Scored {saved_model} on {settings.data}; metrics in "
         f"{settings.output}:")
@@ -141,5 +130,11 @@ def main(argv: Sequence[str]) -> int:
   return 0
 
 
+TOOL = tool.Tool(_PROGRAM, __doc__,
+                 flagbind.Binding(flagbind.Section(EvaluateFlags, "input")),
+                 build=lambda binding: binding.build(EvaluateFlags),
+                 body=_run)
+
+
 def run() -> None:
-  flagbind.run(main, _PROGRAM, _FLAGS, __doc__)
+  TOOL.run()

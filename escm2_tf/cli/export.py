@@ -12,9 +12,9 @@ into its ``assets.extra/``. An existing version is refused unless
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
 import dataclasses
-from typing import Sequence
 
 from escm2_tf import flagbind
+from escm2_tf import tool
 from escm2_tf.options import ConfigError
 from escm2_tf.options import option
 
@@ -47,17 +47,7 @@ class ExportFlags:
         raise ConfigError(name, "is required")
 
 
-_FLAGS = flagbind.Binding(flagbind.Section(ExportFlags, "output"))
-
-
-def main(argv: Sequence[str]) -> int:
-  if len(argv) > 1:
-    return flagbind.fail(_PROGRAM,
-                         f"unexpected arguments {' '.join(argv[1:])!r}")
-  try:
-    settings = _FLAGS.build(ExportFlags)
-  except ConfigError as error:
-    return flagbind.fail(_PROGRAM, flagbind.error_line(error))
+def _export(settings: ExportFlags) -> int:
   # pylint: disable=g-import-not-at-top
   from escm2_tf import export
   from escm2_tf import run_dir
@@ -66,20 +56,26 @@ def main(argv: Sequence[str]) -> int:
     model = run_dir.restore_model(settings.model_dir)
     assets = run_dir.run_assets(settings.model_dir)
   except (OSError, ValueError) as error:
-    return flagbind.fail(_PROGRAM, f"--model_dir: {error}")
+    return tool.fail(_PROGRAM, f"--model_dir: {error}")
   try:
     path = export.export_saved_model(model, settings.export_dir,
                                      version=settings.version,
                                      overwrite=settings.overwrite,
                                      extra_assets=assets)
   except FileExistsError as error:
-    return flagbind.fail(_PROGRAM, f"--export_dir: {error.filename} exists; "
-                         "pass --overwrite to replace it", _EXISTS_ERROR)
+    return tool.fail(_PROGRAM, f"--export_dir: {error.filename} exists; "
+                     "pass --overwrite to replace it", _EXISTS_ERROR)
   except OSError as error:
-    return flagbind.fail(_PROGRAM, f"--export_dir: {error}")
+    return tool.fail(_PROGRAM, f"--export_dir: {error}")
   print(f"Exported {path}")
   return 0
 
 
+TOOL = tool.Tool(_PROGRAM, __doc__,
+                 flagbind.Binding(flagbind.Section(ExportFlags, "output")),
+                 build=lambda binding: binding.build(ExportFlags),
+                 body=_export)
+
+
 def run() -> None:
-  flagbind.run(main, _PROGRAM, _FLAGS, __doc__)
+  TOOL.run()

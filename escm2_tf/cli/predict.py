@@ -20,10 +20,10 @@ full Ali-CCP release with ``escm2-convert`` first, then score its TFRecords.
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
 import dataclasses
-from typing import Sequence
 
 from escm2_tf import config as config_lib
 from escm2_tf import flagbind
+from escm2_tf import tool
 from escm2_tf import options
 from escm2_tf.formats import encode
 from escm2_tf.options import ConfigError
@@ -70,17 +70,7 @@ class PredictFlags:
                         "with, --input_format=aliccp")
 
 
-_FLAGS = flagbind.Binding(flagbind.Section(PredictFlags, "input"))
-
-
-def main(argv: Sequence[str]) -> int:
-  if len(argv) > 1:
-    return flagbind.fail(_PROGRAM,
-                         f"unexpected arguments {' '.join(argv[1:])!r}")
-  try:
-    settings = _FLAGS.build(PredictFlags)
-  except ConfigError as error:
-    return flagbind.fail(_PROGRAM, flagbind.error_line(error))
+def _predict(settings: PredictFlags) -> int:
   from escm2_tf import scoring  # pylint: disable=g-import-not-at-top
   try:
     files = scoring.files("data", settings.data)
@@ -91,14 +81,18 @@ def main(argv: Sequence[str]) -> int:
         files, settings.input_format, settings.batch_size, common,
         settings.max_values_per_field)
     count = scoring.score(signature, batches, settings.output)
-  except scoring.InputError as error:
-    return flagbind.fail(_PROGRAM, str(error))
   except OSError as error:
-    return flagbind.fail(_PROGRAM, f"--output: cannot write "
-                         f"{settings.output}: {error.strerror or error}")
+    return tool.fail(_PROGRAM, f"--output: cannot write "
+                     f"{settings.output}: {error.strerror or error}")
   print(f"Scored {count} examples into {settings.output}")
   return 0
 
 
+TOOL = tool.Tool(_PROGRAM, __doc__,
+                 flagbind.Binding(flagbind.Section(PredictFlags, "input")),
+                 build=lambda binding: binding.build(PredictFlags),
+                 body=_predict)
+
+
 def run() -> None:
-  flagbind.run(main, _PROGRAM, _FLAGS, __doc__)
+  TOOL.run()

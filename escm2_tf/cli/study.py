@@ -17,8 +17,10 @@ finished datasets in ``--work_dir`` are reused.
 ``default``, ``estimator_table`` (ESMM, naive, IPW and DR with the paper's
 and PaddleRec's losses on 1M impressions), ``propensity_sweep`` (ESMM with
 ``min_count`` 1, 100 and 20). ``--regime=NAME:ctr=..,cvr=..,corr=..,train=..,
-test=..`` (repeatable) replaces the design's regimes, ``--estimators`` its
-estimators; ``--arm=NAME:field=value,...`` (repeatable) adds an estimator
+test=..[,users=..,items=..]`` (repeatable; the world's ids, the
+simulator's defaults without) replaces the design's regimes,
+``--estimators`` its estimators (an estimator ``<loss>_true``, for ipw, dr,
+dr_jl and mrdr, weighs clicks by the simulator's true p_click); ``--arm=NAME:field=value,...`` (repeatable) adds an estimator
 with ExperimentConfig settings of its own (by flag name). A grid that
 cannot run exits with status 2 and one line, before writing anything.
 
@@ -28,11 +30,11 @@ cannot run exits with status 2 and one line, before writing anything.
 
 import dataclasses
 import os
-from typing import Sequence
 
 from escm2_tf import flagbind
 from escm2_tf import layout
 from escm2_tf import options
+from escm2_tf import tool
 from escm2_tf.options import ConfigError
 from escm2_tf.options import option
 from escm2_tf.study import designs
@@ -51,11 +53,11 @@ class StudyFlags:
     work_dir: Datasets and model directories (reused on resume).
     output_dir: Where study.json, study.md and the figures go.
     design: The regimes and estimators to run (escm2_tf.study.designs).
-    regime: NAME:ctr=F,cvr=F,corr=F,train=N,test=N; repeatable. Default: the
-      design's.
+    regime: NAME:ctr=F,cvr=F,corr=F,train=N,test=N[,users=N,items=N];
+      repeatable. Default: the design's.
     seeds: Seeds (simulator and training); at least 2.
-    estimators: LossConfig.loss values or --arm names to compare. Default:
-      the design's.
+    estimators: LossConfig.loss values, <loss>_true (weighted by the true
+      p_click) or --arm names to compare. Default: the design's.
     arm: NAME:field=value,... of ExperimentConfig fields (flag names), an
       estimator of its own; repeatable.
     resume: Skip runs already in OUTPUT_DIR/study.json.
@@ -77,9 +79,6 @@ class StudyFlags:
     options.check_declared(self)
 
 
-_FLAGS = flagbind.Binding(flagbind.Section(StudyFlags, "data"))
-
-
 def _config(settings: StudyFlags) -> grid.StudyConfig:
   design = designs.DESIGNS[settings.design]
   regimes = (tuple(grid.parse_regime(spec) for spec in settings.regime)
@@ -93,28 +92,22 @@ def _config(settings: StudyFlags) -> grid.StudyConfig:
       arms=(*arms, *design.arms))
 
 
-def main(argv: Sequence[str]) -> int:
-  if len(argv) > 1:
-    return flagbind.fail(_PROGRAM,
-                         f"unexpected arguments {' '.join(argv[1:])!r}")
-  try:
-    settings = _FLAGS.build(StudyFlags)
-    config = _config(settings)
-  except ConfigError as error:
-    return flagbind.fail(_PROGRAM, flagbind.error_line(error))
-  except grid.StudyError as error:
-    return flagbind.fail(_PROGRAM, str(error))
+def _settings(binding: flagbind.Binding
+              ) -> tuple[StudyFlags, grid.StudyConfig]:
+  settings = binding.build(StudyFlags)
+  return settings, _config(settings)
+
+
+def _study(settings: tuple[StudyFlags, grid.StudyConfig]) -> int:
+  flag_settings, config = settings
   # TensorFlow and Beam load only for a grid that can run.
   from escm2_tf.study import report  # pylint: disable=import-outside-toplevel
   from escm2_tf.study import runner  # pylint: disable=import-outside-toplevel
-  output_dir = settings.output_dir
-  try:
-    results = runner.run_study(
-        config, settings.work_dir, os.path.join(output_dir, JSON_NAME),
-        progress=lambda line: print(line, flush=True),
-        resume=settings.resume)
-  except grid.StudyError as error:
-    return flagbind.fail(_PROGRAM, str(error))
+  output_dir = flag_settings.output_dir
+  results = runner.run_study(
+      config, flag_settings.work_dir, os.path.join(output_dir, JSON_NAME),
+      progress=lambda line: print(line, flush=True),
+      resume=flag_settings.resume)
   markdown = os.path.join(output_dir, MARKDOWN_NAME)
   layout.atomic_write(markdown, report.markdown(results))
   print(f"escm2-study: wrote {os.path.join(output_dir, JSON_NAME)} and "
@@ -131,8 +124,13 @@ def main(argv: Sequence[str]) -> int:
   return 0
 
 
+TOOL = tool.Tool(_PROGRAM, __doc__,
+                 flagbind.Binding(flagbind.Section(StudyFlags, "data")),
+                 build=_settings, body=_study)
+
+
 def run() -> None:
-  flagbind.run(main, _PROGRAM, _FLAGS, __doc__)
+  TOOL.run()
 
 
 if __name__ == "__main__":

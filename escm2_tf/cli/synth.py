@@ -14,11 +14,12 @@ import dataclasses
 import json
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any
 
 from escm2_tf import flagbind
 from escm2_tf import layout
 from escm2_tf import simulator
+from escm2_tf import tool
 from escm2_tf.options import ConfigError
 from escm2_tf.options import option
 
@@ -42,11 +43,6 @@ class _Output:
       raise ConfigError("output_dir", "is required")
 
 
-_FLAGS = flagbind.Binding(
-    flagbind.Section(_Output, "output"),
-    flagbind.Section(simulator.SimulatorConfig, "world"))
-
-
 def _text_summary(summary: dict[str, Any], output_dir: str) -> str:
   lines = [f"{_PROGRAM}: wrote {len(summary['files'])} files to {output_dir}"]
   for split in layout.SPLITS:
@@ -61,26 +57,28 @@ def _text_summary(summary: dict[str, Any], output_dir: str) -> str:
   return "\n".join(lines)
 
 
-def main(argv: Sequence[str]) -> int:
-  if len(argv) > 1:
-    return flagbind.fail(_PROGRAM,
-                         f"unexpected arguments {' '.join(argv[1:])!r}")
-  try:
-    output = _FLAGS.build(_Output)
-    config = _FLAGS.build(simulator.SimulatorConfig)
-    summary = simulator.simulate(
-        config, output.output_dir,
-        progress=lambda line: print(f"{_PROGRAM}: {line}", file=sys.stderr,
-                                    flush=True))
-  except ConfigError as error:
-    return flagbind.fail(_PROGRAM, flagbind.error_line(error))
+def _synth(settings: tuple[_Output, simulator.SimulatorConfig]) -> int:
+  output, config = settings
+  summary = simulator.simulate(
+      config, output.output_dir,
+      progress=lambda line: print(f"{_PROGRAM}: {line}", file=sys.stderr,
+                                  flush=True))
   print(json.dumps(summary, indent=2) if output.json
         else _text_summary(summary, output.output_dir))
   return 0
 
 
+TOOL = tool.Tool(
+    _PROGRAM, __doc__,
+    flagbind.Binding(flagbind.Section(_Output, "output"),
+                     flagbind.Section(simulator.SimulatorConfig, "world")),
+    build=lambda binding: (binding.build(_Output),
+                           binding.build(simulator.SimulatorConfig)),
+    body=_synth)
+
+
 def run() -> None:
-  flagbind.run(main, _PROGRAM, _FLAGS, __doc__)
+  TOOL.run()
 
 
 if __name__ == "__main__":

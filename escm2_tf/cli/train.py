@@ -20,10 +20,11 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any
 
 from escm2_tf import config as config_lib
 from escm2_tf import flagbind
+from escm2_tf import tool
 from escm2_tf.options import option
 
 _PROGRAM = "escm2-train"
@@ -41,16 +42,6 @@ class _Display:
       epoch when the output is not a terminal), 2 a line per epoch.
   """
   verbose: int = option(1, minimum=0, maximum=2, group="output")
-
-
-_FLAGS = flagbind.Binding(*flagbind.TRAIN_SECTIONS,
-                          flagbind.Section(_Display, "output"))
-
-
-def _configs() -> dict[str, Any]:
-  """The configs from the flags; raises ConfigError naming the field."""
-  return {"experiment": _FLAGS.build(config_lib.ExperimentConfig),
-          "display": _FLAGS.build(_Display)}
 
 
 def _serve_if_server(strategy: str) -> bool:
@@ -130,36 +121,37 @@ def _report(result: dict[str, Any], config: config_lib.ExperimentConfig
         f"{os.path.join(config.trainer.model_dir, run_dir.METRICS_FILE)}")
 
 
-def main(argv: Sequence[str]) -> int:
-  if len(argv) > 1:
-    return flagbind.fail(_PROGRAM,
-                         f"unexpected arguments {' '.join(argv[1:])!r}")
-  try:
-    configs = _configs()
-  except config_lib.ConfigError as e:
-    return flagbind.fail(_PROGRAM, flagbind.error_line(e))
+def _train(configs: dict[str, Any]) -> int:
   # Imported once the flags are known to be good: TensorFlow loads slowly.
   # pylint: disable=g-import-not-at-top
   from escm2_tf import distribute
   from escm2_tf import training
   # pylint: enable=g-import-not-at-top
+  experiment = configs["experiment"]
   try:
-    experiment = configs["experiment"]
     if _serve_if_server(experiment.runtime.distribution_strategy):
       return 0
     _announce(experiment)
     result = training.train(experiment, **_display(configs))
-  except config_lib.ConfigError as e:
-    return flagbind.fail(_PROGRAM, flagbind.error_line(e))
   except distribute.ClusterError as e:
-    return flagbind.fail(_PROGRAM, str(e))
+    return tool.fail(_PROGRAM, str(e))
   except training.TrainingDivergedError as e:
-    return flagbind.fail(_PROGRAM, f"training stopped: {e}", _DIVERGED)
-  _report(result, configs["experiment"])
+    return tool.fail(_PROGRAM, f"training stopped: {e}", _DIVERGED)
+  _report(result, experiment)
   return 0
 
 
+TOOL = tool.Tool(
+    _PROGRAM, __doc__,
+    flagbind.Binding(*flagbind.TRAIN_SECTIONS,
+                     flagbind.Section(_Display, "output")),
+    build=lambda binding: {
+        "experiment": binding.build(config_lib.ExperimentConfig),
+        "display": binding.build(_Display)},
+    body=_train,
+    interrupted="interrupted; rerun the same command to resume from the "
+    "last completed epoch")
+
+
 def run() -> None:
-  flagbind.run(main, _PROGRAM, _FLAGS, __doc__,
-               interrupted="interrupted; rerun the same command to resume "
-               "from the last completed epoch")
+  TOOL.run()

@@ -4,8 +4,10 @@ Every estimator of a (regime, seed) trains and is scored on the same files,
 so their differences are paired. A dataset is made by
 ``escm2_tf.prepare.prepare_dataset`` (the same code as ``escm2-synth`` then
 ``escm2-convert``), laid out as ``escm2_tf.layout`` says; the raw logs are
-deleted afterwards, the ground truth kept. A finished dataset carries a marker
-with its settings and is reused by a resumed study.
+deleted afterwards, the ground truth kept. The regime's identifiable floor
+(``escm2_tf.study.floor``) is computed with it, from the same world. A
+finished dataset carries a marker with its settings and is reused by a
+resumed study.
 """
 
 import dataclasses
@@ -16,7 +18,8 @@ from typing import Any
 
 from escm2_tf import layout
 from escm2_tf import prepare as prepare_lib
-from escm2_tf import simulator
+from escm2_tf.options import ConfigError
+from escm2_tf.study import floor
 from escm2_tf.study import grid
 
 _MARKER = "dataset.json"
@@ -33,23 +36,17 @@ class Dataset:
     eval_data: Glob of the test TFRecords (scored for the table).
     vocab_dir: The training data's vocabularies (``stats.json`` beside).
     ground_truth: The test split's ground truth.
-    summary: The simulator's summary of both splits and the converter's
-      row counts.
+    train_ground_truth: The training split's (the true-propensity arms'
+      p_click).
+    summary: The simulator's summary of both splits, the converter's row
+      counts and the regime's ``floor`` (``floor.identifiable_floor``).
   """
   train_data: str
   eval_data: str
   vocab_dir: str
   ground_truth: str
+  train_ground_truth: str
   summary: dict[str, Any]
-
-
-def simulator_config(regime: grid.Regime, seed: int
-                     ) -> simulator.SimulatorConfig:
-  """The simulator settings of a regime; everything else at its default."""
-  return simulator.SimulatorConfig(
-      num_train=regime.num_train, num_test=regime.num_test, seed=seed,
-      ctr=regime.ctr, cvr=regime.cvr,
-      click_conversion_correlation=regime.correlation)
 
 
 def _files(directory: str, summary: dict[str, Any]) -> Dataset:
@@ -58,13 +55,44 @@ def _files(directory: str, summary: dict[str, Any]) -> Dataset:
       eval_data=layout.examples(directory, layout.TEST),
       vocab_dir=layout.training_vocab_dir(directory),
       ground_truth=layout.ground_truth(directory, layout.TEST),
+      train_ground_truth=layout.ground_truth(directory, layout.TRAIN),
       summary=summary)
 
 
-def _has_current_ground_truth(dataset: Dataset) -> bool:
-  if not os.path.exists(dataset.ground_truth):
+def _stored(regime: grid.Regime, seed: int, directory: str
+            ) -> dict[str, Any] | None:
+  """The marker of a finished dataset of ``regime`` and ``seed``, or None.
+
+  None too for a dataset without the ground truth of a split (laid out
+  otherwise, or partly deleted) or with an earlier simulator's columns: it
+  is made again.
+
+  Raises:
+    ConfigError: ``directory`` holds a dataset of other settings.
+  """
+  marker = os.path.join(directory, _MARKER)
+  if not os.path.exists(marker):
+    return None
+  with open(marker, encoding="utf-8") as f:
+    stored = json.load(f)
+  if stored["settings"] != _settings(regime, seed):
+    raise ConfigError("work_dir", f"{marker} holds a dataset of other "
+                      "settings; use another --work_dir")
+  if not all(_has_current_ground_truth(layout.ground_truth(directory, split))
+             for split in (layout.TRAIN, layout.TEST)):
+    return None
+  return stored
+
+
+def _settings(regime: grid.Regime, seed: int) -> dict[str, Any]:
+  return {"simulator": dataclasses.asdict(regime.simulator_config(seed)),
+          "train_shards": TRAIN_SHARDS, "test_shards": TEST_SHARDS}
+
+
+def _has_current_ground_truth(path: str) -> bool:
+  if not os.path.exists(path):
     return False
-  with open(dataset.ground_truth, encoding="utf-8") as f:
+  with open(path, encoding="utf-8") as f:
     return f.readline().rstrip("\n") == ",".join(layout.GROUND_TRUTH_HEADER)
 
 
@@ -77,25 +105,21 @@ def prepare(regime: grid.Regime, seed: int, directory: str) -> Dataset:
   simulator, or partly deleted) is rebuilt from scratch.
 
   Raises:
-    grid.StudyError: ``directory`` holds a dataset of other settings.
+    ConfigError: ``directory`` holds a dataset of other settings
+      (``work_dir``).
   """
-  config = simulator_config(regime, seed)
-  settings = {"simulator": dataclasses.asdict(config),
-              "train_shards": TRAIN_SHARDS, "test_shards": TEST_SHARDS}
+  config = regime.simulator_config(seed)
   marker = os.path.join(directory, _MARKER)
-  if os.path.exists(marker):
-    with open(marker, encoding="utf-8") as f:
-      stored = json.load(f)
-    if stored["settings"] != settings:
-      raise grid.StudyError(f"{marker} holds a dataset of other settings; "
-                            "use another --work_dir")
-    dataset = _files(directory, stored["summary"])
-    if _has_current_ground_truth(dataset):
-      return dataset
-  shutil.rmtree(directory, ignore_errors=True)
-  summary = prepare_lib.prepare_dataset(
-      directory, config, {layout.TRAIN: TRAIN_SHARDS, layout.TEST: TEST_SHARDS},
-      keep_raw_logs=False)
-  layout.atomic_write(marker, json.dumps(
-      {"settings": settings, "summary": summary}, indent=1))
-  return _files(directory, summary)
+  stored = _stored(regime, seed, directory)
+  if stored is None:
+    shutil.rmtree(directory, ignore_errors=True)
+    stored = {"settings": _settings(regime, seed),
+              "summary": prepare_lib.prepare_dataset(
+                  directory, config,
+                  {layout.TRAIN: TRAIN_SHARDS, layout.TEST: TEST_SHARDS},
+                  keep_raw_logs=False)}
+  if "floor" not in stored["summary"]:
+    # Datasets made before the floor existed gain it here.
+    stored["summary"]["floor"] = floor.regime_floor(config)
+    layout.atomic_write(marker, json.dumps(stored, indent=1))
+  return _files(directory, stored["summary"])

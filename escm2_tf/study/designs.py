@@ -1,6 +1,6 @@
 """The named designs of ``escm2-study --design=NAME``, and ``--arm`` specs.
 
-``default``: every estimator in the five regimes of ``grid.DEFAULT_REGIMES``
+``default``: every estimator in the seven regimes of ``grid.DEFAULT_REGIMES``
 (docs/study/). ``estimator_table``: ESMM, naive and ESCM2's IPW and DR, each
 also with PaddleRec's loss (``compat=paddlerec``), on 1M simulated training
 impressions at the simulator's own rates. ``propensity_sweep``: ESMM with
@@ -14,6 +14,7 @@ import dataclasses
 import json
 from typing import Any
 
+from escm2_tf.options import ConfigError
 from escm2_tf.study import grid
 
 
@@ -56,15 +57,15 @@ def parse_arm(spec: str) -> grid.Arm:
   """``NAME:field=value,...``; values are JSON (``true``, ``0.5``) or text.
 
   Raises:
-    grid.StudyError: No name, an item without ``=``, or settings the
-      configs refuse (``grid.check_arm``).
+    ConfigError: No name, an item without ``=``, or settings the configs
+      refuse (``grid.check_arm``); names ``arm``.
   """
   name, _, settings = spec.partition(":")
   values: dict[str, Any] = {}
   for item in filter(None, settings.split(",")):
     field, equals, text = item.partition("=")
     if not equals:
-      raise grid.StudyError(f"--arm={spec!r}: {item!r} is not field=value")
+      raise ConfigError("arm", f"{spec!r}: {item!r} is not field=value")
     try:
       values[field] = json.loads(text)
     except ValueError:
@@ -72,6 +73,6 @@ def parse_arm(spec: str) -> grid.Arm:
   arm = grid.Arm(name, tuple(values.items()))
   try:
     grid.check_arm(arm)
-  except grid.StudyError as error:
-    raise grid.StudyError(f"--arm={spec!r}: {error}") from None
+  except ConfigError as error:
+    raise ConfigError("arm", f"{spec!r}: {error.detail}") from None
   return arm

@@ -6,12 +6,21 @@ differ from the defaults
 (``escm2_tf.study.designs`` holds the named designs that use them).
 
 A regime fixes the simulator's click rate, post-click conversion rate, the
-correlation of click and conversion propensities, and the data sizes. The
-default design varies one factor at a time around a base regime in which the
-theory says the counterfactual estimators should win (strong correlation:
-strong selection bias; CTR 8 %: enough clicks to learn the propensities), so
-that every level of every factor is covered by a regime that differs from the
-base in that factor only (docs/results.md says why not the full factorial).
+correlation of click and conversion propensities, the data sizes and the
+users and items of the world, so that impressions per id are a property of
+the regime. The default design varies one factor at a time around a base
+regime in which the theory says the counterfactual estimators should win
+(strong correlation: strong selection bias; CTR 8 %: enough clicks to learn
+the propensities), so that every level of every factor is covered by a regime
+that differs from the base in that factor only (docs/results.md says why not
+the full factorial); two more regimes have the Tianchi release's density and
+a denser one, where the ids' latents can be learnt.
+
+An estimator is a ``LossConfig.loss`` value, or a counterfactual loss with
+the suffix ``_true``: the same estimator weighting clicks by the simulator's
+true p_click instead of the CTR tower's pCTR (``LossConfig.propensity``
+``"label"``), which shows the estimator's end-to-end bias with perfect
+propensities.
 """
 
 import dataclasses
@@ -19,17 +28,39 @@ import re
 from typing import Any, Sequence
 
 from escm2_tf import config as config_lib
+from escm2_tf import options
+from escm2_tf import simulator
+from escm2_tf.options import ConfigError
 
-ESTIMATORS = config_lib.LOSSES
+# The estimators that weigh clicks by a propensity.
+COUNTERFACTUAL = ("ipw", "dr") + config_lib.JOINT_LEARNING_LOSSES
+TRUE_PROPENSITY = "_true"
+ESTIMATORS = config_lib.LOSSES + tuple(
+    loss + TRUE_PROPENSITY for loss in COUNTERFACTUAL)
+# A world needs at least as many (user, item) pairs as impressions: with
+# fewer, pairs repeat on average and the test split shows the training
+# split's pairs again, so every estimator can read a pair's rates off its
+# training labels instead of extrapolating to the unclicked space, which is
+# what the study measures.
+MIN_PAIRS_PER_IMPRESSION = 1.0
+_SIMULATOR_DEFAULTS = simulator.SimulatorConfig()
 WEAK_CORRELATION = 0.2
 STRONG_CORRELATION = 0.9
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+# The flag a regime comes from.
+REGIME = "regime"
 _KEYS = {"ctr": float, "cvr": float, "corr": float, "train": int,
-         "test": int}
+         "test": int, "users": int, "items": int}
+# Keys a --regime may leave out: the simulator's own default.
+_OPTIONAL = {"users": _SIMULATOR_DEFAULTS.num_users,
+             "items": _SIMULATOR_DEFAULTS.num_items}
 
 
-class StudyError(ValueError):
-  """A study that cannot run: a bad grid, file or directory (one line)."""
+def estimator_loss(estimator: str) -> tuple[str, str]:
+  """``(LossConfig.loss, LossConfig.propensity)`` of an estimator name."""
+  if estimator.endswith(TRUE_PROPENSITY):
+    return estimator[:-len(TRUE_PROPENSITY)], "label"
+  return estimator, "model"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +75,8 @@ class Regime:
       the simulator's own, about 0.66 between the logits).
     num_train: Training impressions.
     num_test: Test impressions (the scored set).
+    num_users: Users of the world (``SimulatorConfig.num_users``).
+    num_items: Items of the world (``SimulatorConfig.num_items``).
   """
   name: str
   ctr: float
@@ -51,11 +84,28 @@ class Regime:
   correlation: float | None
   num_train: int
   num_test: int
+  num_users: int = _SIMULATOR_DEFAULTS.num_users
+  num_items: int = _SIMULATOR_DEFAULTS.num_items
+
+  def simulator_config(self, seed: int) -> simulator.SimulatorConfig:
+    """The simulator settings of the regime; everything else its default.
+
+    Raises:
+      ConfigError: The simulator refuses them.
+    """
+    return simulator.SimulatorConfig(
+        num_train=self.num_train, num_test=self.num_test, seed=seed,
+        ctr=self.ctr, cvr=self.cvr, num_users=self.num_users,
+        num_items=self.num_items,
+        click_conversion_correlation=self.correlation)
 
   def describe(self) -> str:
     return (f"CTR {self.ctr:.0%}, CVR {self.cvr:.0%}, correlation "
             f"{correlation_text(self.correlation)}, {self.num_train:,} train "
-            f"/ {self.num_test:,} test impressions")
+            f"/ {self.num_test:,} test impressions, {self.num_users:,} users "
+            f"({self.num_train / self.num_users:.0f} per user), "
+            f"{self.num_items:,} items "
+            f"({self.num_train / self.num_items:.0f} per item)")
 
 
 def correlation_text(correlation: float | None) -> str:
@@ -84,48 +134,62 @@ class Arm:
 # and the bias is measured against the true probabilities, without label
 # noise. The total is what 2 shared CPU cores train in about half an hour.
 # In order of priority: a study stopped early has the contrast the theory
-# predicts (strong vs weak selection bias) first.
+# predicts (strong vs weak selection bias) first. These five keep the
+# simulator's world (10,000 users, 20,000 items): 6-24 training impressions
+# per item, far sparser than the release. "release" has the Tianchi
+# release's density (60 training impressions per user, 90 per item) and
+# "dense" ten times the impressions per user of the release; both have the
+# base regime's rates.
 DEFAULT_REGIMES = (
     Regime("base", 0.08, 0.04, STRONG_CORRELATION, 120_000, 50_000),
     Regime("weak", 0.08, 0.04, WEAK_CORRELATION, 120_000, 50_000),
     Regime("cvr15", 0.08, 0.15, STRONG_CORRELATION, 80_000, 50_000),
     Regime("ctr2", 0.02, 0.04, STRONG_CORRELATION, 240_000, 50_000),
     Regime("cvr1", 0.08, 0.01, STRONG_CORRELATION, 240_000, 50_000),
+    Regime("release", 0.08, 0.04, STRONG_CORRELATION, 540_000, 100_000,
+           num_users=9_000, num_items=6_000),
+    Regime("dense", 0.08, 0.04, STRONG_CORRELATION, 1_200_000, 100_000,
+           num_users=2_000, num_items=4_000),
 )
-DEFAULT_SEEDS = (0, 1, 2)
+DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 
 
 def parse_regime(spec: str) -> Regime:
   """``NAME:ctr=0.08,cvr=0.04,corr=0.9,train=300000,test=100000``.
 
+  ``users=N`` and ``items=N`` are optional (the simulator's defaults).
+
   Raises:
-    StudyError: A missing or unknown key, a bad value or name.
+    ConfigError: A missing or unknown key, a bad value or name (``regime``).
   """
   name, _, settings = spec.partition(":")
   if not _NAME.match(name):
-    raise StudyError(f"--regime={spec!r}: the name must be letters, digits "
-                     "or _.- before the ':'")
+    raise ConfigError(REGIME, f"{spec!r}: the name must be letters, digits "
+                      "or _.- before the ':'")
   values: dict[str, Any] = {}
   for item in filter(None, settings.split(",")):
     key, _, text = item.partition("=")
     if key not in _KEYS:
-      raise StudyError(f"--regime={spec!r}: unknown key {key!r}; keys are "
-                       f"{', '.join(_KEYS)}")
+      raise ConfigError(REGIME, f"{spec!r}: unknown key {key!r}; keys are "
+                        f"{', '.join(_KEYS)}")
     try:
       values[key] = _KEYS[key](text)
     except ValueError:
-      raise StudyError(f"--regime={spec!r}: {key}={text!r} is not a "
-                       f"{_KEYS[key].__name__}") from None
-  missing = [key for key in _KEYS if key not in values]
+      raise ConfigError(REGIME, f"{spec!r}: {key}={text!r} is not a "
+                        f"{_KEYS[key].__name__}") from None
+  missing = [key for key in _KEYS
+              if key not in values and key not in _OPTIONAL]
   if missing:
-    raise StudyError(f"--regime={spec!r}: missing {', '.join(missing)}")
+    raise ConfigError(REGIME, f"{spec!r}: missing {', '.join(missing)}")
+  values = {**_OPTIONAL, **values}
   return Regime(name, values["ctr"], values["cvr"], values["corr"],
-                values["train"], values["test"])
+                values["train"], values["test"], num_users=values["users"],
+                num_items=values["items"])
 
 
 @dataclasses.dataclass(frozen=True)
 class StudyConfig:
-  """A grid of regimes x seeds x estimators; invalid grids raise StudyError.
+  """A grid of regimes x seeds x estimators; invalid grids raise ConfigError.
 
   Attributes:
     regimes: The simulated worlds.
@@ -150,7 +214,9 @@ class StudyConfig:
     for arm in self.arms:
       if arm.name == estimator:
         return {"loss": "esmm", **dict(arm.settings)}
-    return {"loss": estimator}
+    loss, propensity = estimator_loss(estimator)
+    return ({"loss": loss, "propensity": propensity}
+            if propensity == "label" else {"loss": loss})
 
   def to_dict(self) -> dict[str, Any]:
     return {"regimes": [dataclasses.asdict(r) for r in self.regimes],
@@ -163,28 +229,27 @@ def _duplicates(values: Sequence[Any]) -> list[Any]:
 
 
 def check(config: StudyConfig) -> None:
-  """Raises StudyError for the first reason the grid cannot run."""
-  if not config.regimes:
-    raise StudyError("the grid has no regime")
-  if not config.estimators:
-    raise StudyError("the grid has no estimator")
+  """Raises ConfigError, naming the flag, for the first reason it cannot run."""
+  for name, values in ((REGIME, config.regimes), ("seeds", config.seeds),
+                       ("estimators", config.estimators)):
+    if not values:
+      raise ConfigError(name, "must name at least one value")
   if len(config.seeds) < 2:
-    raise StudyError(f"--seeds needs at least 2 seeds for an interval, got "
-                     f"{list(config.seeds)}")
-  for what, values in (("seed", config.seeds),
-                       ("regime name", [r.name for r in config.regimes]),
-                       ("estimator", config.estimators)):
+    raise ConfigError("seeds", "needs at least 2 seeds for an interval, got "
+                      f"{list(config.seeds)}")
+  for name, values in (("seeds", config.seeds),
+                       (REGIME, [r.name for r in config.regimes]),
+                       ("estimators", config.estimators)):
     repeated = _duplicates(values)
     if repeated:
-      raise StudyError(f"repeated {what}: {', '.join(map(str, repeated))}")
+      raise ConfigError(name, f"repeated {', '.join(map(str, repeated))}")
   for seed in config.seeds:
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-      raise StudyError(f"--seeds: {seed!r} is not a non-negative integer")
+    options.check_range("seeds", seed, minimum=0, integer=True)
   arms = {arm.name for arm in config.arms}
   for estimator in config.estimators:
-    if estimator not in config_lib.LOSSES and estimator not in arms:
-      raise StudyError(f"--estimators: unknown estimator {estimator!r}; "
-                       f"known: {', '.join(config_lib.LOSSES)}")
+    if estimator not in ESTIMATORS and estimator not in arms:
+      raise ConfigError("estimators", f"unknown estimator {estimator!r}; "
+                        f"known: {', '.join(ESTIMATORS)}")
   for arm in config.arms:
     check_arm(arm)
   for regime in config.regimes:
@@ -193,20 +258,25 @@ def check(config: StudyConfig) -> None:
 
 def _check_regime(regime: Regime) -> None:
   # The simulator checks its settings; say which regime is at fault.
-  from escm2_tf import simulator  # pylint: disable=import-outside-toplevel
   if not _NAME.match(regime.name):
-    raise StudyError(f"regime name {regime.name!r}: letters, digits or _.- "
-                     "only")
+    raise ConfigError(REGIME, f"name {regime.name!r}: letters, digits or _.- "
+                      "only")
   try:
-    simulator.SimulatorConfig(
-        num_train=regime.num_train, num_test=regime.num_test, ctr=regime.ctr,
-        cvr=regime.cvr, click_conversion_correlation=regime.correlation)
-  except simulator.ConfigError as error:
-    raise StudyError(f"regime {regime.name}: {error}") from None
+    regime.simulator_config(seed=0)
+  except ConfigError as error:
+    raise ConfigError(REGIME, f"{regime.name}: {error}") from None
+  pairs = regime.num_users * regime.num_items
+  impressions = regime.num_train + regime.num_test
+  if pairs < MIN_PAIRS_PER_IMPRESSION * impressions:
+    raise ConfigError(
+        REGIME, f"{regime.name}: users x items = {pairs:,} (user, item) "
+        f"pairs for {impressions:,} impressions; with fewer pairs than "
+        "impressions the test split repeats the training pairs, so give it "
+        "more users or items")
   expected = regime.num_train * regime.ctr * regime.cvr
   if expected < 20:
-    raise StudyError(
-        f"regime {regime.name}: about {expected:.0f} training conversions "
+    raise ConfigError(
+        REGIME, f"{regime.name}: about {expected:.0f} training conversions "
         f"expected ({regime.num_train:,} x CTR {regime.ctr} x CVR "
         f"{regime.cvr}); at least 20 are needed to train a CVR tower")
 
@@ -217,16 +287,17 @@ _STUDY_FIELDS = ("train_data", "eval_data", "vocab_dir", "model_dir",
 
 
 def check_arm(arm: Arm) -> None:
-  """Raises StudyError if the config refuses the arm's settings."""
+  """Raises ConfigError (``arm``) if the config refuses the arm's settings."""
   if not _NAME.match(arm.name):
-    raise StudyError(f"arm name {arm.name!r}: letters, digits or _.- only")
+    raise ConfigError("arm", f"arm name {arm.name!r}: letters, digits or _.- "
+                      "only")
   settings = {"loss": "esmm", **dict(arm.settings)}
   for field in settings:
     if field in _STUDY_FIELDS:
-      raise StudyError(f"arm {arm.name}: {field} is set by the study")
+      raise ConfigError("arm", f"arm {arm.name}: {field} is set by the study")
   try:
     config_lib.ExperimentConfig.create(
         train_data="-", eval_data="-", vocab_dir="-", model_dir="-",
         **settings)
-  except config_lib.ConfigError as error:
-    raise StudyError(f"arm {arm.name}: {error}") from None
+  except ConfigError as error:
+    raise ConfigError("arm", f"arm {arm.name}: {error}") from None

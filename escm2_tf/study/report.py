@@ -17,7 +17,8 @@ import numpy as np
 from escm2_tf.study import grid as grid_lib
 
 NAMES = {"naive": "naive", "esmm": "ESMM", "ipw": "ESCM2-IPW",
-         "dr": "ESCM2-DR", "ipw_paddlerec": "ESCM2-IPW (PaddleRec)",
+         "dr": "ESCM2-DR", "dr_jl": "DR-JL", "mrdr": "MRDR",
+         "ipw_paddlerec": "ESCM2-IPW (PaddleRec)",
          "dr_paddlerec": "ESCM2-DR (PaddleRec)"}
 BIAS_COLUMNS = ("cvr_bias", "abs_cvr_bias", "cvr_bias_clicked",
                 "calibration_cvr")
@@ -28,7 +29,9 @@ _SIGNED = ("cvr_bias", "cvr_bias_clicked")
 
 
 def _name(estimator: str) -> str:
-  return NAMES.get(estimator, estimator)
+  loss, propensity = grid_lib.estimator_loss(estimator)
+  name = NAMES.get(loss, loss)
+  return f"{name} (true p_click)" if propensity == "label" else name
 
 
 def _cell(summary: Mapping[str, Any], metric: str = "") -> str:
@@ -69,14 +72,17 @@ def markdown(results: Mapping[str, Any]) -> str:
     train, test = data.get("train", {}), data.get("test", {})
     rows.append([regime["name"], f"{regime['ctr']:g}", f"{regime['cvr']:g}",
                  grid_lib.correlation_text(regime["correlation"]),
-                 f"{regime['num_train']:,}", str(train.get("clicks", "")),
+                 f"{regime['num_train']:,}", f"{regime.get('num_users', 0):,}",
+                 f"{regime.get('num_items', 0):,}",
+                 str(train.get("clicks", "")),
                  str(train.get("conversions", "")),
                  f"{regime['num_test']:,}",
                  _fmt(test.get("true_cvr_all")),
                  _fmt(test.get("true_cvr_clicked")),
                  _fmt(test.get("logit_correlation"), 2)])
   lines += _table(["regime", "CTR", "CVR (clicks)", "correlation knob",
-                   "train impressions", "train clicks (seed 0)",
+                   "train impressions", "users", "items",
+                   "train clicks (seed 0)",
                    "train conversions (seed 0)", "test impressions",
                    "true CVR, all (seed 0)", "true CVR, clicks (seed 0)",
                    "logit correlation (seed 0)"], rows)
@@ -104,6 +110,7 @@ def markdown(results: Mapping[str, Any]) -> str:
                      _cell(differences["bias"], "difference")])
   lines += _table(["regime", "estimator", "vs", "Δ\\|bias\\|", "Δbias"],
                   rows)
+  lines += _floor_lines(grid, summary)
   lines += ["", "## Target: ESCM2 at most half of ESMM's bias", "",
             "Met when ESCM2-IPW and ESCM2-DR both have a paired Δ\\|bias\\| "
             "interval below zero against ESMM and against naive, and the "
@@ -122,6 +129,33 @@ def markdown(results: Mapping[str, Any]) -> str:
   lines += _table(["regime", "IPW < ESMM", "IPW < naive", "DR < ESMM",
                    "DR < naive", "better / ESMM \\|bias\\|", "met"], rows)
   return "\n".join(lines) + "\n"
+
+
+def _floor_lines(grid: Mapping[str, Any],
+                 summary: Mapping[str, Any]) -> list[str]:
+  """The identifiable floors and the share of the gap each estimator closes."""
+  if "floors" not in summary:
+    return []
+  lines = ["", "## Identifiable floor and the achievable gap", "",
+           "floor: the IPS target of the best feature-based propensity "
+           "less the true mean CVR (escm2_tf/study/floor.py); without ids: "
+           "no id's latent learnt; true p_click: what the clip leaves. "
+           "Share of the gap: (ESMM's bias − the estimator's) / (ESMM's "
+           "bias − the floor), means over seeds.", ""]
+  estimators = grid["estimators"]
+  rows = []
+  for regime in grid["regimes"]:
+    name = regime["name"]
+    floors = summary["floors"][name]
+    shares = summary["gap_closed"][name]
+    rows.append([name] + [_cell(floors[kind], "difference") for kind in
+                          ("floor", "floor_without_ids",
+                           "floor_true_propensity")] +
+                ["n/a" if shares.get(e) is None else f"{shares[e]:.2f}"
+                 for e in estimators])
+  return lines + _table(["regime", "floor", "floor without ids",
+                         "floor, true p_click"] +
+                        [_name(e) for e in estimators], rows)
 
 
 def _fmt(value: Any, digits: int = 4) -> str:

@@ -28,6 +28,7 @@ from escm2_tf import layout
 from escm2_tf import metrics as metrics_lib
 from escm2_tf import training
 from escm2_tf.study import datasets
+from escm2_tf.options import ConfigError
 from escm2_tf.study import grid
 from escm2_tf.study import summary as summary_lib
 
@@ -84,7 +85,10 @@ def train_one(dataset: datasets.Dataset, settings: dict[str, Any],
       ground_truth=dataset.ground_truth, seed=seed, **settings)
   keep = _KeepModel()
   started = time.monotonic()
-  result = training.train(config, callbacks=[keep], verbose=0)
+  result = training.train(
+      config, callbacks=[keep], verbose=0,
+      propensity_labels=(dataset.train_ground_truth
+                         if settings.get("propensity") == "label" else ""))
   reliability = _reliability(keep.trained, dataset,
                              config.trainer.batch_size)
   keras.backend.clear_session()
@@ -106,9 +110,9 @@ def _load(path: str, config: grid.StudyConfig) -> dict[str, dict[str, Any]]:
       stored = json.load(f)
     runs = stored["runs"]
   except (OSError, ValueError, KeyError, TypeError) as error:
-    raise grid.StudyError(f"{path}: not a study results file ({error}); "
-                          "move it away or pass another --output_json"
-                          ) from None
+    raise ConfigError("output_dir", f"{path}: not a study results file "
+                      f"({error}); move it away or use another --output_dir"
+                      ) from None
   regimes = {r.name: r for r in config.regimes}
   kept = {}
   for run in runs:
@@ -144,15 +148,16 @@ def run_study(config: grid.StudyConfig, work_dir: str, output_json: str,
     (``summary_lib.summarise``), as written to ``output_json``.
 
   Raises:
-    grid.StudyError: The results file or a dataset belongs to something
-      else, or ``work_dir`` cannot be written.
+    ConfigError: The results file or a dataset belongs to something
+      else, or a directory cannot be created (names the flag).
   """
-  try:
-    os.makedirs(work_dir, exist_ok=True)
-    os.makedirs(os.path.dirname(os.path.abspath(output_json)), exist_ok=True)
-  except OSError as error:
-    raise grid.StudyError(f"cannot create {error.filename}: "
-                          f"{error.strerror}") from None
+  for flag, directory in (("work_dir", work_dir), ("output_dir",
+                          os.path.dirname(os.path.abspath(output_json)))):
+    try:
+      os.makedirs(directory, exist_ok=True)
+    except OSError as error:
+      raise ConfigError(flag, f"cannot create {error.filename}: "
+                        f"{error.strerror}") from None
   done = _load(output_json, config) if resume else {}
   plan = [(regime, seed, estimator) for regime in config.regimes
           for seed in config.seeds for estimator in config.estimators]

@@ -4,6 +4,11 @@ The verdict follows the study's target for ESCM2: in a regime, IPW and DR each
 have an entire-space |cvr_bias| below both ESMM's and the naive estimator's,
 with 95 % intervals of the paired |bias| difference that exclude zero, and the
 better of the two has at most half of ESMM's mean |bias|.
+
+Each regime also gets its identifiable floor (``escm2_tf.study.floor``, per
+seed from the dataset) and, per estimator, the share of the achievable gap
+it closes: (ESMM's mean bias − its mean bias) / (ESMM's mean bias − the mean
+floor), signed biases, so 1 is the floor and 0 is ESMM.
 """
 
 import math
@@ -20,6 +25,7 @@ METRICS = ("cvr_bias", "abs_cvr_bias", "cvr_bias_clicked", "calibration_cvr",
            "best_epoch")
 REFERENCES = ("esmm", "naive")
 COUNTERFACTUAL = ("ipw", "dr")
+FLOORS = ("floor", "floor_without_ids", "floor_true_propensity")
 
 
 def _value(run: Mapping[str, Any], metric: str) -> float:
@@ -49,7 +55,7 @@ def summarise(config: grid.StudyConfig,
     "bias": interval}}}}, "verdicts": {regime: {...}}}`` where an interval is
     ``stats.interval``'s dict (NaN bounds as None in JSON).
   """
-  metrics, paired, verdicts = {}, {}, {}
+  metrics, paired, verdicts, floors, gaps = {}, {}, {}, {}, {}
   for regime in config.regimes:
     name = regime.name
     metrics[name] = {
@@ -69,7 +75,31 @@ def summarise(config: grid.StudyConfig,
           for reference in REFERENCES
           if reference in config.estimators and reference != estimator}
     verdicts[name] = verdict(metrics[name], paired[name])
-  return {"metrics": metrics, "paired": paired, "verdicts": verdicts}
+    floors[name] = {kind: _json(stats.interval(
+        _floors(runs, name, kind).values())) for kind in FLOORS}
+    gaps[name] = gap_closed(metrics[name], floors[name]["floor"]["mean"])
+  return {"metrics": metrics, "paired": paired, "verdicts": verdicts,
+          "floors": floors, "gap_closed": gaps}
+
+
+def _floors(runs: Sequence[Mapping[str, Any]], regime: str,
+            kind: str) -> dict[int, float]:
+  """A floor of each seed's dataset (every run of the seed carries it)."""
+  return {run["seed"]: run["data"]["floor"][kind] for run in runs
+          if run["regime"] == regime and "floor" in run.get("data", {})}
+
+
+def gap_closed(metrics: Mapping[str, Mapping[str, Any]],
+               floor: float | None) -> dict[str, float | None]:
+  """Per estimator, the share of ESMM's bias above the floor it removes."""
+  esmm = metrics.get("esmm", {}).get("cvr_bias", {}).get("mean")
+  out = {}
+  for estimator, cells in metrics.items():
+    bias = cells["cvr_bias"]["mean"]
+    gap = None if esmm is None or floor is None else esmm - floor
+    out[estimator] = (None if bias is None or not gap
+                      else (esmm - bias) / gap)
+  return out
 
 
 def _json(summary: dict[str, float]) -> dict[str, float | None]:

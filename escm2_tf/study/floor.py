@@ -1,0 +1,236 @@
+"""The identifiable floor of a regime: the best target a propensity can reach.
+
+IPW and the doubly robust estimators pull the CVR tower towards the true CVR
+of the clicks weighted by 1/ô, the propensity they are given. With the true
+p_click that target is the entire-space mean CVR; with a propensity learnt
+from the data it is off by what the data cannot reveal about p_click. This
+module computes, with numpy on the simulator's own world, the best such
+target: the one of the Bayes propensity, E[p_click | the features and the
+training clicks].
+
+What the features reveal (reading ``escm2_tf.simulator``): the click logit is
+a fixed function of the user's profile and behaviour, the item's category,
+shop, brand and intentions, their overlap and the position, all carried in
+the features, plus two latents carried by no feature but an id: the item's
+click quality (drawn independently of its fields, so only the item id
+reveals it) and the part of the user's click bias that the profile fields do
+not explain (the residual of a least-squares fit of the bias on their one-hot
+codes, so only the user id reveals it). A model can learn each latent only
+from the training impressions of its id. The floor's propensity takes the
+observable part as known (the limit of unlimited data for shared features)
+and each latent from its Bayesian posterior given its id's training clicks,
+on a grid, with the other latent known (optimistic, so the floor is a lower
+bound); the two posteriors are combined as independent. The clip of
+``LossConfig.propensity_clip`` applies as in training, so the floor includes
+what the clip costs with perfect propensities.
+"""
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from escm2_tf import config as config_lib
+from escm2_tf import simulator
+from escm2_tf.simulator import traffic
+from escm2_tf.simulator import world as world_lib
+
+GRID_POINTS = 41
+GRID_WIDTH = 4.0  # Prior standard deviations each side.
+_CHUNK = 8192
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+  return np.log(p) - np.log1p(-p)
+
+
+def _click_logit(world: world_lib.World, imp: traffic.Impressions
+                 ) -> np.ndarray:
+  return _logit(traffic.probabilities(world, imp)["p_click"])
+
+
+def profile_fit(world: world_lib.World) -> np.ndarray:
+  """The user click bias the profile fields explain (least squares)."""
+  columns = [np.ones(len(world.user_click_bias))]
+  for values in world.user_profile.values():
+    columns += [values == v for v in np.unique(values)[1:]]
+  design = np.stack(columns, axis=1).astype(np.float64)
+  coefficients, *_ = np.linalg.lstsq(design, world.user_click_bias,
+                                     rcond=None)
+  return design @ coefficients
+
+
+@dataclasses.dataclass(frozen=True)
+class Latents:
+  """The click logit's latent terms and their priors.
+
+  Attributes:
+    world: The world.
+    item_scale: Logit units per unit of the item's click quality.
+    user_scale: Logit units per unit of the user's unexplained click bias.
+    user_residual: Per user, its unexplained click bias.
+  """
+  world: world_lib.World
+  item_scale: float
+  user_scale: float
+  user_residual: np.ndarray
+
+  @property
+  def item_std(self) -> float:
+    return abs(self.item_scale) * float(np.std(self.world.item_click_quality))
+
+  @property
+  def user_std(self) -> float:
+    return abs(self.user_scale) * float(np.std(self.user_residual))
+
+  def parts(self, imp: traffic.Impressions
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(full click logit, its item term, its user term) per impression."""
+    item = self.item_scale * self.world.item_click_quality[imp.item]
+    user = self.user_scale * self.user_residual[imp.user]
+    return _click_logit(self.world, imp), item, user
+
+
+def latents(world: world_lib.World, imp: traffic.Impressions) -> Latents:
+  """Measures how the latents enter the click logit, from the simulator.
+
+  The logit is linear in both: each scale is the change of the logit when
+  the latent is removed, per unit of the latent, read off ``imp``.
+  """
+  full = _click_logit(world, imp)
+  fitted = profile_fit(world)
+  residual = world.user_click_bias - fitted
+  scales = []
+  for replaced, unit in (
+      ({"item_click_quality": np.zeros_like(world.item_click_quality)},
+       world.item_click_quality[imp.item]),
+      ({"user_click_bias": fitted}, residual[imp.user])):
+    change = full - _click_logit(dataclasses.replace(world, **replaced), imp)
+    usable = np.abs(unit) > 1e-3
+    scales.append(float(np.median(change[usable] / unit[usable]))
+                  if usable.any() else 0.0)
+  return Latents(world, scales[0], scales[1], residual)
+
+
+def _grid(std: float) -> tuple[np.ndarray, np.ndarray]:
+  """Grid values and log prior weights of a N(0, std²) latent."""
+  x = np.linspace(-GRID_WIDTH, GRID_WIDTH, GRID_POINTS)
+  log_prior = -0.5 * x * x
+  return std * x, log_prior - np.logaddexp.reduce(log_prior)
+
+
+def posterior(ids: np.ndarray, num_ids: int, rest: np.ndarray,
+              clicks: np.ndarray, values: np.ndarray, log_prior: np.ndarray
+              ) -> np.ndarray:
+  """Per id, the posterior weights of a logit term on the grid ``values``.
+
+  Args:
+    ids: The id of each training impression.
+    num_ids: How many ids there are.
+    rest: The rest of each impression's click logit.
+    clicks: Its click, 0 or 1.
+    values: The grid of the id's term.
+    log_prior: Log prior weight of each grid value.
+
+  Returns:
+    float64[num_ids, len(values)], rows summing to 1; the prior for ids
+    without training impressions.
+  """
+  log_post = np.tile(log_prior, (num_ids, 1))
+  for k, value in enumerate(values):
+    logit = rest + value
+    # log σ(l) for a click, log(1 - σ(l)) = log σ(-l) otherwise.
+    log_likelihood = -np.logaddexp(0.0, np.where(clicks > 0, -logit, logit))
+    log_post[:, k] += np.bincount(ids, log_likelihood, minlength=num_ids)
+  log_post -= np.logaddexp.reduce(log_post, axis=1, keepdims=True)
+  return np.exp(log_post)
+
+
+def propensity(observable: np.ndarray, item_weights: np.ndarray,
+               item_values: np.ndarray, user_weights: np.ndarray,
+               user_values: np.ndarray) -> np.ndarray:
+  """E[σ(observable + item + user)] with independent grid posteriors."""
+  out = np.empty(len(observable))
+  shifts = (item_values[:, None] + user_values[None, :]).ravel()
+  for start in range(0, len(observable), _CHUNK):
+    block = slice(start, start + _CHUNK)
+    joint = (item_weights[block, :, None] *
+             user_weights[block, None, :]).reshape(-1, len(shifts))
+    p = 1.0 / (1.0 + np.exp(-(observable[block, None] + shifts[None, :])))
+    out[block] = np.sum(joint * p, axis=1)
+  return out
+
+
+def ips_target(p_click: np.ndarray, p_conversion: np.ndarray,
+               propensity_values: np.ndarray, clip: float) -> float:
+  """The true CVR of the expected clicks weighted by 1/max(ô, clip)."""
+  weights = p_click / np.maximum(propensity_values, clip)
+  return float(np.sum(weights * p_conversion) / np.sum(weights))
+
+
+def identifiable_floor(world: world_lib.World,
+                       train: tuple[traffic.Impressions, np.ndarray],
+                       test: tuple[traffic.Impressions, dict[str, np.ndarray]],
+                       clip: float) -> dict[str, float]:
+  """The floor of a world, given its training impressions and clicks.
+
+  Args:
+    world: The calibrated world.
+    train: The training impressions and their clicks (0/1).
+    test: The test impressions and their truth (``p_click``,
+      ``p_conversion``).
+    clip: The propensity clip of training.
+
+  Returns:
+    ``floor``: the IPS target of the Bayes propensity less the true mean
+    CVR of the test impressions; ``floor_without_ids``: the same when no id
+    is learnt (every latent at its prior: what a model whose ids all fall
+    out of the vocabulary can reach); ``floor_true_propensity``: with the
+    true p_click (0 but for the clip); ``true_cvr``: that mean; the
+    latents' prior standard deviations in logit units.
+  """
+  train_imp, clicks = train
+  test_imp, truth = test
+  measured = latents(world, train_imp)
+  item_values, item_prior = _grid(measured.item_std)
+  user_values, user_prior = _grid(measured.user_std)
+  full, item, user = measured.parts(train_imp)
+  item_post = posterior(train_imp.item, world.sizes["205"], full - item,
+                        clicks, item_values, item_prior)
+  user_post = posterior(train_imp.user, world.sizes["101"], full - user,
+                        clicks, user_values, user_prior)
+  full, item, user = measured.parts(test_imp)
+  observable = full - item - user
+  true_cvr = float(np.mean(truth["p_conversion"]))
+
+  def gap(weights_item: np.ndarray, weights_user: np.ndarray) -> float:
+    q = propensity(observable, weights_item, item_values, weights_user,
+                   user_values)
+    return ips_target(truth["p_click"], truth["p_conversion"], q,
+                      clip) - true_cvr
+
+  num = len(observable)
+  return {
+      "floor": gap(item_post[test_imp.item], user_post[test_imp.user]),
+      "floor_without_ids": gap(np.tile(np.exp(item_prior), (num, 1)),
+                               np.tile(np.exp(user_prior), (num, 1))),
+      "floor_true_propensity": ips_target(
+          truth["p_click"], truth["p_conversion"], truth["p_click"],
+          clip) - true_cvr,
+      "true_cvr": true_cvr,
+      "item_latent_std": measured.item_std,
+      "user_latent_std": measured.user_std,
+  }
+
+
+def regime_floor(config: simulator.SimulatorConfig) -> dict[str, Any]:
+  """``identifiable_floor`` of the world and splits ``config`` simulates.
+
+  The splits are the simulator's own (same seed, same draws as the files).
+  """
+  world = simulator.build_world(config)
+  train_imp, train_truth = simulator.sample_split(config, world, "train")
+  test_imp, test_truth = simulator.sample_split(config, world, "test")
+  clip = config_lib.LossConfig().propensity_clip
+  return identifiable_floor(world, (train_imp, train_truth["click"]),
+                            (test_imp, test_truth), clip)
