@@ -33,7 +33,7 @@ from escm2_tf.cli import train as train_cli
 
 new_dir = testing.new_dir
 BATCH_SIZE = 256
-SEED = 5
+SEED = 2
 EPOCHS = 3
 
 
