@@ -195,13 +195,8 @@ def markdown(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def main(argv):
-  del argv
-  try:
-    settings = _FLAGS.build(WorldsFlags)
-    worlds = [parse_world(spec, settings) for spec in settings.world]
-  except ConfigError as e:
-    return tool.fail(_PROGRAM, flagbind.error_line(e))
+def main(settings: WorldsFlags) -> int:
+  worlds = [parse_world(spec, settings) for spec in settings.world]
   from escm2_tf import evaluation  # pylint: disable=g-import-not-at-top
   rows = []
   for name, config in worlds:
@@ -219,5 +214,9 @@ def main(argv):
   return 0
 
 
+TOOL = tool.Tool(_PROGRAM, __doc__, _FLAGS,
+                 build=lambda binding: binding.build(WorldsFlags), body=main)
+
+
 if __name__ == "__main__":
-  tool.run_script(main, _PROGRAM, _FLAGS, __doc__)
+  TOOL.run()

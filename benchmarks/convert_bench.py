@@ -294,14 +294,10 @@ def _report(result: dict, calibration: dict, convert_args: list[str],
   return report
 
 
-def main(argv):
-  try:
-    settings = _FLAGS.build(ConvertBenchFlags)
-  except options.ConfigError as e:
-    return tool.fail(_PROGRAM, flagbind.error_line(e))
+def main(settings: ConvertBenchFlags, args: list[str]) -> int:
   raw_dir = _simulate(settings)
   convert_args = [f"--max_values_per_field={settings.max_values_per_field}",
-                  f"--join={settings.join}", *argv[1:]]
+                  f"--join={settings.join}", *args]
   calibration = {}
   if settings.input_format == "aliccp":
     calibration = _calibrate_common(
@@ -331,5 +327,10 @@ def main(argv):
   return 0
 
 
+TOOL = tool.Tool(_PROGRAM, __doc__, _FLAGS,
+                 build=lambda binding: binding.build(ConvertBenchFlags),
+                 body=main, passes_args=True)
+
+
 if __name__ == "__main__":
-  tool.run_script(main, _PROGRAM, _FLAGS, __doc__)
+  TOOL.run()

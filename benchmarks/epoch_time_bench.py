@@ -131,14 +131,10 @@ def _train(args: list[str], epochs: int) -> dict[str, Any]:
                   if k.startswith("auc")}}
 
 
-def main(argv):
-  try:
-    settings = _FLAGS.build(EpochTimeFlags)
-  except ConfigError as e:
-    return tool.fail(_PROGRAM, flagbind.error_line(e))
+def main(settings: EpochTimeFlags, args: list[str]) -> int:
   # Imports TensorFlow, which the tool's quiet start-up filters.
   from escm2_tf.bench import harness  # pylint: disable=g-import-not-at-top
-  overrides = argv[1:]
+  overrides = args
   data_dir = settings.data_dir
   short_epochs, long_epochs = settings.short_epochs, settings.long_epochs
   train_files = layout.examples(data_dir, layout.TRAIN)
@@ -199,5 +195,10 @@ def _records(pattern):
                                  compression_type="GZIP")
 
 
+TOOL = tool.Tool(_PROGRAM, __doc__, _FLAGS,
+                 build=lambda binding: binding.build(EpochTimeFlags), body=main,
+                 passes_args=True)
+
+
 if __name__ == "__main__":
-  tool.run_script(main, _PROGRAM, _FLAGS, __doc__)
+  TOOL.run()

@@ -71,11 +71,7 @@ def _train(args: list[str]) -> dict[str, Any]:
   return {name: result["metrics"][name] for name in _METRICS}
 
 
-def main(argv):
-  try:
-    settings = _FLAGS.build(QualityFlags)
-  except options.ConfigError as e:
-    return tool.fail(_PROGRAM, flagbind.error_line(e))
+def main(settings: QualityFlags, args: list[str]) -> int:
   # Imports TensorFlow, which the tool's quiet start-up filters.
   from escm2_tf.bench import harness  # pylint: disable=g-import-not-at-top
   data_dir = settings.data_dir
@@ -83,7 +79,7 @@ def main(argv):
       f"--flagfile={hparams_lib.flagfile_path(settings.train_flagfile)}",
       f"--train_data={layout.examples(data_dir, layout.TRAIN)}",
       f"--eval_data={layout.examples(data_dir, layout.TEST)}",
-      f"--vocab_dir={layout.training_vocab_dir(data_dir)}", *argv[1:]]
+      f"--vocab_dir={layout.training_vocab_dir(data_dir)}", *args]
   for seed in settings.seeds:
     for epochs in settings.epoch_counts:
       for optimizer in settings.optimizers:
@@ -95,5 +91,10 @@ def main(argv):
   return 0
 
 
+TOOL = tool.Tool(_PROGRAM, __doc__, _FLAGS,
+                 build=lambda binding: binding.build(QualityFlags), body=main,
+                 passes_args=True)
+
+
 if __name__ == "__main__":
-  tool.run_script(main, _PROGRAM, _FLAGS, __doc__)
+  TOOL.run()

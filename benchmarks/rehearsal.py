@@ -420,12 +420,7 @@ def _markdown(report: dict) -> str:
   return "\n".join(lines)
 
 
-def main(argv):
-  del argv
-  try:
-    settings = _FLAGS.build(RehearsalFlags)
-  except options.ConfigError as e:
-    return tool.fail(_PROGRAM, flagbind.error_line(e))
+def main(settings: RehearsalFlags) -> int:
   if settings.from_report:
     with open(settings.from_report) as f:
       report = json.load(f)
@@ -463,5 +458,9 @@ def main(argv):
   return 0
 
 
+TOOL = tool.Tool(_PROGRAM, __doc__, _FLAGS,
+                 build=lambda binding: binding.build(RehearsalFlags), body=main)
+
+
 if __name__ == "__main__":
-  tool.run_script(main, _PROGRAM, _FLAGS, __doc__)
+  TOOL.run()

@@ -124,12 +124,7 @@ def _time_requests(signature, batches: list, settings: LatencyFlags
   return np.array(seconds), _cpu_seconds() - cpu_start
 
 
-def main(argv):
-  del argv
-  try:
-    settings = _FLAGS.build(LatencyFlags)
-  except options.ConfigError as e:
-    return tool.fail(_PROGRAM, flagbind.error_line(e))
+def main(settings: LatencyFlags) -> int:
   # pylint: disable=g-import-not-at-top
   import tensorflow as tf
   from escm2_tf import export
@@ -157,5 +152,9 @@ def main(argv):
   return 0
 
 
+TOOL = tool.Tool(_PROGRAM, __doc__, _FLAGS,
+                 build=lambda binding: binding.build(LatencyFlags), body=main)
+
+
 if __name__ == "__main__":
-  tool.run_script(main, _PROGRAM, _FLAGS, __doc__)
+  TOOL.run()

@@ -61,15 +61,13 @@ class StepCostFlags:
 _FLAGS = flagbind.Binding(flagbind.Section(StepCostFlags, "benchmark"))
 
 
-def main(argv):
-  del argv
+def main(settings: StepCostFlags) -> int:
   try:
-    settings = _FLAGS.build(StepCostFlags)
     hparams = hparams_lib.hparams_from_flagfile(settings.train_flagfile)
-  except ConfigError as e:
-    return tool.fail(_PROGRAM, flagbind.error_line(e))
+  except ConfigError:
+    raise
   except (OSError, ValueError) as e:
-    return tool.fail(_PROGRAM, f"--train_flagfile: {e}")
+    raise ConfigError("train_flagfile", str(e)) from None
   # pylint: disable=g-import-not-at-top
   import tf_keras as keras
   from escm2_tf import data
@@ -108,5 +106,9 @@ def main(argv):
   return 0
 
 
+TOOL = tool.Tool(_PROGRAM, __doc__, _FLAGS,
+                 build=lambda binding: binding.build(StepCostFlags), body=main)
+
+
 if __name__ == "__main__":
-  tool.run_script(main, _PROGRAM, _FLAGS, __doc__)
+  TOOL.run()

@@ -69,12 +69,7 @@ def _report(summary: dict, seconds: float, cpu_seconds: float,
           f"{stats['true_cvr_clicked']:.4f}")
 
 
-def main(argv):
-  del argv
-  try:
-    settings = _FLAGS.build(SynthBenchFlags)
-  except options.ConfigError as e:
-    return tool.fail(_PROGRAM, flagbind.error_line(e))
+def main(settings: SynthBenchFlags) -> int:
   num = settings.num_impressions
   num_test = num // 5
   config = simulator.SimulatorConfig(num_train=num - num_test,
@@ -96,5 +91,10 @@ def main(argv):
   return 0
 
 
+TOOL = tool.Tool(_PROGRAM, __doc__, _FLAGS,
+                 build=lambda binding: binding.build(SynthBenchFlags),
+                 body=main)
+
+
 if __name__ == "__main__":
-  tool.run_script(main, _PROGRAM, _FLAGS, __doc__)
+  TOOL.run()

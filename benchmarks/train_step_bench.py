@@ -183,12 +183,7 @@ def _epoch_timer() -> Any:
   return EpochTimer()
 
 
-def main(argv):
-  del argv
-  try:
-    settings = _FLAGS.build(StepFlags)
-  except options.ConfigError as e:
-    return tool.fail(_PROGRAM, flagbind.error_line(e))
+def main(settings: StepFlags) -> int:
   # pylint: disable=g-import-not-at-top
   from escm2_tf import model as model_lib
   from escm2_tf.bench import synthetic
@@ -227,5 +222,9 @@ def main(argv):
   return 0
 
 
+TOOL = tool.Tool(_PROGRAM, __doc__, _FLAGS,
+                 build=lambda binding: binding.build(StepFlags), body=main)
+
+
 if __name__ == "__main__":
-  tool.run_script(main, _PROGRAM, _FLAGS, __doc__)
+  TOOL.run()

@@ -53,11 +53,13 @@ class Tool:
     doc: The text its ``--help`` starts with (its module's docstring).
     binding: Its flags.
     build: Its settings from the parsed flags; raises ``ConfigError``.
-    body: Runs the tool on the settings (and, with ``known_only``, the
-      arguments its flags left); returns the exit status (None for 0) and
-      may raise ``ConfigError``.
+    body: Runs the tool on the settings (and, with ``known_only`` or
+      ``passes_args``, the arguments its flags left); returns the exit status
+      (None for 0) and may raise ``ConfigError``.
     known_only: Leave flags it does not define in the arguments, for
       ``body`` (Beam's pipeline options); otherwise arguments are an error.
+    passes_args: Give ``body`` the arguments after ``--`` (another tool's
+      flags); otherwise arguments are an error.
     check_args: With ``known_only``, checks the arguments left before the
       settings are built; raises ``ConfigError``.
     interrupted: What a Ctrl-C prints.
@@ -68,6 +70,7 @@ class Tool:
   build: Callable[[flagbind.Binding], Any]
   body: Callable[..., int | None]
   known_only: bool = False
+  passes_args: bool = False
   check_args: Callable[[list[str]], None] | None = None
   interrupted: str = "interrupted"
 
@@ -81,13 +84,14 @@ class Tool:
       The exit status: the body's, or 2 after one line on stderr.
     """
     args = list(argv[1:])
-    if args and not self.known_only:
+    takes_args = self.known_only or self.passes_args
+    if args and not takes_args:
       return fail(self.program, f"unexpected arguments {' '.join(args)!r}")
     try:
       if args and self.check_args:
         self.check_args(args)
       settings = self.build(self.binding)
-      status = (self.body(settings, args) if self.known_only
+      status = (self.body(settings, args) if takes_args
                 else self.body(settings))
     except ConfigError as error:
       return fail(self.program, flagbind.error_line(error))
@@ -108,34 +112,16 @@ class Tool:
     except flags.Error as error:
       sys.exit(fail(self.program, flagbind.usage_error(error)))
 
-  def run(self, main: Callable[[list[str]], int | None] | None = None
-          ) -> None:
-    """The console script: defines the flags, parses, runs ``main``.
-
-    Args:
-      main: What runs once the flags are parsed; ``Tool.main`` by default.
-        A script whose ``main(argv)`` builds its own settings passes it
-        (``run_script``).
-    """
+  def run(self) -> None:
+    """The console script: defines the flags, parses, runs ``Tool.main``."""
     self.binding.define()
-    main = main or self.main
 
     def guarded(argv: list[str]) -> int | None:
       # Here, not in the parser: app.run resets absl's logger after parsing.
       console.configure(flags.FLAGS["verbosity"].value)
       try:
-        return main(argv)
+        return self.main(argv)
       except KeyboardInterrupt:
         return fail(self.program, self.interrupted, INTERRUPTED)
 
     app.run(guarded, flags_parser=self.parse)
-
-
-def run_script(main: Callable[[list[str]], int | None], program: str,
-               binding: flagbind.Binding, doc: str) -> None:
-  """``Tool.run`` for a script whose ``main(argv)`` builds its own settings.
-
-  ``main`` reads ``binding`` (``binding.build``) and reports a
-  ``ConfigError`` with ``fail(program, flagbind.error_line(error))``.
-  """
-  Tool(program, doc, binding, build=lambda _: None, body=main).run(main)

@@ -231,6 +231,18 @@ class ToolTest(parameterized.TestCase):
               check_args=seen.append), ["--runner=x"], "--path=p")
     self.assertEqual((status, seen), (0, [["--runner=x"], ["--runner=x"]]))
 
+  def test_passes_args_gives_the_body_what_follows_the_double_dash(self):
+    seen = []
+    tool_ = _tool(lambda settings, args: seen.append((settings.count, args)),
+                  passes_args=True)
+    # The flags after "--" are another tool's, even one of the same name.
+    argv = tool_.binding.flag_values(
+        ["escm2-x", "--path=p", "--count=5", "--", "--count=9", "--other"])
+    status = tool_.main(argv)
+    self.assertEqual((status, seen), (0, [(5, ["--count=9", "--other"])]))
+    with self.assertRaises(flags.UnrecognizedFlagError):
+      tool_.binding.flag_values(["escm2-x", "--path=p", "--other"])
+
   def test_cli_modules_define_no_flags_at_import(self):
     modules = ["escm2_pipelines.cli"] + [
         f"escm2_tf.cli.{name}" for name in ("bench", "evaluate", "export",
