@@ -18,6 +18,7 @@ forks the workers that join the impressions, so they share it.
 """
 
 import collections
+from concurrent import futures
 import dataclasses
 import multiprocessing
 import os
@@ -192,10 +193,6 @@ def _run_task(task: _Task, config: config_lib.ConvertConfig) -> _Result:
                  outputs.rejected)
 
 
-def _run_task_in_worker(task_and_config) -> _Result:
-  return _run_task(*task_and_config)
-
-
 def _ignore_interrupts() -> None:
   # Ctrl-C reaches the whole process group; the main process handles it and
   # ends the pool, so the workers print no traceback of their own.
@@ -212,11 +209,24 @@ def _map(tasks: list[_Task], config: config_lib.ConvertConfig,
     for task in tasks:
       yield _run_task(task, config)
     return
-  context = multiprocessing.get_context("fork")
-  with context.Pool(min(workers, len(tasks)),
-                    initializer=_ignore_interrupts) as pool:
-    yield from pool.imap_unordered(_run_task_in_worker,
-                                   [(task, config) for task in tasks])
+  # Not multiprocessing.Pool: its terminate(), which leaving a Pool on an
+  # error calls, can hang for ever when it kills a worker that holds the
+  # result queue's lock (seen on one core with a task failing in each worker).
+  # The executor instead lets running tasks end and cancels the others.
+  executor = futures.ProcessPoolExecutor(
+      min(workers, len(tasks)), mp_context=multiprocessing.get_context("fork"),
+      initializer=_ignore_interrupts)
+  try:
+    for future in futures.as_completed(
+        [executor.submit(_run_task, task, config) for task in tasks]):
+      yield future.result()
+  except KeyboardInterrupt:
+    # The workers ignore SIGINT; end them now, not after their tasks.
+    for process in multiprocessing.active_children():
+      process.terminate()
+    raise
+  finally:
+    executor.shutdown(wait=True, cancel_futures=True)
 
 
 class _Run:
