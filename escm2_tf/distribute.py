@@ -50,6 +50,12 @@ _SHARD_NAME = re.compile(r"^(.*)/part_(\d+):\d+$")
 # gRPC then fails a call to a lost task at once, so the coordinator sees the
 # loss and reschedules that worker's steps instead of waiting.
 _FAIL_FAST = ("GRPC_FAIL_FAST", "use_caller")
+# TensorFlow sizes a process's inter-op pool by its schedulable CPUs. A task
+# of a parameter-server cluster with a pool of one thread hangs for ever: a
+# step holds the thread while it waits for a remote tensor whose arrival needs
+# another (seen with every task pinned to one core, e.g. `taskset -c 0`).
+_INTER_OP_THREADS = "TF_NUM_INTEROP_THREADS"
+_MIN_CLUSTER_INTER_OP_THREADS = 2
 
 # Called with the keyword ``input_context``, as ``data.make_dataset`` is.
 DatasetFn = Callable[..., tf.data.Dataset]
@@ -178,9 +184,23 @@ def is_server(strategy: str, task: Task) -> bool:
           and task.task_type in (WORKER, PS))
 
 
+def reserve_cluster_threads() -> None:
+  """Gives a parameter-server cluster's task the inter-op threads it needs.
+
+  Call it before TensorFlow runs anything in this process (``run_server``
+  and ``make_strategy`` do); an explicit ``TF_NUM_INTEROP_THREADS`` wins.
+  """
+  os.environ.setdefault(*_FAIL_FAST)
+  cpus = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+          else os.cpu_count() or 1)
+  if cpus < _MIN_CLUSTER_INTER_OP_THREADS:
+    os.environ.setdefault(_INTER_OP_THREADS,
+                          str(_MIN_CLUSTER_INTER_OP_THREADS))
+
+
 def run_server(task: Task) -> None:
   """Serves as ``task`` of a parameter-server cluster; does not return."""
-  os.environ.setdefault(*_FAIL_FAST)
+  reserve_cluster_threads()
   server = tf.distribute.Server(
       tf.train.ClusterSpec({job: list(a) for job, a in task.cluster.items()}),
       job_name=task.task_type, task_index=task.task_id, protocol="grpc",
@@ -221,7 +241,7 @@ def make_strategy(strategy: str, task: Task, *,
       raise ClusterError(
           f"--distribution_strategy={strategy} must be created before "
           f"TensorFlow runs anything in this process: {e}") from None
-  os.environ.setdefault(*_FAIL_FAST)
+  reserve_cluster_threads()
   partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
       min_shard_bytes=min_shard_bytes, max_shards=len(task.cluster[PS]))
   return tf.distribute.ParameterServerStrategy(

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shlex
+from unittest import mock
 
 from absl.testing import parameterized
 import numpy as np
@@ -179,6 +180,21 @@ class MakeStrategyTest(tf.test.TestCase):
     with self.assertRaisesRegex(distribute.ClusterError,
                                 "task worker:0 does not train"):
       distribute.make_strategy("parameter_server", task(PS_CLUSTER, "worker"))
+
+
+class ReserveClusterThreadsTest(tf.test.TestCase, parameterized.TestCase):
+  """A one-CPU task gets two inter-op threads; the user's setting wins."""
+
+  @parameterized.named_parameters(
+      ("one_cpu", {0}, {}, "2"),
+      ("two_cpus", {0, 1}, {}, None),
+      ("user_setting", {0}, {"TF_NUM_INTEROP_THREADS": "1"}, "1"))
+  def test_inter_op_threads(self, cpus, environ, expected):
+    with mock.patch.dict(os.environ, environ, clear=True), \
+        mock.patch.object(os, "sched_getaffinity", return_value=cpus):
+      distribute.reserve_cluster_threads()
+      self.assertEqual(os.environ.get("TF_NUM_INTEROP_THREADS"), expected)
+      self.assertEqual(os.environ["GRPC_FAIL_FAST"], "use_caller")
 
 
 class WriterDirTest(tf.test.TestCase):

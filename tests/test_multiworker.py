@@ -50,6 +50,7 @@ import portpicker
 import tensorflow as tf
 from escm2_tf import config, distribute, training
 values = json.loads(sys.argv[1])
+distribute.reserve_cluster_threads()
 cluster = {job: [f"localhost:{portpicker.pick_unused_port()}"]
            for job in (distribute.CHIEF, distribute.WORKER, distribute.PS)}
 servers = [tf.distribute.Server(tf.train.ClusterSpec(cluster), job_name=job,
