@@ -376,11 +376,13 @@ class TrainerConfig:
       the imputation tower of the doubly robust losses) at the training
       data's base rates, read from ``stats_file``: every prediction starts
       calibrated (``base_rates``).
-    recalibrate: After training, shift the CTR and CVR output biases so that
-      the mean pCTR over the validation data (the held-out slice; the
-      training data when nothing is held out) equals the training data's
-      click rate, and the mean pCVR over its clicks the training data's
-      conversions per click (``escm2_tf.recalibration``). An early-stopped
+    recalibrate: After training, shift the CTR output bias so that the mean
+      pCTR over the validation data (the held-out slice; the training data
+      when nothing is held out) equals the training data's click rate, and
+      the CVR output bias to the level the estimator's risk fixes (naive:
+      mean pCVR over the clicks = conversions per click; esmm: mean
+      pCTR·pCVR = conversions per impression; the counterfactual
+      estimators: left as trained; ``escm2_tf.recalibration``). An early-stopped
       run's mean prediction is otherwise wherever the last epoch's updates
       left it: on simulated worlds mean pCTR 3-9 % off and pCVR on clicks up
       to 52 % off, high or low with the seed (docs/training.md). Needs

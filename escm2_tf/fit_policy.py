@@ -12,7 +12,8 @@ so that a notebook trains exactly as ``escm2-train`` does:
 - ``stopping_callbacks``: early stopping on ``val_ctr_ctcvr_loss``, ending on
   the weights of the best epoch (``early_stopping.ResumableEarlyStopping``);
 - then ``recalibration.recalibrate`` shifts the output biases so that the
-  mean predictions on the held-out slice meet the base rates.
+  mean predictions on the held-out slice meet the base rates where the
+  estimator's risk fixes them (pCTR always; pCVR for naive and esmm).
 
 The defaults below are ``escm2-train``'s, read from its declarations::
 

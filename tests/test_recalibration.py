@@ -5,6 +5,7 @@ import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 import math
 import os
 
+from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
 
@@ -25,12 +26,15 @@ from escm2_tf import vocab
 TOLERANCE_SE = 4.0
 
 
-def newton_shift(logits: np.ndarray, rate: float) -> float:
-  """An independent solution: Newton's method on mean(sigmoid) - rate."""
+def newton_shift(logits: np.ndarray, rate: float,
+                 weights: np.ndarray | None = None) -> float:
+  """An independent solution: Newton's method on the weighted mean - rate."""
+  weights = np.ones_like(logits) if weights is None else weights
   shift = 0.0
   for _ in range(100):
     p = 1.0 / (1.0 + np.exp(-(logits + shift)))
-    shift -= (p.mean() - rate) / (p * (1.0 - p)).mean()
+    shift -= (np.average(p, weights=weights) - rate) / np.average(
+        p * (1.0 - p), weights=weights)
   return shift
 
 
@@ -50,6 +54,20 @@ class LogitShiftTest(tf.test.TestCase):
       mean = (1.0 / (1.0 + np.exp(-(logits + shift)))).mean()
       self.assertAllClose(mean, rate, rtol=1e-9)
 
+  def test_weighted_matches_newton(self):
+    rng = np.random.default_rng(1)
+    logits = rng.normal(-3.0, 1.0, size=5000)
+    weights = rng.uniform(0.0, 1.0, size=5000) * (rng.random(5000) < 0.3)
+    for rate in (0.01, 0.2):
+      shift = recalibration.logit_shift(logits, rate, weights)
+      self.assertAllClose(shift, newton_shift(logits, rate, weights),
+                          atol=1e-9)
+    # Zero weights do not count: the same shift as the weighted subset.
+    kept = weights > 0
+    self.assertAllClose(
+        recalibration.logit_shift(logits, 0.05, kept.astype(float)),
+        recalibration.logit_shift(logits[kept], 0.05), atol=1e-12)
+
   def test_calibrated_logits_need_no_shift(self):
     logits = np.full(10, math.log(0.04 / 0.96))
     self.assertAllClose(recalibration.logit_shift(logits, 0.04), 0.0,
@@ -58,9 +76,36 @@ class LogitShiftTest(tf.test.TestCase):
   def test_rejects_empty_logits_and_bad_rates(self):
     with self.assertRaisesRegex(ValueError, "at least one logit"):
       recalibration.logit_shift(np.zeros(0), 0.1)
+    with self.assertRaisesRegex(ValueError, "positive weight"):
+      recalibration.logit_shift(np.zeros(3), 0.1, np.zeros(3))
     for rate in (0.0, 1.0, -0.1):
       with self.assertRaisesRegex(ValueError, "rate in"):
         recalibration.logit_shift(np.zeros(3), rate)
+
+
+class CvrWeightsTest(tf.test.TestCase, parameterized.TestCase):
+  """The CVR level each estimator's risk fixes."""
+
+  CTR = np.array([0.1, 0.2, 0.3])
+  CLICKED = np.array([True, False, True])
+
+  def test_naive_weighs_the_clicks(self):
+    self.assertAllEqual(
+        recalibration.cvr_weights("naive", self.CTR, self.CLICKED),
+        [1.0, 0.0, 1.0])
+
+  def test_esmm_weighs_by_pctr(self):
+    self.assertAllEqual(
+        recalibration.cvr_weights("esmm", self.CTR, self.CLICKED), self.CTR)
+
+  @parameterized.parameters("ipw", "dr", "dr_jl", "mrdr")
+  def test_counterfactual_estimators_keep_their_level(self, loss):
+    self.assertIsNone(
+        recalibration.cvr_weights(loss, self.CTR, self.CLICKED))
+
+  def test_unknown_loss(self):
+    with self.assertRaisesRegex(ValueError, "unknown loss 'bpr'"):
+      recalibration.cvr_weights("bpr", self.CTR, self.CLICKED)
 
 
 class _SimulatedWorldTest(tf.test.TestCase):
@@ -75,14 +120,13 @@ class _SimulatedWorldTest(tf.test.TestCase):
         layout.stats_beside(cls.data["vocab_dir"]))
 
 
-class RecalibrateTest(_SimulatedWorldTest):
+class RecalibrateTest(_SimulatedWorldTest, parameterized.TestCase):
   """A model whose output biases are deliberately wrong is corrected."""
 
-
-  def test_mis_set_biases_are_corrected(self):
+  def recalibrated(self, loss):
     wrong = base_rates.BaseRates(ctr=0.7, cvr=0.9)
     model = model_lib.build_model(
-        testing.TINY_MODEL, config_lib.LossConfig(loss="esmm"),
+        testing.TINY_MODEL, config_lib.LossConfig(loss=loss),
         vocab.load_vocabularies(self.data["vocab_dir"]), base_rates=wrong,
         seed=5)
     held_out = data.make_dataset(
@@ -91,24 +135,43 @@ class RecalibrateTest(_SimulatedWorldTest):
     before = evaluation.predict_keras_model(model, self.data["test"], 512)
     shifts = recalibration.recalibrate(model, held_out, self.rates)
     after = evaluation.predict_keras_model(model, self.data["test"], 512)
-    clicked = after["click"] > 0.5
-    clicks, count = int(clicked.sum()), len(clicked)
-    ctr_tolerance = rate_tolerance(self.rates.ctr, count, 4000)
-    cvr_tolerance = rate_tolerance(self.rates.cvr, clicks,
-                                   round(self.rates.ctr * 4000))
+    count = len(after["click"])
     # Without the shift the model is far off; with it, within sampling error
-    # of the test data's own rates.
+    # of the test data's own click rate.
+    ctr_tolerance = rate_tolerance(self.rates.ctr, count, 4000)
     self.assertGreater(abs(before["ctr"].mean() - after["click"].mean()),
                        5 * ctr_tolerance)
-    self.assertGreater(abs(before["cvr"][clicked].mean()
-                           - after["conversion"][clicked].mean()),
-                       5 * cvr_tolerance)
     self.assertLess(abs(after["ctr"].mean() - after["click"].mean()),
                     ctr_tolerance)
-    self.assertLess(abs(after["cvr"][clicked].mean()
-                        - after["conversion"][clicked].mean()), cvr_tolerance)
     self.assertLess(shifts["ctr"], 0.0)
+    return before, after, shifts
+
+  def test_naive_ends_at_the_conversions_per_click(self):
+    before, after, shifts = self.recalibrated("naive")
+    clicked = after["click"] > 0.5
+    tolerance = rate_tolerance(self.rates.cvr, int(clicked.sum()),
+                               round(self.rates.ctr * 4000))
+    self.assertGreater(abs(before["cvr"][clicked].mean()
+                           - after["conversion"][clicked].mean()),
+                       5 * tolerance)
+    self.assertLess(abs(after["cvr"][clicked].mean()
+                        - after["conversion"][clicked].mean()), tolerance)
     self.assertLess(shifts["cvr"], 0.0)
+
+  def test_esmm_ends_at_the_conversions_per_impression(self):
+    before, after, shifts = self.recalibrated("esmm")
+    rate = self.rates.ctr * self.rates.cvr
+    tolerance = rate_tolerance(rate, len(after["click"]), 4000)
+    observed = (after["click"] * after["conversion"]).mean()
+    self.assertGreater(abs(before["ctcvr"].mean() - observed), 5 * tolerance)
+    self.assertLess(abs(after["ctcvr"].mean() - observed), tolerance)
+    self.assertLess(shifts["cvr"], 0.0)
+
+  @parameterized.parameters("ipw", "dr", "dr_jl", "mrdr")
+  def test_counterfactual_cvr_keeps_its_trained_level(self, loss):
+    before, after, shifts = self.recalibrated(loss)
+    self.assertEqual(shifts["cvr"], 0.0)
+    self.assertAllClose(after["cvr"], before["cvr"], rtol=1e-6)
 
 
 class TrainerRecalibrationTest(_SimulatedWorldTest):
@@ -121,7 +184,7 @@ class TrainerRecalibrationTest(_SimulatedWorldTest):
     config = testing.tiny_config(
         self.data, os.path.join(testing.new_dir(), "model"), epochs=2,
         base_rate_init=False, learning_rate=1e-4, validation_fraction=0.5,
-        loss="ipw", seed=5, **overrides)
+        loss="naive", seed=5, **overrides)
     return config, training.train(config, verbose=0)
 
   def test_final_model_is_calibrated_on_held_out_data(self):
