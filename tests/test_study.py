@@ -121,6 +121,45 @@ class VerdictTest(parameterized.TestCase):
     self.assertFalse(verdict["met"])
 
 
+class TargetsTest(parameterized.TestCase):
+  """Each regime's targets, from runs whose numbers are chosen by hand."""
+
+  def _targets(self, biases, calibration_cvr=1.0):
+    estimators = tuple(biases)
+    config = grid.StudyConfig(
+        regimes=(grid.Regime("r", 0.1, 0.1, 0.5, 10_000, 100),),
+        seeds=(0, 1, 2), estimators=estimators)
+    runs = _runs(biases)
+    for run in runs:
+      run["metrics"].update(calibration_ctr=1.0, calibration_ctcvr=1.0,
+                            calibration_cvr=calibration_cvr)
+      run["data"] = {"floor": {"floor": 0.001, "floor_without_ids": 0.008,
+                               "floor_true_propensity": 0.0}}
+    return summary.summarise(config, runs)["targets"]["r"]
+
+  def test_met(self):
+    t = self._targets({
+        "esmm": [0.010, 0.012, 0.008], "ipw": [0.002, 0.001, 0.003],
+        "dr": [0.001, 0.002, 0.0015], "ipw_true": [0.001, -0.001, 0.0005]})
+    self.assertEqual(t["best"], "dr")
+    self.assertAlmostEqual(t["best_over_esmm"], 0.0015 / 0.010)
+    # (0.010 - 0.002) / (0.010 - 0.001)
+    self.assertAlmostEqual(t["gap_closed"]["ipw"], 0.008 / 0.009)
+    self.assertEqual(t["met"], {"true_propensity": True,
+                                "best_over_esmm": True, "gap_closed": True,
+                                "calibration": True})
+
+  def test_each_target_can_fail(self):
+    t = self._targets({
+        "esmm": [0.010, 0.012, 0.008], "ipw": [0.004, 0.005, 0.006],
+        "dr": [0.0035, 0.0045, 0.004], "ipw_true": [0.002, 0.003, 0.0025]},
+        calibration_cvr=0.6)
+    self.assertEqual(t["met"], {"true_propensity": False,
+                                "best_over_esmm": False, "gap_closed": False,
+                                "calibration": False})
+    self.assertEqual(t["out_of_range"]["ipw"], ["calibration_cvr"])
+
+
 class GridTest(parameterized.TestCase):
 
   def test_parses_a_regime(self):

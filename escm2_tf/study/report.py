@@ -128,7 +128,47 @@ def markdown(results: Mapping[str, Any]) -> str:
                  "**yes**" if v["met"] else "no"])
   lines += _table(["regime", "IPW < ESMM", "IPW < naive", "DR < ESMM",
                    "DR < naive", "better / ESMM \\|bias\\|", "met"], rows)
+  lines += _target_lines(grid, summary)
   return "\n".join(lines) + "\n"
+
+
+def _yes_no(value: bool | None) -> str:
+  return "n/a" if value is None else ("**yes**" if value else "no")
+
+
+def _target_lines(grid: Mapping[str, Any],
+                  summary: Mapping[str, Any]) -> list[str]:
+  """Each regime against the targets of docs/results.md."""
+  if "targets" not in summary:
+    return []
+  lines = ["", "## Targets", "",
+           "True p_click: every `<loss>_true` arm's bias interval contains 0. "
+           "Best / ESMM: the least biased counterfactual estimator's mean "
+           "\\|bias\\| over ESMM's, at most 0.3 with a paired interval "
+           "below zero. Gap: the least share of the achievable gap a "
+           "counterfactual estimator closes, at least 0.7. Calibration: "
+           "calibration_ctr in [0.9, 1.1], calibration_ctcvr and pCVR on "
+           "clicks in [0.85, 1.15] for every estimator (means over seeds).",
+           ""]
+  rows = []
+  for regime in grid["regimes"]:
+    t = summary["targets"][regime["name"]]
+    met = t["met"]
+    shares = [v for v in t["gap_closed"].values() if v is not None]
+    outside = "; ".join(
+        f"{_name(e)}: {', '.join(m[len('calibration_'):] for m in ms)}"
+        for e, ms in t["out_of_range"].items() if ms) or "none"
+    rows.append([
+        regime["name"], _yes_no(met["true_propensity"]),
+        ("n/a" if t["best"] is None else
+         f"{_name(t['best'])} {t['best_over_esmm']:.2f}: "
+         f"{_yes_no(met['best_over_esmm'])}"),
+        (f"{min(shares):.2f}: {_yes_no(met['gap_closed'])}" if shares
+         else "n/a"),
+        f"{outside}: {_yes_no(met['calibration'])}"])
+  return lines + _table(["regime", "true p_click unbiased", "best / ESMM",
+                         "least gap closed", "calibration out of range"],
+                        rows)
 
 
 def _floor_lines(grid: Mapping[str, Any],

@@ -5,6 +5,14 @@ have an entire-space |cvr_bias| below both ESMM's and the naive estimator's,
 with 95 % intervals of the paired |bias| difference that exclude zero, and the
 better of the two has at most half of ESMM's mean |bias|.
 
+Each regime is also checked against the targets of docs/results.md
+(``targets``): every true-propensity arm's bias interval contains 0; the
+least biased counterfactual estimator keeps at most 0.3 of ESMM's mean |bias|
+with a paired interval below zero; every counterfactual estimator closes at
+least 70 % of the achievable gap; every estimator's calibration_ctr lies in
+[0.9, 1.1], calibration_ctcvr and calibration_cvr (pCVR on clicks) in
+[0.85, 1.15], as means over seeds.
+
 Each regime also gets its identifiable floor (``escm2_tf.study.floor``, per
 seed from the dataset) and, per estimator, the share of the achievable gap
 it closes: (ESMM's mean bias − its mean bias) / (ESMM's mean bias − the mean
@@ -26,6 +34,11 @@ METRICS = ("cvr_bias", "abs_cvr_bias", "cvr_bias_clicked", "calibration_cvr",
 REFERENCES = ("esmm", "naive")
 COUNTERFACTUAL = ("ipw", "dr")
 FLOORS = ("floor", "floor_without_ids", "floor_true_propensity")
+BEST_OVER_ESMM = 0.3
+GAP_CLOSED = 0.7
+CALIBRATION_RANGES = {"calibration_ctr": (0.9, 1.1),
+                      "calibration_ctcvr": (0.85, 1.15),
+                      "calibration_cvr": (0.85, 1.15)}
 
 
 def _value(run: Mapping[str, Any], metric: str) -> float:
@@ -82,7 +95,59 @@ def summarise(config: grid.StudyConfig,
   if any("floor" in run.get("data", {}) for run in runs):
     # Results of studies before the floor existed keep their summary.
     out.update(floors=floors, gap_closed=gaps)
+    out["targets"] = {name: targets(metrics[name], paired[name], gaps[name])
+                      for name in metrics}
   return out
+
+
+def _contains_zero(cell: Mapping[str, float | None]) -> bool | None:
+  if cell["low"] is None or cell["high"] is None:
+    return None
+  return cell["low"] <= 0.0 <= cell["high"]
+
+
+def targets(metrics: Mapping[str, Mapping[str, Any]],
+            paired: Mapping[str, Mapping[str, Any]],
+            gaps: Mapping[str, float | None]) -> dict[str, Any]:
+  """The targets of one regime (the module docstring), each with its numbers.
+
+  Returns:
+    ``{"true_propensity": {arm: bias interval contains 0},
+    "best": the counterfactual estimator of least mean |bias| (None without
+    one or ESMM), "best_over_esmm", "best_below_esmm" (its paired |bias|
+    interval below zero), "gap_closed": {estimator: share},
+    "out_of_range": {estimator: [calibration metrics outside their range]},
+    "met": {target: bool or None}}``.
+  """
+  true_arms = {e: _contains_zero(cells["cvr_bias"])
+               for e, cells in metrics.items()
+               if e.endswith(grid.TRUE_PROPENSITY)}
+  counterfactual = [e for e in metrics if e in grid.COUNTERFACTUAL
+                    and metrics[e]["abs_cvr_bias"]["mean"] is not None]
+  best = ratio = below = None
+  esmm = metrics.get("esmm", {}).get("abs_cvr_bias", {}).get("mean")
+  if counterfactual and esmm:
+    best = min(counterfactual,
+               key=lambda e: metrics[e]["abs_cvr_bias"]["mean"])
+    ratio = metrics[best]["abs_cvr_bias"]["mean"] / esmm
+    below = _below(paired[best].get("vs_esmm", {}).get("abs_bias"))
+  shares = {e: gaps.get(e) for e in counterfactual}
+  out_of_range = {
+      e: [metric for metric, (low, high) in CALIBRATION_RANGES.items()
+          if cells[metric]["mean"] is not None
+          and not low <= cells[metric]["mean"] <= high]
+      for e, cells in metrics.items()}
+  met = {
+      "true_propensity": (all(true_arms.values()) if true_arms
+                          and None not in true_arms.values() else None),
+      "best_over_esmm": (None if ratio is None
+                         else bool(ratio <= BEST_OVER_ESMM and below)),
+      "gap_closed": (None if not shares or None in shares.values()
+                     else all(v >= GAP_CLOSED for v in shares.values())),
+      "calibration": not any(out_of_range.values())}
+  return {"true_propensity": true_arms, "best": best,
+          "best_over_esmm": ratio, "best_below_esmm": below,
+          "gap_closed": shares, "out_of_range": out_of_range, "met": met}
 
 
 def _floors(runs: Sequence[Mapping[str, Any]], regime: str,
