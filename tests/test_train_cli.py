@@ -296,10 +296,11 @@ class FlagfileTest(tf.test.TestCase, parameterized.TestCase):
         REPO, "configs", name)])
     return train_cli.TOOL.build(binding)
 
-  @parameterized.parameters("demo.flags", "bigdata.flags", "paddlerec.flags")
-  def test_parses_into_configs(self, name):
+  @parameterized.parameters(("demo.flags", "mrdr"), ("bigdata.flags", "dr"),
+                            ("paddlerec.flags", "dr"))
+  def test_parses_into_configs(self, name, loss):
     config = self.parse(name)["experiment"]
-    self.assertEqual(config.loss.loss, "dr")
+    self.assertEqual(config.loss.loss, loss)
     self.assertNotEmpty(config.trainer.export_dir)
 
   def test_paddlerec_hyperparameters(self):
