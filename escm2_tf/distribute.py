@@ -185,10 +185,11 @@ def is_server(strategy: str, task: Task) -> bool:
 
 
 def reserve_cluster_threads() -> None:
-  """Gives a parameter-server cluster's task the inter-op threads it needs.
+  """Sets a parameter-server cluster task's environment for TensorFlow.
 
-  Call it before TensorFlow runs anything in this process (``run_server``
-  and ``make_strategy`` do); an explicit ``TF_NUM_INTEROP_THREADS`` wins.
+  gRPC's fail-fast (``_FAIL_FAST``) and, with one schedulable CPU, two
+  inter-op threads. Call it before TensorFlow runs anything in this process
+  (``run_server`` and ``make_strategy`` do); a value the user set wins.
   """
   os.environ.setdefault(*_FAIL_FAST)
   cpus = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")

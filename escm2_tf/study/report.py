@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from escm2_tf.study import grid as grid_lib
+from escm2_tf.study import summary as summary_lib
 
 NAMES = {"naive": "naive", "esmm": "ESMM", "ipw": "ESCM2-IPW",
          "dr": "ESCM2-DR", "dr_jl": "DR-JL", "mrdr": "MRDR",
@@ -125,7 +126,7 @@ def markdown(results: Mapping[str, Any]) -> str:
              for e in ("ipw", "dr") for r in ("esmm", "naive")]
     rows.append([regime["name"], *flags,
                  f"{_name(v['better'])} {v['better_over_esmm']:.2f}",
-                 "**yes**" if v["met"] else "no"])
+                 _yes_no(v["met"])])
   lines += _table(["regime", "IPW < ESMM", "IPW < naive", "DR < ESMM",
                    "DR < naive", "better / ESMM \\|bias\\|", "met"], rows)
   lines += _target_lines(grid, summary)
@@ -141,15 +142,17 @@ def _target_lines(grid: Mapping[str, Any],
   """Each regime against the targets of docs/results.md."""
   if "targets" not in summary:
     return []
+  ranges = ", ".join(f"{metric} in [{low}, {high}]" for metric, (low, high)
+                     in summary_lib.CALIBRATION_RANGES.items())
   lines = ["", "## Targets", "",
            "True p_click: every `<loss>_true` arm's bias interval contains 0. "
            "Best / ESMM: the least biased counterfactual estimator's mean "
-           "\\|bias\\| over ESMM's, at most 0.3 with a paired interval "
-           "below zero. Gap: the least share of the achievable gap a "
-           "counterfactual estimator closes, at least 0.7. Calibration: "
-           "calibration_ctr in [0.9, 1.1], calibration_ctcvr and pCVR on "
-           "clicks in [0.85, 1.15] for every estimator (means over seeds).",
-           ""]
+           "\\|bias\\| over ESMM's, at most "
+           f"{summary_lib.BEST_OVER_ESMM} with a paired interval below zero. "
+           "Gap: the least share of the achievable gap a counterfactual "
+           f"estimator closes, at least {summary_lib.GAP_CLOSED}. "
+           f"Calibration: {ranges} (calibration_cvr: pCVR on clicks) for "
+           "every estimator (means over seeds).", ""]
   rows = []
   for regime in grid["regimes"]:
     t = summary["targets"][regime["name"]]
