@@ -346,19 +346,24 @@ class TrainerConfig:
       Adam, which updates every row at every step) or ``"lazy_adam"``
       (row-wise without the catch-up: a little faster, measurably less
       accurate); docs/benchmarks.md.
-    steps_per_execution: Training steps per call into the graph; more is
-      faster for small models (32 saves about a seventh of a step's CPU
-      against 1; the shipped flagfiles set it), with coarser progress
-      updates. Above 1 the training data is counted once up front: Keras
-      must know an epoch's steps. The default stays 1: above 1, the final
-      metrics of a run differed from those of its export by up to 1e-3 AUC
-      on tiny test data (tests/test_evaluate_cli.py), a cause not yet found,
-      and ``multi_worker_mirrored`` fails (TF's collective gather of the
-      embedding's sparse gradients inside the multi-step loop), so that
-      strategy refuses it.
+    steps_per_execution: Training steps per call into the graph. With
+      the default strategy it changes the cost, not the result: every
+      epoch is one pass over the training data, of a length counted once
+      up front (a read without parsing), and a pass whose steps are not a
+      multiple of it ends with a shorter call, so a run learns the same
+      weights, bit for bit, at any value. 32 (the default) takes about a
+      tenth less CPU per example than 1 on small networks
+      (docs/training.md), with coarser progress updates. Under the cluster
+      strategies, and ``mirrored`` with grouped steps, an epoch is instead
+      a counted number of steps of endless input. ``multi_worker_mirrored``
+      needs 1: TensorFlow's all-reduce of the embedding's sparse gradient
+      (an all-gather of each worker's row count, then of the rows, padded
+      when the counts differ) fails inside Keras' multi-step loop with
+      "Shape mismatch in the collective instance", the workers' gathers of
+      rows getting unequal shapes; no TensorFlow issue about it was found.
     steps_per_epoch: Training steps per epoch (of ``batch_size`` examples
-      each); 0 for one pass over ``train_data``, counted up front when Keras
-      must know it (cluster strategies, grouped steps).
+      each); 0 for one pass over ``train_data``, counted up front (except
+      under ``mirrored`` with single steps).
     early_stopping_patience: Epochs without improvement of
       ``early_stopping_monitor`` before stopping; the run then ends with the
       weights of its best epoch (also after a resume). 0 turns it off: the
@@ -394,7 +399,7 @@ class TrainerConfig:
   batch_size: int = option(1024, minimum=1)
   learning_rate: float = 3e-4
   optimizer: str = option(SPARSE_ADAM, choices=OPTIMIZERS)
-  steps_per_execution: int = option(1, minimum=1)
+  steps_per_execution: int = option(32, minimum=1)
   steps_per_epoch: int = option(0, minimum=0)
   early_stopping_patience: int = option(1, minimum=0)
   early_stopping_monitor: str = "val_ctr_ctcvr_loss"
@@ -444,8 +449,9 @@ class ExperimentConfig:
     if (self.runtime.distribution_strategy == MULTI_WORKER_MIRRORED
         and self.trainer.steps_per_execution > 1):
       raise ConfigError("steps_per_execution", "must be 1 with "
-                        "multi_worker_mirrored (TF's collective gather of "
-                        "sparse gradients fails inside a multi-step loop)")
+                        "multi_worker_mirrored (TensorFlow's all-gather of "
+                        "the embedding's sparse gradient fails inside "
+                        "Keras' multi-step loop)")
 
   @classmethod
   def create(cls, **values: Any) -> "ExperimentConfig":

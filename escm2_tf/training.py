@@ -248,6 +248,46 @@ def _cached(config: config_lib.ExperimentConfig,
   return cache_training, cache_validation
 
 
+def _repeats_input(config: config_lib.ExperimentConfig,
+                   strategy: tf.distribute.Strategy) -> bool:
+  """Whether ``fit`` reads an endless stream of batches, cut into epochs.
+
+  That is the case with ``steps_per_epoch``, on a cluster, and with grouped
+  steps under a strategy whose distributed input hides its length. An
+  epoch of the stream ends after a count of batches, not at the end of a
+  pass: batches span passes and none is short. Otherwise every epoch is one
+  pass, the same batches whatever ``steps_per_execution``.
+  """
+  if config.trainer.steps_per_epoch or distribute.needs_fixed_steps(strategy):
+    return True
+  return (config.trainer.steps_per_execution > 1 and
+          config.runtime.distribution_strategy != config_lib.DEFAULT_STRATEGY)
+
+
+def _with_known_lengths(inputs: tf.data.Dataset,
+                        validation_inputs: tf.data.Dataset | None,
+                        steps: dict[str, int]
+                        ) -> tuple[tf.data.Dataset, tf.data.Dataset | None]:
+  """One pass each, their counted batches stated as their cardinality.
+
+  Keras groups steps only over data of known length; knowing it, it makes a
+  new pass every epoch and runs the last, partial group of a pass as a
+  shorter execution, so an epoch trains exactly the steps of one pass,
+  whatever ``steps_per_execution``. Over data of unknown length Keras
+  finds the end of the first pass by one more call of its training step;
+  that call fails on the exhausted input, but the optimizer's step count,
+  which does not wait for the data, counts it: every later step would be
+  bias-corrected as the one after it. ``assert_cardinality`` fails the run
+  if a pass holds another count.
+  """
+  inputs = inputs.apply(
+      tf.data.experimental.assert_cardinality(steps["steps_per_epoch"]))
+  if validation_inputs is not None:
+    validation_inputs = validation_inputs.apply(
+        tf.data.experimental.assert_cardinality(steps["validation_steps"]))
+  return inputs, validation_inputs
+
+
 def _fit(model: keras.Model, config: config_lib.ExperimentConfig,
          strategy: tf.distribute.Strategy,
          run_callbacks: Sequence[keras.callbacks.Callback],
@@ -260,14 +300,14 @@ def _fit(model: keras.Model, config: config_lib.ExperimentConfig,
   training data, which is then left out of training.
   """
   cluster = distribute.needs_fixed_steps(strategy)
-  fixed_steps = bool(config.trainer.steps_per_epoch
-                     or config.trainer.steps_per_execution > 1
-                     or cluster)
+  one_machine = (config.runtime.distribution_strategy
+                 == config_lib.DEFAULT_STRATEGY)
+  repeated = _repeats_input(config, strategy)
   (train_files, train_split), validation_source = _validation_source(config)
   steps = {}
-  if fixed_steps:
-    # Keras must know the steps to group them, and workers must agree on
-    # them: count the records once and repeat the data.
+  if repeated or one_machine:
+    # Keras must know an epoch's steps to group them and to end a pass
+    # without a failed call; workers must agree on them. One count does.
     steps = _fixed_steps(config, (train_files, train_split),
                          validation_source)
   parameter_server = isinstance(strategy,
@@ -282,14 +322,18 @@ def _fit(model: keras.Model, config: config_lib.ExperimentConfig,
       validation_fraction=train_split.fraction if train_split else 0.0,
       validation_data=config.data.validation_data,
       with_weights=config.model.use_weights,
-      num_epochs=None if fixed_steps else 1,
+      num_epochs=None if repeated else 1,
       validation_num_epochs=None if cluster else 1,
       cache_training=cache_training, cache_validation=cache_validation,
       label_table=label_table)
-  if config.runtime.distribution_strategy == config_lib.DEFAULT_STRATEGY:
+  if one_machine:
     inputs = inputs()
     if validation_inputs:
       validation_inputs = validation_inputs()
+    if not repeated:
+      inputs, validation_inputs = _with_known_lengths(
+          inputs, validation_inputs, steps)
+      steps = {}
   else:
     inputs = distribute.distribute_dataset(strategy, inputs)
     if validation_inputs:

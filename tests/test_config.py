@@ -112,7 +112,8 @@ class ExperimentConfigTest(parameterized.TestCase):
           **_PATHS, distribution_strategy="multi_worker_mirrored",
           steps_per_execution=32)
     config_lib.ExperimentConfig.create(
-        **_PATHS, distribution_strategy="multi_worker_mirrored")
+        **_PATHS, distribution_strategy="multi_worker_mirrored",
+        steps_per_execution=1)
 
   @parameterized.parameters("train_data", "eval_data", "vocab_dir",
                             "model_dir")

@@ -348,7 +348,8 @@ class CommandLineTest(tf.test.TestCase, parameterized.TestCase):
        "TF_CONFIG: describes a cluster of 2 tasks, but "
        "--distribution_strategy=default"),
       ("malformed_tf_config", {distribute.TF_CONFIG: "{"},
-       {"distribution_strategy": "multi_worker_mirrored"},
+       {"distribution_strategy": "multi_worker_mirrored",
+        "steps_per_execution": 1},
        "TF_CONFIG: not valid JSON"),
       ("negative_steps", {}, {"steps_per_epoch": -2},
        "--steps_per_epoch: must be an integer >= 0"))

@@ -33,6 +33,7 @@ class EvaluateTest(tf.test.TestCase, parameterized.TestCase):
         ground_truth=cls.data["ground_truth_test"], loss="ipw")
     cls.trained = training.train(config, verbose=0)["metrics"]
     cls.export_dir = config.trainer.export_dir
+    cls.training_batch_size = config.trainer.batch_size
 
   def evaluate(self, **overrides):
     output = os.path.join(new_dir(), "metrics.json")
@@ -54,6 +55,17 @@ class EvaluateTest(tf.test.TestCase, parameterized.TestCase):
       self.assertAlmostEqual(metrics[name], value, delta=1e-6, msg=name)
     for name in metrics:
       self.assertRegex(stdout, rf"(?m)^{name}\s+\S+$")
+
+  def test_in_the_trainers_batches_the_metrics_are_identical(self):
+    # A row's float32 prediction may differ in its last bits with its place
+    # in a batch (the tail rows of a matrix product), and an AUC over many
+    # tied predictions turns that into up to 1e-3; in the same batches
+    # the export computes what the trained model did, bit for bit.
+    status, _, stderr, output = self.evaluate(
+        batch_size=self.training_batch_size)
+    self.assertEqual(status, 0, stderr)
+    with open(output) as f:
+      self.assertEqual(json.load(f), self.trained)
 
   def test_without_ground_truth(self):
     status, _, stderr, output = self.evaluate(ground_truth="")

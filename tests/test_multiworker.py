@@ -218,7 +218,8 @@ class MultiWorkerMirroredTest(tf.test.TestCase):
     # every worker ends on the best epoch's weights.
     cls.flags = train_flags(cls.data, cls.work_dir,
                             config_lib.MULTI_WORKER_MIRRORED,
-                            early_stopping_patience=EPOCHS)
+                            early_stopping_patience=EPOCHS,
+                            steps_per_execution=1)
     cls.model_dir = os.path.join(cls.work_dir, "model")
     cls.export_dir = os.path.join(cls.work_dir, "export")
     cls.clusters = [cls._interrupted_run(), cls._resumed_run()]

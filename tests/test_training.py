@@ -22,8 +22,10 @@ import tf_keras as keras
 import datasets
 import testing
 from escm2_tf import config as config_lib
+from escm2_tf import data as data_lib
 from escm2_tf import early_stopping
 from escm2_tf import evaluation
+from escm2_tf import fit_policy
 from escm2_tf import layout
 from escm2_tf import schema
 from escm2_tf import training
@@ -485,7 +487,7 @@ class ResumeTest(tf.test.TestCase):
         new_dir())
 
   def test_resumes_after_interruption(self):
-    # Grouped steps also exercise the counted, repeated input.
+    # Grouped steps also exercise the counted input.
     config = train_config(self.data, new_dir(), steps_per_execution=2)
     with self.assertRaisesRegex(KeyboardInterrupt, "after epoch 1"):
       training.train(config, callbacks=[_Interrupt()], verbose=0)
@@ -511,6 +513,96 @@ class ResumeTest(tf.test.TestCase):
                      2 * iterations("epoch-001"))
     self.assertTrue(os.path.exists(os.path.join(config.trainer.model_dir,
                                                 run_dir.METRICS_FILE)))
+
+
+# 1800 training records in batches of 32: 57 steps an epoch, one group of 32
+# and a partial one; at this rate the run stops after epoch 5 and restores 4.
+GROUPED_STEPS_RUN = dict(batch_size=32, learning_rate=0.003, epochs=6,
+                         early_stopping_patience=1)
+
+
+def grouped_steps_config(data: dict[str, str], steps_per_execution: int
+                         ) -> config_lib.ExperimentConfig:
+  return train_config(data, new_dir(), steps_per_execution=steps_per_execution,
+                      **GROUPED_STEPS_RUN)
+
+
+def run_to_the_end(config: config_lib.ExperimentConfig) -> tuple[dict, str]:
+  return training.train(config, verbose=0), config.trainer.model_dir
+
+
+class GroupedStepsTest(tf.test.TestCase):
+  """steps_per_execution changes the cost of a run, never what it learns."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.data = datasets.make_synthetic_data(new_dir())
+    training_split, _ = fit_policy.held_out_split()
+    cls.steps = math.ceil(data_lib.count_records(
+        cls.data["train"], training_split) / GROUPED_STEPS_RUN["batch_size"])
+    cls.single = run_to_the_end(grouped_steps_config(cls.data, 1))
+    cls.grouped = run_to_the_end(grouped_steps_config(cls.data, 32))
+
+  def killed_and_resumed(self, steps_per_execution: int) -> tuple[dict, str]:
+    config = grouped_steps_config(self.data, steps_per_execution)
+    with self.assertRaisesRegex(KeyboardInterrupt, "after epoch 2"):
+      training.train(config, callbacks=[_Record(interrupt_after=2)],
+                     verbose=0)
+    return run_to_the_end(config)
+
+  def assert_same_run(self, run, reference):
+    (result, model_dir), (expected, expected_dir) = run, reference
+    self.assertEqual(result["best_epoch"], expected["best_epoch"])
+    self.assertEqual(result["history"], expected["history"])
+    self.assertEqual(result["metrics"], expected["metrics"])
+    final = os.path.join(run_dir.CHECKPOINT_DIR, run_dir.FINAL_CHECKPOINT)
+    weights = network_weights(os.path.join(model_dir, final))
+    expected_weights = network_weights(os.path.join(expected_dir, final))
+    for name, value in expected_weights.items():
+      self.assertAllEqual(weights[name], value, msg=name)
+
+  def assert_one_pass_per_epoch(self, model_dir: str):
+    for epoch in range(1, 3):
+      checkpoint = os.path.join(model_dir, run_dir.CHECKPOINT_DIR,
+                                f"epoch-{epoch:03d}")
+      self.assertEqual(tf.train.load_checkpoint(checkpoint).get_tensor(
+          ITERATIONS_KEY), epoch * self.steps)
+
+  def test_the_premise(self):
+    self.assertGreater(self.steps, 32)
+    self.assertNotEqual(self.steps % 32, 0)
+    result, _ = self.single
+    self.assertLess(result["best_epoch"], result["epochs"])
+
+  def test_grouped_steps_train_as_single_steps(self):
+    self.assert_same_run(self.grouped, self.single)
+    self.assert_one_pass_per_epoch(self.grouped[1])
+
+  def test_a_last_group_of_one_step(self):
+    self.assertEqual(self.steps % 8, 1)
+    self.assert_same_run(run_to_the_end(grouped_steps_config(self.data, 8)),
+                         self.single)
+
+  def test_single_steps_count_no_step_at_the_end_of_the_data(self):
+    self.assert_one_pass_per_epoch(self.single[1])
+
+  def test_resumed_grouped_run_matches_a_resumed_single_step_run(self):
+    grouped = self.killed_and_resumed(32)
+    single = self.killed_and_resumed(1)
+    # The resumed run ends on a best epoch that it restored.
+    self.assertLess(grouped[0]["best_epoch"], 2 + grouped[0]["epochs"])
+    self.assert_same_run(grouped, single)
+    self.assert_one_pass_per_epoch(grouped[1])
+
+  def test_metrics_are_those_of_the_final_checkpoint(self):
+    result, model_dir = self.grouped
+    config = run_dir.load_config(model_dir)
+    predictions = evaluation.predict_keras_model(
+        run_dir.restore_model(model_dir), config.data.eval_data,
+        config.trainer.batch_size)
+    self.assertEqual(evaluation.json_metrics(
+        evaluation.compute_metrics(predictions)), result["metrics"])
 
 
 class NanPredictionTest(tf.test.TestCase):
