@@ -6,8 +6,11 @@ simulator (cached under ``--work_dir``) in the Tianchi format or, with
 ids per line: 60 gives about 90). It runs the ``escm2-convert`` console
 script on them as a child process with no flag beyond the inputs (so the
 local runner, one worker per core, default shards), samples the resident
-memory of its whole process tree, and prints impressions per second, CPU
+memory of its whole process tree, and prints impressions (lines read) per
+second of wall time and per CPU second of the whole process tree, CPU
 time, peak RSS, output bytes per impression and the load average.
+``--num_files=40`` splits the PaddleRec file into 40 files of equal line
+counts and converts them as one glob (many small files instead of one).
 
 ``--baseline_pythonpath=DIR`` also converts with the code under DIR (a
 directory holding ``escm2_tf`` and ``escm2_pipelines``, e.g. links into a
@@ -71,6 +74,8 @@ class ConvertBenchFlags:
     input_format: Raw format simulated and converted.
     behaviour_length: The simulator's ids per behaviour field and user (510:
       Ali-CCP's ~518 common items; 60: ~90 ids per PaddleRec line).
+    num_files: PaddleRec input split into this many files of equal line
+      counts, converted as one glob.
     baseline_pythonpath: Also run the converter found under this directory,
       alternating with the current one.
     repeats: Runs of each variant.
@@ -85,6 +90,7 @@ class ConvertBenchFlags:
   input_format: str = option("aliccp", choices=layout.RAW_FORMATS,
                              group="data")
   behaviour_length: int = option(510, minimum=1, group="data")
+  num_files: int = option(1, minimum=1, group="data")
   baseline_pythonpath: str = ""
   repeats: int = option(1, minimum=1)
   seed: int = option(0, minimum=0, group="data")
@@ -121,6 +127,24 @@ def _simulate(settings: ConvertBenchFlags) -> str:
     print(f"simulated {num_impressions} impressions in "
           f"{time.time() - start:.0f}s")
   return raw_dir
+
+
+def _split_lines(path: str, num_files: int) -> str:
+  """Splits ``path`` into ``num_files`` files (once); returns their glob."""
+  split_dir = f"{path}.split{num_files}"
+  pattern = os.path.join(split_dir, "part-*.txt")
+  if os.path.exists(split_dir):
+    return pattern
+  with open(path, "rb") as f:
+    lines = f.readlines()
+  temporary = split_dir + ".tmp"
+  os.makedirs(temporary, exist_ok=True)
+  for k in range(num_files):
+    part = lines[len(lines) * k // num_files:len(lines) * (k + 1) // num_files]
+    with open(os.path.join(temporary, f"part-{k:04d}.txt"), "wb") as f:
+      f.writelines(part)
+  os.rename(temporary, split_dir)
+  return pattern
 
 
 def _machine_busy_seconds() -> float:
@@ -230,10 +254,12 @@ def _raw_file(raw_dir: str, input_format: str, role: str) -> str:
       input_format, layout.TRAIN)[role])
 
 
-def _inputs(raw_dir: str, input_format: str) -> list[str]:
+def _inputs(raw_dir: str, input_format: str, num_files: int) -> list[str]:
   if input_format == "paddlerec":
-    return ["--input_format=paddlerec",
-            f"--input={_raw_file(raw_dir, input_format, 'paddlerec')}"]
+    path = _raw_file(raw_dir, input_format, "paddlerec")
+    if num_files > 1:
+      path = _split_lines(path, num_files)
+    return ["--input_format=paddlerec", f"--input={path}"]
   return ["--input_format=aliccp",
           f"--skeleton={_raw_file(raw_dir, input_format, 'skeleton')}",
           f"--common_features={_raw_file(raw_dir, input_format, 'common')}"]
@@ -243,7 +269,8 @@ def _convert_once(raw_dir: str, convert_args: list[str], pythonpath: str,
                   settings: ConvertBenchFlags) -> dict:
   """One measured conversion into a fresh directory, which it removes."""
   output_dir = os.path.join(settings.work_dir, f"out_{os.getpid()}")
-  run = _run_convert([*_inputs(raw_dir, settings.input_format),
+  run = _run_convert([*_inputs(raw_dir, settings.input_format,
+                              settings.num_files),
                       f"--output_dir={output_dir}",
                       *convert_args], pythonpath)
   with open(layout.stats_file(output_dir)) as f:
@@ -264,6 +291,7 @@ def _report(result: dict, calibration: dict, convert_args: list[str],
   report = {
       "impressions": stats["rows_read"],
       "input_format": settings.input_format,
+      "input_files": settings.num_files,
       "convert_args": convert_args,
       "shards": run["shards"],
       "wall_s": round(run["wall_s"], 1), "cpu_s": round(run["cpu_s"], 1),

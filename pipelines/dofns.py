@@ -33,6 +33,8 @@ PADDING_IDS = "padding_ids_skipped"
 # Vocabulary counts leave a bundle in chunks of this many ids, to keep
 # elements small on runners that ship them between machines.
 _VOCAB_CHUNK = 50_000
+# Distinct user parts of PaddleRec lines that wait to be counted.
+_MAX_SHARED = 4096
 
 Line = tuple[str, bytes]  # (source file, line as read)
 
@@ -214,31 +216,80 @@ class SideInputJoinFn(_ImpressionFn):
 
 
 class EncodePaddleRecFn(_CountingDoFn):
-  """Batches of ``(source, PaddleRec line)`` to lists of Examples."""
+  """Batches of ``(source, PaddleRec line)`` to lists of Examples.
+
+  The user's part of a line (``encode.encode_paddlerec_parts``) is one
+  object for all of the user's adjacent lines: it is counted once per
+  object, times its rows, when the bundle ends or ``_MAX_SHARED`` parts wait.
+  """
 
   def __init__(self, max_values: int, keep_unclicked_conversions: bool):
     self._max_values = max_values
     self._keep_unclicked = keep_unclicked_conversions
 
+  def start_bundle(self):
+    super().start_bundle()
+    # id(part) -> [part, rows parsed, rows written]; the part is kept, so
+    # its id is not reused while it waits.
+    self._shared: dict[int, list] = {}
+
   def process(self, lines: list[Line]):
+    self._tally.counts[tally_lib.ROWS_READ] += len(lines)
     batch = []
     for source, line in lines:
-      self._tally.counts[tally_lib.ROWS_READ] += 1
-      try:
-        row, encoded = encode.encode_paddlerec(_decoded(line), self._max_values)
-      except aliccp.BadRowError as e:
-        yield self._rejected(e.reason, source, line)
-        continue
-      self._tally.parsed(encoded.truncated, encoded.ignored,
-                         encoded.unstored_values, encoded.padding_ids)
-      if encoded.padding_ids:
-        beam.metrics.Metrics.counter(METRICS_NAMESPACE, PADDING_IDS).inc(
-            encoded.padding_ids)
-      if encode.is_unclicked_conversion(row) and not self._keep_unclicked:
-        self._tally.counts[tally_lib.ROWS_DROPPED] += 1
-        continue
-      self._tally.written(row.click, row.conversion)
-      self._tally.ids(encoded.ids)
-      batch.append(examples.example_from_entries(encoded.entries))
+      result = self._example(source, line)
+      if isinstance(result, bytes):
+        batch.append(result)
+      elif result is not None:
+        yield result
     if batch:
       yield batch
+
+  def _example(self, source: str,
+               line: bytes) -> bytes | pvalue.TaggedOutput | None:
+    """The example of a line read, its rejection, or None if dropped."""
+    try:
+      row, own, shared = encode.encode_paddlerec_parts(_decoded(line),
+                                                       self._max_values)
+    except aliccp.BadRowError as e:
+      return self._rejected(e.reason, source, line)
+    tally = self._tally
+    if own.truncated or own.ignored or own.padding_ids:
+      tally.parsed(own.truncated, own.ignored, 0, own.padding_ids)
+    written = self._keep_unclicked or not encode.is_unclicked_conversion(row)
+    padding = own.padding_ids
+    if shared is not None:
+      padding += shared.padding_ids
+      self._share(shared, written)
+    if padding:
+      beam.metrics.Metrics.counter(METRICS_NAMESPACE, PADDING_IDS).inc(padding)
+    if not written:
+      tally.counts[tally_lib.ROWS_DROPPED] += 1
+      return None
+    tally.written(row.click, row.conversion)
+    tally.ids(own.ids)
+    return examples.example_from_entries(
+        own.entries, shared.entries if shared is not None else b"")
+
+  def _share(self, shared: encode.Encoded, written: bool) -> None:
+    """Notes one more row parsed (and maybe written) with a user's part."""
+    counts = self._shared.get(id(shared))
+    if counts is None:
+      if len(self._shared) >= _MAX_SHARED:
+        self._count_shared()
+      counts = self._shared[id(shared)] = [shared, 0, 0]
+    counts[1] += 1
+    counts[2] += written
+
+  def _count_shared(self) -> None:
+    """Counts the waiting users' parts, each times its rows."""
+    for shared, parsed, written in self._shared.values():
+      self._tally.parsed(shared.truncated, shared.ignored, 0,
+                         shared.padding_ids, times=parsed)
+      if written:
+        self._tally.ids(shared.ids, times=written)
+    self._shared.clear()
+
+  def _flush(self) -> Iterator:
+    self._count_shared()
+    return iter(())

@@ -97,16 +97,17 @@ class Tally:
     self._num_pending = 0
 
   def parsed(self, truncated: Mapping[str, int], ignored: int,
-             unstored_values: int, padding_ids: int = 0) -> None:
-    """Counts what a parsed row loses on its way into an Example."""
+             unstored_values: int, padding_ids: int = 0,
+             times: int = 1) -> None:
+    """Counts what ``times`` parsed rows (or row parts) lose alike."""
     for field, dropped in truncated.items():
-      self.counts[_TRUNCATED[field]] += dropped
+      self.counts[_TRUNCATED[field]] += dropped * times
     if ignored:
-      self.counts[IDS_OUTSIDE_SCHEMA] += ignored
+      self.counts[IDS_OUTSIDE_SCHEMA] += ignored * times
     if unstored_values:
-      self.counts[VALUES_NOT_STORED] += unstored_values
+      self.counts[VALUES_NOT_STORED] += unstored_values * times
     if padding_ids:
-      self.counts[PADDING_IDS] += padding_ids
+      self.counts[PADDING_IDS] += padding_ids * times
 
   def finish(self) -> collections.Counter:
     """``counts`` with the per-field coverage added; call once, at the end.

@@ -13,11 +13,12 @@ entries, skeleton entries)``, a PaddleRec line's
 """
 
 import re
-from typing import Mapping, NamedTuple, Sequence
+from typing import Mapping, NamedTuple, Optional, Sequence
 
 from escm2_tf import schema
 from escm2_tf.formats import aliccp
 from escm2_tf.formats import examples
+from escm2_tf.formats import tokens as tokens_lib
 
 # A user's four behaviour fields carry ~500 ids. Measured on 100k simulated
 # impressions (gzip bytes / ids per example / tf.data parse rate on 2 cores):
@@ -106,16 +107,27 @@ class Labels(NamedTuple):
 # ~70 of a line's ~95 ids), which follow the impression's own: their
 # encoding is cached by their text, as the Tianchi join encodes a common row
 # once. Lines of one request are adjacent, so a small cache hits.
-_USER_SIDE = re.compile("(?:^|,)(?=(?:{}):)".format(
-    "|".join(map(re.escape, schema.COMMON_FIELDS))))
+_USER_FIELD = "(?:{}):".format("|".join(map(re.escape, schema.COMMON_FIELDS)))
+# Where the user's tokens begin: at the start, or after a comma (a literal
+# that the search scans for quickly).
+_USER_FIRST = re.compile(_USER_FIELD)
+_USER_SIDE = re.compile("," + _USER_FIELD)
 _USER_CACHE_SIZE = 4096
 _user_side_cache: dict = {}
+# (max_values, text, result) of the user side looked up last.
+_last_user: list = [None, "", None]
 # The stage of aliccp.PaddleRecTokens that raises each reason.
 _STAGES = {"broken_separator": 0, "non_numeric": 1, "bad_id": 2}
 
 
 def _encode_user_side(text: str, max_values: int):
   """``(Encoded, fields)`` of user-side tokens, or ``(reason, message)``."""
+  encoded = tokens_lib.encode_tokens(text, max_values)
+  if encoded is not None:
+    return Encoded(encoded.entries, encoded.ids, encoded.truncated,
+                   encoded.ignored, 0, encoded.padding), frozenset(
+                       encoded.fields)
+  # A bad token: the staged parse finds the reason.
   parsed = aliccp.PaddleRecTokens(text)
   try:
     parsed.check_tokens()
@@ -135,7 +147,17 @@ def _user_side(text: str, max_values: int):
     if len(_user_side_cache) >= _USER_CACHE_SIZE:
       _user_side_cache.clear()
     result = _user_side_cache[key] = _encode_user_side(text, max_values)
+  _last_user[:] = key + (result,)
   return result
+
+
+def _user_side_of(tokens: str, start: int, max_values: int):
+  """``_user_side(tokens[start:])``; the last user's without a copy."""
+  last_max_values, last_text, result = _last_user
+  if (last_max_values == max_values and len(tokens) - start == len(last_text)
+      and tokens.endswith(last_text)):
+    return result
+  return _user_side(tokens[start:], max_values)
 
 
 def _raise_at(stage: int, user) -> None:
@@ -149,25 +171,12 @@ def _encode_whole(labels: bytes, tokens: str, max_values: int) -> Encoded:
   return _encode(features, ignored, max_values, labels, padding=padding)
 
 
-def encode_paddlerec(line: str, max_values: int) -> tuple[Labels, Encoded]:
-  """A PaddleRec line; ``entries`` hold the whole example's features.
-
-  The format has no values, so none goes unstored; padding ids are counted.
-  Encodes exactly what ``aliccp.parse_paddlerec_line`` and the Tianchi
-  encoding would, and rejects a row for the same reason: the impression's
-  tokens are parsed here, the user's come from a cache when the line's user
-  was just seen (each parsing stage runs on both parts before the next), and
-  a field on both sides falls back to parsing the whole line.
-  """
-  sample_id, click, conversion, tokens = aliccp.split_paddlerec_line(line)
-  labels = examples.label_entries(sample_id, click, conversion)
-  row = Labels(sample_id, click, conversion)
-  match = _USER_SIDE.search(tokens)
-  if match is None or match.start() == 0:
-    return row, _encode_whole(labels, tokens, max_values)
-  impression = aliccp.PaddleRecTokens(tokens[:match.start()])
+def _encode_staged(labels: bytes, tokens: str, split: int,
+                   max_values: int) -> Encoded:
+  """A line split at ``split``, each parsing stage run on both parts."""
+  impression = aliccp.PaddleRecTokens(tokens[:split])
   impression.check_tokens()
-  user = _user_side(tokens[match.start() + 1:], max_values)
+  user = _user_side(tokens[split + 1:], max_values)
   _raise_at(0, user)
   impression.parse_ids()
   _raise_at(1, user)
@@ -176,14 +185,64 @@ def encode_paddlerec(line: str, max_values: int) -> tuple[Labels, Encoded]:
   features, ignored = impression.group()
   user_encoded, user_fields = user
   if not user_fields.isdisjoint(features):
-    return row, _encode_whole(labels, tokens, max_values)
-  kept, truncated = examples.limit_values(features, max_values)
-  return row, Encoded(
-      labels + examples.field_entries(kept) + user_encoded.entries,
-      [(field, ids) for field, (ids, _) in kept.items()] + user_encoded.ids,
-      {**truncated, **user_encoded.truncated},
-      ignored + user_encoded.ignored, 0,
-      impression.padding + user_encoded.padding_ids)
+    return _encode_whole(labels, tokens, max_values)
+  return _joined(_encode(features, ignored, max_values, labels,
+                         padding=impression.padding), user_encoded)
+
+
+def _joined(own: Encoded, shared: Optional[Encoded]) -> Encoded:
+  """One row's ``Encoded`` from its own part and its user's."""
+  if shared is None:
+    return own
+  return Encoded(own.entries + shared.entries, [*own.ids, *shared.ids],
+                 {**own.truncated, **shared.truncated},
+                 own.ignored + shared.ignored, 0,
+                 own.padding_ids + shared.padding_ids)
+
+
+def encode_paddlerec_parts(
+    line: str, max_values: int) -> tuple[Labels, Encoded, Optional[Encoded]]:
+  """A PaddleRec line as ``(labels, own part, user's part or None)``.
+
+  The own part's ``entries`` start with the labels and the sample id; the
+  Example is ``examples.example_from_entries(own.entries, user.entries)``.
+  The user's part is one object for every line that repeats its user's
+  text while it stays cached, so a caller can count it once per user.
+  ``encode_paddlerec`` joins the two parts.
+  """
+  sample_id, click, conversion, tokens = aliccp.split_paddlerec_line(line)
+  labels = examples.label_entries(sample_id, click, conversion)
+  row = Labels(sample_id, click, conversion)
+  match = None if _USER_FIRST.match(tokens) else _USER_SIDE.search(tokens)
+  if match is None:
+    return row, _encode_whole(labels, tokens, max_values), None
+  split = match.start()
+  own = tokens_lib.encode_tokens(tokens[:split], max_values)
+  if own is None:  # A bad token: the staged parse raises its reason.
+    return row, _encode_staged(labels, tokens, split, max_values), None
+  user = _user_side_of(tokens, split + 1, max_values)
+  if isinstance(user[0], str):
+    raise aliccp.BadRowError(user[0], user[1].split(": ", 1)[1])
+  shared, user_fields = user
+  if not user_fields.isdisjoint(own.fields):
+    return row, _encode_whole(labels, tokens, max_values), None
+  return row, Encoded(labels + own.entries, own.ids, own.truncated,
+                      own.ignored, 0, own.padding), shared
+
+
+def encode_paddlerec(line: str, max_values: int) -> tuple[Labels, Encoded]:
+  """A PaddleRec line; ``entries`` hold the whole example's features.
+
+  The format has no values, so none goes unstored; padding ids are counted.
+  Encodes exactly what ``aliccp.parse_paddlerec_line`` and the Tianchi
+  encoding would, and rejects a row for the same reason: the impression's
+  tokens are encoded through ``tokens``' cache, the user's come from a
+  cache when the line's user was just seen, a bad token sends the line
+  through the staged parse (each parsing stage runs on both parts before
+  the next), and a field on both sides falls back to parsing the whole line.
+  """
+  row, own, shared = encode_paddlerec_parts(line, max_values)
+  return row, _joined(own, shared)
 
 
 def is_unclicked_conversion(

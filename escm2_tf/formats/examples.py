@@ -107,6 +107,16 @@ def int64_entry(name: str, values: Sequence[int]) -> bytes:
   return _packed_header(name, _INT64_LIST, len(payload)) + payload
 
 
+def packed_int64_entry(name: str, payload: bytes) -> bytes:
+  """``int64_entry`` of ids whose varints ``payload`` concatenates."""
+  return _packed_header(name, _INT64_LIST, len(payload)) + payload
+
+
+def varint(value: int) -> bytes:
+  """The int64 ``value`` as ``int64_entry`` encodes it (cached)."""
+  return _varint_cache[value]
+
+
 def float_entry(name: str, values: Sequence[float]) -> bytes:
   """One encoded ``Features.feature`` entry holding a float32 list."""
   if values.count(1.0) == len(values):
@@ -140,7 +150,16 @@ def label_entries(sample_id: str, click: int, conversion: int) -> bytes:
   if labels is None:
     raise ValueError(f"labels must be 0 or 1, got click={click!r}, "
                      f"conversion={conversion!r}")
-  return bytes_entry(schema.SAMPLE_ID, [sample_id.encode()]) + labels
+  value = sample_id.encode()
+  return _sample_id_header(len(value)) + value + labels
+
+
+@functools.lru_cache(maxsize=_PREFIX_CACHE_SIZE)
+def _sample_id_header(length: int) -> bytes:
+  """``bytes_entry(schema.SAMPLE_ID, [value])`` up to a value of ``length``."""
+  value_header = _FIRST + _varint(length)
+  return _entry_header(schema.SAMPLE_ID, _BYTES_LIST,
+                       len(value_header) + length) + value_header
 
 
 def field_entries(features: aliccp.Features) -> bytes:
