@@ -119,11 +119,13 @@ def _keep_model() -> Any:
 
 def _unshifted(columns: dict[str, np.ndarray], shifts: dict[str, float]
                ) -> dict[str, np.ndarray]:
-  """The predictions before the recalibration's logit shifts."""
+  """The predictions before the recalibration's logit changes."""
   result = dict(columns)
   for task in ("ctr", "cvr"):
     p = np.clip(columns[task].astype(np.float64), 1e-7, 1 - 1e-7)
-    result[task] = 1 / (1 + np.exp(shifts[task] - np.log(p / (1 - p))))
+    slope = shifts.get(f"{task}_slope", 1.0)
+    logit = (np.log(p / (1 - p)) - shifts[task]) / slope
+    result[task] = 1 / (1 + np.exp(-logit))
   result["ctcvr"] = result["ctr"] * result["cvr"]
   return result
 
@@ -182,7 +184,7 @@ def reference(directory: str) -> dict[str, float]:
 
 
 def markdown(rows: list[dict]) -> str:
-  lines = ["| world | estimator | kept epoch | shift ctr, cvr | "
+  lines = ["| world | estimator | kept epoch | shift ctr, cvr; cvr slope | "
            + " | ".join(c.replace("calibration_", "") for c in _COLUMNS)
            + " | cvr_bias |", "|---" * (5 + len(_COLUMNS)) + "|"]
   for row in rows:
@@ -190,7 +192,8 @@ def markdown(rows: list[dict]) -> str:
              for c in _COLUMNS]
     lines.append(f"| {row['world']} | {row['estimator']} | "
                  f"{row['best_epoch']} of {row['epochs']} | "
-                 f"{row['shifts']['ctr']:+.3f}, {row['shifts']['cvr']:+.3f} | "
+                 f"{row['shifts']['ctr']:+.3f}, {row['shifts']['cvr']:+.3f}; "
+                 f"{row['shifts'].get('cvr_slope', 1.0):.2f} | "
                  + " | ".join(cells) + f" | {row['cvr_bias']:+.4f} |")
   return "\n".join(lines)
 

@@ -381,16 +381,19 @@ class TrainerConfig:
       the imputation tower of the doubly robust losses) at the training
       data's base rates, read from ``stats_file``: every prediction starts
       calibrated (``base_rates``).
-    recalibrate: After training, shift the CTR output bias so that the mean
-      pCTR over the validation data (the held-out slice; the training data
-      when nothing is held out) equals the training data's click rate, and
-      the CVR output bias to the level the estimator's risk fixes (naive:
-      mean pCVR over the clicks = conversions per click; esmm: mean
-      pCTR·pCVR = conversions per impression; the counterfactual
-      estimators: left as trained; ``escm2_tf.recalibration``). An early-stopped
-      run's mean prediction is otherwise wherever the last epoch's updates
-      left it: on simulated worlds mean pCTR 3-9 % off and pCVR on clicks up
-      to 52 % off, high or low with the seed (docs/training.md). Needs
+    recalibrate: After training, move each output to where the estimator's
+      risk puts it (``escm2_tf.recalibration``): the CTR logit shifted so
+      that the mean pCTR over the validation data (the held-out slice; the
+      training data when nothing is held out) equals the training data's
+      click rate; the CVR logit shifted to the level naive (mean pCVR over
+      the clicks = conversions per click) and esmm (mean pCTR·pCVR =
+      conversions per impression) fix, or, for ipw, dr, dr_jl and mrdr,
+      scaled and shifted to minimise the estimator's own CVR risk over the
+      trained-on impressions (at most 2M). An early-stopped run's mean
+      prediction is otherwise wherever the last epoch's updates left it: on
+      simulated worlds mean pCTR 3-9 % off, pCVR on clicks up to 52 % off,
+      and a counterfactual CVR tower flat and, with some seeds, still at the
+      clicked rate it started from (docs/training.md). Needs
       ``stats_file``.
   """
   model_dir: str = option(group="output")

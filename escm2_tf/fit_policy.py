@@ -11,9 +11,11 @@ so that a notebook trains exactly as ``escm2-train`` does:
   until the end;
 - ``stopping_callbacks``: early stopping on ``val_ctr_ctcvr_loss``, ending on
   the weights of the best epoch (``early_stopping.ResumableEarlyStopping``);
-- then ``recalibration.recalibrate`` shifts the output biases so that the
-  mean predictions on the held-out slice meet the base rates where the
-  estimator's risk fixes them (pCTR always; pCVR for naive and esmm).
+- then ``recalibration.recalibrate`` moves the outputs to where the
+  estimator's risk puts them: pCTR's mean on the held-out slice to the click
+  rate; pCVR to the rate naive and esmm fix, or, for the counterfactual
+  estimators, to the slope and level that minimise their own CVR risk on
+  the trained-on side of the training data (``refit_batches``).
 
 The defaults below are ``escm2-train``'s, read from its declarations::
 
@@ -26,7 +28,8 @@ The defaults below are ``escm2-train``'s, read from its declarations::
                                                      seed=42)
     model.fit(training, validation_data=validation, epochs=fit_policy.EPOCHS,
               callbacks=fit_policy.stopping_callbacks(model_dir))
-    recalibration.recalibrate(model, validation, rates)
+    recalibration.recalibrate(model, validation, rates,
+                              training=fit_policy.refit_batches(train_files))
 """
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
@@ -44,6 +47,7 @@ from escm2_tf import config as config_lib
 from escm2_tf import data
 from escm2_tf import early_stopping
 from escm2_tf import layout
+from escm2_tf import recalibration
 from escm2_tf import run_dir
 
 DatasetFn = Callable[..., tf.data.Dataset]
@@ -144,7 +148,30 @@ def split_datasets(train_data: str, batch_size: int, *, seed: int | None,
   training, validation = dataset_fns(
       train_data, batch_size, seed=seed,
       validation_fraction=validation_fraction, with_weights=with_weights)
-  return training(), validation()
+  # Stated lengths let Keras end each pass without a failed extra step,
+  # which the optimizer's step count would count, as escm2-train does.
+  counts = data.count_split_records(train_data, validation_fraction)
+  return tuple(
+      dataset().apply(tf.data.experimental.assert_cardinality(
+          -(-count // batch_size)))
+      for dataset, count in ((training, counts[0]), (validation, counts[1])))
+
+
+def refit_batches(train_data: str, *,
+                  validation_fraction: float = VALIDATION_FRACTION,
+                  with_weights: bool = False,
+                  label_table: data.LabelTable | None = None
+                  ) -> tf.data.Dataset:
+  """The trained-on side of the training data, in order, for the refit.
+
+  ``recalibration.recalibrate(..., training=...)`` refits the CVR output of
+  the counterfactual estimators to their risk on these batches.
+  """
+  training_split, _ = held_out_split(validation_fraction)
+  return data.make_dataset(
+      train_data, recalibration.SCORING_BATCH_SIZE, training=False,
+      split=training_split, with_weights=with_weights,
+      label_table=label_table)
 
 
 def checkpoint_path(model_dir: str, epoch: int) -> str:

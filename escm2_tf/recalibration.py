@@ -1,4 +1,4 @@
-"""Calibration in the large: one logit shift per tower, fitted after training.
+"""Calibration after training: each output layer refit to its estimator's risk.
 
 At a stationary point of the training loss the CTR tower's mean prediction
 equals the click rate, because the output bias's gradient is mean(p - y).
@@ -11,36 +11,46 @@ is then off (pCTR by 3-9 %, pCVR on clicks by up to 52 % on simulated
 worlds), on the training data as much as on held-out data
 (docs/training.md).
 
-``recalibrate`` moves each output bias, after training and in the weights,
-to the level the estimator's own risk has at its stationary point, measured
-on held-out impressions (free of the memorised training examples) against
-the training data's rates (``base_rates``, ten times as many labels as a
-held-out tenth holds):
+``recalibrate`` moves each output, after training and in the weights, to
+where the estimator's own risk has its stationary point:
 
-- CTR, every estimator: mean pCTR over the impressions = the click rate.
-- CVR, ``naive`` (its risk is the clicked impressions' log loss): mean pCVR
-  over the clicked impressions = conversions per click.
-- CVR, ``esmm`` (the CTCVR log loss over every impression): mean
-  pCTR * pCVR = conversions per impression, i.e. the pCTR-weighted mean
-  pCVR = conversions per click.
-- CVR, the counterfactual estimators (``ipw``, ``dr``, ``dr_jl``,
-  ``mrdr``): not moved. Their risk's condition weighs each click by 1/ô, and
-  on a held-out tenth that estimate of the entire-space rate is too noisy
-  to correct a level set on all the training clicks. Moving them to the
-  clicked rate instead undoes their debiasing wherever the CVR tower's
-  shape is flatter than the truth's: with the true propensities, at the
-  release's density, IPW's entire-space bias went from +0.0003 to +0.0109
-  on a true mean of 0.0156 (docs/results.md).
+- CTR, every estimator: a logit shift so that the mean pCTR over held-out
+  impressions (free of the memorised training examples) is the training
+  data's click rate (``base_rates``, ten times as many labels as a held-out
+  tenth holds).
+- CVR, ``naive`` (its risk is the clicked impressions' log loss): a shift to
+  mean pCVR over the held-out clicks = conversions per click.
+- CVR, ``esmm`` (the CTCVR log loss over every impression): a shift to mean
+  pCTR * pCVR = conversions per impression, i.e. the pCTR-weighted mean pCVR
+  = conversions per click.
+- CVR, the counterfactual estimators (``ipw``, ``dr``, ``dr_jl``, ``mrdr``
+  in paper mode): the slope a and shift b of the CVR logit z -> a * z + b
+  that minimise the estimator's own CVR risk (``losses.compute_losses``'
+  ``cvr_loss``, with its propensities, clipping and imputation) over the
+  training impressions, by Newton's method (``risk_scaling``): Platt
+  scaling under the counterfactual risk. Their risk weighs each click by
+  1/ô, so its condition needs every training click: on a held-out tenth it
+  is too noisy (with the true propensities, an IPS estimate of the
+  entire-space CVR of 0.0203 on 50,000 impressions whose truth was 0.0156).
+  The slope matters as much as the level: the early-stopped CVR tower is
+  flatter than the truth (its logits need a slope of 2.4-3.7 at the
+  release's density), and a shift alone that meets the entire-space mean
+  leaves pCVR on clicks at 0.53-0.67 of the observed rate. Without the step
+  a run's entire-space CVR stays where training left it, which with some
+  seeds is the clicked rate it started at (docs/results.md).
 
-The imputation towers are left alone. The shifts are part of the weights,
-so checkpoints, exports and serving see them.
+``compat="paddlerec"`` keeps its CVR tower as trained: PaddleRec's risks are
+normalised per batch. The imputation towers are left alone. The changes are
+part of the weights, so checkpoints, exports and serving see them.
 
     rates = base_rates.read_base_rates(layout.stats_beside(vocab_dir))
-    shifts = recalibration.recalibrate(model, validation_dataset, rates)
+    changes = recalibration.recalibrate(model, held_out_batches, rates,
+                                        training=training_batches)
 """
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
+import dataclasses
 from typing import Iterable
 
 import numpy as np
@@ -49,6 +59,7 @@ import tf_keras as keras
 
 from escm2_tf import base_rates as base_rates_lib
 from escm2_tf import config as config_lib
+from escm2_tf import losses
 from escm2_tf import schema
 
 # The layer whose output biases are shifted (model.build_network names it).
@@ -56,6 +67,17 @@ TOWERS_LAYER = "towers"
 # Bisection on [-_MAX_SHIFT, _MAX_SHIFT] to 2 * _MAX_SHIFT / 2**_STEPS.
 _MAX_SHIFT = 20.0
 _STEPS = 64
+# The training impressions the counterfactual CVR is refit on, at most
+# (about 80 MB of scores), and the batch size of their pass.
+MAX_RISK_IMPRESSIONS = 2_000_000
+SCORING_BATCH_SIZE = 4096
+# The largest CVR slope (and the inverse of the smallest) kept.
+MAX_SLOPE = 10.0
+# Newton's method on the CVR risk: steps, step halvings, convergence, ridge.
+_NEWTON_STEPS = 50
+_MIN_STEP = 1e-3
+_TOLERANCE = 1e-7
+_RIDGE = 1e-12
 
 
 def _sigmoid(values: np.ndarray) -> np.ndarray:
@@ -96,41 +118,59 @@ def logit_shift(logits: np.ndarray, rate: float,
   return 0.5 * (low + high)
 
 
-def _logit_model(model: keras.Model) -> keras.Model:
-  network = getattr(model, "network", model)
-  return keras.Model(network.inputs,
-                     network.get_layer(TOWERS_LAYER).output)
+@dataclasses.dataclass(frozen=True)
+class Scored:
+  """What a model gave every impression of some batches, and their labels.
+
+  Attributes:
+    logits: float32 [N, towers], the towers' logits (task.tower_names).
+    outputs: The model's outputs (``ctr``, ``cvr``, ...), float32 [N] each.
+    labels: The batches' labels (``click``, ``conversion``, ...), [N] each.
+  """
+  logits: np.ndarray
+  outputs: dict[str, np.ndarray]
+  labels: dict[str, np.ndarray]
+
+  @property
+  def clicked(self) -> np.ndarray:
+    return self.labels[schema.CLICK] > 0.5
 
 
-def held_out_logits(model: keras.Model, batches: Iterable
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """The CTR and CVR logits and the clicks of every held-out impression.
-
-  CTR and CVR are every estimator's first two logits (task.tower_names).
+def score(model: keras.Model, batches: Iterable,
+          max_impressions: int | None = None) -> Scored:
+  """Runs the model's network over (features, labels) batches.
 
   Args:
     model: An ``ESCM2Model`` (or its network).
-    batches: (features, labels) batches, e.g. ``data.make_dataset(...,
-      training=False)``.
+    batches: e.g. ``data.make_dataset(..., training=False)``.
+    max_impressions: Stop after the batch that reaches this many.
 
-  Returns:
-    ``(ctr_logits, cvr_logits, clicked)``, one entry per impression.
+  Raises:
+    ValueError: The batches hold no impression.
   """
-  logit_model = _logit_model(model)
-  inputs = logit_model.input_names
+  network = getattr(model, "network", model)
+  scorer = keras.Model(network.inputs,
+                       [network.get_layer(TOWERS_LAYER).output,
+                        network.output])
+  inputs = scorer.input_names
   # Batches differ in their ragged shapes and the last in size.
-  predict = tf.function(
-      lambda features: logit_model(features, training=False),
-      reduce_retracing=True)
-  ctr, cvr, clicked = [], [], []
-  for features, labels in batches:
-    logits = predict({name: features[name] for name in inputs}).numpy()
-    ctr.append(logits[:, 0])
-    cvr.append(logits[:, 1])
-    clicked.append(labels[schema.CLICK].numpy() > 0.5)
-  if not ctr:
-    raise ValueError("recalibration got no held-out impressions.")
-  return np.concatenate(ctr), np.concatenate(cvr), np.concatenate(clicked)
+  predict = tf.function(lambda features: scorer(features, training=False),
+                        reduce_retracing=True)
+  logits, outputs, labels = [], {}, {}
+  for features, batch_labels in batches:
+    batch_logits, batch_outputs = predict(
+        {name: features[name] for name in inputs})
+    logits.append(batch_logits.numpy())
+    for values, batch in ((outputs, batch_outputs), (labels, batch_labels)):
+      for key, value in batch.items():
+        values.setdefault(key, []).append(np.reshape(value.numpy(), [-1]))
+    if max_impressions and sum(map(len, logits)) >= max_impressions:
+      break
+  if not logits:
+    raise ValueError("recalibration got no impressions.")
+  return Scored(np.concatenate(logits),
+                {key: np.concatenate(value) for key, value in outputs.items()},
+                {key: np.concatenate(value) for key, value in labels.items()})
 
 
 def cvr_weights(loss: str, ctr: np.ndarray, clicked: np.ndarray
@@ -145,7 +185,8 @@ def cvr_weights(loss: str, ctr: np.ndarray, clicked: np.ndarray
   Returns:
     The clicks for ``naive``, pCTR for ``esmm`` (each to have mean pCVR =
     conversions per click), None for the counterfactual estimators, whose
-    CVR level stays the one their training set.
+    CVR is refit to their own risk on the training data instead
+    (``risk_scaling``).
   """
   if loss == "naive":
     return clicked.astype(np.float64)
@@ -156,38 +197,128 @@ def cvr_weights(loss: str, ctr: np.ndarray, clicked: np.ndarray
   raise ValueError(f"cvr_weights: unknown loss {loss!r}.")
 
 
-def shift_output_biases(model: keras.Model, shifts: dict[str, float]
-                        ) -> None:
-  """Adds ``shifts["ctr"]`` and ``shifts["cvr"]`` to the output biases."""
-  network = getattr(model, "network", model)
-  bias = network.get_layer(TOWERS_LAYER).biases[-1]
-  # CTR and CVR are every estimator's first two logits (task.tower_names).
-  delta = np.zeros(bias.shape, np.float32)
-  delta[0, 0], delta[1, 0] = shifts["ctr"], shifts["cvr"]
-  bias.assign_add(delta)
+def risk_scaling(loss_config: config_lib.LossConfig, scored: Scored
+                 ) -> tuple[float, float]:
+  """The (a, b) of sigmoid(a * z + b) that minimise the estimator's CVR risk.
 
-
-def recalibrate(model: keras.Model, batches: Iterable,
-                rates: base_rates_lib.BaseRates) -> dict[str, float]:
-  """Fits the CTR and CVR logit shifts on ``batches`` and applies them.
-
-  Args:
-    model: The trained ``ESCM2Model``; its output biases change in place.
-    batches: Held-out (features, labels) batches.
-    rates: The training data's click rate and conversions per click.
+  z is the CVR logit of every scored impression; the risk is
+  ``losses.compute_losses(loss_config, ...)["cvr_loss"]`` over all of them
+  at once, with the scored pCTR (and imputation) held fixed. It is convex in
+  (a, b) for every paper-mode estimator (each impression's second derivative
+  in the logit is p(1 - p) > 0), so damped Newton steps find the minimum.
+  Where that slope falls outside [1 / MAX_SLOPE, MAX_SLOPE] (logits that
+  barely vary, or that the clicks separate: tiny or untrained models), the
+  shift is fitted alone with a = 1.
 
   Returns:
-    ``{"ctr": s_ctr, "cvr": s_cvr}``, the shifts added. The CVR shift is 0
-    for a counterfactual estimator, and for ``naive`` without a held-out
-    click.
+    ``(slope, shift)``; ``(1, 0)`` without a conversion or a clicked
+    non-conversion, or with a logit or output that is not finite (a
+    diverged model, which the trainer's checks then stop).
   """
-  ctr_logits, cvr_logits, clicked = held_out_logits(model, batches)
-  ctr_shift = logit_shift(ctr_logits, rates.ctr)
-  weights = cvr_weights(model.loss_config.loss,
-                        _sigmoid(ctr_logits + ctr_shift), clicked)
-  shifts = {"ctr": ctr_shift,
-            "cvr": (logit_shift(cvr_logits, rates.cvr, weights)
-                    if weights is not None and weights.sum() > 0.0
-                    else 0.0)}
-  shift_output_biases(model, shifts)
-  return shifts
+  clicked = scored.clicked
+  converted = scored.labels[schema.CONVERSION][clicked] > 0.5
+  finite = np.isfinite(scored.logits[:, 1]).all() and all(
+      np.isfinite(values).all() for values in scored.outputs.values())
+  if not (finite and converted.any()) or converted.all():
+    return 1.0, 0.0
+  risk = _cvr_risk(loss_config, scored)
+  slope, shift = _newton(risk, fit_slope=True)
+  if not 1.0 / MAX_SLOPE <= slope <= MAX_SLOPE:
+    slope, shift = _newton(risk, fit_slope=False)
+  return slope, shift
+
+
+def _newton(risk, fit_slope: bool) -> tuple[float, float]:
+  """Damped Newton from (1, 0) on a convex risk of (a, b); b alone if not
+  ``fit_slope``."""
+  params = tf.constant([1.0, 0.0], tf.float64)
+  free = tf.constant([1.0 if fit_slope else 0.0, 1.0], tf.float64)
+  for _ in range(_NEWTON_STEPS):
+    with tf.GradientTape(persistent=True) as outer:
+      outer.watch(params)
+      with tf.GradientTape() as inner:
+        inner.watch(params)
+        value = risk(params)
+      gradient = inner.gradient(value, params) * free
+      parts = [gradient[0], gradient[1]]
+    hessian = tf.stack([outer.gradient(part, params) for part in parts])
+    del outer
+    # A frozen slope gets a unit curvature and no gradient: no step.
+    hessian = hessian * free[:, None] * free[None, :] + tf.linalg.diag(
+        1.0 - free + _RIDGE)
+    step = tf.linalg.solve(hessian, gradient[:, tf.newaxis])[:, 0]
+    scale = 1.0
+    while risk(params - scale * step) > value and scale > _MIN_STEP:
+      scale *= 0.5
+    params -= scale * step
+    if float(tf.reduce_max(tf.abs(scale * step))) < _TOLERANCE:
+      break
+  slope, shift = params.numpy()
+  return float(slope), float(shift)
+
+
+def _cvr_risk(loss_config: config_lib.LossConfig, scored: Scored):
+  """The CVR risk as a function of (a, b), float64 [2] -> float64 []."""
+  cvr_logits = tf.constant(scored.logits[:, 1], tf.float64)
+  outputs = {key: tf.constant(value, tf.float32)
+             for key, value in scored.outputs.items()}
+  labels = {key: tf.constant(value, tf.float32)
+            for key, value in scored.labels.items()
+            if value.dtype.kind in "biuf"}
+
+  def risk(params: tf.Tensor) -> tf.Tensor:
+    cvr = tf.cast(tf.sigmoid(params[0] * cvr_logits + params[1]), tf.float32)
+    refit = dict(outputs, **{schema.CVR: cvr,
+                             schema.CTCVR: outputs[schema.CTR] * cvr})
+    return tf.cast(losses.compute_losses(loss_config, labels, refit)
+                   ["cvr_loss"], tf.float64)
+
+  return risk
+
+
+def transform_logits(model: keras.Model, tower: int, slope: float,
+                     shift: float) -> None:
+  """Turns a tower's output logit z into slope * z + shift, in the weights."""
+  network = getattr(model, "network", model)
+  towers = network.get_layer(TOWERS_LAYER)
+  for variable, scale, offset in ((towers.kernels[-1], slope, 0.0),
+                                  (towers.biases[-1], slope, shift)):
+    values = variable.numpy()
+    values[tower] = scale * values[tower] + offset
+    variable.assign(values)
+
+
+def recalibrate(model: keras.Model, held_out: Iterable,
+                rates: base_rates_lib.BaseRates,
+                training: Iterable | None = None) -> dict[str, float]:
+  """Fits the CTR and CVR outputs (module docstring) and applies them.
+
+  Args:
+    model: The trained ``ESCM2Model``; its output layer changes in place.
+    held_out: Held-out (features, labels) batches.
+    rates: The training data's click rate and conversions per click.
+    training: The training data's (features, labels) batches, unshuffled,
+      one pass (with the propensity label if the loss reads it); the
+      counterfactual estimators' CVR is refit on the first
+      ``MAX_RISK_IMPRESSIONS`` of them, and left as trained without them.
+
+  Returns:
+    ``{"ctr": s_ctr, "cvr": s_cvr, "cvr_slope": a}``: each tower's logit z
+    became ``slope * z + shift`` (the CTR's slope is 1). The CVR's is (1, 0)
+    when nothing moved it.
+  """
+  held = score(model, held_out)
+  ctr_shift = logit_shift(held.logits[:, 0], rates.ctr)
+  transform_logits(model, 0, 1.0, ctr_shift)
+  slope, cvr_shift = 1.0, 0.0
+  loss_config = model.loss_config
+  weights = cvr_weights(loss_config.loss,
+                        _sigmoid(held.logits[:, 0] + ctr_shift), held.clicked)
+  if weights is not None and weights.sum() > 0.0:
+    cvr_shift = logit_shift(held.logits[:, 1], rates.cvr, weights)
+  elif (weights is None and training is not None
+        and loss_config.compat == "paper"):
+    slope, cvr_shift = risk_scaling(
+        loss_config, score(model, training, MAX_RISK_IMPRESSIONS))
+  transform_logits(model, 1, slope, cvr_shift)
+  return {"ctr": ctr_shift, "cvr": cvr_shift, "cvr_slope": slope}

@@ -46,7 +46,6 @@ from escm2_tf import validation
 from escm2_tf import vocab
 
 
-
 class TrainingDivergedError(RuntimeError):
   """The loss became NaN or infinite; training stopped."""
 
@@ -346,17 +345,24 @@ def _fit(model: keras.Model, config: config_lib.ExperimentConfig,
 
 
 def _recalibrate(model: keras.Model, config: config_lib.ExperimentConfig,
-                 rates: base_rates_lib.BaseRates) -> dict[str, float]:
-  """Shifts the output biases to the base rates on the validation data.
+                 rates: base_rates_lib.BaseRates,
+                 label_table: data.LabelTable | None) -> dict[str, float]:
+  """Refits the output layer: the levels held out, the IPS risks trained on.
 
-  Without validation data (early stopping off), on the training data.
+  Without validation data (early stopping off), the held-out side is the
+  training data.
   """
   train_source, validation_source = _validation_source(config)
   files, split = validation_source or train_source
-  batches = data.make_dataset(files, config.trainer.batch_size,
-                              training=False, split=split,
-                              with_weights=config.model.use_weights)
-  return recalibration.recalibrate(model, batches, rates)
+  held_out = data.make_dataset(files, config.trainer.batch_size,
+                               training=False, split=split,
+                               with_weights=config.model.use_weights)
+  training_files, training_split = train_source
+  training = data.make_dataset(
+      training_files, recalibration.SCORING_BATCH_SIZE, training=False,
+      split=training_split, with_weights=config.model.use_weights,
+      label_table=label_table)
+  return recalibration.recalibrate(model, held_out, rates, training)
 
 
 def _evaluate(model: keras.Model,
@@ -445,8 +451,9 @@ def train(config: config_lib.ExperimentConfig, *,
     on a worker that is not the chief), "epochs": the epochs this call ran,
     "best_epoch": the epoch (1-based) whose weights the run ended with, by
     early stopping's choice (None with early stopping off), "history":
-    Keras' per-epoch logs, "output_bias_shifts": the logit shifts
-    ``recalibrate`` added to the CTR and CVR output biases (None when off),
+    Keras' per-epoch logs, "output_bias_shifts": ``recalibrate``'s changes
+    of the CTR and CVR logits (``ctr``, ``cvr``: shifts; ``cvr_slope``;
+    None when off),
     "export_path": the SavedModel's
     directory or "", "task": this task ("local:0" without a cluster),
     "chief": whether it wrote the outputs, "variable_shards":
@@ -479,7 +486,7 @@ def train(config: config_lib.ExperimentConfig, *,
                              verbose)
   history = _fit(model, config, strategy, run_callbacks,
                  callbacks, verbose, label_table)
-  shifts = (_recalibrate(model, config, rates)
+  shifts = (_recalibrate(model, config, rates, label_table)
             if config.trainer.recalibrate else None)
   # Saving reads the metrics' sync-on-read variables, a collective: every
   # worker saves.

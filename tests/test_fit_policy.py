@@ -99,6 +99,17 @@ class HelpersTest(tf.test.TestCase):
               for dataset in (training, validation)]
     self.assertEqual(tuple(counts), data.count_split_records(
         self.data["train"], fit_policy.VALIDATION_FRACTION))
+    # Their lengths are stated, so Keras ends a pass without a failed step.
+    self.assertEqual([int(dataset.cardinality()) for dataset in
+                      (training, validation)],
+                     [-(-count // 64) for count in counts])
+
+  def test_refit_batches_are_the_trained_on_side(self):
+    trained_on, _ = data.count_split_records(self.data["train"],
+                                             fit_policy.VALIDATION_FRACTION)
+    refit = fit_policy.refit_batches(self.data["train"])
+    self.assertEqual(sum(int(labels[schema.CLICK].shape[0])
+                         for _, labels in refit), trained_on)
 
   def test_validation_data_or_nothing(self):
     training_fn, validation_fn = fit_policy.dataset_fns(
@@ -178,7 +189,9 @@ class SameAsEscm2TrainTest(tf.test.TestCase):
     history = model.fit(training, validation_data=validation, epochs=epochs,
                         verbose=0, callbacks=[stopper, checkpoint])
     if rates_policy:
-      recalibration.recalibrate(model, validation, rates)
+      recalibration.recalibrate(
+          model, validation, rates,
+          training=fit_policy.refit_batches(self.data["train"]))
     predictions = evaluation.predict_keras_model(model, self.data["test"],
                                                  BATCH_SIZE)
     ground_truth = self.data["ground_truth_test"]

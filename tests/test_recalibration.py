@@ -108,6 +108,153 @@ class CvrWeightsTest(tf.test.TestCase, parameterized.TestCase):
       recalibration.cvr_weights("bpr", self.CTR, self.CLICKED)
 
 
+def numpy_risk_scaling(z: np.ndarray, row_gradient) -> tuple[float, float]:
+  """An independent solution: Newton's method on [z, 1] with a given
+
+  per-impression derivative of the risk in the logit, row_gradient(p);
+  every estimator's second derivative in the logit is p(1 - p).
+  """
+  params = np.array([1.0, 0.0])
+  design = np.stack([z, np.ones_like(z)], axis=1)
+  for _ in range(100):
+    p = 1.0 / (1.0 + np.exp(-(design @ params)))
+    gradient = design.T @ row_gradient(p)
+    hessian = design.T @ (design * (p * (1.0 - p))[:, None])
+    params -= np.linalg.solve(hessian, gradient)
+  return tuple(params)
+
+
+def scored_world(size: int = 100_000, seed: int = 0):
+  """A flat, noisy model's logits in a world whose clicks favour conversions.
+
+  The model's logit z is (t - 1) / 2.5 plus noise, t the true CVR logit; the
+  click propensity rises with t, so among impressions of equal z the clicked
+  ones convert more often. Returns (Scored, true CVR of every impression).
+  """
+  rng = np.random.default_rng(seed)
+  truth = rng.normal(-3.0, 1.0, size)
+  z = (truth - 1.0) / 2.5 + rng.normal(0.0, 0.3, size)
+  p_click = 1.0 / (1.0 + np.exp(-(-2.5 + 1.2 * (truth + 3.0))))
+  p_conversion = 1.0 / (1.0 + np.exp(-truth))
+  click = (rng.random(size) < p_click).astype(np.float32)
+  conversion = (rng.random(size) < p_conversion).astype(np.float32)
+  pctr = np.clip(p_click * rng.uniform(0.8, 1.25, size), 0.0, 1.0)
+  pseudo_label = 1.0 / (1.0 + np.exp(-(z + rng.normal(0.0, 0.5, size))))
+  cvr = 1.0 / (1.0 + np.exp(-z))
+  outputs = {"ctr": pctr, "cvr": cvr, "ctcvr": pctr * cvr,
+             "imputation": pseudo_label}
+  labels = {"click": click, "conversion": conversion, "p_click": p_click,
+            "sample_id": np.array([b"%d" % i for i in range(size)])}
+  logits = np.stack([np.log(pctr / (1 - pctr)), z, z], axis=1)
+  return (recalibration.Scored(logits.astype(np.float32),
+                               {k: v.astype(np.float32)
+                                for k, v in outputs.items()}, labels),
+          p_conversion)
+
+
+class RiskScalingTest(tf.test.TestCase, parameterized.TestCase):
+  """The CVR refit minimises each estimator's own risk (losses.py)."""
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.scored, cls.p_conversion = scored_world()
+
+  def weights(self, config: config_lib.LossConfig) -> np.ndarray:
+    labels, outputs = self.scored.labels, self.scored.outputs
+    propensity = (labels["p_click"] if config.propensity == "label"
+                  else outputs["ctr"])
+    return labels["click"] / np.maximum(propensity, config.propensity_clip)
+
+  @parameterized.parameters(
+      ("ipw", "model"), ("ipw", "label"), ("dr", "model"))
+  def test_ips_estimators_solve_the_weighted_platt_condition(
+      self, loss, propensity):
+    # R_IPS's and (the imputation held fixed) ESCM2-DR's derivative in the
+    # logit: o / ô * (p - r).
+    config = config_lib.LossConfig(loss=loss, propensity=propensity)
+    weights = self.weights(config)
+    conversion = self.scored.labels["conversion"]
+    expected = numpy_risk_scaling(self.scored.logits[:, 1].astype(float),
+                                  lambda p: weights * (p - conversion))
+    self.assertAllClose(recalibration.risk_scaling(config, self.scored),
+                        expected, atol=2e-4)
+
+  @parameterized.parameters("dr_jl", "mrdr")
+  def test_joint_learning_estimators_solve_the_doubly_robust_condition(
+      self, loss):
+    # ê = BCE(r̃, p), δ = BCE(r, p): the derivative of ê + o·w·(δ − ê) in
+    # the logit is (p − r̃) + o·w·(r̃ − r), the same for both.
+    config = config_lib.LossConfig(loss=loss)
+    weights = self.weights(config)
+    conversion = self.scored.labels["conversion"]
+    pseudo = self.scored.outputs["imputation"].astype(float)
+    expected = numpy_risk_scaling(
+        self.scored.logits[:, 1].astype(float),
+        lambda p: (p - pseudo) + weights * (pseudo - conversion))
+    self.assertAllClose(recalibration.risk_scaling(config, self.scored),
+                        expected, atol=2e-4)
+
+  def test_self_normalisation_has_the_same_minimum(self):
+    plain = recalibration.risk_scaling(config_lib.LossConfig(loss="ipw"),
+                                       self.scored)
+    snips = recalibration.risk_scaling(
+        config_lib.LossConfig(loss="ipw", self_normalized=True), self.scored)
+    self.assertAllClose(snips, plain, atol=2e-4)
+
+  def test_true_propensities_recover_the_entire_space_cvr(self):
+    # IPW with the true propensity is unbiased: the refit's mean over every
+    # impression meets the true mean within the IPS estimate's sampling
+    # error (1.0 of it here), the flat model's slope steepens (1.6). The
+    # clicked impressions alone (naive Platt scaling) land 9 of them above.
+    config = config_lib.LossConfig(loss="ipw", propensity="label")
+    slope, shift = recalibration.risk_scaling(config, self.scored)
+    z = self.scored.logits[:, 1].astype(float)
+    refit = 1.0 / (1.0 + np.exp(-(slope * z + shift)))
+    truth = self.p_conversion.mean()
+    conversion = self.scored.labels["conversion"]
+    standard_error = np.std(self.weights(config) * conversion) / math.sqrt(
+        len(z))
+    self.assertLess(abs(refit.mean() - truth), TOLERANCE_SE * standard_error)
+    self.assertGreater(slope, 1.5)
+    clicked = self.scored.clicked
+    naive = numpy_risk_scaling(z[clicked], lambda p: p - conversion[clicked])
+    naive_mean = (1.0 / (1.0 + np.exp(-(naive[0] * z + naive[1])))).mean()
+    self.assertGreater(naive_mean - truth, 2 * TOLERANCE_SE * standard_error)
+
+  def test_logits_that_barely_vary_get_the_level_alone(self):
+    # An untrained tower: a slope beyond MAX_SLOPE would be needed, so only
+    # the shift moves, to R_IPS's level condition (weighted means equal).
+    flat = np.float32(0.01) * self.scored.logits
+    scored = recalibration.Scored(flat, self.scored.outputs,
+                                  self.scored.labels)
+    config = config_lib.LossConfig(loss="ipw")
+    slope, shift = recalibration.risk_scaling(config, scored)
+    self.assertEqual(slope, 1.0)
+    weights = self.weights(config)
+    self.assertAllClose(
+        shift, newton_shift(flat[:, 1].astype(float),
+                            np.average(self.scored.labels["conversion"],
+                                       weights=weights), weights),
+        atol=1e-4)
+
+  def test_a_diverged_model_is_left_alone(self):
+    logits = self.scored.logits.copy()
+    logits[7, 1] = np.nan
+    scored = recalibration.Scored(logits, self.scored.outputs,
+                                  self.scored.labels)
+    self.assertEqual(recalibration.risk_scaling(
+        config_lib.LossConfig(loss="ipw"), scored), (1.0, 0.0))
+
+  def test_without_conversions_nothing_moves(self):
+    scored = recalibration.Scored(
+        self.scored.logits, self.scored.outputs,
+        dict(self.scored.labels,
+             conversion=np.zeros_like(self.scored.labels["conversion"])))
+    self.assertEqual(recalibration.risk_scaling(
+        config_lib.LossConfig(loss="ipw"), scored), (1.0, 0.0))
+
+
 class _SimulatedWorldTest(tf.test.TestCase):
   """4,000 training and 4,000 test impressions, and the training rates."""
 
@@ -123,17 +270,25 @@ class _SimulatedWorldTest(tf.test.TestCase):
 class RecalibrateTest(_SimulatedWorldTest, parameterized.TestCase):
   """A model whose output biases are deliberately wrong is corrected."""
 
-  def recalibrated(self, loss):
+  def model(self, loss, **loss_settings):
     wrong = base_rates.BaseRates(ctr=0.7, cvr=0.9)
-    model = model_lib.build_model(
-        testing.TINY_MODEL, config_lib.LossConfig(loss=loss),
+    return model_lib.build_model(
+        testing.TINY_MODEL, config_lib.LossConfig(loss=loss, **loss_settings),
         vocab.load_vocabularies(self.data["vocab_dir"]), base_rates=wrong,
         seed=5)
-    held_out = data.make_dataset(
-        self.data["train"], 256, training=False,
-        split=data.HashSplit(0.5, validation=True))
+
+  def held_out(self):
+    return data.make_dataset(self.data["train"], 256, training=False,
+                             split=data.HashSplit(0.5, validation=True))
+
+  def training(self):
+    return data.make_dataset(self.data["train"], 256, training=False,
+                             split=data.HashSplit(0.5, validation=False))
+
+  def recalibrated(self, loss):
+    model = self.model(loss)
     before = evaluation.predict_keras_model(model, self.data["test"], 512)
-    shifts = recalibration.recalibrate(model, held_out, self.rates)
+    shifts = recalibration.recalibrate(model, self.held_out(), self.rates)
     after = evaluation.predict_keras_model(model, self.data["test"], 512)
     count = len(after["click"])
     # Without the shift the model is far off; with it, within sampling error
@@ -168,10 +323,33 @@ class RecalibrateTest(_SimulatedWorldTest, parameterized.TestCase):
     self.assertLess(shifts["cvr"], 0.0)
 
   @parameterized.parameters("ipw", "dr", "dr_jl", "mrdr")
-  def test_counterfactual_cvr_keeps_its_trained_level(self, loss):
+  def test_counterfactual_cvr_without_training_data_stays(self, loss):
     before, after, shifts = self.recalibrated(loss)
-    self.assertEqual(shifts["cvr"], 0.0)
+    self.assertEqual((shifts["cvr"], shifts["cvr_slope"]), (0.0, 1.0))
     self.assertAllClose(after["cvr"], before["cvr"], rtol=1e-6)
+
+  @parameterized.parameters("ipw", "dr", "dr_jl", "mrdr")
+  def test_counterfactual_cvr_is_refit_to_its_risk(self, loss):
+    model = self.model(loss)
+    training = self.training()
+    before = recalibration.score(model, training)
+    changes = recalibration.recalibrate(model, self.held_out(), self.rates,
+                                        training=training)
+    self.assertNotAllClose([changes["cvr_slope"], changes["cvr"]], [1., 0.])
+    after = recalibration.score(model, training)
+    # The weights now give slope * z + shift of the logits before ...
+    self.assertAllClose(after.logits[:, 1],
+                        changes["cvr_slope"] * before.logits[:, 1]
+                        + changes["cvr"], atol=1e-4)
+    # ... and sit at the risk's minimum: a second refit changes nothing.
+    self.assertAllClose(recalibration.risk_scaling(model.loss_config, after),
+                        (1.0, 0.0), atol=1e-3)
+
+  def test_paddlerec_cvr_is_not_refit(self):
+    model = self.model("ipw", compat="paddlerec")
+    changes = recalibration.recalibrate(model, self.held_out(), self.rates,
+                                        training=self.training())
+    self.assertEqual((changes["cvr"], changes["cvr_slope"]), (0.0, 1.0))
 
 
 class TrainerRecalibrationTest(_SimulatedWorldTest):

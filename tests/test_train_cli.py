@@ -296,7 +296,7 @@ class FlagfileTest(tf.test.TestCase, parameterized.TestCase):
         REPO, "configs", name)])
     return train_cli.TOOL.build(binding)
 
-  @parameterized.parameters(("demo.flags", "mrdr"), ("bigdata.flags", "dr"),
+  @parameterized.parameters(("demo.flags", "dr"), ("bigdata.flags", "dr"),
                             ("paddlerec.flags", "dr"))
   def test_parses_into_configs(self, name, loss):
     config = self.parse(name)["experiment"]

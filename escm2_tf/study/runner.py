@@ -98,6 +98,7 @@ def train_one(dataset: datasets.Dataset, settings: dict[str, Any],
           "history": {name: [float(v) for v in values]
                       for name, values in result["history"].items()},
           "reliability": reliability,
+          "output_bias_shifts": result["output_bias_shifts"],
           "seconds": time.monotonic() - started}
 
 
