@@ -138,7 +138,7 @@ def scored_world(size: int = 100_000, seed: int = 0):
   p_conversion = 1.0 / (1.0 + np.exp(-truth))
   click = (rng.random(size) < p_click).astype(np.float32)
   conversion = (rng.random(size) < p_conversion).astype(np.float32)
-  pctr = np.clip(p_click * rng.uniform(0.8, 1.25, size), 0.0, 1.0)
+  pctr = np.clip(p_click * rng.uniform(0.8, 1.25, size), 1e-4, 1 - 1e-4)
   pseudo_label = 1.0 / (1.0 + np.exp(-(z + rng.normal(0.0, 0.5, size))))
   cvr = 1.0 / (1.0 + np.exp(-z))
   outputs = {"ctr": pctr, "cvr": cvr, "ctcvr": pctr * cvr,
