@@ -165,9 +165,11 @@ def refit_batches(train_data: str, *,
   """The trained-on side of the training data, in order, for the refit.
 
   ``recalibration.recalibrate(..., training=...)`` refits the CVR output of
-  the counterfactual estimators to their risk on these batches.
+  the counterfactual estimators to their risk on these batches. With
+  ``validation_fraction`` 0 (nothing held out) all of ``train_data``.
   """
-  training_split, _ = held_out_split(validation_fraction)
+  training_split = (held_out_split(validation_fraction)[0]
+                    if validation_fraction else None)
   return data.make_dataset(
       train_data, recalibration.SCORING_BATCH_SIZE, training=False,
       split=training_split, with_weights=with_weights,

@@ -358,10 +358,10 @@ def _recalibrate(model: keras.Model, config: config_lib.ExperimentConfig,
                                training=False, split=split,
                                with_weights=config.model.use_weights)
   training_files, training_split = train_source
-  training = data.make_dataset(
-      training_files, recalibration.SCORING_BATCH_SIZE, training=False,
-      split=training_split, with_weights=config.model.use_weights,
-      label_table=label_table)
+  training = fit_policy.refit_batches(
+      training_files,
+      validation_fraction=training_split.fraction if training_split else 0.0,
+      with_weights=config.model.use_weights, label_table=label_table)
   return recalibration.recalibrate(model, held_out, rates, training)
 
 

@@ -104,7 +104,7 @@ def int64_entry(name: str, values: Sequence[int]) -> bytes:
     payload = _varint_cache[values[0]]
   else:
     payload = b"".join(map(_varint_cache.__getitem__, values))
-  return _packed_header(name, _INT64_LIST, len(payload)) + payload
+  return packed_int64_entry(name, payload)
 
 
 def packed_int64_entry(name: str, payload: bytes) -> bytes:
@@ -114,6 +114,8 @@ def packed_int64_entry(name: str, payload: bytes) -> bytes:
 
 def varint(value: int) -> bytes:
   """The int64 ``value`` as ``int64_entry`` encodes it (cached)."""
+  if len(_varint_cache) > _VARINT_CACHE_SIZE:
+    _varint_cache.clear()
   return _varint_cache[value]
 
 
