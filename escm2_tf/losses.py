@@ -152,8 +152,7 @@ def compute_losses(config: config_lib.LossConfig,
     result = _paddlerec_counterfactual(config.loss, click, ctr, delta,
                                        imputation)
   else:
-    propensity = (ctr if config.propensity == "model" else
-                  _vector(labels, PROPENSITY_LABEL, "labels"))
+    propensity = propensity_of(config, labels, outputs)
     if config.loss in config_lib.JOINT_LEARNING_LOSSES:
       result = joint_learning_risks(config, click, propensity, conversion,
                                     cvr, imputation)
@@ -172,6 +171,36 @@ def compute_losses(config: config_lib.LossConfig,
     total += config.lambda_imp * result["imputation_loss"]
   result["loss"] = total
   return result
+
+
+def propensity_of(config: config_lib.LossConfig,
+                  labels: Mapping[str, tf.Tensor],
+                  outputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
+  """ô as the paper-mode risks read it: pCTR, or the ``p_click`` label."""
+  if config.propensity == "model":
+    return _vector(outputs, schema.CTR, "outputs")
+  return _vector(labels, PROPENSITY_LABEL, "labels")
+
+
+def ips_estimate(config: config_lib.LossConfig,
+                 labels: Mapping[str, tf.Tensor],
+                 outputs: Mapping[str, tf.Tensor]) -> tf.Tensor:
+  """The estimator's IPS estimate of the mean CVR over every impression.
+
+  1/|D| Σ o_i r_i w_i, or with ``self_normalized`` Σ o_i r_i w_i / Σ o_i w_i,
+  with the risks' weights w = ``inverse_propensity(config, ô)``: the same
+  normalisation, clip and cap as R_IPS (formulas/escm2_ipw.png), whose
+  value it is for the loss r instead of δ. It reads labels and ô only, so
+  it is not moved by what the CVR tower memorised of the clicks.
+
+  Returns:
+    A float32 scalar (0 for a SNIPS batch without clicks).
+  """
+  click = _vector(labels, schema.CLICK, "labels")
+  conversion = _vector(labels, schema.CONVERSION, "labels")
+  _, ips_mean = _ips_mean_fn(config, click,
+                             propensity_of(config, labels, outputs))
+  return ips_mean(conversion)
 
 
 def _ips_mean_fn(config: config_lib.LossConfig, click: tf.Tensor,

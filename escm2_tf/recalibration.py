@@ -24,20 +24,23 @@ where the estimator's own risk has its stationary point:
   pCTR * pCVR = conversions per impression, i.e. the pCTR-weighted mean pCVR
   = conversions per click.
 - CVR, the counterfactual estimators (``ipw``, ``dr``, ``dr_jl``, ``mrdr``
-  in paper mode): the slope a and shift b of the CVR logit z -> a * z + b
-  that minimise the estimator's own CVR risk (``losses.compute_losses``'
-  ``cvr_loss``, with its propensities, clipping and imputation) over the
-  training impressions, by Newton's method (``risk_scaling``): Platt
-  scaling under the counterfactual risk. Their risk weighs each click by
-  1/ô, so its condition needs every training click: on a held-out tenth it
-  is too noisy (with the true propensities, an IPS estimate of the
-  entire-space CVR of 0.0203 on 50,000 impressions whose truth was 0.0156).
-  The slope matters as much as the level: the early-stopped CVR tower is
-  flatter than the truth (its logits need a slope of 2.4-3.7 at the
-  release's density), and a shift alone that meets the entire-space mean
-  leaves pCVR on clicks at 0.53-0.67 of the observed rate. Without the step
-  a run's entire-space CVR stays where training left it, which with some
-  seeds is the clicked rate it started at (docs/results.md).
+  in paper mode), on the training impressions (``counterfactual_refit``):
+  the CVR logit z becomes a * z + b, with the slope a of the (a, b) that
+  minimise the estimator's own CVR risk (``losses.compute_losses``'
+  ``cvr_loss``, with its propensities, clipping and imputation; Newton's
+  method, ``risk_scaling``: Platt scaling under the counterfactual risk),
+  and the shift b that puts the mean pCVR over every training impression
+  at the estimator's IPS estimate of it (``losses.ips_estimate``). Their
+  risk weighs each click by 1/ô, so it needs every training click: on a
+  held-out tenth it is too noisy (with the true propensities, an IPS
+  estimate of the entire-space CVR of 0.0203 on 50,000 impressions whose
+  truth was 0.0156). The slope matters as much as the level: the
+  early-stopped CVR tower is flatter than the truth (its logits need a
+  slope of 1.4-3.7 at the release's density), and a shift alone that meets
+  the entire-space mean leaves pCVR on clicks at 0.53-0.67 of the observed
+  rate. Without the step a run's entire-space CVR stays where training
+  left it, which with some seeds is the clicked rate it started at
+  (docs/results.md).
 
 ``compat="paddlerec"`` keeps its CVR tower as trained: PaddleRec's risks are
 normalised per batch. The imputation towers are left alone. The changes are
@@ -215,16 +218,51 @@ def risk_scaling(loss_config: config_lib.LossConfig, scored: Scored
     non-conversion, or with a logit or output that is not finite (a
     diverged model, which the trainer's checks then stop).
   """
-  clicked = scored.clicked
-  converted = scored.labels[schema.CONVERSION][clicked] > 0.5
-  finite = np.isfinite(scored.logits[:, 1]).all() and all(
-      np.isfinite(values).all() for values in scored.outputs.values())
-  if not (finite and converted.any()) or converted.all():
+  if not _refittable(scored):
     return 1.0, 0.0
   risk = _cvr_risk(loss_config, scored)
   slope, shift = _newton(risk, fit_slope=True)
   if not 1.0 / MAX_SLOPE <= slope <= MAX_SLOPE:
     slope, shift = _newton(risk, fit_slope=False)
+  return slope, shift
+
+
+def _refittable(scored: Scored) -> bool:
+  """Finite outputs, and clicks that converted and clicks that did not."""
+  converted = scored.labels[schema.CONVERSION][scored.clicked] > 0.5
+  finite = np.isfinite(scored.logits[:, 1]).all() and all(
+      np.isfinite(values).all() for values in scored.outputs.values())
+  return bool(finite and converted.any() and not converted.all())
+
+
+def counterfactual_refit(loss_config: config_lib.LossConfig, scored: Scored
+                         ) -> tuple[float, float]:
+  """The CVR logit's (a, b): a from the estimator's risk, b from its level.
+
+  The slope is ``risk_scaling``'s. The shift puts the mean of
+  sigmoid(a * z + b) over every scored impression at the estimator's
+  ``losses.ips_estimate`` of the entire-space CVR on them. The risk's own
+  level condition (the o/ô-weighted mean of (p - r) over the clicks is 0)
+  reads the model's predictions on the clicked impressions, and those the
+  tower was fitted to: its memorised training clicks make them more
+  extreme than on new impressions, and with the true propensities the
+  risk's level came out 10 % low on the test data in every seed of the
+  release regime (docs/results.md). The IPS estimate reads the labels and
+  ô alone, and the mean it is matched over is mostly of unclicked
+  impressions, which the CVR tower has no label of.
+
+  Returns:
+    ``(slope, shift)``; ``(1, 0)`` where ``risk_scaling`` leaves the
+    model alone; the risk's shift if the estimate is not in (0, 1).
+  """
+  if not _refittable(scored):
+    return 1.0, 0.0
+  slope, shift = risk_scaling(loss_config, scored)
+  outputs, labels = _tensors(scored)
+  target = float(losses.ips_estimate(loss_config, labels, outputs))
+  if 0.0 < target < 1.0:
+    shift = logit_shift(slope * scored.logits[:, 1].astype(np.float64),
+                        target)
   return slope, shift
 
 
@@ -257,14 +295,21 @@ def _newton(risk, fit_slope: bool) -> tuple[float, float]:
   return float(slope), float(shift)
 
 
-def _cvr_risk(loss_config: config_lib.LossConfig, scored: Scored):
-  """The CVR risk as a function of (a, b), float64 [2] -> float64 []."""
-  cvr_logits = tf.constant(scored.logits[:, 1], tf.float64)
+def _tensors(scored: Scored) -> tuple[dict[str, tf.Tensor],
+                                      dict[str, tf.Tensor]]:
+  """The outputs and the numeric labels as float32 tensors."""
   outputs = {key: tf.constant(value, tf.float32)
              for key, value in scored.outputs.items()}
   labels = {key: tf.constant(value, tf.float32)
             for key, value in scored.labels.items()
             if value.dtype.kind in "biuf"}
+  return outputs, labels
+
+
+def _cvr_risk(loss_config: config_lib.LossConfig, scored: Scored):
+  """The CVR risk as a function of (a, b), float64 [2] -> float64 []."""
+  cvr_logits = tf.constant(scored.logits[:, 1], tf.float64)
+  outputs, labels = _tensors(scored)
 
   def risk(params: tf.Tensor) -> tf.Tensor:
     cvr = tf.cast(tf.sigmoid(params[0] * cvr_logits + params[1]), tf.float32)
@@ -318,7 +363,7 @@ def recalibrate(model: keras.Model, held_out: Iterable,
     cvr_shift = logit_shift(held.logits[:, 1], rates.cvr, weights)
   elif (weights is None and training is not None
         and loss_config.compat == "paper"):
-    slope, cvr_shift = risk_scaling(
+    slope, cvr_shift = counterfactual_refit(
         loss_config, score(model, training, MAX_RISK_IMPRESSIONS))
   transform_logits(model, 1, slope, cvr_shift)
   return {"ctr": ctr_shift, "cvr": cvr_shift, "cvr_slope": slope}

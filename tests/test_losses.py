@@ -278,6 +278,38 @@ class LossValueTest(tf.test.TestCase, parameterized.TestCase):
       self.assertAllClose(value, eager[key], rtol=1e-5, msg=key)
 
 
+class IpsEstimateTest(tf.test.TestCase, parameterized.TestCase):
+  """The entire-space CVR estimate that sets the refit's level."""
+
+  @parameterized.parameters(
+      dict(), dict(propensity="label"), dict(self_normalized=True),
+      dict(propensity_clip=0.1), dict(max_ips_weight=20.0))
+  def test_matches_numpy(self, **options):
+    config = config_lib.LossConfig(loss="ipw", **options)
+    propensity = (P_CLICK if config.propensity == "label" else CTR)
+    w = 1.0 / np.maximum(propensity.astype(np.float64),
+                         config.propensity_clip)
+    if config.max_ips_weight is not None:
+      w = np.minimum(w, config.max_ips_weight)
+    normalizer = (np.sum(CLICK * w) if config.self_normalized
+                  else CLICK.size)
+    labels, outputs = tf_inputs()
+    self.assertAllClose(losses.ips_estimate(config, labels, outputs),
+                        np.sum(CLICK * CONVERSION * w) / normalizer)
+
+  def test_by_hand(self):
+    # Conversions on clicks of weight 1/0.5 and 1/0.25 among 4 impressions;
+    # the unconverted click (weight 10) only enters SNIPS's normaliser.
+    labels = {"click": tf.constant([1.0, 1.0, 1.0, 0.0]),
+              "conversion": tf.constant([1.0, 1.0, 0.0, 1.0])}
+    outputs = {"ctr": tf.constant([0.5, 0.25, 0.1, 0.9])}
+    for self_normalized, expected in ((False, 6.0 / 4), (True, 6.0 / 16)):
+      config = config_lib.LossConfig(loss="ipw",
+                                     self_normalized=self_normalized)
+      self.assertAllClose(losses.ips_estimate(config, labels, outputs),
+                          expected)
+
+
 class LossInputTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_rank_two_labels_rejected(self):

@@ -152,8 +152,8 @@ def scored_world(size: int = 100_000, seed: int = 0):
           p_conversion)
 
 
-class RiskScalingTest(tf.test.TestCase, parameterized.TestCase):
-  """The CVR refit minimises each estimator's own risk (losses.py)."""
+class _ScoredWorldTest(tf.test.TestCase, parameterized.TestCase):
+  """``scored_world``'s impressions and their IPS weights."""
 
   @classmethod
   def setUpClass(cls):
@@ -165,6 +165,10 @@ class RiskScalingTest(tf.test.TestCase, parameterized.TestCase):
     propensity = (labels["p_click"] if config.propensity == "label"
                   else outputs["ctr"])
     return labels["click"] / np.maximum(propensity, config.propensity_clip)
+
+
+class RiskScalingTest(_ScoredWorldTest):
+  """The CVR refit minimises each estimator's own risk (losses.py)."""
 
   @parameterized.parameters(
       ("ipw", "model"), ("ipw", "label"), ("dr", "model"))
@@ -238,12 +242,14 @@ class RiskScalingTest(tf.test.TestCase, parameterized.TestCase):
                                        weights=weights), weights),
         atol=1e-4)
 
-  def test_a_diverged_model_is_left_alone(self):
+  @parameterized.product(refit=("risk_scaling", "counterfactual_refit"),
+                          value=(np.nan, np.inf))
+  def test_a_diverged_model_is_left_alone(self, refit, value):
     logits = self.scored.logits.copy()
-    logits[7, 1] = np.nan
+    logits[7, 1] = value
     scored = recalibration.Scored(logits, self.scored.outputs,
                                   self.scored.labels)
-    self.assertEqual(recalibration.risk_scaling(
+    self.assertEqual(getattr(recalibration, refit)(
         config_lib.LossConfig(loss="ipw"), scored), (1.0, 0.0))
 
   def test_without_conversions_nothing_moves(self):
@@ -253,6 +259,62 @@ class RiskScalingTest(tf.test.TestCase, parameterized.TestCase):
              conversion=np.zeros_like(self.scored.labels["conversion"])))
     self.assertEqual(recalibration.risk_scaling(
         config_lib.LossConfig(loss="ipw"), scored), (1.0, 0.0))
+
+
+def memorised(scored: recalibration.Scored, up: float, down: float
+              ) -> recalibration.Scored:
+  """The scores of a tower that memorised its training clicks.
+
+  Each clicked impression's CVR logit moves towards its label (by ``up`` if
+  it converted, by ``-down`` if not), as a network's does on the examples
+  it was fitted to; the unclicked ones, which the CVR tower has no label
+  of, keep their logits.
+  """
+  logits = scored.logits.copy()
+  conversion = scored.labels["conversion"] > 0.5
+  logits[:, 1] += scored.clicked * np.where(conversion, up, -down)
+  cvr = 1.0 / (1.0 + np.exp(-logits[:, 1]))
+  return recalibration.Scored(
+      logits, dict(scored.outputs, cvr=cvr.astype(np.float32)), scored.labels)
+
+
+class CounterfactualRefitTest(_ScoredWorldTest):
+  """The slope from the risk, the level from the IPS estimate."""
+
+  def test_slope_of_the_risk_mean_at_the_estimate(self):
+    config = config_lib.LossConfig(loss="ipw", propensity_clip=0.05)
+    slope, shift = recalibration.counterfactual_refit(config, self.scored)
+    self.assertEqual(slope,
+                     recalibration.risk_scaling(config, self.scored)[0])
+    z = self.scored.logits[:, 1].astype(float)
+    estimate = np.mean(self.weights(config)
+                       * self.scored.labels["conversion"])
+    self.assertAllClose(np.mean(1.0 / (1.0 + np.exp(-(slope * z + shift)))),
+                        estimate, rtol=1e-6)
+
+  def test_memorised_clicks_bias_the_risk_level_not_the_refit(self):
+    # Training scores from a tower that memorised its clicks; new
+    # impressions of the same world scored without memory. With the true
+    # propensities the refit's mean over the new impressions meets their
+    # true mean within the IPS estimate's sampling error; the risk's own
+    # level (its o/ô-weighted condition on the memorised clicks) lands
+    # more than TOLERANCE_SE of them low.
+    config = config_lib.LossConfig(loss="ipw", propensity="label")
+    training = memorised(self.scored, up=1.0, down=0.25)
+    new, p_conversion = scored_world(seed=1)
+    z = new.logits[:, 1].astype(float)
+    truth = p_conversion.mean()
+    standard_error = np.std(self.weights(config)
+                            * self.scored.labels["conversion"]) / math.sqrt(
+                                len(z))
+    def error(slope, shift):
+      mean = np.mean(1.0 / (1.0 + np.exp(-(slope * z + shift))))
+      return (mean - truth) / standard_error
+    self.assertLess(error(*recalibration.risk_scaling(config, training)),
+                    -TOLERANCE_SE)
+    self.assertLess(
+        abs(error(*recalibration.counterfactual_refit(config, training))),
+        TOLERANCE_SE)
 
 
 class _SimulatedWorldTest(tf.test.TestCase):
@@ -329,7 +391,7 @@ class RecalibrateTest(_SimulatedWorldTest, parameterized.TestCase):
     self.assertAllClose(after["cvr"], before["cvr"], rtol=1e-6)
 
   @parameterized.parameters("ipw", "dr", "dr_jl", "mrdr")
-  def test_counterfactual_cvr_is_refit_to_its_risk(self, loss):
+  def test_counterfactual_cvr_is_refit(self, loss):
     model = self.model(loss)
     training = self.training()
     before = recalibration.score(model, training)
@@ -341,9 +403,11 @@ class RecalibrateTest(_SimulatedWorldTest, parameterized.TestCase):
     self.assertAllClose(after.logits[:, 1],
                         changes["cvr_slope"] * before.logits[:, 1]
                         + changes["cvr"], atol=1e-4)
-    # ... and sit at the risk's minimum: a second refit changes nothing.
-    self.assertAllClose(recalibration.risk_scaling(model.loss_config, after),
-                        (1.0, 0.0), atol=1e-3)
+    # ... with the risk's slope and the IPS estimate's level: a second
+    # refit changes nothing.
+    self.assertAllClose(
+        recalibration.counterfactual_refit(model.loss_config, after),
+        (1.0, 0.0), atol=1e-3)
 
   def test_paddlerec_cvr_is_not_refit(self):
     model = self.model("ipw", compat="paddlerec")
