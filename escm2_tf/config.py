@@ -388,8 +388,9 @@ class TrainerConfig:
       click rate; the CVR logit shifted to the level naive (mean pCVR over
       the clicks = conversions per click) and esmm (mean pCTR·pCVR =
       conversions per impression) fix, or, for ipw, dr, dr_jl and mrdr,
-      scaled and shifted to minimise the estimator's own CVR risk over the
-      trained-on impressions (at most 2M). An early-stopped run's mean
+      scaled by the slope that minimises the estimator's own CVR risk over
+      the trained-on impressions (at most 2M) and shifted to the level of
+      its IPS estimate of their entire-space CVR. An early-stopped run's mean
       prediction is otherwise wherever the last epoch's updates left it: on
       simulated worlds mean pCTR 3-9 % off, pCVR on clicks up to 52 % off,
       and a counterfactual CVR tower flat and, with some seeds, still at the

@@ -188,8 +188,7 @@ def cvr_weights(loss: str, ctr: np.ndarray, clicked: np.ndarray
   Returns:
     The clicks for ``naive``, pCTR for ``esmm`` (each to have mean pCVR =
     conversions per click), None for the counterfactual estimators, whose
-    CVR is refit to their own risk on the training data instead
-    (``risk_scaling``).
+    CVR is refit on the training data instead (``counterfactual_refit``).
   """
   if loss == "naive":
     return clicked.astype(np.float64)
@@ -221,9 +220,16 @@ def risk_scaling(loss_config: config_lib.LossConfig, scored: Scored
   if not _refittable(scored):
     return 1.0, 0.0
   risk = _cvr_risk(loss_config, scored)
-  slope, shift = _newton(risk, fit_slope=True)
+  # Newton's steps are sure to converge only near the minimum: start from
+  # the clicks' conversion rate (Platt scaling's level), within a few
+  # logits of it.
+  clicked = scored.clicked
+  start = logit_shift(scored.logits[clicked, 1],
+                      float(np.mean(scored.labels[schema.CONVERSION][clicked]
+                                    > 0.5)))
+  slope, shift = _newton(risk, start, fit_slope=True)
   if not 1.0 / MAX_SLOPE <= slope <= MAX_SLOPE:
-    slope, shift = _newton(risk, fit_slope=False)
+    slope, shift = _newton(risk, start, fit_slope=False)
   return slope, shift
 
 
@@ -261,15 +267,18 @@ def counterfactual_refit(loss_config: config_lib.LossConfig, scored: Scored
   outputs, labels = _tensors(scored)
   target = float(losses.ips_estimate(loss_config, labels, outputs))
   if 0.0 < target < 1.0:
-    shift = logit_shift(slope * scored.logits[:, 1].astype(np.float64),
-                        target)
+    # From the risk's level: the shift from there is small, while the
+    # whole one can pass logit_shift's bounds (a steep slope of logits
+    # far from 0).
+    shift += logit_shift(
+        slope * scored.logits[:, 1].astype(np.float64) + shift, target)
   return slope, shift
 
 
-def _newton(risk, fit_slope: bool) -> tuple[float, float]:
-  """Damped Newton from (1, 0) on a convex risk of (a, b); b alone if not
-  ``fit_slope``."""
-  params = tf.constant([1.0, 0.0], tf.float64)
+def _newton(risk, start: float, fit_slope: bool) -> tuple[float, float]:
+  """Damped Newton from (1, start) on a convex risk of (a, b); b alone if
+  not ``fit_slope``."""
+  params = tf.constant([1.0, start], tf.float64)
   free = tf.constant([1.0 if fit_slope else 0.0, 1.0], tf.float64)
   for _ in range(_NEWTON_STEPS):
     with tf.GradientTape(persistent=True) as outer:

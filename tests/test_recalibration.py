@@ -281,16 +281,20 @@ def memorised(scored: recalibration.Scored, up: float, down: float
 class CounterfactualRefitTest(_ScoredWorldTest):
   """The slope from the risk, the level from the IPS estimate."""
 
-  def test_slope_of_the_risk_mean_at_the_estimate(self):
+  @parameterized.parameters(0.0, -15.0)
+  def test_slope_of_the_risk_mean_at_the_estimate(self, offset):
+    # An offset of -15 needs a shift beyond logit_shift's bounds (+22).
+    logits = self.scored.logits + np.float32([0.0, offset, offset])
+    scored = recalibration.Scored(logits, self.scored.outputs,
+                                  self.scored.labels)
     config = config_lib.LossConfig(loss="ipw", propensity_clip=0.05)
-    slope, shift = recalibration.counterfactual_refit(config, self.scored)
-    self.assertEqual(slope,
-                     recalibration.risk_scaling(config, self.scored)[0])
-    z = self.scored.logits[:, 1].astype(float)
+    slope, shift = recalibration.counterfactual_refit(config, scored)
+    self.assertEqual(slope, recalibration.risk_scaling(config, scored)[0])
+    z = logits[:, 1].astype(float)
     estimate = np.mean(self.weights(config)
                        * self.scored.labels["conversion"])
     self.assertAllClose(np.mean(1.0 / (1.0 + np.exp(-(slope * z + shift)))),
-                        estimate, rtol=1e-6)
+                        estimate, rtol=1e-5)
 
   def test_memorised_clicks_bias_the_risk_level_not_the_refit(self):
     # Training scores from a tower that memorised its clicks; new
