@@ -221,6 +221,22 @@ class ScoringTest(tf.test.TestCase):
       self.assertAllClose(columns[name][rows], expected[name], atol=1e-6,
                           rtol=0)
 
+  def test_without_sample_ids_the_same_float32_columns(self):
+    signature = self.loaded.signatures["serving_default"]
+    for predict, model in ((evaluation.predict_keras_model, self.model),
+                           (evaluation.predict_saved_model, signature)):
+      with_ids = predict(model, self.data["test"], 300)
+      without = predict(model, self.data["test"], 300, with_sample_id=False)
+      self.assertEqual(set(with_ids) - set(without), {schema.SAMPLE_ID})
+      for name, values in without.items():
+        self.assertEqual(values.dtype, np.float32, name)
+        self.assertAllEqual(values, with_ids[name])
+      self.assertEqual(evaluation.compute_metrics(without),
+                       evaluation.compute_metrics(with_ids))
+      with self.assertRaisesRegex(ValueError, "needs predictions with "
+                                  "sample_id"):
+        evaluation.compute_metrics(without, truth(with_ids[schema.SAMPLE_ID]))
+
   def test_chosen_outputs(self):
     model = model_lib.build_model(
         testing.TINY_MODEL, config_lib.LossConfig(loss="dr"),

@@ -108,8 +108,9 @@ def _evaluate(settings: EvaluateFlags
   ground_truth = _ground_truth(settings)
   signature = _load(saved_model)
   try:
-    predictions = evaluation.predict_saved_model(signature, settings.data,
-                                                 settings.batch_size)
+    predictions = evaluation.predict_saved_model(
+        signature, settings.data, settings.batch_size,
+        with_sample_id=ground_truth is not None)
   except tf.errors.OpError as e:
     raise ConfigError("data", f"cannot score {settings.data!r}: "
                       f"{e.message.splitlines()[0]}") from None
