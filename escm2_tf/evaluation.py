@@ -36,25 +36,48 @@ from escm2_tf import schema
 from escm2_tf import serving
 
 Columns = dict[str, np.ndarray]
+# Rows per block of a column while scoring (4 MB of float32).
+_BLOCK_ROWS = 1 << 20
 
 
 class GroundTruthError(ValueError):
   """A ground-truth file that is malformed or does not match the data."""
 
 
+def _consolidate(pending: dict[str, list[np.ndarray]],
+                 blocks: dict[str, list[np.ndarray]]) -> None:
+  """Joins each column's pending batches into one block, emptying them."""
+  for name, parts in pending.items():
+    if parts:
+      blocks.setdefault(name, []).append(np.concatenate(parts))
+      parts.clear()
+
+
 def _concatenate(batches: Iterable[Mapping[str, np.ndarray]]) -> Columns:
-  parts: dict[str, list[np.ndarray]] = {}
+  """The batches' columns, each one array, in little more than their size.
+
+  Batches are joined into blocks of about ``_BLOCK_ROWS`` rows as they come:
+  the heap that held the small batch arrays is reused by the next ones
+  instead of growing with the data (freed small arrays stay resident), and
+  the blocks, large enough to be mapped, are returned to the system as each
+  column is joined.
+  """
+  pending: dict[str, list[np.ndarray]] = {}
+  blocks: dict[str, list[np.ndarray]] = {}
+  rows = 0
   for batch in batches:
     for name, values in batch.items():
-      parts.setdefault(name, []).append(values)
-  if not parts:
+      pending.setdefault(name, []).append(values)
+    rows += len(next(iter(batch.values())))
+    if rows >= _BLOCK_ROWS:
+      _consolidate(pending, blocks)
+      rows = 0
+  _consolidate(pending, blocks)
+  if not blocks:
     raise ValueError("the data holds no examples")
-  columns = {}
-  for name in list(parts):
-    # A column's batches go as soon as it is joined: the peak is the columns
-    # plus one, not twice the columns.
-    columns[name] = np.concatenate(parts.pop(name))
-  return columns
+  # A column's blocks go as soon as it is joined: the peak is the columns
+  # plus one, not twice the columns.
+  return {name: np.concatenate(blocks.pop(name)) for name in list(blocks)}
 
 
 def _strings(values: tf.Tensor) -> np.ndarray:

@@ -5,6 +5,7 @@ import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 import json
 import math
 import os
+from unittest import mock
 
 from absl.testing import parameterized
 import numpy as np
@@ -236,6 +237,18 @@ class ScoringTest(tf.test.TestCase):
       with self.assertRaisesRegex(ValueError, "needs predictions with "
                                   "sample_id"):
         evaluation.compute_metrics(without, truth(with_ids[schema.SAMPLE_ID]))
+
+  def test_columns_in_blocks_keep_the_file_order(self):
+    signature = self.loaded.signatures["serving_default"]
+    whole = evaluation.predict_saved_model(signature, self.data["test"], 64)
+    # Blocks of 2 to 4 batches of 64 rows, and one of them partial.
+    with mock.patch.object(evaluation, "_BLOCK_ROWS", 150):
+      blocked = evaluation.predict_saved_model(signature, self.data["test"],
+                                               64)
+    self.assertGreater(len(whole[schema.CLICK]), 600)
+    self.assertEqual(set(blocked), set(whole))
+    for name, values in whole.items():
+      self.assertAllEqual(blocked[name], values)
 
   def test_chosen_outputs(self):
     model = model_lib.build_model(
