@@ -38,6 +38,9 @@ from escm2_tf import serving
 Columns = dict[str, np.ndarray]
 # Rows per block of a column while scoring (4 MB of float32).
 _BLOCK_ROWS = 1 << 20
+# Batches of serialized examples read ahead of the model (~8 MB each at the
+# default 4096); AUTOTUNE let the buffer grow with the run's length.
+_PREFETCH_BATCHES = 2
 
 
 class GroundTruthError(ValueError):
@@ -167,7 +170,7 @@ def predict_saved_model(signature: Callable[..., Mapping[str, tf.Tensor]],
   dataset = tf.data.TFRecordDataset(data.list_files(file_pattern),
                                     compression_type="GZIP")
   dataset = dataset.batch(batch_size).map(_parse_labels).prefetch(
-      tf.data.AUTOTUNE)
+      _PREFETCH_BATCHES)
 
   def batches():
     for batch in dataset:
