@@ -1,8 +1,9 @@
 """Exact evaluation: score every example, then compute the metrics at once.
 
-Both scorers return the same named columns (``sample_id``, the labels and the
-three predictions, as numpy arrays), so a Keras model after training and its
-exported SavedModel are measured by the same code:
+Both scorers return the same named columns (the labels and the three
+predictions as float32 numpy arrays, ``sample_id`` when asked for), so a Keras
+model after training and its exported SavedModel are measured by the same
+code:
 
 * ``predict_keras_model`` reads the data through ``data.make_dataset``.
 * ``predict_saved_model`` sends the serialized tf.Examples, as they are in the
@@ -11,6 +12,10 @@ exported SavedModel are measured by the same code:
 The simulator's ground truth (``ground_truth_*.csv``) is joined by
 ``sample_id``; every scored example must have exactly one ground-truth row,
 which logs the example's labels.
+
+Memory: 4 bytes per example and column (5 columns; ``sample_id``, a numpy
+string of 4 bytes a character, only with ``with_sample_id``), and while the
+metrics are computed 8 bytes per example more (``ranking``).
 """
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
@@ -31,31 +36,64 @@ from escm2_tf import schema
 from escm2_tf import serving
 
 Columns = dict[str, np.ndarray]
+# Rows per block of a column while scoring (4 MB of float32).
+_BLOCK_ROWS = 1 << 20
+# Batches of serialized examples read ahead of the model (~8 MB each at the
+# default 4096); AUTOTUNE let the buffer grow with the run's length.
+_PREFETCH_BATCHES = 2
 
 
 class GroundTruthError(ValueError):
   """A ground-truth file that is malformed or does not match the data."""
 
 
+def _consolidate(pending: dict[str, list[np.ndarray]],
+                 blocks: dict[str, list[np.ndarray]]) -> None:
+  """Joins each column's pending batches into one block, emptying them."""
+  for name, parts in pending.items():
+    if parts:
+      blocks.setdefault(name, []).append(np.concatenate(parts))
+      parts.clear()
+
+
 def _concatenate(batches: Iterable[Mapping[str, np.ndarray]]) -> Columns:
-  parts: dict[str, list[np.ndarray]] = {}
+  """The batches' columns, each one array, in little more than their size.
+
+  Batches are joined into blocks of about ``_BLOCK_ROWS`` rows as they come:
+  the heap that held the small batch arrays is reused by the next ones
+  instead of growing with the data (freed small arrays stay resident), and
+  the blocks, large enough to be mapped, are returned to the system as each
+  column is joined.
+  """
+  pending: dict[str, list[np.ndarray]] = {}
+  blocks: dict[str, list[np.ndarray]] = {}
+  rows = 0
   for batch in batches:
     for name, values in batch.items():
-      parts.setdefault(name, []).append(values)
-  if not parts:
+      pending.setdefault(name, []).append(values)
+    rows += len(next(iter(batch.values())))
+    if rows >= _BLOCK_ROWS:
+      _consolidate(pending, blocks)
+      rows = 0
+  _consolidate(pending, blocks)
+  if not blocks:
     raise ValueError("the data holds no examples")
-  return {name: np.concatenate(values) for name, values in parts.items()}
+  # A column's blocks go as soon as it is joined: the peak is the columns
+  # plus one, not twice the columns.
+  return {name: np.concatenate(blocks.pop(name)) for name in list(blocks)}
 
 
 def _strings(values: tf.Tensor) -> np.ndarray:
   return np.char.decode(values.numpy().astype(np.bytes_), "utf-8")
 
 
-def _batch_columns(sample_id: tf.Tensor, labels: Mapping[str, tf.Tensor],
+def _batch_columns(sample_id: tf.Tensor | None,
+                   labels: Mapping[str, tf.Tensor],
                    outputs: Mapping[str, tf.Tensor],
                    names: Sequence[str] | None = schema.OUTPUT_NAMES
                    ) -> dict[str, np.ndarray]:
-  columns = {schema.SAMPLE_ID: _strings(sample_id)}
+  columns = {} if sample_id is None else {schema.SAMPLE_ID:
+                                          _strings(sample_id)}
   for name in schema.LABELS:
     columns[name] = labels[name].numpy().astype(np.float32)
   for name in outputs if names is None else names:
@@ -65,8 +103,8 @@ def _batch_columns(sample_id: tf.Tensor, labels: Mapping[str, tf.Tensor],
 
 def predict_keras_model(model: keras.Model,
                         file_pattern: str | Sequence[str], batch_size: int, *,
-                        outputs: Sequence[str] | None = schema.OUTPUT_NAMES
-                        ) -> Columns:
+                        outputs: Sequence[str] | None = schema.OUTPUT_NAMES,
+                        with_sample_id: bool = True) -> Columns:
   """Scores every example of the TFRecords matching ``file_pattern``.
 
   Args:
@@ -75,10 +113,11 @@ def predict_keras_model(model: keras.Model,
     batch_size: Examples per call.
     outputs: The outputs to keep; None keeps every one (``imputation`` of a
       DR model included).
+    with_sample_id: Keep ``sample_id`` (to join a ground truth).
 
   Returns:
-    The columns ``sample_id``, ``click``, ``conversion`` and the outputs, in
-    file order.
+    The columns ``sample_id`` (with ``with_sample_id``), ``click``,
+    ``conversion`` and the outputs, in file order.
   """
   # Weights the model does not take would be parsed for nothing.
   inputs = getattr(getattr(model, "network", model), "input_names", None)
@@ -95,7 +134,8 @@ def predict_keras_model(model: keras.Model,
   def batches():
     for features, labels in dataset:
       sample_id = features.pop(schema.SAMPLE_ID)
-      yield _batch_columns(sample_id, labels, predict(features), outputs)
+      yield _batch_columns(sample_id if with_sample_id else None, labels,
+                           predict(features), outputs)
 
   return _concatenate(batches())
 
@@ -112,7 +152,8 @@ def _parse_labels(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
 
 
 def predict_saved_model(signature: Callable[..., Mapping[str, tf.Tensor]],
-                        file_pattern: str, batch_size: int) -> Columns:
+                        file_pattern: str, batch_size: int,
+                        with_sample_id: bool = True) -> Columns:
   """Scores the TFRecords through a ``serving_default``-style signature.
 
   Args:
@@ -120,15 +161,16 @@ def predict_saved_model(signature: Callable[..., Mapping[str, tf.Tensor]],
       returns ``ctr``, ``cvr`` and ``ctcvr``.
     file_pattern: Glob of GZIP TFRecords of the converter's tf.Examples.
     batch_size: Examples per call.
+    with_sample_id: Keep ``sample_id`` (to join a ground truth).
 
   Returns:
-    The columns ``sample_id``, ``click``, ``conversion``, ``ctr``, ``cvr`` and
-    ``ctcvr``, in file order.
+    The columns ``sample_id`` (with ``with_sample_id``), ``click``,
+    ``conversion``, ``ctr``, ``cvr`` and ``ctcvr``, in file order.
   """
   dataset = tf.data.TFRecordDataset(data.list_files(file_pattern),
                                     compression_type="GZIP")
   dataset = dataset.batch(batch_size).map(_parse_labels).prefetch(
-      tf.data.AUTOTUNE)
+      _PREFETCH_BATCHES)
 
   def batches():
     for batch in dataset:
@@ -136,7 +178,9 @@ def predict_saved_model(signature: Callable[..., Mapping[str, tf.Tensor]],
           **{serving.EXAMPLES_INPUT: batch[serving.EXAMPLES_INPUT]})
       labels = {name: tf.cast(batch[name], tf.float32)
                 for name in schema.LABELS}
-      yield _batch_columns(batch[schema.SAMPLE_ID], labels, outputs)
+      yield _batch_columns(
+          batch[schema.SAMPLE_ID] if with_sample_id else None, labels,
+          outputs)
 
   return _concatenate(batches())
 
@@ -283,15 +327,20 @@ def compute_metrics(predictions: Columns, ground_truth: Columns | None = None,
   """The exact metrics of ``metrics.evaluate_predictions`` on the columns.
 
   Args:
-    predictions: From ``predict_keras_model`` or ``predict_saved_model``.
+    predictions: From ``predict_keras_model`` or ``predict_saved_model``;
+      with ``sample_id`` when there is a ground truth.
     ground_truth: From ``read_ground_truth``; joined by ``sample_id``.
     ground_truth_source: Names the ground truth in errors (its path).
     data_source: Names the scored files in errors.
 
   Raises:
     GroundTruthError: The ground truth is not that of the predictions.
+    ValueError: A ground truth but predictions without ``sample_id``.
   """
   if ground_truth is not None:
+    if schema.SAMPLE_ID not in predictions:
+      raise ValueError("compute_metrics: a ground truth needs predictions "
+                       "with sample_id (with_sample_id=True)")
     ground_truth = align_ground_truth(ground_truth, predictions,
                                       ground_truth_source, data_source)
   result = metrics_lib.evaluate_predictions(

@@ -368,8 +368,9 @@ def _recalibrate(model: keras.Model, config: config_lib.ExperimentConfig,
 def _evaluate(model: keras.Model,
               config: config_lib.ExperimentConfig) -> dict[str, float | None]:
   """Scores the eval data exactly and writes ``metrics.json``."""
-  predictions = evaluation.predict_keras_model(model, config.data.eval_data,
-                                               config.trainer.batch_size)
+  predictions = evaluation.predict_keras_model(
+      model, config.data.eval_data, config.trainer.batch_size,
+      with_sample_id=bool(config.data.ground_truth))
   for name in schema.OUTPUT_NAMES:
     if not np.all(np.isfinite(predictions[name])):
       raise TrainingDivergedError(

@@ -214,7 +214,7 @@ def run(config: config_lib.ConvertConfig,
     ConfigError: for an invalid setting, an input glob matching nothing, a
       non-empty output directory, an unknown pipeline option, or common
       features too large for this machine's memory with the side-input join
-      on a local runner (checked before any work).
+      on one of Beam's local runners (checked before any work).
     TooManyBadRowsError: when the rejected fraction exceeds
       ``max_bad_fraction``; only the rejected rows and ``FAILED.json`` (the
       error and the statistics) are left in ``config.output_dir``, so that
@@ -232,9 +232,11 @@ def run(config: config_lib.ConvertConfig,
   on_local_runner = uses_local_runner(config, pipeline_args)
   options = None if on_local_runner else _pipeline_options(pipeline_args,
                                                            workers)
-  if (config.input_format == "aliccp" and config.join == "side_input" and (
-      on_local_runner or options.view_as(
-          pipeline_options.StandardOptions).runner in LOCAL_BEAM_RUNNERS)):
+  # The local runner keeps the side input on disk (``common_store``); Beam's
+  # local runners hold it in memory.
+  if (config.input_format == "aliccp" and config.join == "side_input"
+      and not on_local_runner and options.view_as(
+          pipeline_options.StandardOptions).runner in LOCAL_BEAM_RUNNERS):
     resources.check_side_input_fits(config, workers)
   staging = FileSystems.join(output_dir,
                              f"{_STAGING_DIR}-{uuid.uuid4().hex[:8]}")

@@ -12,9 +12,10 @@ bundle in a forked worker process and becomes one output shard. A record is
 therefore byte-identical to the one the Beam pipeline writes; cluster runners
 and ``--join=cogroup`` take the Beam pipeline (``convert.build_pipeline``).
 
-For the Tianchi format the common rows are encoded first, in the pool; the
-main process builds the side input, index to encoded entries, and only then
-forks the workers that join the impressions, so they share it.
+For the Tianchi format the common rows are encoded first, in the pool, into
+an SQLite table on disk (``common_store``), which the workers that join the
+impressions then read: memory stays a few hundred MB whatever the number of
+users.
 """
 
 import collections
@@ -34,6 +35,7 @@ from apache_beam.utils import windowed_value
 from escm2_tf import console
 from escm2_tf import layout
 from escm2_tf import schema
+from escm2_pipelines import common_store
 from escm2_pipelines import config as config_lib
 from escm2_pipelines import dofns
 from escm2_pipelines import ranges as ranges_lib
@@ -51,8 +53,8 @@ MIN_SHARD_INPUT_BYTES = 4 << 20
 _COMMON_RANGES_PER_WORKER = 4
 _TEMP_DIR = ".escm2-convert-temp"
 
-# The side input of the join, set in the main process before the workers that
-# read it are forked. Module state: forked children inherit it without a copy.
+# The side input of the join (the on-disk table and the duplicated indexes),
+# set in the main process before the workers that read it are forked.
 _side_input: dict[str, Any] = {}
 
 
@@ -75,7 +77,9 @@ class _Task(NamedTuple):
   kind: str  # "common", "join" or "paddlerec"
   index: int
   ranges: list[ranges_lib.Range]
-  shard: Optional[str]  # Temporary path of the TFRecord shard written.
+  # Temporary path of what the task writes: a TFRecord shard, or for
+  # "common" a part of the common rows' table.
+  shard: Optional[str]
   rejected: str  # Temporary path for rejected lines (left absent if none).
 
 
@@ -84,7 +88,6 @@ class _Result(NamedTuple):
   counts: collections.Counter
   vocab: dict[str, dict[int, int]]
   used: set[str]
-  encoded: list[tuple[str, bytes]]
   rejected: int
 
 
@@ -157,11 +160,10 @@ def _batches(lines: Iterator, size: int) -> Iterator[list]:
 def _run_task(task: _Task, config: config_lib.ConvertConfig) -> _Result:
   """One range through its DoFn, as one bundle; in a worker process."""
   keep = config.keep_unclicked_conversions
-  encoded: list[tuple[str, bytes]] = []
-  writer = None
   if task.kind == "common":
     fn = dofns.EncodeCommonFn(config.max_values_per_field)
-    main = encoded.append
+    writer = common_store.PartWriter(task.shard)
+    main = writer.append
   else:
     # The name ends in .gz: keep FileSystems from compressing a second time.
     raw = FileSystems.create(task.shard,
@@ -187,9 +189,8 @@ def _run_task(task: _Task, config: config_lib.ConvertConfig) -> _Result:
     outputs.take(fn.finish_bundle())
   finally:
     outputs.close()
-    if writer is not None:
-      writer.close()
-  return _Result(task, outputs.counts, outputs.vocab, outputs.used, encoded,
+    writer.close()
+  return _Result(task, outputs.counts, outputs.vocab, outputs.used,
                  outputs.rejected)
 
 
@@ -273,19 +274,20 @@ class _Run:
 
 
 def _encode_commons(run: _Run) -> None:
-  """Encodes the common rows into ``_side_input``."""
+  """Encodes the common rows into a table on disk, set in ``_side_input``."""
   files = ranges_lib.match(run.config.common_features)
   parts = ranges_lib.split(files, run.workers * _COMMON_RANGES_PER_WORKER)
-  commons: dict[str, bytes] = {}
-  duplicates: dict[str, int] = {}
-  for result in run.results([run.task("common", p) for p in parts if p],
-                            f"encoding {run.config.common_features}"):
-    for index, entries in result.encoded:
-      if index in commons:
-        duplicates[index] = duplicates.get(index, 1) + 1
-      commons[index] = entries
+  table = FileSystems.join(run.temp_dir, "commons.sqlite")
+  builder = common_store.Builder(table)
+  tasks = [run.task("common", p, FileSystems.join(run.temp_dir,
+                                                  f"commons-{k}.sqlite"))
+           for k, p in enumerate(parts) if p]
+  for result in run.results(tasks, f"encoding {run.config.common_features}"):
+    builder.add_part(result.task.shard)
+  duplicates = builder.finish()
   run.counts[tally_lib.COMMON_ROWS_DUPLICATE] += sum(duplicates.values())
-  _side_input.update(commons=commons, duplicates=frozenset(duplicates))
+  _side_input.update(commons=common_store.Table(table),
+                     duplicates=frozenset(duplicates))
 
 
 def _convert(run: _Run) -> list[tuple[str, str]]:

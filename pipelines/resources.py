@@ -1,9 +1,9 @@
 """Whether the side-input join fits this machine's memory, known up front.
 
-``--join=side_input`` holds every user's encoded common features in memory:
-in the local runner's main process and, as its forked workers touch them,
-in each worker's copy of those pages (Beam's local runners copy the side
-input into every worker too). The encoded size per user is measured on the
+``--join=side_input`` on Beam's local runners holds every user's encoded
+common features in memory, in the runner and in every worker's copy (the
+project's own local runner keeps them on disk instead, ``common_store``, and
+is not checked). The encoded size per user is measured on the
 first lines of the common-features file and scaled by the files' total
 size, so a file that cannot fit is refused in seconds, not after hours.
 """

@@ -5,6 +5,7 @@ import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 import json
 import math
 import os
+from unittest import mock
 
 from absl.testing import parameterized
 import numpy as np
@@ -220,6 +221,34 @@ class ScoringTest(tf.test.TestCase):
     for name in schema.OUTPUT_NAMES:
       self.assertAllClose(columns[name][rows], expected[name], atol=1e-6,
                           rtol=0)
+
+  def test_without_sample_ids_the_same_float32_columns(self):
+    signature = self.loaded.signatures["serving_default"]
+    for predict, model in ((evaluation.predict_keras_model, self.model),
+                           (evaluation.predict_saved_model, signature)):
+      with_ids = predict(model, self.data["test"], 300)
+      without = predict(model, self.data["test"], 300, with_sample_id=False)
+      self.assertEqual(set(with_ids) - set(without), {schema.SAMPLE_ID})
+      for name, values in without.items():
+        self.assertEqual(values.dtype, np.float32, name)
+        self.assertAllEqual(values, with_ids[name])
+      self.assertEqual(evaluation.compute_metrics(without),
+                       evaluation.compute_metrics(with_ids))
+      with self.assertRaisesRegex(ValueError, "needs predictions with "
+                                  "sample_id"):
+        evaluation.compute_metrics(without, truth(with_ids[schema.SAMPLE_ID]))
+
+  def test_columns_in_blocks_keep_the_file_order(self):
+    signature = self.loaded.signatures["serving_default"]
+    whole = evaluation.predict_saved_model(signature, self.data["test"], 64)
+    # Blocks of 2 to 4 batches of 64 rows, and one of them partial.
+    with mock.patch.object(evaluation, "_BLOCK_ROWS", 150):
+      blocked = evaluation.predict_saved_model(signature, self.data["test"],
+                                               64)
+    self.assertGreater(len(whole[schema.CLICK]), 600)
+    self.assertEqual(set(blocked), set(whole))
+    for name, values in whole.items():
+      self.assertAllEqual(blocked[name], values)
 
   def test_chosen_outputs(self):
     model = model_lib.build_model(

@@ -178,13 +178,26 @@ class SameAsBeamTest(parameterized.TestCase):
     skeleton = os.path.join(raw_dir, "sample_skeleton_train.csv")
     with open(skeleton, "a") as f:
       f.write("bad,0,0,nowhere,1,205\x021\x031\nshort,0\n")
+    common = os.path.join(raw_dir, "common_features_train.csv")
+    with open(common) as f:
+      first_common = f.readline()
+    # A user's row twice (its impressions are rejected) and a bad row.
+    with open(common, "a") as f:
+      f.write(first_common + "no-features,1\n")
     local_dir, beam_dir = self._convert_both(
         num_shards, input_format="aliccp", skeleton=skeleton,
-        common_features=os.path.join(raw_dir, "common_features_train.csv"))
+        common_features=common)
     self.assertLen(glob.glob(layout.examples_glob(local_dir)),
                    num_shards)
-    self.assertEqual(_stats(local_dir)["rows_rejected"], 2)
+    stats = _stats(local_dir)
+    self.assertEqual((stats["common_rows_duplicate"],
+                      stats["common_rows_rejected"]), (2, 1))
+    self.assertEqual(stats["rejected_by_reason"]["missing_common_features"],
+                     1)
+    self.assertGreater(
+        stats["rejected_by_reason"]["duplicate_common_features"], 0)
     self._assert_same(local_dir, beam_dir)
+    self.assertEmpty(glob.glob(os.path.join(local_dir, "*sqlite*")))
 
   def test_paddlerec_with_padding_and_bad_rows(self):
     path = os.path.join(testing.new_dir(), "rows.txt")
@@ -294,8 +307,20 @@ class MemoryCheckTest(absltest.TestCase):
           config_lib.ConfigError,
           "common_features: .* more than the 0 MB available.* Use "
           "--join=cogroup on a cluster runner"):
-        convert.convert(output_dir, num_workers=2, **inputs)
+        convert.convert(output_dir, num_workers=2,
+                        pipeline_args=_BEAM_IN_MEMORY, **inputs)
     self.assertFalse(os.path.exists(output_dir))
+
+  def test_the_local_runner_keeps_the_users_on_disk(self):
+    # 20 kB of memory would not hold the users' rows; the disk table does.
+    inputs = _simulated_aliccp()
+    output_dir = os.path.join(testing.new_dir(), "out")
+    with mock.patch.object(resources, "available_memory_bytes",
+                           return_value=20_000):
+      stats = convert.convert(output_dir, num_workers=2, **inputs)
+    self.assertEqual(stats["rows_rejected"], 0)
+    self.assertEqual(sum(_records(output_dir).values()),
+                     stats["rows_written"])
 
   def test_estimate_bounds_the_encoded_side_input(self):
     inputs = _simulated_aliccp()

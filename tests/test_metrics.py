@@ -4,6 +4,7 @@ import escm2_tf  # pylint: disable=unused-import  # Legacy Keras before TF.
 
 import json
 import math
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -11,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from escm2_tf import metrics
+from escm2_tf import ranking
 from escm2_tf import schema
 
 
@@ -172,6 +174,36 @@ class EvaluatePredictionsTest(parameterized.TestCase):
     # The clicked-only CVR AUC is a different number from PaddleRec's.
     self.assertNotAlmostEqual(got["auc_cvr"], got["auc_cvr_all"], places=3)
     json.loads(json.dumps(got))
+
+  @parameterized.parameters(5, 64, 1 << 20)
+  def test_float32_columns_in_chunks_equal_float64_in_memory(self, chunk):
+    # Scores on 20 levels: runs of ties inside chunks and across their ends.
+    rng = np.random.default_rng(chunk)
+    n = 2000
+    click = (rng.random(n) < 0.3).astype(np.float32)
+    conversion = click * (rng.random(n) < 0.4).astype(np.float32)
+    scores = {name: (rng.integers(1, 20, n) / 20).astype(np.float32)
+              for name in schema.OUTPUT_NAMES}
+    with mock.patch.object(ranking, "CHUNK", chunk):
+      got = metrics.evaluate_predictions(click, conversion, **scores)
+    y = {"ctr": click.astype(np.float64),
+         "ctcvr": (click * conversion).astype(np.float64)}
+    wide = {name: values.astype(np.float64) for name, values in scores.items()}
+    c = click == 1
+    expected = {
+        "auc_cvr": pairwise_auc(conversion[c], wide["cvr"][c]),
+        "auc_cvr_all": pairwise_auc(conversion, wide["cvr"]),
+        "logloss_cvr": np_log_loss(conversion[c], wide["cvr"][c]),
+        "calibration_cvr": (wide["cvr"][c].mean()
+                            / conversion[c].astype(np.float64).mean()),
+        "clicks": click.sum(), "conversions": conversion.sum()}
+    for task in ("ctr", "ctcvr"):
+      expected.update({
+          f"auc_{task}": pairwise_auc(y[task], wide[task]),
+          f"logloss_{task}": np_log_loss(y[task], wide[task]),
+          f"calibration_{task}": wide[task].mean() / y[task].mean()})
+    for key, value in expected.items():
+      self.assertAlmostEqual(got[key], float(value), delta=1e-12, msg=key)
 
   def test_truth_calibration_without_p_click(self):
     truth = {k: v for k, v in self.truth.items() if k != "p_click"}
