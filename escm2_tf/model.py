@@ -204,6 +204,10 @@ class ESCM2Model(keras.Model):
   def _results(self) -> dict[str, tf.Tensor]:
     return {metric.name: metric.result() for metric in self.metrics}
 
+  # The steps branch on Python values only: autograph's conversion of the
+  # network, the risks and the optimizer would only lengthen the tracing
+  # of the first epoch.
+  @tf.autograph.experimental.do_not_convert
   def train_step(self, data: Any) -> dict[str, tf.Tensor]:
     with tf.GradientTape() as tape:
       values, _ = self.compute_loss_values(data, training=True)
@@ -214,10 +218,12 @@ class ESCM2Model(keras.Model):
     self.optimizer.minimize(replica_loss, self.trainable_variables, tape=tape)
     return self._results()
 
+  @tf.autograph.experimental.do_not_convert
   def test_step(self, data: Any) -> dict[str, tf.Tensor]:
     self.compute_loss_values(data, training=False)
     return self._results()
 
+  @tf.autograph.experimental.do_not_convert
   def predict_step(self, data: Any) -> Outputs:
     features, _, _ = keras.utils.unpack_x_y_sample_weight(data)
     return self(features, training=False)
@@ -240,7 +246,8 @@ class ESCM2Model(keras.Model):
 
     The loss and the metrics come from the model's ``task``; passing others
     would be silently ignored by the custom steps, so it is an error. XLA is refused: the vocabulary
-    lookup (a hash table) has no XLA kernel.
+    lookup (a hash table) has no XLA kernel. The optimizer's variables are
+    created here.
     """
     if loss is not None or metrics is not None:
       raise ValueError(
@@ -251,6 +258,12 @@ class ESCM2Model(keras.Model):
           "ESCM2Model cannot compile with jit_compile=True: its vocabulary "
           "lookup (a hash table) has no XLA kernel. Leave jit_compile unset.")
     super().compile(optimizer=optimizer, jit_compile=False, **kwargs)
+    # The optimizer's slots now rather than in the first step: a step that
+    # creates variables is traced twice, once to create them and once to
+    # run, and the trace is most of what a first epoch costs more. Keras'
+    # legacy optimizers have no build; they keep the double trace.
+    if isinstance(self.optimizer, keras.optimizers.Optimizer):
+      self.optimizer.build(self.trainable_variables)
 
 
 def build_model(model_config: config_lib.ModelConfig,

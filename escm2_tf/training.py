@@ -42,6 +42,7 @@ from escm2_tf import optimizers
 from escm2_tf import recalibration
 from escm2_tf import run_dir
 from escm2_tf import schema
+from escm2_tf import threads
 from escm2_tf import validation
 from escm2_tf import vocab
 
@@ -465,6 +466,8 @@ def train(config: config_lib.ExperimentConfig, *,
     distribute.ClusterError: TF_CONFIG does not fit the strategy.
     TrainingDivergedError: The loss became NaN or infinite.
   """
+  # Before anything starts TensorFlow's runtime, which reads it once.
+  threads.set_thread_spinning(config.runtime.thread_spinning)
   validation.check_loss(config.loss, propensity_labels)
   label_table = None
   if config.loss.propensity == "label":

@@ -18,7 +18,8 @@ import testing
 _SCRIPTS = sorted(glob.glob(os.path.join(testing.REPO, "benchmarks", "*.py")))
 # Scripts meant for another environment (DeepCTR's), without escm2_tf, keep
 # argparse; their flags are listed here.
-_OWN_PARSER = {"deepctr_mmoe_bench": ("data_dir", "max_len", "batch_size")}
+_OWN_PARSER = {"deepctr_mmoe_bench": ("data_dir", "max_len", "batch_size",
+                                      "epochs")}
 # Imports a script as a module, not as __main__, and prints the names of the
 # flags of its flagbind.Binding.
 _IMPORT = """

@@ -16,6 +16,7 @@ import tf_keras as keras
 from escm2_tf import config as config_lib
 from escm2_tf import losses
 from escm2_tf import model as model_lib
+from escm2_tf import optimizers
 from escm2_tf import schema
 
 _VOCAB_SIZE = 6
@@ -176,6 +177,17 @@ class FitTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(runs[0][1], runs[1][1])
     other = _build("ipw", seed=6)
     self.assertNotAllClose(runs[0][0][0], other.get_weights()[0])
+
+  @parameterized.parameters("adam", "sparse_adam")
+  def test_the_training_function_is_traced_once(self, optimizer):
+    # Variables created inside the first step would make tf.function trace
+    # the whole step twice; compile creates the optimizer's beforehand.
+    model = _build("dr")
+    model.compile(optimizer=optimizers.make_optimizer(optimizer, 0.01),
+                  steps_per_execution=2)
+    self.assertNotEmpty(model.optimizer.variables)
+    model.fit(_dataset(), epochs=2, verbose=0)
+    self.assertEqual(model.train_function.experimental_get_tracing_count(), 1)
 
   def test_refuses_xla_foreign_losses_and_sample_weights(self):
     model = _build()

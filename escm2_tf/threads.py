@@ -1,0 +1,57 @@
+"""Whether TensorFlow's idle threads spin: a setting of the whole process.
+
+TensorFlow's thread pools let a worker that runs out of work spin for a
+while before it sleeps, so that the next op starts without a wake-up. On a
+machine with few cores, or cores shared with other jobs, that spinning is
+CPU time taken from the input pipeline and the training step: with
+``configs/paddlerec.flags`` it is about a tenth of the trainer's CPU
+(docs/benchmarks.md). Whether threads spin is read once, when TensorFlow
+starts its runtime (its first op, its first device query), and holds for the
+rest of the process.
+
+TensorFlow 2 offers no public call for it: ``set_thread_spinning`` sets the
+field of the eager context's ``ConfigProto`` that its thread pools read,
+``experimental.disable_thread_spinning``, before the runtime starts, as
+``tf.config.threading``'s setters do for the pools' sizes.
+"""
+
+import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
+
+from absl import logging
+from tensorflow.core.protobuf import config_pb2
+from tensorflow.python.eager import context
+
+
+def thread_spinning() -> bool:
+  """Whether the process's thread pools spin (or will, once started)."""
+  config = context.context().config
+  return not config.experimental.disable_thread_spinning
+
+
+def set_thread_spinning(spinning: bool) -> bool:
+  """Lets the thread pools spin, or not, if TensorFlow has not started yet.
+
+  Args:
+    spinning: TensorFlow's default is True.
+
+  Returns:
+    Whether the process now has ``spinning``: False when TensorFlow had
+    already started with the other setting, which then stays (and is
+    logged).
+  """
+  if thread_spinning() == spinning:
+    return True
+  eager = context.context()
+  # pylint: disable=protected-access
+  if eager._initialized:
+    logging.warning(
+        "TensorFlow's threads %s: its runtime started before the setting "
+        "could change.", "do not spin" if spinning else "still spin")
+    return False
+  config = config_pb2.ConfigProto()
+  if eager._config is not None:
+    config.CopyFrom(eager._config)
+  config.experimental.disable_thread_spinning = not spinning
+  eager._config = config
+  # pylint: enable=protected-access
+  return True
