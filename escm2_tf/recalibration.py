@@ -219,7 +219,14 @@ def risk_scaling(loss_config: config_lib.LossConfig, scored: Scored
   """
   if not _refittable(scored):
     return 1.0, 0.0
-  risk = _cvr_risk(loss_config, scored)
+  return _risk_scaling(loss_config, scored, *_tensors(scored))
+
+
+def _risk_scaling(loss_config: config_lib.LossConfig, scored: Scored,
+                  outputs: dict[str, tf.Tensor], labels: dict[str, tf.Tensor]
+                  ) -> tuple[float, float]:
+  """``risk_scaling`` of a refittable ``scored``, its ``_tensors`` given."""
+  risk = _cvr_risk(loss_config, scored, outputs, labels)
   # Newton's steps are sure to converge only near the minimum: start from
   # the clicks' conversion rate (Platt scaling's level), within a few
   # logits of it.
@@ -263,8 +270,8 @@ def counterfactual_refit(loss_config: config_lib.LossConfig, scored: Scored
   """
   if not _refittable(scored):
     return 1.0, 0.0
-  slope, shift = risk_scaling(loss_config, scored)
   outputs, labels = _tensors(scored)
+  slope, shift = _risk_scaling(loss_config, scored, outputs, labels)
   target = float(losses.ips_estimate(loss_config, labels, outputs))
   if 0.0 < target < 1.0:
     # From the risk's level: the shift from there is small, while the
@@ -315,10 +322,10 @@ def _tensors(scored: Scored) -> tuple[dict[str, tf.Tensor],
   return outputs, labels
 
 
-def _cvr_risk(loss_config: config_lib.LossConfig, scored: Scored):
+def _cvr_risk(loss_config: config_lib.LossConfig, scored: Scored,
+              outputs: dict[str, tf.Tensor], labels: dict[str, tf.Tensor]):
   """The CVR risk as a function of (a, b), float64 [2] -> float64 []."""
   cvr_logits = tf.constant(scored.logits[:, 1], tf.float64)
-  outputs, labels = _tensors(scored)
 
   def risk(params: tf.Tensor) -> tf.Tensor:
     cvr = tf.cast(tf.sigmoid(params[0] * cvr_logits + params[1]), tf.float32)
