@@ -321,6 +321,46 @@ class CounterfactualRefitTest(_ScoredWorldTest):
         TOLERANCE_SE)
 
 
+  def test_the_clicked_mean_is_left_to_the_risk(self):
+    # The clicks here select on what z does not reveal (its noise), so the
+    # best sigmoid(a * z + b) predicts the clicked impressions below their
+    # conversion rate. With the true propensities the refit keeps that
+    # shortfall; meeting the clicked rate as well (a steeper slope, the
+    # level at the refit's) doubles the squared error against the truth.
+    config = config_lib.LossConfig(loss="ipw", propensity="label")
+    slope, shift = recalibration.counterfactual_refit(config, self.scored)
+    z = self.scored.logits[:, 1].astype(float)
+    clicked = self.scored.clicked
+    rate = self.scored.labels["conversion"][clicked].mean()
+    refit = 1.0 / (1.0 + np.exp(-(slope * z + shift)))
+    self.assertLess(refit[clicked].mean() - rate,
+                    -TOLERANCE_SE * math.sqrt(rate * (1 - rate)
+                                              / clicked.sum()))
+    steep = clicked_moment_fit(z, clicked, refit.mean(), rate)
+    self.assertAllClose(steep[clicked].mean(), rate, rtol=1e-6)
+    self.assertGreater(np.mean((steep - self.p_conversion) ** 2),
+                       1.5 * np.mean((refit - self.p_conversion) ** 2))
+
+
+def clicked_moment_fit(z: np.ndarray, clicked: np.ndarray, mean: float,
+                       clicked_mean: float) -> np.ndarray:
+  """sigmoid(a * z + b) with the given mean and clicked mean: bisections."""
+  def with_mean(logits):
+    low, high = -60.0, 60.0
+    for _ in range(80):
+      p = 1.0 / (1.0 + np.exp(-(logits + 0.5 * (low + high))))
+      low, high = (0.5 * (low + high), high) if p.mean() < mean else (
+          low, 0.5 * (low + high))
+    return p
+
+  low, high = 0.0, 20.0
+  for _ in range(60):
+    p = with_mean(0.5 * (low + high) * z)
+    low, high = (0.5 * (low + high), high) if (
+        p[clicked].mean() < clicked_mean) else (low, 0.5 * (low + high))
+  return p
+
+
 class _SimulatedWorldTest(tf.test.TestCase):
   """4,000 training and 4,000 test impressions, and the training rates."""
 
