@@ -153,7 +153,8 @@ def make_dataset(file_pattern: str | Sequence[str], batch_size: int, *,
                  with_weights: bool = True,
                  split: HashSplit | None = None,
                  cache: bool = False,
-                 label_table: LabelTable | None = None) -> tf.data.Dataset:
+                 label_table: LabelTable | None = None,
+                 read_ahead: int = tf.data.AUTOTUNE) -> tf.data.Dataset:
   """A dataset of ``(features, labels)`` batches over GZIP TFRecord files.
 
   Args:
@@ -182,6 +183,8 @@ def make_dataset(file_pattern: str | Sequence[str], batch_size: int, *,
       When training, later passes keep the first pass's batches and only
       reshuffle their order.
     label_table: Adds its label to every batch.
+    read_ahead: Batches parsed ahead of the consumer; ``AUTOTUNE`` lets
+      tf.data size the buffer, which may grow over a long pass.
 
   Returns:
     A ``tf.data.Dataset`` of ``(features, labels)``: features maps every
@@ -238,7 +241,7 @@ def make_dataset(file_pattern: str | Sequence[str], batch_size: int, *,
       dataset = dataset.shuffle(_CACHED_BATCHES_SHUFFLE, seed=seed,
                                 reshuffle_each_iteration=True)
     dataset = dataset.repeat(num_epochs)
-  return dataset.prefetch(tf.data.AUTOTUNE)
+  return dataset.prefetch(read_ahead)
 
 
 def count_records(file_pattern: str | Sequence[str],

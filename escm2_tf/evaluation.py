@@ -38,8 +38,8 @@ from escm2_tf import serving
 Columns = dict[str, np.ndarray]
 # Rows per block of a column while scoring (4 MB of float32).
 _BLOCK_ROWS = 1 << 20
-# Batches of serialized examples read ahead of the model (~8 MB each at the
-# default 4096); AUTOTUNE let the buffer grow with the run's length.
+# Batches read ahead of the model (serialized, ~8 MB each at the default
+# 4096, or parsed); AUTOTUNE let the buffer grow with the run's length.
 _PREFETCH_BATCHES = 2
 
 
@@ -124,7 +124,8 @@ def predict_keras_model(model: keras.Model,
   with_weights = inputs is None or any(name in schema.WEIGHT_NAMES
                                        for name in inputs)
   dataset = data.make_dataset(file_pattern, batch_size, training=False,
-                              with_sample_id=True, with_weights=with_weights)
+                              with_sample_id=True, with_weights=with_weights,
+                              read_ahead=_PREFETCH_BATCHES)
   features_spec = dict(dataset.element_spec[0])
   del features_spec[schema.SAMPLE_ID]
   # One trace for every batch size, the last, smaller batch included.

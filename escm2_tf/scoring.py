@@ -6,13 +6,19 @@ records the converter writes, truncation included), and sent as serialized
 tf.Examples through the SavedModel's ``serving_default`` signature, exactly
 what TF Serving runs. ``score`` writes ``sample_id,ctr,cvr,ctcvr`` rows in
 input order, atomically.
+
+The Tianchi format's impressions are joined with their users' common rows
+through an SQLite table on disk (``formats.common_store``, the converter's
+own join table), so memory stays bounded whatever the number of users.
 """
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
 import csv
+import os
 import re
-from typing import Callable, Iterator, Sequence
+import tempfile
+from typing import Callable, Iterator, Mapping, Sequence
 
 import tensorflow as tf
 
@@ -22,6 +28,7 @@ from escm2_tf import layout
 from escm2_tf import schema
 from escm2_tf import serving
 from escm2_tf.formats import aliccp
+from escm2_tf.formats import common_store
 from escm2_tf.formats import encode
 from escm2_tf.formats import examples
 from escm2_tf.options import ConfigError
@@ -67,10 +74,42 @@ def _text_lines(flag: str, path: str) -> Iterator[tuple[int, str]]:
                       f"{_reason(error)}") from None
 
 
-def load_common_features(files: Sequence[str],
-                         max_values: int) -> dict[str, bytes]:
-  """The encoded user-side features of ``common_features_*.csv`` by index."""
-  common = {}
+def common_table(files: Sequence[str], max_values: int,
+                 directory: str) -> common_store.Table:
+  """The encoded user-side features of ``common_features_*.csv`` by index.
+
+  The rows go to an SQLite table in ``directory`` (``common_store``), not
+  to memory: about 1 kB a user on disk, whatever the number of users.
+
+  Raises:
+    ConfigError: A bad line, a ``common_feature_index`` that appears twice
+      (names the file and line of its second row), or a table that cannot
+      be written (a full disk).
+  """
+  path = os.path.join(directory, "commons.sqlite")
+  try:
+    builder = common_store.Builder(path)
+    for index, entries, _ in _common_rows(files, max_values):
+      builder.append((index, entries))
+    repeated = builder.finish()
+  except OSError as error:
+    raise ConfigError("common_features", f"cannot write their table {path}: "
+                      f"{error.strerror or error}") from None
+  if repeated:
+    # Rare and fatal: read the files again for the line to name.
+    seen = set()
+    for index, _, where in _common_rows(files, max_values):
+      if index in repeated:
+        if index in seen:
+          raise ConfigError("common_features", f"{where}: "
+                            f"common_feature_index {index} appears twice")
+        seen.add(index)
+  return common_store.Table(path)
+
+
+def _common_rows(files: Sequence[str], max_values: int
+                 ) -> Iterator[tuple[str, bytes, str]]:
+  """``(common_feature_index, encoded entries, location)`` per line."""
   for path in files:
     for number, line in _text_lines("common_features", path):
       where = f"{path}:{number}"
@@ -78,15 +117,11 @@ def load_common_features(files: Sequence[str],
         index, encoded = encode.encode_common(line, max_values)
       except aliccp.BadRowError as error:
         raise ConfigError("common_features", f"{where}: {error}") from None
-      if index in common:
-        raise ConfigError("common_features", f"{where}: common_feature_index "
-                          f"{index} appears twice")
-      common[index] = encoded.entries
-  return common
+      yield index, encoded.entries, where
 
 
 def _text_records(path: str, input_format: str, max_values: int,
-                  common: dict[str, bytes] | None
+                  common: Mapping[str, bytes] | None
                   ) -> Iterator[tuple[str, bytes, str]]:
   """``(sample_id, serialized example, location)`` per line of a text file."""
   for number, line in _text_lines("data", path):
@@ -97,11 +132,12 @@ def _text_records(path: str, input_format: str, max_values: int,
         entries = (encoded.entries,)
       else:
         row, encoded = encode.encode_skeleton(line, max_values)
-        if row.common_feature_index not in common:
+        user_entries = common.get(row.common_feature_index)
+        if user_entries is None:
           raise ConfigError("data", f"{where}: common_feature_index "
                             f"{row.common_feature_index} is not in "
                             "--common_features")
-        entries = (common[row.common_feature_index], encoded.entries)
+        entries = (user_entries, encoded.entries)
     except aliccp.BadRowError as error:
       raise ConfigError("data", f"{where}: {error}") from None
     yield row.sample_id, examples.example_from_entries(*entries), where
@@ -148,22 +184,48 @@ def _tfrecord_batches(path: str, batch_size: int) -> Iterator[Batch]:
         f"TFRecord file after record {start}: {_reason(error)}") from None
 
 
+def text_batches(files: Sequence[str], input_format: str, batch_size: int,
+                 max_values: int = encode.DEFAULT_MAX_VALUES_PER_FIELD,
+                 common: Mapping[str, bytes] | None = None
+                 ) -> Iterator[Batch]:
+  """The batches of raw text files (``paddlerec`` or ``aliccp``), in order.
+
+  Args:
+    files: The impressions' files (``sample_skeleton_*.csv`` for aliccp).
+    input_format: ``paddlerec`` or ``aliccp``.
+    batch_size: Examples per batch.
+    max_values: The most ids kept per field and row; 0 keeps all.
+    common: aliccp: the users' encoded rows by ``common_feature_index``
+      (``common_table``'s, or any mapping of the same rows).
+  """
+  for path in files:
+    yield from _batched(
+        _text_records(path, input_format, max_values, common), batch_size)
+
+
 def read_batches(
     files: Sequence[str], input_format: str, batch_size: int,
     common_files: Sequence[str] = (),
     max_values: int = encode.DEFAULT_MAX_VALUES_PER_FIELD) -> Iterator[Batch]:
-  """The batches to score, in file order."""
+  """The batches to score, in file order.
+
+  For ``aliccp`` the common rows are encoded first into a table in a
+  temporary directory (``tempfile``'s, so ``TMPDIR`` places it), deleted
+  when the batches end.
+  """
   if input_format not in INPUT_FORMATS:
     raise ValueError(f"input_format must be one of {', '.join(INPUT_FORMATS)}"
                      f", got {input_format!r}")
-  common = load_common_features(common_files, max_values) if (
-      input_format == "aliccp") else None
-  for path in files:
-    if input_format == "tfrecord":
+  if input_format == "tfrecord":
+    for path in files:
       yield from _tfrecord_batches(path, batch_size)
-    else:
-      yield from _batched(
-          _text_records(path, input_format, max_values, common), batch_size)
+  elif input_format == "aliccp":
+    with tempfile.TemporaryDirectory(prefix="escm2-predict-") as directory:
+      common = common_table(common_files, max_values, directory)
+      yield from text_batches(files, input_format, batch_size, max_values,
+                              common)
+  else:
+    yield from text_batches(files, input_format, batch_size, max_values)
 
 
 def score(signature: Callable[..., dict[str, tf.Tensor]],

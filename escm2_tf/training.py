@@ -20,6 +20,7 @@ own, deleted afterwards, and Keras' callbacks do the same for theirs.
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
+import gc
 import math
 import os
 from typing import Any, Sequence
@@ -156,11 +157,14 @@ def _build_model(config: config_lib.ExperimentConfig,
 def _local_copy(config: config_lib.ExperimentConfig,
                 vocabularies: dict[str, np.ndarray],
                 checkpoint: str) -> keras.Model:
-  """The trained parameter-server model, whole, on the coordinator.
+  """The trained model, whole, from its final checkpoint, without optimizer.
 
-  Scoring reads every variable once instead of once per batch from the
-  servers, and the export holds plain variables, as TF Serving loads them in
-  one process anyway; the coordinator needs the memory of the whole model.
+  The chief scores and exports this copy: the trained model's optimizer
+  slots (twice its embedding tables) and training functions are freed
+  first. Of a parameter-server model, scoring then reads every variable once
+  instead of once per batch from the servers, and the export holds plain
+  variables, as TF Serving loads them in one process anyway; the
+  coordinator needs the memory of the whole model.
   """
   model = model_lib.build_model(config.model, config.loss, vocabularies)
   # The checkpoint also holds the optimizer, which the copy does not need.
@@ -424,6 +428,55 @@ def _set_up(config: config_lib.ExperimentConfig
                                                  config.data.min_count)
 
 
+def _fit_and_save(config: config_lib.ExperimentConfig, task: distribute.Task,
+                  strategy: tf.distribute.Strategy,
+                  vocabularies: dict[str, np.ndarray],
+                  callbacks: Sequence[keras.callbacks.Callback],
+                  verbose: int, label_table: data.LabelTable | None
+                  ) -> tuple[dict[str, Any], str]:
+  """Builds, fits, recalibrates and saves the model (``train``'s steps).
+
+  Returns:
+    ``train``'s result without the metrics and the export, and the final
+    checkpoint. The model, its optimizer's slots, its training functions and
+    the callbacks that hold them end with this call: the final evaluation,
+    which scores a copy of the final weights, does not need them.
+  """
+  rates = validation.read_base_rates(config)
+  model = _build_model(config, vocabularies, strategy,
+                       rates if config.trainer.base_rate_init else None)
+  validation.check_monitor(config, model)
+  if task.is_chief:
+    tf.io.gfile.makedirs(config.trainer.model_dir)
+    evaluation.write_json(
+        os.path.join(config.trainer.model_dir, run_dir.CONFIG_FILE),
+        config.to_dict())
+  parameter_server = isinstance(strategy,
+                                tf.distribute.ParameterServerStrategy)
+  run_callbacks = _callbacks(config, parameter_server, task.is_chief,
+                             verbose)
+  history = _fit(model, config, strategy, run_callbacks,
+                 callbacks, verbose, label_table)
+  shifts = (_recalibrate(model, config, rates, label_table)
+            if config.trainer.recalibrate else None)
+  # Saving reads the metrics' sync-on-read variables, a collective: every
+  # worker saves.
+  with distribute.writer_dir(config.trainer.model_dir, task) as model_dir:
+    final = os.path.join(model_dir, run_dir.CHECKPOINT_DIR,
+                         run_dir.FINAL_CHECKPOINT)
+    model.save_weights(final)
+  stopper = [c for c in run_callbacks
+             if isinstance(c, early_stopping.ResumableEarlyStopping)]
+  best_epoch = stopper[0].best_epoch if stopper else None
+  return {"metrics": {}, "epochs": len(history.epoch),
+          "best_epoch": None if best_epoch is None else best_epoch + 1,
+          "history": history.history, "output_bias_shifts": shifts,
+          "export_path": "", "task": str(task),
+          "chief": task.is_chief,
+          "variable_shards": distribute.variable_shards(model.variables)
+          }, final
+
+
 def train(config: config_lib.ExperimentConfig, *,
           callbacks: Sequence[keras.callbacks.Callback] = (),
           verbose: int = 1,
@@ -475,40 +528,12 @@ def train(config: config_lib.ExperimentConfig, *,
     label_table = data.LabelTable(losses.PROPENSITY_LABEL,
                                   truth[schema.SAMPLE_ID], truth["p_click"])
   task, strategy, vocabularies = _set_up(config)
-  rates = validation.read_base_rates(config)
-  model = _build_model(config, vocabularies, strategy,
-                       rates if config.trainer.base_rate_init else None)
-  validation.check_monitor(config, model)
+  result, final = _fit_and_save(config, task, strategy, vocabularies,
+                                callbacks, verbose, label_table)
   if task.is_chief:
-    tf.io.gfile.makedirs(config.trainer.model_dir)
-    evaluation.write_json(
-        os.path.join(config.trainer.model_dir, run_dir.CONFIG_FILE),
-        config.to_dict())
-  parameter_server = isinstance(strategy,
-                                tf.distribute.ParameterServerStrategy)
-  run_callbacks = _callbacks(config, parameter_server, task.is_chief,
-                             verbose)
-  history = _fit(model, config, strategy, run_callbacks,
-                 callbacks, verbose, label_table)
-  shifts = (_recalibrate(model, config, rates, label_table)
-            if config.trainer.recalibrate else None)
-  # Saving reads the metrics' sync-on-read variables, a collective: every
-  # worker saves.
-  with distribute.writer_dir(config.trainer.model_dir, task) as model_dir:
-    final = os.path.join(model_dir, run_dir.CHECKPOINT_DIR,
-                         run_dir.FINAL_CHECKPOINT)
-    model.save_weights(final)
-  stopper = [c for c in run_callbacks
-             if isinstance(c, early_stopping.ResumableEarlyStopping)]
-  best_epoch = stopper[0].best_epoch if stopper else None
-  result = {"metrics": {}, "epochs": len(history.epoch),
-            "best_epoch": None if best_epoch is None else best_epoch + 1,
-            "history": history.history, "output_bias_shifts": shifts,
-            "export_path": "", "task": str(task),
-            "chief": task.is_chief,
-            "variable_shards": distribute.variable_shards(model.variables)}
-  if task.is_chief:
-    if isinstance(strategy, tf.distribute.ParameterServerStrategy):
-      model = _local_copy(config, vocabularies, final)
-    result.update(_score_and_export(model, config))
+    # Keras models hold reference cycles: the trained one is freed only by
+    # a collection, which lets scoring reuse its memory.
+    gc.collect()
+    result.update(_score_and_export(
+        _local_copy(config, vocabularies, final), config))
   return result

@@ -35,7 +35,7 @@ from apache_beam.utils import windowed_value
 from escm2_tf import console
 from escm2_tf import layout
 from escm2_tf import schema
-from escm2_pipelines import common_store
+from escm2_tf.formats import common_store
 from escm2_pipelines import config as config_lib
 from escm2_pipelines import dofns
 from escm2_pipelines import ranges as ranges_lib

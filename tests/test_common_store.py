@@ -1,4 +1,4 @@
-"""Tests of the on-disk table of common rows that the local runner joins."""
+"""Tests of the on-disk table of common rows that the Tianchi joins read."""
 
 import errno
 import multiprocessing
@@ -10,7 +10,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 
 import testing
-from escm2_pipelines import common_store
+from escm2_tf.formats import common_store
 
 
 def _write_part(path, rows):

@@ -121,12 +121,14 @@ class MakeDatasetTest(tf.test.TestCase, parameterized.TestCase):
       for name in schema.LABELS:
         self.assertAllEqual(lean_labels[name], full_labels[name])
 
-  def test_evaluation_order_is_deterministic_and_complete(self):
+  @parameterized.parameters(tf.data.AUTOTUNE, 1, 2)
+  def test_evaluation_order_is_deterministic_and_complete(self, read_ahead):
     _write(self.dir, num_files=4)
     first = _sample_ids(data.make_dataset(self.pattern, 7, training=False,
                                           with_sample_id=True))
     second = _sample_ids(data.make_dataset(self.pattern, 7, training=False,
-                                           with_sample_id=True))
+                                           with_sample_id=True,
+                                           read_ahead=read_ahead))
     self.assertEqual(first, second)
     self.assertCountEqual(first, [f"s{i}" for i in range(_NUM_EXAMPLES)])
 

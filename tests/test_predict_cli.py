@@ -13,10 +13,14 @@ import tensorflow as tf
 import testing
 from escm2_tf import config as config_lib
 from escm2_tf.formats import aliccp
+from escm2_tf.formats import encode
 from escm2_tf import export
+from escm2_tf import layout
 from escm2_tf import model as model_lib
 from escm2_tf import schema
+from escm2_tf import scoring
 from escm2_tf import serving
+from escm2_tf import simulator
 from escm2_tf.cli import predict
 
 _TOLERANCE = 1e-6
@@ -123,6 +127,24 @@ def _write_lines(path: str, lines) -> str:
   return path
 
 
+def _simulated_aliccp(directory: str) -> tuple[str, str]:
+  """The simulator's skeleton and common features: 400 impressions of 16
+  users."""
+  simulator.simulate(simulator.SimulatorConfig(
+      num_train=400, num_test=1, num_users=30, num_items=300, seed=4,
+      behaviour_length=40), directory)
+  names = layout.raw_file_names("aliccp", layout.TRAIN)
+  return (os.path.join(directory, names["skeleton"]),
+          os.path.join(directory, names["common"]))
+
+
+def _common_in_memory(path: str, max_values: int) -> dict[str, bytes]:
+  """Every user's encoded row in a dict, the join held in memory."""
+  with open(path, encoding="utf-8") as f:
+    return {index: encoded.entries for index, encoded in (
+        encode.encode_common(line, max_values) for line in f)}
+
+
 def _read_csv(path: str) -> tuple[list[str], list[str], np.ndarray]:
   with open(path, newline="", encoding="utf-8") as f:
     header, *records = list(csv.reader(f))
@@ -184,20 +206,48 @@ class PredictCliTest(tf.test.TestCase, parameterized.TestCase):
     self._check_scores(output, self.ids,
                        _expected(self.model, _without_weights(self.rows)))
 
-  @parameterized.parameters(0, 1)
-  def test_aliccp_with_common_features(self, max_values):
-    directory = testing.new_dir()
+  def _write_aliccp(self, directory: str) -> tuple[str, str]:
+    """The rows as Tianchi files, the common rows in reverse order."""
     skeleton, common = _aliccp_lines(self.rows, self.ids)
-    data = _write_lines(os.path.join(directory, "skeleton.csv"), skeleton)
-    common_path = _write_lines(os.path.join(directory, "common.csv"),
-                               common[::-1])
-    output = os.path.join(directory, "scores.csv")
+    return (_write_lines(os.path.join(directory, "skeleton.csv"), skeleton),
+            _write_lines(os.path.join(directory, "common.csv"), common[::-1]))
+
+  def _predict_aliccp(self, data: str, common_path: str,
+                      max_values: int) -> str:
+    """Runs escm2-predict on Tianchi files; returns its output CSV."""
+    output = os.path.join(os.path.dirname(data), "scores.csv")
     code, stderr = self._run(data=data, output=output, input_format="aliccp",
                              common_features=common_path,
                              max_values_per_field=max_values)
     self.assertEqual(code, 0, stderr)
+    return output
+
+  @parameterized.parameters(0, 1)
+  def test_aliccp_with_common_features(self, max_values):
+    output = self._predict_aliccp(*self._write_aliccp(testing.new_dir()),
+                                  max_values)
     rows = _heaviest_only(self.rows) if max_values == 1 else self.rows
     self._check_scores(output, self.ids, _expected(self.model, rows))
+
+  @parameterized.named_parameters(("lines", False, 0),
+                                  ("lines_truncated", False, 1),
+                                  ("simulated", True, 20))
+  def test_aliccp_join_on_disk_scores_as_the_join_in_memory(
+      self, simulated, max_values):
+    directory = testing.new_dir()
+    data, common_path = (_simulated_aliccp(directory) if simulated
+                         else self._write_aliccp(directory))
+    output = self._predict_aliccp(data, common_path, max_values)
+    in_memory = os.path.join(directory, "in_memory.csv")
+    count = scoring.score(
+        scoring.load_signature(self.export_dir),
+        scoring.text_batches([data], "aliccp", 4, max_values,
+                             _common_in_memory(common_path, max_values)),
+        in_memory)
+    self.assertEqual(count, 400 if simulated else len(self.rows))
+    with open(output, encoding="utf-8") as f, open(
+        in_memory, encoding="utf-8") as g:
+      self.assertEqual(f.read(), g.read())
 
   def test_field_on_the_wrong_side_of_the_join(self):
     skeleton, common = _aliccp_lines(self.rows[:2], self.ids[:2])

@@ -2,8 +2,10 @@
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
+import errno
 import glob
 import os
+from unittest import mock
 
 from absl.testing import absltest
 from absl.testing import parameterized
@@ -13,6 +15,7 @@ import testing
 from escm2_tf import layout
 from escm2_tf import scoring
 from escm2_tf import simulator
+from escm2_tf.formats import common_store
 from escm2_tf.options import ConfigError
 from escm2_pipelines import convert
 
@@ -75,6 +78,20 @@ class RawRowsTest(parameterized.TestCase):
     inputs = {"input": _DEMO}
     self.assertEqual(sorted(_scored("paddlerec", inputs, 20)[1]),
                      sorted(_converted("paddlerec", inputs, 20)))
+
+
+class CommonTableTest(absltest.TestCase):
+
+  def test_a_full_disk_names_the_flag_and_the_table(self):
+    inputs = _simulate("aliccp")
+    directory = testing.new_dir()
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    with mock.patch.object(common_store.PartWriter, "_flush",
+                           side_effect=full):
+      with self.assertRaisesRegex(
+          ConfigError, rf"^common_features: cannot write their table "
+          rf"{directory}/commons.sqlite: No space left on device$"):
+        scoring.common_table([inputs["common_features"]], 20, directory)
 
 
 class LoadSignatureTest(absltest.TestCase):

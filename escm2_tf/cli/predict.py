@@ -13,8 +13,10 @@ input order; a record without a ``sample_id`` gets an empty one.
 
 ``--input_format=tfrecord`` reads the converter's TFRecords (GZIP when the
 file name ends in ``.gz``); ``paddlerec`` and ``aliccp`` read the raw text
-formats. For ``aliccp`` the common features are held in memory: convert the
-full Ali-CCP release with ``escm2-convert`` first, then score its TFRecords.
+formats. For ``aliccp`` the common features are first encoded into an SQLite
+table in a temporary directory (``TMPDIR``; about 1 kB a user, 0.6 GB for
+the full release), which the impressions are joined with, as the converter
+joins them: memory stays bounded whatever the number of users.
 """
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.

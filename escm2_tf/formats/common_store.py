@@ -1,23 +1,26 @@
-"""The users' encoded common rows in an SQLite file: the local join's table.
+"""The users' encoded common rows in an SQLite file: the Tianchi join's table.
 
-The local runner joins each impression with its user's common row. Holding
-every user's row in memory costs about 1 kB per user in the main process and
-again in every worker that touches the pages (about 2 GB for the release's
-730K users with two workers); here the rows live on disk instead:
+Each impression of the Tianchi format is joined with its user's common row,
+in the converter's local runner and in ``escm2-predict --input_format=aliccp``.
+Holding every user's row in memory costs about 1 kB per user, in every
+process that touches the pages (about 2 GB for the release's 730K users in
+the converter's main process and two workers); here the rows live on disk
+instead:
 
-* each task that encodes a range of common rows writes them to its own part
-  file (``PartWriter``), so no worker sends them through a pipe and the main
-  process never holds them;
-* the main process appends every part to one table as the parts arrive
-  (``Builder.add_part``, SQL inside SQLite), then indexes it and finds the
-  indexes that appear more than once (``Builder.finish``);
-* each joining worker opens the file read-only (``Table``): a dict-like
+* the converter's tasks that encode a range of common rows each write them
+  to their own part file (``PartWriter``), so no worker sends them through a
+  pipe and the main process never holds them;
+* a ``Builder`` appends every part to one table as the parts arrive
+  (``Builder.add_part``, SQL inside SQLite), or takes the rows itself
+  (``append``: ``escm2-predict``, one process), then indexes the table and
+  finds the indexes that appear more than once (``Builder.finish``);
+* each joining process opens the file read-only (``Table``): a dict-like
   lookup by ``common_feature_index`` with a small cache, as the rows of one
   user's impressions are usually adjacent.
 
-Memory is then the workers' few MB of SQLite page cache and of cache, whatever
-the number of users; the file takes about the encoded size (0.6 GB for the
-release) next to the shards being written.
+Memory is then a few MB of SQLite page cache and of cache per process,
+whatever the number of users; the file takes about the encoded size (0.6 GB
+for the release).
 """
 
 import collections
@@ -92,14 +95,8 @@ class PartWriter:
     self._connection.close()
 
 
-class Builder:
-  """Appends part files into one table; ``finish`` indexes it."""
-
-  def __init__(self, path: str):
-    self.path = path
-    with _DiskFull(path):
-      self._connection = _connect(path)
-      self._connection.execute(_CREATE)
+class Builder(PartWriter):
+  """Appends rows and part files into one table; ``finish`` indexes it."""
 
   def add_part(self, part: str) -> None:
     """Appends every row of ``part``, then deletes it."""
@@ -118,6 +115,7 @@ class Builder:
       The rows of every ``common_feature_index`` that appears more than
       once (a join must reject its impressions: which row is the user's?).
     """
+    self._flush()
     with _DiskFull(self.path):
       self._connection.execute("CREATE INDEX by_idx ON commons (idx)")
       duplicates = dict(self._connection.execute(
