@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
+from escm2_tf import allocator
 from escm2_tf import config as config_lib
 from escm2_tf import data
 from escm2_tf import base_rates as base_rates_lib
@@ -457,6 +458,10 @@ def _fit_and_save(config: config_lib.ExperimentConfig, task: distribute.Task,
                              verbose)
   history = _fit(model, config, strategy, run_callbacks,
                  callbacks, verbose, label_table)
+  # From here on, the large blocks the recalibration and the final
+  # evaluation free go back to the system; the epochs keep glibc's default,
+  # which reuses them.
+  allocator.map_large_blocks()
   shifts = (_recalibrate(model, config, rates, label_table)
             if config.trainer.recalibrate else None)
   # Saving reads the metrics' sync-on-read variables, a collective: every
@@ -519,8 +524,9 @@ def train(config: config_lib.ExperimentConfig, *,
     distribute.ClusterError: TF_CONFIG does not fit the strategy.
     TrainingDivergedError: The loss became NaN or infinite.
   """
-  # Before anything starts TensorFlow's runtime, which reads it once.
+  # Before anything starts TensorFlow's runtime, which reads them once.
   threads.set_thread_spinning(config.runtime.thread_spinning)
+  allocator.use_system_allocator()
   validation.check_loss(config.loss, propensity_labels)
   label_table = None
   if config.loss.propensity == "label":
@@ -532,8 +538,10 @@ def train(config: config_lib.ExperimentConfig, *,
                                 callbacks, verbose, label_table)
   if task.is_chief:
     # Keras models hold reference cycles: the trained one is freed only by
-    # a collection, which lets scoring reuse its memory.
+    # a collection, which lets scoring reuse its memory; the recalibration's
+    # tensors, freed too, go back to the system.
     gc.collect()
+    allocator.release_free_memory()
     result.update(_score_and_export(
         _local_copy(config, vocabularies, final), config))
   return result
