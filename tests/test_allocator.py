@@ -26,10 +26,23 @@ class UseSystemAllocatorTest(parameterized.TestCase):
 class MallocTest(parameterized.TestCase):
   """The malloc settings run with glibc and do nothing without it."""
 
+  def test_large_blocks_are_mapped_from_256_kib(self):
+    library = mock.Mock()
+    with mock.patch("ctypes.CDLL", return_value=library):
+      allocator.map_large_blocks()
+    # glibc's M_MMAP_THRESHOLD, oneDNN's threshold for its pool.
+    library.mallopt.assert_called_once_with(-3, 256 * 1024)
+
+  def test_free_pages_are_trimmed(self):
+    library = mock.Mock()
+    with mock.patch("ctypes.CDLL", return_value=library):
+      allocator.release_free_memory()
+    library.malloc_trim.assert_called_once_with(0)
+
   @parameterized.named_parameters(
       ("map_large_blocks", allocator.map_large_blocks),
       ("release_free_memory", allocator.release_free_memory))
-  def test_runs(self, function):
+  def test_runs_on_this_c_library(self, function):
     function()
 
   @parameterized.named_parameters(
