@@ -40,11 +40,9 @@ def map_large_blocks() -> None:
   raises the threshold to the largest block freed (up to 32 MiB) and keeps
   the freed ones in its arenas.
   """
-  try:
-    mallopt = ctypes.CDLL(None).mallopt
-  except (OSError, AttributeError, TypeError):
-    return
-  mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+  mallopt = _c_function("mallopt")
+  if mallopt is not None:
+    mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
 
 
 def release_free_memory() -> None:
@@ -53,9 +51,15 @@ def release_free_memory() -> None:
   glibc keeps freed blocks below its mmap threshold, which rises to 32 MiB
   as large blocks are freed, inside its arenas.
   """
+  trim = _c_function("malloc_trim")
+  if trim is not None:
+    trim(0)
+
+
+def _c_function(name: str):
+  """The process's C function ``name``, or None where it has none."""
   try:
     # The symbols the process has loaded, its C library's among them.
-    trim = ctypes.CDLL(None).malloc_trim
+    return getattr(ctypes.CDLL(None), name)
   except (OSError, AttributeError, TypeError):
-    return
-  trim(0)
+    return None
