@@ -165,11 +165,14 @@ def compute_losses(config: config_lib.LossConfig,
   if config.loss == "esmm":
     result["cvr_loss"] = tf.stop_gradient(result["cvr_loss"])
     cvr_weight = 0.0
-  total = (result["ctr_loss"] + cvr_weight * result["cvr_loss"] +
-           config.lambda_g * result["ctcvr_loss"])
+  terms = [result["ctr_loss"], cvr_weight * result["cvr_loss"],
+           config.lambda_g * result["ctcvr_loss"]]
   if config.loss in IMPUTATION_LOSSES and not paddlerec:
-    total += config.lambda_imp * result["imputation_loss"]
-  result["loss"] = total
+    terms.append(config.lambda_imp * result["imputation_loss"])
+  # A reduction, not adds: Grappler rewrites chains of adds (and AddN) in an
+  # order that differs between traces, so equal runs logged totals a bit
+  # apart.
+  result["loss"] = tf.reduce_sum(tf.stack(terms))
   return result
 
 

@@ -152,7 +152,9 @@ class ESCM2Task(keras.layers.Layer):
     values = losses.compute_losses(self.loss_config, labels, outputs)
     values[OBSERVED_LOSS] = values["ctr_loss"] + values["ctcvr_loss"]
     if self.regularized:
-      values[REGULARIZATION_LOSS] = tf.add_n(list(regularization_losses))
+      # A reduction, as losses.compute_losses sums the total.
+      values[REGULARIZATION_LOSS] = tf.reduce_sum(
+          tf.stack(list(regularization_losses)))
       values[TOTAL_LOSS] += values[REGULARIZATION_LOSS]
     return values
 

@@ -178,6 +178,26 @@ class FitTest(tf.test.TestCase, parameterized.TestCase):
     other = _build("ipw", seed=6)
     self.assertNotAllClose(runs[0][0][0], other.get_weights()[0])
 
+  def test_every_trace_sums_the_total_in_one_order(self):
+    # Grappler reordered a chain of adds differently from one trace of the
+    # training step to the next (36 of 39 fresh models summed unlike the
+    # first), so equal runs logged totals one float32 step apart.
+    f32 = np.float32
+    for seed in range(4):
+      model = _build("dr", seed=seed, embedding_l2=1e-4)
+      model.compile(optimizer=keras.optimizers.Adam(0.01))
+      for features, labels in _dataset(seed=2):
+        logged = model.train_on_batch(features, labels, return_dict=True)
+        config = model.loss_config
+        terms = [logged["ctr_loss"], f32(config.lambda_c) * logged["cvr_loss"],
+                 f32(config.lambda_g) * logged["ctcvr_loss"],
+                 f32(config.lambda_imp) * logged["imputation_loss"],
+                 logged["regularization_loss"]]
+        expected = f32(0.0)
+        for term in terms:
+          expected = f32(expected + f32(term))
+        self.assertEqual(f32(logged["loss"]), expected, f"seed {seed}")
+
   @parameterized.parameters("adam", "sparse_adam")
   def test_the_training_function_is_traced_once(self, optimizer):
     # Variables created inside the first step would make tf.function trace
