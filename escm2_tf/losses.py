@@ -322,7 +322,8 @@ def _paddlerec_counterfactual(
       click / tf.maximum(ctr, PADDLEREC_MIN_PROPENSITY), PADDLEREC_MAX_WEIGHT))
   error = delta - imputation
   return {
+      # Two adds at most, which Grappler cannot reorder (see compute_losses).
       "cvr_loss": tf.reduce_mean(
-          imputation + weight * error + weight * tf.square(error)),
+          imputation + weight * (error + tf.square(error))),
       "imputation_loss": tf.reduce_mean(weight * tf.square(error)),
   }
