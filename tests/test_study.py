@@ -11,6 +11,7 @@ import numpy as np
 import testing
 
 from escm2_tf import layout
+from escm2_tf import run_dir
 from escm2_tf import simulator
 from escm2_tf.cli import study as study_cli
 from escm2_tf.options import ConfigError
@@ -18,6 +19,7 @@ from escm2_tf.study import datasets
 from escm2_tf.study import designs
 from escm2_tf.study import floor
 from escm2_tf.study import grid
+from escm2_tf.study import runner
 from escm2_tf.study import stats
 from escm2_tf.study import summary
 
@@ -399,6 +401,9 @@ class StudyCliTest(parameterized.TestCase):
     for name in ("bias.png", "reliability_tiny.png"):
       with open(os.path.join(output_dir, name), "rb") as f:
         self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
+    # Without --keep_models no model directory is left.
+    models = os.path.join(settings["work_dir"], "models")
+    self.assertEqual([files for _, _, files in os.walk(models) if files], [])
     # A second run finds every run done and trains nothing.
     status, stdout, _ = _run_cli(**settings)
     self.assertEqual(status, 0)
@@ -427,10 +432,14 @@ class StudyCliTest(parameterized.TestCase):
     output_dir = os.path.join(root, "out")
     settings = dict(work_dir=os.path.join(root, "work"),
                     output_dir=output_dir, regime=[_TINY], seeds=["0", "1"],
-                    estimators=["esmm"], arm=["mc3:min_count=3"])
+                    estimators=["esmm"], arm=["mc3:min_count=3"],
+                    keep_models=True)
     status, stdout, stderr = _run_cli(**settings)
     self.assertEqual(status, 0, stderr)
     self.assertRegex(stdout, r"\[4/4\] tiny seed 1 mc3: ")
+    kept = runner.run_model_dir(settings["work_dir"], "tiny", 1, "mc3")
+    self.assertEqual(run_dir.load_config(kept).data.min_count, 3)
+    self.assertIsNotNone(run_dir.restore_model(kept))
     with open(os.path.join(output_dir, "study.json")) as f:
       results = json.load(f)
     self.assertEqual(results["grid"]["estimators"], ["esmm", "mc3"])

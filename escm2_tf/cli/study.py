@@ -61,6 +61,10 @@ class StudyFlags:
     arm: NAME:field=value,... of ExperimentConfig fields (flag names), an
       estimator of its own; repeatable.
     resume: Skip runs already in OUTPUT_DIR/study.json.
+    keep_models: Keep each run's model directory (checkpoints, config.json,
+      metrics.json) in WORK_DIR/models/REGIME/seedSEED/ESTIMATOR for later
+      analysis, e.g. benchmarks/level_estimates.py; otherwise it is removed
+      once the run is scored.
   """
   work_dir: str = option("", group="data")
   output_dir: str = option("", group="output")
@@ -71,6 +75,7 @@ class StudyFlags:
   estimators: tuple[str, ...] = option((), group="loss")
   arm: tuple[str, ...] = option((), group="loss", repeatable=True)
   resume: bool = option(True, group="output")
+  keep_models: bool = option(False, group="output")
 
   def __post_init__(self):
     for name in ("work_dir", "output_dir"):
@@ -107,7 +112,7 @@ def _study(settings: tuple[StudyFlags, grid.StudyConfig]) -> int:
   results = runner.run_study(
       config, flag_settings.work_dir, os.path.join(output_dir, JSON_NAME),
       progress=lambda line: print(line, flush=True),
-      resume=flag_settings.resume)
+      resume=flag_settings.resume, keep_models=flag_settings.keep_models)
   markdown = os.path.join(output_dir, MARKDOWN_NAME)
   layout.atomic_write(markdown, report.markdown(results))
   print(f"escm2-study: wrote {os.path.join(output_dir, JSON_NAME)} and "

@@ -68,15 +68,29 @@ def _reliability(model: keras.Model, dataset: datasets.Dataset,
   return out
 
 
+def dataset_dir(work_dir: str, regime: str, seed: int) -> str:
+  """Where the dataset of (regime, seed) is simulated and converted."""
+  return os.path.join(work_dir, "data", regime, f"seed{seed}")
+
+
+def run_model_dir(work_dir: str, regime: str, seed: int, estimator: str
+                  ) -> str:
+  """Where a run trains (kept there with ``keep_models``)."""
+  return os.path.join(work_dir, "models", regime, f"seed{seed}", estimator)
+
+
 def train_one(dataset: datasets.Dataset, settings: dict[str, Any],
-              seed: int, model_dir: str) -> dict[str, Any]:
+              seed: int, model_dir: str, keep_model: bool = False
+              ) -> dict[str, Any]:
   """One estimator on one dataset with the library's defaults otherwise.
 
   Args:
     dataset: The files to train and score on.
     settings: The estimator's config fields (``StudyConfig.settings``).
     seed: Seeds the weights and the order.
-    model_dir: Where it trains (removed afterwards).
+    model_dir: Where it trains (emptied first).
+    keep_model: Leave ``model_dir`` (``run_dir.restore_model`` reads it)
+      instead of removing it once the run is scored.
   """
   shutil.rmtree(model_dir, ignore_errors=True)
   config = config_lib.ExperimentConfig.create(
@@ -92,7 +106,8 @@ def train_one(dataset: datasets.Dataset, settings: dict[str, Any],
   reliability = _reliability(keep.trained, dataset,
                              config.trainer.batch_size)
   keras.backend.clear_session()
-  shutil.rmtree(model_dir, ignore_errors=True)
+  if not keep_model:
+    shutil.rmtree(model_dir, ignore_errors=True)
   return {"metrics": result["metrics"], "epochs": result["epochs"],
           "best_epoch": result.get("best_epoch"),
           "history": {name: [float(v) for v in values]
@@ -141,8 +156,12 @@ def _clock(seconds: float) -> str:
 
 def run_study(config: grid.StudyConfig, work_dir: str, output_json: str,
               progress: Callable[[str], None] = print,
-              resume: bool = True) -> dict[str, Any]:
+              resume: bool = True, keep_models: bool = False
+              ) -> dict[str, Any]:
   """Trains every run missing from ``output_json`` and writes the results.
+
+  Each run trains in ``work_dir/models/REGIME/seedSEED/ESTIMATOR``, which is
+  removed once the run is scored unless ``keep_models``.
 
   Returns:
     The results: ``{"version", "grid", "runs": [...], "summary": {...}}``
@@ -173,13 +192,12 @@ def run_study(config: grid.StudyConfig, work_dir: str, output_json: str,
                  if run_key(regime, seed, e) not in runs]
       if not missing:
         continue
-      dataset = datasets.prepare(
-          regime, seed, os.path.join(work_dir, "data", regime.name,
-                                     f"seed{seed}"))
+      dataset = datasets.prepare(regime, seed,
+                                 dataset_dir(work_dir, regime.name, seed))
       for estimator in missing:
         settings = config.settings(estimator)
-        record = train_one(dataset, settings, seed, os.path.join(
-            work_dir, "models", regime.name, f"seed{seed}", estimator))
+        record = train_one(dataset, settings, seed, run_model_dir(
+            work_dir, regime.name, seed, estimator), keep_models)
         record.update(regime=regime.name, seed=seed, estimator=estimator,
                       settings=settings,
                       regime_settings=dataclasses.asdict(regime),

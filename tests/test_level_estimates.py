@@ -1,0 +1,79 @@
+"""Tests of benchmarks/level_estimates.py: its figures and a kept model."""
+
+import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
+
+import importlib.util
+import os
+
+from absl.testing import absltest
+import numpy as np
+
+import datasets
+import testing
+from escm2_tf import data as data_lib
+from escm2_tf import training
+
+
+def _script():
+  path = os.path.join(testing.REPO, "benchmarks", "level_estimates.py")
+  spec = importlib.util.spec_from_file_location("level_estimates", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+class SplitFiguresTest(absltest.TestCase):
+
+  def test_against_hand_computed_values(self):
+    # Four impressions: two clicks (one converts), ô clipped at 0.1.
+    figures = _script().split_figures(
+        clicked=np.array([1, 1, 0, 0]), converted=np.array([1, 0, 0, 0]),
+        pctr=np.array([0.5, 0.05, 0.2, 0.2], np.float32),
+        true_ctr=np.array([0.25, 0.25, 0.4, 0.1], np.float32),
+        pcvr=np.array([0.3, 0.1, 0.1, 0.3], np.float32),
+        true_cvr=np.array([0.2, 0.2, 0.2, 0.2], np.float32),
+        propensity_clip=0.1)
+    self.assertEqual(figures["impressions"], 4)
+    self.assertAlmostEqual(figures["ctr_on_clicks"], 0.275 / 0.25, places=6)
+    self.assertAlmostEqual(figures["ctr_off_clicks"], 0.2 / 0.25, places=6)
+    inverse_mass = (1 / 0.5 + 1 / 0.1) / 4
+    self.assertAlmostEqual(figures["inverse_mass"], inverse_mass)
+    self.assertAlmostEqual(figures["inverse_mass_true"], 2 / 0.25 / 4)
+    # Relative to the float32 truth 0.2.
+    self.assertAlmostEqual(figures["ips"], (1 / 0.5) / 4 / 0.2 - 1, places=6)
+    self.assertAlmostEqual(figures["snips"],
+                           (1 / 0.5) / 4 / inverse_mass / 0.2 - 1, places=6)
+    self.assertAlmostEqual(figures["ips_true"], (1 / 0.25) / 4 / 0.2 - 1,
+                           places=6)
+    self.assertAlmostEqual(figures["pcvr"], 0.2 / 0.2 - 1, places=6)
+
+
+class KeptModelTest(absltest.TestCase):
+
+  def test_every_split_of_a_trained_model(self):
+    data = datasets.make_synthetic_data(testing.new_dir())
+    model_dir = testing.new_dir()
+    training.train(testing.tiny_config(data, model_dir, loss="ipw",
+                                       export_dir=""), verbose=0)
+    rows = _script().model_rows(data["directory"], model_dir)
+    self.assertEqual([row["split"] for row in rows],
+                     ["train", "held_out", "test"])
+    # The held-out slice is a tenth of the training records.
+    num_train = data_lib.count_records(data["train"])
+    self.assertEqual(rows[0]["impressions"] + rows[1]["impressions"],
+                     num_train)
+    self.assertBetween(rows[1]["impressions"], 0.05 * num_train,
+                       0.15 * num_train)
+    self.assertEqual(rows[2]["impressions"],
+                     data_lib.count_records(data["test"]))
+    for row in rows:
+      self.assertTrue(all(np.isfinite(v) for k, v in row.items()
+                          if k not in ("model_dir", "split")), row)
+      # The truth is the simulator's, not the model's: an untuned tiny
+      # model's pCVR is off it, and true propensities are positive.
+      self.assertGreater(row["inverse_mass_true"], 0.0)
+      self.assertGreater(row["true_cvr"], 0.0)
+
+
+if __name__ == "__main__":
+  absltest.main()
