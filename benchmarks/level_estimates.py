@@ -17,6 +17,11 @@ and on the test split, and prints per split, against the simulator's truth
   CVR minus 1;
 - ``pcvr``: mean pCVR over the true mean CVR minus 1 (the model's bias).
 
+With ``--folds=K`` it also cross-fits: K models, each trained with the
+library's defaults (and ``--loss``) on all of the training records but one
+hash fold of them, each scoring the fold it did not see; the figures over
+those out-of-fold predictions are the row ``out_of_fold``.
+
 docs/results.md, "The dense regime with today's defaults", was measured with
 models kept by ``escm2-study --keep_models`` (WORK_DIR/models/REGIME/seedS/E)
 on their dataset (WORK_DIR/data/REGIME/seedS):
@@ -24,16 +29,21 @@ on their dataset (WORK_DIR/data/REGIME/seedS):
   .venv/bin/python benchmarks/level_estimates.py \
       --data_dir=/tmp/dense/data/dense/seed0 \
       --model_dir=/tmp/dense/models/dense/seed0/dr
+
+and its five-fold rows with ``--folds=5 --seed=0 --work_dir=/tmp/folds`` (no
+``--model_dir``).
 """
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
 import dataclasses
 import json
+import os
 from typing import Any
 
 import numpy as np
 
+from escm2_tf import config as config_lib
 from escm2_tf import flagbind
 from escm2_tf import layout
 from escm2_tf import options
@@ -53,17 +63,31 @@ class LevelFlags:
   Attributes:
     data_dir: A study dataset: train/, test/ and raw/ground_truth_*.csv.
     model_dir: A model directory trained on it; repeatable.
+    folds: Also cross-fit with this many folds (at least 2); 0 for none.
+    loss: The cross-fitted models' estimator.
+    seed: The cross-fitted models' seed (the study trains seed S on its
+      dataset of seed S).
+    work_dir: Where the folds and their models go (with --folds).
     output_json: Also write the rows here.
   """
   data_dir: str = option("", group="data")
   model_dir: tuple[str, ...] = option((), group="data", repeatable=True)
+  folds: int = option(0, minimum=0, group="data")
+  loss: str = option("ipw", choices=config_lib.LOSSES, group="loss")
+  seed: int = option(42, minimum=0, group="data")
+  work_dir: str = option("", group="data")
   output_json: str = option("", group="output")
 
   def __post_init__(self):
-    for name in ("data_dir", "model_dir"):
-      if not getattr(self, name):
-        raise ConfigError(name, "is required")
     options.check_declared(self)
+    if not self.data_dir:
+      raise ConfigError("data_dir", "is required")
+    if not self.model_dir and not self.folds:
+      raise ConfigError("model_dir", "is required unless --folds is set")
+    if self.folds == 1:
+      raise ConfigError("folds", "must be 0 or at least 2, got 1")
+    if self.folds and not self.work_dir:
+      raise ConfigError("work_dir", "is required with --folds")
 
 
 _FLAGS = flagbind.Binding(flagbind.Section(LevelFlags, "benchmark"))
@@ -120,8 +144,6 @@ def _split_columns(model, files: str, split, tables) -> dict[str, np.ndarray]:
 def model_rows(data_dir: str, model_dir: str) -> list[dict[str, Any]]:
   """One row per split (train, held_out, test) of one model."""
   # pylint: disable=g-import-not-at-top
-  from escm2_tf import data
-  from escm2_tf import evaluation
   from escm2_tf import fit_policy
   from escm2_tf import run_dir
   config = run_dir.load_config(model_dir)
@@ -133,17 +155,85 @@ def model_rows(data_dir: str, model_dir: str) -> list[dict[str, Any]]:
       ("train", layout.TRAIN, trained_on),
       ("held_out", layout.TRAIN, held_out),
       ("test", layout.TEST, None)):
-    truth = evaluation.read_ground_truth(
-        layout.ground_truth(data_dir, split_name))
-    tables = [data.LabelTable(label, truth["sample_id"], truth[label])
-              for label in ("p_click", _TRUE_CVR)]
     columns = _split_columns(model, layout.examples(data_dir, split_name),
-                             split, tables)
+                             split, _label_tables(data_dir, split_name))
     rows.append({"model_dir": model_dir, "split": name, **split_figures(
         columns["clicked"], columns["converted"], columns["pctr"],
         columns["p_click"], columns["pcvr"], columns[_TRUE_CVR],
         model.loss_config.propensity_clip)})
   return rows
+
+
+def _label_tables(data_dir: str, split_name: str) -> list[Any]:
+  """The simulator's p_click and p_conversion of a split, by sample id."""
+  # pylint: disable=g-import-not-at-top
+  from escm2_tf import data
+  from escm2_tf import evaluation
+  truth = evaluation.read_ground_truth(layout.ground_truth(data_dir,
+                                                           split_name))
+  return [data.LabelTable(label, truth["sample_id"], truth[label])
+          for label in ("p_click", _TRUE_CVR)]
+
+
+def write_folds(data_dir: str, work_dir: str, folds: int) -> list[str]:
+  """The training records in ``folds`` files by a hash of their sample id."""
+  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+  from escm2_tf import data
+  from escm2_tf import schema
+  paths = [os.path.join(work_dir, f"fold{k}.tfrecord.gz")
+           for k in range(folds)]
+  spec = {schema.SAMPLE_ID: tf.io.FixedLenFeature([], tf.string)}
+  # In the files' sorted order, so the folds' records keep one order.
+  records = tf.data.TFRecordDataset(
+      data.list_files(layout.examples(data_dir, layout.TRAIN)),
+      compression_type="GZIP").batch(_BATCH_SIZE)
+  writers = [tf.io.TFRecordWriter(path, options="GZIP") for path in paths]
+  for block in records:
+    ids = tf.io.parse_example(block, spec)[schema.SAMPLE_ID]
+    # Salted, so the folds do not follow the trainer's held-out split.
+    fold = tf.strings.to_hash_bucket_fast(ids + b"#kfold", folds).numpy()
+    for record, k in zip(block.numpy(), fold):
+      writers[k].write(record)
+  for writer in writers:
+    writer.close()
+  return paths
+
+
+def cross_fitted_row(data_dir: str, work_dir: str, folds: int,
+                     loss: str, seed: int = 42) -> dict[str, Any]:
+  """The figures over out-of-fold predictions of ``folds`` models."""
+  # pylint: disable=g-import-not-at-top
+  from escm2_tf import run_dir
+  from escm2_tf import training
+  os.makedirs(work_dir, exist_ok=True)
+  paths = write_folds(data_dir, work_dir, folds)
+  tables = _label_tables(data_dir, layout.TRAIN)
+  parts = []
+  for k, left_out in enumerate(paths):
+    model_dir = os.path.join(work_dir, f"model{k}")
+    # The other folds, linked into one directory for the trainer's glob.
+    train_dir = os.path.join(work_dir, f"train{k}")
+    os.makedirs(train_dir, exist_ok=True)
+    for path in paths:
+      link = os.path.join(train_dir, os.path.basename(path))
+      if path != left_out and not os.path.lexists(link):
+        os.symlink(os.path.abspath(path), link)
+    config = config_lib.ExperimentConfig.create(
+        train_data=os.path.join(train_dir, "*.tfrecord.gz"),
+        eval_data=layout.examples(data_dir, layout.TEST),
+        vocab_dir=layout.training_vocab_dir(data_dir), model_dir=model_dir,
+        export_dir="", loss=loss, seed=seed)
+    training.train(config, verbose=0)
+    model = run_dir.restore_model(model_dir)
+    parts.append(_split_columns(model, left_out, None, tables))
+    clip = model.loss_config.propensity_clip
+  columns = {name: np.concatenate([part[name] for part in parts])
+             for name in parts[0]}
+  return {"model_dir": f"{folds} folds, {loss}", "split": "out_of_fold",
+          **split_figures(columns["clicked"], columns["converted"],
+                          columns["pctr"], columns["p_click"],
+                          columns["pcvr"], columns[_TRUE_CVR], clip)}
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -166,6 +256,11 @@ def main(settings: LevelFlags) -> int:
     for row in model_rows(settings.data_dir, model_dir):
       print(json.dumps(row), flush=True)
       rows.append(row)
+  if settings.folds:
+    row = cross_fitted_row(settings.data_dir, settings.work_dir,
+                           settings.folds, settings.loss, settings.seed)
+    print(json.dumps(row), flush=True)
+    rows.append(row)
   print(markdown(rows))
   if settings.output_json:
     evaluation.write_json(settings.output_json, {"rows": rows})

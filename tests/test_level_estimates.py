@@ -12,6 +12,7 @@ import datasets
 import testing
 from escm2_tf import data as data_lib
 from escm2_tf import training
+from escm2_tf.options import ConfigError
 
 
 def _script():
@@ -73,6 +74,35 @@ class KeptModelTest(absltest.TestCase):
       # model's pCVR is off it, and true propensities are positive.
       self.assertGreater(row["inverse_mass_true"], 0.0)
       self.assertGreater(row["true_cvr"], 0.0)
+
+
+class CrossFittedTest(absltest.TestCase):
+
+  def test_every_training_record_is_scored_by_the_model_that_left_it_out(self):
+    data = datasets.make_synthetic_data(testing.new_dir())
+    work_dir = testing.new_dir()
+    script = _script()
+    row = script.cross_fitted_row(data["directory"], work_dir, folds=2,
+                                  loss="ipw")
+    folds = [os.path.join(work_dir, f"fold{k}.tfrecord.gz") for k in (0, 1)]
+    sizes = [data_lib.count_records(path) for path in folds]
+    self.assertEqual(row["impressions"], data_lib.count_records(data["train"]))
+    self.assertEqual(sum(sizes), row["impressions"])
+    self.assertTrue(all(size > 0 for size in sizes), sizes)
+    for k in (0, 1):
+      trained_on = os.listdir(os.path.join(work_dir, f"train{k}"))
+      self.assertEqual(trained_on, [os.path.basename(folds[1 - k])])
+    self.assertEqual(row["split"], "out_of_fold")
+    self.assertTrue(np.isfinite(row["ips"]) and np.isfinite(row["snips"]))
+
+  def test_flags_name_what_is_missing(self):
+    flags = _script().LevelFlags
+    with self.assertRaisesRegex(ConfigError, "^model_dir: .*unless --folds"):
+      flags(data_dir="d")
+    with self.assertRaisesRegex(ConfigError, "^folds: must be 0 or at least 2"):
+      flags(data_dir="d", folds=1, work_dir="w")
+    with self.assertRaisesRegex(ConfigError, "^work_dir: is required"):
+      flags(data_dir="d", folds=2)
 
 
 if __name__ == "__main__":
