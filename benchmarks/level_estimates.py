@@ -37,6 +37,7 @@ and its five-fold rows with ``--folds=5 --seed=0 --work_dir=/tmp/folds`` (no
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Any
@@ -164,6 +165,9 @@ def model_rows(data_dir: str, model_dir: str) -> list[dict[str, Any]]:
   return rows
 
 
+# The training split's tables serve its trained-on and held-out sides, and
+# every model of the same dataset: read each ground truth once.
+@functools.cache
 def _label_tables(data_dir: str, split_name: str) -> list[Any]:
   """The simulator's p_click and p_conversion of a split, by sample id."""
   # pylint: disable=g-import-not-at-top

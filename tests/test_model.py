@@ -186,9 +186,9 @@ class FitTest(tf.test.TestCase, parameterized.TestCase):
     for seed in range(4):
       model = _build("dr", seed=seed, embedding_l2=1e-4)
       model.compile(optimizer=keras.optimizers.Adam(0.01))
+      config = model.loss_config
       for features, labels in _dataset(seed=2):
         logged = model.train_on_batch(features, labels, return_dict=True)
-        config = model.loss_config
         terms = [logged["ctr_loss"], f32(config.lambda_c) * logged["cvr_loss"],
                  f32(config.lambda_g) * logged["ctcvr_loss"],
                  f32(config.lambda_imp) * logged["imputation_loss"],
