@@ -251,7 +251,14 @@ def count_records(file_pattern: str | Sequence[str],
                                     compression_type=_GZIP)
   if split is not None:
     records = split.apply(records)
-  return int(records.reduce(np.int64(0), lambda count, _: count + 1))
+  # Counted a block at a time: a reduce function called per record costs
+  # ten times the reading (10 against 0.8 CPU-s for 400k records).
+  return int(records.batch(_SPLIT_BLOCK).reduce(
+      np.int64(0), _add_block_size))
+
+
+def _add_block_size(count: tf.Tensor, block: tf.Tensor) -> tf.Tensor:
+  return count + tf.size(block, out_type=tf.int64)
 
 
 def count_split_records(file_pattern: str | Sequence[str],

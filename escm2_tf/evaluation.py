@@ -130,7 +130,7 @@ def predict_keras_model(model: keras.Model,
   del features_spec[schema.SAMPLE_ID]
   # One trace for every batch size, the last, smaller batch included.
   predict = tf.function(lambda features: model(features, training=False),
-                        input_signature=[features_spec])
+                        input_signature=[features_spec], autograph=False)
 
   def batches():
     for features, labels in dataset:

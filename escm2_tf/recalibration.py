@@ -158,7 +158,7 @@ def score(model: keras.Model, batches: Iterable,
   inputs = scorer.input_names
   # Batches differ in their ragged shapes and the last in size.
   predict = tf.function(lambda features: scorer(features, training=False),
-                        reduce_retracing=True)
+                        reduce_retracing=True, autograph=False)
   logits, outputs, labels = [], {}, {}
   for features, batch_labels in batches:
     batch_logits, batch_outputs = predict(

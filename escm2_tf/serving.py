@@ -130,13 +130,13 @@ class ServingModule(tf.Module):
     self.serve_examples = tf.function(
         lambda examples: predict(parse_examples(examples)),
         input_signature=[tf.TensorSpec([None], tf.string,
-                                       name=EXAMPLES_INPUT)])
+                                       name=EXAMPLES_INPUT)], autograph=False)
     self.predict_dense = tf.function(
         lambda ids: predict(dense_to_ragged(ids)),
-        input_signature=[_id_specs()])
+        input_signature=[_id_specs()], autograph=False)
     self.predict_dense_weighted = tf.function(
         lambda ids, weights: predict(dense_to_ragged(ids, weights)),
-        input_signature=[_id_specs(), _weight_specs()])
+        input_signature=[_id_specs(), _weight_specs()], autograph=False)
     read = {}
     for function in self.signatures().values():
       read.update((variable.ref(), variable) for variable in function.variables)

@@ -20,6 +20,7 @@ own, deleted afterwards, and Keras' callbacks do the same for theirs.
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
+import functools
 import gc
 import math
 import os
@@ -45,6 +46,7 @@ from escm2_tf import recalibration
 from escm2_tf import run_dir
 from escm2_tf import schema
 from escm2_tf import threads
+from escm2_tf import tracing
 from escm2_tf import validation
 from escm2_tf import vocab
 
@@ -309,12 +311,6 @@ def _fit(model: keras.Model, config: config_lib.ExperimentConfig,
                  == config_lib.DEFAULT_STRATEGY)
   repeated = _repeats_input(config, strategy)
   (train_files, train_split), validation_source = _validation_source(config)
-  steps = {}
-  if repeated or one_machine:
-    # Keras must know an epoch's steps to group them and to end a pass
-    # without a failed call; workers must agree on them. One count does.
-    steps = _fixed_steps(config, (train_files, train_split),
-                         validation_source)
   parameter_server = isinstance(strategy,
                                 tf.distribute.ParameterServerStrategy)
   cache_training, cache_validation = _cached(
@@ -331,15 +327,22 @@ def _fit(model: keras.Model, config: config_lib.ExperimentConfig,
       validation_num_epochs=None if cluster else 1,
       cache_training=cache_training, cache_validation=cache_validation,
       label_table=label_table)
+  # Keras must know an epoch's steps to group them and to end a pass without
+  # a failed call; workers must agree on them. One count does.
+  count = functools.partial(_fixed_steps, config, (train_files, train_split),
+                            validation_source)
   if one_machine:
     inputs = inputs()
     if validation_inputs:
       validation_inputs = validation_inputs()
+    with tracing.steps_traced_meanwhile(model, inputs, validation_inputs):
+      steps = count()
     if not repeated:
       inputs, validation_inputs = _with_known_lengths(
           inputs, validation_inputs, steps)
       steps = {}
   else:
+    steps = count() if repeated else {}
     inputs = distribute.distribute_dataset(strategy, inputs)
     if validation_inputs:
       validation_inputs = distribute.distribute_dataset(strategy,

@@ -605,6 +605,45 @@ class GroupedStepsTest(tf.test.TestCase):
         evaluation.compute_metrics(predictions)), result["metrics"])
 
 
+class _TracingCounts(keras.callbacks.Callback):
+  """The traces of fit's training and validation functions, at both ends."""
+
+  def __init__(self):
+    super().__init__()
+    self.counts = {}
+
+  def _count(self, moment: str):
+    self.counts[moment] = tuple(
+        None if function is None else
+        function.experimental_get_tracing_count()
+        for function in (self.model.train_tf_function,
+                         self.model.test_function))
+
+  def on_train_begin(self, logs=None):
+    self._count("begin")
+
+  def on_train_end(self, logs=None):
+    self._count("end")
+
+
+class StepTracingTest(tf.test.TestCase, parameterized.TestCase):
+  """The trainer traces fit's steps once, before the first epoch."""
+
+  @parameterized.parameters(1, 32)
+  def test_steps_are_traced_before_fit_and_never_again(
+      self, steps_per_execution):
+    data = datasets.make_synthetic_data(new_dir())
+    counts = _TracingCounts()
+    result = training.train(
+        train_config(data, new_dir(), epochs=2,
+                     steps_per_execution=steps_per_execution),
+        callbacks=[counts], verbose=0)
+    self.assertEqual(result["epochs"], 2)
+    # Without the tracing ahead of fit, Keras makes its training function
+    # before on_train_begin but traces it at its first step: 0 here.
+    self.assertEqual(counts.counts, {"begin": (1, 1), "end": (1, 1)})
+
+
 class NanPredictionTest(tf.test.TestCase):
   """The last net: a model that predicts NaN is neither scored nor exported.
 
