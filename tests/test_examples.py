@@ -28,7 +28,7 @@ def _reference_example(sample_id, click, conversion, features):
   }
   for field, (ids, values) in features.items():
     feature[field] = tf.train.Feature(int64_list=tf.train.Int64List(value=ids))
-    if field in schema.WEIGHTED_FIELDS:
+    if field in schema.WEIGHTED_FIELDS and any(v != 1.0 for v in values):
       feature[schema.weight_name(field)] = tf.train.Feature(
           float_list=tf.train.FloatList(value=values))
   return tf.train.Example(features=tf.train.Features(feature=feature))
@@ -65,6 +65,15 @@ class EncodeTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(parsed["205"].to_list(), [[123456789], [123456789]])
     self.assertAllClose(parsed["109_14_w"].values, [0.5, 2.0, 1.25])
     self.assertEqual(parsed["508"].to_list(), [[], []])
+
+  def test_weights_of_one_are_left_out(self):
+    serialized = examples.serialize_example(
+        "w", 0, 0, {"109_14": ([4, 5], [1.0, 1.0]),
+                    "110_14": ([6, 7], [1.0, 2.0])})
+    feature = tf.train.Example.FromString(serialized).features.feature
+    self.assertEqual(list(feature["109_14"].int64_list.value), [4, 5])
+    self.assertNotIn("109_14_w", feature)
+    self.assertAllEqual(feature["110_14_w"].float_list.value, [1.0, 2.0])
 
   @parameterized.parameters(0, 1, 127, 128, 300, 1 << 35, (1 << 63) - 1,
                             -1, -(1 << 63))

@@ -84,9 +84,10 @@ def _expected_features(items):
   for field, pairs in by_field.items():
     pairs = _truncated(pairs)
     features[field] = [i for i, _ in pairs]
-    if field in schema.WEIGHTED_FIELDS:
-      features[schema.weight_name(field)] = [float(np.float32(v))
-                                             for _, v in pairs]
+    weights = [float(np.float32(v)) for _, v in pairs]
+    # Weights that are all 1.0 are left out: they read as 1.0 when absent.
+    if field in schema.WEIGHTED_FIELDS and weights.count(1.0) < len(weights):
+      features[schema.weight_name(field)] = weights
   return features
 
 
@@ -385,6 +386,10 @@ class ConvertTest(tf.test.TestCase, parameterized.TestCase):
         if field in schema.WEIGHTED_FIELDS:
           expected[schema.weight_name(field)].append(
               float(np.float32(value)))
+      for field in schema.WEIGHTED_FIELDS:
+        weights = expected.get(schema.weight_name(field), [])
+        if weights and weights.count(1.0) == len(weights):
+          del expected[schema.weight_name(field)]
       expected[schema.CLICK] = [int(click)]
       expected[schema.CONVERSION] = [int(conversion)]
       self.assertEqual(by_id[sample_id], dict(expected), msg=sample_id)

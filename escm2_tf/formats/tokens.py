@@ -27,7 +27,6 @@ from escm2_tf.formats import examples
 _CACHE_SIZE = 1 << 18
 _PADDING = "padding"
 _IGNORED = "ignored"
-_WEIGHT_NAMES = {f: schema.weight_name(f) for f in schema.WEIGHTED_FIELDS}
 
 # Token text to _PADDING, _IGNORED or (field, id, the field's entry if the
 # token is its only id, the id's varint).
@@ -71,15 +70,13 @@ def _parse(token: str):
   if field not in schema.FIELDS_BY_NAME:
     return _IGNORED
   varint = examples.varint(feature_id)
-  return field, feature_id, _entries(field, varint, 1), varint
+  return field, feature_id, _entries(field, varint), varint
 
 
-def _entries(field: str, payload: bytes, num_ids: int) -> bytes:
-  """``examples.field_entries`` of a field's varints; its values are 1.0."""
-  entry = examples.packed_int64_entry(field, payload)
-  if field in _WEIGHT_NAMES:
-    entry += examples.float_entry(_WEIGHT_NAMES[field], [1.0] * num_ids)
-  return entry
+def _entries(field: str, payload: bytes) -> bytes:
+  """``examples.field_entries`` of a field's varints: PaddleRec's weights are
+  all 1.0, which records leave out."""
+  return examples.packed_int64_entry(field, payload)
 
 
 def _group(text: str) -> Optional[tuple[dict[str, list], int, int]]:
@@ -135,7 +132,6 @@ def encode_tokens(text: str, max_values: int) -> Optional[Tokens]:
       parts.append(group[0][2])
       ids.append((field, [group[0][1]]))
     else:
-      parts.append(_entries(field, b"".join([p[3] for p in group]),
-                            len(group)))
+      parts.append(_entries(field, b"".join([p[3] for p in group])))
       ids.append((field, [p[1] for p in group]))
   return Tokens(b"".join(parts), ids, truncated, ignored, padding, groups)
