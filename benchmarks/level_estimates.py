@@ -15,7 +15,10 @@ and on the test split, and prints per split, against the simulator's truth
 - ``ips``, ``snips``, ``ips_true``: (1/N) sum o r/ô, the same divided by
   ``inverse_mass``, and with the true p_click, each over the split's true mean
   CVR minus 1;
-- ``pcvr``: mean pCVR over the true mean CVR minus 1 (the model's bias).
+- ``pcvr``: mean pCVR over the true mean CVR minus 1 (the model's bias);
+- ``weight_converted`` / ``weight_unconverted``: the mean of 1/ô over that of
+  1/p on the converted and on the unconverted clicks (below 1 where ô is
+  optimistic: an IPS estimate reads its level from the converted ones).
 
 With ``--folds=K`` it also cross-fits: K models, each trained with the
 library's defaults (and ``--loss``) on all of the training records but one
@@ -106,6 +109,14 @@ def split_figures(clicked: np.ndarray, converted: np.ndarray,
   truth = float(np.mean(true_cvr))
   inverse_mass = float(np.mean(clicked / propensity))
   ips = float(np.mean(outcome / propensity))
+  converted_clicks = clicked & converted.astype(bool)
+
+  def weight_ratio(mask: np.ndarray) -> float:
+    if not mask.any():
+      return float("nan")
+    return float(np.mean(1 / propensity[mask])
+                 / np.mean(1 / true_propensity[mask]))
+
   return {
       "impressions": int(clicked.size),
       "ctr_on_clicks": float(pctr[clicked].mean() / true_ctr[clicked].mean()),
@@ -118,6 +129,8 @@ def split_figures(clicked: np.ndarray, converted: np.ndarray,
       "snips": ips / inverse_mass / truth - 1.0,
       "ips_true": float(np.mean(outcome / true_propensity)) / truth - 1.0,
       "pcvr": float(np.mean(pcvr)) / truth - 1.0,
+      "weight_converted": weight_ratio(converted_clicks),
+      "weight_unconverted": weight_ratio(clicked & ~converted_clicks),
   }
 
 
@@ -242,14 +255,16 @@ def cross_fitted_row(data_dir: str, work_dir: str, folds: int,
 
 def markdown(rows: list[dict[str, Any]]) -> str:
   lines = ["| model | split | pCTR/p on clicks | off clicks | (1/N) sum o/ô "
-           "| IPS | SNIPS | IPS, true p | pCVR |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "| IPS | SNIPS | IPS, true p | pCVR | 1/ô over 1/p: converted, "
+           "unconverted clicks |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
   for row in rows:
     lines.append(
         f"| {row['model_dir']} | {row['split']} | {row['ctr_on_clicks']:.3f} "
         f"| {row['ctr_off_clicks']:.3f} | {row['inverse_mass']:.3f} "
         f"(true {row['inverse_mass_true']:.3f}) | {row['ips']:+.1%} "
-        f"| {row['snips']:+.1%} | {row['ips_true']:+.1%} | {row['pcvr']:+.1%} |")
+        f"| {row['snips']:+.1%} | {row['ips_true']:+.1%} | {row['pcvr']:+.1%} "
+        f"| {row['weight_converted']:.3f}, {row['weight_unconverted']:.3f} |")
   return "\n".join(lines)
 
 

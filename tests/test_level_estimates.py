@@ -47,6 +47,10 @@ class SplitFiguresTest(absltest.TestCase):
     self.assertAlmostEqual(figures["ips_true"], (1 / 0.25) / 4 / 0.2 - 1,
                            places=6)
     self.assertAlmostEqual(figures["pcvr"], 0.2 / 0.2 - 1, places=6)
+    # The converted click: 1/0.5 against 1/0.25; the other: 1/0.1 (clipped)
+    # against 1/0.25.
+    self.assertAlmostEqual(figures["weight_converted"], 2 / 4, places=6)
+    self.assertAlmostEqual(figures["weight_unconverted"], 10 / 4, places=6)
 
 
 class KeptModelTest(absltest.TestCase):
