@@ -49,8 +49,8 @@ PROPENSITIES = ("model", "label")
 _MIN_EPSILON = 1e-7
 # PaddleRec hard-codes these; under compat="paddlerec" they would be ignored.
 _PAPER_ONLY_FIELDS = ("lambda_imp", "propensity_clip", "max_ips_weight",
-                      "stop_ips_gradient", "epsilon", "propensity",
-                      "self_normalized")
+                      "stop_ips_gradient", "stop_ctcvr_gradient", "epsilon",
+                      "propensity", "self_normalized")
 # Holding out more than half of the training data leaves too little to train.
 MAX_VALIDATION_FRACTION = 0.5
 
@@ -173,6 +173,10 @@ class LossConfig:
     stop_ips_gradient: If True the IPS weight passes no gradient into the CTR
       tower, which is then trained by L_ctr and L_ctcvr only; otherwise the
       counterfactual risk can lower itself by raising ô on clicks.
+    stop_ctcvr_gradient: If True the global risk L_ctcvr passes no gradient
+      into the CTR output (ô is a constant in ô·r̂): L_ctr alone fits ô, to
+      the clicks, and L_ctcvr trains the CVR tower. Otherwise every
+      conversion is a second positive label for ô as well.
     propensity: Where the click propensity ô of the IPS weight comes from:
       ``"model"``, the CTR tower's pCTR (ESCM2), or ``"label"``, a known
       propensity in ``labels["p_click"]`` (the simulator's true click
@@ -195,6 +199,7 @@ class LossConfig:
   propensity_clip: float = option(0.01, minimum=0.0, maximum=1.0)
   max_ips_weight: float | None = option(None, minimum=1.0)
   stop_ips_gradient: bool = True
+  stop_ctcvr_gradient: bool = False
   propensity: str = option(
       "model", choices=PROPENSITIES,
       help="The IPS weight's click propensity: the CTR tower's pCTR (model) "

@@ -160,6 +160,8 @@ def compute_losses(config: config_lib.LossConfig,
       result = _paper_counterfactual(config, click, propensity, delta,
                                      imputation)
   result["ctr_loss"] = tf.reduce_mean(log_loss(click, ctr))
+  if config.stop_ctcvr_gradient:
+    ctcvr = tf.stop_gradient(ctr) * cvr
   result["ctcvr_loss"] = tf.reduce_mean(log_loss(ctcvr_label, ctcvr))
   cvr_weight = config.lambda_c
   if config.loss == "esmm":

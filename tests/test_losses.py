@@ -334,6 +334,9 @@ class LossInputTest(tf.test.TestCase, parameterized.TestCase):
       ("clip_above_one", dict(propensity_clip=1.5), "propensity_clip"),
       ("cap_below_one", dict(max_ips_weight=0.5), "max_ips_weight"),
       ("stop_not_bool", dict(stop_ips_gradient=1), "stop_ips_gradient"),
+      ("paddlerec_stop_ctcvr", dict(compat="paddlerec",
+                                    stop_ctcvr_gradient=True),
+       "stop_ctcvr_gradient"),
       ("tiny_epsilon", dict(epsilon=1e-9), "epsilon"),
       ("paddlerec_clip", dict(compat="paddlerec", propensity_clip=0.05),
        "propensity_clip"),
@@ -407,6 +410,20 @@ class GradientTest(tf.test.TestCase, parameterized.TestCase):
     self.assertAllClose(ctr_grad, expected, rtol=1e-4, atol=1e-7)
     free = dataclasses.replace(config, stop_ips_gradient=False)
     self.assertNotAllClose(self.gradients(free)[0], expected, atol=1e-4)
+
+  @parameterized.parameters("naive", "esmm", "ipw", "dr_jl")
+  def test_ctcvr_gradient_can_stop_at_ctr(self, loss):
+    config = config_lib.LossConfig(loss=loss, lambda_c=1.0, lambda_g=0.7,
+                                   stop_ctcvr_gradient=True)
+    ctr_grad, cvr_grad, _ = self.gradients(config)
+    # L_ctr alone moves the CTR logits; L_ctcvr still moves the CVR ones.
+    self.assertAllClose(ctr_grad, (self.ctr - self.click) / self.ctr.size,
+                        rtol=1e-4, atol=1e-7)
+    joint = dataclasses.replace(config, stop_ctcvr_gradient=False)
+    joint_ctr_grad, joint_cvr_grad, _ = self.gradients(joint)
+    self.assertAllClose(ctr_grad + self.ctcvr_grads(0.7)[0], joint_ctr_grad,
+                        rtol=1e-4, atol=1e-7)
+    self.assertAllClose(cvr_grad, joint_cvr_grad, rtol=1e-5, atol=1e-8)
 
   def test_dr_decoupling(self):
     config = config_lib.LossConfig(loss="dr", lambda_c=0.6, lambda_g=0.7,
