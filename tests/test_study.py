@@ -469,13 +469,14 @@ class StudyCliTest(parameterized.TestCase):
     output_dir = os.path.join(root, "out")
     settings = dict(work_dir=os.path.join(root, "work"),
                     output_dir=output_dir, regime=[_TINY], seeds=["0", "1"],
-                    estimators=["esmm"], arm=["mc3:min_count=3"],
+                    estimators=["esmm"], arm=["mc3:min_count=3,epochs=1"],
                     keep_models=True)
     status, stdout, stderr = _run_cli(**settings)
     self.assertEqual(status, 0, stderr)
     self.assertRegex(stdout, r"\[4/4\] tiny seed 1 mc3: ")
     kept = runner.run_model_dir(settings["work_dir"], "tiny", 1, "mc3")
-    self.assertEqual(run_dir.load_config(kept).data.min_count, 3)
+    config = run_dir.load_config(kept)
+    self.assertEqual((config.data.min_count, config.trainer.epochs), (3, 1))
     self.assertIsNotNone(run_dir.restore_model(kept))
     with open(os.path.join(output_dir, "study.json")) as f:
       results = json.load(f)
@@ -483,13 +484,15 @@ class StudyCliTest(parameterized.TestCase):
     by_estimator = {run["estimator"]: run["settings"]
                     for run in results["runs"]}
     self.assertEqual(by_estimator, {"esmm": {"loss": "esmm"},
-                                    "mc3": {"loss": "esmm", "min_count": 3}})
+                                    "mc3": {"loss": "esmm", "min_count": 3,
+                                            "epochs": 1}})
     with open(os.path.join(output_dir, "study.md")) as f:
       self.assertIn("| tiny | mc3 |", f.read())
     status, stdout, _ = _run_cli(**settings)
     self.assertIn("4 already in", stdout)
     # Other settings under the same name are other runs.
-    status, stdout, _ = _run_cli(**{**settings, "arm": ["mc3:min_count=4"]})
+    status, stdout, _ = _run_cli(
+        **{**settings, "arm": ["mc3:min_count=4,epochs=1"]})
     self.assertEqual(status, 0)
     self.assertIn("2 already in", stdout)
 
