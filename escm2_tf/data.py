@@ -289,8 +289,9 @@ def parsed_bytes_estimate(file_pattern: str | Sequence[str]) -> int:
   """A generous estimate of the memory that the parsed files take.
 
   Parsed ids are 8-byte integers; in the converter's GZIP records they take
-  about a byte each (measured: 12 bytes parsed per byte of a converted
-  simulated file, weights left out).
+  about a byte each (measured: 13.8 and 14.8 bytes parsed per byte of the
+  converted test and training files of ``docs/benchmarks.md``'s 500k
+  simulated rows, weights left out).
   """
   return _PARSED_BYTES_PER_GZIP_BYTE * sum(
       tf.io.gfile.stat(path).length for path in list_files(file_pattern))

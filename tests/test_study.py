@@ -19,6 +19,7 @@ from escm2_tf.study import datasets
 from escm2_tf.study import designs
 from escm2_tf.study import floor
 from escm2_tf.study import grid
+from escm2_tf.study import report
 from escm2_tf.study import runner
 from escm2_tf.study import stats
 from escm2_tf.study import summary
@@ -127,6 +128,10 @@ class TargetsTest(parameterized.TestCase):
   """Each regime's targets, from runs whose numbers are chosen by hand."""
 
   def _targets(self, biases, calibration_cvr=1.0):
+    return self._summary(biases, calibration_cvr)["summary"]["targets"]["r"]
+
+  def _summary(self, biases, calibration_cvr=1.0):
+    """A results file's grid, runs and summary."""
     estimators = tuple(biases)
     config = grid.StudyConfig(
         regimes=(grid.Regime("r", 0.1, 0.1, 0.5, 10_000, 100),),
@@ -137,7 +142,8 @@ class TargetsTest(parameterized.TestCase):
                             calibration_cvr=calibration_cvr)
       run["data"] = {"floor": {"floor": 0.001, "floor_without_ids": 0.008,
                                "floor_true_propensity": 0.0}}
-    return summary.summarise(config, runs)["targets"]["r"]
+    return {"grid": config.to_dict(), "runs": runs,
+            "summary": summary.summarise(config, runs)}
 
   def test_met(self):
     t = self._targets({
@@ -149,6 +155,7 @@ class TargetsTest(parameterized.TestCase):
     self.assertAlmostEqual(t["gap_closed"]["ipw"], 0.008 / 0.009)
     self.assertEqual(t["met"], {"true_propensity": True,
                                 "best_over_esmm": True, "gap_closed": True,
+                                "joint_learning_below_ipw": None,
                                 "calibration": True})
 
   def test_each_target_can_fail(self):
@@ -158,8 +165,38 @@ class TargetsTest(parameterized.TestCase):
         calibration_cvr=0.6)
     self.assertEqual(t["met"], {"true_propensity": False,
                                 "best_over_esmm": False, "gap_closed": False,
+                                "joint_learning_below_ipw": None,
                                 "calibration": False})
     self.assertEqual(t["out_of_range"]["ipw"], ["calibration_cvr"])
+
+  def test_joint_learning_below_ipw_needs_a_paired_interval_below_zero(self):
+    biases = {"esmm": [0.010, 0.012, 0.008], "ipw": [0.004, -0.003, 0.005],
+              "dr_jl": [0.0045, -0.0028, 0.0052]}
+    # MRDR: |bias| 0.001 below IPW's in every seed, so the interval is 0.001.
+    steady = self._targets({**biases, "mrdr": [0.003, -0.002, 0.004]})
+    self.assertTrue(steady["met"]["joint_learning_below_ipw"])
+    self.assertAlmostEqual(steady["vs_ipw"]["mrdr"]["mean"], -0.001)
+    self.assertAlmostEqual(steady["vs_ipw"]["mrdr"]["high"], -0.001)
+    self.assertAlmostEqual(steady["vs_ipw"]["dr_jl"]["mean"],
+                           np.mean([0.0005, -0.0002, 0.0002]))
+    # The same mean difference, but one seed the other way: not shown.
+    noisy = self._targets({**biases, "mrdr": [0.001, -0.004, 0.004]})
+    self.assertLess(noisy["vs_ipw"]["mrdr"]["mean"], 0)
+    self.assertGreater(noisy["vs_ipw"]["mrdr"]["high"], 0)
+    self.assertFalse(noisy["met"]["joint_learning_below_ipw"])
+    markdown = report.markdown(
+        self._summary({**biases, "mrdr": [0.001, -0.004, 0.004]}))
+    cells = {e: stats.interval(np.abs(biases[e] if e != "mrdr" else
+                                      [0.001, -0.004, 0.004])
+                               - np.abs(biases["ipw"]))
+             for e in ("dr_jl", "mrdr")}
+    # The Targets table's row: the paired |bias| table has one line per pair.
+    row = [line for line in markdown.splitlines() if "; MRDR " in line]
+    self.assertLen(row, 1)
+    self.assertIn(
+        "| DR-JL {:+.4f} [{:+.4f}, {:+.4f}]; MRDR {:+.4f} [{:+.4f}, {:+.4f}]: "
+        "no |".format(*[cells[e][k] for e in ("dr_jl", "mrdr")
+                        for k in ("mean", "low", "high")]), row[0])
 
 
 class GridTest(parameterized.TestCase):
@@ -432,13 +469,14 @@ class StudyCliTest(parameterized.TestCase):
     output_dir = os.path.join(root, "out")
     settings = dict(work_dir=os.path.join(root, "work"),
                     output_dir=output_dir, regime=[_TINY], seeds=["0", "1"],
-                    estimators=["esmm"], arm=["mc3:min_count=3"],
+                    estimators=["esmm"], arm=["mc3:min_count=3,epochs=1"],
                     keep_models=True)
     status, stdout, stderr = _run_cli(**settings)
     self.assertEqual(status, 0, stderr)
     self.assertRegex(stdout, r"\[4/4\] tiny seed 1 mc3: ")
     kept = runner.run_model_dir(settings["work_dir"], "tiny", 1, "mc3")
-    self.assertEqual(run_dir.load_config(kept).data.min_count, 3)
+    config = run_dir.load_config(kept)
+    self.assertEqual((config.data.min_count, config.trainer.epochs), (3, 1))
     self.assertIsNotNone(run_dir.restore_model(kept))
     with open(os.path.join(output_dir, "study.json")) as f:
       results = json.load(f)
@@ -446,13 +484,15 @@ class StudyCliTest(parameterized.TestCase):
     by_estimator = {run["estimator"]: run["settings"]
                     for run in results["runs"]}
     self.assertEqual(by_estimator, {"esmm": {"loss": "esmm"},
-                                    "mc3": {"loss": "esmm", "min_count": 3}})
+                                    "mc3": {"loss": "esmm", "min_count": 3,
+                                            "epochs": 1}})
     with open(os.path.join(output_dir, "study.md")) as f:
       self.assertIn("| tiny | mc3 |", f.read())
     status, stdout, _ = _run_cli(**settings)
     self.assertIn("4 already in", stdout)
     # Other settings under the same name are other runs.
-    status, stdout, _ = _run_cli(**{**settings, "arm": ["mc3:min_count=4"]})
+    status, stdout, _ = _run_cli(
+        **{**settings, "arm": ["mc3:min_count=4,epochs=1"]})
     self.assertEqual(status, 0)
     self.assertIn("2 already in", stdout)
 

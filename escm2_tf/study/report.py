@@ -151,6 +151,8 @@ def _target_lines(grid: Mapping[str, Any],
            f"{summary_lib.BEST_OVER_ESMM} with a paired interval below zero. "
            "Gap: the least share of the achievable gap a counterfactual "
            f"estimator closes, at least {summary_lib.GAP_CLOSED}. "
+           "Below IPW: DR-JL's or MRDR's paired Δ\\|bias\\| against IPW, "
+           "mean [95 % interval], met when an interval is below zero. "
            f"Calibration: {ranges} (calibration_cvr: pCVR on clicks) for "
            "every estimator (means over seeds).", ""]
   rows = []
@@ -168,10 +170,20 @@ def _target_lines(grid: Mapping[str, Any],
          f"{_yes_no(met['best_over_esmm'])}"),
         (f"{min(shares):.2f}: {_yes_no(met['gap_closed'])}" if shares
          else "n/a"),
-        f"{outside}: {_yes_no(met['calibration'])}"])
+        _below_ipw(t), f"{outside}: {_yes_no(met['calibration'])}"])
   return lines + _table(["regime", "true p_click unbiased", "best / ESMM",
-                         "least gap closed", "calibration out of range"],
-                        rows)
+                         "least gap closed", "below IPW",
+                         "calibration out of range"], rows)
+
+
+def _below_ipw(target: Mapping[str, Any]) -> str:
+  """DR-JL's and MRDR's paired |bias| differences with IPW, and the verdict."""
+  vs_ipw = target.get("vs_ipw") or {}
+  if not vs_ipw:
+    return "n/a"
+  cells = "; ".join(f"{_name(e)} {_cell(d, 'difference')}"
+                    for e, d in vs_ipw.items())
+  return f"{cells}: {_yes_no(target['met'].get('joint_learning_below_ipw'))}"
 
 
 def _floor_lines(grid: Mapping[str, Any],
