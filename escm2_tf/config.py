@@ -43,6 +43,9 @@ LOSSES = ("naive", "esmm", "ipw", "dr", "dr_jl", "mrdr")
 # The doubly robust estimators whose imputation tower predicts a pseudo-label;
 # PaddleRec has neither.
 JOINT_LEARNING_LOSSES = ("dr_jl", "mrdr")
+# The estimators with an imputation tower (output ``schema.IMPUTATION``): a
+# predicted error for dr, a pseudo-label for the joint-learning ones.
+IMPUTATION_LOSSES = ("dr",) + JOINT_LEARNING_LOSSES
 COMPAT_MODES = ("paper", "paddlerec")
 PROPENSITIES = ("model", "label")
 # Below this, 1 - epsilon rounds to 1 in float32 and log(1 - p) is -inf.

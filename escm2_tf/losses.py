@@ -22,9 +22,6 @@ from escm2_tf import config as config_lib
 from escm2_tf import layout
 from escm2_tf import schema
 
-# The estimators with an imputation tower (output ``schema.IMPUTATION``): a
-# predicted error for dr, a pseudo-label for the joint-learning ones.
-IMPUTATION_LOSSES = ("dr",) + config_lib.JOINT_LEARNING_LOSSES
 # The label holding a known click propensity, for propensity="label": the
 # simulator's true click probability, its ground truth's column.
 PROPENSITY_LABEL = layout.P_CLICK
@@ -136,7 +133,7 @@ def compute_losses(config: config_lib.LossConfig,
   ctr, cvr, ctcvr = (_vector(outputs, key, "outputs")
                      for key in schema.OUTPUT_NAMES)
   imputation = (_vector(outputs, schema.IMPUTATION, "outputs")
-                if config.loss in IMPUTATION_LOSSES else None)
+                if config.loss in config_lib.IMPUTATION_LOSSES else None)
   paddlerec = config.compat == "paddlerec"
   if paddlerec:
     log_loss = paddle_log_loss
@@ -169,7 +166,7 @@ def compute_losses(config: config_lib.LossConfig,
     cvr_weight = 0.0
   terms = [result["ctr_loss"], cvr_weight * result["cvr_loss"],
            config.lambda_g * result["ctcvr_loss"]]
-  if config.loss in IMPUTATION_LOSSES and not paddlerec:
+  if config.loss in config_lib.IMPUTATION_LOSSES and not paddlerec:
     terms.append(config.lambda_imp * result["imputation_loss"])
   # A reduction, not adds: Grappler rewrites chains of adds (and AddN) in an
   # order that differs between traces, so equal runs logged totals a bit

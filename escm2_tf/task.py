@@ -49,21 +49,21 @@ IMPUTATION_LOSS = "imputation_loss"
 def tower_names(loss_config: config_lib.LossConfig) -> tuple[str, ...]:
   """The towers the estimator needs, in the order of the network's logits.
 
-  CTR, CVR and, for the estimators of ``losses.IMPUTATION_LOSSES``, the
+  CTR, CVR and, for the estimators of ``config_lib.IMPUTATION_LOSSES``, the
   imputation: dr's predicts the CVR cross-entropy (``schema.IMPUTATION``),
   dr_jl's and mrdr's a pseudo-label (``schema.PSEUDO_LABEL``). Either
   tower's output is ``schema.IMPUTATION``.
   """
   if loss_config.loss in config_lib.JOINT_LEARNING_LOSSES:
     return (schema.CTR, schema.CVR, schema.PSEUDO_LABEL)
-  if loss_config.loss in losses.IMPUTATION_LOSSES:
+  if loss_config.loss in config_lib.IMPUTATION_LOSSES:
     return (schema.CTR, schema.CVR, schema.IMPUTATION)
   return (schema.CTR, schema.CVR)
 
 
 def risk_names(loss_config: config_lib.LossConfig) -> tuple[str, ...]:
   """The risks ``losses.compute_losses`` returns besides the total."""
-  if loss_config.loss in losses.IMPUTATION_LOSSES:
+  if loss_config.loss in config_lib.IMPUTATION_LOSSES:
     return RISK_NAMES + (IMPUTATION_LOSS,)
   return RISK_NAMES
 

@@ -23,6 +23,7 @@ floor), signed biases, so 1 is the floor and 0 is ESMM.
 import math
 from typing import Any, Mapping, Sequence
 
+from escm2_tf import config as config_lib
 from escm2_tf.study import grid
 from escm2_tf.study import stats
 
@@ -33,9 +34,6 @@ METRICS = ("cvr_bias", "abs_cvr_bias", "cvr_bias_clicked", "calibration_cvr",
            "ips_true_cvr", "ips_true_cvr_oracle", "true_cvr_mean", "epochs",
            "best_epoch")
 REFERENCES = ("esmm", "naive")
-# Compared with IPW as well: what an imputation adds to its weights.
-DOUBLY_ROBUST = ("dr", "dr_jl", "mrdr")
-JOINT_LEARNING = ("dr_jl", "mrdr")
 COUNTERFACTUAL = ("ipw", "dr")
 FLOORS = ("floor", "floor_without_ids", "floor_true_propensity")
 BEST_OVER_ESMM = 0.3
@@ -106,7 +104,9 @@ def summarise(config: grid.StudyConfig,
 
 def _references(estimator: str) -> tuple[str, ...]:
   """The estimators ``estimator`` is paired with, seed by seed."""
-  return REFERENCES + (("ipw",) if estimator in DOUBLY_ROBUST else ())
+  # The doubly robust ones also with IPW: what their imputation adds.
+  return REFERENCES + (("ipw",) if estimator in config_lib.IMPUTATION_LOSSES
+                       else ())
 
 
 def _contains_zero(cell: Mapping[str, float | None]) -> bool | None:
@@ -142,7 +142,8 @@ def targets(metrics: Mapping[str, Mapping[str, Any]],
     ratio = metrics[best]["abs_cvr_bias"]["mean"] / esmm
     below = _below(paired[best].get("vs_esmm", {}).get("abs_bias"))
   shares = {e: gaps.get(e) for e in counterfactual}
-  vs_ipw = {e: paired[e]["vs_ipw"]["abs_bias"] for e in JOINT_LEARNING
+  vs_ipw = {e: paired[e]["vs_ipw"]["abs_bias"]
+            for e in config_lib.JOINT_LEARNING_LOSSES
             if "vs_ipw" in paired.get(e, {})
             and paired[e]["vs_ipw"]["abs_bias"]["mean"] is not None}
   out_of_range = {
