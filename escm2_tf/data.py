@@ -124,23 +124,61 @@ class LabelTable:
   The simulator's true ``p_click`` is one: the study trains estimators with
   it as their propensity. A record without a row gets NaN, which stops
   training rather than weighting it by a made-up value.
+
+  The ids are kept as sorted 64-bit fingerprints and found by binary
+  search, not in a hash table: under op determinism (the trainer's default)
+  a stateful op anywhere in an input pipeline, such as a table lookup, makes
+  tf.data run every map of it sequentially and without prefetching.
+
+  Raises:
+    ValueError: Two rows of one ``sample_id`` (or of one fingerprint), no
+      row, or ids and values of different lengths.
   """
 
   def __init__(self, name: str, sample_ids: np.ndarray, values: np.ndarray):
+    sample_ids = np.asarray(sample_ids).astype(str)
+    values = np.asarray(values, np.float32)
+    if (sample_ids.ndim != 1 or sample_ids.shape != values.shape
+        or not sample_ids.size):
+      raise ValueError(f"LabelTable {name!r}: needs one value per id and at "
+                       f"least one id, got {sample_ids.shape} ids and "
+                       f"{values.shape} values.")
+    keys = _fingerprints(tf.constant(sample_ids)).numpy()
+    order = np.argsort(keys, kind="stable")
+    keys = keys[order]
+    repeated = np.flatnonzero(keys[1:] == keys[:-1])
+    if repeated.size:
+      first, second = (str(sample_ids[order[i]])
+                       for i in (repeated[0], repeated[0] + 1))
+      raise ValueError(
+          f"LabelTable {name!r}: sample_id {first!r} has two rows."
+          if first == second else f"LabelTable {name!r}: sample_ids "
+          f"{first!r} and {second!r} share a fingerprint.")
     self.name = name
-    self._table = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(
-            tf.constant(np.asarray(sample_ids).astype(str)),
-            tf.constant(values, tf.float32)),
-        default_value=float("nan"))
+    self._keys = tf.constant(keys)
+    self._values = tf.constant(values[order])
+
+  def lookup(self, sample_ids: tf.Tensor) -> tf.Tensor:
+    """The values of string ``sample_ids`` (any shape), NaN where unknown."""
+    wanted = _fingerprints(sample_ids)
+    flat = tf.reshape(wanted, [-1])
+    position = tf.minimum(tf.searchsorted(self._keys, flat),
+                          tf.size(self._keys, out_type=tf.int32) - 1)
+    found = tf.where(tf.gather(self._keys, position) == flat,
+                     tf.gather(self._values, position), float("nan"))
+    return tf.reshape(found, tf.shape(wanted))
 
   def add(self, features: Features, labels: Labels,
           keep_sample_id: bool) -> tuple[Features, Labels]:
     features = dict(features)
     sample_ids = (features[schema.SAMPLE_ID] if keep_sample_id
                   else features.pop(schema.SAMPLE_ID))
-    return features, dict(labels, **{self.name: self._table.lookup(
-        sample_ids)})
+    return features, dict(labels, **{self.name: self.lookup(sample_ids)})
+
+
+def _fingerprints(strings: tf.Tensor) -> tf.Tensor:
+  """A stateless 64-bit FarmHash of each string, int64 >= 0."""
+  return tf.strings.to_hash_bucket_fast(strings, np.iinfo(np.int64).max)
 
 
 def make_dataset(file_pattern: str | Sequence[str], batch_size: int, *,

@@ -200,9 +200,6 @@ class MakeDatasetTest(tf.test.TestCase, parameterized.TestCase):
       list(data.make_dataset(path, 4, training=False))
 
 
-if __name__ == "__main__":
-  tf.test.main()
-
 
 class HashSplitTest(tf.test.TestCase, parameterized.TestCase):
   """The validation slice: disjoint, complete, the same everywhere."""
@@ -286,3 +283,49 @@ class HashSplitTest(tf.test.TestCase, parameterized.TestCase):
   def test_fraction_out_of_range(self, fraction):
     with self.assertRaisesRegex(ValueError, "HashSplit.fraction"):
       data.HashSplit(fraction, True)
+
+
+class LabelTableTest(tf.test.TestCase):
+  """A label by sample id, added to every batch of the input."""
+
+  def test_adds_each_records_value_and_nan_without_a_row(self):
+    directory = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, directory)
+    _write(directory, 3)
+    known = [f"s{index}" for index in range(_NUM_EXAMPLES) if index != 7]
+    table = data.LabelTable("p_click", np.array(known),
+                            np.array([int(s[1:]) / 100 for s in known]))
+    dataset = data.make_dataset(os.path.join(directory, "*.tfrecord.gz"), 8,
+                                training=False, label_table=table,
+                                with_sample_id=True)
+    got = {s.decode(): value for features, labels in dataset
+           for s, value in zip(features[schema.SAMPLE_ID].numpy(),
+                               labels["p_click"].numpy())}
+    self.assertLen(got, _NUM_EXAMPLES)
+    self.assertTrue(np.isnan(got.pop("s7")))
+    self.assertEqual(got, {s: np.float32(int(s[1:]) / 100) for s in known})
+
+  def test_without_with_sample_id_the_id_is_dropped(self):
+    directory = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, directory)
+    _write(directory, 1)
+    table = data.LabelTable("p_click", np.array(["s1"]), np.array([0.5]))
+    features, labels = next(iter(data.make_dataset(
+        os.path.join(directory, "*.tfrecord.gz"), 4, training=False,
+        label_table=table)))
+    self.assertNotIn(schema.SAMPLE_ID, features)
+    self.assertAllEqual(np.isnan(labels["p_click"]),
+                        [True, False, True, True])
+
+  def test_refuses_a_repeated_id_and_an_empty_table(self):
+    with self.assertRaisesRegex(ValueError, "sample_id 's2' has two rows"):
+      data.LabelTable("p_click", np.array(["s1", "s2", "s2"]),
+                      np.array([0.1, 0.2, 0.3]))
+    with self.assertRaisesRegex(ValueError, "at least one id"):
+      data.LabelTable("p_click", np.array([]), np.array([]))
+    with self.assertRaisesRegex(ValueError, "one value per id"):
+      data.LabelTable("p_click", np.array(["s1"]), np.array([0.1, 0.2]))
+
+
+if __name__ == "__main__":
+  tf.test.main()
