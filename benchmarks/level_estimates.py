@@ -197,19 +197,17 @@ def write_folds(data_dir: str, work_dir: str, folds: int) -> list[str]:
   # pylint: disable=g-import-not-at-top
   import tensorflow as tf
   from escm2_tf import data
-  from escm2_tf import schema
   paths = [os.path.join(work_dir, f"fold{k}.tfrecord.gz")
            for k in range(folds)]
-  spec = {schema.SAMPLE_ID: tf.io.FixedLenFeature([], tf.string)}
   # In the files' sorted order, so the folds' records keep one order.
   records = tf.data.TFRecordDataset(
       data.list_files(layout.examples(data_dir, layout.TRAIN)),
       compression_type="GZIP").batch(_BATCH_SIZE)
   writers = [tf.io.TFRecordWriter(path, options="GZIP") for path in paths]
   for block in records:
-    ids = tf.io.parse_example(block, spec)[schema.SAMPLE_ID]
     # Salted, so the folds do not follow the trainer's held-out split.
-    fold = tf.strings.to_hash_bucket_fast(ids + b"#kfold", folds).numpy()
+    fold = tf.strings.to_hash_bucket_fast(
+        data.parse_sample_ids(block) + b"#kfold", folds).numpy()
     for record, k in zip(block.numpy(), fold):
       writers[k].write(record)
   for writer in writers:
@@ -244,7 +242,8 @@ def cross_fitted_row(data_dir: str, work_dir: str, folds: int,
     training.train(config, verbose=0)
     model = run_dir.restore_model(model_dir)
     parts.append(_split_columns(model, left_out, None, tables))
-    clip = model.loss_config.propensity_clip
+  # The folds' models share the config, hence the clip.
+  clip = model.loss_config.propensity_clip
   columns = {name: np.concatenate([part[name] for part in parts])
              for name in parts[0]}
   return {"model_dir": f"{folds} folds, {loss}", "split": "out_of_fold",

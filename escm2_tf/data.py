@@ -34,6 +34,13 @@ _SPLIT_BUCKETS = 1_000_000
 _SPLIT_BLOCK = 4096
 
 
+def parse_sample_ids(serialized: tf.Tensor) -> tf.Tensor:
+  """The ``sample_id`` of each serialized tf.Example of a block, string [N]."""
+  return tf.io.parse_example(
+      serialized, {schema.SAMPLE_ID: tf.io.FixedLenFeature([], tf.string)}
+  )[schema.SAMPLE_ID]
+
+
 @dataclasses.dataclass(frozen=True)
 class HashSplit:
   """One side of a split of the records by a hash of their ``sample_id``.
@@ -65,11 +72,10 @@ class HashSplit:
 
   def apply(self, records: tf.data.Dataset) -> tf.data.Dataset:
     """Keeps the serialized tf.Examples of this side, in their order."""
-    spec = {schema.SAMPLE_ID: tf.io.FixedLenFeature([], tf.string)}
 
     def keep(serialized):
-      ids = tf.io.parse_example(serialized, spec)[schema.SAMPLE_ID]
-      return tf.boolean_mask(serialized, self.selects(ids))
+      return tf.boolean_mask(serialized,
+                             self.selects(parse_sample_ids(serialized)))
 
     # Parsing the ids of a block at once costs a fraction of parsing them
     # record by record in a filter.
@@ -309,10 +315,9 @@ def count_split_records(file_pattern: str | Sequence[str],
     ``fraction`` (``count_records`` with a split returns one of them).
   """
   held_out = HashSplit(fraction, validation=True)
-  spec = {schema.SAMPLE_ID: tf.io.FixedLenFeature([], tf.string)}
 
   def add(counts, serialized):
-    ids = tf.io.parse_example(serialized, spec)[schema.SAMPLE_ID]
+    ids = parse_sample_ids(serialized)
     inside = tf.reduce_sum(tf.cast(held_out.selects(ids), tf.int64))
     return counts + tf.stack([tf.size(ids, out_type=tf.int64) - inside,
                               inside])
