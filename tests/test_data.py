@@ -200,7 +200,6 @@ class MakeDatasetTest(tf.test.TestCase, parameterized.TestCase):
       list(data.make_dataset(path, 4, training=False))
 
 
-
 class HashSplitTest(tf.test.TestCase, parameterized.TestCase):
   """The validation slice: disjoint, complete, the same everywhere."""
 
