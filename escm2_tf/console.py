@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 import escm2_tf
 
@@ -151,18 +151,29 @@ def quiet_tensorflow_import() -> None:
 
 
 @contextlib.contextmanager
-def interruptible() -> Iterator[None]:
+def interruptible() -> Iterator[Callable[[], None]]:
   """Ctrl-C stays a ``KeyboardInterrupt``, even where a library wraps it.
 
   Beam's in-process runner catches the interrupt inside a DoFn, logs it with
   a traceback and re-raises it as a ``RuntimeError``; here the signal is
   remembered, the libraries' loggers are muted, and whatever escapes is
-  turned back into a ``KeyboardInterrupt``.
+  turned back into a ``KeyboardInterrupt``. Where the interrupt lands in
+  code that ignores exceptions (a ``__del__``, such as that of the dataset
+  iterator Keras drops between epochs), nothing escapes: a loop calls the
+  yielded function at its steps, which raises the remembered interrupt.
+
+  Yields:
+    A function that raises ``KeyboardInterrupt`` once Ctrl-C was pressed.
   """
-  if threading.current_thread() is not threading.main_thread():
-    yield
-    return
   interrupted = []
+
+  def check() -> None:
+    if interrupted:
+      raise KeyboardInterrupt
+
+  if threading.current_thread() is not threading.main_thread():
+    yield check
+    return
 
   def handler(signum, frame):
     del frame  # Unused.
@@ -173,7 +184,7 @@ def interruptible() -> Iterator[None]:
 
   previous = signal.signal(signal.SIGINT, handler)
   try:
-    yield
+    yield check
   except BaseException:
     if interrupted:
       raise KeyboardInterrupt from None

@@ -20,9 +20,10 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 from escm2_tf import config as config_lib
+from escm2_tf import console
 from escm2_tf import flagbind
 from escm2_tf import tool
 from escm2_tf.options import option
@@ -77,6 +78,31 @@ def _epoch_line(monitor: str) -> Any:
   return EpochLine()
 
 
+def interrupt_check(check: Callable[[], None]) -> Any:
+  """A callback calling ``check`` (``console.interruptible``'s) at each step.
+
+  So a Ctrl-C that landed where an exception is ignored still ends the run
+  at the next batch or epoch boundary.
+  """
+  import tf_keras as keras  # pylint: disable=g-import-not-at-top
+
+  class InterruptCheck(keras.callbacks.Callback):
+
+    def on_epoch_begin(self, epoch, logs=None):
+      check()
+
+    def on_epoch_end(self, epoch, logs=None):
+      check()
+
+    def on_train_batch_end(self, batch, logs=None):
+      check()
+
+    def on_test_batch_end(self, batch, logs=None):
+      check()
+
+  return InterruptCheck()
+
+
 def _display(configs: dict[str, Any]) -> dict[str, Any]:
   """Keras' verbosity, and a line per epoch instead of its bar in a log."""
   verbose = configs["display"].verbose
@@ -85,7 +111,7 @@ def _display(configs: dict[str, Any]) -> dict[str, Any]:
     # epoch lines list every metric.
     return {"verbose": 0, "callbacks": [
         _epoch_line(configs["experiment"].trainer.early_stopping_monitor)]}
-  return {"verbose": verbose}
+  return {"verbose": verbose, "callbacks": []}
 
 
 def _announce(config: config_lib.ExperimentConfig) -> None:
@@ -132,7 +158,11 @@ def _train(configs: dict[str, Any]) -> int:
     if _serve_if_server(experiment.runtime.distribution_strategy):
       return 0
     _announce(experiment)
-    result = training.train(experiment, **_display(configs))
+    display = _display(configs)
+    with console.interruptible() as check:
+      result = training.train(
+          experiment, verbose=display["verbose"],
+          callbacks=[*display["callbacks"], interrupt_check(check)])
   except distribute.ClusterError as e:
     return tool.fail(_PROGRAM, str(e))
   except training.TrainingDivergedError as e:

@@ -1,0 +1,61 @@
+"""Tests for escm2_tf.console.interruptible and the trainer's interrupt check."""
+
+import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
+
+import signal
+import time
+
+from absl.testing import absltest
+import numpy as np
+import tf_keras as keras
+
+from escm2_tf import console
+from escm2_tf.cli import train as train_cli
+
+
+def _swallowed_ctrl_c() -> None:
+  """Ctrl-C landing where the exception is ignored, as in a ``__del__``."""
+  try:
+    signal.raise_signal(signal.SIGINT)
+    # The handler runs at the next bytecode; the sleep is what it interrupts.
+    time.sleep(60)
+  except KeyboardInterrupt:
+    pass
+
+
+class InterruptibleTest(absltest.TestCase):
+
+  def test_check_raises_the_interrupt_a_library_swallowed(self):
+    before = signal.getsignal(signal.SIGINT)
+    with console.interruptible() as check:
+      check()  # Nothing pressed yet.
+      _swallowed_ctrl_c()
+      with self.assertRaises(KeyboardInterrupt):
+        check()
+    self.assertIs(signal.getsignal(signal.SIGINT), before)
+
+  def test_training_ends_at_the_next_step_after_a_swallowed_ctrl_c(self):
+    model = keras.Sequential([keras.layers.Dense(1, input_shape=(2,))])
+    model.compile(optimizer="sgd", loss="mse")
+    epochs = []
+
+    class SwallowsAtFirstEpochEnd(keras.callbacks.Callback):
+
+      def on_epoch_begin(self, epoch, logs=None):
+        epochs.append(epoch)
+
+      def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+          _swallowed_ctrl_c()
+
+    with self.assertRaises(KeyboardInterrupt):
+      with console.interruptible() as check:
+        model.fit(np.zeros((8, 2)), np.zeros((8, 1)), epochs=1000,
+                  batch_size=4, verbose=0,
+                  callbacks=[SwallowsAtFirstEpochEnd(),
+                             train_cli.interrupt_check(check)])
+    self.assertEqual(epochs, [0])
+
+
+if __name__ == "__main__":
+  absltest.main()
