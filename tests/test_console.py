@@ -6,6 +6,7 @@ import signal
 import time
 
 from absl.testing import absltest
+from absl.testing import parameterized
 import numpy as np
 import tf_keras as keras
 
@@ -23,7 +24,7 @@ def _swallowed_ctrl_c() -> None:
     pass
 
 
-class InterruptibleTest(absltest.TestCase):
+class InterruptibleTest(parameterized.TestCase):
 
   def test_check_raises_the_interrupt_a_library_swallowed(self):
     before = signal.getsignal(signal.SIGINT)
@@ -34,7 +35,9 @@ class InterruptibleTest(absltest.TestCase):
         check()
     self.assertIs(signal.getsignal(signal.SIGINT), before)
 
-  def test_training_ends_at_the_next_step_after_a_swallowed_ctrl_c(self):
+  @parameterized.parameters(True, False)
+  def test_training_ends_at_the_next_step_after_a_swallowed_ctrl_c(
+      self, every_batch):
     model = keras.Sequential([keras.layers.Dense(1, input_shape=(2,))])
     model.compile(optimizer="sgd", loss="mse")
     epochs = []
@@ -53,7 +56,8 @@ class InterruptibleTest(absltest.TestCase):
         model.fit(np.zeros((8, 2)), np.zeros((8, 1)), epochs=1000,
                   batch_size=4, verbose=0,
                   callbacks=[SwallowsAtFirstEpochEnd(),
-                             train_cli.interrupt_check(check)])
+                             train_cli.interrupt_check(
+                                 check, every_batch)])
     self.assertEqual(epochs, [0])
 
 

@@ -78,15 +78,17 @@ def _epoch_line(monitor: str) -> Any:
   return EpochLine()
 
 
-def interrupt_check(check: Callable[[], None]) -> Any:
+def interrupt_check(check: Callable[[], None], every_batch: bool = True
+                    ) -> Any:
   """A callback calling ``check`` (``console.interruptible``'s) at each step.
 
   So a Ctrl-C that landed where an exception is ignored still ends the run
-  at the next batch or epoch boundary.
+  at the next batch (``every_batch``) or epoch boundary. Keras refuses
+  batch-level callbacks under ParameterServerStrategy.
   """
   import tf_keras as keras  # pylint: disable=g-import-not-at-top
 
-  class InterruptCheck(keras.callbacks.Callback):
+  class EpochCheck(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
       check()
@@ -94,13 +96,15 @@ def interrupt_check(check: Callable[[], None]) -> Any:
     def on_epoch_end(self, epoch, logs=None):
       check()
 
+  class BatchCheck(EpochCheck):
+
     def on_train_batch_end(self, batch, logs=None):
       check()
 
     def on_test_batch_end(self, batch, logs=None):
       check()
 
-  return InterruptCheck()
+  return BatchCheck() if every_batch else EpochCheck()
 
 
 def _display(configs: dict[str, Any]) -> dict[str, Any]:
@@ -162,7 +166,9 @@ def _train(configs: dict[str, Any]) -> int:
     with console.interruptible() as check:
       result = training.train(
           experiment, verbose=display["verbose"],
-          callbacks=[*display["callbacks"], interrupt_check(check)])
+          callbacks=[*display["callbacks"], interrupt_check(
+              check, every_batch=experiment.runtime.distribution_strategy
+              != config_lib.PARAMETER_SERVER)])
   except distribute.ClusterError as e:
     return tool.fail(_PROGRAM, str(e))
   except training.TrainingDivergedError as e:
