@@ -38,7 +38,8 @@ _NOISE = re.compile(
     r"|computation placer already registered")
 # TensorFlow logs through "tensorflow" and, in places, absl's logger (whose
 # level absl resets when --verbosity is set); the tools print, not log.
-_LIBRARY_LOGGERS = ("tensorflow", "absl", "apache_beam", "h5py")
+# matplotlib warns when a font it cached is gone and it draws with another.
+_LIBRARY_LOGGERS = ("tensorflow", "absl", "apache_beam", "h5py", "matplotlib")
 # Warnings libraries log through the root logger, which has no name to mute.
 _ROOT_NOISE = ("apitools not found",)
 # Set by a quiet tool for the Python processes it starts.

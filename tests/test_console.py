@@ -1,14 +1,18 @@
-"""Tests for escm2_tf.console.interruptible and the trainer's interrupt check."""
+"""Tests for escm2_tf.console: quiet logs, interruptible, the interrupt check."""
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
 import signal
+import subprocess
+import sys
 import time
 
 from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
 import tf_keras as keras
+
+import testing
 
 from escm2_tf import console
 from escm2_tf.cli import train as train_cli
@@ -22,6 +26,32 @@ def _swallowed_ctrl_c() -> None:
     time.sleep(60)
   except KeyboardInterrupt:
     pass
+
+
+_LOG_SCRIPT = """
+import logging
+import escm2_tf
+from escm2_tf import console
+logging.basicConfig(format="%(name)s: %(message)s")
+console.configure({verbosity})
+for name in ("matplotlib.font_manager", "tensorflow", "escm2_tf.study"):
+  logging.getLogger(name).warning("a warning")
+logging.getLogger("matplotlib").error("an error")
+"""
+
+
+class ConfigureTest(parameterized.TestCase):
+
+  @parameterized.parameters(
+      (0, ["escm2_tf.study: a warning", "matplotlib: an error"]),
+      (1, ["matplotlib.font_manager: a warning", "tensorflow: a warning",
+           "escm2_tf.study: a warning", "matplotlib: an error"]))
+  def test_libraries_warnings_hidden_when_quiet(self, verbosity, printed):
+    result = subprocess.run(
+        [sys.executable, "-c", _LOG_SCRIPT.format(verbosity=verbosity)],
+        capture_output=True, text=True, check=True,
+        timeout=testing.SUBPROCESS_TIMEOUT_S)
+    self.assertEqual(result.stderr.splitlines(), printed)
 
 
 class InterruptibleTest(parameterized.TestCase):
