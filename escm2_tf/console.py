@@ -22,9 +22,12 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import escm2_tf
+
+if TYPE_CHECKING:
+  import tf_keras as keras
 
 # Lines TensorFlow writes to stderr at import and at its first device probe
 # that say nothing about this run.
@@ -192,6 +195,36 @@ def interruptible() -> Iterator[Callable[[], None]]:
     raise
   finally:
     signal.signal(signal.SIGINT, previous)
+
+
+def interrupt_callback(check: Callable[[], None], every_batch: bool = True
+                       ) -> "keras.callbacks.Callback":
+  """A Keras callback calling ``check`` (``interruptible``'s) at each step.
+
+  So a Ctrl-C that landed where an exception is ignored still ends training
+  at the next batch (``every_batch``) or epoch boundary. Keras refuses
+  batch-level callbacks under ParameterServerStrategy.
+  """
+  # Imported when called: the tools load TensorFlow after their flags.
+  import tf_keras as keras  # pylint: disable=g-import-not-at-top
+
+  class EpochCheck(keras.callbacks.Callback):
+
+    def on_epoch_begin(self, epoch, logs=None):
+      check()
+
+    def on_epoch_end(self, epoch, logs=None):
+      check()
+
+  class BatchCheck(EpochCheck):
+
+    def on_train_batch_end(self, batch, logs=None):
+      check()
+
+    def on_test_batch_end(self, batch, logs=None):
+      check()
+
+  return BatchCheck() if every_batch else EpochCheck()
 
 
 class Progress:

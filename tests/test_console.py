@@ -15,7 +15,6 @@ import tf_keras as keras
 import testing
 
 from escm2_tf import console
-from escm2_tf.cli import train as train_cli
 
 
 def _swallowed_ctrl_c() -> None:
@@ -86,7 +85,7 @@ class InterruptibleTest(parameterized.TestCase):
         model.fit(np.zeros((8, 2)), np.zeros((8, 1)), epochs=1000,
                   batch_size=4, verbose=0,
                   callbacks=[SwallowsAtFirstEpochEnd(),
-                             train_cli.interrupt_check(
+                             console.interrupt_callback(
                                  check, every_batch)])
     self.assertEqual(epochs, [0])
 

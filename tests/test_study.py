@@ -9,6 +9,7 @@ from absl.testing import absltest
 from absl.testing import parameterized
 import numpy as np
 import testing
+import tf_keras as keras
 
 from escm2_tf import layout
 from escm2_tf import run_dir
@@ -25,8 +26,10 @@ from escm2_tf.study import stats
 from escm2_tf.study import summary
 
 # Two seeds of a tiny, high-rate regime: every metric is defined, and the
-# whole study takes seconds per run.
-_TINY = "tiny:ctr=0.25,cvr=0.3,corr=0.9,train=2000,test=1000"
+# whole study takes seconds per run. A small world (the simulator's default
+# has 10,000 users) takes little of them to build.
+_TINY_RATES = "tiny:ctr=0.25,cvr=0.3,corr=0.9,train=2000,test=1000"
+_TINY = _TINY_RATES + ",users=400,items=1000"
 
 
 class StatsTest(parameterized.TestCase):
@@ -201,12 +204,12 @@ class TargetsTest(parameterized.TestCase):
 class GridTest(parameterized.TestCase):
 
   def test_parses_a_regime(self):
-    regime = grid.parse_regime(_TINY)
+    regime = grid.parse_regime(_TINY_RATES)
     self.assertEqual(regime, grid.Regime("tiny", 0.25, 0.3, 0.9, 2000, 1000))
     defaults = simulator.SimulatorConfig()
     self.assertEqual((regime.num_users, regime.num_items),
                      (defaults.num_users, defaults.num_items))
-    dense = grid.parse_regime(_TINY + ",users=50,items=400")
+    dense = grid.parse_regime(_TINY_RATES + ",users=50,items=400")
     self.assertEqual((dense.num_users, dense.num_items), (50, 400))
     config = dense.simulator_config(seed=3)
     self.assertEqual((config.num_users, config.num_items, config.seed,
@@ -396,7 +399,7 @@ class StudyCliTest(parameterized.TestCase):
     status, _, stderr = _run_cli(
         work_dir=os.path.join(root, "work"),
         output_dir=os.path.join(root, "out"),
-        regime=[_TINY + ",users=5,items=300"])
+        regime=[_TINY_RATES + ",users=5,items=300"])
     self.assertEqual(status, 2)
     self.assertLen(stderr.strip().splitlines(), 1)
     self.assertIn("--regime: tiny: users x items = 1,500", stderr)
@@ -494,6 +497,30 @@ class StudyCliTest(parameterized.TestCase):
         **{**settings, "arm": ["mc3:min_count=4,epochs=1"]})
     self.assertEqual(status, 0)
     self.assertIn("2 already in", stdout)
+
+
+class InterruptTest(absltest.TestCase):
+
+  def test_callbacks_reach_every_fit_and_an_interrupt_ends_the_study(self):
+    root = testing.new_dir()
+    output_json = os.path.join(root, "out", "study.json")
+    batches = []
+
+    class InterruptAtSecondBatch(keras.callbacks.Callback):
+
+      def on_train_batch_end(self, batch, logs=None):
+        batches.append(batch)
+        if len(batches) == 2:
+          raise KeyboardInterrupt
+
+    config = grid.StudyConfig(regimes=(grid.parse_regime(_TINY),),
+                              seeds=(0, 1), estimators=("esmm",))
+    with self.assertRaises(KeyboardInterrupt):
+      runner.run_study(config, os.path.join(root, "work"), output_json,
+                       progress=lambda line: None,
+                       callbacks=[InterruptAtSecondBatch()])
+    self.assertLen(batches, 2)
+    self.assertFalse(os.path.exists(output_json))
 
 
 class DatasetsTest(absltest.TestCase):

@@ -31,6 +31,7 @@ cannot run exits with status 2 and one line, before writing anything.
 import dataclasses
 import os
 
+from escm2_tf import console
 from escm2_tf import flagbind
 from escm2_tf import layout
 from escm2_tf import options
@@ -109,10 +110,12 @@ def _study(settings: tuple[StudyFlags, grid.StudyConfig]) -> int:
   from escm2_tf.study import report  # pylint: disable=import-outside-toplevel
   from escm2_tf.study import runner  # pylint: disable=import-outside-toplevel
   output_dir = flag_settings.output_dir
-  results = runner.run_study(
-      config, flag_settings.work_dir, os.path.join(output_dir, JSON_NAME),
-      progress=lambda line: print(line, flush=True),
-      resume=flag_settings.resume, keep_models=flag_settings.keep_models)
+  with console.interruptible() as check:
+    results = runner.run_study(
+        config, flag_settings.work_dir, os.path.join(output_dir, JSON_NAME),
+        progress=lambda line: print(line, flush=True),
+        resume=flag_settings.resume, keep_models=flag_settings.keep_models,
+        callbacks=[console.interrupt_callback(check)])
   markdown = os.path.join(output_dir, MARKDOWN_NAME)
   layout.atomic_write(markdown, report.markdown(results))
   print(f"escm2-study: wrote {os.path.join(output_dir, JSON_NAME)} and "
@@ -131,7 +134,9 @@ def _study(settings: tuple[StudyFlags, grid.StudyConfig]) -> int:
 
 TOOL = tool.Tool(_PROGRAM, __doc__,
                  flagbind.Binding(flagbind.Section(StudyFlags, "data")),
-                 build=_settings, body=_study)
+                 build=_settings, body=_study,
+                 interrupted="interrupted; rerun the same command to train the "
+                 "runs that are not in --output_dir's study.json yet")
 
 
 def run() -> None:

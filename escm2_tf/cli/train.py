@@ -20,7 +20,7 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
 from escm2_tf import config as config_lib
 from escm2_tf import console
@@ -76,35 +76,6 @@ def _epoch_line(monitor: str) -> Any:
             f"{time.monotonic() - self.start:.0f}s, {values}", flush=True)
 
   return EpochLine()
-
-
-def interrupt_check(check: Callable[[], None], every_batch: bool = True
-                    ) -> Any:
-  """A callback calling ``check`` (``console.interruptible``'s) at each step.
-
-  So a Ctrl-C that landed where an exception is ignored still ends the run
-  at the next batch (``every_batch``) or epoch boundary. Keras refuses
-  batch-level callbacks under ParameterServerStrategy.
-  """
-  import tf_keras as keras  # pylint: disable=g-import-not-at-top
-
-  class EpochCheck(keras.callbacks.Callback):
-
-    def on_epoch_begin(self, epoch, logs=None):
-      check()
-
-    def on_epoch_end(self, epoch, logs=None):
-      check()
-
-  class BatchCheck(EpochCheck):
-
-    def on_train_batch_end(self, batch, logs=None):
-      check()
-
-    def on_test_batch_end(self, batch, logs=None):
-      check()
-
-  return BatchCheck() if every_batch else EpochCheck()
 
 
 def _display(configs: dict[str, Any]) -> dict[str, Any]:
@@ -166,7 +137,7 @@ def _train(configs: dict[str, Any]) -> int:
     with console.interruptible() as check:
       result = training.train(
           experiment, verbose=display["verbose"],
-          callbacks=[*display["callbacks"], interrupt_check(
+          callbacks=[*display["callbacks"], console.interrupt_callback(
               check, every_batch=experiment.runtime.distribution_strategy
               != config_lib.PARAMETER_SERVER)])
   except distribute.ClusterError as e:

@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import tf_keras as keras
 
@@ -80,7 +80,8 @@ def run_model_dir(work_dir: str, regime: str, seed: int, estimator: str
 
 
 def train_one(dataset: datasets.Dataset, settings: dict[str, Any],
-              seed: int, model_dir: str, keep_model: bool = False
+              seed: int, model_dir: str, keep_model: bool = False,
+              callbacks: Sequence[keras.callbacks.Callback] = ()
               ) -> dict[str, Any]:
   """One estimator on one dataset with the library's defaults otherwise.
 
@@ -91,6 +92,7 @@ def train_one(dataset: datasets.Dataset, settings: dict[str, Any],
     model_dir: Where it trains (emptied first).
     keep_model: Leave ``model_dir`` (``run_dir.restore_model`` reads it)
       instead of removing it once the run is scored.
+    callbacks: More Keras callbacks for its ``fit``.
   """
   shutil.rmtree(model_dir, ignore_errors=True)
   config = config_lib.ExperimentConfig.create(
@@ -100,7 +102,7 @@ def train_one(dataset: datasets.Dataset, settings: dict[str, Any],
   keep = _KeepModel()
   started = time.monotonic()
   result = training.train(
-      config, callbacks=[keep], verbose=0,
+      config, callbacks=[keep, *callbacks], verbose=0,
       propensity_labels=(dataset.train_ground_truth
                          if settings.get("propensity") == "label" else ""))
   reliability = _reliability(keep.trained, dataset,
@@ -156,12 +158,15 @@ def _clock(seconds: float) -> str:
 
 def run_study(config: grid.StudyConfig, work_dir: str, output_json: str,
               progress: Callable[[str], None] = print,
-              resume: bool = True, keep_models: bool = False
+              resume: bool = True, keep_models: bool = False,
+              callbacks: Sequence[keras.callbacks.Callback] = ()
               ) -> dict[str, Any]:
   """Trains every run missing from ``output_json`` and writes the results.
 
   Each run trains in ``work_dir/models/REGIME/seedSEED/ESTIMATOR``, which is
-  removed once the run is scored unless ``keep_models``.
+  removed once the run is scored unless ``keep_models``. Every ``fit`` also
+  gets ``callbacks``. The results file is rewritten after each run, so an
+  interrupted study keeps the runs it finished.
 
   Returns:
     The results: ``{"version", "grid", "runs": [...], "summary": {...}}``
@@ -197,7 +202,7 @@ def run_study(config: grid.StudyConfig, work_dir: str, output_json: str,
       for estimator in missing:
         settings = config.settings(estimator)
         record = train_one(dataset, settings, seed, run_model_dir(
-            work_dir, regime.name, seed, estimator), keep_models)
+            work_dir, regime.name, seed, estimator), keep_models, callbacks)
         record.update(regime=regime.name, seed=seed, estimator=estimator,
                       settings=settings,
                       regime_settings=dataclasses.asdict(regime),
