@@ -16,8 +16,10 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh $(DEMO_DIR)
 
+# Two pytest workers: a test's process leaves a core idle much of the time
+# (start-up, tracing, Python), so two of them share two cores well.
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -n 2
 
 bench: $(STAMP)
 	$(BIN)/escm2-bench --output_json=bench.json

@@ -156,7 +156,8 @@ class QuietTest(absltest.TestCase):
         "escm2-study", f"--work_dir={directory}/work",
         f"--output_dir={directory}/out", "--seeds=0,1",
         "--estimators=ipw_true",
-        "--regime=tiny:ctr=0.2,cvr=0.3,corr=0.5,train=600,test=300",
+        "--regime=tiny:ctr=0.2,cvr=0.3,corr=0.5,train=600,test=300,users=200,"
+        "items=400",
         env=_WITHOUT_TF_LOG_LEVEL)
     self.assert_quiet(result)
     self.assertIn("[2/2] tiny seed 1 ipw_true", result.stdout)
