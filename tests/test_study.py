@@ -501,7 +501,7 @@ class StudyCliTest(parameterized.TestCase):
 
 class InterruptTest(absltest.TestCase):
 
-  def test_callbacks_reach_every_fit_and_an_interrupt_ends_the_study(self):
+  def test_callbacks_reach_fit_and_an_interrupt_ends_the_study(self):
     root = testing.new_dir()
     output_json = os.path.join(root, "out", "study.json")
     batches = []
