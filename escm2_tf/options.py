@@ -45,6 +45,19 @@ class ConfigError(ValueError):
     self.choices = tuple(choices)
 
 
+def same_settings(stored: Any, current: Any) -> bool:
+  """Whether ``stored`` holds the values of the dataclass ``current``.
+
+  ``stored`` is ``dataclasses.asdict`` of one written earlier: a field added
+  since counts at its default.
+  """
+  if not isinstance(stored, dict):
+    return False
+  defaults = {f.name: f.default for f in dataclasses.fields(current)
+              if f.default is not dataclasses.MISSING}
+  return {**defaults, **stored} == dataclasses.asdict(current)
+
+
 # pylint: disable-next=redefined-builtin
 def option(default: Any = dataclasses.MISSING, *, choices: Sequence[Any] = (),
            minimum: float | None = None, maximum: float | None = None,

@@ -421,6 +421,53 @@ class RegimeKnobsTest(parameterized.TestCase):
     np.testing.assert_array_equal(default["click"], mixed["click"])
 
 
+class HiddenIntentTest(absltest.TestCase):
+  """A request's hidden intent raises both logits and nothing else."""
+
+  def _split(self, intent):
+    config = simulator.SimulatorConfig(
+        num_train=60_000, seed=5, ctr=0.08, click_conversion_correlation=0.9,
+        hidden_intent=intent)
+    world = simulator.build_world(config)
+    imp, truth = simulator.sample_split(config, world, "train")
+    return world, imp, truth
+
+  def test_intent_shifts_both_logits_of_the_same_impressions(self):
+    logit = lambda p: np.log(p) - np.log1p(-p)
+    world0, imp0, truth0 = self._split(0.0)
+    world1, imp1, truth1 = self._split(1.2)
+    for name in ("user", "item", "position", "request_size"):
+      np.testing.assert_array_equal(getattr(imp0, name), getattr(imp1, name))
+    np.testing.assert_array_equal(imp0.intent, 0.0)
+    requests = np.repeat(np.arange(len(imp1.request_size)), imp1.request_size)
+    first = np.cumsum(imp1.request_size) - imp1.request_size
+    np.testing.assert_array_equal(imp1.intent, imp1.intent[first][requests])
+    self.assertAlmostEqual(float(np.std(imp1.intent[first])), 1.2, delta=0.1)
+    for rate, intercept in (("p_click", "click_intercept"),
+                            ("p_conversion", "conversion_intercept")):
+      shift = ((logit(truth1[rate]) - getattr(world1, intercept))
+               - (logit(truth0[rate]) - getattr(world0, intercept)))
+      np.testing.assert_allclose(shift, imp1.intent, atol=1e-6)
+    # The intercepts keep the configured rates.
+    self.assertAlmostEqual(truth1["click"].mean(), 0.08, delta=0.005)
+
+  def test_clicks_select_on_the_intent_beyond_the_features(self):
+    _, imp, truth = self._split(1.2)
+    clicked = truth["click"] == 1
+    # Impressions alike in every feature: the same intent-free click logit,
+    # binned finely. Within a bin the clicked ones convert more.
+    logit = np.log(truth["p_click"]) - np.log1p(-truth["p_click"])
+    features = np.digitize(logit - imp.intent, np.linspace(-8, 4, 121))
+    lift = []
+    for value in np.unique(features[clicked]):
+      same = features == value
+      if clicked[same].sum() >= 20 and (~clicked[same]).sum() >= 20:
+        lift.append(truth["p_conversion"][same & clicked].mean()
+                    / truth["p_conversion"][same & ~clicked].mean())
+    self.assertGreater(len(lift), 10)
+    self.assertGreater(np.median(lift), 1.5)
+
+
 class PaddleRecTest(absltest.TestCase):
 
   @classmethod

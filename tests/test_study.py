@@ -12,6 +12,7 @@ import testing
 import tf_keras as keras
 
 from escm2_tf import layout
+from escm2_tf import options
 from escm2_tf import run_dir
 from escm2_tf import simulator
 from escm2_tf.cli import study as study_cli
@@ -214,6 +215,22 @@ class GridTest(parameterized.TestCase):
     config = dense.simulator_config(seed=3)
     self.assertEqual((config.num_users, config.num_items, config.seed,
                       config.click_conversion_correlation), (50, 400, 3, 0.9))
+    self.assertEqual(config.hidden_intent, 0.0)
+    hidden = grid.parse_regime(_TINY_RATES + ",intent=0.5")
+    self.assertEqual(hidden.simulator_config(seed=0).hidden_intent, 0.5)
+    self.assertIn("hidden intent 0.5", hidden.describe())
+
+  def test_settings_stored_before_a_field_existed_still_match(self):
+    regime = grid.parse_regime(_TINY)
+    stored = dataclasses.asdict(regime)
+    del stored["intent"]
+    self.assertTrue(options.same_settings(stored, regime))
+    self.assertFalse(options.same_settings(
+        stored, dataclasses.replace(regime, intent=0.5)))
+    self.assertFalse(options.same_settings(
+        {**stored, "intent": 0.5}, regime))
+    self.assertFalse(options.same_settings({**stored, "ctr": 0.3}, regime))
+    self.assertFalse(options.same_settings(None, regime))
 
   def test_true_propensity_estimators(self):
     self.assertEqual(grid.estimator_loss("dr_jl_true"), ("dr_jl", "label"))
@@ -246,6 +263,8 @@ class GridTest(parameterized.TestCase):
                                  num_users=20, num_items=500),)),
        "regime", "r: users x items = 10,000 .* pairs for 10,100 impressions"),
       (dict(regimes=(grid.Regime("r", 0.1, 0.1, 0.5, 10_000, 100,
+                                 intent=-1.0),)), "regime", "hidden_intent"),
+      (dict(regimes=(grid.Regime("r", 0.1, 0.1, 0.5, 10_000, 100,
                                  num_items=10),)), "regime", "num_items"))
   def test_grid_that_cannot_run(self, settings, flag, message):
     with self.assertRaisesRegex(ConfigError, message) as caught:
@@ -270,6 +289,8 @@ class GridTest(parameterized.TestCase):
                        release.num_train / release.num_users)
     self.assertGreaterEqual(max(r.num_train for r in regimes.values()),
                             1_000_000)
+    self.assertEqual([r.name for r in regimes.values() if r.intent > 0],
+                     ["intent"])
 
 
 def _small_world(num_train: int, **world):
@@ -300,8 +321,9 @@ class FloorTest(absltest.TestCase):
     result = _floor(config, world)
     self.assertAlmostEqual(result["item_latent_std"], 0.0)
     self.assertAlmostEqual(result["user_latent_std"], 0.0, places=6)
-    for kind in ("floor", "floor_without_ids", "floor_true_propensity"):
+    for kind in floor.BIASES:
       self.assertLess(abs(result[kind]), 1e-6, kind)
+    self.assertAlmostEqual(result["bayes_cvr_on_clicks"], 1.0)
 
   def test_without_training_impressions_no_id_is_learnt(self):
     config, world = _small_world(1, num_users=200, num_items=300)
@@ -331,6 +353,59 @@ class FloorTest(absltest.TestCase):
     density = likelihood * np.exp(-0.5 * (fine / 0.7) ** 2)
     direct = np.sum(fine * density) / np.sum(density)
     self.assertAlmostEqual(float(weights[0] @ values), direct, places=3)
+
+  def test_propensity_integrates_over_the_intent(self):
+    observable = np.array([-3.0, -1.0, 0.5])
+    at_zero = np.zeros((3, floor.GRID_POINTS))
+    at_zero[:, floor.GRID_POINTS // 2] = 1.0
+    values = floor._grid(1.0)[0]  # pylint: disable=protected-access
+    q = floor.propensity(observable, at_zero, values, at_zero, values,
+                         intent_std=1.3)
+    fine = np.linspace(-8 * 1.3, 8 * 1.3, 20001)
+    density = np.exp(-0.5 * (fine / 1.3) ** 2)
+    direct = [np.sum(density / (1 + np.exp(-(a + fine)))) / np.sum(density)
+              for a in observable]
+    np.testing.assert_allclose(q, direct, rtol=1e-4)
+    # Without an intent, the logistic of the observable part.
+    np.testing.assert_allclose(
+        floor.propensity(observable, at_zero, values, at_zero, values),
+        1 / (1 + np.exp(-observable)))
+
+  def test_a_hidden_intent_is_a_floor_no_id_lifts(self):
+    # No latent an id could reveal: without the intent the floor is 0
+    # (test_no_latent_no_floor); with it, the features miss the selection
+    # on the intent, and the true p_click, which includes it, does not.
+    config, world = _small_world(5_000, num_users=200, num_items=300,
+                                 hidden_intent=1.0)
+    world = dataclasses.replace(
+        world, item_click_quality=np.zeros(300),
+        user_click_bias=0.5 * (world.user_profile["124"] == 1))
+    train_imp, train_truth = simulator.sample_split(config, world, "train")
+    test_imp, test_truth = simulator.sample_split(config, world, "test")
+    result = floor.identifiable_floor(
+        world, (train_imp, train_truth["click"]), (test_imp, test_truth),
+        1e-6, intent_std=1.0)
+    self.assertLess(abs(result["floor_true_propensity"]), 1e-6)
+    self.assertGreater(result["floor"], 0.1 * result["true_cvr"])
+    self.assertAlmostEqual(result["floor"], result["floor_without_ids"],
+                           delta=1e-6)
+    # A model of the clicked CVR keeps a bias no data removes, and an
+    # unbiased one predicts less than the clicks convert.
+    self.assertGreater(result["esmm_limit"], 0.1 * result["true_cvr"])
+    self.assertLess(result["bayes_cvr_on_clicks"], 0.9)
+
+  def test_clicked_cvr_limit_matches_direct_integration(self):
+    click, conversion = np.array([-2.5]), np.array([-1.0])
+    fine = np.linspace(-8 * 0.9, 8 * 0.9, 20001)
+    density = np.exp(-0.5 * (fine / 0.9) ** 2)
+    p_click = density / (1 + np.exp(-(click + fine)))
+    direct = np.sum(p_click / (1 + np.exp(-(conversion + fine))))
+    self.assertAlmostEqual(
+        floor.clicked_cvr_limit(click, conversion, 0.9),
+        direct / np.sum(p_click), places=5)
+    # Without an intent the click says nothing more about conversion.
+    self.assertAlmostEqual(floor.clicked_cvr_limit(click, conversion, 0.0),
+                           1 / (1 + np.exp(1.0)))
 
 
 class DesignTest(parameterized.TestCase):
@@ -448,6 +523,25 @@ class StudyCliTest(parameterized.TestCase):
     self.assertEqual(status, 0)
     self.assertIn("6 already in", stdout)
     self.assertIn("0 to train", stdout)
+    self.assertNotIn("computing the floor", stdout)
+    # Runs written before a kind of floor existed gain it, untrained.
+    for run in results["runs"]:
+      del run["data"]["floor"]["esmm_limit"]
+    with open(os.path.join(output_dir, "study.json"), "w") as f:
+      json.dump(results, f)
+    status, stdout, _ = _run_cli(**settings)
+    self.assertEqual(status, 0)
+    self.assertIn("0 to train", stdout)
+    self.assertIn("computing the floor of tiny seed 1 for 3 run(s)", stdout)
+    with open(os.path.join(output_dir, "study.json")) as f:
+      resumed = json.load(f)
+    self.assertEqual(
+        {run["data"]["floor"]["esmm_limit"] for run in resumed["runs"]
+         if run["seed"] == 1},
+        {floor.regime_floor(grid.parse_regime(_TINY).simulator_config(1))[
+            "esmm_limit"]})
+    self.assertIsNotNone(
+        resumed["summary"]["floors"]["tiny"]["esmm_limit"]["mean"])
 
   def _check_floor(self, results):
     """Each seed's floor is the simulator's world's, and the gap shares."""
@@ -542,6 +636,17 @@ class DatasetsTest(absltest.TestCase):
     written = os.stat(dataset.ground_truth).st_mtime_ns
     reused = datasets.prepare(regime, 0, directory)
     self.assertEqual(reused.ground_truth, dataset.ground_truth)
+    self.assertEqual(os.stat(dataset.ground_truth).st_mtime_ns, written)
+    # So it is when written before a simulator setting existed.
+    marker = os.path.join(directory, "dataset.json")
+    with open(marker) as f:
+      stored = json.load(f)
+    del stored["settings"]["simulator"]["hidden_intent"]
+    del stored["summary"]["floor"]["esmm_limit"]
+    with open(marker, "w") as f:
+      json.dump(stored, f)
+    self.assertIn("esmm_limit",
+                  datasets.prepare(regime, 0, directory).summary["floor"])
     self.assertEqual(os.stat(dataset.ground_truth).st_mtime_ns, written)
     # Without its ground truth it is made again.
     os.remove(dataset.ground_truth)

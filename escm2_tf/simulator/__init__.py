@@ -68,6 +68,15 @@ class SimulatorConfig:
       keeps the default conversion logit, which shares the behaviour overlap
       and part of the item quality with the click (logit correlation about
       0.6) and leaves existing seeds' files unchanged.
+    hidden_intent: Standard deviation, in logit units, of a per-request
+      intent that no feature carries and that raises the click and the
+      conversion logits alike: a shopper who came to buy clicks and converts
+      more. Clicked impressions then convert more often than unclicked ones
+      with the same features, so ESMM stays biased with unlimited data and a
+      propensity learnt from the features misses part of the selection;
+      the ground truth's p_click includes the intent, so IPW with the true
+      p_click stays unbiased. 0 draws no intent and leaves existing seeds'
+      files unchanged.
   """
   num_train: int = option(200_000, minimum=1, group="size")
   num_test: int = option(50_000, minimum=1, group="size")
@@ -86,6 +95,7 @@ class SimulatorConfig:
   unclicked_conversion_rate: float = 0.0005
   format: str = option("aliccp", choices=layout.RAW_FORMATS, group="output")
   click_conversion_correlation: float | None = None
+  hidden_intent: float = option(0.0, minimum=0.0)
 
   def __post_init__(self):
     options.check_declared(self)
@@ -151,7 +161,7 @@ def build_world(config: SimulatorConfig) -> simulator_world.World:
   world = simulator_world.build_world(config, _rng(config.seed, "world"))
   sample = simulator_traffic.sample_impressions(
       world, _CALIBRATION_IMPRESSIONS, config.impressions_per_request,
-      _rng(config.seed, "calibration"))
+      _rng(config.seed, "calibration"), config.hidden_intent)
   return simulator_traffic.calibrate(world, sample, config.ctr, config.cvr,
                                      config.click_conversion_correlation)
 
@@ -163,7 +173,7 @@ def sample_split(config: SimulatorConfig, world: simulator_world.World,
   num = config.num_train if split == layout.TRAIN else config.num_test
   rng = _rng(config.seed, split)
   imp = simulator_traffic.sample_impressions(
-      world, num, config.impressions_per_request, rng)
+      world, num, config.impressions_per_request, rng, config.hidden_intent)
   truth = simulator_traffic.probabilities(world, imp)
   truth.update(_outcomes(truth, config.unclicked_conversion_rate, rng))
   return imp, truth

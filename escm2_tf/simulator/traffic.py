@@ -12,6 +12,8 @@ qualities, so clicked impressions convert more often than unclicked ones would:
 the selection bias ESCM2 corrects. They differ in what else they use: clicks
 fall with the position (field ``301``), conversions depend on whether the
 item's price tier suits the user's consumption level (field ``126``).
+A request may also carry a hidden intent (``SimulatorConfig.hidden_intent``)
+that raises both logits of its impressions and that no feature reveals.
 """
 
 import dataclasses
@@ -40,6 +42,8 @@ class Impressions:
   # Behaviour count of the user for the item's entity of each behaviour
   # field (0 = no overlap); "150_14" is [impressions, sw.MAX_ITEM_INTENTIONS].
   overlap: dict[str, np.ndarray]
+  # The request's hidden intent, in logit units, added to both true logits.
+  intent: np.ndarray
 
 
 def _request_sizes(num: int, mean: int, rng: np.random.Generator) -> np.ndarray:
@@ -56,8 +60,14 @@ def _request_sizes(num: int, mean: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def sample_impressions(world: sw.World, num: int, mean_per_request: int,
-                       rng: np.random.Generator) -> Impressions:
-  """Samples ``num`` impressions, a user's requests kept together."""
+                       rng: np.random.Generator,
+                       hidden_intent: float = 0.0) -> Impressions:
+  """Samples ``num`` impressions, a user's requests kept together.
+
+  A request's intent is N(0, ``hidden_intent``²), drawn after everything
+  else, so that the impressions do not depend on ``hidden_intent`` and 0
+  draws nothing.
+  """
   sizes = _request_sizes(num, mean_per_request, rng)
   request_user = np.sort(rng.choice(len(world.user_activity), len(sizes),
                                     p=world.user_activity))
@@ -80,7 +90,11 @@ def sample_impressions(world: sw.World, num: int, mean_per_request: int,
              for field in ("109_14", "110_14", "127_14")}
   overlap["150_14"] = world.behaviour["150_14"].lookup(
       user[:, None], world.item_intentions[item])
-  return Impressions(request_user, sizes, user, item, position, overlap)
+  intent = np.zeros(num)
+  if hidden_intent > 0:
+    intent = np.repeat(hidden_intent * rng.standard_normal(len(sizes)), sizes)
+  return Impressions(request_user, sizes, user, item, position, overlap,
+                     intent)
 
 
 def _default_logits(world: sw.World, imp: Impressions
@@ -134,12 +148,12 @@ def _own_conversion(world: sw.World, imp: Impressions) -> np.ndarray:
 
 
 def _logits(world: sw.World, imp: Impressions) -> tuple[np.ndarray, np.ndarray]:
-  """The two true logits without their intercepts."""
+  """The two true logits without their intercepts, the intent included."""
   interest, position, conversion = _default_logits(world, imp)
   if world.conversion_mixing is not None:
     conversion = _mixed_conversion(world.conversion_mixing, interest,
                                    _own_conversion(world, imp))
-  return interest - position, conversion
+  return interest - position + imp.intent, conversion + imp.intent
 
 
 def _mixed_conversion(mixing: sw.ConversionMixing, interest: np.ndarray,

@@ -17,6 +17,7 @@ import shutil
 from typing import Any
 
 from escm2_tf import layout
+from escm2_tf import options
 from escm2_tf import prepare as prepare_lib
 from escm2_tf.options import ConfigError
 from escm2_tf.study import floor
@@ -75,13 +76,21 @@ def _stored(regime: grid.Regime, seed: int, directory: str
     return None
   with open(marker, encoding="utf-8") as f:
     stored = json.load(f)
-  if stored["settings"] != _settings(regime, seed):
+  if not _same_settings(stored["settings"], regime, seed):
     raise ConfigError("work_dir", f"{marker} holds a dataset of other "
                       "settings; use another --work_dir")
   if not all(_has_current_ground_truth(layout.ground_truth(directory, split))
              for split in (layout.TRAIN, layout.TEST)):
     return None
   return stored
+
+
+def _same_settings(stored: dict[str, Any], regime: grid.Regime,
+                   seed: int) -> bool:
+  current = _settings(regime, seed)
+  simulator_config = regime.simulator_config(seed)
+  return (options.same_settings(stored.get("simulator"), simulator_config)
+          and {**stored, "simulator": None} == {**current, "simulator": None})
 
 
 def _settings(regime: grid.Regime, seed: int) -> dict[str, Any]:
@@ -118,8 +127,8 @@ def prepare(regime: grid.Regime, seed: int, directory: str) -> Dataset:
                   directory, config,
                   {layout.TRAIN: TRAIN_SHARDS, layout.TEST: TEST_SHARDS},
                   keep_raw_logs=False)}
-  if "floor" not in stored["summary"]:
-    # Datasets made before the floor existed gain it here.
+  if not set(floor.KINDS) <= set(stored["summary"].get("floor", {})):
+    # Datasets made before the floor, or one of its kinds, existed gain it.
     stored["summary"]["floor"] = floor.regime_floor(config)
     layout.atomic_write(marker, json.dumps(stored, indent=1))
   return _files(directory, stored["summary"])

@@ -20,9 +20,12 @@ from the training impressions of its id. The floor's propensity takes the
 observable part as known (the limit of unlimited data for shared features)
 and each latent from its Bayesian posterior given its id's training clicks,
 on a grid, with the other latent known (optimistic, so the floor is a lower
-bound); the two posteriors are combined as independent. The clip of
-``LossConfig.propensity_clip`` applies as in training, so the floor includes
-what the clip costs with perfect propensities.
+bound); the two posteriors are combined as independent. A request's hidden
+intent (``SimulatorConfig.hidden_intent``) is carried by nothing a model
+sees, not even an id, so the floor's propensity takes it at its prior; the
+posteriors of the latents are computed with it known (optimistic again). The
+clip of ``LossConfig.propensity_clip`` applies as in training, so the floor
+includes what the clip costs with perfect propensities.
 """
 
 import dataclasses
@@ -37,6 +40,10 @@ from escm2_tf.simulator import world as world_lib
 
 GRID_POINTS = 41
 GRID_WIDTH = 4.0  # Prior standard deviations each side.
+INTENT_POINTS = 16  # Gauss-Hermite nodes over the hidden intent.
+# What identifiable_floor returns about a regime's bias, and a ratio.
+BIASES = ("floor", "floor_without_ids", "floor_true_propensity", "esmm_limit")
+KINDS = BIASES + ("bayes_cvr_on_clicks",)
 _CHUNK = 8192
 
 
@@ -146,19 +153,57 @@ def posterior(ids: np.ndarray, num_ids: int, rest: np.ndarray,
   return np.exp(log_post)
 
 
+def intent_nodes(std: float) -> tuple[np.ndarray, np.ndarray]:
+  """Values and weights (summing to 1) that integrate over N(0, std²)."""
+  if std <= 0:
+    return np.zeros(1), np.ones(1)
+  nodes, weights = np.polynomial.hermite_e.hermegauss(INTENT_POINTS)
+  return std * nodes, weights / weights.sum()
+
+
 def propensity(observable: np.ndarray, item_weights: np.ndarray,
                item_values: np.ndarray, user_weights: np.ndarray,
-               user_values: np.ndarray) -> np.ndarray:
-  """E[σ(observable + item + user)] with independent grid posteriors."""
-  out = np.empty(len(observable))
+               user_values: np.ndarray, intent_std: float = 0.0
+               ) -> np.ndarray:
+  """E[σ(observable + item + user + intent)] per impression.
+
+  The latents follow their independent grid posteriors, the intent its
+  N(0, ``intent_std``²) prior.
+  """
+  out = np.zeros(len(observable))
   shifts = (item_values[:, None] + user_values[None, :]).ravel()
+  intents, intent_weights = intent_nodes(intent_std)
   for start in range(0, len(observable), _CHUNK):
     block = slice(start, start + _CHUNK)
     joint = (item_weights[block, :, None] *
              user_weights[block, None, :]).reshape(-1, len(shifts))
-    p = 1.0 / (1.0 + np.exp(-(observable[block, None] + shifts[None, :])))
-    out[block] = np.sum(joint * p, axis=1)
+    for intent, weight in zip(intents, intent_weights):
+      logit = observable[block, None] + shifts[None, :] + intent
+      out[block] += weight * np.sum(joint / (1.0 + np.exp(-logit)), axis=1)
   return out
+
+
+def intent_mean(logit: np.ndarray, intent_std: float) -> np.ndarray:
+  """E[σ(logit + s)] over s ~ N(0, intent_std²)."""
+  intents, weights = intent_nodes(intent_std)
+  return sum(weight / (1.0 + np.exp(-(logit + intent)))
+             for intent, weight in zip(intents, weights))
+
+
+def clicked_cvr_limit(click_logit: np.ndarray, conversion_logit: np.ndarray,
+                      intent_std: float) -> float:
+  """Mean of E[σ(conversion + s) | click] over s ~ N(0, intent_std²).
+
+  The logits leave the intent s out; a click makes a high s likelier.
+  """
+  intents, weights = intent_nodes(intent_std)
+  clicked = converted = 0.0
+  for intent, weight in zip(intents, weights):
+    p_click = 1.0 / (1.0 + np.exp(-(click_logit + intent)))
+    clicked = clicked + weight * p_click
+    converted = converted + weight * p_click / (
+        1.0 + np.exp(-(conversion_logit + intent)))
+  return float(np.mean(converted / clicked))
 
 
 def ips_target(p_click: np.ndarray, p_conversion: np.ndarray,
@@ -171,23 +216,33 @@ def ips_target(p_click: np.ndarray, p_conversion: np.ndarray,
 def identifiable_floor(world: world_lib.World,
                        train: tuple[traffic.Impressions, np.ndarray],
                        test: tuple[traffic.Impressions, dict[str, np.ndarray]],
-                       clip: float) -> dict[str, float]:
+                       clip: float, intent_std: float = 0.0
+                       ) -> dict[str, float]:
   """The floor of a world, given its training impressions and clicks.
 
   Args:
     world: The calibrated world.
     train: The training impressions and their clicks (0/1).
     test: The test impressions and their truth (``p_click``,
-      ``p_conversion``).
+      ``p_conversion``, ``click``).
     clip: The propensity clip of training.
+    intent_std: ``SimulatorConfig.hidden_intent`` of the world.
 
   Returns:
     ``floor``: the IPS target of the Bayes propensity less the true mean
     CVR of the test impressions; ``floor_without_ids``: the same when no id
     is learnt (every latent at its prior: what a model whose ids all fall
     out of the vocabulary can reach); ``floor_true_propensity``: with the
-    true p_click (0 but for the clip); ``true_cvr``: that mean; the
-    latents' prior standard deviations in logit units.
+    true p_click (0 but for the clip); ``esmm_limit``: the mean over the
+    test impressions of E[p_conversion | click, every latent but the
+    intent] less the true mean CVR, the bias a model of the clicked CVR
+    such as ESMM keeps with unlimited data (0 without a hidden intent);
+    ``bayes_cvr_on_clicks``: the mean over the test clicks of
+    E[p_conversion | every latent but the intent], the entire-space
+    predictor without bias, over their mean p_conversion: what an unbiased
+    model's pCVR on clicks (``calibration_cvr``) is at best (1 without a
+    hidden intent); ``true_cvr``: that mean; the latents' prior standard
+    deviations in logit units.
   """
   train_imp, clicks = train
   test_imp, truth = test
@@ -200,12 +255,17 @@ def identifiable_floor(world: world_lib.World,
   user_post = posterior(train_imp.user, world.sizes["101"], full - user,
                         clicks, user_values, user_prior)
   full, item, user = measured.parts(test_imp)
-  observable = full - item - user
+  observable = full - item - user - test_imp.intent
+  conversion = _logit(truth["p_conversion"]) - test_imp.intent
+  clicked = truth["click"] == 1
+  bayes_on_clicks = (float(
+      np.mean(intent_mean(conversion, intent_std)[clicked])
+      / np.mean(truth["p_conversion"][clicked])) if clicked.any() else None)
   true_cvr = float(np.mean(truth["p_conversion"]))
 
   def gap(weights_item: np.ndarray, weights_user: np.ndarray) -> float:
     q = propensity(observable, weights_item, item_values, weights_user,
-                   user_values)
+                   user_values, intent_std)
     return ips_target(truth["p_click"], truth["p_conversion"], q,
                       clip) - true_cvr
 
@@ -217,6 +277,9 @@ def identifiable_floor(world: world_lib.World,
       "floor_true_propensity": ips_target(
           truth["p_click"], truth["p_conversion"], truth["p_click"],
           clip) - true_cvr,
+      "esmm_limit": clicked_cvr_limit(full - test_imp.intent, conversion,
+                                      intent_std) - true_cvr,
+      "bayes_cvr_on_clicks": bayes_on_clicks,
       "true_cvr": true_cvr,
       "item_latent_std": measured.item_std,
       "user_latent_std": measured.user_std,
@@ -233,4 +296,5 @@ def regime_floor(config: simulator.SimulatorConfig) -> dict[str, Any]:
   test_imp, test_truth = simulator.sample_split(config, world, "test")
   clip = config_lib.LossConfig().propensity_clip
   return identifiable_floor(world, (train_imp, train_truth["click"]),
-                            (test_imp, test_truth), clip)
+                            (test_imp, test_truth), clip,
+                            config.hidden_intent)

@@ -14,7 +14,8 @@ regime in which the theory says the counterfactual estimators should win
 the propensities), so that every level of every factor is covered by a regime
 that differs from the base in that factor only (docs/results.md says why not
 the full factorial); two more regimes have the Tianchi release's density and
-a denser one, where the ids' latents can be learnt.
+a denser one, where the ids' latents can be learnt, and one has selection on a
+hidden intent that no feature carries.
 
 An estimator is a ``LossConfig.loss`` value, or a counterfactual loss with
 the suffix ``_true``: the same estimator weighting clicks by the simulator's
@@ -50,10 +51,11 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 # The flag a regime comes from.
 REGIME = "regime"
 _KEYS = {"ctr": float, "cvr": float, "corr": float, "train": int,
-         "test": int, "users": int, "items": int}
+         "test": int, "users": int, "items": int, "intent": float}
 # Keys a --regime may leave out: the simulator's own default.
 _OPTIONAL = {"users": _SIMULATOR_DEFAULTS.num_users,
-             "items": _SIMULATOR_DEFAULTS.num_items}
+             "items": _SIMULATOR_DEFAULTS.num_items,
+             "intent": _SIMULATOR_DEFAULTS.hidden_intent}
 
 
 def estimator_loss(estimator: str) -> tuple[str, str]:
@@ -77,6 +79,8 @@ class Regime:
     num_test: Test impressions (the scored set).
     num_users: Users of the world (``SimulatorConfig.num_users``).
     num_items: Items of the world (``SimulatorConfig.num_items``).
+    intent: ``SimulatorConfig.hidden_intent``: selection on what no
+      feature carries.
   """
   name: str
   ctr: float
@@ -86,6 +90,7 @@ class Regime:
   num_test: int
   num_users: int = _SIMULATOR_DEFAULTS.num_users
   num_items: int = _SIMULATOR_DEFAULTS.num_items
+  intent: float = _SIMULATOR_DEFAULTS.hidden_intent
 
   def simulator_config(self, seed: int) -> simulator.SimulatorConfig:
     """The simulator settings of the regime; everything else its default.
@@ -97,7 +102,8 @@ class Regime:
         num_train=self.num_train, num_test=self.num_test, seed=seed,
         ctr=self.ctr, cvr=self.cvr, num_users=self.num_users,
         num_items=self.num_items,
-        click_conversion_correlation=self.correlation)
+        click_conversion_correlation=self.correlation,
+        hidden_intent=self.intent)
 
   def describe(self) -> str:
     return (f"CTR {self.ctr:.0%}, CVR {self.cvr:.0%}, correlation "
@@ -105,7 +111,8 @@ class Regime:
             f"/ {self.num_test:,} test impressions, {self.num_users:,} users "
             f"({self.num_train / self.num_users:.0f} per user), "
             f"{self.num_items:,} items "
-            f"({self.num_train / self.num_items:.0f} per item)")
+            f"({self.num_train / self.num_items:.0f} per item)"
+            + (f", hidden intent {self.intent:g}" if self.intent else ""))
 
 
 def correlation_text(correlation: float | None) -> str:
@@ -139,7 +146,9 @@ class Arm:
 # per item, far sparser than the release. "release" has the Tianchi
 # release's density (60 training impressions per user, 90 per item) and
 # "dense" ten times the impressions per user of the release; both have the
-# base regime's rates.
+# base regime's rates. "intent" adds selection that no feature carries (a
+# per-request intent raising both logits) at about the release's density
+# per item: what no feature-based estimator can remove.
 DEFAULT_REGIMES = (
     Regime("base", 0.08, 0.04, STRONG_CORRELATION, 120_000, 50_000),
     Regime("weak", 0.08, 0.04, WEAK_CORRELATION, 120_000, 50_000),
@@ -150,6 +159,8 @@ DEFAULT_REGIMES = (
            num_users=9_000, num_items=6_000),
     Regime("dense", 0.08, 0.04, STRONG_CORRELATION, 1_200_000, 100_000,
            num_users=2_000, num_items=4_000),
+    Regime("intent", 0.08, 0.04, STRONG_CORRELATION, 300_000, 50_000,
+           num_users=2_000, num_items=4_000, intent=1.0),
 )
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 
@@ -157,7 +168,8 @@ DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 def parse_regime(spec: str) -> Regime:
   """``NAME:ctr=0.08,cvr=0.04,corr=0.9,train=300000,test=100000``.
 
-  ``users=N`` and ``items=N`` are optional (the simulator's defaults).
+  ``users=N``, ``items=N`` and ``intent=X`` are optional (the simulator's
+  defaults).
 
   Raises:
     ConfigError: A missing or unknown key, a bad value or name (``regime``).
@@ -184,7 +196,7 @@ def parse_regime(spec: str) -> Regime:
   values = {**_OPTIONAL, **values}
   return Regime(name, values["ctr"], values["cvr"], values["corr"],
                 values["train"], values["test"], num_users=values["users"],
-                num_items=values["items"])
+                num_items=values["items"], intent=values["intent"])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from escm2_tf.study import floor as floor_lib
 from escm2_tf.study import grid as grid_lib
 from escm2_tf.study import summary as summary_lib
 
@@ -194,7 +195,12 @@ def _floor_lines(grid: Mapping[str, Any],
   lines = ["", "## Identifiable floor and the achievable gap", "",
            "floor: the IPS target of the best feature-based propensity "
            "less the true mean CVR (escm2_tf/study/floor.py); without ids: "
-           "no id's latent learnt; true p_click: what the clip leaves. "
+           "no id's latent learnt; true p_click: what the clip leaves; "
+           "ESMM, unlimited data: the bias of the clicked CVR with every "
+           "latent known, which a hidden intent leaves (0 without one); "
+           "unbiased pCVR on clicks: E[p_conversion | every latent] over "
+           "the test clicks' p_conversion, the calibration_cvr of an "
+           "unbiased model (1 without a hidden intent). "
            "Share of the gap: (ESMM's bias − the estimator's) / (ESMM's "
            "bias − the floor), means over seeds.", ""]
   estimators = grid["estimators"]
@@ -204,12 +210,13 @@ def _floor_lines(grid: Mapping[str, Any],
     floors = summary["floors"][name]
     shares = summary["gap_closed"][name]
     rows.append([name] + [_cell(floors[kind], "difference") for kind in
-                          ("floor", "floor_without_ids",
-                           "floor_true_propensity")] +
+                          floor_lib.BIASES] +
+                [_cell(floors["bayes_cvr_on_clicks"])] +
                 ["n/a" if shares.get(e) is None else f"{shares[e]:.2f}"
                  for e in estimators])
   return lines + _table(["regime", "floor", "floor without ids",
-                         "floor, true p_click"] +
+                         "floor, true p_click", "ESMM, unlimited data",
+                         "unbiased pCVR on clicks"] +
                         [_name(e) for e in estimators], rows)
 
 

@@ -26,8 +26,10 @@ from escm2_tf import config as config_lib
 from escm2_tf import evaluation
 from escm2_tf import layout
 from escm2_tf import metrics as metrics_lib
+from escm2_tf import options
 from escm2_tf import training
 from escm2_tf.study import datasets
+from escm2_tf.study import floor
 from escm2_tf.options import ConfigError
 from escm2_tf.study import grid
 from escm2_tf.study import summary as summary_lib
@@ -138,7 +140,7 @@ def _load(path: str, config: grid.StudyConfig) -> dict[str, dict[str, Any]]:
     estimator = run.get("estimator")
     if (regime is not None and run.get("seed") in config.seeds
         and estimator in config.estimators
-        and run.get("regime_settings") == dataclasses.asdict(regime)
+        and options.same_settings(run.get("regime_settings"), regime)
         # Runs written before arms existed trained a bare loss.
         and run.get("settings", {"loss": estimator})
         == config.settings(estimator)):
@@ -191,6 +193,7 @@ def run_study(config: grid.StudyConfig, work_dir: str, output_json: str,
            f"{output_json}, {todo} to train)")
   started, trained = time.monotonic(), 0
   runs = dict(done)
+  _complete_floors(config, runs, progress)
   for regime in config.regimes:
     for seed in config.seeds:
       missing = [e for e in config.estimators
@@ -223,6 +226,29 @@ def run_study(config: grid.StudyConfig, work_dir: str, output_json: str,
   results = _results(config, runs, plan)
   _write_json(output_json, results)
   return results
+
+
+def _complete_floors(config: grid.StudyConfig,
+                     runs: dict[str, dict[str, Any]],
+                     progress: Callable[[str], None]) -> None:
+  """Gives runs written before a kind of floor existed the whole floor.
+
+  The floor needs the simulator's world and splits, not the dataset's
+  files, so it is computed again from the regime's settings.
+  """
+  for regime in config.regimes:
+    for seed in config.seeds:
+      stale = [run for run in runs.values()
+               if run["regime"] == regime.name and run["seed"] == seed
+               and not set(floor.KINDS) <= set(
+                   run.get("data", {}).get("floor", {}))]
+      if stale:
+        progress(f"escm2-study: computing the floor of {regime.name} seed "
+                 f"{seed} for {len(stale)} run(s) written before it had "
+                 f"{', '.join(floor.KINDS)}")
+        fresh = floor.regime_floor(regime.simulator_config(seed))
+        for run in stale:
+          run.setdefault("data", {})["floor"] = fresh
 
 
 def _signed(value: float | None) -> str:

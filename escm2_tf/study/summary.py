@@ -24,6 +24,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 from escm2_tf import config as config_lib
+from escm2_tf.study import floor as floor_lib
 from escm2_tf.study import grid
 from escm2_tf.study import stats
 
@@ -35,7 +36,7 @@ METRICS = ("cvr_bias", "abs_cvr_bias", "cvr_bias_clicked", "calibration_cvr",
            "best_epoch")
 REFERENCES = ("esmm", "naive")
 COUNTERFACTUAL = ("ipw", "dr")
-FLOORS = ("floor", "floor_without_ids", "floor_true_propensity")
+FLOORS = floor_lib.KINDS
 BEST_OVER_ESMM = 0.3
 GAP_CLOSED = 0.7
 CALIBRATION_RANGES = {"calibration_ctr": (0.9, 1.1),
@@ -170,8 +171,10 @@ def targets(metrics: Mapping[str, Mapping[str, Any]],
 def _floors(runs: Sequence[Mapping[str, Any]], regime: str,
             kind: str) -> dict[int, float]:
   """A floor of each seed's dataset (every run of the seed carries it)."""
+  # Runs of datasets made before a kind existed lack it.
   return {run["seed"]: run["data"]["floor"][kind] for run in runs
-          if run["regime"] == regime and "floor" in run.get("data", {})}
+          if run["regime"] == regime
+          and kind in run.get("data", {}).get("floor", {})}
 
 
 def gap_closed(metrics: Mapping[str, Mapping[str, Any]],
