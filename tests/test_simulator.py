@@ -451,6 +451,28 @@ class HiddenIntentTest(absltest.TestCase):
     # The intercepts keep the configured rates.
     self.assertAlmostEqual(truth1["click"].mean(), 0.08, delta=0.005)
 
+  def test_user_intent_shifts_both_logits_of_each_user_alike(self):
+    logit = lambda p: np.log(p) - np.log1p(-p)
+    config = simulator.SimulatorConfig(num_train=20_000, seed=5, ctr=0.08,
+                                       click_conversion_correlation=0.9)
+    with_intent = dataclasses.replace(config, user_intent=0.8)
+    world0, world1 = (simulator.build_world(c) for c in (config, with_intent))
+    self.assertIsNone(world0.user_intent)
+    self.assertAlmostEqual(float(np.std(world1.user_intent)), 0.8, delta=0.05)
+    np.testing.assert_array_equal(world0.item_click_quality,
+                                  world1.item_click_quality)
+    np.testing.assert_array_equal(world0.user_click_bias,
+                                  world1.user_click_bias)
+    imp0, truth0 = simulator.sample_split(config, world0, "train")
+    imp1, truth1 = simulator.sample_split(with_intent, world1, "train")
+    np.testing.assert_array_equal(imp0.item, imp1.item)
+    for rate, intercept in (("p_click", "click_intercept"),
+                            ("p_conversion", "conversion_intercept")):
+      shift = ((logit(truth1[rate]) - getattr(world1, intercept))
+               - (logit(truth0[rate]) - getattr(world0, intercept)))
+      np.testing.assert_allclose(shift, world1.user_intent[imp1.user],
+                                 atol=1e-6)
+
   def test_clicks_select_on_the_intent_beyond_the_features(self):
     _, imp, truth = self._split(1.2)
     clicked = truth["click"] == 1

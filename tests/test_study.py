@@ -216,9 +216,10 @@ class GridTest(parameterized.TestCase):
     self.assertEqual((config.num_users, config.num_items, config.seed,
                       config.click_conversion_correlation), (50, 400, 3, 0.9))
     self.assertEqual(config.hidden_intent, 0.0)
-    hidden = grid.parse_regime(_TINY_RATES + ",intent=0.5")
-    self.assertEqual(hidden.simulator_config(seed=0).hidden_intent, 0.5)
-    self.assertIn("hidden intent 0.5", hidden.describe())
+    hidden = grid.parse_regime(_TINY_RATES + ",intent=0.5,user_intent=0.7")
+    config = hidden.simulator_config(seed=0)
+    self.assertEqual((config.hidden_intent, config.user_intent), (0.5, 0.7))
+    self.assertIn("hidden intent 0.5, user intent 0.7", hidden.describe())
 
   def test_settings_stored_before_a_field_existed_still_match(self):
     regime = grid.parse_regime(_TINY)
@@ -393,6 +394,21 @@ class FloorTest(absltest.TestCase):
     # unbiased one predicts less than the clicks convert.
     self.assertGreater(result["esmm_limit"], 0.1 * result["true_cvr"])
     self.assertLess(result["bayes_cvr_on_clicks"], 0.9)
+
+  def test_a_user_intent_is_a_latent_the_user_id_reveals(self):
+    # The only latent is the users' intent: with 400 training impressions
+    # per user their ids reveal most of it, without them nothing does.
+    config, world = _small_world(100_000, num_users=250, num_items=300,
+                                 user_intent=1.0)
+    world = dataclasses.replace(
+        world, item_click_quality=np.zeros(300),
+        user_click_bias=0.5 * (world.user_profile["124"] == 1))
+    result = _floor(config, world)
+    self.assertAlmostEqual(result["user_latent_std"], 1.0, delta=0.15)
+    self.assertGreater(result["floor_without_ids"], 0.005)
+    self.assertLess(abs(result["floor"]), 0.15 * result["floor_without_ids"])
+    self.assertLess(abs(result["esmm_limit"]), 1e-9)
+    self.assertAlmostEqual(result["bayes_cvr_on_clicks"], 1.0)
 
   def test_clicked_cvr_limit_matches_direct_integration(self):
     click, conversion = np.array([-2.5]), np.array([-1.0])

@@ -77,6 +77,11 @@ class SimulatorConfig:
       the ground truth's p_click includes the intent, so IPW with the true
       p_click stays unbiased. 0 draws no intent and leaves existing seeds'
       files unchanged.
+    user_intent: Standard deviation, in logit units, of a per-user intent
+      added to both logits of every impression of the user, like
+      ``hidden_intent`` but lasting: only the user id reveals it, as far as
+      the user's impressions allow. 0 draws none and leaves existing seeds'
+      files unchanged.
   """
   num_train: int = option(200_000, minimum=1, group="size")
   num_test: int = option(50_000, minimum=1, group="size")
@@ -96,6 +101,7 @@ class SimulatorConfig:
   format: str = option("aliccp", choices=layout.RAW_FORMATS, group="output")
   click_conversion_correlation: float | None = None
   hidden_intent: float = option(0.0, minimum=0.0)
+  user_intent: float = option(0.0, minimum=0.0)
 
   def __post_init__(self):
     options.check_declared(self)
@@ -158,7 +164,12 @@ def _rng(seed: int, stream: str) -> np.random.Generator:
 
 def build_world(config: SimulatorConfig) -> simulator_world.World:
   """The calibrated world of ``config``; the same for every split size."""
-  world = simulator_world.build_world(config, _rng(config.seed, "world"))
+  rng = _rng(config.seed, "world")
+  world = simulator_world.build_world(config, rng)
+  if config.user_intent > 0:
+    # Drawn last, so that the rest of the world does not depend on it.
+    world = dataclasses.replace(world, user_intent=config.user_intent
+                                * rng.standard_normal(config.num_users))
   sample = simulator_traffic.sample_impressions(
       world, _CALIBRATION_IMPRESSIONS, config.impressions_per_request,
       _rng(config.seed, "calibration"), config.hidden_intent)

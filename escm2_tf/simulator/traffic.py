@@ -13,7 +13,8 @@ the selection bias ESCM2 corrects. They differ in what else they use: clicks
 fall with the position (field ``301``), conversions depend on whether the
 item's price tier suits the user's consumption level (field ``126``).
 A request may also carry a hidden intent (``SimulatorConfig.hidden_intent``)
-that raises both logits of its impressions and that no feature reveals.
+that raises both logits of its impressions and that no feature reveals, and a
+user an intent (``SimulatorConfig.user_intent``) that only the user id does.
 """
 
 import dataclasses
@@ -153,7 +154,10 @@ def _logits(world: sw.World, imp: Impressions) -> tuple[np.ndarray, np.ndarray]:
   if world.conversion_mixing is not None:
     conversion = _mixed_conversion(world.conversion_mixing, interest,
                                    _own_conversion(world, imp))
-  return interest - position + imp.intent, conversion + imp.intent
+  intent = imp.intent
+  if world.user_intent is not None:
+    intent = intent + world.user_intent[imp.user]
+  return interest - position + intent, conversion + intent
 
 
 def _mixed_conversion(mixing: sw.ConversionMixing, interest: np.ndarray,

@@ -103,6 +103,8 @@ class World:
   conversion_intercept: float = 0.0
   # None: the default conversion logit (simulator_traffic).
   conversion_mixing: ConversionMixing | None = None
+  # Per user, in logit units, added to both true logits; None: no intent.
+  user_intent: np.ndarray | None = None
 
 
 def _group_by(values: np.ndarray, num_groups: int):

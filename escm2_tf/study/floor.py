@@ -15,7 +15,8 @@ the features, plus two latents carried by no feature but an id: the item's
 click quality (drawn independently of its fields, so only the item id
 reveals it) and the part of the user's click bias that the profile fields do
 not explain (the residual of a least-squares fit of the bias on their one-hot
-codes, so only the user id reveals it). A model can learn each latent only
+codes), plus the user's intent (``SimulatorConfig.user_intent``): only the
+user id reveals those. A model can learn each latent only
 from the training impressions of its id. The floor's propensity takes the
 observable part as known (the limit of unlimited data for shared features)
 and each latent from its Bayesian posterior given its id's training clicks,
@@ -74,13 +75,12 @@ class Latents:
   Attributes:
     world: The world.
     item_scale: Logit units per unit of the item's click quality.
-    user_scale: Logit units per unit of the user's unexplained click bias.
-    user_residual: Per user, its unexplained click bias.
+    user_term: Per user, the click logit's term that only the user id
+      reveals: its unexplained click bias and its intent, in logit units.
   """
   world: world_lib.World
   item_scale: float
-  user_scale: float
-  user_residual: np.ndarray
+  user_term: np.ndarray
 
   @property
   def item_std(self) -> float:
@@ -88,13 +88,13 @@ class Latents:
 
   @property
   def user_std(self) -> float:
-    return abs(self.user_scale) * float(np.std(self.user_residual))
+    return float(np.std(self.user_term))
 
   def parts(self, imp: traffic.Impressions
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(full click logit, its item term, its user term) per impression."""
     item = self.item_scale * self.world.item_click_quality[imp.item]
-    user = self.user_scale * self.user_residual[imp.user]
+    user = self.user_term[imp.user]
     return _click_logit(self.world, imp), item, user
 
 
@@ -116,7 +116,10 @@ def latents(world: world_lib.World, imp: traffic.Impressions) -> Latents:
     usable = np.abs(unit) > 1e-3
     scales.append(float(np.median(change[usable] / unit[usable]))
                   if usable.any() else 0.0)
-  return Latents(world, scales[0], scales[1], residual)
+  user_term = scales[1] * residual
+  if world.user_intent is not None:
+    user_term = user_term + world.user_intent
+  return Latents(world, scales[0], user_term)
 
 
 def _grid(std: float) -> tuple[np.ndarray, np.ndarray]:

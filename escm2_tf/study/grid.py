@@ -51,11 +51,13 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 # The flag a regime comes from.
 REGIME = "regime"
 _KEYS = {"ctr": float, "cvr": float, "corr": float, "train": int,
-         "test": int, "users": int, "items": int, "intent": float}
+         "test": int, "users": int, "items": int, "intent": float,
+         "user_intent": float}
 # Keys a --regime may leave out: the simulator's own default.
 _OPTIONAL = {"users": _SIMULATOR_DEFAULTS.num_users,
              "items": _SIMULATOR_DEFAULTS.num_items,
-             "intent": _SIMULATOR_DEFAULTS.hidden_intent}
+             "intent": _SIMULATOR_DEFAULTS.hidden_intent,
+             "user_intent": _SIMULATOR_DEFAULTS.user_intent}
 
 
 def estimator_loss(estimator: str) -> tuple[str, str]:
@@ -81,6 +83,8 @@ class Regime:
     num_items: Items of the world (``SimulatorConfig.num_items``).
     intent: ``SimulatorConfig.hidden_intent``: selection on what no
       feature carries.
+    user_intent: ``SimulatorConfig.user_intent``: selection on what only
+      the user id carries.
   """
   name: str
   ctr: float
@@ -91,6 +95,7 @@ class Regime:
   num_users: int = _SIMULATOR_DEFAULTS.num_users
   num_items: int = _SIMULATOR_DEFAULTS.num_items
   intent: float = _SIMULATOR_DEFAULTS.hidden_intent
+  user_intent: float = _SIMULATOR_DEFAULTS.user_intent
 
   def simulator_config(self, seed: int) -> simulator.SimulatorConfig:
     """The simulator settings of the regime; everything else its default.
@@ -103,7 +108,7 @@ class Regime:
         ctr=self.ctr, cvr=self.cvr, num_users=self.num_users,
         num_items=self.num_items,
         click_conversion_correlation=self.correlation,
-        hidden_intent=self.intent)
+        hidden_intent=self.intent, user_intent=self.user_intent)
 
   def describe(self) -> str:
     return (f"CTR {self.ctr:.0%}, CVR {self.cvr:.0%}, correlation "
@@ -112,7 +117,9 @@ class Regime:
             f"({self.num_train / self.num_users:.0f} per user), "
             f"{self.num_items:,} items "
             f"({self.num_train / self.num_items:.0f} per item)"
-            + (f", hidden intent {self.intent:g}" if self.intent else ""))
+            + (f", hidden intent {self.intent:g}" if self.intent else "")
+            + (f", user intent {self.user_intent:g}" if self.user_intent
+               else ""))
 
 
 def correlation_text(correlation: float | None) -> str:
@@ -168,8 +175,8 @@ DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 def parse_regime(spec: str) -> Regime:
   """``NAME:ctr=0.08,cvr=0.04,corr=0.9,train=300000,test=100000``.
 
-  ``users=N``, ``items=N`` and ``intent=X`` are optional (the simulator's
-  defaults).
+  ``users=N``, ``items=N``, ``intent=X`` and ``user_intent=X`` are optional
+  (the simulator's defaults).
 
   Raises:
     ConfigError: A missing or unknown key, a bad value or name (``regime``).
@@ -196,7 +203,8 @@ def parse_regime(spec: str) -> Regime:
   values = {**_OPTIONAL, **values}
   return Regime(name, values["ctr"], values["cvr"], values["corr"],
                 values["train"], values["test"], num_users=values["users"],
-                num_items=values["items"], intent=values["intent"])
+                num_items=values["items"], intent=values["intent"],
+                user_intent=values["user_intent"])
 
 
 @dataclasses.dataclass(frozen=True)
