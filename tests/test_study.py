@@ -307,19 +307,23 @@ def _floor(config, world, clip=1e-6):
   train_imp, train_truth = simulator.sample_split(config, world, "train")
   test_imp, test_truth = simulator.sample_split(config, world, "test")
   return floor.identifiable_floor(world, (train_imp, train_truth["click"]),
-                                  (test_imp, test_truth), clip)
+                                  (test_imp, test_truth), clip,
+                                  config.hidden_intent)
+
+
+def _without_id_latents(world):
+  """Click propensities from observed fields alone: the item's click
+  quality gone, the user's click bias a function of a profile field."""
+  return dataclasses.replace(
+      world, item_click_quality=np.zeros(len(world.item_click_quality)),
+      user_click_bias=0.5 * (world.user_profile["124"] == 1))
 
 
 class FloorTest(absltest.TestCase):
 
   def test_no_latent_no_floor(self):
-    # Click propensities from observed ids alone: the item's click quality
-    # gone, the user's click bias a function of a profile field.
     config, world = _small_world(5_000, num_users=200, num_items=300)
-    world = dataclasses.replace(
-        world, item_click_quality=np.zeros(300),
-        user_click_bias=0.5 * (world.user_profile["124"] == 1))
-    result = _floor(config, world)
+    result = _floor(config, _without_id_latents(world))
     self.assertAlmostEqual(result["item_latent_std"], 0.0)
     self.assertAlmostEqual(result["user_latent_std"], 0.0, places=6)
     for kind in floor.BIASES:
@@ -378,14 +382,7 @@ class FloorTest(absltest.TestCase):
     # on the intent, and the true p_click, which includes it, does not.
     config, world = _small_world(5_000, num_users=200, num_items=300,
                                  hidden_intent=1.0)
-    world = dataclasses.replace(
-        world, item_click_quality=np.zeros(300),
-        user_click_bias=0.5 * (world.user_profile["124"] == 1))
-    train_imp, train_truth = simulator.sample_split(config, world, "train")
-    test_imp, test_truth = simulator.sample_split(config, world, "test")
-    result = floor.identifiable_floor(
-        world, (train_imp, train_truth["click"]), (test_imp, test_truth),
-        1e-6, intent_std=1.0)
+    result = _floor(config, _without_id_latents(world))
     self.assertLess(abs(result["floor_true_propensity"]), 1e-6)
     self.assertGreater(result["floor"], 0.1 * result["true_cvr"])
     self.assertAlmostEqual(result["floor"], result["floor_without_ids"],
@@ -400,10 +397,7 @@ class FloorTest(absltest.TestCase):
     # per user their ids reveal most of it, without them nothing does.
     config, world = _small_world(100_000, num_users=250, num_items=300,
                                  user_intent=1.0)
-    world = dataclasses.replace(
-        world, item_click_quality=np.zeros(300),
-        user_click_bias=0.5 * (world.user_profile["124"] == 1))
-    result = _floor(config, world)
+    result = _floor(config, _without_id_latents(world))
     self.assertAlmostEqual(result["user_latent_std"], 1.0, delta=0.15)
     self.assertGreater(result["floor_without_ids"], 0.005)
     self.assertLess(abs(result["floor"]), 0.15 * result["floor_without_ids"])
