@@ -292,6 +292,8 @@ class GridTest(parameterized.TestCase):
                             1_000_000)
     self.assertEqual([r.name for r in regimes.values() if r.intent > 0],
                      ["intent"])
+    self.assertEqual([r.name for r in regimes.values() if r.user_intent > 0],
+                     ["user_intent"])
 
 
 def _small_world(num_train: int, **world):

@@ -1,6 +1,6 @@
 """The named designs of ``escm2-study --design=NAME``, and ``--arm`` specs.
 
-``default``: every estimator in the eight regimes of ``grid.DEFAULT_REGIMES``
+``default``: every estimator in the nine regimes of ``grid.DEFAULT_REGIMES``
 (docs/study/). ``estimator_table``: ESMM, naive and ESCM2's IPW and DR, each
 also with PaddleRec's loss (``compat=paddlerec``), on 1M simulated training
 impressions at the simulator's own rates. ``propensity_sweep``: ESMM with

@@ -14,8 +14,8 @@ regime in which the theory says the counterfactual estimators should win
 the propensities), so that every level of every factor is covered by a regime
 that differs from the base in that factor only (docs/results.md says why not
 the full factorial); two more regimes have the Tianchi release's density and
-a denser one, where the ids' latents can be learnt, and one has selection on a
-hidden intent that no feature carries.
+a denser one, where the ids' latents can be learnt, one has selection on a
+hidden intent that no feature carries and one on a per-user intent.
 
 An estimator is a ``LossConfig.loss`` value, or a counterfactual loss with
 the suffix ``_true``: the same estimator weighting clicks by the simulator's
@@ -155,7 +155,8 @@ class Arm:
 # "dense" ten times the impressions per user of the release; both have the
 # base regime's rates. "intent" adds selection that no feature carries (a
 # per-request intent raising both logits) at about the release's density
-# per item: what no feature-based estimator can remove.
+# per item: what no feature-based estimator can remove; "user_intent" the
+# same per user, which the user ids can learn.
 DEFAULT_REGIMES = (
     Regime("base", 0.08, 0.04, STRONG_CORRELATION, 120_000, 50_000),
     Regime("weak", 0.08, 0.04, WEAK_CORRELATION, 120_000, 50_000),
@@ -168,6 +169,8 @@ DEFAULT_REGIMES = (
            num_users=2_000, num_items=4_000),
     Regime("intent", 0.08, 0.04, STRONG_CORRELATION, 300_000, 50_000,
            num_users=2_000, num_items=4_000, intent=1.0),
+    Regime("user_intent", 0.08, 0.04, STRONG_CORRELATION, 300_000, 50_000,
+           num_users=2_000, num_items=4_000, user_intent=1.0),
 )
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 
