@@ -554,6 +554,26 @@ class StudyCliTest(parameterized.TestCase):
             "esmm_limit"]})
     self.assertIsNotNone(
         resumed["summary"]["floors"]["tiny"]["esmm_limit"]["mean"])
+    # With a run to train, they take its dataset's floor.
+    for run in resumed["runs"]:
+      del run["data"]["floor"]["esmm_limit"]
+    with open(os.path.join(output_dir, "study.json"), "w") as f:
+      json.dump(resumed, f)
+    status, stdout, _ = _run_cli(**{**settings,
+                                    "estimators": estimators + ["naive"]})
+    self.assertEqual(status, 0)
+    self.assertIn("2 to train", stdout)
+    self.assertNotIn("computing the floor", stdout)
+    with open(os.path.join(output_dir, "study.json")) as f:
+      extended = json.load(f)
+    for seed in (0, 1):
+      self.assertLen({json.dumps(run["data"]["floor"], sort_keys=True)
+                      for run in extended["runs"] if run["seed"] == seed}, 1)
+    self.assertEqual(
+        {run["data"]["floor"]["esmm_limit"] for run in extended["runs"]
+         if run["seed"] == 1},
+        {floor.regime_floor(grid.parse_regime(_TINY).simulator_config(1))[
+            "esmm_limit"]})
 
   def _check_floor(self, results):
     """Each seed's floor is the simulator's world's, and the gap shares."""

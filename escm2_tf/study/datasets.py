@@ -127,7 +127,7 @@ def prepare(regime: grid.Regime, seed: int, directory: str) -> Dataset:
                   directory, config,
                   {layout.TRAIN: TRAIN_SHARDS, layout.TEST: TEST_SHARDS},
                   keep_raw_logs=False)}
-  if not set(floor.KINDS) <= set(stored["summary"].get("floor", {})):
+  if not floor.complete(stored["summary"].get("floor")):
     # Datasets made before the floor, or one of its kinds, existed gain it.
     stored["summary"]["floor"] = floor.regime_floor(config)
     layout.atomic_write(marker, json.dumps(stored, indent=1))

@@ -48,6 +48,11 @@ KINDS = BIASES + ("bayes_cvr_on_clicks",)
 _CHUNK = 8192
 
 
+def complete(floors: dict[str, Any] | None) -> bool:
+  """Whether ``floors`` (``identifiable_floor``'s) holds every kind."""
+  return set(KINDS) <= set(floors or {})
+
+
 def _logit(p: np.ndarray) -> np.ndarray:
   return np.log(p) - np.log1p(-p)
 

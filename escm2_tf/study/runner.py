@@ -193,15 +193,21 @@ def run_study(config: grid.StudyConfig, work_dir: str, output_json: str,
            f"{output_json}, {todo} to train)")
   started, trained = time.monotonic(), 0
   runs = dict(done)
-  _complete_floors(config, runs, progress)
   for regime in config.regimes:
     for seed in config.seeds:
       missing = [e for e in config.estimators
                  if run_key(regime, seed, e) not in runs]
+      stale = _stale_floors(runs, regime, seed)
       if not missing:
+        if stale:
+          progress(f"escm2-study: computing the floor of {regime.name} seed "
+                   f"{seed} for {len(stale)} run(s) written before it had "
+                   f"{', '.join(floor.KINDS)}")
+          _set_floor(stale, floor.regime_floor(regime.simulator_config(seed)))
         continue
       dataset = datasets.prepare(regime, seed,
                                  dataset_dir(work_dir, regime.name, seed))
+      _set_floor(stale, dataset.summary["floor"])
       for estimator in missing:
         settings = config.settings(estimator)
         record = train_one(dataset, settings, seed, run_model_dir(
@@ -228,27 +234,19 @@ def run_study(config: grid.StudyConfig, work_dir: str, output_json: str,
   return results
 
 
-def _complete_floors(config: grid.StudyConfig,
-                     runs: dict[str, dict[str, Any]],
-                     progress: Callable[[str], None]) -> None:
-  """Gives runs written before a kind of floor existed the whole floor.
+def _stale_floors(runs: dict[str, dict[str, Any]], regime: grid.Regime,
+                  seed: int) -> list[dict[str, Any]]:
+  """The runs of ``regime`` and ``seed`` that lack a kind of floor."""
+  return [run for run in runs.values()
+          if run["regime"] == regime.name and run["seed"] == seed
+          and not floor.complete(run.get("data", {}).get("floor"))]
 
-  The floor needs the simulator's world and splits, not the dataset's
-  files, so it is computed again from the regime's settings.
-  """
-  for regime in config.regimes:
-    for seed in config.seeds:
-      stale = [run for run in runs.values()
-               if run["regime"] == regime.name and run["seed"] == seed
-               and not set(floor.KINDS) <= set(
-                   run.get("data", {}).get("floor", {}))]
-      if stale:
-        progress(f"escm2-study: computing the floor of {regime.name} seed "
-                 f"{seed} for {len(stale)} run(s) written before it had "
-                 f"{', '.join(floor.KINDS)}")
-        fresh = floor.regime_floor(regime.simulator_config(seed))
-        for run in stale:
-          run.setdefault("data", {})["floor"] = fresh
+
+def _set_floor(runs: list[dict[str, Any]], floors: dict[str, Any]) -> None:
+  # The floor needs the simulator's world and splits, not the dataset's
+  # files, so it is the same for every run of a regime and seed.
+  for run in runs:
+    run.setdefault("data", {})["floor"] = floors
 
 
 def _signed(value: float | None) -> str:
