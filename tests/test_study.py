@@ -102,6 +102,25 @@ class VerdictTest(parameterized.TestCase):
     # (0.011 - 0.005) / (0.011 - 0.0025)
     self.assertAlmostEqual(result["gap_closed"]["r"]["ipw"], 0.006 / 0.0085)
     self.assertAlmostEqual(result["gap_closed"]["r"]["esmm"], 0.0)
+    self.assertAlmostEqual(result["achievable_gap"]["r"]["mean"], 0.0085)
+
+  @parameterized.named_parameters(
+      # ESMM at the floor: 0.0005 above it in one seed, 0.0005 below in the
+      # other, so the paired interval holds 0 and a ratio would be noise.
+      ("at_the_floor", [0.0105, 0.0125], [0.010, 0.013]),
+      # ESMM below the floor in every seed: nothing to close.
+      ("below_the_floor", [0.001, 0.002], [0.004, 0.005]))
+  def test_no_gap_to_close_unless_esmm_is_above_the_floor(self, esmm, floors):
+    config = grid.StudyConfig(
+        regimes=(grid.Regime("r", 0.1, 0.1, 0.5, 10_000, 100),),
+        seeds=(0, 1), estimators=("esmm", "ipw"))
+    runs = _runs({"esmm": esmm, "ipw": [0.004, 0.006]})
+    for run in runs:
+      run["data"] = {"floor": {"floor": floors[run["seed"]]}}
+    result = summary.summarise(config, runs)
+    self.assertEqual(result["gap_closed"]["r"], {"esmm": None, "ipw": None})
+    self.assertLessEqual(result["achievable_gap"]["r"]["low"], 0.0)
+    self.assertIsNone(result["targets"]["r"]["met"]["gap_closed"])
 
   def test_met_when_both_are_clearly_less_biased(self):
     verdict = self._verdict({
@@ -588,9 +607,19 @@ class StudyCliTest(parameterized.TestCase):
     shares = results["summary"]["gap_closed"]["tiny"]
     means = {e: results["summary"]["metrics"]["tiny"][e]["cvr_bias"]["mean"]
              for e in ("esmm", "mrdr")}
-    self.assertAlmostEqual(shares["esmm"], 0.0)
-    self.assertAlmostEqual(shares["mrdr"], (means["esmm"] - means["mrdr"]) /
-                           (means["esmm"] - summary_floor["mean"]))
+    esmm = {run["seed"]: run["metrics"]["cvr_bias"]
+            for run in results["runs"] if run["estimator"] == "esmm"}
+    achievable = stats.paired(esmm, floors)
+    self.assertAlmostEqual(
+        results["summary"]["achievable_gap"]["tiny"]["mean"],
+        achievable["mean"])
+    if achievable["low"] > 0.0:
+      self.assertAlmostEqual(shares["esmm"], 0.0)
+      self.assertAlmostEqual(shares["mrdr"],
+                             (means["esmm"] - means["mrdr"]) /
+                             (means["esmm"] - summary_floor["mean"]))
+    else:
+      self.assertEqual(set(shares.values()), {None})
 
   def test_an_arm_trains_with_its_settings_and_resumes(self):
     root = testing.new_dir()

@@ -170,11 +170,20 @@ def _target_lines(grid: Mapping[str, Any],
          f"{_name(t['best'])} {t['best_over_esmm']:.2f}: "
          f"{_yes_no(met['best_over_esmm'])}"),
         (f"{min(shares):.2f}: {_yes_no(met['gap_closed'])}" if shares
-         else "n/a"),
+         else _no_gap(summary, regime["name"])),
         _below_ipw(t), f"{outside}: {_yes_no(met['calibration'])}"])
   return lines + _table(["regime", "true p_click unbiased", "best / ESMM",
                          "least gap closed", "below IPW",
                          "calibration out of range"], rows)
+
+
+def _no_gap(summary: Mapping[str, Any], regime: str) -> str:
+  """Why a regime has no shares of the gap: ESMM not above the floor."""
+  achievable = summary.get("achievable_gap", {}).get(regime)
+  if not achievable or achievable["mean"] is None:
+    return "n/a"
+  return (f"n/a: ESMM − floor {_cell(achievable, 'difference')}, "
+          "not above 0")
 
 
 def _below_ipw(target: Mapping[str, Any]) -> str:
@@ -201,9 +210,12 @@ def _floor_lines(grid: Mapping[str, Any],
            "unbiased pCVR on clicks: E[p_conversion | every latent] over "
            "the test clicks' p_conversion, the calibration_cvr of an "
            "unbiased model (1 without a hidden intent). "
+           "ESMM − floor: the achievable gap, seed by seed. "
            "Share of the gap: (ESMM's bias − the estimator's) / (ESMM's "
-           "bias − the floor), means over seeds.", ""]
+           "bias − the floor), means over seeds; n/a unless ESMM − floor "
+           "has an interval above 0.", ""]
   estimators = grid["estimators"]
+  gaps = summary.get("achievable_gap", {})
   rows = []
   for regime in grid["regimes"]:
     name = regime["name"]
@@ -211,12 +223,13 @@ def _floor_lines(grid: Mapping[str, Any],
     shares = summary["gap_closed"][name]
     rows.append([name] + [_cell(floors[kind], "difference") for kind in
                           floor_lib.BIASES] +
-                [_cell(floors["bayes_cvr_on_clicks"])] +
+                [_cell(floors["bayes_cvr_on_clicks"]),
+                 _cell(gaps[name], "difference") if name in gaps else "n/a"] +
                 ["n/a" if shares.get(e) is None else f"{shares[e]:.2f}"
                  for e in estimators])
   return lines + _table(["regime", "floor", "floor without ids",
                          "floor, true p_click", "ESMM, unlimited data",
-                         "unbiased pCVR on clicks"] +
+                         "unbiased pCVR on clicks", "ESMM − floor"] +
                         [_name(e) for e in estimators], rows)
 
 

@@ -17,7 +17,10 @@ calibration_cvr (pCVR on clicks) in [0.85, 1.15], as means over seeds.
 Each regime also gets its identifiable floor (``escm2_tf.study.floor``, per
 seed from the dataset) and, per estimator, the share of the achievable gap
 it closes: (ESMM's mean bias − its mean bias) / (ESMM's mean bias − the mean
-floor), signed biases, so 1 is the floor and 0 is ESMM.
+floor), signed biases, so 1 is the floor and 0 is ESMM. There is a gap to
+close only where ESMM's bias lies above the floor with a paired interval
+(seed by seed) above zero; elsewhere (ESMM at the floor, or below it) the
+shares are undefined rather than a ratio over noise.
 """
 
 import math
@@ -71,7 +74,7 @@ def summarise(config: grid.StudyConfig,
     "bias": interval}}}}, "verdicts": {regime: {...}}}`` where an interval is
     ``stats.interval``'s dict (NaN bounds as None in JSON).
   """
-  metrics, paired, verdicts, floors, gaps = {}, {}, {}, {}, {}
+  metrics, paired, verdicts, floors, gaps, achievable = {}, {}, {}, {}, {}, {}
   for regime in config.regimes:
     name = regime.name
     metrics[name] = {
@@ -93,11 +96,14 @@ def summarise(config: grid.StudyConfig,
     verdicts[name] = verdict(metrics[name], paired[name])
     floors[name] = {kind: _json(stats.interval(
         _floors(runs, name, kind).values())) for kind in FLOORS}
-    gaps[name] = gap_closed(metrics[name], floors[name]["floor"]["mean"])
+    achievable[name] = _json(stats.paired(
+        _seeds(runs, name, "esmm", "cvr_bias"), _floors(runs, name, "floor")))
+    gaps[name] = gap_closed(metrics[name], floors[name]["floor"]["mean"],
+                            achievable[name])
   out = {"metrics": metrics, "paired": paired, "verdicts": verdicts}
   if any("floor" in run.get("data", {}) for run in runs):
     # Results of studies before the floor existed keep their summary.
-    out.update(floors=floors, gap_closed=gaps)
+    out.update(floors=floors, gap_closed=gaps, achievable_gap=achievable)
     out["targets"] = {name: targets(metrics[name], paired[name], gaps[name])
                       for name in metrics}
   return out
@@ -177,17 +183,24 @@ def _floors(runs: Sequence[Mapping[str, Any]], regime: str,
           and kind in run.get("data", {}).get("floor", {})}
 
 
-def gap_closed(metrics: Mapping[str, Mapping[str, Any]],
-               floor: float | None) -> dict[str, float | None]:
-  """Per estimator, the share of ESMM's bias above the floor it removes."""
+def gap_closed(metrics: Mapping[str, Mapping[str, Any]], floor: float | None,
+               achievable: Mapping[str, float | None]
+               ) -> dict[str, float | None]:
+  """Per estimator, the share of ESMM's bias above the floor it removes.
+
+  Args:
+    metrics: The regime's intervals per estimator.
+    floor: The mean floor over seeds.
+    achievable: ``stats.paired`` of ESMM's bias less the floor, seed by seed.
+      Unless its interval lies above zero there is no gap to close, and
+      every share is None.
+  """
   esmm = metrics.get("esmm", {}).get("cvr_bias", {}).get("mean")
-  out = {}
-  for estimator, cells in metrics.items():
-    bias = cells["cvr_bias"]["mean"]
-    gap = None if esmm is None or floor is None else esmm - floor
-    out[estimator] = (None if bias is None or not gap
-                      else (esmm - bias) / gap)
-  return out
+  gap = (None if esmm is None or floor is None or achievable["low"] is None
+         or achievable["low"] <= 0.0 else esmm - floor)
+  return {estimator: (None if gap is None or cells["cvr_bias"]["mean"] is None
+                      else (esmm - cells["cvr_bias"]["mean"]) / gap)
+          for estimator, cells in metrics.items()}
 
 
 def _json(summary: dict[str, float]) -> dict[str, float | None]:
