@@ -57,6 +57,10 @@ def _logit(p: np.ndarray) -> np.ndarray:
   return np.log(p) - np.log1p(-p)
 
 
+def _sigmoid(logit: np.ndarray) -> np.ndarray:
+  return 1.0 / (1.0 + np.exp(-logit))
+
+
 def _click_logit(world: world_lib.World, imp: traffic.Impressions
                  ) -> np.ndarray:
   return _logit(traffic.probabilities(world, imp)["p_click"])
@@ -187,14 +191,14 @@ def propensity(observable: np.ndarray, item_weights: np.ndarray,
              user_weights[block, None, :]).reshape(-1, len(shifts))
     for intent, weight in zip(intents, intent_weights):
       logit = observable[block, None] + shifts[None, :] + intent
-      out[block] += weight * np.sum(joint / (1.0 + np.exp(-logit)), axis=1)
+      out[block] += weight * np.sum(joint * _sigmoid(logit), axis=1)
   return out
 
 
 def intent_mean(logit: np.ndarray, intent_std: float) -> np.ndarray:
   """E[σ(logit + s)] over s ~ N(0, intent_std²)."""
   intents, weights = intent_nodes(intent_std)
-  return sum(weight / (1.0 + np.exp(-(logit + intent)))
+  return sum(weight * _sigmoid(logit + intent)
              for intent, weight in zip(intents, weights))
 
 
@@ -205,13 +209,10 @@ def clicked_cvr_limit(click_logit: np.ndarray, conversion_logit: np.ndarray,
   The logits leave the intent s out; a click makes a high s likelier.
   """
   intents, weights = intent_nodes(intent_std)
-  clicked = converted = 0.0
-  for intent, weight in zip(intents, weights):
-    p_click = 1.0 / (1.0 + np.exp(-(click_logit + intent)))
-    clicked = clicked + weight * p_click
-    converted = converted + weight * p_click / (
-        1.0 + np.exp(-(conversion_logit + intent)))
-  return float(np.mean(converted / clicked))
+  converted = sum(weight * _sigmoid(click_logit + intent)
+                  * _sigmoid(conversion_logit + intent)
+                  for intent, weight in zip(intents, weights))
+  return float(np.mean(converted / intent_mean(click_logit, intent_std)))
 
 
 def ips_target(p_click: np.ndarray, p_conversion: np.ndarray,

@@ -94,10 +94,11 @@ def summarise(config: grid.StudyConfig,
           for reference in _references(estimator)
           if reference in config.estimators and reference != estimator}
     verdicts[name] = verdict(metrics[name], paired[name])
-    floors[name] = {kind: _json(stats.interval(
-        _floors(runs, name, kind).values())) for kind in FLOORS}
+    by_kind = {kind: _floors(runs, name, kind) for kind in FLOORS}
+    floors[name] = {kind: _json(stats.interval(seeds.values()))
+                    for kind, seeds in by_kind.items()}
     achievable[name] = _json(stats.paired(
-        _seeds(runs, name, "esmm", "cvr_bias"), _floors(runs, name, "floor")))
+        _seeds(runs, name, "esmm", "cvr_bias"), by_kind["floor"]))
     gaps[name] = gap_closed(metrics[name], floors[name]["floor"]["mean"],
                             achievable[name])
   out = {"metrics": metrics, "paired": paired, "verdicts": verdicts}
