@@ -18,7 +18,16 @@ and on the test split, and prints per split, against the simulator's truth
 - ``pcvr``: mean pCVR over the true mean CVR minus 1 (the model's bias);
 - ``weight_converted`` / ``weight_unconverted``: the mean of 1/ô over that of
   1/p on the converted and on the unconverted clicks (below 1 where ô is
-  optimistic: an IPS estimate reads its level from the converted ones).
+  optimistic: an IPS estimate reads its level from the converted ones);
+- ``logit_gap``: the mean of logit(pCVR) - logit(true CVR); ``logit_sd`` and
+  ``true_logit_sd``: the standard deviations of the two logits;
+  ``logit_corr``: their correlation. At rates far below 0.5 the sigmoid is
+  convex, so of two sets of logits with the same mean the more spread one
+  has the higher mean pCVR.
+
+The test split also gets a row for the impressions of users with training
+records (``test_known_users``) and one for the others (``test_new_users``):
+whether a model's level carries to users it has not seen.
 
 With ``--folds=K`` it also cross-fits: K models, each trained with the
 library's defaults (and ``--loss``) on all of the training records but one
@@ -58,6 +67,11 @@ from escm2_tf.options import option
 _PROGRAM = "level_estimates"
 _BATCH_SIZE = 4096
 _TRUE_CVR = "p_conversion"
+_KNOWN_USER = "known_user"
+# Raw ids are non-negative: -1 stands for a record without a user id.
+_NO_USER = -1
+# A float32 pCVR can round to 0 or 1, whose logit is infinite.
+_RATE_CLIP = 1e-7
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,6 +131,8 @@ def split_figures(clicked: np.ndarray, converted: np.ndarray,
     return float(np.mean(1 / propensity[mask])
                  / np.mean(1 / true_propensity[mask]))
 
+  logit = _logit(pcvr)
+  true_logit = _logit(true_cvr)
   return {
       "impressions": int(clicked.size),
       "ctr_on_clicks": float(pctr[clicked].mean() / true_ctr[clicked].mean()),
@@ -131,7 +147,57 @@ def split_figures(clicked: np.ndarray, converted: np.ndarray,
       "pcvr": float(np.mean(pcvr)) / truth - 1.0,
       "weight_converted": weight_ratio(converted_clicks),
       "weight_unconverted": weight_ratio(clicked & ~converted_clicks),
+      "logit_gap": float(np.mean(logit - true_logit)),
+      "logit_sd": float(np.std(logit)),
+      "true_logit_sd": float(np.std(true_logit)),
+      "logit_corr": _correlation(logit, true_logit),
   }
+
+
+def _correlation(x: np.ndarray, y: np.ndarray) -> float:
+  """Pearson's correlation; NaN where either is constant."""
+  if np.std(x) == 0.0 or np.std(y) == 0.0:
+    return float("nan")
+  return float(np.corrcoef(x, y)[0, 1])
+
+
+def _logit(rates: np.ndarray) -> np.ndarray:
+  rates = np.clip(rates.astype(np.float64), _RATE_CLIP, 1.0 - _RATE_CLIP)
+  return np.log(rates) - np.log1p(-rates)
+
+
+def known_users(train_users: np.ndarray, test_users: np.ndarray
+                ) -> np.ndarray:
+  """Whether each test record's user has a training record.
+
+  Args:
+    train_users: The user id of every training record, ``_NO_USER`` where
+      it has none.
+    test_users: The same for the test records.
+
+  Returns:
+    bool, one per test record; False for a record without a user id.
+  """
+  has_user = test_users != _NO_USER
+  return has_user & np.isin(test_users, train_users[train_users != _NO_USER])
+
+
+def user_ids(files: str) -> tuple[np.ndarray, np.ndarray]:
+  """(sample ids, user ids) of every record, ``_NO_USER`` for none."""
+  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+  from escm2_tf import data
+  from escm2_tf import schema
+  sample_ids, users = [], []
+  records = tf.data.TFRecordDataset(data.list_files(files),
+                                    compression_type="GZIP")
+  for block in records.batch(_BATCH_SIZE):
+    features, _ = data.parse_batch(block, with_sample_id=True,
+                                   with_weights=False)
+    sample_ids.append(features[schema.SAMPLE_ID].numpy())
+    users.append(features[schema.USER_ID].to_tensor(
+        default_value=_NO_USER, shape=[None, 1])[:, 0].numpy())
+  return np.concatenate(sample_ids), np.concatenate(users)
 
 
 def _split_columns(model, files: str, split, tables) -> dict[str, np.ndarray]:
@@ -165,17 +231,37 @@ def model_rows(data_dir: str, model_dir: str) -> list[dict[str, Any]]:
   trained_on, held_out = fit_policy.held_out_split(
       config.data.validation_fraction)
   rows = []
-  for name, split_name, split in (
-      ("train", layout.TRAIN, trained_on),
-      ("held_out", layout.TRAIN, held_out),
-      ("test", layout.TEST, None)):
-    columns = _split_columns(model, layout.examples(data_dir, split_name),
-                             split, _label_tables(data_dir, split_name))
+
+  def add_row(name: str, columns: dict[str, np.ndarray]) -> None:
     rows.append({"model_dir": model_dir, "split": name, **split_figures(
         columns["clicked"], columns["converted"], columns["pctr"],
         columns["p_click"], columns["pcvr"], columns[_TRUE_CVR],
         model.loss_config.propensity_clip)})
+
+  for name, split in (("train", trained_on), ("held_out", held_out)):
+    add_row(name, _split_columns(model, layout.examples(data_dir,
+                                                        layout.TRAIN),
+                                 split, _label_tables(data_dir, layout.TRAIN)))
+  test = _split_columns(model, layout.examples(data_dir, layout.TEST), None,
+                        [_known_user_table(data_dir),
+                         *_label_tables(data_dir, layout.TEST)])
+  add_row("test", test)
+  known = test.pop(_KNOWN_USER) > 0.5
+  for name, users in (("test_known_users", known),
+                      ("test_new_users", ~known)):
+    if users.any():
+      add_row(name, {column: values[users]
+                     for column, values in test.items()})
   return rows
+
+
+def _known_user_table(data_dir: str) -> Any:
+  """1 for each test record whose user has training records, else 0."""
+  from escm2_tf import data  # pylint: disable=g-import-not-at-top
+  _, train_users = user_ids(layout.examples(data_dir, layout.TRAIN))
+  sample_ids, test_users = user_ids(layout.examples(data_dir, layout.TEST))
+  return data.LabelTable(_KNOWN_USER, sample_ids, known_users(
+      train_users, test_users).astype(np.float32))
 
 
 # The training split's tables serve its trained-on and held-out sides, and
@@ -255,15 +341,18 @@ def cross_fitted_row(data_dir: str, work_dir: str, folds: int,
 def markdown(rows: list[dict[str, Any]]) -> str:
   lines = ["| model | split | pCTR/p on clicks | off clicks | (1/N) sum o/ô "
            "| IPS | SNIPS | IPS, true p | pCVR | 1/ô over 1/p: converted, "
-           "unconverted clicks |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "unconverted clicks | CVR logit gap | logit sd (truth's) "
+           "| logit corr |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for row in rows:
     lines.append(
         f"| {row['model_dir']} | {row['split']} | {row['ctr_on_clicks']:.3f} "
         f"| {row['ctr_off_clicks']:.3f} | {row['inverse_mass']:.3f} "
         f"(true {row['inverse_mass_true']:.3f}) | {row['ips']:+.1%} "
         f"| {row['snips']:+.1%} | {row['ips_true']:+.1%} | {row['pcvr']:+.1%} "
-        f"| {row['weight_converted']:.3f}, {row['weight_unconverted']:.3f} |")
+        f"| {row['weight_converted']:.3f}, {row['weight_unconverted']:.3f} "
+        f"| {row['logit_gap']:+.3f} | {row['logit_sd']:.3f} "
+        f"({row['true_logit_sd']:.3f}) | {row['logit_corr']:.3f} |")
   return "\n".join(lines)
 
 

@@ -57,9 +57,12 @@ def _sample(name: str, group: str, description: str,
   return Field(name, Source.SAMPLE, group, multi, False, description)
 
 
+# The user id field, for readers that group records by user.
+USER_ID = "101"
+
 # The 23 fields PaddleRec's escm2 uses, in PaddleRec's order.
 FIELDS: tuple[Field, ...] = (
-    _user("101", "user id"),
+    _user(USER_ID, "user id"),
     _user("109_14", "user's clicked categories (behaviour)", multi=True),
     _user("110_14", "user's clicked shops (behaviour)", multi=True),
     _user("127_14", "user's clicked brands (behaviour)", multi=True),

@@ -51,18 +51,55 @@ class SplitFiguresTest(absltest.TestCase):
     # against 1/0.25.
     self.assertAlmostEqual(figures["weight_converted"], 2 / 4, places=6)
     self.assertAlmostEqual(figures["weight_unconverted"], 10 / 4, places=6)
+    # The truth is one value: no correlation with it.
+    self.assertEqual(figures["true_logit_sd"], 0.0)
+    self.assertTrue(np.isnan(figures["logit_corr"]))
+
+  def test_logit_figures_against_hand_computed_values(self):
+    # pCVR logits 0, 2, 1 against true logits -1, 1, 1.
+    sigmoid = lambda z: 1 / (1 + np.exp(-np.array(z, np.float64)))
+    figures = _script().split_figures(
+        clicked=np.array([1, 0, 1]), converted=np.array([1, 0, 0]),
+        pctr=np.full(3, 0.5), true_ctr=np.full(3, 0.5),
+        pcvr=sigmoid([0, 2, 1]), true_cvr=sigmoid([-1, 1, 1]),
+        propensity_clip=0.1)
+    self.assertAlmostEqual(figures["logit_gap"], 2 / 3)
+    self.assertAlmostEqual(figures["logit_sd"], np.sqrt(2 / 3))
+    self.assertAlmostEqual(figures["true_logit_sd"], np.sqrt(8 / 9))
+    # Covariance 2/3 over sqrt(2/3 * 8/9).
+    self.assertAlmostEqual(figures["logit_corr"], np.sqrt(3) / 2)
+
+
+class KnownUsersTest(absltest.TestCase):
+
+  def test_a_user_is_known_if_it_has_a_training_record(self):
+    known = _script().known_users(train_users=np.array([5, 7, -1, 5]),
+                                  test_users=np.array([5, 8, -1, 7, 9]))
+    # A record without a user id (-1) is never known, even if training
+    # records without one exist.
+    np.testing.assert_array_equal(known, [True, False, False, True, False])
 
 
 class KeptModelTest(absltest.TestCase):
 
   def test_every_split_of_a_trained_model(self):
-    data = datasets.make_synthetic_data(testing.new_dir())
+    # 150 users: the test split holds users with and without training
+    # records.
+    data = datasets.make_synthetic_data(testing.new_dir(), num_users=150)
     model_dir = testing.new_dir()
     training.train(testing.tiny_config(data, model_dir, loss="ipw",
                                        export_dir=""), verbose=0)
-    rows = _script().model_rows(data["directory"], model_dir)
+    script = _script()
+    rows = script.model_rows(data["directory"], model_dir)
     self.assertEqual([row["split"] for row in rows],
-                     ["train", "held_out", "test"])
+                     ["train", "held_out", "test", "test_known_users",
+                      "test_new_users"])
+    _, train_users = script.user_ids(data["train"])
+    _, test_users = script.user_ids(data["test"])
+    self.assertEqual(rows[3]["impressions"],
+                     sum(user in set(train_users) for user in test_users))
+    self.assertEqual(rows[3]["impressions"] + rows[4]["impressions"],
+                     rows[2]["impressions"])
     # The held-out slice is a tenth of the training records.
     num_train = data_lib.count_records(data["train"])
     self.assertEqual(rows[0]["impressions"] + rows[1]["impressions"],
