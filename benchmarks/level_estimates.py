@@ -255,6 +255,8 @@ def model_rows(data_dir: str, model_dir: str) -> list[dict[str, Any]]:
   return rows
 
 
+# Every model of a dataset shares it: read the user ids once.
+@functools.cache
 def _known_user_table(data_dir: str) -> Any:
   """1 for each test record whose user has training records, else 0."""
   from escm2_tf import data  # pylint: disable=g-import-not-at-top

@@ -96,8 +96,9 @@ class KeptModelTest(absltest.TestCase):
                       "test_new_users"])
     _, train_users = script.user_ids(data["train"])
     _, test_users = script.user_ids(data["test"])
+    trained_users = set(train_users)
     self.assertEqual(rows[3]["impressions"],
-                     sum(user in set(train_users) for user in test_users))
+                     sum(user in trained_users for user in test_users))
     self.assertEqual(rows[3]["impressions"] + rows[4]["impressions"],
                      rows[2]["impressions"])
     # The held-out slice is a tenth of the training records.

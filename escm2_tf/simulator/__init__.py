@@ -207,8 +207,8 @@ def _summary(truth: dict[str, np.ndarray]) -> dict[str, Any]:
 
 def logit_correlation(truth: dict[str, np.ndarray]) -> float:
   """Pearson correlation of the true click and conversion logits."""
-  logits = [np.log(p) - np.log1p(-p)
-            for p in (truth["p_click"], truth["p_conversion"])]
+  logits = [simulator_traffic.logit(truth[name])
+            for name in ("p_click", "p_conversion")]
   if len(logits[0]) < 2:
     return float("nan")
   return float(np.corrcoef(logits[0], logits[1])[0, 1])

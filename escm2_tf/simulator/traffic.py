@@ -182,8 +182,14 @@ def mixing_on(world: sw.World, imp: Impressions,
       scale=float(conversion.std()))
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
+def sigmoid(x: np.ndarray) -> np.ndarray:
+  """The logistic function the true probabilities are made with."""
   return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+  """The inverse of ``sigmoid``, for probabilities in (0, 1)."""
+  return np.log(p) - np.log1p(-p)
 
 
 def _solve(target: float, mean_at) -> float:
@@ -208,10 +214,10 @@ def calibrate(world: sw.World, imp: Impressions, ctr: float,
     world = dataclasses.replace(
         world, conversion_mixing=mixing_on(world, imp, correlation))
   click, conversion = _logits(world, imp)
-  click_b = _solve(ctr, lambda b: _sigmoid(b + click).mean())
-  p_click = _sigmoid(click_b + click)
+  click_b = _solve(ctr, lambda b: sigmoid(b + click).mean())
+  p_click = sigmoid(click_b + click)
   conversion_b = _solve(cvr, lambda b: np.average(
-      _sigmoid(b + conversion), weights=p_click))
+      sigmoid(b + conversion), weights=p_click))
   return dataclasses.replace(world, click_intercept=click_b,
                              conversion_intercept=conversion_b)
 
@@ -219,5 +225,5 @@ def calibrate(world: sw.World, imp: Impressions, ctr: float,
 def probabilities(world: sw.World, imp: Impressions) -> dict[str, np.ndarray]:
   """True ``p_click`` and ``p_conversion`` (given a click) per impression."""
   click, conversion = _logits(world, imp)
-  return {"p_click": _sigmoid(world.click_intercept + click),
-          "p_conversion": _sigmoid(world.conversion_intercept + conversion)}
+  return {"p_click": sigmoid(world.click_intercept + click),
+          "p_conversion": sigmoid(world.conversion_intercept + conversion)}

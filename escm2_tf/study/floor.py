@@ -53,17 +53,9 @@ def complete(floors: dict[str, Any] | None) -> bool:
   return set(KINDS) <= set(floors or {})
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-  return np.log(p) - np.log1p(-p)
-
-
-def _sigmoid(logit: np.ndarray) -> np.ndarray:
-  return 1.0 / (1.0 + np.exp(-logit))
-
-
 def _click_logit(world: world_lib.World, imp: traffic.Impressions
                  ) -> np.ndarray:
-  return _logit(traffic.probabilities(world, imp)["p_click"])
+  return traffic.logit(traffic.probabilities(world, imp)["p_click"])
 
 
 def profile_fit(world: world_lib.World) -> np.ndarray:
@@ -191,14 +183,14 @@ def propensity(observable: np.ndarray, item_weights: np.ndarray,
              user_weights[block, None, :]).reshape(-1, len(shifts))
     for intent, weight in zip(intents, intent_weights):
       logit = observable[block, None] + shifts[None, :] + intent
-      out[block] += weight * np.sum(joint * _sigmoid(logit), axis=1)
+      out[block] += weight * np.sum(joint * traffic.sigmoid(logit), axis=1)
   return out
 
 
 def intent_mean(logit: np.ndarray, intent_std: float) -> np.ndarray:
   """E[σ(logit + s)] over s ~ N(0, intent_std²)."""
   intents, weights = intent_nodes(intent_std)
-  return sum(weight * _sigmoid(logit + intent)
+  return sum(weight * traffic.sigmoid(logit + intent)
              for intent, weight in zip(intents, weights))
 
 
@@ -209,8 +201,8 @@ def clicked_cvr_limit(click_logit: np.ndarray, conversion_logit: np.ndarray,
   The logits leave the intent s out; a click makes a high s likelier.
   """
   intents, weights = intent_nodes(intent_std)
-  converted = sum(weight * _sigmoid(click_logit + intent)
-                  * _sigmoid(conversion_logit + intent)
+  converted = sum(weight * traffic.sigmoid(click_logit + intent)
+                  * traffic.sigmoid(conversion_logit + intent)
                   for intent, weight in zip(intents, weights))
   return float(np.mean(converted / intent_mean(click_logit, intent_std)))
 
@@ -265,7 +257,7 @@ def identifiable_floor(world: world_lib.World,
                         clicks, user_values, user_prior)
   full, item, user = measured.parts(test_imp)
   observable = full - item - user - test_imp.intent
-  conversion = _logit(truth["p_conversion"]) - test_imp.intent
+  conversion = traffic.logit(truth["p_conversion"]) - test_imp.intent
   clicked = truth["click"] == 1
   bayes_on_clicks = (float(
       np.mean(intent_mean(conversion, intent_std)[clicked])
