@@ -31,6 +31,7 @@ from escm2_tf import schema
 from escm2_tf import training
 from escm2_tf.options import ConfigError
 from escm2_tf import run_dir
+from escm2_tf import run_inputs
 
 BATCH_SIZE = 256
 # A small network: the tests are about the loop around it.
@@ -150,19 +151,18 @@ class TrainConfigTest(tf.test.TestCase, parameterized.TestCase):
 
   def test_validation_is_never_the_evaluation_data(self):
     data = {"train": "a", "test": "b", "vocab_dir": "v"}
-    # pylint: disable=protected-access
-    (train, train_split), (held_out, split) = training._validation_source(
+    (train, train_split), (held_out, split) = run_inputs.sources(
         train_config(data, validation_fraction=0.2))
     self.assertEqual((train, held_out), ("a", "a"))
     self.assertEqual((train_split.fraction, train_split.validation),
                      (0.2, False))
     self.assertEqual((split.fraction, split.validation), (0.2, True))
-    self.assertEqual(training._validation_source(
+    self.assertEqual(run_inputs.sources(
         train_config(data, validation_data="c")), (("a", None), ("c", None)))
     # Without early stopping nothing is held out unless asked for.
-    self.assertEqual(training._validation_source(
+    self.assertEqual(run_inputs.sources(
         train_config(data, early_stopping_patience=0)), (("a", None), None))
-    self.assertEqual(training._validation_source(
+    self.assertEqual(run_inputs.sources(
         train_config(data, early_stopping_patience=0, validation_data="c")),
                      (("a", None), ("c", None)))
 
