@@ -254,7 +254,10 @@ def joint_learning_risks(config: config_lib.LossConfig, click: tf.Tensor,
 
       R     = 1/|D| Σ [ê + o·w·(δ − ê)]             (prediction, r̃ fixed)
       R_imp = 1/|D| Σ o·w·(δ − ê)²                  (dr_jl, r̂ fixed)
-      R_imp = 1/|D| Σ o·w·(w − 1)·(δ − ê)²          (mrdr, r̂ fixed)
+      R_imp = 1/|D| Σ c·o·w·(w − 1)·(δ − ê)²        (mrdr, r̂ fixed)
+
+  with c = Σ o·w / Σ o·w·(w − 1) over the batch (a constant in the
+  gradient).
 
   R is the doubly robust estimator of Wang et al., "Doubly Robust Joint
   Learning for Recommendation on Data Missing Not at Random" (ICML 2019), and
@@ -263,7 +266,11 @@ def joint_learning_risks(config: config_lib.LossConfig, click: tf.Tensor,
   predicted error). MRDR weighs R_imp by o·(1 − ô)/ô² to minimise the
   estimator's variance (Guo et al., "Enhanced Doubly Robust Learning for
   Debiasing Post-Click Conversion Rate Estimation", SIGIR 2021), written
-  through the clipped and capped w (w·(w − 1) = (1 − ô)/ô²). The
+  through the clipped and capped w (w·(w − 1) = (1 − ô)/ô²). c scales
+  MRDR's weights to DR-JL's total, which leaves R_imp's minimiser where it
+  was: unscaled, they average about 1/CTR, and the imputation's gradient in
+  the layers it shares with the CTR and CVR towers grows with them (at a
+  CTR of 2 % the CVR tower then barely ranked: docs/losses.md). The
   papers alternate the two steps; here one step takes both, decoupled by
   stop-gradients: r̃ is constant in R, r̂ (hence δ) in R_imp. So the CVR
   gradient of R is 1/|D| Σ [(1 − o·w) ∂ê/∂r̂ + o·w ∂δ/∂r̂], nonzero on
@@ -292,7 +299,13 @@ def joint_learning_risks(config: config_lib.LossConfig, click: tf.Tensor,
                - log_loss(pseudo_label, fixed_cvr))
   imputation_weights = weighted_click
   if config.loss == "mrdr":
-    imputation_weights *= inverse_propensity(config, propensity) - 1.0
+    variance_weights = weighted_click * (
+        inverse_propensity(config, propensity) - 1.0)
+    # Scaled to DR-JL's total weight: the same minimiser, but not a gradient
+    # ~1/CTR times DR-JL's in the layers the imputation shares.
+    imputation_weights = variance_weights * tf.stop_gradient(
+        tf.math.divide_no_nan(tf.reduce_sum(weighted_click),
+                              tf.reduce_sum(variance_weights)))
   return {
       "cvr_loss": tf.reduce_mean(error) + ips_mean(delta - error),
       "imputation_loss": ips_mean(tf.square(deviation), imputation_weights),

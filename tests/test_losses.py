@@ -85,7 +85,11 @@ def reference_losses(config, click, conversion, ctr, cvr, imputation,
       # The imputation is the pseudo-label; the imputed error its BCE.
       e_hat = log_loss(imputation, cvr)
       out["cvr_loss"] = np.mean(e_hat) + ips_mean(delta - e_hat)
-      extra = w - 1.0 if config.loss == "mrdr" else 1.0
+      extra = 1.0
+      if config.loss == "mrdr":
+        # The variance weights, scaled to DR-JL's total weight.
+        variance = np.sum(click * w * (w - 1.0))
+        extra = (w - 1.0) * (np.sum(click * w) / variance if variance else 0.0)
       out["imputation_loss"] = ips_mean(extra * (delta - e_hat)**2)
       imputation_weight = config.lambda_imp
     else:
@@ -194,6 +198,25 @@ class LossValueTest(tf.test.TestCase, parameterized.TestCase):
       self.assertAllClose(got["cvr_loss"],
                           (2 * math.log(2) + 4 * math.log(4)) / normalizer)
 
+
+  def test_mrdr_imputation_weighs_as_much_as_dr_jl(self):
+    # Clicks with pCTR 0.5 and 0.02 (w = 2 and 50; w·(w − 1) = 2 and 2450),
+    # the same deviation δ − ê on both: scaled to DR-JL's total weight,
+    # MRDR's R_imp equals DR-JL's, where unscaled it would be 2452 / 52
+    # times larger. Its weights still differ: it puts 2450 / 2452 of them
+    # on the unlikely click.
+    labels = {"click": tf.constant([1.0, 1.0, 0.0, 0.0]),
+              "conversion": tf.constant([0.0, 0.0, 0.0, 0.0])}
+    ctr = tf.constant([0.5, 0.02, 0.1, 0.1])
+    cvr = tf.fill([4], 0.2)
+    outputs = {"ctr": ctr, "cvr": cvr, "ctcvr": ctr * cvr,
+               "imputation": tf.fill([4], 0.4)}
+    got = {loss: losses.compute_losses(config_lib.LossConfig(loss=loss),
+                                       labels, outputs)["imputation_loss"]
+           for loss in ("dr_jl", "mrdr")}
+    deviation = math.log(0.8) - (0.4 * math.log(0.2) + 0.6 * math.log(0.8))
+    self.assertAllClose(got["dr_jl"], 52 * deviation**2 / 4, rtol=1e-5)
+    self.assertAllClose(got["mrdr"], got["dr_jl"], rtol=1e-5)
   def test_label_propensity_needs_the_label(self):
     labels, outputs = tf_inputs()
     del labels["p_click"]
@@ -570,7 +593,10 @@ class JointLearningGradientTest(tf.test.TestCase, parameterized.TestCase):
     # o w, times (w - 1) for mrdr.
     config = config_lib.LossConfig(loss=loss)
     w = 1.0 / np.maximum(self.ctr.astype(np.float64), config.propensity_clip)
-    weight = self.click * w * ((w - 1.0) if loss == "mrdr" else 1.0)
+    weight = self.click * w
+    if loss == "mrdr":
+      variance = weight * (w - 1.0)
+      weight = variance * weight.sum() / variance.sum()
     delta = np_bce(self.conversion, self.cvr, config.epsilon)
     e_hat = np_bce(self.pseudo_label, self.cvr, config.epsilon)
     r_tilde = self.pseudo_label.astype(np.float64)

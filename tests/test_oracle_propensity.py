@@ -104,22 +104,34 @@ def train_constant_cvr(config: config_lib.LossConfig,
 
 
 def imputation_weights(data: dict[str, np.ndarray], loss: str,
-                        clip: float) -> np.ndarray:
-  """How R_imp weighs each impression: o·w, or o·w·(w − 1) for mrdr."""
+                       clip: float) -> np.ndarray:
+  """How R_imp weighs each impression: o·w, or o·w·(w − 1) for mrdr.
+
+  compute_losses scales MRDR's weights by one number, to DR-JL's total:
+  their weighted means, the imputations' targets, are these.
+  """
   w = 1.0 / np.maximum(data["p_click"], clip)
   return data["click"] * w * ((w - 1.0) if loss == "mrdr" else 1.0)
+
+
+def applied_imputation_weights(data: dict[str, np.ndarray], loss: str,
+                               clip: float) -> np.ndarray:
+  """``imputation_weights`` as compute_losses applies them (one batch)."""
+  weights = imputation_weights(data, loss, clip)
+  ipw = imputation_weights(data, "dr_jl", clip)
+  return weights * ipw.sum() / weights.sum()
 
 
 def joint_learning_config(data: dict[str, np.ndarray], loss: str,
                           clip: float = CLIP, **overrides
                           ) -> config_lib.LossConfig:
-  """``oracle_config`` with R_imp's weights scaled to mean 1.
+  """``oracle_config`` with R_imp's applied weights scaled to mean 1.
 
-  MRDR's weights average about 12 here: at weight 1 the imputation's
-  gradient steps would overshoot into the sigmoid's flat tail. The scale
-  does not move the risk's minimiser.
+  At a larger mean weight the imputation's gradient steps would overshoot
+  into the sigmoid's flat tail. The scale does not move the risk's
+  minimiser.
   """
-  scale = 1.0 / float(np.mean(imputation_weights(data, loss, clip)))
+  scale = 1.0 / float(np.mean(applied_imputation_weights(data, loss, clip)))
   return oracle_config(loss, propensity_clip=clip, lambda_imp=scale,
                        **overrides)
 

@@ -174,10 +174,12 @@ class ImputationTargetTest(tf.test.TestCase, parameterized.TestCase):
   @parameterized.parameters("dr", "dr_jl", "mrdr")
   def test_imputation_converges_to_the_weighted_mean_error(self, loss):
     weights = self.imputation_weights(loss)
+    applied = test_oracle_propensity.applied_imputation_weights(
+        self.truth, loss, config_lib.LossConfig.propensity_clip)
     # R_imp scaled to weights of mean 1: the same minimiser, one step size.
     config = config_lib.LossConfig(loss=loss, propensity="label", lambda_c=0.0,
-                               lambda_g=0.0,
-                               lambda_imp=1.0 / float(np.mean(weights)))
+                                   lambda_g=0.0,
+                                   lambda_imp=1.0 / float(np.mean(applied)))
     value = train_constant_imputation(config, self.truth)
     target = self.weighted_error(weights)
     self.assertAllClose(value, target, rtol=1e-4)
