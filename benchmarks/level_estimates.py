@@ -63,6 +63,7 @@ from escm2_tf import options
 from escm2_tf import tool
 from escm2_tf.options import ConfigError
 from escm2_tf.options import option
+from escm2_tf.simulator import traffic
 
 _PROGRAM = "level_estimates"
 _BATCH_SIZE = 4096
@@ -162,8 +163,8 @@ def _correlation(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def _logit(rates: np.ndarray) -> np.ndarray:
-  rates = np.clip(rates.astype(np.float64), _RATE_CLIP, 1.0 - _RATE_CLIP)
-  return np.log(rates) - np.log1p(-rates)
+  return traffic.logit(np.clip(rates.astype(np.float64), _RATE_CLIP,
+                               1.0 - _RATE_CLIP))
 
 
 def known_users(train_users: np.ndarray, test_users: np.ndarray
@@ -185,15 +186,12 @@ def known_users(train_users: np.ndarray, test_users: np.ndarray
 def user_ids(files: str) -> tuple[np.ndarray, np.ndarray]:
   """(sample ids, user ids) of every record, ``_NO_USER`` for none."""
   # pylint: disable=g-import-not-at-top
-  import tensorflow as tf
   from escm2_tf import data
   from escm2_tf import schema
   sample_ids, users = [], []
-  records = tf.data.TFRecordDataset(data.list_files(files),
-                                    compression_type="GZIP")
-  for block in records.batch(_BATCH_SIZE):
-    features, _ = data.parse_batch(block, with_sample_id=True,
-                                   with_weights=False)
+  for features, _ in data.make_dataset(files, _BATCH_SIZE, training=False,
+                                       with_sample_id=True,
+                                       with_weights=False):
     sample_ids.append(features[schema.SAMPLE_ID].numpy())
     users.append(features[schema.USER_ID].to_tensor(
         default_value=_NO_USER, shape=[None, 1])[:, 0].numpy())

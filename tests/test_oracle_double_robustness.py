@@ -24,16 +24,13 @@ import tensorflow as tf
 
 import test_oracle_propensity
 from escm2_tf import losses
+from escm2_tf.simulator import traffic
 
 STEPS = test_oracle_propensity.STEPS
 LEARNING_RATE = test_oracle_propensity.LEARNING_RATE
 Z_99 = test_oracle_propensity.Z_99
 # A pseudo-label that under-states every impression's odds by e^0.7.
 WRONG_SHIFT = -0.7
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-  return np.log(p) - np.log1p(-p)
 
 
 def train_with_fixed_imputation(loss: str, data: dict[str, np.ndarray],
@@ -113,8 +110,8 @@ class DoubleRobustnessTest(tf.test.TestCase, parameterized.TestCase):
   @parameterized.parameters("dr_jl", "mrdr")
   def test_a_wrong_pseudo_label_does_not(self, loss):
     # Both models wrong: the check above could fail.
-    wrong = test_oracle_propensity._sigmoid(  # pylint: disable=protected-access
-        _logit(self.data["p_conversion"]) + WRONG_SHIFT)
+    wrong = traffic.sigmoid(traffic.logit(self.data["p_conversion"])
+                            + WRONG_SHIFT)
     value = train_with_fixed_imputation(loss, self.data, self.flat, wrong)
     expected, error = self.stationary_point(wrong)
     self.assertAllClose(value, expected, atol=1e-4)
