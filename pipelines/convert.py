@@ -13,6 +13,7 @@ from apache_beam.options import pipeline_options
 
 from escm2_pipelines import config as config_lib
 from escm2_pipelines import local
+from escm2_pipelines import pool
 from escm2_pipelines import progress
 from escm2_pipelines import resources
 from escm2_pipelines import sinks
@@ -228,7 +229,7 @@ def run(config: config_lib.ConvertConfig,
     _check_glob(setting, getattr(config, setting))
   _check_output_dir(output_dir)
   check_pipeline_args(pipeline_args)
-  workers = local.num_workers(config)
+  workers = pool.num_workers(config)
   on_local_runner = uses_local_runner(config, pipeline_args)
   options = None if on_local_runner else _pipeline_options(pipeline_args,
                                                            workers)

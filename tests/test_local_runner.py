@@ -118,16 +118,6 @@ class DefaultShardsTest(parameterized.TestCase):
   def test_count(self, input_bytes, workers, expected):
     self.assertEqual(local.default_num_shards(input_bytes, workers), expected)
 
-  def test_workers_default_to_one_per_core(self):
-    config = config_lib.ConvertConfig(
-        output_dir="o", input_format="paddlerec", input="x")
-    self.assertEqual(local.num_workers(config),
-                     len(os.sched_getaffinity(0)))
-    self.assertEqual(local.num_workers(
-        config_lib.ConvertConfig(
-            output_dir="o", input_format="paddlerec", input="x",
-            num_workers=3)), 3)
-
   def test_converter_writes_the_default_count(self):
     output_dir = os.path.join(testing.new_dir(), "out")
     size = os.path.getsize(_DEMO)
