@@ -4,7 +4,7 @@ The DoFn encodes a line's impression tokens through ``formats.tokens``' cache
 and counts a user's part once per user; these tests run it over PaddleRec's
 demo rows, simulated lines and bad lines, and compare its records, counts,
 vocabulary and rejected lines with a reference that parses every line whole
-(``aliccp.parse_paddlerec_line``) and counts every row alone.
+(``paddlerec.parse_paddlerec_line``) and counts every row alone.
 """
 
 import escm2_tf  # noqa: F401  Selects tf-keras before TensorFlow loads.
@@ -23,6 +23,7 @@ from escm2_tf import schema
 from escm2_tf import simulator
 from escm2_tf.formats import aliccp
 from escm2_tf.formats import examples
+from escm2_tf.formats import paddlerec
 from escm2_pipelines import dofns
 from escm2_pipelines import tally as tally_lib
 
@@ -79,7 +80,7 @@ def _reference(lines, max_values):
   for source, raw in lines:
     tally.counts[tally_lib.ROWS_READ] += 1
     try:
-      row = aliccp.parse_paddlerec_line(raw.decode())
+      row = paddlerec.parse_paddlerec_line(raw.decode())
     except (aliccp.BadRowError, UnicodeDecodeError) as e:
       reason = e.reason if isinstance(e, aliccp.BadRowError) else "not_utf8"
       tally.reject(reason)
@@ -127,7 +128,7 @@ class EncodePaddleRecFnTest(parameterized.TestCase):
     spec = schema.feature_spec(with_sample_id=True)
     self.assertLen(records, len(lines))
     for (_, raw), record in zip(lines, records):
-      row = aliccp.parse_paddlerec_line(raw.decode())
+      row = paddlerec.parse_paddlerec_line(raw.decode())
       parsed = tf.io.parse_single_example(record, spec)
       self.assertEqual(parsed[schema.SAMPLE_ID].numpy().decode(),
                        row.sample_id)

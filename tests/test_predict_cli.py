@@ -14,6 +14,7 @@ import testing
 from escm2_tf import config as config_lib
 from escm2_tf.formats import aliccp
 from escm2_tf.formats import encode
+from escm2_tf.formats import paddlerec
 from escm2_tf import export
 from escm2_tf import layout
 from escm2_tf import model as model_lib
@@ -99,7 +100,7 @@ def _write_tfrecord(path: str, rows, sample_ids) -> None:
 
 
 def _paddlerec_lines(rows, sample_ids) -> list[str]:
-  return [aliccp.format_paddlerec_line(
+  return [paddlerec.format_paddlerec_line(
       sample_id, 1, 0, [(f, i) for f in schema.FIELD_NAMES for i in row[f]])
           for row, sample_id in zip(rows, sample_ids)]
 

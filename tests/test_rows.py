@@ -11,6 +11,7 @@ from escm2_tf import simulator
 from escm2_tf.formats import aliccp
 from escm2_tf.formats import encode
 from escm2_tf.formats import examples
+from escm2_tf.formats import paddlerec
 from escm2_tf.formats import tokens
 
 _DEMO = os.path.join(os.path.dirname(__file__), "testdata", "paddlerec_demo",
@@ -50,7 +51,7 @@ _EDGE_LINES = [
 
 def _reference(line, max_values):
   """What the converter wrote before the cache: parse all, then encode."""
-  row = aliccp.parse_paddlerec_line(line)
+  row = paddlerec.parse_paddlerec_line(line)
   kept, truncated = examples.limit_values(row.features, max_values)
   labels = examples.label_entries(row.sample_id, row.click, row.conversion)
   return (labels + examples.field_entries(kept),
@@ -67,9 +68,9 @@ def _outcome(function, *args):
 
 def _cached(line, max_values):
   row, encoded = encode.encode_paddlerec(line, max_values)
-  aliccp_row = aliccp.parse_paddlerec_line(line)
+  paddlerec_row = paddlerec.parse_paddlerec_line(line)
   assert (row.sample_id, row.click, row.conversion) == (
-      aliccp_row.sample_id, aliccp_row.click, aliccp_row.conversion)
+      paddlerec_row.sample_id, paddlerec_row.click, paddlerec_row.conversion)
   assert encoded.unstored_values == 0
   return (encoded.entries, list(encoded.ids), encoded.truncated,
           encoded.ignored, encoded.padding_ids)
@@ -134,13 +135,13 @@ class EncodeTokensTest(parameterized.TestCase):
   def test_a_bad_token_is_left_to_the_staged_parse(self, text):
     self.assertIsNone(tokens.encode_tokens(text, 20))
     with self.assertRaises(aliccp.BadRowError):
-      aliccp.parse_paddlerec_tokens(text)
+      paddlerec.parse_paddlerec_tokens(text)
 
   @parameterized.parameters(0, 1, 2, 20)
   def test_same_as_the_staged_parse(self, max_values):
     for text in ["205:3", "210:1,205:2,210:3,210:4", "210:0,777:5,205:0",
                  "150_14:4,150_14:5,150_14:6,205:7", "205:3,205:3"] * 2:
-      features, ignored, padding = aliccp.parse_paddlerec_tokens(text)
+      features, ignored, padding = paddlerec.parse_paddlerec_tokens(text)
       kept, truncated = examples.limit_values(features, max_values)
       encoded = tokens.encode_tokens(text, max_values)
       self.assertEqual(encoded.entries, examples.field_entries(kept))

@@ -15,6 +15,7 @@ from absl.testing import parameterized
 import numpy as np
 
 from escm2_tf.formats import aliccp
+from escm2_tf.formats import paddlerec
 from escm2_tf import layout
 from escm2_tf import schema
 from escm2_tf import simulator
@@ -531,7 +532,7 @@ class PaddleRecTest(absltest.TestCase):
           gid = int(re.fullmatch(r"[0-9_]+:([0-9]+)", token).group(1))
           self.assertLessEqual(gid, next_gid, msg=token)
           next_gid += gid == next_gid
-        parsed = aliccp.parse_paddlerec_line(line)
+        parsed = paddlerec.parse_paddlerec_line(line)
         self.assertEqual(
             (parsed.sample_id, parsed.click, parsed.conversion),
             (row.sample_id, row.click, row.conversion))

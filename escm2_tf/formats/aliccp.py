@@ -1,13 +1,14 @@
-"""Pure parsers and writers for the Ali-CCP text formats.
+"""Pure parsers and writers for the raw Tianchi release of Ali-CCP.
 
-Two formats are supported:
+``sample_skeleton_*.csv`` lines are
+``sample_id,click,conversion,common_feature_index,feature_num,feature_list``
+and ``common_features_*.csv`` lines are
+``common_feature_index,feature_num,feature_list``. A feature list joins items
+with ``\\x01``; an item is ``field_id\\x02feature_id\\x03value``.
 
-* The raw Tianchi release. ``sample_skeleton_*.csv`` lines are
-  ``sample_id,click,conversion,common_feature_index,feature_num,feature_list``
-  and ``common_features_*.csv`` lines are
-  ``common_feature_index,feature_num,feature_list``. A feature list joins items
-  with ``\\x01``; an item is ``field_id\\x02feature_id\\x03value``.
-* PaddleRec's text format: ``sample_id,click,buy,field:gid,field:gid,...``.
+The row checks (``parse_label``, ``check_ids``), ``group_by_field`` and
+``BadRowError`` are shared with PaddleRec's text format (``paddlerec``), so
+both formats reject a row for the same reason.
 
 These functions never touch Beam or TensorFlow, so they are unit-tested alone
 and shared by the converter, the simulator and the batch scorer. Every problem
@@ -44,8 +45,6 @@ _FEATURE_LIST = re.compile(f"{_ITEM}(?:{ITEM_SEP}{_ITEM})*")
 _ONLY_SEPARATORS = dict.fromkeys(c for c in range(128)
                                  if chr(c) not in _SEPARATORS)
 _ITEM_SEPARATORS = FIELD_SEP + VALUE_SEP + ITEM_SEP
-_ONLY_PADDLEREC_SEPARATORS = dict.fromkeys(c for c in range(128)
-                                           if chr(c) not in ",:")
 
 
 class BadRowError(ValueError):
@@ -78,16 +77,6 @@ class CommonRow:
   ignored_items: int = 0
 
 
-@dataclasses.dataclass(frozen=True)
-class PaddleRecRow:
-  sample_id: str
-  click: int
-  conversion: int
-  features: Features
-  ignored_items: int = 0
-  padding_ids: int = 0
-
-
 def _parse_int(text: str, what: str, reason: str = "non_numeric") -> int:
   try:
     return int(text)
@@ -96,26 +85,37 @@ def _parse_int(text: str, what: str, reason: str = "non_numeric") -> int:
                       f"{what} {text[:40]!r} is not an integer") from None
 
 
-def _parse_label(text: str, what: str) -> int:
+def parse_label(text: str, what: str) -> int:
+  """A 0/1 label column; ``what`` names it in the error.
+
+  Raises:
+    BadRowError: ``bad_label`` for text that is not 0 or 1.
+  """
   label = _parse_int(text, what, reason="bad_label")
   if label not in (0, 1):
     raise BadRowError("bad_label", f"{what} is {label}, expected 0 or 1")
   return label
 
 
-def _check_ids(ids: list[int]) -> None:
+def check_ids(ids: list[int]) -> None:
+  """Raises ``BadRowError`` (``bad_id``) for an id outside [1, 2^63)."""
   if ids and (min(ids) < 1 or max(ids) > MAX_ID):
     bad = next(i for i in ids if not 1 <= i <= MAX_ID)
     raise BadRowError("bad_id", f"feature id {bad} is outside [1, 2^63)")
 
 
-def _group(fields: list[str], ids: list[int],
-           values: list[float]) -> tuple[dict[str, tuple[list[int],
-                                                         list[float]]], int]:
+def group_by_field(
+    fields: list[str], ids: list[int],
+    values: list[float]) -> tuple[dict[str, tuple[list[int], list[float]]],
+                                  int]:
   """Groups parallel item lists by field, dropping fields outside the schema.
 
   Rows list a field's items together, so runs are sliced rather than items
   appended one by one.
+
+  Returns:
+    ``(features, ignored_items)``: the schema's fields and the number of
+    items of other fields.
   """
   features: dict[str, tuple[list[int], list[float]]] = {}
   start = 0
@@ -184,10 +184,10 @@ def parse_feature_list(text: str, feature_num: int) -> tuple[Features, int]:
               else list(map(float, value_texts)))
   except ValueError as e:
     raise BadRowError("non_numeric", f"feature list item: {e}") from None
-  _check_ids(ids)
+  check_ids(ids)
   if not all(map(math.isfinite, values)):
     raise BadRowError("bad_value", "a feature value is not finite")
-  return _group(fields, ids, values)
+  return group_by_field(fields, ids, values)
 
 
 def _split(line: str, columns: int, what: str) -> list[str]:
@@ -226,8 +226,8 @@ def parse_skeleton_line(line: str) -> SkeletonRow:
                                          _parse_int(num, "feature_num"))
   return SkeletonRow(
       sample_id=sample_id,
-      click=_parse_label(click, "click"),
-      conversion=_parse_label(conversion, "conversion"),
+      click=parse_label(click, "click"),
+      conversion=parse_label(conversion, "conversion"),
       common_feature_index=index,
       features=features,
       ignored_items=ignored)
@@ -241,111 +241,6 @@ def parse_common_line(line: str) -> CommonRow:
   features, ignored = parse_feature_list(feature_list,
                                          _parse_int(num, "feature_num"))
   return CommonRow(index, features, ignored)
-
-
-def _paddlerec_tokens_well_formed(tokens: str, num_tokens: int) -> bool:
-  """Whether every ``field:gid`` token of ``tokens`` has exactly one colon."""
-  separators = tokens.translate(_ONLY_PADDLEREC_SEPARATORS)
-  if separators == (":," * num_tokens)[:-1]:
-    return True
-  return not separators.isascii() and all(
-      token.count(":") == 1 for token in tokens.split(","))
-
-
-def split_paddlerec_line(line: str) -> tuple[str, int, int, str]:
-  """``(sample_id, click, conversion, tokens)`` of a PaddleRec line.
-
-  The labels are checked; ``tokens`` (``field:gid,...``) is not parsed.
-  """
-  columns = line.rstrip("\r\n").split(",", 3)
-  if len(columns) < 4:
-    raise BadRowError("column_count",
-                      f"paddlerec line has {len(columns)} columns, expected "
-                      "at least 4")
-  sample_id, click_text, buy_text, tokens = columns
-  if not sample_id:
-    raise BadRowError("empty_column", "empty sample_id")
-  return (sample_id, _parse_label(click_text, "click"),
-          _parse_label(buy_text, "buy"), tokens)
-
-
-class PaddleRecTokens:
-  """``field:gid,...`` text parsed in stages, each raising its own reasons.
-
-  Stages run in this order in ``parse_paddlerec_tokens``: ``check_tokens``
-  (``broken_separator``), ``parse_ids`` (``non_numeric``), ``check_ids``
-  (``bad_id``), ``group``. A caller that parses a line in two parts runs each
-  stage on both parts before the next, so a row with several problems gets
-  the reason a whole-line parse gives.
-
-  Attributes:
-    fields, ids: The tokens' fields and ids, id 0 (padding) removed after
-      ``check_ids``.
-    padding: The padding ids (0) removed.
-  """
-
-  def __init__(self, tokens: str):
-    self._tokens = tokens
-    self.fields: list[str] = []
-    self.ids: list[int] = []
-    self.padding = 0
-    self._gids: list[str] = []
-
-  def check_tokens(self) -> None:
-    # One split of the whole list instead of one per token: rows carry ~90
-    # (up to ~500) tokens.
-    tokens = self._tokens
-    num_tokens = tokens.count(",") + 1
-    if not _paddlerec_tokens_well_formed(tokens, num_tokens):
-      bad = next(t for t in tokens.split(",") if t.count(":") != 1)
-      raise BadRowError("broken_separator", f"token {bad[:40]!r}")
-    parts = tokens.replace(":", ",").split(",")
-    self.fields, self._gids = parts[0::2], parts[1::2]
-    if "" in self.fields:
-      raise BadRowError("broken_separator", "a token has an empty field id")
-
-  def parse_ids(self) -> None:
-    try:
-      self.ids = list(map(int, self._gids))
-    except ValueError as e:
-      raise BadRowError("non_numeric", f"paddlerec token: {e}") from None
-
-  def check_ids(self) -> None:
-    self.padding = self.ids.count(schema.PAD_ID)
-    if self.padding:
-      kept = [k for k, i in enumerate(self.ids) if i != schema.PAD_ID]
-      self.fields = [self.fields[k] for k in kept]
-      self.ids = [self.ids[k] for k in kept]
-    _check_ids(self.ids)
-
-  def group(self) -> tuple[dict[str, tuple[list[int], list[float]]], int]:
-    """``(features, ignored_items)``; every value is 1.0."""
-    return _group(self.fields, self.ids, [1.0] * len(self.ids))
-
-
-def parse_paddlerec_tokens(tokens: str) -> tuple[Features, int, int]:
-  """``(features, ignored_items, padding_ids)`` of ``field:gid,...`` text."""
-  parsed = PaddleRecTokens(tokens)
-  parsed.check_tokens()
-  parsed.parse_ids()
-  parsed.check_ids()
-  features, ignored = parsed.group()
-  return features, ignored, parsed.padding
-
-
-def parse_paddlerec_line(line: str) -> PaddleRecRow:
-  """Parses one PaddleRec line ``sample_id,click,buy,field:gid,...``.
-
-  Every ``field:gid`` token is kept, including the first one, which
-  PaddleRec's own reader drops. Values are 1.0: the format carries none.
-  Id 0 is PaddleRec's padding (its reader fills a field without ids with
-  ``[0]``): such tokens are skipped and counted in ``padding_ids``, never a
-  reason to reject the row.
-  """
-  sample_id, click, conversion, tokens = split_paddlerec_line(line)
-  features, ignored, padding = parse_paddlerec_tokens(tokens)
-  return PaddleRecRow(sample_id, click, conversion, features, ignored,
-                      padding)
 
 
 def _format_value(value: float) -> str:
@@ -377,10 +272,3 @@ def format_common_line(common_feature_index: str,
   """Formats one ``common_features_*.csv`` line, without the newline."""
   num, text = format_feature_list(items)
   return f"{common_feature_index},{num},{text}"
-
-
-def format_paddlerec_line(sample_id: str, click: int, conversion: int,
-                          items: Iterable[tuple[str, int]]) -> str:
-  """Formats one PaddleRec line from ``(field, global_id)`` pairs."""
-  tokens = ",".join(f"{field}:{gid}" for field, gid in items)
-  return f"{sample_id},{click},{conversion},{tokens}"

@@ -3,9 +3,9 @@
 The one row encoder: the converter (``escm2_pipelines``) writes these bytes
 to its TFRecords and ``escm2_tf.scoring`` sends them to a SavedModel, so a
 raw row scores exactly as its converted record does. Pure functions over
-``aliccp`` (parsing) and ``examples`` (the wire format), placing fields by
-``schema``; no TensorFlow, no Beam. Each raises ``aliccp.BadRowError`` for a
-row that cannot become (part of) an example.
+``aliccp`` and ``paddlerec`` (parsing) and ``examples`` (the wire format),
+placing fields by ``schema``; no TensorFlow, no Beam. Each raises
+``aliccp.BadRowError`` for a row that cannot become (part of) an example.
 
 An Ali-CCP impression's Example is ``examples.example_from_entries(common
 entries, skeleton entries)``, a PaddleRec line's
@@ -18,6 +18,7 @@ from typing import Mapping, NamedTuple, Optional, Sequence
 from escm2_tf import schema
 from escm2_tf.formats import aliccp
 from escm2_tf.formats import examples
+from escm2_tf.formats import paddlerec
 from escm2_tf.formats import tokens as tokens_lib
 
 # A user's four behaviour fields carry ~500 ids. Measured on 100k simulated
@@ -116,7 +117,7 @@ _USER_CACHE_SIZE = 4096
 _user_side_cache: dict = {}
 # (max_values, text, result) of the user side looked up last.
 _last_user: list = [None, "", None]
-# The stage of aliccp.PaddleRecTokens that raises each reason.
+# The stage of paddlerec.PaddleRecTokens that raises each reason.
 _STAGES = {"broken_separator": 0, "non_numeric": 1, "bad_id": 2}
 
 
@@ -128,7 +129,7 @@ def _encode_user_side(text: str, max_values: int):
                    encoded.ignored, 0, encoded.padding), frozenset(
                        encoded.fields)
   # A bad token: the staged parse finds the reason.
-  parsed = aliccp.PaddleRecTokens(text)
+  parsed = paddlerec.PaddleRecTokens(text)
   try:
     parsed.check_tokens()
     parsed.parse_ids()
@@ -167,14 +168,14 @@ def _raise_at(stage: int, user) -> None:
 
 
 def _encode_whole(labels: bytes, tokens: str, max_values: int) -> Encoded:
-  features, ignored, padding = aliccp.parse_paddlerec_tokens(tokens)
+  features, ignored, padding = paddlerec.parse_paddlerec_tokens(tokens)
   return _encode(features, ignored, max_values, labels, padding=padding)
 
 
 def _encode_staged(labels: bytes, tokens: str, split: int,
                    max_values: int) -> Encoded:
   """A line split at ``split``, each parsing stage run on both parts."""
-  impression = aliccp.PaddleRecTokens(tokens[:split])
+  impression = paddlerec.PaddleRecTokens(tokens[:split])
   impression.check_tokens()
   user = _user_side(tokens[split + 1:], max_values)
   _raise_at(0, user)
@@ -210,7 +211,7 @@ def encode_paddlerec_parts(
   text while it stays cached, so a caller can count it once per user.
   ``encode_paddlerec`` joins the two parts.
   """
-  sample_id, click, conversion, tokens = aliccp.split_paddlerec_line(line)
+  sample_id, click, conversion, tokens = paddlerec.split_paddlerec_line(line)
   labels = examples.label_entries(sample_id, click, conversion)
   row = Labels(sample_id, click, conversion)
   match = None if _USER_FIRST.match(tokens) else _USER_SIDE.search(tokens)
@@ -234,7 +235,7 @@ def encode_paddlerec(line: str, max_values: int) -> tuple[Labels, Encoded]:
   """A PaddleRec line; ``entries`` hold the whole example's features.
 
   The format has no values, so none goes unstored; padding ids are counted.
-  Encodes exactly what ``aliccp.parse_paddlerec_line`` and the Tianchi
+  Encodes exactly what ``paddlerec.parse_paddlerec_line`` and the Tianchi
   encoding would, and rejects a row for the same reason: the impression's
   tokens are encoded through ``tokens``' cache, the user's come from a
   cache when the line's user was just seen, a bad token sends the line
@@ -246,6 +247,6 @@ def encode_paddlerec(line: str, max_values: int) -> tuple[Labels, Encoded]:
 
 
 def is_unclicked_conversion(
-    row: aliccp.SkeletonRow | aliccp.PaddleRecRow | Labels) -> bool:
+    row: aliccp.SkeletonRow | paddlerec.PaddleRecRow | Labels) -> bool:
   """Rows logged as converted without a click, which ESMM-style data drops."""
   return row.click == 0 and row.conversion == 1

@@ -3,12 +3,13 @@
 The impression side of a PaddleRec line (the tokens before its user's) holds
 about ten tokens, and the same tokens recur on many lines: an item's id,
 shop and brand, the positions. Parsing them with the staged checks of
-``aliccp.PaddleRecTokens`` and grouping them with ``aliccp._group`` costs a
-few dozen Python operations per token; here each distinct token text is
-parsed and checked once and kept with its encoded single-id entry, so a line
-costs a dict lookup per token and a join.
+``paddlerec.PaddleRecTokens`` and grouping them with
+``aliccp.group_by_field`` costs a few dozen Python operations per token;
+here each distinct token text is parsed and checked once and kept with its
+encoded single-id entry, so a line costs a dict lookup per token and a
+join.
 
-``encode_tokens`` encodes exactly what ``aliccp.parse_paddlerec_tokens``,
+``encode_tokens`` encodes exactly what ``paddlerec.parse_paddlerec_tokens``,
 ``examples.limit_values`` and ``examples.field_entries`` give for the same
 text, or returns None when a token is not valid: the caller then parses the
 text the staged way, which raises the reason a whole-line parse gives.

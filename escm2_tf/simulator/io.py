@@ -15,6 +15,7 @@ from typing import Iterator, Sequence, TextIO
 import numpy as np
 
 from escm2_tf.formats import aliccp
+from escm2_tf.formats import paddlerec
 from escm2_tf import layout
 from escm2_tf import schema
 from escm2_tf.simulator import traffic as simulator_traffic
@@ -201,12 +202,12 @@ def write_paddlerec(featurizer: Featurizer, imp: simulator_traffic.Impressions,
         range(block.start, block.stop), labels["click"][block].tolist(),
         labels["conversion"][block].tolist(), imp.user[block].tolist(),
         featurizer.sample_items(imp, block)):
-      line = aliccp.format_paddlerec_line(
+      line = paddlerec.format_paddlerec_line(
           f"{id_prefix}{k + 1}", c, v,
           [(f, gid(raw)) for f, raw, _ in items])
       if user not in user_text:
         pairs = [(f, gid(raw)) for f, raw, _ in featurizer.user_items(user)]
-        user_text[user] = aliccp.format_paddlerec_line(
+        user_text[user] = paddlerec.format_paddlerec_line(
             "-", 0, 0, pairs).split(",", 3)[3]
       lines.append(f"{line},{user_text[user]}")
     _write_lines(out, lines)
