@@ -1,11 +1,12 @@
 r"""Where a trained model's counterfactual CVR level comes from, split by split.
 
-The final recalibration (``recalibration.counterfactual_refit``) sets the
-entire-space level of pCVR to an IPS estimate over the training impressions
-with the model's own pCTR as the propensity ô. This script scores a kept
-study model on the records it trained on, on its held-out validation slice
-and on the test split, and prints per split, against the simulator's truth
-(its ``p_click`` and ``p_conversion``, looked up by sample id):
+The final recalibration (``counterfactual_refit.counterfactual_refit``)
+sets the entire-space level of pCVR to an IPS estimate over the training
+impressions with the model's own pCTR as the propensity ô. This script
+scores a kept study model on the records it trained on, on its held-out
+validation slice and on the test split, and prints per split, against the
+simulator's truth (its ``p_click`` and ``p_conversion``, looked up by sample
+id):
 
 - ``ctr_on_clicks`` / ``ctr_off_clicks``: mean pCTR over mean true p_click,
   on the clicked and the unclicked impressions (1 is calibrated; above 1 on
@@ -201,7 +202,7 @@ def user_ids(files: str) -> tuple[np.ndarray, np.ndarray]:
 def _split_columns(model, files: str, split, tables) -> dict[str, np.ndarray]:
   # pylint: disable=g-import-not-at-top
   from escm2_tf import data
-  from escm2_tf import recalibration
+  from escm2_tf import output_logits
   from escm2_tf import schema
   batches = data.make_dataset(files, _BATCH_SIZE, training=False, split=split,
                               with_weights=False, with_sample_id=True)
@@ -212,7 +213,7 @@ def _split_columns(model, files: str, split, tables) -> dict[str, np.ndarray]:
                                    keep_sample_id=i < len(tables) - 1)
     return features, labels
 
-  scored = recalibration.score(model, batches.map(add_labels))
+  scored = output_logits.score(model, batches.map(add_labels))
   return {"clicked": scored.clicked,
           "converted": scored.labels[schema.CONVERSION] > 0.5,
           "pctr": scored.outputs[schema.CTR], "pcvr": scored.outputs[schema.CVR],

@@ -4,10 +4,10 @@ With oneDNN (TensorFlow's default on x86) the CPU allocator serves every
 allocation of 256 KiB or more from a BFC pool that grows to the largest
 total ever live at once and never shrinks, so one short step with large
 tensors keeps its peak for the rest of the process:
-``recalibration.counterfactual_refit``, Newton's method through nested
-gradient tapes over up to 2M rows, kept about 250 MB of that pool resident
-through the final evaluation at 1M training impressions, and the final
-evaluation's numpy columns never reuse it (docs/rehearsal.md).
+``counterfactual_refit.counterfactual_refit``, Newton's method through
+nested gradient tapes over up to 2M rows, kept about 250 MB of that pool
+resident through the final evaluation at 1M training impressions, and the
+final evaluation's numpy columns never reuse it (docs/rehearsal.md).
 ``use_system_allocator`` sends those allocations to malloc instead,
 ``map_large_blocks`` has malloc return each large block when it is freed,
 and ``release_free_memory`` returns what malloc still keeps. None of them
