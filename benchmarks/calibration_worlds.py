@@ -135,6 +135,7 @@ def run(directory: str, estimator: str, seed: int) -> dict:
   # pylint: disable=g-import-not-at-top
   import tf_keras as keras
   from escm2_tf import evaluation
+  from escm2_tf import ground_truth as ground_truth_lib
   from escm2_tf import training
   # pylint: enable=g-import-not-at-top
   model_dir = os.path.join(directory, "model", estimator)
@@ -153,7 +154,7 @@ def run(directory: str, estimator: str, seed: int) -> dict:
                                            config.trainer.batch_size)
   as_trained = evaluation.compute_metrics(
       _unshifted(columns, result["output_bias_shifts"]),
-      evaluation.read_ground_truth(config.data.ground_truth),
+      ground_truth_lib.read_ground_truth(config.data.ground_truth),
       config.data.ground_truth)
   keras.backend.clear_session()
   return {"estimator": estimator, "best_epoch": result["best_epoch"],

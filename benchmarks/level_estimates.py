@@ -272,9 +272,9 @@ def _label_tables(data_dir: str, split_name: str) -> list[Any]:
   """The simulator's p_click and p_conversion of a split, by sample id."""
   # pylint: disable=g-import-not-at-top
   from escm2_tf import data
-  from escm2_tf import evaluation
-  truth = evaluation.read_ground_truth(layout.ground_truth(data_dir,
-                                                           split_name))
+  from escm2_tf import ground_truth as ground_truth_lib
+  truth = ground_truth_lib.read_ground_truth(
+      layout.ground_truth(data_dir, split_name))
   return [data.LabelTable(label, truth["sample_id"], truth[label])
           for label in ("p_click", _TRUE_CVR)]
 

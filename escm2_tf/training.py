@@ -38,6 +38,7 @@ from escm2_tf import early_stopping
 from escm2_tf import evaluation
 from escm2_tf import export
 from escm2_tf import fit_policy
+from escm2_tf import ground_truth as ground_truth_lib
 from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import optimizers
@@ -180,8 +181,9 @@ def _evaluate(model: keras.Model,
     if not np.all(np.isfinite(predictions[name])):
       raise TrainingDivergedError(
           f"the final model predicts NaN or infinite {name} on eval_data")
-  ground_truth = (evaluation.read_ground_truth(config.data.ground_truth)
-                  if config.data.ground_truth else None)
+  ground_truth = (
+      ground_truth_lib.read_ground_truth(config.data.ground_truth)
+      if config.data.ground_truth else None)
   metrics = evaluation.compute_metrics(predictions, ground_truth,
                                        config.data.ground_truth,
                                        config.data.eval_data)
@@ -329,7 +331,7 @@ def train(config: config_lib.ExperimentConfig, *,
   validation.check_loss(config.loss, propensity_labels)
   label_table = None
   if config.loss.propensity == "label":
-    truth = evaluation.read_ground_truth(propensity_labels)
+    truth = ground_truth_lib.read_ground_truth(propensity_labels)
     label_table = data.LabelTable(losses.PROPENSITY_LABEL,
                                   truth[schema.SAMPLE_ID], truth["p_click"])
   task, strategy, vocabularies = _set_up(config)

@@ -21,6 +21,7 @@ from escm2_tf import config as config_lib
 from escm2_tf import data
 from escm2_tf import evaluation
 from escm2_tf import fit_policy
+from escm2_tf import ground_truth as ground_truth_lib
 from escm2_tf import layout
 from escm2_tf import schema
 from escm2_tf import vocab
@@ -154,11 +155,11 @@ def check_vocabulary(config: config_lib.ExperimentConfig,
 
 def _check_ground_truth(config: config_lib.ExperimentConfig) -> None:
   try:
-    evaluation.align_ground_truth(
-        evaluation.read_ground_truth(config.data.ground_truth),
+    ground_truth_lib.align_ground_truth(
+        ground_truth_lib.read_ground_truth(config.data.ground_truth),
         evaluation.read_labels(config.data.eval_data),
         config.data.ground_truth, config.data.eval_data)
-  except evaluation.GroundTruthError as e:
+  except ground_truth_lib.GroundTruthError as e:
     raise ConfigError("ground_truth", str(e)) from None
 
 

@@ -1,4 +1,4 @@
-"""Tests of escm2_tf.evaluation: ground truth, metrics files, both scorers."""
+"""Tests of escm2_tf.evaluation: metrics, metrics files, both scorers."""
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
@@ -7,11 +7,11 @@ import math
 import os
 from unittest import mock
 
-from absl.testing import parameterized
 import numpy as np
 import tensorflow as tf
 
 import datasets
+import test_ground_truth
 import testing
 from escm2_tf import config as config_lib
 from escm2_tf import evaluation
@@ -21,101 +21,6 @@ from escm2_tf import metrics
 from escm2_tf import model as model_lib
 from escm2_tf import schema
 from escm2_tf import vocab
-
-HEADER = ("sample_id,p_click,p_conversion,conversion_counterfactual,click,"
-          "conversion\n")
-
-
-def write_file(content: str) -> str:
-  path = os.path.join(testing.new_dir(),
-                      "ground_truth.csv")
-  with open(path, "w") as f:
-    f.write(content)
-  return path
-
-
-def truth(ids, p_conversion=None, click=None) -> dict[str, np.ndarray]:
-  count = len(ids)
-  p_conversion = (np.linspace(0.1, 0.9, count) if p_conversion is None
-                  else np.asarray(p_conversion, dtype=np.float64))
-  click = np.zeros(count) if click is None else np.asarray(click, float)
-  return {schema.SAMPLE_ID: np.asarray(ids, dtype=str),
-          "p_click": np.full(count, 0.5), "p_conversion": p_conversion,
-          "conversion_counterfactual": (p_conversion > 0.5).astype(float),
-          schema.CLICK: click, schema.CONVERSION: np.zeros(count)}
-
-
-def examples(ids, click=None) -> dict[str, np.ndarray]:
-  """The ids and labels of scored examples (unclicked unless ``click``)."""
-  count = len(ids)
-  click = np.zeros(count) if click is None else np.asarray(click)
-  return {schema.SAMPLE_ID: np.asarray(ids, dtype=str),
-          schema.CLICK: click.astype(np.float32),
-          schema.CONVERSION: np.zeros(count, np.float32)}
-
-
-class GroundTruthTest(tf.test.TestCase, parameterized.TestCase):
-
-  def test_reads_columns(self):
-    path = write_file(HEADER + "7,0.25,0.5,1,1,0\nb,0.125,0.75,0,0,0\n")
-    columns = evaluation.read_ground_truth(path)
-    self.assertEqual(list(columns[schema.SAMPLE_ID]), ["7", "b"])
-    self.assertAllEqual(columns[schema.CLICK], [1.0, 0.0])
-    self.assertAllEqual(columns["p_click"], [0.25, 0.125])
-    self.assertAllEqual(columns["p_conversion"], [0.5, 0.75])
-    self.assertAllEqual(columns["conversion_counterfactual"], [1.0, 0.0])
-
-  @parameterized.named_parameters(
-      ("wrong_header", "id,p_click,p_conversion,x\n1,0.1,0.2,0\n", ":1:"),
-      ("header_without_labels",
-       "sample_id,p_click,p_conversion,conversion_counterfactual\n", ":1:"),
-      ("non_numeric", HEADER + "1,0.1,0.2,0,0,0\n2,0.1,high,0,0,0\n", ":3:"),
-      ("short_row", HEADER + "1,0.1,0.2,0\n", ":2:"),
-      ("empty_file", "", ":1:"))
-  def test_malformed_file_names_file_and_line(self, content, where):
-    path = write_file(content)
-    with self.assertRaisesRegex(evaluation.GroundTruthError,
-                                f"^{path}{where}"):
-      evaluation.read_ground_truth(path)
-
-  def test_missing_file(self):
-    with self.assertRaisesRegex(evaluation.GroundTruthError, "not found"):
-      evaluation.read_ground_truth("/nonexistent/ground_truth.csv")
-
-  def test_align_follows_the_data_and_ignores_extra_rows(self):
-    table = truth(["a", "b", "c", "d"], [0.1, 0.2, 0.3, 0.4])
-    aligned = evaluation.align_ground_truth(table, examples(["c", "a", "d"]),
-                                            "gt.csv")
-    self.assertAllEqual(aligned["p_conversion"], [0.3, 0.1, 0.4])
-    self.assertNotIn(schema.SAMPLE_ID, aligned)
-
-  def test_align_rejects_missing_ids(self):
-    with self.assertRaisesRegex(evaluation.GroundTruthError,
-                                r"^gt\.csv is not the ground truth of "
-                                r"t/\*\.gz: 2 of 3 .* 'x'"):
-      evaluation.align_ground_truth(truth(["a", "b"]),
-                                    examples(["x", "a", "y"]), "gt.csv",
-                                    "t/*.gz")
-
-  def test_align_rejects_rows_with_other_labels(self):
-    table = truth(["a", "b", "c"], click=[0, 1, 1])
-    with self.assertRaisesRegex(
-        evaluation.GroundTruthError,
-        r"^gt\.csv is not the ground truth of t/\*\.gz: 2 of 3 joined rows "
-        r"log other labels \(first sample_id 'a': click/conversion 1/0 in the "
-        r"data, 0/0 in the ground truth\)$"):
-      evaluation.align_ground_truth(table, examples(["a", "b", "c"],
-                                                    click=[1, 1, 0]),
-                                    "gt.csv", "t/*.gz")
-
-  def test_align_rejects_repeated_ids(self):
-    with self.assertRaisesRegex(evaluation.GroundTruthError, "repeat"):
-      evaluation.align_ground_truth(truth(["a", "a", "b"]), examples(["a"]),
-                                    "gt.csv")
-    with self.assertRaisesRegex(evaluation.GroundTruthError, "repeat"):
-      evaluation.align_ground_truth(truth(["a", "b"]), examples(["a", "a"]),
-                                    "gt.csv")
-
 
 class MetricsTest(tf.test.TestCase):
 
@@ -134,7 +39,8 @@ class MetricsTest(tf.test.TestCase):
     ids = predictions[schema.SAMPLE_ID]
     order = np.random.default_rng(1).permutation(len(ids))
     # Rows in another order than the data.
-    table = truth(ids[order], click=predictions[schema.CLICK][order])
+    table = test_ground_truth.truth(ids[order],
+                                    click=predictions[schema.CLICK][order])
     table[schema.CONVERSION] = predictions[schema.CONVERSION][order]
     computed = evaluation.compute_metrics(predictions, table)
     by_id = dict(zip(table[schema.SAMPLE_ID], range(len(ids))))
@@ -148,7 +54,7 @@ class MetricsTest(tf.test.TestCase):
     self.assertIn("cvr_bias", computed)
 
   def test_write_metrics_is_strict_json(self):
-    path = write_file("")
+    path = test_ground_truth.write_file("")
     evaluation.write_metrics(path, {"auc_cvr": math.nan, "count": 3.0,
                                     "auc_ctr": 0.75})
     with open(path) as f:
@@ -236,7 +142,8 @@ class ScoringTest(tf.test.TestCase):
                        evaluation.compute_metrics(with_ids))
       with self.assertRaisesRegex(ValueError, "needs predictions with "
                                   "sample_id"):
-        evaluation.compute_metrics(without, truth(with_ids[schema.SAMPLE_ID]))
+        evaluation.compute_metrics(
+            without, test_ground_truth.truth(with_ids[schema.SAMPLE_ID]))
 
   def test_columns_in_blocks_keep_the_file_order(self):
     signature = self.loaded.signatures["serving_default"]

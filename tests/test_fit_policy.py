@@ -22,6 +22,7 @@ from escm2_tf import data
 from escm2_tf import early_stopping
 from escm2_tf import evaluation
 from escm2_tf import fit_policy
+from escm2_tf import ground_truth as ground_truth_lib
 from escm2_tf import layout
 from escm2_tf import model as model_lib
 from escm2_tf import optimizers
@@ -196,7 +197,8 @@ class SameAsEscm2TrainTest(tf.test.TestCase):
                                                  BATCH_SIZE)
     ground_truth = self.data["ground_truth_test"]
     metrics = evaluation.compute_metrics(
-        predictions, evaluation.read_ground_truth(ground_truth), ground_truth)
+        predictions, ground_truth_lib.read_ground_truth(ground_truth),
+        ground_truth)
     return evaluation.json_metrics(metrics), (len(history.epoch),
                                               stopper.best_epoch + 1)
 

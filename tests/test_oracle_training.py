@@ -33,6 +33,7 @@ from escm2_tf import config as config_lib
 from escm2_tf import base_rates
 from escm2_tf import data
 from escm2_tf import evaluation
+from escm2_tf import ground_truth as ground_truth_lib
 from escm2_tf import layout
 from escm2_tf import losses
 from escm2_tf import model as model_lib
@@ -62,8 +63,8 @@ def ips_interval(paths: dict[str, str]) -> tuple[float, float]:
       columns[name].append(labels[name].numpy())
   columns = {name: np.concatenate(values) for name, values in columns.items()}
   columns["sample_id"] = columns["sample_id"].astype(str)
-  truth = evaluation.align_ground_truth(
-      evaluation.read_ground_truth(paths["ground_truth_train"]), columns,
+  truth = ground_truth_lib.align_ground_truth(
+      ground_truth_lib.read_ground_truth(paths["ground_truth_train"]), columns,
       paths["ground_truth_train"], paths["train"])
   weighted = columns["click"] / truth["p_click"]
   conversion = columns["conversion"]
@@ -78,7 +79,8 @@ class TruePropensityTrainingTest(tf.test.TestCase):
   def test_dr_jl_lands_on_the_entire_space_cvr(self):
     paths = datasets.make_synthetic_data(testing.new_dir(),
                                          num_train=NUM_TRAIN, **WORLD)
-    ground_truth = evaluation.read_ground_truth(paths["ground_truth_train"])
+    ground_truth = ground_truth_lib.read_ground_truth(
+        paths["ground_truth_train"])
     train = data.make_dataset(
         paths["train"], BATCH_SIZE, training=True, seed=1,
         with_weights=False, label_table=data.LabelTable(
@@ -97,9 +99,9 @@ class TruePropensityTrainingTest(tf.test.TestCase):
     model.fit(train, epochs=EPOCHS, verbose=0)
 
     predictions = evaluation.predict_keras_model(model, paths["test"], 4096)
-    test_truth = evaluation.align_ground_truth(
-        evaluation.read_ground_truth(paths["ground_truth_test"]), predictions,
-        paths["ground_truth_test"], paths["test"])
+    test_truth = ground_truth_lib.align_ground_truth(
+        ground_truth_lib.read_ground_truth(paths["ground_truth_test"]),
+        predictions, paths["ground_truth_test"], paths["test"])
     truth = float(test_truth["p_conversion"].mean())
     _, error = ips_interval(paths)
     half_width = Z * error

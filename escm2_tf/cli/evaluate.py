@@ -91,13 +91,16 @@ def _load(saved_model: str) -> Any:
 
 def _ground_truth(settings: EvaluateFlags) -> Any:
   """The ground truth, checked against the data's ids and labels up front."""
-  from escm2_tf import evaluation  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from escm2_tf import evaluation
+  from escm2_tf import ground_truth as ground_truth_lib
+  # pylint: enable=g-import-not-at-top
   if not settings.ground_truth:
     return None
-  ground_truth = evaluation.read_ground_truth(settings.ground_truth)
-  evaluation.align_ground_truth(ground_truth,
-                                evaluation.read_labels(settings.data),
-                                settings.ground_truth, settings.data)
+  ground_truth = ground_truth_lib.read_ground_truth(settings.ground_truth)
+  ground_truth_lib.align_ground_truth(ground_truth,
+                                      evaluation.read_labels(settings.data),
+                                      settings.ground_truth, settings.data)
   return ground_truth
 
 
@@ -123,10 +126,13 @@ def _evaluate(settings: EvaluateFlags
 
 
 def _run(settings: EvaluateFlags) -> int:
-  from escm2_tf import evaluation  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from escm2_tf import evaluation
+  from escm2_tf import ground_truth as ground_truth_lib
+  # pylint: enable=g-import-not-at-top
   try:
     saved_model, metrics = _evaluate(settings)
-  except evaluation.GroundTruthError as e:
+  except ground_truth_lib.GroundTruthError as e:
     return tool.fail(_PROGRAM, f"--ground_truth: {e}")
   evaluation.write_metrics(settings.output, metrics)
   print(f"Scored {saved_model} on {settings.data}; metrics in "

@@ -24,6 +24,7 @@ import tf_keras as keras
 
 from escm2_tf import config as config_lib
 from escm2_tf import evaluation
+from escm2_tf import ground_truth as ground_truth_lib
 from escm2_tf import layout
 from escm2_tf import metrics as metrics_lib
 from escm2_tf import options
@@ -59,8 +60,8 @@ def _reliability(model: keras.Model, dataset: datasets.Dataset,
                  batch_size: int) -> dict[str, dict[str, list[float]]]:
   columns = evaluation.predict_keras_model(model, dataset.eval_data,
                                            batch_size)
-  truth = evaluation.align_ground_truth(
-      evaluation.read_ground_truth(dataset.ground_truth), columns,
+  truth = ground_truth_lib.align_ground_truth(
+      ground_truth_lib.read_ground_truth(dataset.ground_truth), columns,
       dataset.ground_truth, dataset.eval_data)
   out = {}
   for output, true_name in (("ctr", "p_click"), ("cvr", "p_conversion")):
