@@ -254,6 +254,12 @@ class RuntimeConfig:
     thread_spinning: Let TensorFlow's idle threads spin before they sleep
       (process-wide, ``escm2_tf.threads``). Off, the trainer spends about a
       tenth less CPU on shared or small machines.
+    intra_op_threads: Threads of TensorFlow's intra-op pool, which runs the
+      parallel parts of one kernel (process-wide, ``escm2_tf.threads``); 0
+      (default): half of the cores, at least 1, leaving the rest to the
+      input pipeline. On 2 cores that is 1 thread, with which the trainer
+      spends 10-14 % less CPU than with TensorFlow's pool of every core, and
+      less wall time (docs/benchmarks.md).
   """
   seed: int = option(42, minimum=0)
   deterministic: bool = True
@@ -262,6 +268,7 @@ class RuntimeConfig:
   ps_min_shard_bytes: int = option(DEFAULT_MIN_SHARD_BYTES, minimum=1,
                                    group="distribution")
   thread_spinning: bool = False
+  intra_op_threads: int = option(0, minimum=0)
 
   def __post_init__(self):
     options.check_declared(self)

@@ -1,4 +1,4 @@
-"""Whether TensorFlow's idle threads spin: a setting of the whole process.
+"""TensorFlow's thread pools: settings of the whole process.
 
 TensorFlow's thread pools let a worker that runs out of work spin for a
 while before it sleeps, so that the next op starts without a wake-up. On a
@@ -13,11 +13,22 @@ TensorFlow 2 offers no public call for it: ``set_thread_spinning`` sets the
 field of the eager context's ``ConfigProto`` that its thread pools read,
 ``experimental.disable_thread_spinning``, before the runtime starts, as
 ``tf.config.threading``'s setters do for the pools' sizes.
+
+The intra-op pool runs the parallel parts of one kernel. TensorFlow sizes it
+to every core, as tf.data does its own pool, so on a small machine the
+training step and the input pipeline that feeds it compete for the same
+cores, each ready to use all of them. Streaming from TFRecords, the input
+pipeline costs about as much CPU as the step (docs/benchmarks.md), and the
+step's kernels are small (batches of 1024 through layers of 8-16 units), so
+``default_intra_op_threads`` gives the step half of the cores.
 """
+
+import os
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
 
 from absl import logging
+import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
 from tensorflow.python.eager import context
 
@@ -54,4 +65,36 @@ def set_thread_spinning(spinning: bool) -> bool:
   config.experimental.disable_thread_spinning = not spinning
   eager._config = config
   # pylint: enable=protected-access
+  return True
+
+
+def default_intra_op_threads() -> int:
+  """Half of the cores this process may run on (at least 1)."""
+  if hasattr(os, "sched_getaffinity"):
+    cores = len(os.sched_getaffinity(0))
+  else:
+    cores = os.cpu_count() or 1
+  return max(1, cores // 2)
+
+
+def set_intra_op_threads(count: int) -> bool:
+  """Sizes the intra-op pool, if TensorFlow has not started yet.
+
+  Args:
+    count: Threads of the pool; 0 for ``default_intra_op_threads``.
+
+  Returns:
+    Whether the pool now has that size: False when TensorFlow had already
+    started with another size, which then stays (and is logged).
+  """
+  count = count or default_intra_op_threads()
+  if tf.config.threading.get_intra_op_parallelism_threads() == count:
+    return True
+  try:
+    tf.config.threading.set_intra_op_parallelism_threads(count)
+  except RuntimeError:
+    logging.warning(
+        "TensorFlow's intra-op pool keeps its size: its runtime started "
+        "before it could be set to %d threads.", count)
+    return False
   return True

@@ -327,6 +327,7 @@ def train(config: config_lib.ExperimentConfig, *,
   """
   # Before anything starts TensorFlow's runtime, which reads them once.
   threads.set_thread_spinning(config.runtime.thread_spinning)
+  threads.set_intra_op_threads(config.runtime.intra_op_threads)
   allocator.use_system_allocator()
   validation.check_loss(config.loss, propensity_labels)
   label_table = None

@@ -1,6 +1,7 @@
-"""Tests of escm2_tf.threads and of escm2-train's ``--thread_spinning``.
+"""Tests of escm2_tf.threads, escm2-train's ``--thread_spinning`` and
+``--intra_op_threads``.
 
-The setting belongs to the process and is read when TensorFlow's runtime
+The settings belong to the process and are read when TensorFlow's runtime
 starts, so every case runs in a fresh interpreter.
 """
 
@@ -33,14 +34,31 @@ print(json.dumps({
     "initialized": context.context()._initialized}))
 """
 
+# Sets the intra-op pool's size (argv[1]), after starting the runtime if
+# argv[2] says so, and prints what it returned and the size the runtime holds.
+_INTRA_OP = """
+import json, sys
+import escm2_tf
+from escm2_tf import threads
+import tensorflow as tf
+if sys.argv[2] == "true":
+  tf.constant(1.0) + 1.0
+applied = threads.set_intra_op_threads(int(sys.argv[1]))
+tf.constant(1.0) + 1.0
+print(json.dumps({
+    "applied": applied, "default": threads.default_intra_op_threads(),
+    "threads": tf.config.threading.get_intra_op_parallelism_threads()}))
+"""
+
 # Runs escm2-train's opening and body on the tiny data, then prints whether
-# the process's threads spin.
+# the process's threads spin and the intra-op pool's size.
 _TRAIN = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 import testing
 from escm2_tf import threads
 from escm2_tf.cli import train as train_cli
+import tensorflow as tf
 data = json.loads(sys.argv[2])
 flags = dict(train_data=data["train"], eval_data=data["test"],
              vocab_dir=data["vocab_dir"], model_dir=sys.argv[3], epochs=1,
@@ -49,7 +67,9 @@ flags = dict(train_data=data["train"], eval_data=data["test"],
              deterministic=False, **json.loads(sys.argv[4]))
 status, _, stderr = testing.run_main(train_cli.TOOL, **flags)
 print(json.dumps({"status": status, "stderr": stderr[-2000:],
-                  "spinning": threads.thread_spinning()}))
+                  "spinning": threads.thread_spinning(),
+                  "intra_op_threads":
+                      tf.config.threading.get_intra_op_parallelism_threads()}))
 """
 
 
@@ -80,8 +100,29 @@ class SetThreadSpinningTest(absltest.TestCase):
                               "spinning": True, "initialized": True})
 
 
-class TrainThreadSpinningTest(absltest.TestCase):
-  """escm2-train sets it before anything starts TensorFlow's runtime."""
+class SetIntraOpThreadsTest(absltest.TestCase):
+
+  def _run(self, count: int, start_first: bool) -> dict:
+    return _last_json(testing.run_subprocess(testing.python_command(
+        _INTRA_OP, str(count), str(start_first).lower())))
+
+  def test_default_is_half_the_cores(self):
+    cores = len(os.sched_getaffinity(0))
+    result = self._run(0, start_first=False)
+    self.assertEqual(result, {"applied": True, "default": max(1, cores // 2),
+                              "threads": max(1, cores // 2)})
+
+  def test_a_count_before_the_runtime_starts_holds_after(self):
+    self.assertEqual(self._run(3, start_first=False)["threads"], 3)
+
+  def test_too_late_keeps_the_runtime_size(self):
+    result = self._run(3, start_first=True)
+    self.assertFalse(result["applied"])
+    self.assertEqual(result["threads"], 0)
+
+
+class TrainThreadsTest(absltest.TestCase):
+  """escm2-train sets them before anything starts TensorFlow's runtime."""
 
   @classmethod
   def setUpClass(cls):
@@ -96,11 +137,18 @@ class TrainThreadSpinningTest(absltest.TestCase):
     self.assertEqual(result["status"], 0, result["stderr"])
     return result
 
-  def test_default_is_off(self):
+  def test_spinning_is_off_by_default(self):
     self.assertFalse(self._train()["spinning"])
 
-  def test_flag_turns_it_on(self):
+  def test_spinning_flag_turns_it_on(self):
     self.assertTrue(self._train(thread_spinning=True)["spinning"])
+
+  def test_intra_op_pool_is_half_the_cores_by_default(self):
+    cores = len(os.sched_getaffinity(0))
+    self.assertEqual(self._train()["intra_op_threads"], max(1, cores // 2))
+
+  def test_intra_op_flag_sizes_the_pool(self):
+    self.assertEqual(self._train(intra_op_threads=3)["intra_op_threads"], 3)
 
 
 if __name__ == "__main__":
