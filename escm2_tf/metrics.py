@@ -1,9 +1,8 @@
-"""Exact evaluation metrics (numpy) and cheap streaming AUCs for progress bars.
+"""Exact evaluation metrics (numpy), with the simulator's truth diagnostics.
 
 Final numbers come from ``evaluate_predictions``, which uses the exact,
-tie-aware ``exact_auc``. The Keras ``TaskAUC`` metrics (the task,
-``escm2_tf.task``, reports one per output) are bucketed approximations, good
-enough to watch training, not to report.
+tie-aware ``exact_auc``; the progress bar's cheap, bucketed AUCs are
+``escm2_tf.streaming_auc``'s.
 
 Two CVR AUCs are reported because the literature mixes them: ``auc_cvr`` is
 the standard one, over clicked impressions against the conversion label;
@@ -14,17 +13,12 @@ import math
 from typing import Mapping
 
 import numpy as np
-import tensorflow as tf
-import tf_keras as keras
 
 from escm2_tf import layout
 from escm2_tf import ranking
-from escm2_tf import schema
 
 _GROUND_TRUTH_KEYS = (layout.P_CONVERSION, layout.CONVERSION_COUNTERFACTUAL)
 _P_CLICK = layout.P_CLICK
-# TaskAUC buckets log(score) evenly over [log(_MIN_SCORE), 0].
-_MIN_SCORE = 1e-7
 
 
 def _flat(values: np.ndarray) -> np.ndarray:
@@ -293,47 +287,3 @@ def _mean_difference(predictions: np.ndarray, truth: np.ndarray) -> float:
   if predictions.size == 0:
     return math.nan
   return _mean(predictions) - _mean(truth)
-
-
-class TaskAUC(keras.metrics.AUC):
-  """Streaming ROC AUC of one task, updated from the labels and outputs dicts.
-
-  A bucketed approximation for progress bars; report ``exact_auc`` instead.
-  Plain evenly spaced thresholds would put every pCTCVR (about 1e-4) into the
-  first bucket and read 0.5, so scores are bucketed on a log scale: AUC is
-  invariant under the monotone map p -> log(p), which keeps Keras' fast
-  evenly-spaced path (O(batch) per update) with a relative resolution of
-  about 8 % per bucket at 200 thresholds. Scores below 1e-7 tie.
-
-  Attributes:
-    task: ``"ctr"`` (click), ``"cvr"`` (conversion on clicked impressions,
-      through sample_weight = click) or ``"ctcvr"`` (click · conversion).
-  """
-
-  def __init__(self, task: str, num_thresholds: int = 200, **kwargs):
-    if task not in schema.OUTPUT_NAMES:
-      raise ValueError(f"TaskAUC task must be ctr, cvr or ctcvr; got {task!r}.")
-    kwargs.setdefault("name", f"auc_{task}")
-    super().__init__(num_thresholds=num_thresholds, **kwargs)
-    self.task = task
-
-  def update_state(self, labels: Mapping[str, tf.Tensor],
-                   outputs: Mapping[str, tf.Tensor], sample_weight=None):
-    """Updates from the dicts ``compute_losses`` takes; sample_weight unused."""
-    del sample_weight  # The task fixes the weighting.
-    click = tf.reshape(tf.cast(labels[schema.CLICK], tf.float32), [-1])
-    conversion = tf.reshape(tf.cast(labels[schema.CONVERSION], tf.float32),
-                            [-1])
-    label, weight = {"ctr": (click, None), "cvr": (conversion, click),
-                     "ctcvr": (click * conversion, None)}[self.task]
-    score = tf.reshape(tf.cast(outputs[self.task], tf.float32), [-1])
-    log_min = math.log(_MIN_SCORE)
-    scaled = (tf.math.log(tf.maximum(score, _MIN_SCORE)) - log_min) / -log_min
-    return super().update_state(label, tf.clip_by_value(scaled, 0.0, 1.0),
-                                sample_weight=weight)
-
-  def get_config(self):
-    config = super().get_config()
-    config["task"] = self.task
-    return config
-

@@ -31,8 +31,8 @@ import tf_keras as keras
 
 from escm2_tf import config as config_lib
 from escm2_tf import losses
-from escm2_tf import metrics as metrics_lib
 from escm2_tf import schema
+from escm2_tf import streaming_auc
 
 TOTAL_LOSS = "loss"
 # L_ctr + L_ctcvr: the two risks every estimator fits on every impression,
@@ -92,7 +92,7 @@ class ESCM2Task(keras.layers.Layer):
       embedding's L2 penalty) are added to the total and reported.
     loss_trackers: One ``keras.metrics.Mean`` per name of ``loss_names``.
     task_metrics: ``auc_ctr``, ``auc_cvr`` (clicked impressions only) and
-      ``auc_ctcvr``, streaming ``metrics.TaskAUC``s.
+      ``auc_ctcvr``, ``streaming_auc.TaskAUC``s.
   """
 
   def __init__(self, loss_config: config_lib.LossConfig, *,
@@ -104,7 +104,7 @@ class ESCM2Task(keras.layers.Layer):
     self.loss_trackers = [keras.metrics.Mean(name)
                           for name in self.loss_names]
     # Bucketed approximations for progress bars; final numbers are exact.
-    self.task_metrics = [metrics_lib.TaskAUC(name)
+    self.task_metrics = [streaming_auc.TaskAUC(name)
                          for name in schema.OUTPUT_NAMES]
 
   @property

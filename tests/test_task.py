@@ -12,8 +12,8 @@ import tf_keras as keras
 import test_losses
 from escm2_tf import config as config_lib
 from escm2_tf import losses
-from escm2_tf import metrics
 from escm2_tf import schema
+from escm2_tf import streaming_auc
 from escm2_tf import task as task_lib
 
 REGULARIZATION = task_lib.REGULARIZATION_LOSS
@@ -112,7 +112,7 @@ class MetricsTest(tf.test.TestCase):
       self.assertAllClose(results[name], (first[name] + second[name]) / 2,
                           rtol=1e-6)
     for name in schema.OUTPUT_NAMES:
-      auc = metrics.TaskAUC(name)
+      auc = streaming_auc.TaskAUC(name)
       auc.update_state(labels, outputs)
       auc.update_state(labels, halved)
       self.assertEqual(results[f"auc_{name}"], float(auc.result()))
