@@ -24,6 +24,7 @@ import tensorflow as tf
 
 import test_oracle_propensity
 from escm2_tf import losses
+from escm2_tf import paper_risks
 from escm2_tf.simulator import traffic
 
 STEPS = test_oracle_propensity.STEPS
@@ -59,8 +60,8 @@ def train_with_fixed_imputation(loss: str, data: dict[str, np.ndarray],
   def step():
     with tf.GradientTape() as tape:
       cvr = tf.sigmoid(cvr_logit) * tf.ones_like(pseudo_label)
-      imputation = (losses.binary_cross_entropy(pseudo_label, cvr,
-                                                config.epsilon)
+      imputation = (paper_risks.binary_cross_entropy(pseudo_label, cvr,
+                                                     config.epsilon)
                     if loss == "dr" else pseudo_label)
       outputs = {"ctr": labels["p_click"], "cvr": cvr,
                  "ctcvr": labels["p_click"] * cvr, "imputation": imputation}
