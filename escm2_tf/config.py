@@ -309,9 +309,9 @@ class DataConfig:
       sample, that may be missing from its vocabulary.
     input_cache_mb: Memory for parsed batches kept from one epoch to the
       next, which later epochs then neither read nor parse: the validation
-      data's when their estimate (``data.parsed_bytes_estimate``) fits, then,
-      with ``cache_training_batches``, the training data's if they fit the
-      rest. 0 keeps nothing.
+      data's when their estimate (``data_size.parsed_bytes_estimate``)
+      fits, then, with ``cache_training_batches``, the training data's if
+      they fit the rest. 0 keeps nothing.
     cache_training_batches: Also keep the training batches when they fit
       ``input_cache_mb``: later epochs reuse the first epoch's batches in a
       new order instead of reshuffling the records.

@@ -21,17 +21,17 @@ from escm2_tf import schema
 # Records held in the shuffle buffer: a few batches of Ali-CCP-sized examples,
 # enough to break up the skeleton's per-user ordering within a file.
 DEFAULT_SHUFFLE_BUFFER = 16_384
-_GZIP = "GZIP"
+# The compression of the input's TFRecord files.
+GZIP = "GZIP"
 # Cached parsed batches reshuffled per pass: the order, not the contents.
 _CACHED_BATCHES_SHUFFLE = 1024
-_PARSED_BYTES_PER_GZIP_BYTE = 16
 
 Features = dict[str, tf.RaggedTensor | tf.Tensor]
 Labels = dict[str, tf.Tensor]
 # Hash buckets of the split: a fraction is honoured to 1e-6.
 _SPLIT_BUCKETS = 1_000_000
 # Records whose sample_id is parsed at once to decide the split.
-_SPLIT_BLOCK = 4096
+SPLIT_BLOCK = 4096
 
 
 def parse_sample_ids(serialized: tf.Tensor) -> tf.Tensor:
@@ -79,7 +79,7 @@ class HashSplit:
 
     # Parsing the ids of a block at once costs a fraction of parsing them
     # record by record in a filter.
-    return records.batch(_SPLIT_BLOCK).map(keep).unbatch()
+    return records.batch(SPLIT_BLOCK).map(keep).unbatch()
 
 
 def list_files(file_pattern: str | Sequence[str]) -> list[str]:
@@ -223,9 +223,9 @@ def make_dataset(file_pattern: str | Sequence[str], batch_size: int, *,
       shuffling, so the other arguments do not change which records).
     cache: Keep the parsed batches in memory after the first pass and read
       every later pass from there, saving the reading and parsing. The
-      memory is about that of the parsed data (``parsed_bytes_estimate``).
-      When training, later passes keep the first pass's batches and only
-      reshuffle their order.
+      memory is about that of the parsed data
+      (``data_size.parsed_bytes_estimate``). When training, later passes
+      keep the first pass's batches and only reshuffle their order.
     label_table: Adds its label to every batch.
     read_ahead: Batches parsed ahead of the consumer; ``AUTOTUNE`` lets
       tf.data size the buffer, which may grow over a long pass.
@@ -258,7 +258,7 @@ def make_dataset(file_pattern: str | Sequence[str], batch_size: int, *,
   # cores that costs more CPU than parsing the record. One reader
   # decompresses ~350k records/s per core, more than training consumes.
   dataset = dataset.interleave(
-      lambda path: tf.data.TFRecordDataset(path, compression_type=_GZIP),
+      lambda path: tf.data.TFRecordDataset(path, compression_type=GZIP),
       cycle_length=min(len(files), 8), block_length=1)
   if shard_records:
     dataset = dataset.shard(input_context.num_input_pipelines,
@@ -286,55 +286,3 @@ def make_dataset(file_pattern: str | Sequence[str], batch_size: int, *,
                                 reshuffle_each_iteration=True)
     dataset = dataset.repeat(num_epochs)
   return dataset.prefetch(read_ahead)
-
-
-def count_records(file_pattern: str | Sequence[str],
-                  split: HashSplit | None = None) -> int:
-  """The records of the files (on one side of ``split``), read once."""
-  if split is not None:
-    training, validation = count_split_records(file_pattern, split.fraction)
-    return validation if split.validation else training
-  records = tf.data.TFRecordDataset(list_files(file_pattern),
-                                    compression_type=_GZIP)
-  # Counted a block at a time: a reduce function called per record costs
-  # ten times the reading (10 against 0.8 CPU-s for 400k records).
-  return int(records.batch(_SPLIT_BLOCK).reduce(
-      np.int64(0), _add_block_size))
-
-
-def _add_block_size(count: tf.Tensor, block: tf.Tensor) -> tf.Tensor:
-  return count + tf.size(block, out_type=tf.int64)
-
-
-def count_split_records(file_pattern: str | Sequence[str],
-                        fraction: float) -> tuple[int, int]:
-  """The records on each side of a ``HashSplit``, in one read of the files.
-
-  Returns:
-    ``(training, validation)``: the records outside and inside the held-out
-    ``fraction`` (``count_records`` with a split returns one of them).
-  """
-  held_out = HashSplit(fraction, validation=True)
-
-  def add(counts, serialized):
-    ids = parse_sample_ids(serialized)
-    inside = tf.reduce_sum(tf.cast(held_out.selects(ids), tf.int64))
-    return counts + tf.stack([tf.size(ids, out_type=tf.int64) - inside,
-                              inside])
-
-  counts = tf.data.TFRecordDataset(
-      list_files(file_pattern), compression_type=_GZIP).batch(
-          _SPLIT_BLOCK).reduce(tf.zeros([2], tf.int64), add).numpy()
-  return int(counts[0]), int(counts[1])
-
-
-def parsed_bytes_estimate(file_pattern: str | Sequence[str]) -> int:
-  """A generous estimate of the memory that the parsed files take.
-
-  Parsed ids are 8-byte integers; in the converter's GZIP records they take
-  about a byte each (measured: 13.8 and 14.8 bytes parsed per byte of the
-  converted test and training files of ``docs/benchmarks.md``'s 500k
-  simulated rows, weights left out).
-  """
-  return _PARSED_BYTES_PER_GZIP_BYTE * sum(
-      tf.io.gfile.stat(path).length for path in list_files(file_pattern))

@@ -51,6 +51,7 @@ import tf_keras as keras
 from escm2_tf import base_rates as base_rates_lib
 from escm2_tf import config as config_lib
 from escm2_tf import data
+from escm2_tf import data_size
 from escm2_tf import early_stopping
 from escm2_tf import layout
 from escm2_tf import recalibration
@@ -156,7 +157,7 @@ def split_datasets(train_data: str, batch_size: int, *, seed: int | None,
       validation_fraction=validation_fraction, with_weights=with_weights)
   # Stated lengths let Keras end each pass without a failed extra step,
   # which the optimizer's step count would count, as escm2-train does.
-  counts = data.count_split_records(train_data, validation_fraction)
+  counts = data_size.count_split_records(train_data, validation_fraction)
   return tuple(
       dataset().apply(tf.data.experimental.assert_cardinality(
           -(-count // batch_size)))

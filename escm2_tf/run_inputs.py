@@ -18,6 +18,7 @@ import tf_keras as keras
 
 from escm2_tf import config as config_lib
 from escm2_tf import data
+from escm2_tf import data_size
 from escm2_tf import distribute
 from escm2_tf import fit_policy
 from escm2_tf import tracing
@@ -28,7 +29,7 @@ Source = tuple[str, data.HashSplit | None]
 
 def _num_batches(file_pattern: str, batch_size: int,
                  split: data.HashSplit | None = None) -> int:
-  return max(1, math.ceil(data.count_records(file_pattern, split)
+  return max(1, math.ceil(data_size.count_records(file_pattern, split)
                           / batch_size))
 
 
@@ -42,8 +43,8 @@ def _fixed_steps(config: config_lib.ExperimentConfig, train_source: Source,
   train_files, train_split = train_source
   if (validation_source and train_split is not None
       and validation_source[0] == train_files):
-    training, validation = data.count_split_records(train_files,
-                                                    train_split.fraction)
+    training, validation = data_size.count_split_records(
+        train_files, train_split.fraction)
     return {"steps_per_epoch": config.trainer.steps_per_epoch or max(
         1, math.ceil(training / batch_size)),
             "validation_steps": max(1, math.ceil(validation / batch_size))}
@@ -79,7 +80,7 @@ def _parsed_bytes(source: Source) -> float:
   share = 1.0
   if split is not None:
     share = split.fraction if split.validation else 1.0 - split.fraction
-  return share * data.parsed_bytes_estimate(files)
+  return share * data_size.parsed_bytes_estimate(files)
 
 
 def _cache_choice(config: config_lib.ExperimentConfig, train_source: Source,

@@ -13,7 +13,7 @@ import tensorflow as tf
 from escm2_tf import data
 from escm2_tf import schema
 
-_NUM_EXAMPLES = 60
+NUM_EXAMPLES = 60
 
 
 def _example(index: int) -> tuple[tf.train.Example, dict]:
@@ -45,13 +45,13 @@ def _example(index: int) -> tuple[tf.train.Example, dict]:
   return tf.train.Example(features=tf.train.Features(feature=feature)), row
 
 
-def _write(directory: str, num_files: int) -> dict[str, dict]:
+def write(directory: str, num_files: int) -> dict[str, dict]:
   """Writes the examples round-robin into files; returns rows by sample id."""
   rows = {}
   writers = [tf.io.TFRecordWriter(
       os.path.join(directory, f"part-{i:05d}.tfrecord.gz"), options="GZIP")
              for i in range(num_files)]
-  for index in range(_NUM_EXAMPLES):
+  for index in range(NUM_EXAMPLES):
     example, row = _example(index)
     writers[index % num_files].write(example.SerializeToString())
     rows[row[schema.SAMPLE_ID]] = row
@@ -60,7 +60,8 @@ def _write(directory: str, num_files: int) -> dict[str, dict]:
   return rows
 
 
-def _sample_ids(dataset: tf.data.Dataset) -> list[str]:
+def sample_ids(dataset: tf.data.Dataset) -> list[str]:
+  """The ``sample_id`` of every record of a dataset, in its order."""
   return [s.decode() for features, _ in dataset
           for s in features[schema.SAMPLE_ID].numpy()]
 
@@ -74,7 +75,7 @@ class MakeDatasetTest(tf.test.TestCase, parameterized.TestCase):
     self.pattern = os.path.join(self.dir, "*.tfrecord.gz")
 
   def test_features_and_labels_match_the_records(self):
-    rows = _write(self.dir, num_files=3)
+    rows = write(self.dir, num_files=3)
     dataset = data.make_dataset(self.pattern, 16, training=False,
                                 with_sample_id=True)
     seen = 0
@@ -96,10 +97,10 @@ class MakeDatasetTest(tf.test.TestCase, parameterized.TestCase):
           self.assertAllEqual(features[name][i], row[name])
         for name in schema.WEIGHT_NAMES:
           self.assertAllClose(features[name][i], row.get(name, []))
-    self.assertEqual(seen, _NUM_EXAMPLES)
+    self.assertEqual(seen, NUM_EXAMPLES)
 
   def test_absent_fields_are_empty_rows(self):
-    _write(self.dir, num_files=1)
+    write(self.dir, num_files=1)
     features, _ = next(iter(data.make_dataset(self.pattern, 3,
                                               training=False)))
     # Record 0 has no multi-valued ids, records 1 and 2 have some.
@@ -108,7 +109,7 @@ class MakeDatasetTest(tf.test.TestCase, parameterized.TestCase):
     self.assertNotIn(schema.SAMPLE_ID, features)
 
   def test_without_weights_parses_the_same_ids_and_no_weights(self):
-    _write(self.dir, num_files=2)
+    write(self.dir, num_files=2)
     with_weights = data.make_dataset(self.pattern, 16, training=False)
     without = data.make_dataset(self.pattern, 16, training=False,
                                 with_weights=False)
@@ -123,37 +124,37 @@ class MakeDatasetTest(tf.test.TestCase, parameterized.TestCase):
 
   @parameterized.parameters(tf.data.AUTOTUNE, 1, 2)
   def test_evaluation_order_is_deterministic_and_complete(self, read_ahead):
-    _write(self.dir, num_files=4)
-    first = _sample_ids(data.make_dataset(self.pattern, 7, training=False,
-                                          with_sample_id=True))
-    second = _sample_ids(data.make_dataset(self.pattern, 7, training=False,
-                                           with_sample_id=True,
-                                           read_ahead=read_ahead))
+    write(self.dir, num_files=4)
+    first = sample_ids(data.make_dataset(self.pattern, 7, training=False,
+                                         with_sample_id=True))
+    second = sample_ids(data.make_dataset(self.pattern, 7, training=False,
+                                          with_sample_id=True,
+                                          read_ahead=read_ahead))
     self.assertEqual(first, second)
-    self.assertCountEqual(first, [f"s{i}" for i in range(_NUM_EXAMPLES)])
+    self.assertCountEqual(first, [f"s{i}" for i in range(NUM_EXAMPLES)])
 
   def test_training_shuffles_by_seed_over_epochs(self):
-    _write(self.dir, num_files=2)
+    write(self.dir, num_files=2)
 
     def ids(seed):
-      return _sample_ids(data.make_dataset(
+      return sample_ids(data.make_dataset(
           self.pattern, 8, training=True, num_epochs=2, seed=seed,
           with_sample_id=True))
 
     first = ids(seed=3)
     self.assertEqual(first, ids(seed=3))
     self.assertNotEqual(first, ids(seed=4))
-    self.assertLen(first, 2 * _NUM_EXAMPLES)
-    epoch_one, epoch_two = first[:_NUM_EXAMPLES], first[_NUM_EXAMPLES:]
+    self.assertLen(first, 2 * NUM_EXAMPLES)
+    epoch_one, epoch_two = first[:NUM_EXAMPLES], first[NUM_EXAMPLES:]
     self.assertCountEqual(epoch_one, epoch_two)
     self.assertNotEqual(epoch_one, epoch_two)
-    self.assertNotEqual(epoch_one, _sample_ids(data.make_dataset(
+    self.assertNotEqual(epoch_one, sample_ids(data.make_dataset(
         self.pattern, 8, training=False, with_sample_id=True)))
 
   @parameterized.named_parameters(("by_file", 4, 2), ("by_record", 1, 3))
   def test_input_context_shards_are_disjoint_and_cover(self, num_files,
                                                        num_pipelines):
-    _write(self.dir, num_files=num_files)
+    write(self.dir, num_files=num_files)
     shards = []
     for pipeline in range(num_pipelines):
       context = tf.distribute.InputContext(
@@ -165,13 +166,13 @@ class MakeDatasetTest(tf.test.TestCase, parameterized.TestCase):
       batch_sizes = [int(labels[schema.CLICK].shape[0])
                      for _, labels in dataset]
       self.assertEqual(max(batch_sizes), 6)
-      shards.append(_sample_ids(dataset))
+      shards.append(sample_ids(dataset))
     all_ids = [i for shard in shards for i in shard]
-    self.assertLen(all_ids, _NUM_EXAMPLES)
-    self.assertCountEqual(all_ids, [f"s{i}" for i in range(_NUM_EXAMPLES)])
+    self.assertLen(all_ids, NUM_EXAMPLES)
+    self.assertCountEqual(all_ids, [f"s{i}" for i in range(NUM_EXAMPLES)])
 
   def test_drop_remainder_gives_full_batches(self):
-    _write(self.dir, num_files=1)
+    write(self.dir, num_files=1)
     dataset = data.make_dataset(self.pattern, 25, training=False,
                                 drop_remainder=True)
     self.assertEqual([int(labels[schema.CLICK].shape[0])
@@ -184,7 +185,7 @@ class MakeDatasetTest(tf.test.TestCase, parameterized.TestCase):
 
   @parameterized.parameters((0, 1), (4, 0))
   def test_invalid_sizes(self, batch_size, num_epochs):
-    _write(self.dir, num_files=1)
+    write(self.dir, num_files=1)
     with self.assertRaises(ValueError):
       data.make_dataset(self.pattern, batch_size, training=True,
                         num_epochs=num_epochs)
@@ -211,30 +212,21 @@ class HashSplitTest(tf.test.TestCase, parameterized.TestCase):
 
   def ids(self, validation: bool, fraction: float = 0.3, **kwargs):
     kwargs = {"training": False, **kwargs}
-    return _sample_ids(data.make_dataset(
+    return sample_ids(data.make_dataset(
         self.pattern, 12, with_sample_id=True,
         split=data.HashSplit(fraction, validation), **kwargs))
 
   def test_sides_are_disjoint_and_cover(self):
-    _write(self.dir, num_files=3)
+    write(self.dir, num_files=3)
     held_out, rest = self.ids(True), self.ids(False)
     self.assertNotEmpty(held_out)
     self.assertNotEmpty(rest)
     self.assertEmpty(set(held_out) & set(rest))
     self.assertCountEqual(held_out + rest,
-                          [f"s{i}" for i in range(_NUM_EXAMPLES)])
-    self.assertEqual(data.count_records(self.pattern, data.HashSplit(
-        0.3, True)), len(held_out))
-    self.assertEqual(data.count_records(self.pattern), _NUM_EXAMPLES)
-
-  def test_one_read_counts_both_sides(self):
-    _write(self.dir, num_files=3)
-    self.assertEqual(
-        data.count_split_records(self.pattern, 0.3),
-        (len(self.ids(False)), len(self.ids(True))))
+                          [f"s{i}" for i in range(NUM_EXAMPLES)])
 
   def test_same_slice_whatever_the_order(self):
-    _write(self.dir, num_files=3)
+    write(self.dir, num_files=3)
     expected = set(self.ids(True))
     for seed in (1, 2):
       for validation in (True, False):
@@ -245,7 +237,7 @@ class HashSplitTest(tf.test.TestCase, parameterized.TestCase):
 
   @parameterized.named_parameters(("by_file", 4, 2), ("by_record", 1, 3))
   def test_same_slice_on_every_worker(self, num_files, num_pipelines):
-    _write(self.dir, num_files=num_files)
+    write(self.dir, num_files=num_files)
     for validation in (True, False):
       per_worker = []
       for pipeline in range(num_pipelines):
@@ -290,8 +282,8 @@ class LabelTableTest(tf.test.TestCase):
   def test_adds_each_records_value_and_nan_without_a_row(self):
     directory = tempfile.mkdtemp()
     self.addCleanup(shutil.rmtree, directory)
-    _write(directory, 3)
-    known = [f"s{index}" for index in range(_NUM_EXAMPLES) if index != 7]
+    write(directory, 3)
+    known = [f"s{index}" for index in range(NUM_EXAMPLES) if index != 7]
     table = data.LabelTable("p_click", np.array(known),
                             np.array([int(s[1:]) / 100 for s in known]))
     dataset = data.make_dataset(os.path.join(directory, "*.tfrecord.gz"), 8,
@@ -300,14 +292,14 @@ class LabelTableTest(tf.test.TestCase):
     got = {s.decode(): value for features, labels in dataset
            for s, value in zip(features[schema.SAMPLE_ID].numpy(),
                                labels["p_click"].numpy())}
-    self.assertLen(got, _NUM_EXAMPLES)
+    self.assertLen(got, NUM_EXAMPLES)
     self.assertTrue(np.isnan(got.pop("s7")))
     self.assertEqual(got, {s: np.float32(int(s[1:]) / 100) for s in known})
 
   def test_without_with_sample_id_the_id_is_dropped(self):
     directory = tempfile.mkdtemp()
     self.addCleanup(shutil.rmtree, directory)
-    _write(directory, 1)
+    write(directory, 1)
     table = data.LabelTable("p_click", np.array(["s1"]), np.array([0.5]))
     features, labels = next(iter(data.make_dataset(
         os.path.join(directory, "*.tfrecord.gz"), 4, training=False,

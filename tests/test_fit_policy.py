@@ -19,6 +19,7 @@ import testing
 from escm2_tf import base_rates as base_rates_lib
 from escm2_tf import config as config_lib
 from escm2_tf import data
+from escm2_tf import data_size
 from escm2_tf import early_stopping
 from escm2_tf import evaluation
 from escm2_tf import fit_policy
@@ -98,7 +99,7 @@ class HelpersTest(tf.test.TestCase):
     counts = [sum(int(tf.shape(labels[schema.CLICK])[0])
                   for _, labels in dataset)
               for dataset in (training, validation)]
-    self.assertEqual(tuple(counts), data.count_split_records(
+    self.assertEqual(tuple(counts), data_size.count_split_records(
         self.data["train"], fit_policy.VALIDATION_FRACTION))
     # Their lengths are stated, so Keras ends a pass without a failed step.
     self.assertEqual([int(dataset.cardinality()) for dataset in
@@ -106,8 +107,8 @@ class HelpersTest(tf.test.TestCase):
                      [-(-count // 64) for count in counts])
 
   def test_refit_batches_are_the_trained_on_side(self):
-    trained_on, _ = data.count_split_records(self.data["train"],
-                                             fit_policy.VALIDATION_FRACTION)
+    trained_on, _ = data_size.count_split_records(
+        self.data["train"], fit_policy.VALIDATION_FRACTION)
     refit = fit_policy.refit_batches(self.data["train"])
     self.assertEqual(sum(int(labels[schema.CLICK].shape[0])
                          for _, labels in refit), trained_on)

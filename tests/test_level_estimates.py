@@ -10,7 +10,7 @@ import numpy as np
 
 import datasets
 import testing
-from escm2_tf import data as data_lib
+from escm2_tf import data_size
 from escm2_tf import training
 from escm2_tf.options import ConfigError
 
@@ -102,13 +102,13 @@ class KeptModelTest(absltest.TestCase):
     self.assertEqual(rows[3]["impressions"] + rows[4]["impressions"],
                      rows[2]["impressions"])
     # The held-out slice is a tenth of the training records.
-    num_train = data_lib.count_records(data["train"])
+    num_train = data_size.count_records(data["train"])
     self.assertEqual(rows[0]["impressions"] + rows[1]["impressions"],
                      num_train)
     self.assertBetween(rows[1]["impressions"], 0.05 * num_train,
                        0.15 * num_train)
     self.assertEqual(rows[2]["impressions"],
-                     data_lib.count_records(data["test"]))
+                     data_size.count_records(data["test"]))
     for row in rows:
       self.assertTrue(all(np.isfinite(v) for k, v in row.items()
                           if k not in ("model_dir", "split")), row)
@@ -127,8 +127,8 @@ class CrossFittedTest(absltest.TestCase):
     row = script.cross_fitted_row(data["directory"], work_dir, folds=2,
                                   loss="ipw")
     folds = [os.path.join(work_dir, f"fold{k}.tfrecord.gz") for k in (0, 1)]
-    sizes = [data_lib.count_records(path) for path in folds]
-    self.assertEqual(row["impressions"], data_lib.count_records(data["train"]))
+    sizes = [data_size.count_records(path) for path in folds]
+    self.assertEqual(row["impressions"], data_size.count_records(data["train"]))
     self.assertEqual(sum(sizes), row["impressions"])
     self.assertTrue(all(size > 0 for size in sizes), sizes)
     for k in (0, 1):

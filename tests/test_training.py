@@ -22,7 +22,7 @@ import tf_keras as keras
 import datasets
 import testing
 from escm2_tf import config as config_lib
-from escm2_tf import data as data_lib
+from escm2_tf import data_size
 from escm2_tf import early_stopping
 from escm2_tf import evaluation
 from escm2_tf import fit_policy
@@ -539,7 +539,7 @@ class GroupedStepsTest(tf.test.TestCase):
     super().setUpClass()
     cls.data = datasets.make_synthetic_data(new_dir())
     training_split, _ = fit_policy.held_out_split()
-    cls.steps = math.ceil(data_lib.count_records(
+    cls.steps = math.ceil(data_size.count_records(
         cls.data["train"], training_split) / GROUPED_STEPS_RUN["batch_size"])
     cls.single = run_to_the_end(grouped_steps_config(cls.data, 1))
     cls.grouped = run_to_the_end(grouped_steps_config(cls.data, 32))
