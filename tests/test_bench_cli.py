@@ -19,6 +19,7 @@ import testing
 
 from escm2_tf.bench import training as benchmark_training
 from escm2_tf import schema
+from escm2_tf import threads
 from escm2_tf.cli import bench
 
 _PADDLEREC_FLAGS = os.path.join(testing.REPO, "configs", "paddlerec.flags")
@@ -75,6 +76,10 @@ class SmokeRunTest(absltest.TestCase):
     run = results["training"]["dr"]
     train = run["train"]
     self.assertEqual(train["steps"], 2)
+    # Measured with escm2-train's thread settings, not TensorFlow's.
+    self.assertFalse(train["thread_spinning"])
+    self.assertEqual(train["intra_op_threads"],
+                     threads.default_intra_op_threads())
     self.assertGreater(train["peak_rss_mb"], 0)
     self.assertLessEqual(train["peak_rss_mb"], run["process_peak_rss_mb"])
     self.assertAlmostEqual(

@@ -22,6 +22,7 @@ from escm2_tf import layout
 from escm2_tf import metrics as metrics_lib
 from escm2_tf import model as model_lib
 from escm2_tf import optimizers
+from escm2_tf import threads
 from escm2_tf import vocab
 
 _QUALITY_METRICS = ("auc_ctr", "auc_cvr", "auc_ctcvr", "logloss_ctr",
@@ -97,7 +98,15 @@ def _dataset(data_dir: str, hparams: HParams,
 
 
 def measure_training(run: TrainingRun) -> benchmark.Result:
-  """Steady-state training (and evaluation) throughput and memory."""
+  """Steady-state training (and evaluation) throughput and memory.
+
+  Run in a fresh process (``harness.run_isolated``): it first gives the
+  process escm2-train's default thread settings (``escm2_tf.threads``), so
+  the figures are those of the trainer's defaults.
+  """
+  runtime = config_lib.RuntimeConfig()
+  threads.set_thread_spinning(runtime.thread_spinning)
+  threads.set_intra_op_threads(runtime.intra_op_threads)
   model = _compiled_model(run.hparams, run.loss, run.optimizer,
                           run.steps_per_execution, run.data_dir)
   timer = _EpochTimer()
@@ -108,9 +117,11 @@ def measure_training(run: TrainingRun) -> benchmark.Result:
   examples = chunks * run.warmup_steps * run.hparams.batch_size
   result = {"train": benchmark.rates(examples, sum(timer.wall[1:]),
                                      sum(timer.cpu[1:]), "examples")}
-  result["train"].update(steps=chunks * run.warmup_steps,
-                         warmup_seconds=timer.wall[0],
-                         peak_rss_mb=benchmark.peak_rss_mb())
+  result["train"].update(
+      steps=chunks * run.warmup_steps, warmup_seconds=timer.wall[0],
+      peak_rss_mb=benchmark.peak_rss_mb(),
+      thread_spinning=threads.thread_spinning(),
+      intra_op_threads=tf.config.threading.get_intra_op_parallelism_threads())
   if run.num_test:
     steps = math.ceil(run.num_test / run.hparams.batch_size)
     model.evaluate(_dataset(run.data_dir, run.hparams, False), steps=steps,
