@@ -258,8 +258,8 @@ class RuntimeConfig:
       parallel parts of one kernel (process-wide, ``escm2_tf.threads``); 0
       (default): half of the cores, at least 1, leaving the rest to the
       input pipeline. On 2 cores that is 1 thread, with which the trainer
-      spends 10-14 % less CPU than with TensorFlow's pool of every core, and
-      less wall time (docs/benchmarks.md).
+      spends about a tenth less CPU and less wall time than with
+      TensorFlow's pool of every core (docs/benchmarks.md).
   """
   seed: int = option(42, minimum=0)
   deterministic: bool = True

@@ -23,9 +23,9 @@ step's kernels are small (batches of 1024 through layers of 8-16 units), so
 ``default_intra_op_threads`` gives the step half of the cores.
 """
 
-import os
-
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
+
+import os
 
 from absl import logging
 import tensorflow as tf
