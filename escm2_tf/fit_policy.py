@@ -19,9 +19,8 @@ so that a notebook trains exactly as ``escm2-train`` does:
 
 ``escm2-train`` also sets two properties of the process before TensorFlow's
 runtime starts, which change the cost, not the weights: a notebook gets them
-with ``threads.set_thread_spinning(False)`` and
-``threads.set_intra_op_threads(0)`` before its first TensorFlow op
-(``escm2_tf.threads``).
+with ``threads.apply_runtime(config.RuntimeConfig())`` before its first
+TensorFlow op (``escm2_tf.threads``).
 
 The defaults below are ``escm2-train``'s, read from its declarations::
 

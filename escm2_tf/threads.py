@@ -29,6 +29,8 @@ import os
 
 from absl import logging
 import tensorflow as tf
+
+from escm2_tf import config as config_lib
 from tensorflow.core.protobuf import config_pb2
 from tensorflow.python.eager import context
 
@@ -98,3 +100,13 @@ def set_intra_op_threads(count: int) -> bool:
         "before it could be set to %d threads.", count)
     return False
   return True
+
+
+def apply_runtime(runtime: config_lib.RuntimeConfig) -> None:
+  """Gives the process ``runtime``'s thread settings, as escm2-train does.
+
+  Call it before anything starts TensorFlow's runtime, which reads them once;
+  a setting that comes too late is logged and the runtime's stays.
+  """
+  set_thread_spinning(runtime.thread_spinning)
+  set_intra_op_threads(runtime.intra_op_threads)

@@ -326,8 +326,7 @@ def train(config: config_lib.ExperimentConfig, *,
     TrainingDivergedError: The loss became NaN or infinite.
   """
   # Before anything starts TensorFlow's runtime, which reads them once.
-  threads.set_thread_spinning(config.runtime.thread_spinning)
-  threads.set_intra_op_threads(config.runtime.intra_op_threads)
+  threads.apply_runtime(config.runtime)
   allocator.use_system_allocator()
   validation.check_loss(config.loss, propensity_labels)
   label_table = None

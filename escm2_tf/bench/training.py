@@ -104,9 +104,7 @@ def measure_training(run: TrainingRun) -> benchmark.Result:
   process escm2-train's default thread settings (``escm2_tf.threads``), so
   the figures are those of the trainer's defaults.
   """
-  runtime = config_lib.RuntimeConfig()
-  threads.set_thread_spinning(runtime.thread_spinning)
-  threads.set_intra_op_threads(runtime.intra_op_threads)
+  threads.apply_runtime(config_lib.RuntimeConfig())
   model = _compiled_model(run.hparams, run.loss, run.optimizer,
                           run.steps_per_execution, run.data_dir)
   timer = _EpochTimer()
