@@ -30,6 +30,7 @@ import tf_keras as keras
 
 from escm2_tf import allocator
 from escm2_tf import base_rates as base_rates_lib
+from escm2_tf import cluster as cluster_lib
 from escm2_tf import config as config_lib
 from escm2_tf import data
 from escm2_tf import distribute
@@ -206,14 +207,14 @@ def _score_and_export(model: keras.Model, config: config_lib.ExperimentConfig
 
 
 def _set_up(config: config_lib.ExperimentConfig
-            ) -> tuple[distribute.Task, tf.distribute.Strategy,
+            ) -> tuple[cluster_lib.Task, tf.distribute.Strategy,
                        dict[str, np.ndarray]]:
   """This task, its strategy, and the vocabularies, after every check.
 
   The base rates are checked here too, and read again by ``train``.
   """
-  task = distribute.read_task()
-  distribute.check_task(config.runtime.distribution_strategy, task)
+  task = cluster_lib.read_task()
+  cluster_lib.check_task(config.runtime.distribution_strategy, task)
   # Collective ops must be set up before TensorFlow runs anything.
   strategy = distribute.make_strategy(
       config.runtime.distribution_strategy, task,
@@ -230,7 +231,7 @@ def _set_up(config: config_lib.ExperimentConfig
                                                  config.data.min_count)
 
 
-def _fit_and_save(config: config_lib.ExperimentConfig, task: distribute.Task,
+def _fit_and_save(config: config_lib.ExperimentConfig, task: cluster_lib.Task,
                   strategy: tf.distribute.Strategy,
                   vocabularies: dict[str, np.ndarray],
                   callbacks: Sequence[keras.callbacks.Callback],
@@ -296,7 +297,7 @@ def train(config: config_lib.ExperimentConfig, *,
   resumes from the epoch after the last one that run completed, with the
   early-stopping state of that epoch. Under a
   cluster strategy, every task of the cluster runs this (parameter-server
-  workers and servers run ``distribute.run_server`` instead).
+  workers and servers run ``cluster.run_server`` instead).
 
   Args:
     config: The run: data, network, estimator, schedule, outputs, strategy.
@@ -322,7 +323,7 @@ def train(config: config_lib.ExperimentConfig, *,
 
   Raises:
     ConfigError: An input is missing or does not fit (names the field).
-    distribute.ClusterError: TF_CONFIG does not fit the strategy.
+    cluster.ClusterError: TF_CONFIG does not fit the strategy.
     TrainingDivergedError: The loss became NaN or infinite.
   """
   # Before anything starts TensorFlow's runtime, which reads them once.

@@ -1,8 +1,9 @@
 """Tests of escm2_tf.distribute and escm2-train's distribution flags.
 
-Everything here runs in this process: TF_CONFIG parsing and checks, the
-chief's and the other workers' write locations, a mirrored training run, and
-the command line's errors. The multi-process runs are in test_multiworker.py.
+Everything here runs in this process: the strategies, the chief's and the
+other workers' write locations, a mirrored training run, and the command
+line's errors. TF_CONFIG parsing and checks are in test_cluster.py, the
+multi-process runs in test_multiworker.py.
 """
 
 import escm2_tf  # pylint: disable=unused-import  # Selects Keras 2 first.
@@ -11,7 +12,6 @@ import json
 import os
 import re
 import shlex
-from unittest import mock
 
 from absl.testing import parameterized
 import numpy as np
@@ -20,7 +20,9 @@ import tensorflow as tf
 from tensorflow.python.distribute import sharded_variable
 
 import datasets
+import test_cluster
 import testing
+from escm2_tf import cluster as cluster_lib
 from escm2_tf import config as config_lib
 from escm2_tf import distribute
 from escm2_tf import layers
@@ -64,137 +66,31 @@ print(json.dumps([update(tf.distribute.get_strategy()),
                   update(tf.distribute.MirroredStrategy(["/cpu:0",
                                                          "/cpu:1"]))]))
 """
-WORKERS = {"worker": ["localhost:1111", "localhost:1112"]}
-PS_CLUSTER = {"chief": ["localhost:1110"], "worker": ["localhost:1111"],
-              "ps": ["localhost:1112", "localhost:1113"]}
+WORKERS, PS_CLUSTER = test_cluster.WORKERS, test_cluster.PS_CLUSTER
 
 
 new_dir = testing.new_dir
-
-
-def tf_config(cluster, task_type, index=0) -> dict[str, str]:
-  return {distribute.TF_CONFIG: json.dumps(
-      {"cluster": cluster, "task": {"type": task_type, "index": index}})}
-
-
-def task(cluster, task_type, index=0) -> distribute.Task:
-  return distribute.read_task(tf_config(cluster, task_type, index))
-
-
-class ReadTaskTest(tf.test.TestCase, parameterized.TestCase):
-
-  def test_without_tf_config_the_process_is_a_local_chief(self):
-    local = distribute.read_task({})
-    self.assertEqual((local.task_type, local.num_tasks), (None, 0))
-    self.assertTrue(local.is_chief)
-    self.assertEqual(str(local), "local:0")
-
-  def test_reads_the_cluster_and_task(self):
-    worker = task(PS_CLUSTER, "ps", 1)
-    self.assertEqual((worker.task_type, worker.task_id, worker.num_tasks),
-                     ("ps", 1, 4))
-    self.assertEqual(worker.cluster["ps"], tuple(PS_CLUSTER["ps"]))
-
-  @parameterized.named_parameters(
-      ("not_json", "{cluster", "not valid JSON"),
-      ("not_an_object", "[1, 2]", "must be a JSON object"),
-      ("no_cluster", '{"task": {"type": "worker"}}', '"cluster" must map'),
-      ("bad_address", '{"cluster": {"worker": ["localhost"]}, "task": '
-       '{"type": "worker"}}', "job 'worker' must list"),
-      ("no_task", '{"cluster": {"worker": ["h:1"]}}', '"task" must be'),
-      ("unknown_type", '{"cluster": {"worker": ["h:1"]}, "task": '
-       '{"type": "ps", "index": 0}}', "task type 'ps' is not a job"),
-      ("index_out_of_range", '{"cluster": {"worker": ["h:1"]}, "task": '
-       '{"type": "worker", "index": 1}}', "task index 1 is not in 0...0"))
-  def test_rejects(self, text, pattern):
-    with self.assertRaisesRegex(distribute.ClusterError,
-                                f"^TF_CONFIG: .*{re.escape(pattern)}"):
-      distribute.read_task({distribute.TF_CONFIG: text})
-
-  @parameterized.parameters(
-      ({"chief": ["h:1"], "worker": ["h:2"]}, "chief", 0, True),
-      ({"chief": ["h:1"], "worker": ["h:2"]}, "worker", 0, False),
-      (WORKERS, "worker", 0, True),
-      (WORKERS, "worker", 1, False),
-      (PS_CLUSTER, "ps", 0, False))
-  def test_chief(self, cluster, task_type, index, is_chief):
-    self.assertEqual(task(cluster, task_type, index).is_chief, is_chief)
-
-
-class CheckTaskTest(tf.test.TestCase, parameterized.TestCase):
-
-  @parameterized.parameters(
-      ("default", {}, None),
-      ("mirrored", {"chief": ["h:1"]}, "chief"),
-      ("multi_worker_mirrored", WORKERS, "worker"),
-      ("multi_worker_mirrored", {}, None),
-      ("parameter_server", PS_CLUSTER, "chief"),
-      ("parameter_server", PS_CLUSTER, "ps"))
-  def test_accepts(self, strategy, cluster, task_type):
-    this = task(cluster, task_type) if cluster else distribute.Task()
-    distribute.check_task(strategy, this)
-
-  @parameterized.named_parameters(
-      ("unknown_strategy", "horovod", {}, None, "must be one of"),
-      ("cluster_for_one_process", "default", WORKERS, "worker",
-       "describes a cluster of 2 tasks"),
-      ("ps_job_without_ps_strategy", "multi_worker_mirrored", PS_CLUSTER,
-       "worker", "job(s) ps have no role"),
-      ("ps_strategy_without_cluster", "parameter_server", {}, None,
-       "it has none for chief"),
-      ("ps_strategy_without_ps", "parameter_server",
-       {"chief": ["h:1"], "worker": ["h:2"]}, "chief", "it has none for ps"),
-      ("two_coordinators", "parameter_server",
-       {**PS_CLUSTER, "chief": ["h:1", "h:2"]}, "chief",
-       "exactly one task"))
-  def test_rejects(self, strategy, cluster, task_type, pattern):
-    this = task(cluster, task_type) if cluster else distribute.Task()
-    with self.assertRaisesRegex(distribute.ClusterError, re.escape(pattern)):
-      distribute.check_task(strategy, this)
-
-  def test_only_parameter_server_workers_and_servers_serve(self):
-    self.assertTrue(distribute.is_server("parameter_server",
-                                         task(PS_CLUSTER, "worker")))
-    self.assertTrue(distribute.is_server("parameter_server",
-                                         task(PS_CLUSTER, "ps", 1)))
-    self.assertFalse(distribute.is_server("parameter_server",
-                                          task(PS_CLUSTER, "chief")))
-    self.assertFalse(distribute.is_server("multi_worker_mirrored",
-                                          task(WORKERS, "worker", 1)))
+tf_config = test_cluster.tf_config
+task = test_cluster.task
 
 
 class MakeStrategyTest(tf.test.TestCase):
 
   def test_default_is_the_default_strategy(self):
-    self.assertIs(distribute.make_strategy("default", distribute.Task()),
+    self.assertIs(distribute.make_strategy("default", cluster_lib.Task()),
                   tf.distribute.get_strategy())
 
   def test_mirrored_uses_this_machines_devices(self):
-    strategy = distribute.make_strategy("mirrored", distribute.Task())
+    strategy = distribute.make_strategy("mirrored", cluster_lib.Task())
     self.assertIsInstance(strategy, tf.distribute.MirroredStrategy)
     self.assertEqual(strategy.num_replicas_in_sync,
                      len(tf.config.list_logical_devices("GPU")) or 1)
     self.assertFalse(distribute.needs_fixed_steps(strategy))
 
   def test_a_parameter_server_worker_does_not_train(self):
-    with self.assertRaisesRegex(distribute.ClusterError,
+    with self.assertRaisesRegex(cluster_lib.ClusterError,
                                 "task worker:0 does not train"):
       distribute.make_strategy("parameter_server", task(PS_CLUSTER, "worker"))
-
-
-class ReserveClusterThreadsTest(tf.test.TestCase, parameterized.TestCase):
-  """A one-CPU task gets two inter-op threads; the user's setting wins."""
-
-  @parameterized.named_parameters(
-      ("one_cpu", {0}, {}, "2"),
-      ("two_cpus", {0, 1}, {}, None),
-      ("user_setting", {0}, {"TF_NUM_INTEROP_THREADS": "1"}, "1"))
-  def test_inter_op_threads(self, cpus, environ, expected):
-    with mock.patch.dict(os.environ, environ, clear=True), \
-        mock.patch.object(os, "sched_getaffinity", return_value=cpus):
-      distribute.reserve_cluster_threads()
-      self.assertEqual(os.environ.get("TF_NUM_INTEROP_THREADS"), expected)
-      self.assertEqual(os.environ["GRPC_FAIL_FAST"], "use_caller")
 
 
 class WriterDirTest(tf.test.TestCase):
@@ -347,7 +243,7 @@ class CommandLineTest(tf.test.TestCase, parameterized.TestCase):
       ("cluster_without_cluster_strategy", tf_config(WORKERS, "worker"), {},
        "TF_CONFIG: describes a cluster of 2 tasks, but "
        "--distribution_strategy=default"),
-      ("malformed_tf_config", {distribute.TF_CONFIG: "{"},
+      ("malformed_tf_config", {cluster_lib.TF_CONFIG: "{"},
        {"distribution_strategy": "multi_worker_mirrored",
         "steps_per_execution": 1},
        "TF_CONFIG: not valid JSON"),
@@ -373,10 +269,10 @@ class ScalingDocTest(tf.test.TestCase):
     self.assertGreaterEqual(len(blocks), 2)
     strategies = set()
     for block in blocks:
-      this = distribute.read_task({distribute.TF_CONFIG: block})
-      strategy = (config_lib.PARAMETER_SERVER if distribute.PS in this.cluster
+      this = cluster_lib.read_task({cluster_lib.TF_CONFIG: block})
+      strategy = (config_lib.PARAMETER_SERVER if cluster_lib.PS in this.cluster
                   else config_lib.MULTI_WORKER_MIRRORED)
-      distribute.check_task(strategy, this)
+      cluster_lib.check_task(strategy, this)
       strategies.add(strategy)
     self.assertEqual(strategies, {config_lib.PARAMETER_SERVER,
                                   config_lib.MULTI_WORKER_MIRRORED})

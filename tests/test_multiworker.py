@@ -25,8 +25,8 @@ import tensorflow as tf
 
 import datasets
 import testing
+from escm2_tf import cluster as cluster_lib
 from escm2_tf import config as config_lib
-from escm2_tf import distribute
 from escm2_tf import evaluation
 from escm2_tf import export
 from escm2_tf import model as model_lib
@@ -48,16 +48,17 @@ import escm2_tf
 import json, os, sys
 import portpicker
 import tensorflow as tf
-from escm2_tf import config, distribute, training
+from escm2_tf import cluster as cluster_lib
+from escm2_tf import config, training
 values = json.loads(sys.argv[1])
-distribute.reserve_cluster_threads()
+cluster_lib.reserve_cluster_threads()
 cluster = {job: [f"localhost:{portpicker.pick_unused_port()}"]
-           for job in (distribute.CHIEF, distribute.WORKER, distribute.PS)}
+           for job in (cluster_lib.CHIEF, cluster_lib.WORKER, cluster_lib.PS)}
 servers = [tf.distribute.Server(tf.train.ClusterSpec(cluster), job_name=job,
                                 task_index=0, protocol="grpc", start=True)
-           for job in (distribute.WORKER, distribute.PS)]
-os.environ[distribute.TF_CONFIG] = json.dumps(
-    {"cluster": cluster, "task": {"type": distribute.CHIEF, "index": 0}})
+           for job in (cluster_lib.WORKER, cluster_lib.PS)]
+os.environ[cluster_lib.TF_CONFIG] = json.dumps(
+    {"cluster": cluster, "task": {"type": cluster_lib.CHIEF, "index": 0}})
 try:
   training.train(config.ExperimentConfig.from_dict(values), verbose=0)
   error = None
@@ -127,7 +128,7 @@ class Cluster:
     os.makedirs(temp_dir)
     tf_config = {"cluster": self.spec,
                  "task": {"type": task_type, "index": index}}
-    env = {**os.environ, distribute.TF_CONFIG: json.dumps(tf_config),
+    env = {**os.environ, cluster_lib.TF_CONFIG: json.dumps(tf_config),
            "TMPDIR": temp_dir, "TF_CPP_MIN_LOG_LEVEL": "2"}
     with open(os.path.join(self.log_dir, f"{name}.out"), "w") as out, open(
         os.path.join(self.log_dir, f"{name}.err"), "w") as err:
@@ -227,8 +228,8 @@ class MultiWorkerMirroredTest(tf.test.TestCase):
   @classmethod
   def _start_workers(cls, cluster: Cluster, attempt: int,
                      code: str = TRAIN) -> None:
-    for index in range(len(cluster.spec[distribute.WORKER])):
-      cluster.start(distribute.WORKER, index, cls.flags, attempt, code)
+    for index in range(len(cluster.spec[cluster_lib.WORKER])):
+      cluster.start(cluster_lib.WORKER, index, cls.flags, attempt, code)
 
   @classmethod
   def _interrupted_run(cls) -> Cluster:
@@ -335,10 +336,10 @@ class ParameterServerTest(tf.test.TestCase):
                         ps_min_shard_bytes=MIN_SHARD_BYTES, min_count=1)
     spec = cluster_spec(chief=1, worker=2, ps=2)
     with Cluster(spec, cls.work_dir) as cluster:
-      for job in (distribute.WORKER, distribute.PS):
+      for job in (cluster_lib.WORKER, cluster_lib.PS):
         for index in range(len(spec[job])):
           cluster.start(job, index, flags)
-      cluster.start(distribute.CHIEF, 0, flags)
+      cluster.start(cluster_lib.CHIEF, 0, flags)
       if cluster.wait("chief0-0"):
         raise AssertionError(cluster.describe("chief0-0"))
       cls.servers_alive = {name: process.poll() is None for name, process

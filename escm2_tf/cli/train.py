@@ -47,14 +47,15 @@ class _Display:
 
 def _serve_if_server(strategy: str) -> bool:
   """Runs a parameter-server cluster's worker or ps task, if this is one."""
-  from escm2_tf import distribute  # pylint: disable=g-import-not-at-top
-  task = distribute.read_task()
-  distribute.check_task(strategy, task)
-  if not distribute.is_server(strategy, task):
+  # pylint: disable-next=g-import-not-at-top
+  from escm2_tf import cluster as cluster_lib
+  task = cluster_lib.read_task()
+  cluster_lib.check_task(strategy, task)
+  if not cluster_lib.is_server(strategy, task):
     return False
   print(f"escm2-train: serving as {task} of the parameter-server cluster "
         "until stopped", flush=True)
-  distribute.run_server(task)
+  cluster_lib.run_server(task)
   return True
 
 
@@ -125,7 +126,7 @@ def _report(result: dict[str, Any], config: config_lib.ExperimentConfig
 def _train(configs: dict[str, Any]) -> int:
   # Imported once the flags are known to be good: TensorFlow loads slowly.
   # pylint: disable=g-import-not-at-top
-  from escm2_tf import distribute
+  from escm2_tf import cluster as cluster_lib
   from escm2_tf import training
   # pylint: enable=g-import-not-at-top
   experiment = configs["experiment"]
@@ -140,7 +141,7 @@ def _train(configs: dict[str, Any]) -> int:
           callbacks=[*display["callbacks"], console.interrupt_callback(
               check, every_batch=experiment.runtime.distribution_strategy
               != config_lib.PARAMETER_SERVER)])
-  except distribute.ClusterError as e:
+  except cluster_lib.ClusterError as e:
     return tool.fail(_PROGRAM, str(e))
   except training.TrainingDivergedError as e:
     return tool.fail(_PROGRAM, f"training stopped: {e}", _DIVERGED)
