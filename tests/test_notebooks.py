@@ -24,6 +24,7 @@ import numpy as np
 
 from escm2_tf import plotting
 from escm2_tf.study import grid
+from escm2_tf.study import regime as regime_lib
 from escm2_tf.study import summary as summary_lib
 
 NOTEBOOK_DIR = os.path.join(os.path.dirname(os.path.dirname(
@@ -157,7 +158,7 @@ class CommittedStudyTest(absltest.TestCase):
       cls.results = json.load(f)
     grid_dict = cls.results["grid"]
     cls.config = grid.StudyConfig(
-        regimes=tuple(grid.Regime(**r) for r in grid_dict["regimes"]),
+        regimes=tuple(regime_lib.Regime(**r) for r in grid_dict["regimes"]),
         seeds=tuple(grid_dict["seeds"]),
         estimators=tuple(grid_dict["estimators"]))
     cls.summary = summary_lib.summarise(cls.config, cls.results["runs"])

@@ -21,16 +21,11 @@ from escm2_tf.study import datasets
 from escm2_tf.study import designs
 from escm2_tf.study import floor
 from escm2_tf.study import grid
+from escm2_tf.study import regime as regime_lib
 from escm2_tf.study import report
 from escm2_tf.study import runner
 from escm2_tf.study import stats
 from escm2_tf.study import summary
-
-# Two seeds of a tiny, high-rate regime: every metric is defined, and the
-# whole study takes seconds per run. A small world (the simulator's default
-# has 10,000 users) takes little of them to build.
-_TINY_RATES = "tiny:ctr=0.25,cvr=0.3,corr=0.9,train=2000,test=1000"
-_TINY = _TINY_RATES + ",users=400,items=1000"
 
 
 class StatsTest(parameterized.TestCase):
@@ -82,13 +77,13 @@ class VerdictTest(parameterized.TestCase):
 
   def _verdict(self, biases):
     config = grid.StudyConfig(
-        regimes=(grid.Regime("r", 0.1, 0.1, 0.5, 10_000, 100),),
+        regimes=(regime_lib.Regime("r", 0.1, 0.1, 0.5, 10_000, 100),),
         seeds=tuple(range(len(biases["esmm"]))))
     return summary.summarise(config, _runs(biases))["verdicts"]["r"]
 
   def test_gap_closed_is_the_share_of_esmm_bias_above_the_floor(self):
     config = grid.StudyConfig(
-        regimes=(grid.Regime("r", 0.1, 0.1, 0.5, 10_000, 100),),
+        regimes=(regime_lib.Regime("r", 0.1, 0.1, 0.5, 10_000, 100),),
         seeds=(0, 1), estimators=("esmm", "ipw"))
     runs = _runs({"esmm": [0.010, 0.012], "ipw": [0.004, 0.006]})
     # Results written before the floor existed keep their summary's keys.
@@ -112,7 +107,7 @@ class VerdictTest(parameterized.TestCase):
       ("below_the_floor", [0.001, 0.002], [0.004, 0.005]))
   def test_no_gap_to_close_unless_esmm_is_above_the_floor(self, esmm, floors):
     config = grid.StudyConfig(
-        regimes=(grid.Regime("r", 0.1, 0.1, 0.5, 10_000, 100),),
+        regimes=(regime_lib.Regime("r", 0.1, 0.1, 0.5, 10_000, 100),),
         seeds=(0, 1), estimators=("esmm", "ipw"))
     runs = _runs({"esmm": esmm, "ipw": [0.004, 0.006]})
     for run in runs:
@@ -157,7 +152,7 @@ class TargetsTest(parameterized.TestCase):
     """A results file's grid, runs and summary."""
     estimators = tuple(biases)
     config = grid.StudyConfig(
-        regimes=(grid.Regime("r", 0.1, 0.1, 0.5, 10_000, 100),),
+        regimes=(regime_lib.Regime("r", 0.1, 0.1, 0.5, 10_000, 100),),
         seeds=(0, 1, 2), estimators=estimators)
     runs = _runs(biases)
     for run in runs:
@@ -223,35 +218,6 @@ class TargetsTest(parameterized.TestCase):
 
 class GridTest(parameterized.TestCase):
 
-  def test_parses_a_regime(self):
-    regime = grid.parse_regime(_TINY_RATES)
-    self.assertEqual(regime, grid.Regime("tiny", 0.25, 0.3, 0.9, 2000, 1000))
-    defaults = simulator.SimulatorConfig()
-    self.assertEqual((regime.num_users, regime.num_items),
-                     (defaults.num_users, defaults.num_items))
-    dense = grid.parse_regime(_TINY_RATES + ",users=50,items=400")
-    self.assertEqual((dense.num_users, dense.num_items), (50, 400))
-    config = dense.simulator_config(seed=3)
-    self.assertEqual((config.num_users, config.num_items, config.seed,
-                      config.click_conversion_correlation), (50, 400, 3, 0.9))
-    self.assertEqual(config.hidden_intent, 0.0)
-    hidden = grid.parse_regime(_TINY_RATES + ",intent=0.5,user_intent=0.7")
-    config = hidden.simulator_config(seed=0)
-    self.assertEqual((config.hidden_intent, config.user_intent), (0.5, 0.7))
-    self.assertIn("hidden intent 0.5, user intent 0.7", hidden.describe())
-
-  def test_settings_stored_before_a_field_existed_still_match(self):
-    regime = grid.parse_regime(_TINY)
-    stored = dataclasses.asdict(regime)
-    del stored["intent"]
-    self.assertTrue(options.same_settings(stored, regime))
-    self.assertFalse(options.same_settings(
-        stored, dataclasses.replace(regime, intent=0.5)))
-    self.assertFalse(options.same_settings(
-        {**stored, "intent": 0.5}, regime))
-    self.assertFalse(options.same_settings({**stored, "ctr": 0.3}, regime))
-    self.assertFalse(options.same_settings(None, regime))
-
   def test_true_propensity_estimators(self):
     self.assertEqual(grid.estimator_loss("dr_jl_true"), ("dr_jl", "label"))
     self.assertEqual(grid.estimator_loss("mrdr"), ("mrdr", "model"))
@@ -261,58 +227,28 @@ class GridTest(parameterized.TestCase):
         {"ipw", "dr", "dr_jl", "mrdr"})
 
   @parameterized.parameters(
-      ("tiny:ctr=0.2,cvr=0.2,corr=0.9,train=3000", "missing test"),
-      ("tiny:ctr=0.2,cvr=0.2,corr=0.9,train=3000,test=10,x=1", "unknown key"),
-      ("tiny:ctr=high,cvr=0.2,corr=0.9,train=3000,test=10", "not a float"),
-      ("ti ny:ctr=0.2,cvr=0.2,corr=0.9,train=3000,test=10", "the name"))
-  def test_bad_regime_spec(self, spec, message):
-    with self.assertRaisesRegex(ConfigError, f"^regime: .*{message}"):
-      grid.parse_regime(spec)
-
-  @parameterized.parameters(
       (dict(seeds=(0,)), "seeds", "at least 2 seeds"),
       (dict(seeds=(0, 0)), "seeds", "repeated 0"),
       (dict(seeds=(0, -1)), "seeds", "integer >= 0"),
       (dict(estimators=("esmm", "mmoe")), "estimators", "unknown estimator"),
       (dict(regimes=()), "regime", "at least one"),
-      (dict(regimes=(grid.Regime("r", 0.01, 0.01, 0.5, 1000, 100),)),
+      (dict(regimes=(regime_lib.Regime("r", 0.01, 0.01, 0.5, 1000, 100),)),
        "regime", "training conversions"),
-      (dict(regimes=(grid.Regime("r", 0.1, 0.1, 1.5, 10_000, 100),)),
+      (dict(regimes=(regime_lib.Regime("r", 0.1, 0.1, 1.5, 10_000, 100),)),
        "regime", "click_conversion_correlation"),
-      (dict(regimes=(grid.Regime("r", 0.1, 0.1, 0.5, 10_000, 100,
-                                 num_users=20, num_items=500),)),
+      (dict(regimes=(regime_lib.Regime("r", 0.1, 0.1, 0.5, 10_000, 100,
+                                       num_users=20, num_items=500),)),
        "regime", "r: users x items = 10,000 .* pairs for 10,100 impressions"),
-      (dict(regimes=(grid.Regime("r", 0.1, 0.1, 0.5, 10_000, 100,
-                                 intent=-1.0),)), "regime", "hidden_intent"),
-      (dict(regimes=(grid.Regime("r", 0.1, 0.1, 0.5, 10_000, 100,
-                                 num_items=10),)), "regime", "num_items"))
+      (dict(regimes=(regime_lib.Regime("r", 0.1, 0.1, 0.5, 10_000, 100,
+                                       intent=-1.0),)),
+       "regime", "hidden_intent"),
+      (dict(regimes=(regime_lib.Regime("r", 0.1, 0.1, 0.5, 10_000, 100,
+                                       num_items=10),)),
+       "regime", "num_items"))
   def test_grid_that_cannot_run(self, settings, flag, message):
     with self.assertRaisesRegex(ConfigError, message) as caught:
       grid.StudyConfig(**settings)
     self.assertEqual(caught.exception.field, flag)
-
-  def test_default_design_covers_every_level(self):
-    regimes = grid.DEFAULT_REGIMES
-    self.assertEqual({r.cvr for r in regimes}, {0.01, 0.04, 0.15})
-    self.assertEqual({r.ctr for r in regimes}, {0.02, 0.08})
-    self.assertEqual({r.correlation for r in regimes},
-                     {grid.WEAK_CORRELATION, grid.STRONG_CORRELATION})
-    self.assertGreaterEqual(len(grid.DEFAULT_SEEDS), 3)
-
-  def test_default_design_has_the_release_density_and_a_dense_world(self):
-    regimes = {r.name: r for r in grid.DEFAULT_REGIMES}
-    release = regimes["release"]
-    self.assertAlmostEqual(release.num_train / release.num_users, 60)
-    self.assertAlmostEqual(release.num_train / release.num_items, 90)
-    dense = regimes["dense"]
-    self.assertGreater(dense.num_train / dense.num_users,
-                       release.num_train / release.num_users)
-    self.assertGreaterEqual(max(r.num_train for r in regimes.values()),
-                            1_000_000)
-    self.assertEqual([r.name for r in regimes.values() if r.intent > 0],
-                     ["intent"])
-    self.assertEqual([r.name for r in regimes.values() if r.user_intent > 0],
-                     ["user_intent"])
 
 
 def _small_world(num_train: int, **world):
@@ -505,7 +441,7 @@ class StudyCliTest(parameterized.TestCase):
     status, _, stderr = _run_cli(
         work_dir=os.path.join(root, "work"),
         output_dir=os.path.join(root, "out"),
-        regime=[_TINY_RATES + ",users=5,items=300"])
+        regime=[testing.TINY_REGIME_RATES + ",users=5,items=300"])
     self.assertEqual(status, 2)
     self.assertLen(stderr.strip().splitlines(), 1)
     self.assertIn("--regime: tiny: users x items = 1,500", stderr)
@@ -516,8 +452,8 @@ class StudyCliTest(parameterized.TestCase):
     output_dir = os.path.join(root, "out")
     estimators = ["esmm", "ipw_true", "mrdr"]
     settings = dict(work_dir=os.path.join(root, "work"),
-                    output_dir=output_dir, regime=[_TINY], seeds=["0", "1"],
-                    estimators=estimators)
+                    output_dir=output_dir, regime=[testing.TINY_REGIME],
+                    seeds=["0", "1"], estimators=estimators)
     status, stdout, stderr = _run_cli(**settings)
     self.assertEqual(status, 0, stderr)
     self.assertRegex(stdout, r"\[6/6\] tiny seed 1 mrdr: .* ETA 0:00:00")
@@ -569,8 +505,8 @@ class StudyCliTest(parameterized.TestCase):
     self.assertEqual(
         {run["data"]["floor"]["esmm_limit"] for run in resumed["runs"]
          if run["seed"] == 1},
-        {floor.regime_floor(grid.parse_regime(_TINY).simulator_config(1))[
-            "esmm_limit"]})
+        {floor.regime_floor(regime_lib.parse_regime(
+            testing.TINY_REGIME).simulator_config(1))["esmm_limit"]})
     self.assertIsNotNone(
         resumed["summary"]["floors"]["tiny"]["esmm_limit"]["mean"])
     # With a run to train, they take its dataset's floor.
@@ -591,14 +527,14 @@ class StudyCliTest(parameterized.TestCase):
     self.assertEqual(
         {run["data"]["floor"]["esmm_limit"] for run in extended["runs"]
          if run["seed"] == 1},
-        {floor.regime_floor(grid.parse_regime(_TINY).simulator_config(1))[
-            "esmm_limit"]})
+        {floor.regime_floor(regime_lib.parse_regime(
+            testing.TINY_REGIME).simulator_config(1))["esmm_limit"]})
 
   def _check_floor(self, results):
     """Each seed's floor is the simulator's world's, and the gap shares."""
     floors = {run["seed"]: run["data"]["floor"]["floor"]
               for run in results["runs"]}
-    regime = grid.parse_regime(_TINY)
+    regime = regime_lib.parse_regime(testing.TINY_REGIME)
     self.assertAlmostEqual(
         floors[1], floor.regime_floor(regime.simulator_config(1))["floor"])
     summary_floor = results["summary"]["floors"]["tiny"]["floor"]
@@ -625,8 +561,9 @@ class StudyCliTest(parameterized.TestCase):
     root = testing.new_dir()
     output_dir = os.path.join(root, "out")
     settings = dict(work_dir=os.path.join(root, "work"),
-                    output_dir=output_dir, regime=[_TINY], seeds=["0", "1"],
-                    estimators=["esmm"], arm=["mc3:min_count=3,epochs=1"],
+                    output_dir=output_dir, regime=[testing.TINY_REGIME],
+                    seeds=["0", "1"], estimators=["esmm"],
+                    arm=["mc3:min_count=3,epochs=1"],
                     keep_models=True)
     status, stdout, stderr = _run_cli(**settings)
     self.assertEqual(status, 0, stderr)
@@ -668,8 +605,9 @@ class InterruptTest(absltest.TestCase):
         if len(batches) == 2:
           raise KeyboardInterrupt
 
-    config = grid.StudyConfig(regimes=(grid.parse_regime(_TINY),),
-                              seeds=(0, 1), estimators=("esmm",))
+    config = grid.StudyConfig(
+        regimes=(regime_lib.parse_regime(testing.TINY_REGIME),),
+        seeds=(0, 1), estimators=("esmm",))
     with self.assertRaises(KeyboardInterrupt):
       runner.run_study(config, os.path.join(root, "work"), output_json,
                        progress=lambda line: None,
@@ -681,7 +619,7 @@ class InterruptTest(absltest.TestCase):
 class DatasetsTest(absltest.TestCase):
 
   def test_reuses_rebuilds_and_refuses(self):
-    regime = grid.parse_regime(_TINY)
+    regime = regime_lib.parse_regime(testing.TINY_REGIME)
     directory = os.path.join(testing.new_dir(), "data")
     dataset = datasets.prepare(regime, 0, directory)
     self.assertEqual(dataset.ground_truth,

@@ -45,6 +45,11 @@ GROUND_TRUTH_METRICS = frozenset({
 # A network small enough to fit in seconds; tests override what they study.
 TINY_MODEL = config_lib.ModelConfig(embedding_dim=4, num_experts=2,
                                     expert_units=(8,), tower_units=(4,))
+# Two seeds of a tiny, high-rate regime: every metric is defined, and the
+# whole study takes seconds per run. A small world (the simulator's default
+# has 10,000 users) takes little of them to build.
+TINY_REGIME_RATES = "tiny:ctr=0.25,cvr=0.3,corr=0.9,train=2000,test=1000"
+TINY_REGIME = TINY_REGIME_RATES + ",users=400,items=1000"
 
 
 @contextlib.contextmanager

@@ -40,6 +40,7 @@ from escm2_tf.options import ConfigError
 from escm2_tf.options import option
 from escm2_tf.study import designs
 from escm2_tf.study import grid
+from escm2_tf.study import regime as regime_lib
 
 _PROGRAM = "escm2-study"
 JSON_NAME = "study.json"
@@ -87,7 +88,7 @@ class StudyFlags:
 
 def _config(settings: StudyFlags) -> grid.StudyConfig:
   design = designs.DESIGNS[settings.design]
-  regimes = (tuple(grid.parse_regime(spec) for spec in settings.regime)
+  regimes = (tuple(regime_lib.parse_regime(spec) for spec in settings.regime)
              or design.regimes)
   arms = tuple(designs.parse_arm(spec) for spec in settings.arm)
   estimators = settings.estimators or (

@@ -21,7 +21,7 @@ from escm2_tf import options
 from escm2_tf import prepare as prepare_lib
 from escm2_tf.options import ConfigError
 from escm2_tf.study import floor
-from escm2_tf.study import grid
+from escm2_tf.study import regime as regime_lib
 
 _MARKER = "dataset.json"
 TRAIN_SHARDS = 4
@@ -60,7 +60,7 @@ def _files(directory: str, summary: dict[str, Any]) -> Dataset:
       summary=summary)
 
 
-def _stored(regime: grid.Regime, seed: int, directory: str
+def _stored(regime: regime_lib.Regime, seed: int, directory: str
             ) -> dict[str, Any] | None:
   """The marker of a finished dataset of ``regime`` and ``seed``, or None.
 
@@ -85,7 +85,7 @@ def _stored(regime: grid.Regime, seed: int, directory: str
   return stored
 
 
-def _same_settings(stored: dict[str, Any], regime: grid.Regime,
+def _same_settings(stored: dict[str, Any], regime: regime_lib.Regime,
                    seed: int) -> bool:
   current = _settings(regime, seed)
   simulator_config = regime.simulator_config(seed)
@@ -93,7 +93,7 @@ def _same_settings(stored: dict[str, Any], regime: grid.Regime,
           and {**stored, "simulator": None} == {**current, "simulator": None})
 
 
-def _settings(regime: grid.Regime, seed: int) -> dict[str, Any]:
+def _settings(regime: regime_lib.Regime, seed: int) -> dict[str, Any]:
   return {"simulator": dataclasses.asdict(regime.simulator_config(seed)),
           "train_shards": TRAIN_SHARDS, "test_shards": TEST_SHARDS}
 
@@ -105,7 +105,7 @@ def _has_current_ground_truth(path: str) -> bool:
     return f.readline().rstrip("\n") == ",".join(layout.GROUND_TRUTH_HEADER)
 
 
-def prepare(regime: grid.Regime, seed: int, directory: str) -> Dataset:
+def prepare(regime: regime_lib.Regime, seed: int, directory: str) -> Dataset:
   """Simulates and converts ``regime`` at ``seed`` into ``directory``.
 
   Reuses a finished dataset of the same settings; a directory without the

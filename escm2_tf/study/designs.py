@@ -1,6 +1,6 @@
 """The named designs of ``escm2-study --design=NAME``, and ``--arm`` specs.
 
-``default``: every estimator in the nine regimes of ``grid.DEFAULT_REGIMES``
+``default``: every estimator in the nine regimes of ``regime.DEFAULT_REGIMES``
 (docs/study/). ``estimator_table``: ESMM, naive and ESCM2's IPW and DR, each
 also with PaddleRec's loss (``compat=paddlerec``), on 1M simulated training
 impressions at the simulator's own rates. ``propensity_sweep``: ESMM with
@@ -16,6 +16,7 @@ from typing import Any
 
 from escm2_tf.options import ConfigError
 from escm2_tf.study import grid
+from escm2_tf.study import regime as regime_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +28,7 @@ class Design:
     estimators: Names of ``arms`` or bare losses, in the order of the tables.
     arms: The estimators that are not a bare loss.
   """
-  regimes: tuple[grid.Regime, ...]
+  regimes: tuple[regime_lib.Regime, ...]
   estimators: tuple[str, ...]
   arms: tuple[grid.Arm, ...] = ()
 
@@ -36,16 +37,16 @@ class Design:
 _SIMULATOR_RATES = {"ctr": 0.04, "cvr": 0.04, "correlation": None}
 
 DESIGNS = {
-    "default": Design(grid.DEFAULT_REGIMES, tuple(grid.ESTIMATORS)),
+    "default": Design(regime_lib.DEFAULT_REGIMES, tuple(grid.ESTIMATORS)),
     "estimator_table": Design(
-        (grid.Regime("synth1m", num_train=1_000_000, num_test=350_000,
-                     **_SIMULATOR_RATES),),
+        (regime_lib.Regime("synth1m", num_train=1_000_000, num_test=350_000,
+                           **_SIMULATOR_RATES),),
         ("esmm", "ipw", "ipw_paddlerec", "dr", "dr_paddlerec", "naive"),
         (grid.Arm("ipw_paddlerec", (("loss", "ipw"), ("compat", "paddlerec"))),
          grid.Arm("dr_paddlerec", (("loss", "dr"), ("compat", "paddlerec"))))),
     "propensity_sweep": Design(
-        (grid.Regime("synth", num_train=200_000, num_test=50_000,
-                     **_SIMULATOR_RATES),),
+        (regime_lib.Regime("synth", num_train=200_000, num_test=50_000,
+                           **_SIMULATOR_RATES),),
         ("min_count_1", "default", "min_count_20"),
         (grid.Arm("min_count_1", (("min_count", 1),)),
          grid.Arm("default"),

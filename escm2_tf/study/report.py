@@ -16,6 +16,7 @@ import numpy as np
 
 from escm2_tf.study import floor as floor_lib
 from escm2_tf.study import grid as grid_lib
+from escm2_tf.study import regime as regime_lib
 from escm2_tf.study import summary as summary_lib
 
 NAMES = {"naive": "naive", "esmm": "ESMM", "ipw": "ESCM2-IPW",
@@ -73,7 +74,7 @@ def markdown(results: Mapping[str, Any]) -> str:
     data = runs[0]["data"] if runs else {}
     train, test = data.get("train", {}), data.get("test", {})
     rows.append([regime["name"], f"{regime['ctr']:g}", f"{regime['cvr']:g}",
-                 grid_lib.correlation_text(regime["correlation"]),
+                 regime_lib.correlation_text(regime["correlation"]),
                  f"{regime['num_train']:,}", f"{regime.get('num_users', 0):,}",
                  f"{regime.get('num_items', 0):,}",
                  str(train.get("clicks", "")),
@@ -272,7 +273,7 @@ def write_figures(results: Mapping[str, Any], directory: str) -> list[str]:
   for regime in grid["regimes"]:
     name = regime["name"]
     panels[f"{name}: CTR {regime['ctr']:g}, CVR {regime['cvr']:g}, "
-           f"corr {grid_lib.correlation_text(regime['correlation'])}"] = {
+           f"corr {regime_lib.correlation_text(regime['correlation'])}"] = {
                _name(e): summary["metrics"][name][e]["cvr_bias"]
                for e in grid["estimators"]}
   figure = plotting.plot_intervals(

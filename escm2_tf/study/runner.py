@@ -33,6 +33,7 @@ from escm2_tf.study import datasets
 from escm2_tf.study import floor
 from escm2_tf.options import ConfigError
 from escm2_tf.study import grid
+from escm2_tf.study import regime as regime_lib
 from escm2_tf.study import summary as summary_lib
 
 RELIABILITY_BINS = 10
@@ -50,7 +51,7 @@ class _KeepModel(keras.callbacks.Callback):
     self.trained = self.model
 
 
-def run_key(regime: grid.Regime, seed: int, estimator: str) -> str:
+def run_key(regime: regime_lib.Regime, seed: int, estimator: str) -> str:
   """Identifies a run by its regime's settings, not only its name."""
   return json.dumps([dataclasses.asdict(regime), seed, estimator],
                     sort_keys=True)
@@ -235,7 +236,7 @@ def run_study(config: grid.StudyConfig, work_dir: str, output_json: str,
   return results
 
 
-def _stale_floors(runs: dict[str, dict[str, Any]], regime: grid.Regime,
+def _stale_floors(runs: dict[str, dict[str, Any]], regime: regime_lib.Regime,
                   seed: int) -> list[dict[str, Any]]:
   """The runs of ``regime`` and ``seed`` that lack a kind of floor."""
   return [run for run in runs.values()
