@@ -18,6 +18,7 @@ from escm2_tf import export
 from escm2_tf import model as model_lib
 from escm2_tf import schema
 from escm2_tf import serving
+from escm2_tf import serving_assets
 
 _TOLERANCE = 1e-6
 _SAVED_MODEL_CLI = testing.console_script("saved_model_cli")
@@ -127,9 +128,9 @@ class ExportedModelTest(tf.test.TestCase):
   def test_layout_and_assets(self):
     self.assertEqual(self.path, os.path.join(self.export_dir, "1"))
     self.assertEqual(os.listdir(self.export_dir), ["1"])
-    extra = os.path.join(self.path, export.ASSETS_EXTRA)
+    extra = os.path.join(self.path, serving_assets.ASSETS_EXTRA)
     self.assertCountEqual(os.listdir(extra), [
-        export.WARMUP_FILE, "schema.json", "config.json"])
+        serving_assets.WARMUP_FILE, "schema.json", "config.json"])
     with open(os.path.join(extra, "config.json")) as f:
       self.assertEqual(json.load(f), self.config)
     with open(os.path.join(extra, "schema.json")) as f:
@@ -269,11 +270,6 @@ class ExportOptionsTest(tf.test.TestCase, parameterized.TestCase):
     for name in schema.OUTPUT_NAMES:
       self.assertAllClose(outputs[name], expected[name], atol=_TOLERANCE,
                           rtol=0)
-
-  def test_docs_show_the_generated_input_table(self):
-    docs = os.path.join(os.path.dirname(__file__), "..", "docs", "serving.md")
-    with open(docs, encoding="utf-8") as f:
-      self.assertIn(export.input_table(), f.read())
 
   def test_next_version_ignores_non_versions(self):
     export_dir = testing.new_dir()

@@ -14,11 +14,11 @@ import tf_keras as keras
 
 import testing
 from escm2_tf import config as config_lib
-from escm2_tf import export
 from escm2_tf import layout
 from escm2_tf import model as model_lib
 from escm2_tf import schema
 from escm2_tf import serving
+from escm2_tf import serving_assets
 from escm2_tf import vocab
 from escm2_tf.cli import export as export_cli
 from escm2_tf import run_dir
@@ -104,7 +104,7 @@ class ExportCliTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(process.returncode, 0, process.stderr[-3000:])
     path = os.path.join(export_dir, "1")
     self.assertIn(f"Exported {path}", process.stdout)
-    extra = os.path.join(path, export.ASSETS_EXTRA)
+    extra = os.path.join(path, serving_assets.ASSETS_EXTRA)
     with open(os.path.join(extra, "config.json")) as f, open(
         os.path.join(self.model_dir, run_dir.CONFIG_FILE)) as g:
       self.assertEqual(json.load(f), json.load(g))

@@ -32,6 +32,7 @@ from escm2_tf import export
 from escm2_tf import model as model_lib
 from escm2_tf import vocab
 from escm2_tf import run_dir
+from escm2_tf import serving_assets
 
 REPO = testing.REPO
 # Slow on two shared cores, but far below any hang.
@@ -182,7 +183,7 @@ def metrics_files(work_dir: str) -> list[str]:
 def expected_metrics_files(work_dir: str) -> list[str]:
   """The chief's metrics.json and the copy in its export's assets."""
   return [os.path.join(work_dir, "model", run_dir.METRICS_FILE),
-          os.path.join(work_dir, "export", "1", export.ASSETS_EXTRA,
+          os.path.join(work_dir, "export", "1", serving_assets.ASSETS_EXTRA,
                        run_dir.METRICS_FILE)]
 
 

@@ -30,6 +30,7 @@ from escm2_tf import export
 from escm2_tf import model as model_lib
 from escm2_tf import schema
 from escm2_tf import serving
+from escm2_tf import serving_assets
 
 _TOLERANCE = 1e-6
 
@@ -229,7 +230,8 @@ class ServingRequestsTest(tf.test.TestCase):
     self.test_grpc_empty_batch()
 
   def test_warmup_requests_replay(self):
-    path = os.path.join(self.path, export.ASSETS_EXTRA, export.WARMUP_FILE)
+    path = os.path.join(self.path, serving_assets.ASSETS_EXTRA,
+                        serving_assets.WARMUP_FILE)
     replayed = []
     for record in tf.data.TFRecordDataset(path):
       log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
@@ -244,7 +246,7 @@ class ServingRequestsTest(tf.test.TestCase):
       replayed.append((request.model_spec.signature_name, batch))
     self.assertCountEqual(replayed, [
         (signature, batch) for signature in serving.SIGNATURE_NAMES
-        for batch in export.WARMUP_BATCH_SIZES])
+        for batch in serving_assets.WARMUP_BATCH_SIZES])
 
 
 if __name__ == "__main__":
