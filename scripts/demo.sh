@@ -20,7 +20,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 num_train="${DEMO_NUM_TRAIN:-200000}"
 num_test="${DEMO_NUM_TEST:-50000}"
 # The estimator the study finds least biased at the release's density: ESCM2-DR
-# keeps 0.03 of ESMM's entire-space CVR bias over four seeds (docs/results.md,
+# keeps 0.03 of ESMM's entire-space CVR bias over five seeds (docs/results.md,
 # "The release regime with today's defaults").
 estimator="dr"
 
