@@ -6,8 +6,9 @@ epoch, a backup that a killed run resumes from, a stop on a NaN loss, and
 early stopping on a validation set that is not the evaluation data (by
 default a slice of the training data held out by a hash of ``sample_id``).
 The towers' output biases start at the training data's base rates
-(``escm2_tf.base_rates``). It ends with the exact metrics of the final model
-on the evaluation data and, optionally, a SavedModel.
+(``escm2_tf.base_rates``). It ends with the refit of the output layer, the
+exact metrics of the final model on the evaluation data and, optionally, a
+SavedModel (``escm2_tf.run_outputs``).
 
 ``model_dir`` layout: ``escm2_tf.run_dir``.
 
@@ -37,15 +38,14 @@ from escm2_tf import distribute
 from escm2_tf import divergence
 from escm2_tf import early_stopping
 from escm2_tf import evaluation
-from escm2_tf import export
 from escm2_tf import fit_policy
 from escm2_tf import ground_truth as ground_truth_lib
 from escm2_tf import losses
 from escm2_tf import model as model_lib
 from escm2_tf import optimizers
-from escm2_tf import recalibration
 from escm2_tf import run_dir
 from escm2_tf import run_inputs
+from escm2_tf import run_outputs
 from escm2_tf import schema
 from escm2_tf import threads
 from escm2_tf import validation
@@ -118,24 +118,6 @@ def _build_model(config: config_lib.ExperimentConfig,
   return model
 
 
-def _local_copy(config: config_lib.ExperimentConfig,
-                vocabularies: dict[str, np.ndarray],
-                checkpoint: str) -> keras.Model:
-  """The trained model, whole, from its final checkpoint, without optimizer.
-
-  The chief scores and exports this copy: the trained model's optimizer
-  slots (twice its embedding tables) and training functions are freed
-  first. Of a parameter-server model, scoring then reads every variable once
-  instead of once per batch from the servers, and the export holds plain
-  variables, as TF Serving loads them in one process anyway; the
-  coordinator needs the memory of the whole model.
-  """
-  model = model_lib.build_model(config.model, config.loss, vocabularies)
-  # The checkpoint also holds the optimizer, which the copy does not need.
-  model.load_weights(checkpoint).expect_partial()
-  return model
-
-
 def _fit(model: keras.Model, config: config_lib.ExperimentConfig,
          strategy: tf.distribute.Strategy,
          run_callbacks: Sequence[keras.callbacks.Callback],
@@ -149,61 +131,6 @@ def _fit(model: keras.Model, config: config_lib.ExperimentConfig,
       inputs, validation_data=validation_inputs, epochs=config.trainer.epochs,
       verbose=verbose, callbacks=list(run_callbacks) + list(callbacks),
       **steps)
-
-
-def _recalibrate(model: keras.Model, config: config_lib.ExperimentConfig,
-                 rates: base_rates_lib.BaseRates,
-                 label_table: data.LabelTable | None) -> dict[str, float]:
-  """Refits the output layer: the levels held out, the IPS risks trained on.
-
-  Without validation data (early stopping off), the held-out side is the
-  training data.
-  """
-  train_source, validation_source = run_inputs.sources(config)
-  files, split = validation_source or train_source
-  held_out = data.make_dataset(files, config.trainer.batch_size,
-                               training=False, split=split,
-                               with_weights=config.model.use_weights)
-  training_files, training_split = train_source
-  training = fit_policy.refit_batches(
-      training_files,
-      validation_fraction=training_split.fraction if training_split else 0.0,
-      with_weights=config.model.use_weights, label_table=label_table)
-  return recalibration.recalibrate(model, held_out, rates, training)
-
-
-def _evaluate(model: keras.Model,
-              config: config_lib.ExperimentConfig) -> dict[str, float | None]:
-  """Scores the eval data exactly and writes ``metrics.json``."""
-  predictions = evaluation.predict_keras_model(
-      model, config.data.eval_data, config.trainer.batch_size,
-      with_sample_id=bool(config.data.ground_truth))
-  for name in schema.OUTPUT_NAMES:
-    if not np.all(np.isfinite(predictions[name])):
-      raise TrainingDivergedError(
-          f"the final model predicts NaN or infinite {name} on eval_data")
-  ground_truth = (
-      ground_truth_lib.read_ground_truth(config.data.ground_truth)
-      if config.data.ground_truth else None)
-  metrics = evaluation.compute_metrics(predictions, ground_truth,
-                                       config.data.ground_truth,
-                                       config.data.eval_data)
-  metrics = evaluation.json_metrics(metrics)
-  evaluation.write_json(
-      os.path.join(config.trainer.model_dir, run_dir.METRICS_FILE), metrics)
-  return metrics
-
-
-def _score_and_export(model: keras.Model, config: config_lib.ExperimentConfig
-                      ) -> dict[str, Any]:
-  """The chief's ``metrics.json`` and export."""
-  metrics = _evaluate(model, config)
-  export_path = ""
-  if config.trainer.export_dir:
-    export_path = export.export_saved_model(
-        model, config.trainer.export_dir,
-        extra_assets={"config": config.to_dict(), "metrics": metrics})
-  return {"metrics": metrics, "export_path": export_path}
 
 
 def _set_up(config: config_lib.ExperimentConfig
@@ -264,7 +191,7 @@ def _fit_and_save(config: config_lib.ExperimentConfig, task: cluster_lib.Task,
   # evaluation free go back to the system; the epochs keep glibc's default,
   # which reuses them.
   allocator.map_large_blocks()
-  shifts = (_recalibrate(model, config, rates, label_table)
+  shifts = (run_outputs.recalibrate(model, config, rates, label_table)
             if config.trainer.recalibrate else None)
   # Saving reads the metrics' sync-on-read variables, a collective: every
   # worker saves.
@@ -344,6 +271,6 @@ def train(config: config_lib.ExperimentConfig, *,
     # tensors, freed too, go back to the system.
     gc.collect()
     allocator.release_free_memory()
-    result.update(_score_and_export(
-        _local_copy(config, vocabularies, final), config))
+    result.update(run_outputs.score_and_export(
+        run_outputs.local_copy(config, vocabularies, final), config))
   return result
