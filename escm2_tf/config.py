@@ -471,10 +471,12 @@ class ExperimentConfig:
                         f"{SECTIONS[field.name].__name__}")
     if (self.runtime.distribution_strategy == MULTI_WORKER_MIRRORED
         and self.trainer.steps_per_execution > 1):
+      # tests/test_multiworker.py checks that TensorFlow still fails so.
       raise ConfigError("steps_per_execution", "must be 1 with "
-                        "multi_worker_mirrored (TensorFlow's all-gather of "
-                        "the embedding's sparse gradient fails inside "
-                        "Keras' multi-step loop)")
+                        "multi_worker_mirrored (TensorFlow's padded "
+                        "all-gather of the embedding's sparse gradient, "
+                        "cross_device_utils.all_gather_indexed_slices, "
+                        "fails inside Keras' multi-step loop)")
 
   @classmethod
   def create(cls, **values: Any) -> "ExperimentConfig":

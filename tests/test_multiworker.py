@@ -85,6 +85,38 @@ def back_up_and_hold(self, epoch, logs=None):
 keras.callbacks.BackupAndRestore.on_epoch_end = back_up_and_hold
 train.run()
 """
+# A worker fitting the model as escm2-train would, but with grouped steps,
+# which the config refuses under multi_worker_mirrored: argv[1:] are the data's
+# training glob and vocabulary directory, then the steps per execution.
+# Prints {"error": the fit's error message, or null}.
+GROUPED_STEPS_SCRIPT = """
+import escm2_tf
+import json, os, sys
+import tensorflow as tf
+from escm2_tf import config as config_lib
+from escm2_tf import data, model as model_lib, optimizers, vocab
+train_data, vocab_dir, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+strategy = tf.distribute.MultiWorkerMirroredStrategy()
+config = config_lib.ExperimentConfig.create(
+    train_data=train_data, eval_data=train_data, vocab_dir=vocab_dir,
+    model_dir="unused", loss="dr")
+with strategy.scope():
+  model = model_lib.build_model(config.model, config.loss,
+                                vocab.load_vocabularies(vocab_dir), seed=1)
+  model.compile(optimizer=optimizers.make_optimizer("sparse_adam", 1e-3),
+                steps_per_execution=steps)
+inputs = strategy.distribute_datasets_from_function(
+    lambda context: data.make_dataset(train_data, 256, training=True,
+                                      num_epochs=None, seed=1,
+                                      input_context=context))
+try:
+  model.fit(inputs, epochs=1, steps_per_epoch=2 * steps, verbose=0)
+  error = None
+except tf.errors.OpError as e:
+  error = e.message
+print(json.dumps({"error": error}), flush=True)
+os._exit(0)
+"""
 # The embedding table is 13k x 4 floats, about 210 KiB: 64 KiB shards split
 # it over both parameter servers.
 MIN_SHARD_BYTES = 64 << 10
@@ -321,6 +353,42 @@ class ParameterServerNanTest(tf.test.TestCase):
         model_dir, run_dir.BACKUP_DIR, "**", "checkpoint"), recursive=True))
     self.assertFalse(os.path.exists(os.path.join(model_dir,
                                                  run_dir.METRICS_FILE)))
+
+
+class GroupedStepsUnderMultiWorkerMirroredTest(tf.test.TestCase):
+  """Why ``steps_per_execution`` must be 1 with multi_worker_mirrored.
+
+  The embedding's gradient holds a batch's distinct rows, so the workers'
+  row counts differ. TensorFlow all-gathers such ``IndexedSlices`` padded to
+  the largest count, inside a ``tf.cond``
+  (``CollectiveReplicaLauncher.all_gather_indexed_slices`` in
+  tensorflow/python/distribute/cross_device_utils.py); inside Keras'
+  multi-step loop the workers' gathers then disagree on shape. This test
+  fails once TensorFlow trains such a model with grouped steps: then the
+  refusal in ``config.ExperimentConfig`` can go.
+  """
+
+  def run_workers(self, steps: int) -> list[str | None]:
+    data = datasets.make_synthetic_data(new_dir())
+    flags = [data["train"], data["vocab_dir"], str(steps)]
+    with Cluster(cluster_spec(worker=2), new_dir()) as cluster:
+      for index in range(2):
+        cluster.start(cluster_lib.WORKER, index, flags,
+                      code=GROUPED_STEPS_SCRIPT)
+      errors = []
+      for name in ("worker0-0", "worker1-0"):
+        self.assertEqual(cluster.wait(name), 0, cluster.describe(name))
+        errors.append(json.loads(
+            cluster.output(name).strip().splitlines()[-1])["error"])
+    return errors
+
+  def test_grouped_steps_fail_in_the_sparse_gradient_gather(self):
+    for error in self.run_workers(steps=4):
+      self.assertIsNotNone(error)
+      self.assertIn("Shape mismatch in the collective instance", error)
+
+  def test_single_steps_train(self):
+    self.assertEqual(self.run_workers(steps=1), [None, None])
 
 
 class ParameterServerTest(tf.test.TestCase):
