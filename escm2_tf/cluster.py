@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import tensorflow as tf
 
 from escm2_tf import config as config_lib
+from escm2_tf import threads
 
 TF_CONFIG = "TF_CONFIG"
 CHIEF, WORKER, PS = "chief", "worker", "ps"
@@ -171,9 +172,7 @@ def reserve_cluster_threads() -> None:
   wins.
   """
   os.environ.setdefault(*_FAIL_FAST)
-  cpus = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-          else os.cpu_count() or 1)
-  if cpus < _MIN_CLUSTER_INTER_OP_THREADS:
+  if threads.usable_cores() < _MIN_CLUSTER_INTER_OP_THREADS:
     os.environ.setdefault(_INTER_OP_THREADS,
                           str(_MIN_CLUSTER_INTER_OP_THREADS))
 

@@ -70,13 +70,16 @@ def set_thread_spinning(spinning: bool) -> bool:
   return True
 
 
+def usable_cores() -> int:
+  """The cores this process may run on (its CPU affinity), at least 1."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0)) or 1
+  return os.cpu_count() or 1
+
+
 def default_intra_op_threads() -> int:
   """Half of the cores this process may run on (at least 1)."""
-  if hasattr(os, "sched_getaffinity"):
-    cores = len(os.sched_getaffinity(0))
-  else:
-    cores = os.cpu_count() or 1
-  return max(1, cores // 2)
+  return max(1, usable_cores() // 2)
 
 
 def set_intra_op_threads(count: int) -> bool:
